@@ -1,0 +1,401 @@
+/*
+ * From an event's field values to its key operations, and from replies
+ * back to matched rules.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_internal.h"
+#include "rules_state.h"
+
+
+#define RULES_ENTRY_HEADER_LEN  (8 + 1 + 8)
+#define RULES_ENTRY_MAX_LEN     (RULES_ENTRY_HEADER_LEN + 1 + 4 + 8 + 8 + 4)
+
+
+static int
+rules_eo_reserve(rules_eventops_t *eo, size_t more)
+{
+    unsigned char  *p;
+    size_t          size;
+
+    if (eo->buf_len + more <= eo->buf_size) {
+        return 0;
+    }
+
+    size = eo->buf_size ? eo->buf_size : 1024;
+
+    while (size < eo->buf_len + more) {
+        size *= 2;
+    }
+
+    p = realloc(eo->buf, size);
+
+    if (p == NULL) {
+        return -1;
+    }
+
+    eo->buf = p;
+    eo->buf_size = size;
+
+    return 0;
+}
+
+
+static unsigned char *
+rules_entry_header(unsigned char *p, const rules_rule_t *r)
+{
+    memcpy(p, r->digest_bytes, 8);
+    p[8] = (unsigned char) r->type;
+    rules_put_f64(p + 9, (double) r->ttl);
+
+    return p + RULES_ENTRY_HEADER_LEN;
+}
+
+
+/*
+ * Appends the rule's entry when the event touches the rule.  Returns -1
+ * on memory exhaustion.
+ */
+static int
+rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
+    const rules_str_t *values, rules_eventops_t *eo)
+{
+    unsigned char      *p;
+    const rules_str_t  *dv;
+    uint32_t            mask;
+    unsigned            i, action;
+
+    switch (r->type) {
+
+    case RULES_TYPE_COUNT:
+        if (r->where && !rules_cond_eval(rs, r->where, values)) {
+            return 0;
+        }
+
+        if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN) != 0) {
+            return -1;
+        }
+
+        p = rules_entry_header(eo->buf + eo->buf_len, r);
+        rules_put_u16(p, r->min);
+        rules_put_f64(p + 2, (double) r->within);
+        eo->buf_len = p + 10 - eo->buf;
+
+        return 0;
+
+    case RULES_TYPE_DISTINCT:
+        dv = &values[r->distinct_field];
+
+        if (dv->len == 0
+            || (r->where && !rules_cond_eval(rs, r->where, values)))
+        {
+            return 0;
+        }
+
+        if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN + dv->len) != 0) {
+            return -1;
+        }
+
+        p = rules_entry_header(eo->buf + eo->buf_len, r);
+        rules_put_u16(p, r->min);
+        rules_put_f64(p + 2, (double) r->within);
+        rules_put_u16(p + 10, (unsigned) dv->len);
+        memcpy(p + 12, dv->data, dv->len);
+        eo->buf_len = p + 12 + dv->len - eo->buf;
+
+        return 0;
+
+    case RULES_TYPE_ABSENCE:
+        if (rules_cond_eval(rs, r->cancel, values)) {
+            action = RULES_ACTION_CANCEL;
+
+        } else if (rules_cond_eval(rs, r->trigger, values)) {
+            action = RULES_ACTION_TRIGGER;
+
+        } else {
+            return 0;
+        }
+
+        if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN) != 0) {
+            return -1;
+        }
+
+        p = rules_entry_header(eo->buf + eo->buf_len, r);
+        p[0] = (unsigned char) action;
+        rules_put_f64(p + 1, (double) r->after);
+        rules_put_f64(p + 9, (double) r->within);
+        eo->buf_len = p + 17 - eo->buf;
+
+        return 0;
+
+    case RULES_TYPE_SEQUENCE:
+        mask = 0;
+
+        for (i = 0; i < r->nsteps; i++) {
+            if (rules_cond_eval(rs, r->steps[i], values)) {
+                mask |= (uint32_t) 1 << i;
+            }
+        }
+
+        if (mask == 0) {
+            return 0;
+        }
+
+        if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN) != 0) {
+            return -1;
+        }
+
+        p = rules_entry_header(eo->buf + eo->buf_len, r);
+        p[0] = (unsigned char) r->nsteps;
+        rules_put_u32(p + 1, r->strict_mask);
+        rules_put_f64(p + 5, (double) r->within);
+        rules_put_f64(p + 13, (double) r->hold);
+        rules_put_u32(p + 21, mask);
+        eo->buf_len = p + 25 - eo->buf;
+
+        return 0;
+    }
+
+    return 0;
+}
+
+
+rules_event_rc_t
+rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
+    const rules_str_t *values, int64_t now, rules_eventops_t *eo)
+{
+    const rules_group_t  *g;
+    const rules_str_t    *key;
+    rules_keyop_t        *ko;
+    size_t                i, j, start;
+    size_t                value_max;
+
+    eo->nkeyops = 0;
+    eo->buf_len = 0;
+    eo->over_limit = 0;
+
+    if (now < 0 || now > RULES_MAX_TS_MS) {
+        return RULES_EVENT_INVALID;
+    }
+
+    value_max = limits->value_max;
+
+    if (value_max > 65535) {
+        value_max = 65535;
+    }
+
+    for (i = 0; i < rs->nfields; i++) {
+        if (values[i].len > value_max) {
+            return RULES_EVENT_INVALID;
+        }
+    }
+
+    if (eo->keyops_size < rs->ngroups) {
+        ko = realloc(eo->keyops, rs->ngroups * sizeof(rules_keyop_t));
+
+        if (ko == NULL) {
+            return RULES_EVENT_INVALID;
+        }
+
+        eo->keyops = ko;
+        eo->keyops_size = rs->ngroups;
+    }
+
+    for (i = 0; i < rs->ngroups; i++) {
+        g = &rs->groups[i];
+        key = &values[g->key_field];
+
+        if (key->len == 0) {
+            continue;
+        }
+
+        if (key->len > limits->key_max) {
+            eo->over_limit++;
+            continue;
+        }
+
+        start = eo->buf_len;
+
+        for (j = 0; j < g->nrules; j++) {
+            if (rules_event_entry(rs, &rs->rules[g->rules[j]], values, eo)
+                != 0)
+            {
+                return RULES_EVENT_INVALID;
+            }
+        }
+
+        ko = &eo->keyops[eo->nkeyops++];
+        ko->group = (unsigned) i;
+        ko->key_value = *key;
+        ko->op_off = start;
+        ko->op_len = eo->buf_len - start;
+    }
+
+    /* the buffer may have moved while it grew */
+
+    for (i = 0; i < eo->nkeyops; i++) {
+        eo->keyops[i].op = eo->buf + eo->keyops[i].op_off;
+    }
+
+    return eo->nkeyops ? RULES_EVENT_OK : RULES_EVENT_SKIPPED;
+}
+
+
+void
+rules_eventops_free(rules_eventops_t *eo)
+{
+    free(eo->buf);
+    free(eo->keyops);
+    memset(eo, 0, sizeof(rules_eventops_t));
+}
+
+
+/* ---- state keys ---------------------------------------------------- */
+
+
+size_t
+rules_state_key_len(const rules_set_t *rs, size_t prefix_len,
+    unsigned group, size_t value_len)
+{
+    return prefix_len + 3
+           + strlen(rs->field_names[rs->groups[group].key_field])
+           + value_len;
+}
+
+
+size_t
+rules_state_key(const rules_set_t *rs, const char *prefix,
+    size_t prefix_len, unsigned group, rules_str_t value,
+    unsigned char *out)
+{
+    const char     *field;
+    size_t          flen;
+    unsigned char  *p;
+
+    field = rs->field_names[rs->groups[group].key_field];
+    flen = strlen(field);
+
+    p = out;
+    memcpy(p, prefix, prefix_len);
+    p += prefix_len;
+    *p++ = '{';
+    memcpy(p, field, flen);
+    p += flen;
+    *p++ = ':';
+    memcpy(p, value.data, value.len);
+    p += value.len;
+    *p++ = '}';
+
+    return p - out;
+}
+
+
+/* ---- results ------------------------------------------------------- */
+
+
+int
+rules_result_init(const rules_set_t *rs, rules_result_t *res)
+{
+    res->words = (rs->nrules + 63) / 64;
+    res->matched = calloc(res->words ? res->words : 1, sizeof(uint64_t));
+
+    return res->matched ? 0 : -1;
+}
+
+
+void
+rules_result_clear(rules_result_t *res)
+{
+    memset(res->matched, 0, res->words * sizeof(uint64_t));
+}
+
+
+void
+rules_result_free(rules_result_t *res)
+{
+    free(res->matched);
+    res->matched = NULL;
+    res->words = 0;
+}
+
+
+int
+rules_result_add_digests(const rules_set_t *rs, rules_result_t *res,
+    const unsigned char *digests, size_t len)
+{
+    const rules_rule_t  *r;
+    size_t               i;
+
+    if (len % 8) {
+        return -1;
+    }
+
+    for (i = 0; i < len; i += 8) {
+        r = rules_find_digest(rs, digests + i);
+
+        if (r) {
+            res->matched[r->index / 64] |= (uint64_t) 1 << (r->index % 64);
+        }
+    }
+
+    return 0;
+}
+
+
+int
+rules_result_is_set(const rules_result_t *res, size_t rule)
+{
+    return rule / 64 < res->words
+           && (res->matched[rule / 64] >> (rule % 64)) & 1;
+}
+
+
+int
+rules_result_fraud(const rules_set_t *rs, const rules_result_t *res)
+{
+    size_t  i;
+
+    for (i = 0; i < rs->nrules; i++) {
+        if (rs->rules[i].kind == RULES_KIND_FRAUD
+            && rules_result_is_set(res, i))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+size_t
+rules_result_ids(const rules_set_t *rs, const rules_result_t *res,
+    char *out, size_t size)
+{
+    size_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < rs->nrules; i++) {
+        if (!rules_result_is_set(res, i)) {
+            continue;
+        }
+
+        if (n) {
+            if (n < size) {
+                out[n] = ',';
+            }
+
+            n++;
+        }
+
+        if (n + rs->rules[i].id_len <= size) {
+            memcpy(out + n, rs->rules[i].id, rs->rules[i].id_len);
+        }
+
+        n += rs->rules[i].id_len;
+    }
+
+    return n;
+}

@@ -1,0 +1,206 @@
+/*
+ * A 64-bit string hash and a read-mostly open-addressing string table.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_internal.h"
+
+
+#define RULES_K1  0x9e3779b97f4a7c15ULL
+#define RULES_K2  0xc2b2ae3d27d4eb4fULL
+#define RULES_K3  0x165667b19e3779f9ULL
+
+
+static uint64_t
+rules_fmix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+
+    return h;
+}
+
+
+static uint64_t
+rules_read64(const unsigned char *p)
+{
+    uint64_t  v;
+    int       i;
+
+    v = 0;
+
+    for (i = 0; i < 8; i++) {
+        v |= (uint64_t) p[i] << (8 * i);
+    }
+
+    return v;
+}
+
+
+/*
+ * Byte order independent: the same input gives the same value on every
+ * machine, so digests derived from it can name state in Redis.
+ */
+uint64_t
+rules_hash64(const void *data, size_t len, uint64_t seed)
+{
+    const unsigned char  *p;
+    uint64_t              h, w;
+    size_t                i, tail;
+
+    p = data;
+    h = seed ^ ((uint64_t) len * RULES_K1);
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        w = rules_read64(p + i) * RULES_K2;
+        w = (w << 31) | (w >> 33);
+        h ^= w * RULES_K1;
+        h = ((h << 27) | (h >> 37)) * 5 + RULES_K3;
+    }
+
+    tail = len - i;
+
+    if (tail) {
+        w = 0;
+
+        while (tail--) {
+            w = (w << 8) | p[i + tail];
+        }
+
+        w *= RULES_K2;
+        w = (w << 31) | (w >> 33);
+        h ^= w * RULES_K1;
+    }
+
+    return rules_fmix64(h);
+}
+
+
+int
+rules_strmap_init(rules_strmap_t *m, size_t expected)
+{
+    size_t  slots;
+
+    slots = 16;
+
+    while (slots < expected * 2) {
+        slots <<= 1;
+    }
+
+    m->keys = calloc(slots, sizeof(rules_str_t));
+    m->vals = calloc(slots, sizeof(unsigned));
+
+    if (m->keys == NULL || m->vals == NULL) {
+        free(m->keys);
+        free(m->vals);
+        m->keys = NULL;
+        m->vals = NULL;
+        return -1;
+    }
+
+    m->mask = slots - 1;
+    m->n = 0;
+    m->seed = RULES_K3;
+
+    return 0;
+}
+
+
+static int
+rules_strmap_grow(rules_strmap_t *m)
+{
+    rules_strmap_t  bigger;
+    size_t          i;
+
+    if (rules_strmap_init(&bigger, (m->mask + 1)) != 0) {
+        return -1;
+    }
+
+    for (i = 0; i <= m->mask; i++) {
+        if (m->keys[i].data != NULL) {
+            (void) rules_strmap_put(&bigger, m->keys[i].data, m->keys[i].len,
+                                    m->vals[i]);
+        }
+    }
+
+    rules_strmap_free(m);
+    *m = bigger;
+
+    return 0;
+}
+
+
+/* The table keeps the key pointer: the caller keeps the bytes alive. */
+int
+rules_strmap_put(rules_strmap_t *m, const unsigned char *key, size_t len,
+    unsigned val)
+{
+    size_t  i;
+
+    if ((m->n + 1) * 2 > m->mask + 1) {
+        if (rules_strmap_grow(m) != 0) {
+            return -1;
+        }
+    }
+
+    i = rules_hash64(key, len, m->seed) & m->mask;
+
+    while (m->keys[i].data != NULL) {
+        if (m->keys[i].len == len && memcmp(m->keys[i].data, key, len) == 0) {
+            return 0;
+        }
+
+        i = (i + 1) & m->mask;
+    }
+
+    /* a zero-length key still needs a non-NULL pointer to mark the slot */
+    m->keys[i].data = len ? key : (const unsigned char *) "";
+    m->keys[i].len = len;
+    m->vals[i] = val;
+    m->n++;
+
+    return 1;
+}
+
+
+int
+rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
+    size_t len, unsigned *val)
+{
+    size_t  i;
+
+    if (m->keys == NULL) {
+        return 0;
+    }
+
+    i = rules_hash64(key, len, m->seed) & m->mask;
+
+    while (m->keys[i].data != NULL) {
+        if (m->keys[i].len == len
+            && (len == 0 || memcmp(m->keys[i].data, key, len) == 0))
+        {
+            *val = m->vals[i];
+            return 1;
+        }
+
+        i = (i + 1) & m->mask;
+    }
+
+    return 0;
+}
+
+
+void
+rules_strmap_free(rules_strmap_t *m)
+{
+    free(m->keys);
+    free(m->vals);
+    m->keys = NULL;
+    m->vals = NULL;
+    m->n = 0;
+}

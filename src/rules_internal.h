@@ -1,0 +1,183 @@
+/*
+ * Engine internals shared by the files of src/.
+ */
+
+#ifndef RULES_INTERNAL_H
+#define RULES_INTERNAL_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "rules_engine.h"
+
+
+/* ---- hashing and string tables (rules_hash.c) ---------------------- */
+
+uint64_t rules_hash64(const void *p, size_t len, uint64_t seed);
+
+/*
+ * An open-addressing table of byte strings, each mapped to an unsigned
+ * value.  Built at load time, read-only afterwards.
+ */
+typedef struct {
+    rules_str_t       *keys;       /* data == NULL: empty slot */
+    unsigned          *vals;
+    size_t             mask;       /* slots - 1 */
+    size_t             n;
+    uint64_t           seed;
+} rules_strmap_t;
+
+int rules_strmap_init(rules_strmap_t *m, size_t expected);
+/* Returns 1 if inserted, 0 if the key was already there, -1 on ENOMEM. */
+int rules_strmap_put(rules_strmap_t *m, const unsigned char *key,
+    size_t len, unsigned val);
+/* Returns 1 and sets *val when found. */
+int rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
+    size_t len, unsigned *val);
+void rules_strmap_free(rules_strmap_t *m);
+
+
+/* ---- conditions (rules_cond.c) ------------------------------------- */
+
+typedef enum {
+    RULES_OP_EQ = 1,
+    RULES_OP_NE,
+    RULES_OP_IN,
+    RULES_OP_PREFIX,
+    RULES_OP_SUFFIX,
+    RULES_OP_CONTAINS,
+    RULES_OP_REGEX,
+    RULES_OP_GT,
+    RULES_OP_GTE,
+    RULES_OP_LT,
+    RULES_OP_LTE,
+    RULES_OP_EXISTS,
+    RULES_OP_ALL,
+    RULES_OP_ANY,
+    RULES_OP_NOT
+} rules_op_t;
+
+
+struct rules_cond_s {
+    rules_op_t         op;
+    unsigned           field;
+    rules_str_t        str;        /* eq, ne, prefix, suffix, contains */
+    double             num;        /* gt, gte, lt, lte */
+    int                flag;       /* exists */
+    rules_strmap_t    *set;        /* in */
+    pcre2_code        *re;         /* regex */
+    rules_cond_t     **sub;        /* all, any, not */
+    size_t             nsub;
+};
+
+
+/* ---- the rule set -------------------------------------------------- */
+
+struct rules_set_s {
+    rules_rule_t          *rules;
+    size_t                 nrules;
+
+    char                 **field_names;
+    size_t                 nfields;
+    rules_strmap_t         fields;      /* name -> index */
+
+    rules_group_t         *groups;
+    size_t                 ngroups;
+
+    rules_strmap_t         ids;         /* id -> rule index */
+    rules_strmap_t         digests;     /* digest bytes -> rule index */
+
+    char                   digest_hex[17];
+
+    pcre2_match_context   *match_ctx;
+    pcre2_match_data      *match_data;
+    pcre2_jit_stack       *jit_stack;
+
+    rules_engine_stats_t   stats;
+
+    /* every allocation of the set, freed by rules_free() */
+    void                 **allocs;
+    size_t                 nallocs;
+    size_t                 allocs_size;
+
+    /* conditions owning a regex or a string set */
+    rules_cond_t         **owners;
+    size_t                 nowners;
+    size_t                 owners_size;
+};
+
+
+void *rules_set_alloc(rules_set_t *rs, size_t size);
+char *rules_set_strdup(rules_set_t *rs, const char *s, size_t len);
+int rules_set_track_cond(rules_set_t *rs, rules_cond_t *c);
+void rules_cond_free(rules_cond_t *c);
+
+
+/* ---- little-endian packing shared by the event and state code ------ */
+
+static inline void
+rules_put_u16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char) v;
+    p[1] = (unsigned char) (v >> 8);
+}
+
+
+static inline void
+rules_put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char) v;
+    p[1] = (unsigned char) (v >> 8);
+    p[2] = (unsigned char) (v >> 16);
+    p[3] = (unsigned char) (v >> 24);
+}
+
+
+static inline void
+rules_put_f64(unsigned char *p, double d)
+{
+    uint64_t  v;
+    int       i;
+
+    __builtin_memcpy(&v, &d, 8);
+
+    for (i = 0; i < 8; i++) {
+        p[i] = (unsigned char) (v >> (8 * i));
+    }
+}
+
+
+static inline unsigned
+rules_get_u16(const unsigned char *p)
+{
+    return (unsigned) p[0] | ((unsigned) p[1] << 8);
+}
+
+
+static inline uint32_t
+rules_get_u32(const unsigned char *p)
+{
+    return (uint32_t) p[0] | ((uint32_t) p[1] << 8)
+           | ((uint32_t) p[2] << 16) | ((uint32_t) p[3] << 24);
+}
+
+
+static inline double
+rules_get_f64(const unsigned char *p)
+{
+    uint64_t  v;
+    double    d;
+    int       i;
+
+    v = 0;
+
+    for (i = 0; i < 8; i++) {
+        v |= (uint64_t) p[i] << (8 * i);
+    }
+
+    __builtin_memcpy(&d, &v, 8);
+
+    return d;
+}
+
+#endif /* RULES_INTERNAL_H */

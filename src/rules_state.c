@@ -1,0 +1,870 @@
+/*
+ * The state machines of count, distinct, absence and sequence rules over
+ * the binary state of one key (format and algorithm: rules_state.h).
+ * rules_script.c runs the same algorithm inside Redis.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_internal.h"
+#include "rules_state.h"
+
+
+#define RULES_RECORD_HEADER_LEN  (8 + 1 + 8 + 8 + 8 + 2)
+#define RULES_NONE               (-1.0)
+
+
+typedef struct {
+    const unsigned char  *p;          /* the whole record */
+    size_t                len;
+    const unsigned char  *digest;
+    unsigned              type;
+    double                expire;
+    double                from;
+    double                until;
+    const unsigned char  *payload;
+    size_t                plen;
+    int                   entry;      /* the entry touching it, or -1 */
+} rules_record_t;
+
+
+typedef struct {
+    const unsigned char  *digest;
+    unsigned              type;
+    double                ttl;
+    const unsigned char  *params;
+    size_t                plen;
+    int                   record;     /* its record, or -1 */
+} rules_entry_t;
+
+
+int
+rules_buf_reserve(rules_buf_t *b, size_t more)
+{
+    unsigned char  *p;
+    size_t          size;
+
+    if (b->len + more <= b->size) {
+        return 0;
+    }
+
+    size = b->size ? b->size : 256;
+
+    while (size < b->len + more) {
+        size *= 2;
+    }
+
+    p = realloc(b->data, size);
+
+    if (p == NULL) {
+        return -1;
+    }
+
+    b->data = p;
+    b->size = size;
+
+    return 0;
+}
+
+
+int
+rules_buf_append(rules_buf_t *b, const void *p, size_t len)
+{
+    if (rules_buf_reserve(b, len) != 0) {
+        return -1;
+    }
+
+    if (len) {
+        memcpy(b->data + b->len, p, len);
+    }
+
+    b->len += len;
+
+    return 0;
+}
+
+
+void
+rules_buf_free(rules_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = 0;
+    b->size = 0;
+}
+
+
+/* ---- parsing ------------------------------------------------------- */
+
+
+/* The payload length a record's type implies, or (size_t) -1. */
+static size_t
+rules_payload_check(unsigned type, const unsigned char *p, size_t plen)
+{
+    size_t    n, i, off, vlen;
+    unsigned  steps;
+
+    switch (type) {
+
+    case RULES_TYPE_COUNT:
+        if (plen < 2) {
+            return (size_t) -1;
+        }
+
+        n = rules_get_u16(p);
+
+        return 2 + 8 * n;
+
+    case RULES_TYPE_DISTINCT:
+        if (plen < 2) {
+            return (size_t) -1;
+        }
+
+        n = rules_get_u16(p);
+        off = 2;
+
+        for (i = 0; i < n; i++) {
+            if (off + 10 > plen) {
+                return (size_t) -1;
+            }
+
+            vlen = rules_get_u16(p + off + 8);
+            off += 10 + vlen;
+        }
+
+        return off;
+
+    case RULES_TYPE_ABSENCE:
+        return 9;
+
+    case RULES_TYPE_SEQUENCE:
+        if (plen < 1) {
+            return (size_t) -1;
+        }
+
+        steps = p[0];
+
+        if (steps < 1 || steps > RULES_MAX_STEPS) {
+            return (size_t) -1;
+        }
+
+        return 1 + 8 + 1 + 16 * (steps - 1);
+
+    default:
+        /* a type of a later version: kept and matched by its interval */
+        return plen;
+    }
+}
+
+
+/* Returns the number of records, or -1 when the state is malformed. */
+static int
+rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
+    size_t max)
+{
+    size_t           off, n;
+    rules_record_t  *r;
+
+    if (len == 0) {
+        return 0;
+    }
+
+    if (len < RULES_STATE_MAGIC_LEN
+        || memcmp(s, RULES_STATE_MAGIC, RULES_STATE_MAGIC_LEN) != 0)
+    {
+        return -1;
+    }
+
+    off = RULES_STATE_MAGIC_LEN;
+    n = 0;
+
+    while (off < len) {
+        if (len - off < RULES_RECORD_HEADER_LEN || n == max) {
+            return -1;
+        }
+
+        r = &recs[n];
+        r->p = s + off;
+        r->digest = s + off;
+        r->type = s[off + 8];
+        r->expire = rules_get_f64(s + off + 9);
+        r->from = rules_get_f64(s + off + 17);
+        r->until = rules_get_f64(s + off + 25);
+        r->plen = rules_get_u16(s + off + 33);
+        r->payload = s + off + RULES_RECORD_HEADER_LEN;
+        r->entry = -1;
+
+        if (len - off - RULES_RECORD_HEADER_LEN < r->plen
+            || rules_payload_check(r->type, r->payload, r->plen) != r->plen)
+        {
+            return -1;
+        }
+
+        r->len = RULES_RECORD_HEADER_LEN + r->plen;
+        off += r->len;
+        n++;
+    }
+
+    return (int) n;
+}
+
+
+int
+rules_state_validate(const unsigned char *state, size_t state_len)
+{
+    rules_record_t  *recs;
+    size_t           max;
+    int              n;
+
+    max = state_len / RULES_RECORD_HEADER_LEN + 1;
+    recs = malloc(max * sizeof(rules_record_t));
+
+    if (recs == NULL) {
+        return -1;
+    }
+
+    n = rules_parse_state(state, state_len, recs, max);
+    free(recs);
+
+    return n < 0 ? -1 : 0;
+}
+
+
+static size_t
+rules_entry_params_len(unsigned type, const unsigned char *p, size_t avail)
+{
+    switch (type) {
+
+    case RULES_TYPE_COUNT:
+        return 10;
+
+    case RULES_TYPE_DISTINCT:
+        if (avail < 12) {
+            return (size_t) -1;
+        }
+
+        return 12 + rules_get_u16(p + 10);
+
+    case RULES_TYPE_ABSENCE:
+        return 17;
+
+    case RULES_TYPE_SEQUENCE:
+        return 25;
+
+    default:
+        return (size_t) -1;
+    }
+}
+
+
+static int
+rules_parse_op(const unsigned char *op, size_t len, rules_entry_t *ents,
+    size_t max)
+{
+    size_t          off, n, plen;
+    rules_entry_t  *e;
+
+    off = 0;
+    n = 0;
+
+    while (off < len) {
+        if (len - off < 17 || n == max) {
+            return -1;
+        }
+
+        e = &ents[n];
+        e->digest = op + off;
+        e->type = op[off + 8];
+        e->ttl = rules_get_f64(op + off + 9);
+        e->params = op + off + 17;
+        e->record = -1;
+
+        plen = rules_entry_params_len(e->type, e->params, len - off - 17);
+
+        if (plen == (size_t) -1 || len - off - 17 < plen) {
+            return -1;
+        }
+
+        if (e->type == RULES_TYPE_SEQUENCE
+            && (e->params[0] < 1 || e->params[0] > RULES_MAX_STEPS))
+        {
+            return -1;
+        }
+
+        e->plen = plen;
+        off += 17 + plen;
+        n++;
+    }
+
+    return (int) n;
+}
+
+
+/* ---- the state machines -------------------------------------------- */
+
+
+/*
+ * Each writes the updated payload of one rule at the end of out and sets
+ * the record's matched interval; *now_matched is set when the rule is
+ * matched by this event regardless of the interval (a completion).
+ */
+
+static int
+rules_apply_count(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until)
+{
+    unsigned        min, n, k, i, pos;
+    double          within, t;
+    unsigned char  *p;
+
+    min = rules_get_u16(e->params);
+    within = rules_get_f64(e->params + 2);
+    n = r ? rules_get_u16(r->payload) : 0;
+
+    /* the min largest times, descending, with now inserted */
+
+    if (rules_buf_reserve(out, 2 + 8 * ((size_t) n + 1)) != 0) {
+        return -1;
+    }
+
+    p = out->data + out->len + 2;
+    k = 0;
+    pos = 0;
+
+    for (i = 0; i < n && k < min; i++) {
+        t = rules_get_f64(r->payload + 2 + 8 * i);
+
+        if (pos == 0 && now >= t) {
+            rules_put_f64(p + 8 * k++, now);
+            pos = 1;
+
+            if (k == min) {
+                break;
+            }
+        }
+
+        rules_put_f64(p + 8 * k++, t);
+    }
+
+    if (pos == 0 && k < min) {
+        rules_put_f64(p + 8 * k++, now);
+    }
+
+    rules_put_u16(out->data + out->len, k);
+
+    if (k >= min) {
+        *from = RULES_NONE;
+        *until = rules_get_f64(p + 8 * (min - 1)) + within;
+
+    } else {
+        *from = 0;
+        *until = 0;
+    }
+
+    out->len += 2 + 8 * (size_t) k;
+
+    return 0;
+}
+
+
+static int
+rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until)
+{
+    unsigned              min, n, k, i;
+    double                within, t, tnew, tk;
+    const unsigned char  *value, *q, *found;
+    size_t                vlen, qlen, start;
+    int                   placed;
+
+    min = rules_get_u16(e->params);
+    within = rules_get_f64(e->params + 2);
+    vlen = rules_get_u16(e->params + 10);
+    value = e->params + 12;
+    n = r ? rules_get_u16(r->payload) : 0;
+
+    /* the value's previous last-seen time, if it is kept */
+
+    tnew = now;
+    found = NULL;
+    q = r ? r->payload + 2 : NULL;
+
+    for (i = 0; i < n; i++) {
+        qlen = rules_get_u16(q + 8);
+
+        if (qlen == vlen && memcmp(q + 10, value, vlen) == 0) {
+            t = rules_get_f64(q);
+
+            if (t > tnew) {
+                tnew = t;
+            }
+
+            found = q;
+            break;
+        }
+
+        q += 10 + qlen;
+    }
+
+    if (rules_buf_reserve(out, 2 + (r ? r->plen : 0) + 10 + vlen) != 0) {
+        return -1;
+    }
+
+    start = out->len;
+    out->len += 2;
+    k = 0;
+    placed = 0;
+    tk = 0;
+    q = r ? r->payload + 2 : NULL;
+
+    for (i = 0; i <= n && k < min; i++) {
+        if (i < n) {
+            qlen = rules_get_u16(q + 8);
+            t = rules_get_f64(q);
+
+        } else {
+            qlen = 0;
+            t = 0;
+        }
+
+        if (!placed && (i == n || tnew >= t)) {
+            rules_put_f64(out->data + out->len, tnew);
+            rules_put_u16(out->data + out->len + 8, (unsigned) vlen);
+            memcpy(out->data + out->len + 10, value, vlen);
+            out->len += 10 + vlen;
+            tk = tnew;
+            k++;
+            placed = 1;
+
+            if (k == min) {
+                break;
+            }
+        }
+
+        if (i == n) {
+            break;
+        }
+
+        if (q != found) {
+            memcpy(out->data + out->len, q, 10 + qlen);
+            out->len += 10 + qlen;
+            tk = t;
+            k++;
+        }
+
+        q += 10 + qlen;
+    }
+
+    rules_put_u16(out->data + start, k);
+
+    if (k >= min) {
+        *from = RULES_NONE;
+        *until = tk + within;
+
+    } else {
+        *from = 0;
+        *until = 0;
+    }
+
+    return 0;
+}
+
+
+static int
+rules_apply_absence(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until)
+{
+    unsigned char  *p;
+    double          after, within;
+
+    (void) r;
+
+    after = rules_get_f64(e->params + 1);
+    within = rules_get_f64(e->params + 9);
+
+    if (rules_buf_reserve(out, 9) != 0) {
+        return -1;
+    }
+
+    p = out->data + out->len;
+    out->len += 9;
+
+    if (e->params[0] == RULES_ACTION_CANCEL) {
+        p[0] = 0;
+        rules_put_f64(p + 1, RULES_NONE);
+        *from = 0;
+        *until = 0;
+        return 0;
+    }
+
+    p[0] = 1;
+    rules_put_f64(p + 1, now);
+    *from = now + after;
+    *until = now + within;
+
+    return 0;
+}
+
+
+static int
+rules_apply_sequence(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until,
+    int *completed)
+{
+    unsigned        n, i;
+    uint32_t        strict, mask;
+    double          within, hold, tc, cand;
+    double          S[RULES_MAX_STEPS], F[RULES_MAX_STEPS];
+    double          nS[RULES_MAX_STEPS], nF[RULES_MAX_STEPS];
+    unsigned char  *p;
+    int             fresh;
+
+    n = e->params[0];
+    strict = rules_get_u32(e->params + 1);
+    within = rules_get_f64(e->params + 5);
+    hold = rules_get_f64(e->params + 13);
+    mask = rules_get_u32(e->params + 21);
+
+    tc = RULES_NONE;
+
+    for (i = 0; i + 1 < n; i++) {
+        S[i] = RULES_NONE;
+        F[i] = RULES_NONE;
+    }
+
+    if (r && r->payload[0] == n) {
+        tc = rules_get_f64(r->payload + 1);
+
+        for (i = 0; i + 1 < n; i++) {
+            S[i] = rules_get_f64(r->payload + 10 + 8 * i);
+            F[i] = rules_get_f64(r->payload + 10 + 8 * (n - 1) + 8 * i);
+        }
+    }
+
+    *completed = 0;
+
+    for (i = 0; i + 1 < n; i++) {
+        nS[i] = S[i];
+        nF[i] = RULES_NONE;
+    }
+
+    /* one event advances each partial match by at most one step */
+
+    for (i = 0; i < n; i++) {
+        if (!((mask >> i) & 1)) {
+            continue;
+        }
+
+        if (i == 0) {
+            cand = now;
+
+        } else {
+            cand = ((strict >> i) & 1) ? F[i - 1] : S[i - 1];
+        }
+
+        if (cand < 0) {
+            continue;
+        }
+
+        if (i == n - 1) {
+            if (now - cand < within) {
+                *completed = 1;
+            }
+
+            continue;
+        }
+
+        if (cand > nS[i]) {
+            nS[i] = cand;
+        }
+
+        if (cand > nF[i]) {
+            nF[i] = cand;
+        }
+    }
+
+    if (*completed) {
+        /* every partial match is discarded; this event starts nothing */
+        tc = now;
+
+        for (i = 0; i + 1 < n; i++) {
+            nS[i] = RULES_NONE;
+            nF[i] = RULES_NONE;
+        }
+    }
+
+    if (rules_buf_reserve(out, 10 + 16 * (size_t) (n - 1)) != 0) {
+        return -1;
+    }
+
+    fresh = 0;
+
+    for (i = 0; i + 1 < n; i++) {
+        if (nF[i] >= 0) {
+            fresh = 1;
+        }
+    }
+
+    p = out->data + out->len;
+    p[0] = (unsigned char) n;
+    rules_put_f64(p + 1, tc);
+    p[9] = (unsigned char) fresh;
+
+    for (i = 0; i + 1 < n; i++) {
+        rules_put_f64(p + 10 + 8 * i, nS[i]);
+        rules_put_f64(p + 10 + 8 * (n - 1) + 8 * i, nF[i]);
+    }
+
+    out->len += 10 + 16 * (size_t) (n - 1);
+
+    if (tc >= 0 && hold > 0) {
+        *from = RULES_NONE;
+        *until = tc + hold;
+
+    } else {
+        *from = 0;
+        *until = 0;
+    }
+
+    return 0;
+}
+
+
+/* ---- applying an operation ----------------------------------------- */
+
+
+static int
+rules_write_header(rules_buf_t *out, const unsigned char *digest,
+    unsigned type, double expire, size_t *at)
+{
+    if (rules_buf_reserve(out, RULES_RECORD_HEADER_LEN) != 0) {
+        return -1;
+    }
+
+    *at = out->len;
+    memcpy(out->data + out->len, digest, 8);
+    out->data[out->len + 8] = (unsigned char) type;
+    rules_put_f64(out->data + out->len + 9, expire);
+    out->len += RULES_RECORD_HEADER_LEN;
+
+    return 0;
+}
+
+
+static void
+rules_finish_header(rules_buf_t *out, size_t at, double from, double until)
+{
+    rules_put_f64(out->data + at + 17, from);
+    rules_put_f64(out->data + at + 25, until);
+    rules_put_u16(out->data + at + 33,
+                  (unsigned) (out->len - at - RULES_RECORD_HEADER_LEN));
+}
+
+
+static int
+rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
+    double now, double wall, rules_buf_t *out, rules_buf_t *matched)
+{
+    size_t  at;
+    double  from, until;
+    int     rc, completed;
+
+    if (r && r->type != e->type) {
+        r = NULL;
+    }
+
+    if (rules_write_header(out, e->digest, e->type, wall + e->ttl, &at)
+        != 0)
+    {
+        return -1;
+    }
+
+    completed = 0;
+
+    switch (e->type) {
+
+    case RULES_TYPE_COUNT:
+        rc = rules_apply_count(e, r, now, out, &from, &until);
+        break;
+
+    case RULES_TYPE_DISTINCT:
+        rc = rules_apply_distinct(e, r, now, out, &from, &until);
+        break;
+
+    case RULES_TYPE_ABSENCE:
+        rc = rules_apply_absence(e, r, now, out, &from, &until);
+        break;
+
+    default:
+        rc = rules_apply_sequence(e, r, now, out, &from, &until, &completed);
+        break;
+    }
+
+    if (rc != 0) {
+        return -1;
+    }
+
+    rules_finish_header(out, at, from, until);
+
+    if (completed || (from <= now && now < until)) {
+        return rules_buf_append(matched, e->digest, 8);
+    }
+
+    return 0;
+}
+
+
+/* An untouched sequence record whose strict chains this event breaks. */
+static int
+rules_break_chains(const rules_record_t *r, rules_buf_t *out)
+{
+    unsigned        n, i;
+    unsigned char  *p;
+
+    if (rules_buf_append(out, r->p, r->len) != 0) {
+        return -1;
+    }
+
+    p = out->data + out->len - r->plen;
+    n = p[0];
+    p[9] = 0;
+
+    for (i = 0; i + 1 < n; i++) {
+        rules_put_f64(p + 10 + 8 * (n - 1) + 8 * i, RULES_NONE);
+    }
+
+    return 0;
+}
+
+
+int
+rules_state_apply(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
+    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched)
+{
+    rules_record_t  *recs;
+    rules_entry_t   *ents;
+    size_t           maxr, maxe, i, j;
+    int              nr, ne, rc;
+    double           now, wall, expire, max_expire;
+    size_t           start;
+
+    now = (double) now_ms;
+    wall = (double) wall_ms;
+    out->len = 0;
+    *changed = 0;
+    *pttl = 0;
+
+    maxr = state_len / RULES_RECORD_HEADER_LEN + 1;
+    maxe = op_len / 17 + 1;
+
+    recs = malloc(maxr * sizeof(rules_record_t));
+    ents = malloc(maxe * sizeof(rules_entry_t));
+
+    if (recs == NULL || ents == NULL) {
+        free(recs);
+        free(ents);
+        return -1;
+    }
+
+    ne = rules_parse_op(op, op_len, ents, maxe);
+
+    if (ne < 0) {
+        free(recs);
+        free(ents);
+        return -1;
+    }
+
+    nr = rules_parse_state(state, state_len, recs, maxr);
+
+    if (nr < 0) {
+        /* not ours or damaged: start afresh */
+        nr = 0;
+        *changed = 1;
+    }
+
+    /* pair entries with their records */
+
+    for (i = 0; i < (size_t) ne; i++) {
+        for (j = 0; j < (size_t) nr; j++) {
+            if (recs[j].entry < 0
+                && memcmp(recs[j].digest, ents[i].digest, 8) == 0)
+            {
+                recs[j].entry = (int) i;
+                ents[i].record = (int) j;
+                break;
+            }
+        }
+    }
+
+    rc = rules_buf_append(out, RULES_STATE_MAGIC, RULES_STATE_MAGIC_LEN);
+    start = out->len;
+    max_expire = 0;
+
+    for (j = 0; rc == 0 && j < (size_t) nr; j++) {
+        if (recs[j].expire <= wall) {
+            *changed = 1;
+            continue;
+        }
+
+        if (recs[j].entry >= 0) {
+            *changed = 1;
+            rc = rules_apply_entry(&ents[recs[j].entry], &recs[j], now, wall,
+                                   out, matched);
+            expire = wall + ents[recs[j].entry].ttl;
+
+        } else {
+            expire = recs[j].expire;
+
+            if (recs[j].type == RULES_TYPE_SEQUENCE && recs[j].payload[9]) {
+                *changed = 1;
+                rc = rules_break_chains(&recs[j], out);
+
+            } else {
+                rc = rules_buf_append(out, recs[j].p, recs[j].len);
+            }
+
+            if (rc == 0 && recs[j].from <= now && now < recs[j].until) {
+                rc = rules_buf_append(matched, recs[j].digest, 8);
+            }
+        }
+
+        if (expire > max_expire) {
+            max_expire = expire;
+        }
+    }
+
+    for (i = 0; rc == 0 && i < (size_t) ne; i++) {
+        if (ents[i].record >= 0 && recs[ents[i].record].expire > wall) {
+            continue;
+        }
+
+        *changed = 1;
+        rc = rules_apply_entry(&ents[i], NULL, now, wall, out, matched);
+
+        if (wall + ents[i].ttl > max_expire) {
+            max_expire = wall + ents[i].ttl;
+        }
+    }
+
+    free(recs);
+    free(ents);
+
+    if (rc != 0) {
+        return -1;
+    }
+
+    if (out->len == start) {
+        out->len = 0;
+
+    } else {
+        *pttl = (int64_t) (max_expire - wall);
+
+        if (*pttl < 1) {
+            *pttl = 1;
+        }
+    }
+
+    return 0;
+}

@@ -1,0 +1,102 @@
+/*
+ * Per-key state: the binary format shared by the C state machines
+ * (rules_state.c) and the Redis script (rules_script.c).
+ *
+ * All numbers are little-endian; "d" is an IEEE-754 double (every time is
+ * an integer number of ms below 2^53, so doubles hold them exactly),
+ * "H" an unsigned 16-bit, "I" an unsigned 32-bit, "B" a byte.  Time -1
+ * means "none".  These are the struct.pack formats of Redis' Lua.
+ *
+ * Operation (one ARGV string per key, built by rules_event_build()): the
+ * entries of the rules of the key's group that the event touches,
+ * concatenated:
+ *
+ *     entry    = digest(8 bytes) type(B) ttl(d) params
+ *     count    : min(H) within(d)                      -- add one event
+ *     distinct : min(H) within(d) vlen(H) value        -- add the value
+ *     absence  : action(B: 1 cancel, 2 trigger) after(d) within(d)
+ *     sequence : nsteps(B) strict(I) within(d) hold(d) mask(I)
+ *
+ * A count or distinct rule is touched when its "where" holds (distinct:
+ * and the field has a value), an absence rule when "cancel" or "trigger"
+ * holds, a sequence rule when at least one step's "where" holds.
+ *
+ * State (the Redis string value of the key): "R1" then records:
+ *
+ *     record   = digest(8) type(B) expire(d) from(d) until(d) plen(H)
+ *                payload(plen bytes)
+ *     count    : n(H) then n times t(d), the n largest times, descending
+ *     distinct : n(H) then n times (t(d) vlen(H) value), by last-seen
+ *                time descending (ties: most recently added first)
+ *     absence  : armed(B) t_arm(d)
+ *     sequence : nsteps(B) tc(d) fresh(B) then S[1..nsteps-1](d) then
+ *                F[1..nsteps-1](d)
+ *
+ * expire is the wall-clock ms after which the record is dropped (set to
+ * wall + ttl when the record is written).  The record is matched at time
+ * now iff from <= now < until, or (sequence) it completed on this event.
+ *
+ * Sequence: S[i] is the latest start time of a partial match that reached
+ * step i, F[i] the same among partial matches whose step-i event is the
+ * key's previous event (needed by strict steps); tc the last completion.
+ *
+ * Applying an operation (the same in C and Lua):
+ *   1. Records whose expire <= wall are dropped.
+ *   2. Each entry replaces its rule's record by the updated one (a new
+ *      record when there was none); each other sequence record with a
+ *      non-empty F gets F cleared (the event breaks strict chains).
+ *   3. The reply lists the digests of the matched records, in record
+ *      order.  The state is written back only when it changed, with
+ *      PEXPIRE max(expire) - wall; an empty state deletes the key.
+ *   New records are appended after the kept ones, in entry order.
+ */
+
+#ifndef RULES_STATE_H
+#define RULES_STATE_H
+
+#include "rules_engine.h"
+
+
+#define RULES_STATE_MAGIC      "R1"
+#define RULES_STATE_MAGIC_LEN  2
+
+#define RULES_ACTION_CANCEL    1
+#define RULES_ACTION_TRIGGER   2
+
+
+/* A growable byte buffer. */
+typedef struct {
+    unsigned char  *data;
+    size_t          len;
+    size_t          size;
+} rules_buf_t;
+
+int rules_buf_reserve(rules_buf_t *b, size_t more);
+int rules_buf_append(rules_buf_t *b, const void *p, size_t len);
+void rules_buf_free(rules_buf_t *b);
+
+
+/*
+ * Apply one key operation to a state.  state/state_len is the current
+ * state (state_len == 0: no state).  On success returns 0, writes the
+ * new state into *out (out->len == 0: delete the key), sets *changed,
+ * *pttl (ms, for PEXPIRE) and appends the matched digests to *matched.
+ * Returns -1 on a malformed state or op (the state is then treated as
+ * empty by the caller) or on memory exhaustion.
+ */
+int rules_state_apply(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
+    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched);
+
+/* Checks a state blob's structure; 0 when well-formed. */
+int rules_state_validate(const unsigned char *state, size_t state_len);
+
+
+/* The Redis script (rules_script.c) and the SHA1 hex of its text. */
+extern const char  rules_script_text[];
+const char *rules_script_sha1(void);
+
+/* SHA1 of a buffer as 40 lowercase hex digits and a NUL (rules_sha1.c). */
+void rules_sha1_hex(const unsigned char *p, size_t len, char out[41]);
+
+#endif /* RULES_STATE_H */

@@ -1,0 +1,65 @@
+# rules-replay: the in-memory engine (C, src/rules_state.c) and the Redis
+# script (Lua, src/rules_script.lua) give the same result for every event
+# of many random rule files and streams.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use File::Temp qw(tempdir);
+use RulesGen;
+
+my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+my $port = $ENV{TEST_NGINX_REDIS_PORT}
+    or plan skip_all => 'TEST_NGINX_REDIS_PORT is not set';
+-x $replay or plan skip_all => "no $replay";
+
+my $dir = tempdir(CLEANUP => 1);
+my $rounds = $ENV{RULES_DIFF_ROUNDS} // 40;
+
+sub run_replay {
+    my (@args) = @_;
+    open my $fh, '-|', $replay, @args or die "cannot run $replay: $!";
+    my @lines = <$fh>;
+    close $fh;
+    return ($? >> 8, \@lines);
+}
+
+for my $round (1 .. $rounds) {
+    my $gen = RulesGen->new(1000 + $round);
+    my $rules = $gen->rules(2 + $gen->rand_int(6));
+    my $events = $gen->events(150);
+
+    open my $rf, '>', "$dir/rules.json" or die;
+    print $rf RulesGen::json($rules);
+    close $rf;
+    open my $ef, '>', "$dir/events.jsonl" or die;
+    print $ef RulesGen::json($_), "\n" for @$events;
+    close $ef;
+
+    my $prefix = "difftest:$$:$round:";
+    my ($rc1, $mem) = run_replay('--rules', "$dir/rules.json",
+                                 "$dir/events.jsonl");
+    my ($rc2, $red) = run_replay('--rules', "$dir/rules.json",
+                                 '--redis', "127.0.0.1:$port",
+                                 '--prefix', $prefix, "$dir/events.jsonl");
+
+    is($rc1, 0, "round $round: dry run exits 0");
+    is($rc2, 0, "round $round: redis run exits 0");
+    is(scalar @$mem, scalar @$events, "round $round: one line per event");
+
+    my $bad;
+    for my $i (0 .. $#$events) {
+        next if ($mem->[$i] // '') eq ($red->[$i] // '');
+        $bad = "event $i " . RulesGen::json($events->[$i])
+            . "\n  memory: " . ($mem->[$i] // "(none)")
+            . "  redis:  " . ($red->[$i] // "(none)");
+        last;
+    }
+    ok(!$bad, "round $round: memory and redis agree on every event")
+        or diag("seed " . (1000 + $round) . "\nrules: "
+                . RulesGen::json($rules) . "\n$bad");
+}
+
+done_testing();

@@ -1,0 +1,631 @@
+/*
+ * rules-replay: applies a stream of JSON events to a rule file, with the
+ * engine of ngx_http_rules_module, and prints one result line per event.
+ *
+ *   rules-replay --rules FILE [--redis ADDR] [--prefix P] [--password PW]
+ *                [--user U] [--db N] [--key-max N] [--value-max N]
+ *                [EVENTS.jsonl]
+ *
+ * Without --redis the state lives in memory (dry runs, verification);
+ * with it, each event is applied to Redis with the module's own script
+ * call (one EVALSHA over the event's state keys), which rebuilds state.
+ */
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <hiredis/hiredis.h>
+
+#include "rules_engine.h"
+#include "rules_state.h"
+#include "rules_json_event.h"
+
+
+#define REPLAY_DEFAULT_PREFIX  "rules:"
+
+
+typedef struct replay_entry_s  replay_entry_t;
+
+struct replay_entry_s {
+    replay_entry_t  *next;
+    unsigned char   *key;
+    size_t           key_len;
+    rules_buf_t      state;
+};
+
+
+typedef struct {
+    rules_set_t       *rs;
+    rules_limits_t     limits;
+    const char        *prefix;
+    size_t             prefix_len;
+
+    /* in-memory store */
+    replay_entry_t   **buckets;
+    size_t             nbuckets;
+
+    /* Redis */
+    redisContext      *redis;
+
+    rules_eventops_t   eo;
+    rules_result_t     res;
+    rules_buf_t        out;
+    rules_buf_t        matched;
+    unsigned char     *keys;
+    size_t             keys_size;
+} replay_t;
+
+
+static void
+usage(void)
+{
+    fprintf(stderr,
+        "usage: rules-replay --rules FILE [--redis HOST:PORT|unix:PATH]\n"
+        "                    [--password PW] [--user USER] [--db N]\n"
+        "                    [--prefix PREFIX] [--key-max N] "
+        "[--value-max N]\n"
+        "                    [--time-member NAME] [EVENTS.jsonl]\n");
+    exit(2);
+}
+
+
+static int64_t
+wall_ms(void)
+{
+    struct timeval  tv;
+
+    gettimeofday(&tv, NULL);
+
+    return (int64_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+
+static uint64_t
+hash_bytes(const unsigned char *p, size_t len)
+{
+    uint64_t  h;
+    size_t    i;
+
+    h = 1469598103934665603ULL;
+
+    for (i = 0; i < len; i++) {
+        h = (h ^ p[i]) * 1099511628211ULL;
+    }
+
+    return h;
+}
+
+
+static replay_entry_t *
+store_get(replay_t *rp, const unsigned char *key, size_t len)
+{
+    replay_entry_t  *e, **b;
+
+    b = &rp->buckets[hash_bytes(key, len) % rp->nbuckets];
+
+    for (e = *b; e; e = e->next) {
+        if (e->key_len == len && memcmp(e->key, key, len) == 0) {
+            return e;
+        }
+    }
+
+    e = calloc(1, sizeof(replay_entry_t));
+
+    if (e == NULL || (e->key = malloc(len ? len : 1)) == NULL) {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        exit(1);
+    }
+
+    memcpy(e->key, key, len);
+    e->key_len = len;
+    e->next = *b;
+    *b = e;
+
+    return e;
+}
+
+
+static void
+store_free(replay_t *rp)
+{
+    replay_entry_t  *e, *next;
+    size_t           i;
+
+    for (i = 0; i < rp->nbuckets; i++) {
+        for (e = rp->buckets[i]; e; e = next) {
+            next = e->next;
+            rules_buf_free(&e->state);
+            free(e->key);
+            free(e);
+        }
+    }
+
+    free(rp->buckets);
+}
+
+
+/* Builds the state keys of the event's key operations into rp->keys. */
+static void
+build_keys(replay_t *rp, size_t *offs, size_t *lens)
+{
+    rules_keyop_t  *ko;
+    size_t          i, total, off;
+
+    total = 0;
+
+    for (i = 0; i < rp->eo.nkeyops; i++) {
+        ko = &rp->eo.keyops[i];
+        total += rules_state_key_len(rp->rs, rp->prefix_len, ko->group,
+                                     ko->key_value.len);
+    }
+
+    if (total > rp->keys_size) {
+        free(rp->keys);
+        rp->keys = malloc(total);
+        rp->keys_size = total;
+
+        if (rp->keys == NULL) {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            exit(1);
+        }
+    }
+
+    off = 0;
+
+    for (i = 0; i < rp->eo.nkeyops; i++) {
+        ko = &rp->eo.keyops[i];
+        offs[i] = off;
+        lens[i] = rules_state_key(rp->rs, rp->prefix, rp->prefix_len,
+                                  ko->group, ko->key_value, rp->keys + off);
+        off += lens[i];
+    }
+}
+
+
+static int
+apply_memory(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
+{
+    replay_entry_t  *e;
+    rules_buf_t      tmp;
+    size_t           i;
+    int              changed;
+    int64_t          pttl;
+
+    for (i = 0; i < rp->eo.nkeyops; i++) {
+        e = store_get(rp, rp->keys + offs[i], lens[i]);
+        rp->matched.len = 0;
+
+        if (rules_state_apply(e->state.data, e->state.len,
+                              rp->eo.keyops[i].op, rp->eo.keyops[i].op_len,
+                              now, wall_ms(), &rp->out, &changed, &pttl,
+                              &rp->matched)
+            != 0)
+        {
+            fprintf(stderr, "rules-replay: cannot apply an event\n");
+            return -1;
+        }
+
+        if (changed) {
+            tmp = e->state;
+            e->state = rp->out;
+            rp->out = tmp;
+        }
+
+        rules_result_add_digests(rp->rs, &rp->res, rp->matched.data,
+                                 rp->matched.len);
+    }
+
+    return 0;
+}
+
+
+static redisReply *
+redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
+    size_t *argvlen)
+{
+    argv[0] = cmd;
+    argvlen[0] = strlen(cmd);
+
+    return redisCommandArgv(rp->redis, argc, argv, argvlen);
+}
+
+
+static int
+apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
+{
+    redisReply   *reply;
+    const char  **argv;
+    size_t       *argvlen, i, n;
+    char          nkeys[32], nowbuf[32];
+    int           argc, rc;
+
+    n = rp->eo.nkeyops;
+    argc = (int) (4 + 2 * n);
+    argv = malloc(argc * sizeof(char *));
+    argvlen = malloc(argc * sizeof(size_t));
+
+    if (argv == NULL || argvlen == NULL) {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        exit(1);
+    }
+
+    /* EVALSHA sha numkeys key... now op...: the module's call */
+
+    argv[1] = rules_script_sha1();
+    argvlen[1] = 40;
+    argvlen[2] = snprintf(nkeys, sizeof(nkeys), "%zu", n);
+    argv[2] = nkeys;
+
+    for (i = 0; i < n; i++) {
+        argv[3 + i] = (const char *) rp->keys + offs[i];
+        argvlen[3 + i] = lens[i];
+    }
+
+    argvlen[3 + n] = snprintf(nowbuf, sizeof(nowbuf), "%lld",
+                              (long long) now);
+    argv[3 + n] = nowbuf;
+
+    for (i = 0; i < n; i++) {
+        argv[4 + n + i] = (const char *) rp->eo.keyops[i].op;
+        argvlen[4 + n + i] = rp->eo.keyops[i].op_len;
+    }
+
+    reply = redis_eval(rp, "EVALSHA", argc, argv, argvlen);
+
+    if (reply && reply->type == REDIS_REPLY_ERROR
+        && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        freeReplyObject(reply);
+        argv[1] = rules_script_text;
+        argvlen[1] = strlen(rules_script_text);
+        reply = redis_eval(rp, "EVAL", argc, argv, argvlen);
+    }
+
+    rc = 0;
+
+    if (reply == NULL) {
+        fprintf(stderr, "rules-replay: redis: %s\n", rp->redis->errstr);
+        rc = -1;
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "rules-replay: redis: %s\n", reply->str);
+        rc = -1;
+
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n) {
+        fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+        rc = -1;
+
+    } else {
+        for (i = 0; i < n; i++) {
+            if (reply->element[i]->type == REDIS_REPLY_STRING) {
+                rules_result_add_digests(rp->rs, &rp->res,
+                                   (unsigned char *) reply->element[i]->str,
+                                   reply->element[i]->len);
+            }
+        }
+    }
+
+    if (reply) {
+        freeReplyObject(reply);
+    }
+
+    free(argv);
+    free(argvlen);
+
+    return rc;
+}
+
+
+static void
+print_result(replay_t *rp, const char *status, const char *error)
+{
+    size_t  i, first;
+
+    first = 1;
+    fputs("{\"matched\":[", stdout);
+
+    for (i = 0; i < rules_count(rp->rs); i++) {
+        if (rules_result_is_set(&rp->res, i)) {
+            printf("%s\"%s\"", first ? "" : ",", rules_rule(rp->rs, i)->id);
+            first = 0;
+        }
+    }
+
+    fputs("]", stdout);
+
+    if (status) {
+        printf(",\"status\":\"%s\"", status);
+    }
+
+    if (error) {
+        fputs(",\"error\":\"", stdout);
+
+        for ( /* void */ ; *error; error++) {
+            if (*error == '"' || *error == '\\') {
+                putchar('\\');
+            }
+
+            putchar((unsigned char) *error >= 0x20 ? *error : ' ');
+        }
+
+        putchar('"');
+    }
+
+    fputs("}\n", stdout);
+}
+
+
+static int
+replay_line(replay_t *rp, const char *line, size_t len,
+    const char *time_member, int use_redis)
+{
+    rules_json_events_t   ev;
+    rules_json_rc_t       jrc;
+    rules_event_rc_t      erc;
+    char                  err[RULES_ERR_LEN];
+    size_t               *offs, *lens, n;
+    int64_t               now;
+    int                   rc;
+
+    rules_result_clear(&rp->res);
+
+    jrc = rules_json_events_parse(rp->rs, line, len, time_member, 1, &ev,
+                                  err);
+
+    if (jrc != RULES_JSON_OK) {
+        print_result(rp, "invalid", err);
+        rules_json_events_free(&ev);
+        return 0;
+    }
+
+    now = ev.ts[0] >= 0 ? ev.ts[0] : wall_ms();
+
+    erc = rules_event_build(rp->rs, &rp->limits, ev.values, now, &rp->eo);
+
+    if (erc == RULES_EVENT_INVALID) {
+        print_result(rp, "invalid", "a value is over a limit");
+        rules_json_events_free(&ev);
+        return 0;
+    }
+
+    if (erc == RULES_EVENT_SKIPPED) {
+        print_result(rp, NULL, NULL);
+        rules_json_events_free(&ev);
+        return 0;
+    }
+
+    n = rp->eo.nkeyops;
+    offs = malloc(n * sizeof(size_t));
+    lens = malloc(n * sizeof(size_t));
+
+    if (offs == NULL || lens == NULL) {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        exit(1);
+    }
+
+    build_keys(rp, offs, lens);
+
+    rc = use_redis ? apply_redis(rp, now, offs, lens)
+                   : apply_memory(rp, now, offs, lens);
+
+    free(offs);
+    free(lens);
+    rules_json_events_free(&ev);
+
+    if (rc != 0) {
+        return -1;
+    }
+
+    print_result(rp, NULL, NULL);
+
+    return 0;
+}
+
+
+static redisContext *
+redis_connect(const char *addr, const char *user, const char *password,
+    long db)
+{
+    redisContext  *c;
+    redisReply    *reply;
+    const char    *colon;
+    char           host[256];
+    size_t         len;
+
+    if (strncmp(addr, "unix:", 5) == 0) {
+        c = redisConnectUnix(addr + 5);
+
+    } else {
+        colon = strrchr(addr, ':');
+
+        if (colon == NULL || (len = (size_t) (colon - addr)) == 0
+            || len >= sizeof(host))
+        {
+            fprintf(stderr, "rules-replay: invalid --redis \"%s\": "
+                    "HOST:PORT or unix:PATH\n", addr);
+            exit(2);
+        }
+
+        memcpy(host, addr, len);
+        host[len] = '\0';
+        c = redisConnect(host, atoi(colon + 1));
+    }
+
+    if (c == NULL || c->err) {
+        fprintf(stderr, "rules-replay: cannot connect to redis %s: %s\n",
+                addr, c ? c->errstr : "out of memory");
+        exit(1);
+    }
+
+    if (password) {
+        reply = user ? redisCommand(c, "AUTH %s %s", user, password)
+                     : redisCommand(c, "AUTH %s", password);
+
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "rules-replay: redis AUTH failed: %s\n",
+                    reply ? reply->str : c->errstr);
+            exit(1);
+        }
+
+        freeReplyObject(reply);
+    }
+
+    if (db) {
+        reply = redisCommand(c, "SELECT %ld", db);
+
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "rules-replay: redis SELECT failed: %s\n",
+                    reply ? reply->str : c->errstr);
+            exit(1);
+        }
+
+        freeReplyObject(reply);
+    }
+
+    return c;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    static struct option  opts[] = {
+        { "rules", required_argument, NULL, 'r' },
+        { "redis", required_argument, NULL, 'R' },
+        { "password", required_argument, NULL, 'p' },
+        { "user", required_argument, NULL, 'u' },
+        { "db", required_argument, NULL, 'd' },
+        { "prefix", required_argument, NULL, 'P' },
+        { "key-max", required_argument, NULL, 'k' },
+        { "value-max", required_argument, NULL, 'v' },
+        { "time-member", required_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    replay_t     rp;
+    const char  *rules, *redis, *password, *user, *time_member;
+    char         err[RULES_ERR_LEN];
+    char        *line;
+    size_t       cap;
+    ssize_t      len;
+    FILE        *in;
+    long         db;
+    int          c, rc;
+
+    rules = NULL;
+    redis = NULL;
+    password = NULL;
+    user = NULL;
+    time_member = "ts";
+    db = 0;
+
+    memset(&rp, 0, sizeof(rp));
+    rp.prefix = REPLAY_DEFAULT_PREFIX;
+    rp.limits.key_max = RULES_DEFAULT_KEY_MAX;
+    rp.limits.value_max = RULES_DEFAULT_VALUE_MAX;
+
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': rules = optarg; break;
+        case 'R': redis = optarg; break;
+        case 'p': password = optarg; break;
+        case 'u': user = optarg; break;
+        case 'd': db = strtol(optarg, NULL, 10); break;
+        case 'P': rp.prefix = optarg; break;
+        case 'k': rp.limits.key_max = strtoul(optarg, NULL, 10); break;
+        case 'v': rp.limits.value_max = strtoul(optarg, NULL, 10); break;
+        case 't': time_member = optarg; break;
+        default: usage();
+        }
+    }
+
+    if (rules == NULL || argc - optind > 1) {
+        usage();
+    }
+
+    rp.prefix_len = strlen(rp.prefix);
+
+    rp.rs = rules_load_file(rules, err, sizeof(err));
+
+    if (rp.rs == NULL) {
+        fprintf(stderr, "rules-replay: %s\n", err);
+        return 1;
+    }
+
+    if (optind < argc) {
+        in = fopen(argv[optind], "r");
+
+        if (in == NULL) {
+            fprintf(stderr, "rules-replay: %s: %s\n", argv[optind],
+                    strerror(errno));
+            return 1;
+        }
+
+    } else {
+        in = stdin;
+    }
+
+    if (redis) {
+        rp.redis = redis_connect(redis, user, password, db);
+
+    } else {
+        rp.nbuckets = 65536;
+        rp.buckets = calloc(rp.nbuckets, sizeof(replay_entry_t *));
+    }
+
+    if ((!redis && rp.buckets == NULL)
+        || rules_result_init(rp.rs, &rp.res) != 0)
+    {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        return 1;
+    }
+
+    line = NULL;
+    cap = 0;
+    rc = 0;
+
+    while ((len = getline(&line, &cap, in)) != -1) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+            len--;
+        }
+
+        if (len == 0) {
+            continue;
+        }
+
+        if (replay_line(&rp, line, (size_t) len, time_member,
+                        redis != NULL)
+            != 0)
+        {
+            rc = 1;
+            break;
+        }
+    }
+
+    fflush(stdout);
+    free(line);
+
+    if (in != stdin) {
+        fclose(in);
+    }
+
+    if (rp.redis) {
+        redisFree(rp.redis);
+
+    } else {
+        store_free(&rp);
+    }
+
+    free(rp.keys);
+    rules_buf_free(&rp.out);
+    rules_buf_free(&rp.matched);
+    rules_eventops_free(&rp.eo);
+    rules_result_free(&rp.res);
+    rules_free(rp.rs);
+
+    return rc;
+}
