@@ -192,6 +192,14 @@ typedef struct {
 
 
 /*
+ * RULES_EVENT_INVALID when now is out of range or a value is longer than
+ * limits->value_max; RULES_EVENT_OK otherwise.  Cheap: no condition is
+ * evaluated.
+ */
+rules_event_rc_t rules_event_validate(const rules_set_t *rs,
+    const rules_limits_t *limits, const rules_str_t *values, int64_t now);
+
+/*
  * Evaluate the conditions of one event and build its key operations.
  * now is the event time in ms (0 .. RULES_MAX_TS_MS).  eo is reused
  * across calls; free it with rules_eventops_free().

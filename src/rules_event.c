@@ -163,22 +163,16 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
 
 
 rules_event_rc_t
-rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
-    const rules_str_t *values, int64_t now, rules_eventops_t *eo)
+rules_event_validate(const rules_set_t *rs, const rules_limits_t *limits,
+    const rules_str_t *values, int64_t now)
 {
-    const rules_group_t  *g;
-    const rules_str_t    *key;
-    rules_keyop_t        *ko;
-    size_t                i, j, start;
-    size_t                value_max;
-
-    eo->nkeyops = 0;
-    eo->buf_len = 0;
-    eo->over_limit = 0;
+    size_t  i, value_max;
 
     if (now < 0 || now > RULES_MAX_TS_MS) {
         return RULES_EVENT_INVALID;
     }
+
+    /* a distinct value is stored with a 16-bit length */
 
     value_max = limits->value_max;
 
@@ -190,6 +184,27 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         if (values[i].len > value_max) {
             return RULES_EVENT_INVALID;
         }
+    }
+
+    return RULES_EVENT_OK;
+}
+
+
+rules_event_rc_t
+rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
+    const rules_str_t *values, int64_t now, rules_eventops_t *eo)
+{
+    const rules_group_t  *g;
+    const rules_str_t    *key;
+    rules_keyop_t        *ko;
+    size_t                i, j, start;
+
+    eo->nkeyops = 0;
+    eo->buf_len = 0;
+    eo->over_limit = 0;
+
+    if (rules_event_validate(rs, limits, values, now) != RULES_EVENT_OK) {
+        return RULES_EVENT_INVALID;
     }
 
     if (eo->keyops_size < rs->ngroups) {

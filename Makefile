@@ -1,0 +1,93 @@
+# ngx_http_rules_module: the one entry point.
+#
+#   make deps    install build and test dependencies (Debian 12, as root)
+#   make         build the module, librules.a, rules-replay, unit tests
+#   make demo    start Redis + nginx + module and replay a pixel sequence
+#   make test    run the whole test suite (starts and stops its own Redis)
+#   make clean
+
+SHELL := /bin/bash
+
+NGX_SRC    ?= /usr/share/nginx/src
+BUILD      := $(CURDIR)/build
+NGX_BUILD  := $(BUILD)/nginx
+MODULE     := $(NGX_BUILD)/ngx_http_rules_module.so
+
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+WARN       := -Wall -Wextra -Wpointer-arith -Wno-unused-parameter -Werror
+ENGINE_CFLAGS := $(CFLAGS) $(WARN) -fPIC -Isrc
+LIBS       := -lhiredis -ljansson -lpcre2-8
+
+ENGINE_SRCS := $(wildcard src/*.c)
+ENGINE_HDRS := $(wildcard src/*.h)
+ENGINE_OBJS := $(patsubst src/%.c,$(BUILD)/engine/%.o,$(ENGINE_SRCS))
+GLUE_SRCS   := $(wildcard ngx_module/*.c ngx_module/*.h)
+UNIT_SRCS   := $(wildcard t/unit/test_*.c)
+UNIT_BINS   := $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
+
+DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
+                redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
+                curl gcc make perl valgrind clang
+
+.PHONY: all build deps demo test clean script
+
+all: build
+
+build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS)
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	        | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends $$missing < /dev/null; \
+	else \
+	    echo "dependencies: all installed"; \
+	fi
+
+# the Redis script: src/rules_script.lua is the source, the .c is committed
+script: src/rules_script.c
+
+src/rules_script.c: src/rules_script.lua tools/gen-script.sh
+	tools/gen-script.sh
+
+# nginx's configure writes into its source tree: configure a private copy
+$(NGX_BUILD)/Makefile: config
+	rm -rf $(BUILD)/nginx-src $(NGX_BUILD)
+	mkdir -p $(BUILD)
+	cp -r $(NGX_SRC) $(BUILD)/nginx-src
+	cd $(BUILD)/nginx-src && source ./conf_flags && \
+	    ./configure --with-compat "$${NGX_CONF_FLAGS[@]}" \
+	        --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) \
+	        > $(BUILD)/configure.log 2>&1 \
+	    || { tail -30 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(NGX_BUILD)/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS) src/rules_script.c
+	cd $(BUILD)/nginx-src && $(MAKE) -s -f $(NGX_BUILD)/Makefile modules
+
+$(BUILD)/engine/%.o: src/%.c $(ENGINE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
+
+$(BUILD)/librules.a: $(ENGINE_OBJS)
+	ar rcs $@ $^
+
+$(BUILD)/rules-replay: tools/rules-replay.c $(BUILD)/librules.a
+	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
+
+$(BUILD)/unit/%: t/unit/%.c $(BUILD)/librules.a $(wildcard t/unit/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) -It/unit $< $(BUILD)/librules.a $(LIBS) -lm -o $@
+
+demo: deps build
+	conf-examples/demo.sh
+
+test: deps build
+	t/run-tests.sh
+
+clean:
+	rm -rf $(BUILD) t/servroot*

@@ -1,0 +1,1052 @@
+/*
+ * The rewrite phase handler: extracts the request's events, sends one
+ * EVALSHA per event (all its state keys) on the worker's Redis
+ * connection, waits for the replies or the deadline, and records the
+ * result for the variables and the optional fraud rejection.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <time.h>
+
+#include "ngx_http_rules_module.h"
+
+
+typedef struct {
+    ngx_http_rules_op_t          *op;
+    ngx_uint_t                    status;     /* of this event */
+    uint64_t                      start;      /* ns, monotonic */
+    unsigned                     *groups;     /* of the key operations */
+    size_t                        ngroups;
+} ngx_http_rules_cmd_t;
+
+
+/*
+ * The replies of a request's events.  It outlives the request when the
+ * request ends first (deadline, client gone): replies then arrive with
+ * op->ctx == NULL and only feed the metrics.
+ */
+struct ngx_http_rules_op_s {
+    ngx_http_rules_ctx_t         *ctx;
+    ngx_http_rules_main_conf_t   *rmcf;
+    rules_set_t                  *rules;
+    ngx_uint_t                    pending;    /* commands without reply */
+    ngx_uint_t                    orphan;     /* request gone early */
+    ngx_uint_t                    ncmds;
+    ngx_http_rules_cmd_t         *cmds;
+};
+
+
+typedef struct {
+    rules_str_t                  *values;     /* nfields per event */
+    int64_t                      *ts;
+    size_t                        nevents;
+    rules_json_events_t           json;
+    unsigned                      json_used:1;
+} ngx_http_rules_events_t;
+
+
+static ngx_int_t ngx_http_rules_evaluate(ngx_http_request_t *r,
+    ngx_http_rules_ctx_t *ctx);
+static ngx_int_t ngx_http_rules_query_event(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf, rules_set_t *rs,
+    ngx_http_rules_events_t *ev);
+static ngx_int_t ngx_http_rules_body_events(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf, rules_set_t *rs,
+    ngx_http_rules_events_t *ev);
+static ngx_int_t ngx_http_rules_send(ngx_http_request_t *r,
+    ngx_http_rules_ctx_t *ctx, ngx_http_rules_main_conf_t *rmcf,
+    ngx_http_rules_cmd_t *cmd, rules_eventops_t *eo, int64_t now);
+static void ngx_http_rules_reply(void *data, redisReply *reply,
+    ngx_int_t rc);
+static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
+static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
+static void ngx_http_rules_timeout(ngx_event_t *ev);
+static void ngx_http_rules_body_handler(ngx_http_request_t *r);
+static void ngx_http_rules_cleanup(void *data);
+static void ngx_http_rules_op_free(ngx_http_rules_op_t *op);
+static ngx_int_t ngx_http_rules_parse_time(ngx_str_t *s, int64_t *out);
+
+
+/* per worker, reused by every event */
+static rules_eventops_t  ngx_http_rules_eo;
+static rules_result_t    ngx_http_rules_event_result;
+
+
+static uint64_t
+ngx_http_rules_now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+/*
+ * The context survives internal redirects (which clear module contexts)
+ * through its pool cleanup, so that an event is evaluated once per
+ * request.
+ */
+ngx_http_rules_ctx_t *
+ngx_http_rules_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t    *cln;
+    ngx_http_rules_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_rules_module);
+
+    if (ctx || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_rules_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_rules_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_int_t
+ngx_http_rules_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_rules_ctx_t        *ctx;
+    ngx_http_rules_loc_conf_t   *rlcf;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_rules_module);
+
+    if (!rlcf->enable) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_rules_get_ctx(r);
+
+    if (ctx) {
+        if (ctx->done) {
+            return ctx->rc;
+        }
+
+        if (ctx->waiting || (ctx->body_requested && !ctx->body_read)) {
+            return NGX_DONE;
+        }
+
+    } else {
+        rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
+
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_rules_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->request = r;
+        ctx->rules = rmcf->rules;
+        ctx->rc = NGX_DECLINED;
+
+        if (rules_result_init(ctx->rules, &ctx->result) != 0) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_rules_cleanup;
+        cln->data = ctx;
+
+        ngx_http_set_ctx(r, ctx, ngx_http_rules_module);
+    }
+
+    if (rlcf->json_body && (r->method & NGX_HTTP_POST) && !ctx->body_read) {
+
+        if (r->headers_in.content_length_n > (off_t) rlcf->max_body_size) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "rules: event body of %O bytes is over "
+                          "rules_max_body_size %uz",
+                          r->headers_in.content_length_n,
+                          rlcf->max_body_size);
+
+            rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
+            ngx_http_rules_metrics_event(rmcf,
+                                         NGX_HTTP_RULES_STATUS_INVALID);
+            ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
+            ctx->done = 1;
+            ctx->rc = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+
+            return ctx->rc;
+        }
+
+        ctx->body_requested = 1;
+        r->request_body_in_single_buf = 1;
+
+        rc = ngx_http_read_client_request_body(r,
+                                               ngx_http_rules_body_handler);
+
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+
+        ngx_http_finalize_request(r, NGX_DONE);
+        return NGX_DONE;
+    }
+
+    return ngx_http_rules_evaluate(r, ctx);
+}
+
+
+static void
+ngx_http_rules_body_handler(ngx_http_request_t *r)
+{
+    ngx_http_rules_ctx_t  *ctx;
+
+    ctx = ngx_http_rules_get_ctx(r);
+
+    if (ctx == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->body_read = 1;
+
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+}
+
+
+/*
+ * The request's events: one from the rules_field values (query mode), or
+ * one per object of a JSON body.  Then one EVALSHA per event.
+ */
+static ngx_int_t
+ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
+{
+    size_t                       i, nf, size, ngroups, sent;
+    int64_t                      now;
+    ngx_int_t                    rc;
+    ngx_time_t                  *tp;
+    rules_set_t                 *rs;
+    rules_event_rc_t             erc;
+    ngx_http_rules_op_t         *op;
+    ngx_http_rules_cmd_t        *cmd;
+    ngx_http_rules_events_t      ev;
+    ngx_http_rules_loc_conf_t   *rlcf;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_rules_module);
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
+    rs = ctx->rules;
+    nf = rules_nfields(rs);
+
+    ngx_memzero(&ev, sizeof(ngx_http_rules_events_t));
+
+    if (ctx->body_read) {
+        rc = ngx_http_rules_body_events(r, rlcf, rs, &ev);
+
+    } else {
+        rc = ngx_http_rules_query_event(r, rlcf, rs, &ev);
+    }
+
+    if (rc == NGX_ERROR) {
+        if (ev.json_used) {
+            rules_json_events_free(&ev.json);
+        }
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        /* invalid input, logged by the callee */
+        if (ev.json_used) {
+            rules_json_events_free(&ev.json);
+        }
+
+        ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
+        ngx_http_rules_metrics_event(rmcf, NGX_HTTP_RULES_STATUS_INVALID);
+        ngx_http_rules_finish(ctx);
+
+        return ctx->rc;
+    }
+
+    /* validate every event before anything is applied */
+
+    tp = ngx_timeofday();
+
+    for (i = 0; i < ev.nevents; i++) {
+        if (ev.ts[i] < 0) {
+            ev.ts[i] = (int64_t) tp->sec * 1000 + tp->msec;
+        }
+
+        erc = rules_event_validate(rs, &rmcf->limits, ev.values + i * nf,
+                                   ev.ts[i]);
+
+        if (erc == RULES_EVENT_INVALID) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "rules: event %uz rejected: a field value is "
+                          "longer than rules_max_value_length %uz",
+                          i, rmcf->limits.value_max);
+
+            if (ev.json_used) {
+                rules_json_events_free(&ev.json);
+            }
+
+            ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
+            ngx_http_rules_metrics_event(rmcf,
+                                         NGX_HTTP_RULES_STATUS_INVALID);
+            ngx_http_rules_finish(ctx);
+
+            return ctx->rc;
+        }
+    }
+
+    ngroups = rules_ngroups(rs);
+    size = sizeof(ngx_http_rules_op_t)
+           + ev.nevents * (sizeof(ngx_http_rules_cmd_t)
+                           + ngroups * sizeof(unsigned));
+
+    op = ngx_alloc(size, r->connection->log);
+    if (op == NULL) {
+        if (ev.json_used) {
+            rules_json_events_free(&ev.json);
+        }
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    op->ctx = ctx;
+    op->rmcf = rmcf;
+    op->rules = rs;
+    op->pending = 0;
+    op->orphan = 0;
+    op->ncmds = ev.nevents;
+    op->cmds = (ngx_http_rules_cmd_t *) (op + 1);
+
+    for (i = 0; i < ev.nevents; i++) {
+        cmd = &op->cmds[i];
+        cmd->op = op;
+        cmd->groups = (unsigned *) (op->cmds + ev.nevents) + i * ngroups;
+        cmd->ngroups = 0;
+        cmd->status = NGX_HTTP_RULES_STATUS_SKIPPED;
+    }
+
+    ctx->op = op;
+    sent = 0;
+
+    for (i = 0; i < ev.nevents; i++) {
+        now = ev.ts[i];
+        cmd = &op->cmds[i];
+
+        erc = rules_event_build(rs, &rmcf->limits, ev.values + i * nf, now,
+                                &ngx_http_rules_eo);
+
+        if (ngx_http_rules_eo.over_limit) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "rules: event %uz: %uz key value(s) longer than "
+                          "rules_max_key_length %uz, not evaluated",
+                          i, ngx_http_rules_eo.over_limit,
+                          rmcf->limits.key_max);
+            ngx_http_rules_metrics_key_over_limit(rmcf,
+                                               ngx_http_rules_eo.over_limit);
+        }
+
+        if (erc != RULES_EVENT_OK) {
+            continue;
+        }
+
+        if (ngx_http_rules_send(r, ctx, rmcf, cmd, &ngx_http_rules_eo, now)
+            == NGX_OK)
+        {
+            sent++;
+        }
+    }
+
+    ngx_http_rules_metrics_sync_engine(rmcf);
+
+    if (ev.json_used) {
+        rules_json_events_free(&ev.json);
+    }
+
+    if (op->pending == 0) {
+        ngx_http_rules_finish(ctx);
+        return ctx->rc;
+    }
+
+    /* wait for the replies, at most rules_redis_timeout */
+
+    ctx->timer.handler = ngx_http_rules_timeout;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
+    ngx_add_timer(&ctx->timer, rmcf->timeout);
+
+    /* the rewrite phase checker stops the phases on NGX_DONE */
+
+    ctx->waiting = 1;
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_rules_field_value(ngx_http_request_t *r, ngx_http_rules_field_t *f,
+    rules_str_t *out)
+{
+    u_char     *dst, *src;
+    ngx_str_t   value;
+
+    if (ngx_http_complex_value(r, &f->value, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (f->decode && value.len
+        && ngx_strlchr(value.data, value.data + value.len, '%'))
+    {
+        dst = ngx_pnalloc(r->pool, value.len);
+        if (dst == NULL) {
+            return NGX_ERROR;
+        }
+
+        src = value.data;
+        value.data = dst;
+        ngx_unescape_uri(&dst, &src, value.len, 0);
+        value.len = dst - value.data;
+    }
+
+    out->data = value.data;
+    out->len = value.len;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_query_event(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf, rules_set_t *rs,
+    ngx_http_rules_events_t *ev)
+{
+    size_t                   nf;
+    ngx_str_t                s;
+    ngx_uint_t               i;
+    rules_str_t              v;
+    ngx_http_rules_field_t  *f;
+
+    nf = rules_nfields(rs);
+
+    ev->values = ngx_pcalloc(r->pool, (nf + 1) * sizeof(rules_str_t));
+    ev->ts = ngx_palloc(r->pool, sizeof(int64_t));
+
+    if (ev->values == NULL || ev->ts == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->nevents = 1;
+    ev->ts[0] = -1;
+
+    f = rlcf->fields ? rlcf->fields->elts : NULL;
+
+    for (i = 0; f && i < rlcf->fields->nelts; i++) {
+        if (f[i].field < 0 && (ngx_int_t) i != rlcf->time_field) {
+            continue;
+        }
+
+        if (ngx_http_rules_field_value(r, &f[i], &v) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (f[i].field >= 0) {
+            ev->values[f[i].field] = v;
+        }
+
+        if ((ngx_int_t) i == rlcf->time_field) {
+            s.data = (u_char *) v.data;
+            s.len = v.len;
+
+            if (ngx_http_rules_parse_time(&s, &ev->ts[0]) != NGX_OK) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "rules: event rejected: time \"%V\" is not a "
+                              "non-negative integer of ms", &s);
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    if (rlcf->time_member.data && rlcf->time_field < 0) {
+        /* a JSON endpoint's time member, and no body */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected: no \"%V\" time",
+                      &rlcf->time_member);
+        return NGX_DECLINED;
+    }
+
+    if (rlcf->time_value) {
+        if (ngx_http_complex_value(r, rlcf->time_value, &s) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_rules_parse_time(&s, &ev->ts[0]) != NGX_OK) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "rules: event rejected: time \"%V\" is not a "
+                          "non-negative integer of ms", &s);
+            return NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_body_events(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf, rules_set_t *rs,
+    ngx_http_rules_events_t *ev)
+{
+    u_char                  *body, *p;
+    size_t                   len, nf, k;
+    ssize_t                  n;
+    ngx_str_t                s;
+    ngx_buf_t               *b;
+    ngx_uint_t               i;
+    ngx_chain_t             *cl;
+    rules_str_t              v;
+    rules_json_rc_t          jrc;
+    ngx_http_rules_field_t  *f;
+    char                     err[RULES_ERR_LEN];
+    int64_t                  ts;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected: empty body");
+        return NGX_DECLINED;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+
+    if (len == 0) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected: empty body");
+        return NGX_DECLINED;
+    }
+
+    if (len > rlcf->max_body_size) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected: body of %uz bytes is over "
+                      "rules_max_body_size %uz", len, rlcf->max_body_size);
+        return NGX_DECLINED;
+    }
+
+    body = ngx_pnalloc(r->pool, len + 1);
+    if (body == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->in_file) {
+            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                              b->file_pos);
+            if (n != b->file_last - b->file_pos) {
+                return NGX_ERROR;
+            }
+
+            p += n;
+
+        } else {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+        }
+    }
+
+    ev->json_used = 1;
+
+    jrc = rules_json_events_parse(rs, (char *) body, len,
+                                  (char *) rlcf->time_member.data,
+                                  rlcf->max_events, &ev->json, err);
+
+    if (jrc == RULES_JSON_NOMEM) {
+        return NGX_ERROR;
+    }
+
+    if (jrc != RULES_JSON_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event body rejected: %s", err);
+        return NGX_DECLINED;
+    }
+
+    ev->values = ev->json.values;
+    ev->ts = ev->json.ts;
+    ev->nevents = ev->json.nevents;
+    nf = rules_nfields(rs);
+
+    for (k = 0; k < ev->nevents; k++) {
+
+        if (rlcf->time_member.data && ev->ts[k] < 0) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "rules: event body rejected: event %uz has no "
+                          "\"%V\" time", k, &rlcf->time_member);
+            return NGX_DECLINED;
+        }
+
+        if (rlcf->time_value) {
+            if (ngx_http_complex_value(r, rlcf->time_value, &s) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (ngx_http_rules_parse_time(&s, &ts) != NGX_OK) {
+                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                              "rules: event rejected: time \"%V\" is not a "
+                              "non-negative integer of ms", &s);
+                return NGX_DECLINED;
+            }
+
+            ev->ts[k] = ts;
+        }
+    }
+
+    /* rules_field values fill the fields an event object does not have */
+
+    if (rlcf->fields == NULL) {
+        return NGX_OK;
+    }
+
+    f = rlcf->fields->elts;
+
+    for (i = 0; i < rlcf->fields->nelts; i++) {
+        if (f[i].field < 0) {
+            continue;
+        }
+
+        if (ngx_http_rules_field_value(r, &f[i], &v) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        for (k = 0; k < ev->nevents; k++) {
+            if (ev->values[k * nf + f[i].field].len == 0) {
+                ev->values[k * nf + f[i].field] = v;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_parse_time(ngx_str_t *s, int64_t *out)
+{
+    size_t   i;
+    int64_t  v;
+
+    if (s->len == 0 || s->len > 16) {
+        return NGX_ERROR;
+    }
+
+    v = 0;
+
+    for (i = 0; i < s->len; i++) {
+        if (s->data[i] < '0' || s->data[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + (s->data[i] - '0');
+    }
+
+    if (v > RULES_MAX_TS_MS) {
+        return NGX_ERROR;
+    }
+
+    *out = v;
+
+    return NGX_OK;
+}
+
+
+/* EVALSHA <sha> numkeys key... now op...: one atomic call per event */
+static ngx_int_t
+ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
+    rules_eventops_t *eo, int64_t now)
+{
+    u_char         *p, *nowbuf, *nkeys;
+    size_t          i, n, len, *argvlen;
+    ngx_int_t       rc;
+    const char    **argv;
+    rules_keyop_t  *ko;
+
+    n = eo->nkeyops;
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        ko = &eo->keyops[i];
+        len += rules_state_key_len(ctx->rules, rmcf->key_prefix.len,
+                                   ko->group, ko->key_value.len);
+    }
+
+    p = ngx_pnalloc(r->pool, len + 2 * NGX_INT64_LEN);
+    argv = ngx_palloc(r->pool, (2 + 2 * n) * sizeof(char *));
+    argvlen = ngx_palloc(r->pool, (2 + 2 * n) * sizeof(size_t));
+
+    if (p == NULL || argv == NULL || argvlen == NULL) {
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
+
+    nkeys = p;
+    p = ngx_sprintf(p, "%uz", n);
+    argv[0] = (char *) nkeys;
+    argvlen[0] = p - nkeys;
+
+    for (i = 0; i < n; i++) {
+        ko = &eo->keyops[i];
+        argv[1 + i] = (char *) p;
+        argvlen[1 + i] = rules_state_key(ctx->rules,
+                                         (char *) rmcf->key_prefix.data,
+                                         rmcf->key_prefix.len, ko->group,
+                                         ko->key_value, p);
+        p += argvlen[1 + i];
+        cmd->groups[i] = ko->group;
+    }
+
+    cmd->ngroups = n;
+
+    nowbuf = p;
+    p = ngx_sprintf(p, "%L", now);
+    argv[1 + n] = (char *) nowbuf;
+    argvlen[1 + n] = p - nowbuf;
+
+    for (i = 0; i < n; i++) {
+        argv[2 + n + i] = (char *) eo->keyops[i].op;
+        argvlen[2 + n + i] = eo->keyops[i].op_len;
+    }
+
+    cmd->start = ngx_http_rules_now_ns();
+
+    rc = NGX_DECLINED;
+
+    if (rmcf->redis) {
+        rc = ngx_http_rules_redis_evalsha(rmcf->redis, (int) (2 + 2 * n),
+                                          argv, argvlen,
+                                          ngx_http_rules_reply, cmd);
+    }
+
+    if (rc != NGX_OK) {
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
+
+    cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the reply */
+    cmd->op->pending++;
+    ngx_http_rules_metrics_inflight(rmcf, 1);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
+{
+    ngx_http_rules_cmd_t *cmd = data;
+
+    size_t                       i, j, k;
+    ngx_uint_t                   matched;
+    rules_set_t                 *rs;
+    redisReply                  *el;
+    ngx_http_rules_op_t         *op;
+    ngx_http_rules_ctx_t        *ctx;
+    const rules_group_t         *g;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    op = cmd->op;
+    ctx = op->ctx;
+    rmcf = op->rmcf;
+    rs = op->rules;
+
+    op->pending--;
+    ngx_http_rules_metrics_inflight(rmcf, -1);
+
+    if (rc != NGX_OK || reply == NULL) {
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+
+    } else if (reply->type != REDIS_REPLY_ARRAY
+               || reply->elements != cmd->ngroups)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "rules redis %V: unexpected reply to EVALSHA: %*s",
+                      &rmcf->redis_conf.addr_text,
+                      (size_t) (reply->type == REDIS_REPLY_ERROR
+                                ? reply->len : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+
+    } else {
+        ngx_http_rules_metrics_round_trip(rmcf, (ngx_msec_int_t)
+                               ((ngx_http_rules_now_ns() - cmd->start) / 1000));
+
+        rules_result_clear(&ngx_http_rules_event_result);
+
+        for (i = 0; i < reply->elements; i++) {
+            el = reply->element[i];
+
+            if (el->type == REDIS_REPLY_STRING) {
+                (void) rules_result_add_digests(rs,
+                                          &ngx_http_rules_event_result,
+                                          (unsigned char *) el->str, el->len);
+            }
+        }
+
+        cmd->status = NGX_HTTP_RULES_STATUS_OK;
+
+        /*
+         * An answer that reaches its request counts in the per-rule
+         * metrics; one that comes after the deadline was counted as a
+         * timeout.
+         */
+
+        if (ctx) {
+            for (i = 0; i < ctx->result.words; i++) {
+                ctx->result.matched[i] |=
+                                   ngx_http_rules_event_result.matched[i];
+            }
+
+            for (j = 0; j < cmd->ngroups; j++) {
+                g = rules_group(rs, cmd->groups[j]);
+
+                for (k = 0; k < g->nrules; k++) {
+                    matched = rules_result_is_set(
+                                  &ngx_http_rules_event_result, g->rules[k]);
+                    ngx_http_rules_metrics_rule(rmcf, g->rules[k], matched);
+                }
+            }
+        }
+    }
+
+    if (ctx == NULL) {
+        if (op->orphan) {
+            /* its client left before the answer: counted now */
+            ngx_http_rules_metrics_event(rmcf, cmd->status);
+        }
+
+        if (op->pending == 0) {
+            ngx_http_rules_op_free(op);
+        }
+
+        return;
+    }
+
+    if (op->pending == 0 && !ngx_terminate) {
+        ngx_http_rules_finish(ctx);
+        ngx_http_rules_wake(ctx);
+    }
+}
+
+
+static void
+ngx_http_rules_timeout(ngx_event_t *ev)
+{
+    ngx_uint_t             i;
+    ngx_http_rules_op_t   *op;
+    ngx_http_rules_ctx_t  *ctx;
+
+    ctx = ev->data;
+    op = ctx->op;
+
+    if (op) {
+        for (i = 0; i < op->ncmds; i++) {
+            if (op->cmds[i].status == NGX_HTTP_RULES_STATUS_NONE) {
+                op->cmds[i].status = NGX_HTTP_RULES_STATUS_TIMEOUT;
+            }
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                  "rules: redis reply not received in time");
+
+    ngx_http_rules_finish(ctx);
+    ngx_http_rules_wake(ctx);
+}
+
+
+/*
+ * Final status, metrics, fail-open/closed and the phase handler's result.
+ * Detaches the context from its pending replies.
+ */
+static void
+ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx)
+{
+    ngx_uint_t                   i, status, counts[NGX_HTTP_RULES_STATUS_LAST];
+    ngx_http_rules_op_t         *op;
+    ngx_http_request_t          *r;
+    ngx_http_rules_loc_conf_t   *rlcf;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    r = ctx->request;
+    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_rules_module);
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
+    op = ctx->op;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    if (op) {
+        ngx_memzero(counts, sizeof(counts));
+
+        for (i = 0; i < op->ncmds; i++) {
+            counts[op->cmds[i].status]++;
+            ngx_http_rules_metrics_event(rmcf, op->cmds[i].status);
+        }
+
+        if (counts[NGX_HTTP_RULES_STATUS_TIMEOUT]) {
+            status = NGX_HTTP_RULES_STATUS_TIMEOUT;
+
+        } else if (counts[NGX_HTTP_RULES_STATUS_ERROR]) {
+            status = NGX_HTTP_RULES_STATUS_ERROR;
+
+        } else if (counts[NGX_HTTP_RULES_STATUS_OK]) {
+            status = NGX_HTTP_RULES_STATUS_OK;
+
+        } else {
+            status = NGX_HTTP_RULES_STATUS_SKIPPED;
+        }
+
+        ctx->status = status;
+        ctx->op = NULL;
+        op->ctx = NULL;
+
+        if (op->pending == 0) {
+            ngx_http_rules_op_free(op);
+        }
+    }
+
+    if (ctx->status == NGX_HTTP_RULES_STATUS_ERROR
+        || ctx->status == NGX_HTTP_RULES_STATUS_TIMEOUT)
+    {
+        /* no partial answers: fail open (no match) or closed (fraud) */
+        rules_result_clear(&ctx->result);
+        ctx->fraud = rlcf->on_error_closed;
+        ngx_http_rules_metrics_failed(rmcf, rlcf->on_error_closed);
+
+    } else if (ctx->status == NGX_HTTP_RULES_STATUS_OK) {
+        ctx->fraud = rules_result_fraud(ctx->rules, &ctx->result);
+    }
+
+    ctx->rc = NGX_DECLINED;
+
+    if (ctx->fraud && rlcf->reject_status) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected as fraud (%s), status %ui",
+                      ctx->status == NGX_HTTP_RULES_STATUS_OK
+                      ? "matched a fraud rule" : "redis failed, closed",
+                      rlcf->reject_status);
+        ngx_http_rules_metrics_rejected(rmcf);
+        ctx->rc = rlcf->reject_status;
+    }
+
+    ctx->done = 1;
+}
+
+
+static void
+ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (!ctx->waiting) {
+        return;
+    }
+
+    ctx->waiting = 0;
+    r = ctx->request;
+    c = r->connection;
+
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* The request is going away: pending replies must not touch it. */
+static void
+ngx_http_rules_cleanup(void *data)
+{
+    ngx_http_rules_ctx_t *ctx = data;
+
+    ngx_uint_t                   i;
+    ngx_http_rules_op_t         *op;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    op = ctx->op;
+
+    if (op) {
+        op->ctx = NULL;
+
+        if (op->pending == 0) {
+            ngx_http_rules_op_free(op);
+
+        } else {
+            /* events already answered are counted now, the rest later */
+            op->orphan = 1;
+            rmcf = op->rmcf;
+
+            for (i = 0; i < op->ncmds; i++) {
+                if (op->cmds[i].status != NGX_HTTP_RULES_STATUS_NONE) {
+                    ngx_http_rules_metrics_event(rmcf, op->cmds[i].status);
+                }
+            }
+        }
+
+        ctx->op = NULL;
+    }
+
+    rules_result_free(&ctx->result);
+}
+
+
+static void
+ngx_http_rules_op_free(ngx_http_rules_op_t *op)
+{
+    ngx_free(op);
+}
+
+
+ngx_int_t
+ngx_http_rules_worker_init(rules_set_t *rs)
+{
+    return rules_result_init(rs, &ngx_http_rules_event_result) == 0
+           ? NGX_OK : NGX_ERROR;
+}
+
+
+void
+ngx_http_rules_worker_exit(void)
+{
+    rules_result_free(&ngx_http_rules_event_result);
+    rules_eventops_free(&ngx_http_rules_eo);
+}

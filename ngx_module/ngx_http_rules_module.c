@@ -1,0 +1,856 @@
+/*
+ * ngx_http_rules_module: directives, configuration and process hooks.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_rules_module.h"
+#include "rules_state.h"
+
+
+static ngx_int_t ngx_http_rules_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_rules_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_rules_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_rules_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_rules_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_check_limit(ngx_conf_t *cf, void *post,
+    void *data);
+static void ngx_http_rules_cleanup_rules(void *data);
+static ngx_int_t ngx_http_rules_init_process(ngx_cycle_t *cycle);
+static void ngx_http_rules_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_rules_on_error[] = {
+    { ngx_string("open"), 0 },
+    { ngx_string("closed"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_rules_body_modes[] = {
+    { ngx_string("off"), 0 },
+    { ngx_string("json"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_rules_key_max_bounds = {
+    ngx_conf_check_num_bounds, 1, 65535
+};
+
+
+static ngx_conf_post_t  ngx_http_rules_limit_post = {
+    ngx_http_rules_check_limit
+};
+
+
+static ngx_command_t  ngx_http_rules_commands[] = {
+
+    { ngx_string("rules_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_rules_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_rules_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, timeout),
+      NULL },
+
+    { ngx_string("rules_redis_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, redis_conf.connect_timeout),
+      NULL },
+
+    { ngx_string("rules_redis_max_inflight"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, redis_conf.max_inflight),
+      &ngx_http_rules_limit_post },
+
+    { ngx_string("rules_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, key_prefix),
+      NULL },
+
+    { ngx_string("rules_max_key_length"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, limits.key_max),
+      &ngx_http_rules_key_max_bounds },
+
+    { ngx_string("rules_max_value_length"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, limits.value_max),
+      &ngx_http_rules_key_max_bounds },
+
+    { ngx_string("rules"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_rules_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("rules_field"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_rules_field,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_time"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_rules_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_on_error"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_rules_loc_conf_t, on_error_closed),
+      &ngx_http_rules_on_error },
+
+    { ngx_string("rules_reject_fraud"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_rules_reject_fraud,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_rules_loc_conf_t, json_body),
+      &ngx_http_rules_body_modes },
+
+    { ngx_string("rules_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_rules_loc_conf_t, max_body_size),
+      &ngx_http_rules_limit_post },
+
+    { ngx_string("rules_max_events"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_rules_loc_conf_t, max_events),
+      &ngx_http_rules_limit_post },
+
+    { ngx_string("rules_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_rules_metrics_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_rules_module_ctx = {
+    ngx_http_rules_preconfiguration,       /* preconfiguration */
+    ngx_http_rules_postconfiguration,      /* postconfiguration */
+
+    ngx_http_rules_create_main_conf,       /* create main configuration */
+    ngx_http_rules_init_main_conf,         /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_rules_create_loc_conf,        /* create location configuration */
+    ngx_http_rules_merge_loc_conf          /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_rules_module = {
+    NGX_MODULE_V1,
+    &ngx_http_rules_module_ctx,            /* module context */
+    ngx_http_rules_commands,               /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_rules_init_process,           /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_rules_exit_process,           /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_rules_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_rules_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_rules_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt         *h;
+    ngx_http_core_main_conf_t   *cmcf;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_rules_module);
+
+    if (ngx_http_rules_check_variables(cf, rmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    /*
+     * The rewrite phase: handlers run in reverse order of registration,
+     * so this one runs before ngx_http_rewrite_module's, and events are
+     * evaluated also in locations that answer with "return".
+     */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_rules_handler;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_rules_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_rules_main_conf_t));
+    if (rmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     rmcf->rules = NULL;
+     *     rmcf->rules_file = { 0, NULL };
+     *     rmcf->redis_set = 0;
+     *     rmcf->key_prefix = { 0, NULL };
+     *     rmcf->metrics_zone = NULL;
+     *     rmcf->redis = NULL;
+     */
+
+    rmcf->timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->redis_conf.connect_timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->redis_conf.max_inflight = NGX_CONF_UNSET_UINT;
+    rmcf->limits.key_max = NGX_CONF_UNSET_SIZE;
+    rmcf->limits.value_max = NGX_CONF_UNSET_SIZE;
+
+    return rmcf;
+}
+
+
+static char *
+ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_rules_main_conf_t *rmcf = conf;
+
+    ngx_conf_init_msec_value(rmcf->timeout, NGX_HTTP_RULES_DEFAULT_TIMEOUT);
+    ngx_conf_init_msec_value(rmcf->redis_conf.connect_timeout,
+                             NGX_HTTP_RULES_CONNECT_TIMEOUT);
+    ngx_conf_init_uint_value(rmcf->redis_conf.max_inflight,
+                             NGX_HTTP_RULES_MAX_INFLIGHT);
+    ngx_conf_init_size_value(rmcf->limits.key_max, RULES_DEFAULT_KEY_MAX);
+    ngx_conf_init_size_value(rmcf->limits.value_max,
+                             RULES_DEFAULT_VALUE_MAX);
+
+    rmcf->redis_conf.reply_timeout = ngx_max(NGX_HTTP_RULES_REPLY_TIMEOUT,
+                                             rmcf->timeout);
+    rmcf->redis_conf.backoff_min = NGX_HTTP_RULES_BACKOFF_MIN;
+    rmcf->redis_conf.backoff_max = NGX_HTTP_RULES_BACKOFF_MAX;
+
+    if (rmcf->key_prefix.data == NULL) {
+        ngx_str_set(&rmcf->key_prefix, NGX_HTTP_RULES_DEFAULT_PREFIX);
+    }
+
+    if (rmcf->timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_redis_timeout\" must be positive");
+        return NGX_CONF_ERROR;
+    }
+
+    if (rmcf->rules) {
+        if (ngx_http_rules_metrics_zone(cf, rmcf,
+                                        NGX_HTTP_RULES_METRICS_ZONE_SIZE)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_rules_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_rules_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_rules_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->fields = NULL;
+     *     conf->time_value = NULL;
+     *     conf->time_member = { 0, NULL };
+     */
+
+    conf->enable = NGX_CONF_UNSET;
+    conf->time_field = NGX_CONF_UNSET;
+    conf->on_error_closed = NGX_CONF_UNSET_UINT;
+    conf->reject_status = NGX_CONF_UNSET_UINT;
+    conf->json_body = NGX_CONF_UNSET_UINT;
+    conf->max_body_size = NGX_CONF_UNSET_SIZE;
+    conf->max_events = NGX_CONF_UNSET_UINT;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_rules_loc_conf_t *prev = parent;
+    ngx_http_rules_loc_conf_t *conf = child;
+
+    ngx_uint_t                   i;
+    ngx_http_rules_field_t      *f;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+    ngx_conf_merge_uint_value(conf->on_error_closed, prev->on_error_closed,
+                              0);
+    ngx_conf_merge_uint_value(conf->reject_status, prev->reject_status, 0);
+    ngx_conf_merge_uint_value(conf->json_body, prev->json_body, 0);
+    ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
+                              NGX_HTTP_RULES_MAX_BODY_SIZE);
+    ngx_conf_merge_uint_value(conf->max_events, prev->max_events,
+                              NGX_HTTP_RULES_MAX_EVENTS);
+
+    if (conf->fields == NULL) {
+        conf->fields = prev->fields;
+    }
+
+    if (conf->time_value == NULL && conf->time_member.data == NULL) {
+        conf->time_value = prev->time_value;
+        conf->time_member = prev->time_member;
+    }
+
+    if (conf->max_events > RULES_MAX_BODY_EVENTS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_max_events\" must not exceed %d",
+                           RULES_MAX_BODY_EVENTS);
+        return NGX_CONF_ERROR;
+    }
+
+    if (!conf->enable) {
+        return NGX_CONF_OK;
+    }
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_rules_module);
+
+    if (rmcf->rules == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules on\" needs \"rules_file\" in the "
+                           "http block");
+        return NGX_CONF_ERROR;
+    }
+
+    if (!rmcf->redis_set) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules on\" needs \"rules_redis\" in the "
+                           "http block");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->fields == NULL && !conf->json_body) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules on\" needs at least one "
+                           "\"rules_field\", or \"rules_body json\"");
+        return NGX_CONF_ERROR;
+    }
+
+    /* field names to the indexes of the loaded rules */
+
+    f = conf->fields ? conf->fields->elts : NULL;
+    conf->time_field = -1;
+
+    for (i = 0; conf->fields && i < conf->fields->nelts; i++) {
+        f[i].field = rules_field_index(rmcf->rules, (char *) f[i].name.data,
+                                       f[i].name.len);
+
+        if (f[i].field < 0 && !conf->json_body
+            && !(conf->time_member.len == f[i].name.len
+                 && ngx_strncmp(conf->time_member.data, f[i].name.data,
+                                f[i].name.len) == 0))
+        {
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "rules_field \"%V\" is not used by any rule "
+                               "of \"%V\"", &f[i].name, &rmcf->rules_file);
+        }
+
+        if (conf->time_member.len == f[i].name.len
+            && ngx_strncmp(conf->time_member.data, f[i].name.data,
+                           f[i].name.len) == 0)
+        {
+            conf->time_field = i;
+        }
+    }
+
+    if (conf->time_member.data && !conf->json_body && conf->time_field < 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_time %V\" names no \"rules_field\" of "
+                           "this location (use a variable, such as "
+                           "$arg_ts, or define the field)",
+                           &conf->time_member);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_rules_file(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_main_conf_t *rmcf = conf;
+
+    char                 err[RULES_ERR_LEN];
+    ngx_str_t           *value;
+    ngx_pool_cleanup_t  *cln;
+
+    if (rmcf->rules) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    rmcf->rules_file = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &rmcf->rules_file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rmcf->rules = rules_load_file((char *) rmcf->rules_file.data, err,
+                                  sizeof(err));
+
+    if (rmcf->rules == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s", err);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_rules_cleanup_rules;
+    cln->data = rmcf->rules;
+    rmcf->rules_loaded = ngx_time();
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_rules_cleanup_rules(void *data)
+{
+    rules_free(data);
+}
+
+
+/*
+ * rules_redis 127.0.0.1:6379 | unix:/path [password=P] [user=U] [db=N];
+ *
+ * A host name is resolved now, at configuration time: workers connect
+ * to the numeric address and never resolve names.
+ */
+static char *
+ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_main_conf_t *rmcf = conf;
+
+    u_char      *p;
+    size_t       len;
+    ngx_str_t   *value, s;
+    ngx_url_t    u;
+    ngx_int_t    db;
+    ngx_uint_t   i;
+
+    if (rmcf->redis_set) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    rmcf->redis_conf.addr_text = value[1];
+
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        len = value[1].len - 5;
+
+        p = ngx_pnalloc(cf->pool, len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(p, value[1].data + 5, len);
+        p[len] = '\0';
+
+        rmcf->redis_conf.unix_path.data = p;
+        rmcf->redis_conf.unix_path.len = len;
+
+    } else {
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[1];
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            if (u.err) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%s in \"rules_redis %V\"", u.err,
+                                   &value[1]);
+            }
+
+            return NGX_CONF_ERROR;
+        }
+
+        if (u.no_port || u.naddrs == 0 || u.uri.len) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"rules_redis %V\" needs host:port or "
+                               "unix:/path", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                            NGX_SOCKADDR_STRLEN, 0);
+        p[len] = '\0';
+
+        rmcf->redis_conf.host.data = p;
+        rmcf->redis_conf.host.len = len;
+        rmcf->redis_conf.port = u.port;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            if (s.len == 0) {
+                goto invalid;
+            }
+
+            rmcf->redis_conf.password = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "user=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            if (s.len == 0) {
+                goto invalid;
+            }
+
+            rmcf->redis_conf.user = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+
+            if (db == NGX_ERROR || db > 65535) {
+                goto invalid;
+            }
+
+            rmcf->redis_conf.db = db;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (rmcf->redis_conf.user.len && rmcf->redis_conf.password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_redis\": \"user=\" needs \"password=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    rmcf->redis_set = 1;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" of \"rules_redis\": "
+                       "expected password=, user= or db=N", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_loc_conf_t *rlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_rules_field_t            *f;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "needs a non-empty field name";
+    }
+
+    if (rlcf->fields == NULL) {
+        rlcf->fields = ngx_array_create(cf->pool, 8,
+                                        sizeof(ngx_http_rules_field_t));
+        if (rlcf->fields == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    f = rlcf->fields->elts;
+
+    for (i = 0; i < rlcf->fields->nelts; i++) {
+        if (f[i].name.len == value[1].len
+            && ngx_strncmp(f[i].name.data, value[1].data, value[1].len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate rules_field \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    f = ngx_array_push(rlcf->fields);
+    if (f == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    f->name = value[1];
+    f->field = -1;
+
+    /* query arguments are matched percent-decoded */
+    f->decode = (ngx_strstrn(value[2].data, "$arg_", 5 - 1) != NULL
+                 || ngx_strstrn(value[2].data, "${arg_", 6 - 1) != NULL);
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &f->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * rules_time $variable;  the time of every event of the request
+ * rules_time name;       a field (query mode) or a member of each JSON
+ *                        event (body mode)
+ */
+static char *
+ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_loc_conf_t *rlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (rlcf->time_value || rlcf->time_member.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "needs a variable or a field name";
+    }
+
+    if (ngx_http_script_variables_count(&value[1]) == 0) {
+        /* NUL-terminated for the JSON parser */
+        rlcf->time_member.data = (u_char *) ngx_pcalloc(cf->pool,
+                                                        value[1].len + 1);
+        if (rlcf->time_member.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(rlcf->time_member.data, value[1].data, value[1].len);
+        rlcf->time_member.len = value[1].len;
+
+        return NGX_CONF_OK;
+    }
+
+    rlcf->time_value = ngx_palloc(cf->pool,
+                                  sizeof(ngx_http_complex_value_t));
+    if (rlcf->time_value == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = rlcf->time_value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_loc_conf_t *rlcf = conf;
+
+    ngx_str_t  *value;
+    ngx_int_t   status;
+
+    if (rlcf->reject_status != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        rlcf->reject_status = 0;
+        return NGX_CONF_OK;
+    }
+
+    status = ngx_atoi(value[1].data, value[1].len);
+
+    if (status < 400 || status > 599) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid status \"%V\" of \"rules_reject_fraud\": "
+                           "\"off\" or a code from 400 to 599", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    rlcf->reject_status = status;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_rules_check_limit(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    /* size and num slots share the same representation for this check */
+
+    if (*sp == 0) {
+        return "must be positive";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
+
+    if (rmcf == NULL || rmcf->rules == NULL || !rmcf->redis_set) {
+        return NGX_OK;
+    }
+
+    ngx_http_rules_metrics_worker_start(rmcf);
+
+    if (ngx_http_rules_worker_init(rmcf->rules) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rmcf->redis = ngx_http_rules_redis_create(&rmcf->redis_conf,
+                                              rules_script_text,
+                                              rules_script_sha1(),
+                                              cycle->log);
+    if (rmcf->redis == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_rules_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
+
+    if (rmcf == NULL || rmcf->redis == NULL) {
+        return;
+    }
+
+    ngx_http_rules_redis_destroy(rmcf->redis);
+    rmcf->redis = NULL;
+
+    ngx_http_rules_worker_exit();
+}

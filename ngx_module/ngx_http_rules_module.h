@@ -1,0 +1,158 @@
+/*
+ * ngx_http_rules_module: types shared by the files of ngx_module/.
+ */
+
+#ifndef NGX_HTTP_RULES_MODULE_H
+#define NGX_HTTP_RULES_MODULE_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "rules_engine.h"
+#include "rules_json_event.h"
+#include "ngx_http_rules_redis.h"
+
+
+#define NGX_HTTP_RULES_DEFAULT_PREFIX    "rules:"
+#define NGX_HTTP_RULES_DEFAULT_TIMEOUT   50          /* ms */
+#define NGX_HTTP_RULES_CONNECT_TIMEOUT   1000        /* ms */
+#define NGX_HTTP_RULES_REPLY_TIMEOUT     1000        /* ms */
+#define NGX_HTTP_RULES_BACKOFF_MIN       100         /* ms */
+#define NGX_HTTP_RULES_BACKOFF_MAX       5000        /* ms */
+#define NGX_HTTP_RULES_MAX_INFLIGHT      10000
+#define NGX_HTTP_RULES_MAX_BODY_SIZE     (64 * 1024)
+#define NGX_HTTP_RULES_MAX_EVENTS        100
+#define NGX_HTTP_RULES_METRICS_ZONE_SIZE (1024 * 1024)
+
+
+typedef enum {
+    NGX_HTTP_RULES_STATUS_NONE = 0,   /* rules not evaluated */
+    NGX_HTTP_RULES_STATUS_OK,
+    NGX_HTTP_RULES_STATUS_SKIPPED,
+    NGX_HTTP_RULES_STATUS_INVALID,
+    NGX_HTTP_RULES_STATUS_ERROR,
+    NGX_HTTP_RULES_STATUS_TIMEOUT,
+    NGX_HTTP_RULES_STATUS_LAST
+} ngx_http_rules_status_e;
+
+
+typedef struct ngx_http_rules_metrics_s  ngx_http_rules_metrics_t;
+
+
+typedef struct {
+    rules_set_t                  *rules;
+    ngx_str_t                     rules_file;
+    time_t                        rules_loaded;   /* load time */
+
+    ngx_http_rules_redis_conf_t   redis_conf;
+    ngx_flag_t                    redis_set;
+    ngx_msec_t                    timeout;        /* per event deadline */
+
+    ngx_str_t                     key_prefix;
+    rules_limits_t                limits;
+
+    ngx_shm_zone_t               *metrics_zone;
+
+    /* per worker */
+    ngx_http_rules_redis_t       *redis;
+} ngx_http_rules_main_conf_t;
+
+
+typedef struct {
+    int                           field;          /* index in the rules */
+    ngx_uint_t                    decode;         /* $arg_: percent-decode */
+    ngx_str_t                     name;
+    ngx_http_complex_value_t      value;
+} ngx_http_rules_field_t;
+
+
+typedef struct {
+    ngx_flag_t                    enable;
+    ngx_array_t                  *fields;         /* ngx_http_rules_field_t */
+    ngx_http_complex_value_t     *time_value;     /* rules_time $var */
+    ngx_str_t                     time_member;    /* rules_time name */
+    ngx_int_t                     time_field;     /* query mode: field */
+    ngx_uint_t                    on_error_closed;
+    ngx_uint_t                    reject_status;  /* 0: off */
+    ngx_uint_t                    json_body;
+    size_t                        max_body_size;
+    ngx_uint_t                    max_events;
+} ngx_http_rules_loc_conf_t;
+
+
+typedef struct ngx_http_rules_op_s  ngx_http_rules_op_t;
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    rules_set_t                  *rules;
+    ngx_http_rules_op_t          *op;             /* awaiting replies */
+    ngx_event_t                   timer;
+    rules_result_t                result;
+    ngx_uint_t                    status;         /* ngx_http_rules_status_e */
+    ngx_uint_t                    fraud;
+    ngx_int_t                     rc;             /* phase handler result */
+    ngx_str_t                     matched;        /* built on first use */
+    unsigned                      matched_built:1;
+    unsigned                      waiting:1;
+    unsigned                      done:1;
+    unsigned                      body_requested:1;
+    unsigned                      body_read:1;
+} ngx_http_rules_ctx_t;
+
+
+extern ngx_module_t  ngx_http_rules_module;
+
+
+/* ngx_http_rules_handler.c */
+ngx_int_t ngx_http_rules_handler(ngx_http_request_t *r);
+ngx_http_rules_ctx_t *ngx_http_rules_get_ctx(ngx_http_request_t *r);
+ngx_int_t ngx_http_rules_worker_init(rules_set_t *rs);
+void ngx_http_rules_worker_exit(void);
+
+/* ngx_http_rules_variables.c */
+ngx_int_t ngx_http_rules_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_rules_check_variables(ngx_conf_t *cf,
+    ngx_http_rules_main_conf_t *rmcf);
+const char *ngx_http_rules_status_name(ngx_uint_t status);
+
+
+/*
+ * ngx_http_rules_metrics.c: counters in a shared memory zone, summed
+ * over every worker, kept across reloads for rules that stay (by id and
+ * digest).  Every function is a no-op when the zone is missing.
+ */
+ngx_int_t ngx_http_rules_metrics_zone(ngx_conf_t *cf,
+    ngx_http_rules_main_conf_t *rmcf, size_t size);
+char *ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+/* one event, by final status */
+void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
+    ngx_uint_t status);
+/* rule i was evaluated for an event (its key had a value), and matched */
+void ngx_http_rules_metrics_rule(ngx_http_rules_main_conf_t *rmcf,
+    ngx_uint_t rule, ngx_uint_t matched);
+/* one Redis round trip, in microseconds */
+void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
+    ngx_msec_int_t usec);
+/* a request that Redis failed: served open, or marked fraud (closed) */
+void ngx_http_rules_metrics_failed(ngx_http_rules_main_conf_t *rmcf,
+    ngx_uint_t closed);
+void ngx_http_rules_metrics_rejected(ngx_http_rules_main_conf_t *rmcf);
+void ngx_http_rules_metrics_key_over_limit(ngx_http_rules_main_conf_t *rmcf,
+    ngx_uint_t n);
+/* in-flight events: +1 when sent, -1 when answered or abandoned */
+void ngx_http_rules_metrics_inflight(ngx_http_rules_main_conf_t *rmcf,
+    ngx_int_t delta);
+/* Redis (re)connections, NOSCRIPT reloads: copied from the worker */
+void ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
+    ngx_uint_t connects_delta, ngx_uint_t reconnects_delta,
+    ngx_uint_t noscript_delta);
+
+/* a worker started (init_process) */
+void ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf);
+/* pushes the engine's per-process counters (regex limit hits) */
+void ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf);
+
+#endif /* NGX_HTTP_RULES_MODULE_H */

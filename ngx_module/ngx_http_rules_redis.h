@@ -1,0 +1,79 @@
+/*
+ * A persistent, non-blocking Redis connection per worker: hiredis' async
+ * API driven by nginx's event loop and timers.
+ */
+
+#ifndef NGX_HTTP_RULES_REDIS_H
+#define NGX_HTTP_RULES_REDIS_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+
+typedef struct {
+    ngx_str_t                  addr_text;    /* as configured, for logs */
+    ngx_str_t                  host;         /* numeric IP, NUL-terminated */
+    in_port_t                  port;
+    ngx_str_t                  unix_path;    /* NUL-terminated, or empty */
+    ngx_str_t                  user;         /* ACL user, or empty */
+    ngx_str_t                  password;     /* or empty: no AUTH */
+    ngx_int_t                  db;           /* SELECT db; 0: none */
+    ngx_msec_t                 connect_timeout;
+    ngx_msec_t                 backoff_min;  /* first reconnect delay */
+    ngx_msec_t                 backoff_max;
+    ngx_uint_t                 max_inflight; /* commands awaiting a reply */
+    ngx_msec_t                 reply_timeout; /* no reply at all for that
+                                                 long: reconnect */
+} ngx_http_rules_redis_conf_t;
+
+
+/*
+ * Called once per command: with the reply (rc NGX_OK; the reply may be a
+ * Redis error reply, REDIS_REPLY_ERROR) or without one (reply NULL, rc
+ * NGX_ERROR: the connection failed or closed before the reply).  The
+ * reply is freed by hiredis after the handler returns.
+ */
+typedef void (*ngx_http_rules_redis_handler_pt)(void *data,
+    redisReply *reply, ngx_int_t rc);
+
+
+typedef struct {
+    ngx_uint_t                 connects;     /* successful connections */
+    ngx_uint_t                 reconnects;   /* attempts after a loss */
+    ngx_uint_t                 noscript;     /* NOSCRIPT replies retried */
+} ngx_http_rules_redis_stats_t;
+
+
+typedef struct ngx_http_rules_redis_s  ngx_http_rules_redis_t;
+
+
+/* In init_process: starts connecting, never blocks. */
+ngx_http_rules_redis_t *ngx_http_rules_redis_create(
+    ngx_http_rules_redis_conf_t *conf, const char *script,
+    const char *script_sha1, ngx_log_t *log);
+
+/*
+ * Sends EVALSHA <script_sha1> argv... (argv excludes the command and the
+ * SHA: it starts with numkeys).  A NOSCRIPT reply (Redis restarted or
+ * SCRIPT FLUSH) resends the same command once as EVAL with the script
+ * text, which loads it again.  Returns NGX_OK when queued (the handler
+ * will be called exactly once), NGX_DECLINED when the command cannot be
+ * sent now (not connected, backing off, or max_inflight reached: the
+ * caller fails the event at once; the handler will not be called).
+ */
+ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
+    int argc, const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data);
+
+/* 1 when connected and ready (AUTH/SELECT/SCRIPT LOAD sent). */
+ngx_uint_t ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd);
+ngx_uint_t ngx_http_rules_redis_inflight(ngx_http_rules_redis_t *rd);
+ngx_http_rules_redis_stats_t *ngx_http_rules_redis_stats(
+    ngx_http_rules_redis_t *rd);
+
+/* In exit_process: fails every pending command (handlers get NGX_ERROR). */
+void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd);
+
+#endif /* NGX_HTTP_RULES_REDIS_H */

@@ -1,0 +1,343 @@
+# Directives: accepted configurations, and every configuration error that
+# "nginx -t" must refuse with a clear message.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: the module loads and a full configuration is accepted
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0;
+    rules_redis_timeout 100ms;
+    rules_redis_connect_timeout 500ms;
+    rules_redis_max_inflight 1000;
+    rules_key_prefix "t030:";
+    rules_max_key_length 128;
+    rules_max_value_length 1024;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        rules_on_error closed;
+        rules_reject_fraud 429;
+        rules_body off;
+        rules_max_body_size 16k;
+        rules_max_events 10;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        add_header X-Twice $rules_match_twice always;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "type", "eq": "page"}, "min": 2, "within": "1h"}
+]}
+--- request
+GET /px?uid=t030-1&e=page&ts=1000
+--- error_code: 204
+--- response_headers
+X-Rules: []
+X-Status: ok
+X-Twice: 0
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: rules on without rules_file
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        return 204;
+    }
+--- must_die
+--- error_log
+"rules on" needs "rules_file" in the http block
+
+
+
+=== TEST 3: rules on without rules_redis
+--- http_config
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+"rules on" needs "rules_redis" in the http block
+
+
+
+=== TEST 4: a broken rules file names the rule and the member
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "ok_rule", "kind": "segment", "key": "uid", "type": "count",
+   "min": 1, "within": "1s"},
+  {"id": "bad_rule", "kind": "segment", "key": "uid", "type": "count",
+   "min": 0, "within": "1s"}
+]}
+--- must_die
+--- error_log eval
+qr/rule #1 "bad_rule": member "min": must be between 1 and \d+, not 0/
+
+
+
+=== TEST 5: a rules file that is not JSON gives line and column
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "a" "kind": "segment"}
+]}
+--- must_die
+--- error_log eval
+qr/rules file ".*rules\.json": line 2, column \d+: /
+
+
+
+=== TEST 6: an invalid regex is refused with PCRE2's reason
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "re", "kind": "fraud", "key": "ip", "type": "count", "min": 1,
+   "within": "1s", "where": {"field": "ua", "regex": "(unclosed"}}
+]}
+--- must_die
+--- error_log eval
+qr/rule #0 "re": member "where\.regex": invalid regex at offset 9: missing closing parenthesis/
+
+
+
+=== TEST 7: a missing rules file
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/nope.json;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log eval
+qr/rules file ".*nope\.json": cannot open: No such file or directory/
+
+
+
+=== TEST 8: rules_redis with an unknown parameter
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT pasword=x;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+invalid parameter "pasword=x" of "rules_redis": expected password=, user= or db=N
+
+
+
+=== TEST 9: rules_redis without a port
+--- http_config
+    rules_redis 127.0.0.1;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis 127.0.0.1" needs host:port or unix:/path
+
+
+
+=== TEST 10: rules_redis user= without password=
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT user=app;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis": "user=" needs "password="
+
+
+
+=== TEST 11: rules_redis db out of range
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT db=-1;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+invalid parameter "db=-1" of "rules_redis"
+
+
+
+=== TEST 12: rules_reject_fraud with a status that is not an error
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px { rules_reject_fraud 200; return 204; }
+--- must_die
+--- error_log
+invalid status "200" of "rules_reject_fraud": "off" or a code from 400 to 599
+
+
+
+=== TEST 13: rules_on_error takes open or closed
+--- config
+    location = /px { rules_on_error maybe; return 204; }
+--- must_die
+--- error_log
+invalid value "maybe"
+
+
+
+=== TEST 14: $rules_match_<id> must name a rule
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        add_header X-M $rules_match_nosuchrule;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log eval
+qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
+
+
+
+=== TEST 15: rules_time naming a field the location does not define
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_time ts;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+"rules_time ts" names no "rules_field" of this location
+
+
+
+=== TEST 16: rules on without any rules_field
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+"rules on" needs at least one "rules_field", or "rules_body json"
+
+
+
+=== TEST 17: rules_max_events above the limit
+--- config
+    location = /px { rules_max_events 5000; return 204; }
+--- must_die
+--- error_log
+"rules_max_events" must not exceed 1000
+
+
+
+=== TEST 18: a duplicate rules_field
+--- config
+    location = /px {
+        rules_field uid $arg_uid;
+        rules_field uid $cookie_uid;
+        return 204;
+    }
+--- must_die
+--- error_log
+duplicate rules_field "uid"
+
+
+
+=== TEST 19: a rules_field no rule uses is a warning, not an error
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field colour $arg_c;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- request
+GET /px?uid=t030-19&c=red
+--- error_code: 204
+--- response_headers
+X-Status: ok
+
+
+
+=== TEST 20: rules_max_key_length out of bounds
+--- config
+    location = /px { return 204; }
+--- http_config
+    rules_max_key_length 100000;
+--- must_die
+--- error_log
+value must be between 1 and 65535
+
+
+
+=== TEST 21: rules_redis_timeout of zero
+--- http_config
+    rules_redis_timeout 0;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_timeout" must be positive

@@ -1,0 +1,393 @@
+# Inline evaluation end to end: a real nginx, a real Redis, real requests.
+# Every test uses its own user/ip/device values, so Redis state from other
+# tests cannot interfere.
+
+use Test::Nginx::Socket 'no_plan';
+
+our $RulesFile = <<'_EOC_';
+{"rules": [
+  {"id": "visited_twice_week", "kind": "segment", "key": "uid",
+   "type": "count", "where": {"field": "type", "eq": "page"},
+   "min": 2, "within": "7d"},
+  {"id": "viewed_not_carted", "kind": "segment", "key": "uid",
+   "type": "absence",
+   "trigger": {"all": [{"field": "type", "eq": "view"}, {"field": "product", "eq": "P42"}]},
+   "cancel":  {"all": [{"field": "type", "eq": "cart"}, {"field": "product", "eq": "P42"}]},
+   "after": "0s", "within": "30d"},
+  {"id": "home_sale_buy", "kind": "segment", "key": "uid",
+   "type": "sequence",
+   "steps": [ {"where": {"field": "path", "eq": "/home"}},
+              {"where": {"field": "path", "prefix": "/sale"}},
+              {"where": {"all": [{"field": "type", "eq": "purchase"},
+                                 {"field": "product", "eq": "P42"}]}} ],
+   "within": "1h", "hold": "30d"},
+  {"id": "ip_burst", "kind": "fraud", "key": "ip",
+   "type": "count", "min": 3, "within": "10s"},
+  {"id": "device_many_users", "kind": "fraud", "key": "device",
+   "type": "distinct", "field": "uid", "min": 3, "within": "1h"}
+]}
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_redis_timeout 500ms;
+    rules_key_prefix "t050:";
+    rules_file ../html/rules.json;
+_EOC_
+
+our $PixelConfig = <<'_EOC_';
+    location = /px {
+        rules on;
+        rules_field uid     $arg_uid;
+        rules_field ip      $arg_ip;
+        rules_field device  $arg_d;
+        rules_field type    $arg_e;
+        rules_field product $arg_p;
+        rules_field path    $arg_u;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Fraud $rules_fraud always;
+        add_header X-Status $rules_status always;
+        empty_gif;
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $PixelConfig) unless defined $block->config;
+    $block->set_value('user_files', ">>> rules.json\n$RulesFile")
+        unless defined $block->user_files;
+});
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: count: the second page view in a week matches
+--- request eval
+[
+  "GET /px?uid=t050-1&e=page&ts=1000000",
+  "GET /px?uid=t050-1&e=page&ts=2000000",
+  "GET /px?uid=t050-1&e=click&ts=3000000",
+  "GET /px?uid=t050-1&e=click&ts=" . (1000000 + 7 * 86400000 - 1),
+  "GET /px?uid=t050-1&e=click&ts=" . (2000000 + 7 * 86400000),
+]
+--- response_headers eval
+[
+  "X-Rules: []\nX-Status: ok",
+  "X-Rules: [visited_twice_week]\nX-Status: ok",
+  "X-Rules: [visited_twice_week]",
+  "X-Rules: [visited_twice_week]",
+  "X-Rules: []",
+]
+--- error_code eval
+[200, 200, 200, 200, 200]
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: absence: viewed P42 and not carted, until the cart
+--- request eval
+[
+  "GET /px?uid=t050-2&e=view&p=P42&ts=1000",
+  "GET /px?uid=t050-2&e=view&p=P7&ts=2000",
+  "GET /px?uid=t050-2&e=cart&p=P42&ts=3000",
+  "GET /px?uid=t050-2&e=view&p=P42&ts=4000",
+  "GET /px?uid=t050-2&e=view&ts=" . (4000 + 30 * 86400000),
+]
+--- response_headers eval
+[
+  "X-Rules: [viewed_not_carted]",
+  "X-Rules: [viewed_not_carted]",
+  "X-Rules: []",
+  "X-Rules: [viewed_not_carted]",
+  "X-Rules: []",
+]
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: sequence: home, then sale, then purchase of P42, held 30d
+--- request eval
+[
+  "GET /px?uid=t050-3&u=/home&ts=1000",
+  "GET /px?uid=t050-3&u=/about&ts=2000",
+  "GET /px?uid=t050-3&u=/sale/shoes&ts=3000",
+  "GET /px?uid=t050-3&e=purchase&p=P42&ts=4000",
+  "GET /px?uid=t050-3&e=page&ts=5000",
+  "GET /px?uid=t050-3&e=page&ts=" . (4000 + 30 * 86400000),
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: [home_sale_buy]",
+  "X-Rules: [home_sale_buy]",
+  "X-Rules: []",
+]
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: sequence: the steps must happen within 1h
+--- request eval
+[
+  "GET /px?uid=t050-4&u=/home&ts=1000",
+  "GET /px?uid=t050-4&u=/sale&ts=2000",
+  "GET /px?uid=t050-4&e=purchase&p=P42&ts=3601000",
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: []",
+]
+
+
+
+=== TEST 5: fraud: the third hit of an ip in 10s (the 4000 event is out at 14000), and distinct users on a device
+--- request eval
+[
+  "GET /px?uid=a&ip=198.51.100.5&d=dev-t050-5&ts=1000",
+  "GET /px?uid=b&ip=198.51.100.5&d=dev-t050-5&ts=2000",
+  "GET /px?uid=c&ip=198.51.100.6&d=dev-t050-5&ts=3000",
+  "GET /px?uid=b&ip=198.51.100.5&ts=4000",
+  "GET /px?uid=b&ip=198.51.100.5&ts=14000",
+]
+--- response_headers eval
+[
+  "X-Rules: []\nX-Fraud: 0",
+  "X-Rules: []\nX-Fraud: 0",
+  "X-Rules: [device_many_users]\nX-Fraud: 1",
+  "X-Rules: [ip_burst]\nX-Fraud: 1",
+  "X-Rules: []\nX-Fraud: 0",
+]
+
+
+
+=== TEST 6: no key field: skipped
+--- request
+GET /px?e=page&ts=1
+--- response_headers
+X-Rules: []
+X-Status: skipped
+X-Fraud: 0
+
+
+
+=== TEST 7: query arguments are matched percent-decoded
+--- request eval
+[
+  "GET /px?uid=t050%2D7&u=%2Fhome&ts=1000",
+  "GET /px?uid=t050-7&u=/sale%2Fx&ts=2000",
+  "GET /px?uid=t050-7&e=purchase&p=%50%34%32&ts=3000",
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: [home_sale_buy]",
+]
+
+
+
+=== TEST 8: rules_time that is not a non-negative integer: invalid
+--- request eval
+[
+  "GET /px?uid=t050-8&e=page&ts=-5",
+  "GET /px?uid=t050-8&e=page&ts=12abc",
+  "GET /px?uid=t050-8&e=page&ts=99999999999999999999",
+]
+--- response_headers eval
+[
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: invalid",
+  "X-Status: invalid",
+]
+--- error_code eval
+[200, 200, 200]
+--- error_log
+time "-5" is not a non-negative integer of ms
+
+
+
+=== TEST 9: $rules_match_<id>, $rules_fraud in headers, a map and the access log
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t050:";
+    rules_file ../html/rules.json;
+    map $rules_match_visited_twice_week $segment {
+        1       "returning";
+        default "new";
+    }
+    log_format rules '$request_uri matched=[$rules_matched] status=$rules_status fraud=$rules_fraud';
+--- config
+    location = /px {
+        rules on;
+        rules_field uid  $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        access_log logs/rules.log rules;
+        add_header X-Twice $rules_match_visited_twice_week always;
+        add_header X-Burst $rules_match_ip_burst always;
+        add_header X-Segment $segment always;
+        return 204;
+    }
+--- request eval
+[
+  "GET /px?uid=t050-9&e=page&ts=1000",
+  "GET /px?uid=t050-9&e=page&ts=2000",
+]
+--- error_code eval
+[204, 204]
+--- response_headers eval
+[
+  "X-Twice: 0\nX-Burst: 0\nX-Segment: new",
+  "X-Twice: 1\nX-Burst: 0\nX-Segment: returning",
+]
+
+
+
+=== TEST 10: segments passed to an upstream in a request header
+--- config
+    location = /px {
+        rules on;
+        rules_field uid  $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        proxy_set_header X-Segments $rules_matched;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/echo;
+    }
+    location = /echo {
+        return 200 "segments=[$http_x_segments]\n";
+    }
+--- request eval
+[
+  "GET /px?uid=t050-10&e=page&ts=1000",
+  "GET /px?uid=t050-10&e=page&ts=2000",
+]
+--- response_body eval
+[
+  "segments=[]\n",
+  "segments=[visited_twice_week]\n",
+]
+
+
+
+=== TEST 11: fraud rejection with a chosen status
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field ip  $arg_ip;
+        rules_time $arg_ts;
+        rules_reject_fraud 429;
+        add_header X-Rules "[$rules_matched]" always;
+        empty_gif;
+    }
+--- request eval
+[
+  "GET /px?uid=x&ip=203.0.113.11&ts=1000",
+  "GET /px?uid=x&ip=203.0.113.11&ts=1001",
+  "GET /px?uid=x&ip=203.0.113.11&ts=1002",
+  "GET /px?uid=x&ip=203.0.113.12&ts=1003",
+]
+--- error_code eval
+[200, 200, 429, 200]
+--- error_log
+rules: event rejected as fraud (matched a fraud rule), status 429
+
+
+
+=== TEST 12: a key value over rules_max_key_length is not evaluated
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t050:";
+    rules_max_key_length 8;
+    rules_file ../html/rules.json;
+--- request
+GET /px?uid=0123456789abcdef&e=page&ts=1
+--- response_headers
+X-Status: skipped
+X-Rules: []
+--- error_log
+key value(s) longer than rules_max_key_length 8, not evaluated
+
+
+
+=== TEST 13: a value over rules_max_value_length makes the event invalid
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t050:";
+    rules_max_value_length 16;
+    rules_file ../html/rules.json;
+--- request
+GET /px?uid=t050-13&e=page&ts=1&u=/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+--- response_headers
+X-Status: invalid
+--- error_log
+longer than rules_max_value_length 16
+
+
+
+=== TEST 14: rules off in a nested location
+--- config
+    location /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field type $arg_e;
+        add_header X-Status "[$rules_status]" always;
+        location = /px/off {
+            rules off;
+            return 204;
+        }
+        return 204;
+    }
+--- request eval
+["GET /px/on?uid=t050-14&e=page", "GET /px/off?uid=t050-14&e=page"]
+--- error_code eval
+[204, 204]
+--- response_headers eval
+["X-Status: [ok]", "X-Status: []"]
+
+
+
+=== TEST 15: evaluated once per request, also across an internal redirect
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field ip  $arg_ip;
+        rules_time $arg_ts;
+        try_files /nonexistent =404;
+        error_page 404 = /target;
+    }
+    location = /target {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field ip  $arg_ip;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        return 200 "target\n";
+    }
+--- request eval
+[
+  "GET /px?uid=y&ip=203.0.113.15&ts=5000",
+  "GET /px?uid=y&ip=203.0.113.15&ts=5001",
+  "GET /px?uid=y&ip=203.0.113.15&ts=5002",
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: [ip_burst]",
+]
+--- response_body eval
+["target\n", "target\n", "target\n"]

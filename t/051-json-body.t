@@ -1,0 +1,218 @@
+# JSON body mode: POST one event object or an array of them.
+
+use Test::Nginx::Socket 'no_plan';
+
+our $RulesFile = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "type", "eq": "page"}, "min": 2, "within": "7d"},
+  {"id": "big_spender", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "amount", "gte": 100}, "min": 1, "within": "30d"},
+  {"id": "ip_burst", "kind": "fraud", "key": "ip", "type": "count",
+   "min": 3, "within": "10s"}
+]}
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    $block->set_value('http_config', <<'_EOC_') unless defined $block->http_config;
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_redis_timeout 500ms;
+    rules_key_prefix "t051:";
+    rules_file ../html/rules.json;
+_EOC_
+    $block->set_value('config', <<'_EOC_') unless defined $block->config;
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_max_body_size 4k;
+        rules_max_events 5;
+        rules_field ip $arg_ip;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        add_header X-Fraud $rules_fraud always;
+        return 204;
+    }
+_EOC_
+    $block->set_value('user_files', ">>> rules.json\n$RulesFile")
+        unless defined $block->user_files;
+    $block->set_value('error_code', 204) unless defined $block->error_code;
+});
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: one event object
+--- request
+POST /events
+{"uid": "t051-1", "type": "page", "ts": 1000}
+--- error_code: 204
+--- response_headers
+X-Rules: []
+X-Status: ok
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: an array of events is applied in order; the result is their union
+--- request
+POST /events
+[{"uid": "t051-2", "type": "page", "ts": 1000},
+ {"uid": "t051-2", "type": "page", "ts": 2000},
+ {"uid": "t051-2b", "type": "page", "amount": 250, "ts": 2500}]
+--- error_code: 204
+--- response_headers
+X-Rules: [twice,big_spender]
+X-Status: ok
+
+
+
+=== TEST 3: numbers compare as numbers; a numeric string too
+--- request eval
+[
+  "POST /events\n{\"uid\": \"t051-3\", \"amount\": 99.5, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-3\", \"amount\": \"1e2\", \"ts\": 2000}",
+]
+--- response_headers eval
+["X-Rules: []", "X-Rules: [big_spender]"]
+
+
+
+=== TEST 4: rules_field values fill what the objects do not carry
+--- request eval
+[
+  "POST /events?ip=192.0.2.4\n[{\"uid\": \"a\", \"ts\": 1}, {\"uid\": \"b\", \"ts\": 2}]",
+  "POST /events?ip=192.0.2.4\n{\"uid\": \"c\", \"ts\": 3}",
+  "POST /events?ip=192.0.2.4\n{\"uid\": \"d\", \"ip\": \"192.0.2.5\", \"ts\": 4}",
+]
+--- response_headers eval
+["X-Fraud: 0", "X-Fraud: 1\nX-Rules: [ip_burst]", "X-Fraud: 0\nX-Rules: []"]
+
+
+
+=== TEST 5: a body that is not JSON: invalid, still answered, one log line
+--- request
+POST /events
+{"uid": "t051-5", "type": 
+--- error_code: 204
+--- response_headers
+X-Status: invalid
+X-Rules: []
+--- error_log eval
+qr/rules: event body rejected: invalid JSON at line \d+, column \d+/
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: an array with a non-object: the whole body is rejected
+--- request
+POST /events
+[{"uid": "t051-6", "type": "page", "ts": 1}, 42]
+--- response_headers
+X-Status: invalid
+--- error_log
+rules: event body rejected: event 1 is not a JSON object
+
+
+
+=== TEST 7: more events than rules_max_events
+--- request eval
+"POST /events\n[" . ('{"uid": "t051-7", "ts": 1},' x 5) . '{"uid": "t051-7", "ts": 1}]'
+--- response_headers
+X-Status: invalid
+--- error_log
+rules: event body rejected: 6 events, more than the limit of 5
+
+
+
+=== TEST 8: a body over rules_max_body_size gets 413
+--- request eval
+"POST /events\n{\"uid\": \"t051-8\", \"pad\": \"" . ("x" x 5000) . "\", \"ts\": 1}"
+--- error_code: 413
+--- error_log
+is over rules_max_body_size 4096
+
+
+
+=== TEST 9: an event without its rules_time member is invalid
+--- request
+POST /events
+[{"uid": "t051-9", "ts": 5}, {"uid": "t051-9"}]
+--- response_headers
+X-Status: invalid
+--- error_log
+event 1 has no "ts" time
+
+
+
+=== TEST 10: a time member that is not a valid time
+--- request
+POST /events
+{"uid": "t051-10", "ts": -3}
+--- response_headers
+X-Status: invalid
+--- error_log
+"ts" must be a non-negative integer number of ms
+
+
+
+=== TEST 11: GET on a JSON endpoint uses the rules_field values
+--- request
+GET /events?ip=192.0.2.11
+--- response_headers
+X-Status: invalid
+--- error_log
+rules: event rejected: no "ts" time
+
+
+
+=== TEST 12: an empty POST body
+--- request
+POST /events
+--- more_headers
+Content-Length: 0
+--- response_headers
+X-Status: invalid
+--- error_log
+rules: event rejected: empty body
+
+
+
+=== TEST 13: duplicate members are refused, not guessed
+--- request
+POST /events
+{"uid": "t051-13", "uid": "someone-else", "ts": 1}
+--- response_headers
+X-Status: invalid
+--- error_log
+duplicate object key
+
+
+
+=== TEST 14: deeply nested JSON fails cleanly
+--- request eval
+"POST /events\n" . ("[" x 3000) . ("]" x 3000)
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t051:";
+    rules_file ../html/rules.json;
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_max_body_size 64k;
+        rules_field ip $arg_ip;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+--- response_headers
+X-Status: invalid
+--- error_log
+rules: event body rejected: invalid JSON
+--- no_error_log
+[alert]

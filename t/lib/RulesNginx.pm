@@ -1,0 +1,195 @@
+package RulesNginx;
+
+# Starts and stops an nginx with the module, and a private redis-server,
+# for the plain Test::More tests that need what Test::Nginx blocks
+# cannot express: parallel clients, reloads, Redis restarts.  Every
+# process started here is stopped by PID, also when a test dies.
+
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use File::Path qw(make_path remove_tree);
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+my @Started;    # [kind, pid or pidfile]
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
+        or die "cannot bind a loopback port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub wait_port {
+    my ($port, $secs) = @_;
+    my $deadline = time + ($secs // 5);
+    while (time < $deadline) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+        return 1 if $s;
+        sleep 0.02;
+    }
+    return 0;
+}
+
+# A private redis-server: returns { port, pid }.
+sub start_redis {
+    my (%opt) = @_;
+    my $port = $opt{port} // free_port();
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        exec('redis-server', '--port', $port, '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+             @{ $opt{args} // [] })
+            or POSIX::_exit(127);
+    }
+    push @Started, ['pid', $pid];
+    wait_port($port) or die "redis-server did not start on $port";
+    return { port => $port, pid => $pid };
+}
+
+sub stop_pid {
+    my ($pid, $sig) = @_;
+    return unless $pid;
+    kill 'CONT', $pid;
+    kill $sig // 'TERM', $pid;
+    for (1 .. 100) {
+        return if waitpid($pid, WNOHANG) != 0;
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+}
+
+sub module_path {
+    my $mods = $ENV{TEST_NGINX_LOAD_MODULES}
+        // abs_path("$FindBin::Bin/../build/nginx/ngx_http_rules_module.so");
+    return $mods;
+}
+
+# nginx with the given http{} body; returns { port, prefix }.
+sub start_nginx {
+    my (%opt) = @_;
+    my $prefix = abs_path($opt{prefix} // "t/servroot-plain") ;
+    $prefix //= $opt{prefix};
+    remove_tree($prefix);
+    make_path("$prefix/conf", "$prefix/logs", "$prefix/html");
+    my $port = $opt{port} // free_port();
+    my $workers = $opt{workers} // 1;
+    my $load = join '', map { "load_module $_;\n" } split ' ', module_path();
+    my $user = $> == 0 ? "user root;\n" : '';
+    my $http = $opt{http};
+    $http =~ s/\$PORT\b/$port/g;
+
+    for my $name (keys %{ $opt{files} // {} }) {
+        open my $fh, '>', "$prefix/html/$name" or die "$name: $!";
+        print $fh $opt{files}{$name};
+        close $fh;
+    }
+
+    open my $fh, '>', "$prefix/conf/nginx.conf" or die $!;
+    print $fh <<"_EOC_";
+$load${user}worker_processes $workers;
+daemon on;
+master_process on;
+pid logs/nginx.pid;
+error_log logs/error.log info;
+events { worker_connections 4096; }
+http {
+    access_log off;
+$http
+}
+_EOC_
+    close $fh;
+
+    my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
+    system($bin, '-p', "$prefix/", '-c', 'conf/nginx.conf') == 0
+        or die "nginx did not start: see $prefix/logs/error.log";
+    push @Started, ['nginx', "$prefix/logs/nginx.pid"];
+    wait_port($port) or die "nginx is not listening on $port";
+    return { port => $port, prefix => $prefix, bin => $bin };
+}
+
+sub nginx_pid {
+    my ($ngx) = @_;
+    open my $fh, '<', "$ngx->{prefix}/logs/nginx.pid" or return;
+    my $pid = <$fh>;
+    chomp $pid if defined $pid;
+    return $pid;
+}
+
+sub reload_nginx {
+    my ($ngx) = @_;
+    my $pid = nginx_pid($ngx) or die "no nginx pid";
+    kill 'HUP', $pid;
+}
+
+sub stop_nginx {
+    my ($ngx) = @_;
+    my $pid = nginx_pid($ngx) or return;
+    kill 'QUIT', $pid;
+    for (1 .. 200) {
+        return unless kill 0, $pid;
+        sleep 0.05;
+    }
+    kill 'KILL', $pid;
+}
+
+sub error_log {
+    my ($ngx) = @_;
+    open my $fh, '<', "$ngx->{prefix}/logs/error.log" or return '';
+    local $/;
+    return <$fh>;
+}
+
+# One HTTP/1.0 GET; returns (status, \%headers, body).
+sub get {
+    my ($port, $uri, $timeout) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
+                                  Timeout => $timeout // 5)
+        or return (0, {}, "connect: $!");
+    print $s "GET $uri HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    local $/;
+    my $resp = <$s> // '';
+    close $s;
+    return parse_response($resp);
+}
+
+sub parse_response {
+    my ($resp) = @_;
+    my ($head, $body) = split /\r\n\r\n/, $resp, 2;
+    return (0, {}, '') unless defined $head;
+    my @lines = split /\r\n/, $head;
+    my ($status) = (shift(@lines) // '') =~ m{^HTTP/\S+ (\d+)};
+    my %h;
+    for (@lines) {
+        my ($k, $v) = /^([^:]+):\s*(.*)$/ or next;
+        $h{lc $k} = $v;
+    }
+    return ($status // 0, \%h, $body // '');
+}
+
+END {
+    my $status = $?;
+    for my $p (reverse @Started) {
+        if ($p->[0] eq 'pid') {
+            stop_pid($p->[1]);
+        } elsif (-f $p->[1]) {
+            open my $fh, '<', $p->[1] or next;
+            my $pid = <$fh>;
+            next unless $pid && $pid =~ /^(\d+)/;
+            $pid = $1;
+            kill 'QUIT', $pid;
+            for (1 .. 100) { last unless kill 0, $pid; sleep 0.05 }
+            kill 'KILL', $pid if kill 0, $pid;
+        }
+    }
+    $? = $status;
+}
+
+1;
