@@ -337,7 +337,7 @@ rules_load_buffer(const char *buf, size_t len, const char *name, char *err,
     json_error_t   jerr;
     rules_set_t   *rs;
 
-    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 
     if (root == NULL) {
         snprintf(err, errlen, "rules file \"%s\": line %d, column %d: %s",
@@ -963,6 +963,12 @@ rules_field(rules_loader_t *ld, const char *name, size_t len,
     int           rc;
 
     rs = ld->rs;
+
+    if (memchr(name, '\0', len) != NULL) {
+        rules_loader_error(ld, NULL, "a field name cannot contain a NUL "
+                           "byte");
+        return -1;
+    }
 
     if (rules_strmap_get(&rs->fields, (const unsigned char *) name, len,
                          index))

@@ -1,0 +1,232 @@
+/*
+ * The rule loader: every load error names the rule (index and id), the
+ * member and, for JSON syntax errors, the line and column; the SPEC.md
+ * examples load with the right values; digests follow definitions.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_engine.h"
+#include "tap.h"
+
+
+#define R(body)  "{\"rules\":[{\"id\":\"ok\",\"kind\":\"segment\",\"key\":" \
+                 "\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}," \
+                 body "]}"
+#define COUNT(extra) R("{\"id\":\"bad\",\"kind\":\"segment\",\"key\":\"uid\"," \
+                       "\"type\":\"count\",\"within\":\"1s\",\"min\":2" extra "}")
+#define SEQ(steps) R("{\"id\":\"bad\",\"kind\":\"segment\",\"key\":\"uid\"," \
+                     "\"type\":\"sequence\",\"within\":\"1h\",\"steps\":" steps "}")
+#define WHERE(c) COUNT(",\"where\":" c)
+
+
+static const struct {
+    const char  *json;
+    const char  *want[3];
+} cases[] = {
+    { "not json", { "line 1, column", NULL } },
+    { "{\"rules\": [\n  {\"id\": \"a\" \"kind\": 1}\n]}", { "line 2, column", NULL } },
+    { "[]", { "top level must be an object", NULL } },
+    { "{}", { "member \"rules\" must be an array", NULL } },
+    { "{\"rules\":{}}", { "member \"rules\" must be an array", NULL } },
+    { "{\"rules\":[],\"x\":1}", { "unknown top-level member \"x\"", NULL } },
+    { R("42"), { "rule #1: ", "must be an object", NULL } },
+    { R("{\"kind\":\"segment\"}"), { "rule #1: ", "member \"id\": is required", NULL } },
+    { R("{\"id\":\"\"}"), { "rule #1: ", "member \"id\": must match", NULL } },
+    { R("{\"id\":\"a-b\"}"), { "rule #1: ", "member \"id\": must match", NULL } },
+    { R("{\"id\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}"),
+      { "member \"id\": must match [A-Za-z0-9_]{1,64}", NULL } },
+    { R("{\"id\":\"ok\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "rule #1 \"ok\": ", "member \"id\": duplicate id \"ok\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"both\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "rule #1 \"bad\": member \"kind\": must be \"segment\" or \"fraud\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "rule #1 \"bad\": member \"key\": is required", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"often\"}"),
+      { "rule #1 \"bad\": member \"type\": unknown type \"often\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\",\"colour\":1}"),
+      { "rule #1 \"bad\": member \"colour\": unknown member for a rule of type \"count\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"sequence\",\"within\":\"1s\",\"where\":{},\"steps\":[]}"),
+      { "member \"where\": unknown member for a rule of type \"sequence\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"within\":\"1s\"}"),
+      { "rule #1 \"bad\": member \"min\": is required", NULL } },
+    { COUNT(",\"min\":0"), { "duplicate object key", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":0,\"within\":\"1s\"}"),
+      { "rule #1 \"bad\": member \"min\": must be between 1 and 1000, not 0", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1.5,\"within\":\"1s\"}"),
+      { "member \"min\": must be an integer", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1001,\"within\":\"1s\"}"),
+      { "member \"min\": must be between 1 and 1000, not 1001", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1}"),
+      { "member \"within\": is required", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"7\"}"),
+      { "member \"within\": invalid duration \"7\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"7x\"}"),
+      { "member \"within\": invalid duration \"7x\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"-1s\"}"),
+      { "member \"within\": invalid duration \"-1s\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1.5s\"}"),
+      { "member \"within\": invalid duration \"1.5s\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"\"}"),
+      { "member \"within\": invalid duration \"\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":7}"),
+      { "member \"within\": must be a duration string", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"99999999999d\"}"),
+      { "member \"within\": invalid duration", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"367d\"}"),
+      { "member \"within\": \"367d\" is longer than the limit of 366d", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"0s\"}"),
+      { "member \"within\": \"0s\" must be positive", NULL } },
+    { SEQ("[]"), { "rule #1 \"bad\": member \"steps\": must be a non-empty array", NULL } },
+    { SEQ("{}"), { "member \"steps\": must be a non-empty array", NULL } },
+    { SEQ("[{\"where\":{\"field\":\"a\",\"eq\":\"x\"},\"strict\":true}]"),
+      { "member \"steps[0].strict\": the first step cannot be strict", NULL } },
+    { SEQ("[{\"where\":{\"field\":\"a\",\"eq\":\"x\"}},{\"strict\":true}]"),
+      { "member \"steps[1].where\": is required", NULL } },
+    { SEQ("[{\"where\":{\"field\":\"a\",\"eq\":\"x\"},\"when\":1}]"),
+      { "member \"steps[0].when\": unknown member of a step", NULL } },
+    { WHERE("{\"field\":\"ua\",\"regex\":\"(unclosed\"}"),
+      { "member \"where.regex\": invalid regex at offset 9: missing closing parenthesis", NULL } },
+    { WHERE("{\"field\":\"a\",\"eq\":\"x\",\"ne\":\"y\"}"),
+      { "member \"where\": a condition has exactly one operator", NULL } },
+    { WHERE("{\"field\":\"a\"}"), { "member \"where\": a condition needs an operator", NULL } },
+    { WHERE("{\"field\":\"a\",\"like\":\"x\"}"), { "member \"where.like\": unknown operator", NULL } },
+    { WHERE("{\"eq\":\"x\"}"), { "member \"where.field\": is required", NULL } },
+    { WHERE("{\"field\":\"a\",\"in\":[\"x\",2]}"),
+      { "member \"where.in\": must be an array of strings (entry 1 is not a string)", NULL } },
+    { WHERE("{\"field\":\"a\",\"in\":\"x\"}"), { "member \"where.in\": must be an array of strings", NULL } },
+    { WHERE("{\"field\":\"a\",\"gt\":\"5\"}"), { "member \"where.gt\": must be a number", NULL } },
+    { WHERE("{\"field\":\"a\",\"exists\":1}"), { "member \"where.exists\": must be true or false", NULL } },
+    { WHERE("{\"all\":{}}"), { "member \"where.all\": must be a non-empty array of conditions", NULL } },
+    { WHERE("{\"any\":[]}"), { "member \"where.any\": must be a non-empty array of conditions", NULL } },
+    { WHERE("{\"not\":[]}"), { "member \"where.not\": a condition must be an object", NULL } },
+    { WHERE("{\"all\":[{\"field\":\"a\",\"eq\":\"x\"}],\"field\":\"b\"}"),
+      { "member \"where\": \"all\", \"any\" and \"not\" stand alone", NULL } },
+    { WHERE("{\"all\":[{\"any\":[{\"field\":\"a\",\"eq\":1}]}]}"),
+      { "member \"where.all[0].any[0].eq\": must be a string", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"d\",\"type\":\"distinct\",\"min\":2,\"within\":\"1h\"}"),
+      { "member \"field\": is required", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"d\",\"type\":\"absence\",\"within\":\"1h\",\"cancel\":{\"field\":\"a\",\"eq\":\"x\"}}"),
+      { "member \"trigger\": is required", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"d\",\"type\":\"absence\",\"within\":\"1h\",\"after\":\"2h\",\"trigger\":{\"field\":\"a\",\"eq\":\"x\"},\"cancel\":{\"field\":\"a\",\"eq\":\"y\"}}"),
+      { "member \"after\": must be shorter than \"within\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "member \"key\": must be a non-empty string", NULL } },
+    { NULL, { NULL } }
+};
+
+
+static const char spec_rules[] =
+"{\"rules\": ["
+"  { \"id\": \"visited_twice_week\", \"kind\": \"segment\", \"key\": \"uid\","
+"    \"type\": \"count\", \"where\": {\"field\": \"type\", \"eq\": \"page\"},"
+"    \"min\": 2, \"within\": \"7d\" },"
+"  { \"id\": \"viewed_not_carted\", \"kind\": \"segment\", \"key\": \"uid\","
+"    \"type\": \"absence\","
+"    \"trigger\": {\"all\": [{\"field\": \"type\", \"eq\": \"view\"}, {\"field\": \"product\", \"eq\": \"P42\"}]},"
+"    \"cancel\":  {\"all\": [{\"field\": \"type\", \"eq\": \"cart\"}, {\"field\": \"product\", \"eq\": \"P42\"}]},"
+"    \"after\": \"0s\", \"within\": \"30d\" },"
+"  { \"id\": \"home_sale_buy\", \"kind\": \"segment\", \"key\": \"uid\","
+"    \"type\": \"sequence\","
+"    \"steps\": [ {\"where\": {\"field\": \"path\", \"eq\": \"/home\"}},"
+"               {\"where\": {\"field\": \"path\", \"prefix\": \"/sale\"}},"
+"               {\"where\": {\"all\": [{\"field\": \"type\", \"eq\": \"purchase\"},"
+"                                  {\"field\": \"product\", \"eq\": \"P42\"}]}} ],"
+"    \"within\": \"1h\", \"hold\": \"30d\" },"
+"  { \"id\": \"ip_burst\", \"kind\": \"fraud\", \"key\": \"ip\","
+"    \"type\": \"count\", \"min\": 21, \"within\": \"10s\" },"
+"  { \"id\": \"device_many_users\", \"kind\": \"fraud\", \"key\": \"device\","
+"    \"type\": \"distinct\", \"field\": \"uid\", \"min\": 5, \"within\": \"1h\" }"
+"]}";
+
+
+int
+main(void)
+{
+    char                 err[RULES_ERR_LEN], edited[8192], *p;
+    rules_set_t         *rs, *rs2;
+    const rules_rule_t  *r;
+    const rules_group_t *g;
+    int                  i, k;
+
+    for (i = 0; cases[i].json; i++) {
+        err[0] = '\0';
+        rs = rules_load_buffer(cases[i].json, strlen(cases[i].json),
+                               "t.json", err, sizeof(err));
+        ok(rs == NULL, "case %d is refused", i);
+        rules_free(rs);
+
+        for (k = 0; k < 3 && cases[i].want[k]; k++) {
+            like_str(err, cases[i].want[k], "case %d: message names it", i);
+        }
+
+        like_str(err, "rules file \"t.json\": ", "case %d: and the file", i);
+    }
+
+    rs = rules_load_buffer(spec_rules, strlen(spec_rules), "spec", err,
+                           sizeof(err));
+    ok(rs != NULL, "SPEC.md's example rules load");
+    if (rs == NULL) {
+        printf("# %s\n", err);
+        return done_testing();
+    }
+
+    is_int(rules_count(rs), 5, "five rules");
+    r = rules_rule(rs, 0);
+    is_str(r->id, "visited_twice_week", "rule 0 id");
+    is_int(r->type, RULES_TYPE_COUNT, "rule 0 type");
+    is_int(r->min, 2, "rule 0 min");
+    is_int(r->within, 7LL * 86400 * 1000, "rule 0 within in ms");
+    is_int(r->ttl, 7LL * 86400 * 1000, "rule 0 ttl");
+    r = rules_rule(rs, 1);
+    is_int(r->type, RULES_TYPE_ABSENCE, "rule 1 type");
+    is_int(r->after, 0, "rule 1 after");
+    r = rules_rule(rs, 2);
+    is_int(r->nsteps, 3, "rule 2 has 3 steps");
+    is_int(r->hold, 30LL * 86400 * 1000, "rule 2 hold");
+    is_int(r->ttl, 30LL * 86400 * 1000, "rule 2 ttl is the longer of within and hold");
+    r = rules_rule(rs, 3);
+    is_int(r->kind, RULES_KIND_FRAUD, "rule 3 is fraud");
+    r = rules_rule(rs, 4);
+    is_str(rules_field_name(rs, r->distinct_field), "uid", "rule 4 counts uids");
+
+    is_int(rules_ngroups(rs), 3, "three key groups: uid, ip, device");
+    g = rules_group(rs, 0);
+    is_str(rules_field_name(rs, g->key_field), "uid", "group 0 is uid");
+    ok(g->nrules == 3 && g->rules[0] == 0 && g->rules[1] == 1
+       && g->rules[2] == 2, "group 0 holds rules 0, 1, 2 in file order");
+    ok(rules_field_index(rs, "product", 7) >= 0, "field product is known");
+    ok(rules_field_index(rs, "colour", 6) < 0, "field colour is not");
+    ok(rules_find_id(rs, "ip_burst", 8) == rules_rule(rs, 3), "find by id");
+    ok(rules_find_digest(rs, rules_rule(rs, 2)->digest_bytes)
+       == rules_rule(rs, 2), "find by digest");
+
+    for (i = 0; i < 5; i++) {
+        for (k = i + 1; k < 5; k++) {
+            ok(rules_rule(rs, i)->digest != rules_rule(rs, k)->digest,
+               "rules %d and %d have different digests", i, k);
+        }
+    }
+
+    rs2 = rules_load_buffer(spec_rules, strlen(spec_rules), "again", err,
+                            sizeof(err));
+    ok(rs2 && rules_rule(rs2, 2)->digest == rules_rule(rs, 2)->digest,
+       "the same definition gives the same digest");
+    rules_free(rs2);
+
+    snprintf(edited, sizeof(edited), "%s", spec_rules);
+    p = strstr(edited, "\"min\": 21");
+    p[8] = '2';
+    rs2 = rules_load_buffer(edited, strlen(edited), "edited", err,
+                            sizeof(err));
+    ok(rs2 && rules_rule(rs2, 3)->digest != rules_rule(rs, 3)->digest,
+       "an edited rule gets a new digest");
+    ok(rs2 && rules_rule(rs2, 0)->digest == rules_rule(rs, 0)->digest,
+       "the rules that did not change keep theirs");
+    rules_free(rs2);
+    rules_free(rs);
+
+    return done_testing();
+}
