@@ -30,7 +30,7 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
                 curl gcc make perl valgrind clang
 
-.PHONY: all build deps demo test clean script
+.PHONY: all build deps demo test clean script bench
 
 all: build
 
@@ -82,6 +82,15 @@ $(BUILD)/rules-replay: tools/rules-replay.c $(BUILD)/librules.a
 $(BUILD)/unit/%: t/unit/%.c $(BUILD)/librules.a $(wildcard t/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) -It/unit $< $(BUILD)/librules.a $(LIBS) -lm -o $@
+
+$(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/librules.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
+
+# engine micro-benchmark, then the nginx + Redis load benchmark
+bench: deps build $(BUILD)/bench/engine_bench
+	$(BUILD)/bench/engine_bench
+	bench/run.sh
 
 demo: deps build
 	conf-examples/demo.sh

@@ -1,0 +1,319 @@
+/*
+ * Engine micro-benchmark: events per second through the nginx-independent
+ * engine (conditions, key operations, state machines on in-memory state),
+ * for SPEC.md's five example rules and for 1000 generated rules of mixed
+ * types.  Reports medians of several runs; no target is asserted here.
+ *
+ *   build/bench/engine_bench [events] [runs]
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rules_engine.h"
+#include "rules_state.h"
+
+
+#define NUSERS    100000
+#define NIPS      3000
+#define NDEVICES  3000
+#define NSLOTS    (1 << 18)
+
+
+typedef struct {
+    char          key[96];
+    size_t        key_len;
+    rules_buf_t   state;
+    int           used;
+} slot_t;
+
+
+static slot_t  *slots;
+static unsigned long long  rng = 88172645463325252ULL;
+
+
+static unsigned
+rnd(unsigned n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (unsigned) (rng % n);
+}
+
+
+static rules_buf_t *
+state_of(const unsigned char *key, size_t len)
+{
+    unsigned long long  h = 1469598103934665603ULL;
+    size_t              i;
+
+    for (i = 0; i < len; i++) {
+        h = (h ^ key[i]) * 1099511628211ULL;
+    }
+
+    for (i = h & (NSLOTS - 1); ; i = (i + 1) & (NSLOTS - 1)) {
+        if (!slots[i].used) {
+            slots[i].used = 1;
+            memcpy(slots[i].key, key, len);
+            slots[i].key_len = len;
+            return &slots[i].state;
+        }
+
+        if (slots[i].key_len == len && memcmp(slots[i].key, key, len) == 0) {
+            return &slots[i].state;
+        }
+    }
+}
+
+
+static const char *spec_rules =
+"{\"rules\": ["
+"{\"id\":\"visited_twice_week\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"count\","
+" \"where\":{\"field\":\"type\",\"eq\":\"page\"},\"min\":2,\"within\":\"7d\"},"
+"{\"id\":\"viewed_not_carted\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"absence\","
+" \"trigger\":{\"all\":[{\"field\":\"type\",\"eq\":\"view\"},{\"field\":\"product\",\"eq\":\"P42\"}]},"
+" \"cancel\":{\"all\":[{\"field\":\"type\",\"eq\":\"cart\"},{\"field\":\"product\",\"eq\":\"P42\"}]},"
+" \"after\":\"0s\",\"within\":\"30d\"},"
+"{\"id\":\"home_sale_buy\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"sequence\","
+" \"steps\":[{\"where\":{\"field\":\"path\",\"eq\":\"/home\"}},"
+"           {\"where\":{\"field\":\"path\",\"prefix\":\"/sale\"}},"
+"           {\"where\":{\"all\":[{\"field\":\"type\",\"eq\":\"purchase\"},{\"field\":\"product\",\"eq\":\"P42\"}]}}],"
+" \"within\":\"1h\",\"hold\":\"30d\"},"
+"{\"id\":\"ip_burst\",\"kind\":\"fraud\",\"key\":\"ip\",\"type\":\"count\",\"min\":21,\"within\":\"10s\"},"
+"{\"id\":\"device_many_users\",\"kind\":\"fraud\",\"key\":\"device\",\"type\":\"distinct\","
+" \"field\":\"uid\",\"min\":5,\"within\":\"1h\"}"
+"]}";
+
+
+/* 1000 rules of mixed types over the same fields and keys. */
+static char *
+generated_rules(int n)
+{
+    static const char  *types[] = { "page", "view", "cart", "purchase",
+                                    "click" };
+    static const char  *keys[] = { "uid", "uid", "uid", "ip", "device" };
+    char               *buf, *p;
+    int                 i;
+
+    buf = malloc((size_t) n * 600 + 64);
+    p = buf + sprintf(buf, "{\"rules\":[");
+
+    for (i = 0; i < n; i++) {
+        const char *key = keys[i % 5];
+        const char *t = types[rnd(5)];
+        int         prod = rnd(50);
+
+        switch (i % 4) {
+        case 0:
+            p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"segment\",\"key\":"
+                         "\"%s\",\"type\":\"count\",\"where\":{\"all\":["
+                         "{\"field\":\"type\",\"eq\":\"%s\"},{\"field\":"
+                         "\"product\",\"eq\":\"P%d\"}]},\"min\":%d,"
+                         "\"within\":\"%dh\"}", i ? "," : "", i, key, t,
+                         prod, 1 + rnd(5), 1 + rnd(48));
+            break;
+        case 1:
+            p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"fraud\",\"key\":"
+                         "\"%s\",\"type\":\"distinct\",\"field\":\"path\","
+                         "\"where\":{\"field\":\"type\",\"in\":[\"%s\","
+                         "\"click\"]},\"min\":%d,\"within\":\"10m\"}",
+                         i ? "," : "", i, key, t, 2 + rnd(10));
+            break;
+        case 2:
+            p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"segment\",\"key\":"
+                         "\"%s\",\"type\":\"absence\",\"trigger\":{\"all\":["
+                         "{\"field\":\"type\",\"eq\":\"view\"},{\"field\":"
+                         "\"product\",\"eq\":\"P%d\"}]},\"cancel\":{\"all\":["
+                         "{\"field\":\"type\",\"eq\":\"purchase\"},{\"field\":"
+                         "\"product\",\"eq\":\"P%d\"}]},\"within\":\"7d\"}",
+                         i ? "," : "", i, key, prod, prod);
+            break;
+        default:
+            p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"segment\",\"key\":"
+                         "\"%s\",\"type\":\"sequence\",\"steps\":["
+                         "{\"where\":{\"field\":\"path\",\"prefix\":\"/c%d\"}},"
+                         "{\"where\":{\"field\":\"product\",\"eq\":\"P%d\"},"
+                         "\"strict\":true},{\"where\":{\"field\":\"type\","
+                         "\"eq\":\"purchase\"}}],\"within\":\"1h\","
+                         "\"hold\":\"1d\"}", i ? "," : "", i, key, prod % 10,
+                         prod);
+            break;
+        }
+    }
+
+    sprintf(p, "]}");
+
+    return buf;
+}
+
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double  x = *(const double *) a, y = *(const double *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+
+/* Returns events per second of one run over nev events. */
+static double
+run(rules_set_t *rs, int nev, double *evals_per_event)
+{
+    static const char  *types[] = { "page", "view", "cart", "purchase",
+                                    "click" };
+    static const char  *paths[] = { "/home", "/sale", "/sale/x", "/c1",
+                                    "/c2", "/p/1" };
+    rules_limits_t      limits = { 256, 4096 };
+    rules_eventops_t    eo;
+    rules_buf_t         out, matched, tmp, *st;
+    rules_str_t        *vals;
+    unsigned char       key[160];
+    char                uid[16], ip[16], dev[16], prod[8];
+    size_t              nf, k, klen, evaluated;
+    int                 i, changed, fu, fi, fd, ft, fp, fpath;
+    int64_t             pttl, now;
+    struct timespec     t0, t1;
+
+    memset(&eo, 0, sizeof(eo));
+    memset(&out, 0, sizeof(out));
+    memset(&matched, 0, sizeof(matched));
+
+    nf = rules_nfields(rs);
+    vals = calloc(nf + 1, sizeof(rules_str_t));
+    fu = rules_field_index(rs, "uid", 3);
+    fi = rules_field_index(rs, "ip", 2);
+    fd = rules_field_index(rs, "device", 6);
+    ft = rules_field_index(rs, "type", 4);
+    fp = rules_field_index(rs, "product", 7);
+    fpath = rules_field_index(rs, "path", 4);
+
+    now = 1700000000000LL;
+    evaluated = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+
+    for (i = 0; i < nev; i++) {
+        now += rnd(20);
+
+        snprintf(uid, sizeof(uid), "u%u", rnd(NUSERS));
+        snprintf(ip, sizeof(ip), "10.0.%u.%u", rnd(NIPS) / 250, rnd(250));
+        snprintf(dev, sizeof(dev), "d%u", rnd(NDEVICES));
+        snprintf(prod, sizeof(prod), "P%u", rnd(50));
+
+#define SET(f, s)  if ((f) >= 0) { vals[f].data = (const unsigned char *) (s); \
+                                   vals[f].len = strlen(s); }
+        SET(fu, uid);
+        SET(fi, ip);
+        SET(fd, dev);
+        SET(ft, types[rnd(5)]);
+        SET(fp, prod);
+        SET(fpath, paths[rnd(6)]);
+
+        if (rules_event_build(rs, &limits, vals, now, &eo)
+            != RULES_EVENT_OK)
+        {
+            continue;
+        }
+
+        for (k = 0; k < eo.nkeyops; k++) {
+            evaluated += rules_group(rs, eo.keyops[k].group)->nrules;
+            klen = rules_state_key(rs, "", 0, eo.keyops[k].group,
+                                   eo.keyops[k].key_value, key);
+            st = state_of(key, klen);
+            matched.len = 0;
+
+            rules_state_apply(st->data, st->len, eo.keyops[k].op,
+                              eo.keyops[k].op_len, now, now, &out, &changed,
+                              &pttl, &matched);
+
+            if (changed) {
+                tmp = *st;
+                *st = out;
+                out = tmp;
+            }
+        }
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    rules_buf_free(&out);
+    rules_buf_free(&matched);
+    rules_eventops_free(&eo);
+    free(vals);
+
+    *evals_per_event = (double) evaluated / nev;
+
+    return nev / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+}
+
+
+static void
+bench(const char *name, const char *json, int nev, int runs)
+{
+    char          err[RULES_ERR_LEN];
+    rules_set_t  *rs;
+    double        eps[16], epe = 0;
+    int           r;
+    size_t        i;
+
+    rs = rules_load_buffer(json, strlen(json), name, err, sizeof(err));
+
+    if (rs == NULL) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+
+    for (r = 0; r < runs; r++) {
+        for (i = 0; i < NSLOTS; i++) {
+            rules_buf_free(&slots[i].state);
+            slots[i].used = 0;
+        }
+
+        eps[r] = run(rs, nev, &epe);
+    }
+
+    qsort(eps, runs, sizeof(double), cmp_double);
+
+    printf("%-22s %6zu rules  %10.0f events/s  %12.0f rule evaluations/s"
+           "  (%.1f rules per event; median of %d runs of %d events)\n",
+           name, rules_count(rs), eps[runs / 2], eps[runs / 2] * epe, epe,
+           runs, nev);
+
+    rules_free(rs);
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int    nev, runs;
+    char  *gen;
+
+    if (argc > 1 && strcmp(argv[1], "--dump-generated") == 0) {
+        /* the 1000 rules of the load benchmark (bench/run.sh) */
+        gen = generated_rules(1000);
+        puts(gen);
+        free(gen);
+        return 0;
+    }
+
+    nev = argc > 1 ? atoi(argv[1]) : 200000;
+    runs = argc > 2 ? atoi(argv[2]) : 5;
+
+    if (runs > 15) {
+        runs = 15;
+    }
+
+    slots = calloc(NSLOTS, sizeof(slot_t));
+    gen = generated_rules(1000);
+
+    bench("SPEC.md examples", spec_rules, nev, runs);
+    bench("1000 generated rules", gen, nev / 10, runs);
+
+    free(gen);
+
+    return 0;
+}

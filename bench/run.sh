@@ -1,0 +1,212 @@
+#!/bin/bash
+# Load benchmark: the same nginx serving empty_gif with no rules (the
+# upper bound), the module with SPEC.md's five example rules, and the
+# module with 1000 generated rules, driven by wrk on loopback, interleaved
+# (A B C A B C ...), medians of BENCH_RUNS runs.  Prints requests/s, p50,
+# p99, ratios to the baseline, Redis CPU per event and Redis round trips
+# per event, and draws latency under increasing load into
+# build/bench/latency.png.
+#
+#   bench/run.sh                 (BENCH_SECS=10 BENCH_RUNS=3 BENCH_CONNS=50
+#                                 BENCH_WORKERS="1 2")
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=$root/build/bench
+secs=${BENCH_SECS:-10}
+runs=${BENCH_RUNS:-3}
+conns=${BENCH_CONNS:-50}
+workers_list=${BENCH_WORKERS:-"1 2"}
+module=$root/build/nginx/ngx_http_rules_module.so
+
+[ -f "$module" ] || { echo "bench: run make first" >&2; exit 1; }
+[ -x build/bench/engine_bench ] || { echo "bench: run make bench" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "bench: wrk missing (make deps)" >&2; exit 1; }
+
+rm -rf "$out/redis" "$out/ngx" && mkdir -p "$out/redis" "$out/ngx"
+
+free_port() {
+    perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
+                                      LocalPort => 0) or die $!;
+        print $s->sockport, "\n";'
+}
+
+redis_port=$(free_port)
+redis_pid=
+nginx_pid=
+
+stop_nginx() {
+    if [ -n "$nginx_pid" ]; then
+        kill -QUIT "$nginx_pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$nginx_pid" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$nginx_pid" 2>/dev/null || true
+        nginx_pid=
+    fi
+}
+
+cleanup() {
+    stop_nginx
+    if [ -n "$redis_pid" ]; then
+        kill -TERM "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --dir "$out/redis" > "$out/redis/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 50); do
+    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+done
+
+# 1000 generated rules of mixed types (the same generator as engine_bench)
+build/bench/engine_bench --dump-generated > "$out/rules-1000.json"
+
+port=$(free_port)
+
+# start_nginx WORKERS RULES_FILE: one server, /base without rules, /px with
+start_nginx() {
+    local workers=$1 rules=$2 user=
+    [ "$(id -u)" = 0 ] && user="user root;"
+    cat > "$out/ngx/nginx.conf" <<CONF
+load_module $module;
+$user
+worker_processes $workers;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    rules_redis 127.0.0.1:$redis_port;
+    rules_redis_timeout 200ms;
+    rules_file $rules;
+    server {
+        listen 127.0.0.1:$port;
+        location = /base { empty_gif; }
+        location = /px {
+            rules on;
+            rules_field uid     \$arg_uid;
+            rules_field ip      \$arg_ip;
+            rules_field device  \$arg_d;
+            rules_field type    \$arg_e;
+            rules_field product \$arg_p;
+            rules_field path    \$arg_u;
+            add_header X-Rules \$rules_matched always;
+            empty_gif;
+        }
+        location = /metrics { rules_metrics; }
+    }
+}
+CONF
+    mkdir -p "$out/ngx/logs"
+    /usr/sbin/nginx -p "$out/ngx/" -c nginx.conf
+    for _ in $(seq 100); do [ -s "$out/ngx/logs/nginx.pid" ] && break; sleep 0.05; done
+    nginx_pid=$(cat "$out/ngx/logs/nginx.pid")
+    sleep 0.3
+}
+
+redis_stat() {  # evalsha calls, evalsha usec, cpu seconds (user+sys)
+    redis-cli -p "$redis_port" info all | tr -d '\r' | perl -ne '
+        $c = $1, $u = $2 if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
+        $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
+        END { printf "%d %d %.6f\n", $c // 0, $u // 0, $cpu }'
+}
+
+# wrk_run NAME PATH CONNS -> "rps p50_ms p99_ms requests"
+wrk_run() {
+    local path=$2 c=$3
+    sed "s|/px?|$path?|" bench/pixel.lua > "$out/pixel-$1.lua"
+    wrk -t1 -c"$c" -d"${secs}s" --latency -s "$out/pixel-$1.lua" \
+        "http://127.0.0.1:$port" 2>&1 | perl -ne '
+        $rps = $1 if /^Requests\/sec:\s+([\d.]+)/;
+        $n = $1 if /^\s+(\d+) requests in/;
+        sub ms { my ($v, $u) = @_; $u eq "us" ? $v / 1000 : $u eq "s" ? $v * 1000 : $v }
+        $p50 = ms($1, $2) if /^\s+50%\s+([\d.]+)(us|ms|s)/;
+        $p99 = ms($1, $2) if /^\s+99%\s+([\d.]+)(us|ms|s)/;
+        $err .= $_ if /Non-2xx|Socket errors/;
+        END { printf "%.1f %.3f %.3f %d\n", $rps, $p50, $p99, $n; print STDERR $err if $err }'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+results=$out/results.txt
+: > "$results"
+
+for workers in $workers_list; do
+    echo "== $workers worker(s), wrk -t1 -c$conns -d${secs}s, $runs interleaved runs"
+    for r in $(seq "$runs"); do
+        for mode in base spec gen; do
+            case $mode in
+                base) rules=$root/conf-examples/rules.json; path=/base ;;
+                spec) rules=$root/conf-examples/rules.json; path=/px ;;
+                gen)  rules=$out/rules-1000.json; path=/px ;;
+            esac
+            start_nginx "$workers" "$rules"
+            read -r c0 u0 cpu0 < <(redis_stat)
+            read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
+            read -r c1 u1 cpu1 < <(redis_stat)
+            stop_nginx
+            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$cpu0,$cpu1)=@ARGV;
+                printf "%s %s %s %s %s %s %.3f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
+                    $n ? $dc / $n : 0, $n ? $du / $n : 0,
+                    $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0' \
+                "$workers" "$mode" "$r" "$rps" "$p50" "$p99" "$n" \
+                $((c1 - c0)) $((u1 - u0)) "$cpu0" "$cpu1" >> "$results"
+            printf '   run %s %-5s %9s req/s  p50 %7s ms  p99 %7s ms\n' "$r" "$mode" "$rps" "$p50" "$p99"
+        done
+    done
+done
+
+echo
+echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')):"
+printf '%-8s %-6s %10s %8s %9s %9s %8s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "vs 5 rules" "redis us/ev" "evalsha us"
+for workers in $workers_list; do
+    base=$(awk -v w="$workers" '$1==w && $2=="base" {print $4}' "$results" | median)
+    spec=$(awk -v w="$workers" '$1==w && $2=="spec" {print $4}' "$results" | median)
+    for mode in base spec gen; do
+        col() { awk -v w="$workers" -v m="$mode" -v c="$1" '$1==w && $2==m {print $c}' "$results" | median; }
+        rps=$(col 4)
+        ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+        printf '%-8s %-6s %10.0f %8s %9.3f %9.3f %8.2f %10s %12.1f %12.1f\n' "$workers" "$mode" \
+            "$rps" "$(ratio "$rps" "$base")" "$(col 5)" "$(col 6)" "$(col 7)" \
+            "$([ "$mode" = gen ] && ratio "$rps" "$spec" || echo -)" \
+            "$(col 9)" "$(col 8)"
+    done
+done
+
+# latency under increasing load: stepped connection counts, 1 worker
+echo
+echo "latency under load (1 worker, ${secs}s per step):"
+steps=${BENCH_STEPS:-"1 2 4 8 16 32 64"}
+: > "$out/latency.dat"
+for c in $steps; do
+    start_nginx 1 "$root/conf-examples/rules.json"
+    read -r brps bp50 bp99 bn < <(wrk_run base /base "$c")
+    read -r srps sp50 sp99 sn < <(wrk_run spec /px "$c")
+    stop_nginx
+    echo "$c $brps $bp50 $bp99 $srps $sp50 $sp99" >> "$out/latency.dat"
+    printf '   c=%-3s base %9s req/s p99 %7s ms | 5 rules %9s req/s p99 %7s ms\n' \
+        "$c" "$brps" "$bp99" "$srps" "$sp99"
+done
+
+if command -v gnuplot >/dev/null; then
+    gnuplot <<GP
+set terminal png size 900,520
+set output "$out/latency.png"
+set title "p50/p99 latency vs throughput (1 worker, stepped wrk connections)"
+set xlabel "requests/s"
+set ylabel "latency (ms)"
+set key top left
+set grid
+plot "$out/latency.dat" using 2:3 with linespoints title "empty_gif p50", \
+     "$out/latency.dat" using 2:4 with linespoints title "empty_gif p99", \
+     "$out/latency.dat" using 5:6 with linespoints title "5 rules p50", \
+     "$out/latency.dat" using 5:7 with linespoints title "5 rules p99"
+GP
+    echo "chart: $out/latency.png"
+fi
