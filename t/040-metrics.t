@@ -1,0 +1,201 @@
+# rules_metrics: counters summed over 2 workers add up exactly, per-rule
+# matched counts equal what the responses said, the round-trip histogram
+# counts every EVALSHA (checked against Redis' own count), counters
+# survive a reload for rules that stay, and the output is valid
+# Prometheus text exposition format.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use File::Temp qw(tempdir);
+use Time::HiRes qw(sleep);
+use RulesNginx;
+
+my $N = 240;
+my $CLIENTS = 8;
+
+my $rules = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "type", "eq": "page"}, "min": 2, "within": "1h"},
+  {"id": "viewer", "kind": "segment", "key": "uid", "type": "absence",
+   "trigger": {"field": "type", "eq": "view"},
+   "cancel": {"field": "type", "eq": "cart"}, "within": "1h"},
+  {"id": "busy_device", "kind": "fraud", "key": "device", "type": "distinct",
+   "field": "uid", "min": 3, "within": "1h"}
+]}
+_EOC_
+
+my $redis = RulesNginx::start_redis();
+my $ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-040",
+    workers => 2,
+    files   => { 'rules.json' => $rules },
+    http    => <<"_EOC_");
+    rules_redis 127.0.0.1:$redis->{port};
+    rules_redis_timeout 5s;
+    rules_file ../html/rules.json;
+    server {
+        listen 127.0.0.1:\$PORT;
+        location = /px {
+            rules on;
+            rules_field uid    \$arg_uid;
+            rules_field device \$arg_d;
+            rules_field type   \$arg_e;
+            rules_time \$arg_ts;
+            add_header X-Rules \$rules_matched always;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+        location = /metrics { rules_metrics; }
+    }
+_EOC_
+
+# a Prometheus text format parser that refuses anything unexpected
+sub parse_metrics {
+    my ($text) = @_;
+    my (%type, %samples, @errors);
+    for my $line (split /\n/, $text) {
+        if ($line =~ /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) \S/) {
+            next;
+        }
+        if ($line =~ /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/) {
+            push @errors, "TYPE $1 twice" if $type{$1};
+            $type{$1} = $2;
+            next;
+        }
+        if ($line =~ /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.e+-]+|\+Inf|NaN)$/) {
+            my ($name, $labels, $value) = ($1, $3 // '', $4);
+            my $family = $name;
+            $family =~ s/_(bucket|sum|count)$// unless $type{$name};
+            push @errors, "sample before its TYPE: $line" unless $type{$family};
+            my $rest = $labels;
+            while (length $rest) {
+                $rest =~ s/^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)",?//
+                    or do { push @errors, "bad labels: $line"; last };
+            }
+            $samples{"$name\{$labels\}"} = $value;
+            next;
+        }
+        push @errors, "bad line: $line";
+    }
+    return (\%type, \%samples, \@errors);
+}
+
+sub metrics {
+    my ($st, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
+    is($st, 200, 'metrics: 200');
+    like($h->{'content-type'} // '', qr{^text/plain; version=0\.0\.4},
+         'metrics: exposition content type');
+    return parse_metrics($body);
+}
+
+my $dir = tempdir(CLEANUP => 1);
+my @pids;
+for my $c (0 .. $CLIENTS - 1) {
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open my $out, '>', "$dir/c$c" or die;
+        for (my $i = $c; $i < $N; $i += $CLIENTS) {
+            my $e = (qw(page page view cart click))[$i % 5];
+            my $q = "uid=u" . ($i % 17) . "&e=$e&ts=" . (1000 + $i);
+            $q .= "&d=dev" . ($i % 5) if $i % 3;
+            my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
+            print $out join("\t", $st, $h->{'x-status'} // '',
+                            $h->{'x-rules'} // '', $i % 3 ? 1 : 0), "\n";
+        }
+        close $out;
+        POSIX::_exit(0);
+    }
+    push @pids, $pid;
+}
+waitpid $_, 0 for @pids;
+
+my %matched;
+my ($ok, $with_device) = (0, 0);
+for my $c (0 .. $CLIENTS - 1) {
+    open my $in, '<', "$dir/c$c" or die;
+    while (<$in>) {
+        chomp;
+        my ($st, $status, $r, $dev) = split /\t/, $_, 4;
+        $ok++ if $st == 204 && $status eq 'ok';
+        $with_device += $dev;
+        $matched{$_}++ for grep { length } split /,/, $r;
+    }
+}
+is($ok, $N, "$N requests answered with status ok");
+
+my ($type, $s, $errors) = metrics();
+is_deeply($errors, [], 'the output parses as exposition format');
+is($type->{nginx_rules_events_total}, 'counter', 'events_total is a counter');
+is($type->{nginx_rules_redis_round_trip_seconds}, 'histogram',
+   'round trip is a histogram');
+
+my $events = 0;
+$events += $s->{"nginx_rules_events_total{status=\"$_\"}"} // 0
+    for qw(ok skipped invalid error timeout);
+is($events, $N, 'events_total adds up to exactly N over 2 workers');
+is($s->{'nginx_rules_events_total{status="ok"}'}, $N, 'all of them ok');
+
+my %kind = (twice => 'segment",type="count"', viewer => 'segment",type="absence"',
+            busy_device => 'fraud",type="distinct"');
+for my $id (sort keys %kind) {
+    my $labels = "rule=\"$id\",kind=\"$kind{$id}";
+    is($s->{"nginx_rules_rule_matched_total{$labels}"} // -1, $matched{$id} // 0,
+       "$id: matched_total equals the responses that listed it");
+}
+is($s->{'nginx_rules_rule_evaluated_total{rule="twice",kind="segment",type="count"}'},
+   $N, 'twice: evaluated for every event (all have a uid)');
+is($s->{'nginx_rules_rule_evaluated_total{rule="busy_device",kind="fraud",type="distinct"}'},
+   $with_device, 'busy_device: evaluated for the events with a device');
+
+my $count = $s->{'nginx_rules_redis_round_trip_seconds_count{}'};
+is($count, $N, 'histogram count: one round trip per event');
+is($s->{'nginx_rules_redis_round_trip_seconds_bucket{le="+Inf"}'}, $count,
+   'the +Inf bucket equals the count');
+my @le = map { $s->{"nginx_rules_redis_round_trip_seconds_bucket{le=\"$_\"}"} }
+         qw(0.0001 0.00025 0.0005 0.00075 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 1 +Inf);
+ok(!grep({ !defined } @le), 'every bucket is there');
+ok(!grep({ $le[$_] < $le[$_ - 1] } 1 .. $#le), 'buckets are cumulative');
+
+my $rs = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$redis->{port}") or die;
+print $rs "INFO commandstats\r\n";
+my $info = '';
+while (my $l = <$rs>) { $info .= $l; last if $l =~ /^\r?$/ && length $info > 20 }
+my ($calls) = $info =~ /cmdstat_evalsha:calls=(\d+)/;
+is($calls, $count, 'and equals the EVALSHA calls Redis counted');
+is($s->{'nginx_rules_inflight_events{}'}, 0, 'nothing in flight at rest');
+is($s->{'nginx_rules_redis_connects_total{}'}, 2, 'one connection per worker');
+
+# reload: "twice" stays, "viewer" is edited, "busy_device" removed
+(my $edited = $rules) =~ s/"within": "1h"\},\n  \{"id": "busy_device".*\}\n\]/"within": "2h"}\n]/s
+    or die 'cannot edit';
+open my $fh, '>', "$ngx->{prefix}/html/rules.json" or die;
+print $fh $edited;
+close $fh;
+RulesNginx::reload_nginx($ngx);
+for (1 .. 100) {
+    last if RulesNginx::error_log($ngx) =~ /gracefully shutting down/;
+    sleep 0.05;
+}
+sleep 0.3;
+
+my ($type2, $s2, $errors2) = metrics();
+is_deeply($errors2, [], 'after reload: still valid');
+is($s2->{'nginx_rules_events_total{status="ok"}'}, $N,
+   'after reload: event counters kept');
+is($s2->{'nginx_rules_rule_matched_total{rule="twice",kind="segment",type="count"}'},
+   $matched{twice}, 'after reload: an unchanged rule keeps its counters');
+is($s2->{'nginx_rules_rule_matched_total{rule="viewer",kind="segment",type="absence"}'},
+   0, 'after reload: an edited rule starts at zero');
+ok(!exists $s2->{'nginx_rules_rule_matched_total{rule="busy_device",kind="fraud",type="distinct"}'},
+   'after reload: a removed rule is gone');
+is($s2->{'nginx_rules_worker_starts_total{}'}, 4, 'worker starts: 2 + 2');
+
+unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
+       'no alert in the error log');
+RulesNginx::stop_nginx($ngx);
+done_testing();
