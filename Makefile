@@ -30,7 +30,7 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
                 curl gcc make perl valgrind clang prometheus
 
-.PHONY: all build deps demo test clean script bench
+.PHONY: all build deps demo test test-valgrind clean script bench
 
 all: build
 
@@ -108,6 +108,12 @@ demo: deps build
 
 test: deps build
 	t/run-tests.sh
+
+# the Test::Nginx suites with nginx under valgrind's memcheck
+test-valgrind: deps build
+	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=10 \
+	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
+	        t/052-redis-failures.t t/053-hostile-input.t
 
 clean:
 	rm -rf $(BUILD) t/servroot*
