@@ -25,16 +25,21 @@ ENGINE_OBJS := $(patsubst src/%.c,$(BUILD)/engine/%.o,$(ENGINE_SRCS))
 GLUE_SRCS   := $(wildcard ngx_module/*.c ngx_module/*.h)
 UNIT_SRCS   := $(wildcard t/unit/test_*.c)
 UNIT_BINS   := $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
+FUZZ_SRCS   := $(wildcard t/fuzz/fuzz_*.c)
+FUZZ_BINS   := $(patsubst t/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
+FUZZ_SECS   ?= 300
+FUZZ_CFLAGS := -g -O1 -Wall -Werror -fsanitize=fuzzer,address,undefined -Isrc
 
 DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
                 curl gcc make perl valgrind clang prometheus
 
-.PHONY: all build deps demo test test-valgrind clean script bench
+.PHONY: all build deps demo test test-valgrind clean script bench fuzz
 
 all: build
 
-build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS)
+build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS) \
+       $(FUZZ_BINS)
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -102,6 +107,19 @@ $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/librules.a
 bench: deps build $(BUILD)/bench/engine_bench
 	$(BUILD)/bench/engine_bench
 	bench/run.sh
+
+# libFuzzer targets (clang): the engine built with ASan and UBSan
+$(BUILD)/fuzz/%: t/fuzz/%.c $(ENGINE_SRCS) $(ENGINE_HDRS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $< $(ENGINE_SRCS) $(LIBS) -o $@
+
+# longer fuzzing runs: make fuzz FUZZ_SECS=3600
+fuzz: deps build
+	for f in $(FUZZ_BINS); do \
+	    n=$${f##*/fuzz_}; mkdir -p $(BUILD)/fuzz/corpus-$$n; \
+	    $$f -max_total_time=$(FUZZ_SECS) $(BUILD)/fuzz/corpus-$$n \
+	        t/fuzz/corpus/$$n || exit 1; \
+	done
 
 demo: deps build
 	conf-examples/demo.sh

@@ -207,7 +207,8 @@ for k = 1, #KEYS do
       if state then redis.call('DEL', KEYS[k]) end
     else
       local pttl = maxexp - wall
-      if pttl < 1 then pttl = 1 end
+      if not (pttl >= 1) then pttl = 1 end
+      if pttl > 31622400000 then pttl = 31622400000 end
       redis.call('SET', KEYS[k], concat(out), 'PX', string.format('%d', pttl))
     end
   end

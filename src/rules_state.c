@@ -292,6 +292,12 @@ rules_parse_op(const unsigned char *op, size_t len, rules_entry_t *ents,
             return -1;
         }
 
+        if ((e->type == RULES_TYPE_COUNT || e->type == RULES_TYPE_DISTINCT)
+            && rules_get_u16(e->params) == 0)
+        {
+            return -1;
+        }
+
         e->plen = plen;
         off += 17 + plen;
         n++;
@@ -859,11 +865,17 @@ rules_state_apply(const unsigned char *state, size_t state_len,
         out->len = 0;
 
     } else {
-        *pttl = (int64_t) (max_expire - wall);
+        /* a stored expire may be anything: keep the TTL in range */
+        max_expire -= wall;
 
-        if (*pttl < 1) {
-            *pttl = 1;
+        if (!(max_expire >= 1)) {
+            max_expire = 1;
+
+        } else if (max_expire > (double) RULES_MAX_DURATION_MS) {
+            max_expire = (double) RULES_MAX_DURATION_MS;
         }
+
+        *pttl = (int64_t) max_expire;
     }
 
     return 0;

@@ -97,7 +97,7 @@ longer than rules_max_value_length 4096
 
 === TEST 4: thousands of query arguments
 --- request eval
-"GET /px?" . join("&", map { "a$_=$_" } 1 .. 5000) . "&uid=t053-4&ts=1"
+"GET /px?" . CORE::join("&", map { "a$_=$_" } 1 .. 5000) . "&uid=t053-4&ts=1"
 --- response_headers
 X-Status: ok
 --- no_error_log
