@@ -26,12 +26,7 @@ command -v wrk >/dev/null || { echo "bench: wrk missing (make deps)" >&2; exit 1
 
 rm -rf "$out/redis" "$out/ngx" && mkdir -p "$out/redis" "$out/ngx"
 
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                      LocalPort => 0) or die $!;
-        print $s->sockport, "\n";'
-}
+free_port() { "$root/tools/free-port"; }
 
 redis_port=$(free_port)
 redis_pid=

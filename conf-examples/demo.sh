@@ -11,12 +11,7 @@ module=$root/build/nginx/ngx_http_rules_module.so
 
 [ -f "$module" ] || { echo "demo: $module is missing; run make first" >&2; exit 1; }
 
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                      LocalPort => 0) or die $!;
-        print $s->sockport, "\n";'
-}
+free_port() { "$root/tools/free-port"; }
 
 rm -rf "$dir"
 mkdir -p "$dir/conf" "$dir/logs"

@@ -66,7 +66,8 @@ static void ngx_http_rules_timeout(ngx_event_t *ev);
 static void ngx_http_rules_body_handler(ngx_http_request_t *r);
 static void ngx_http_rules_cleanup(void *data);
 static void ngx_http_rules_op_free(ngx_http_rules_op_t *op);
-static ngx_int_t ngx_http_rules_parse_time(ngx_str_t *s, int64_t *out);
+static ngx_int_t ngx_http_rules_parse_time(ngx_http_request_t *r,
+    ngx_str_t *s, int64_t *out);
 
 
 /* per worker, reused by every event */
@@ -475,10 +476,7 @@ ngx_http_rules_query_event(ngx_http_request_t *r,
             s.data = (u_char *) v.data;
             s.len = v.len;
 
-            if (ngx_http_rules_parse_time(&s, &ev->ts[0]) != NGX_OK) {
-                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                              "rules: event rejected: time \"%V\" is not a "
-                              "non-negative integer of ms", &s);
+            if (ngx_http_rules_parse_time(r, &s, &ev->ts[0]) != NGX_OK) {
                 return NGX_DECLINED;
             }
         }
@@ -497,10 +495,7 @@ ngx_http_rules_query_event(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        if (ngx_http_rules_parse_time(&s, &ev->ts[0]) != NGX_OK) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "rules: event rejected: time \"%V\" is not a "
-                          "non-negative integer of ms", &s);
+        if (ngx_http_rules_parse_time(r, &s, &ev->ts[0]) != NGX_OK) {
             return NGX_DECLINED;
         }
     }
@@ -613,10 +608,7 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
                 return NGX_ERROR;
             }
 
-            if (ngx_http_rules_parse_time(&s, &ts) != NGX_OK) {
-                ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                              "rules: event rejected: time \"%V\" is not a "
-                              "non-negative integer of ms", &s);
+            if (ngx_http_rules_parse_time(r, &s, &ts) != NGX_OK) {
                 return NGX_DECLINED;
             }
 
@@ -652,27 +644,27 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
 }
 
 
+/* An event time from the request; logs why when it is not one. */
 static ngx_int_t
-ngx_http_rules_parse_time(ngx_str_t *s, int64_t *out)
+ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
 {
     size_t   i;
     int64_t  v;
 
-    if (s->len == 0 || s->len > 16) {
-        return NGX_ERROR;
-    }
-
     v = 0;
 
-    for (i = 0; i < s->len; i++) {
+    for (i = 0; i < s->len && i <= 16; i++) {
         if (s->data[i] < '0' || s->data[i] > '9') {
-            return NGX_ERROR;
+            break;
         }
 
         v = v * 10 + (s->data[i] - '0');
     }
 
-    if (v > RULES_MAX_TS_MS) {
+    if (s->len == 0 || i != s->len || v > RULES_MAX_TS_MS) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event rejected: time \"%V\" is not a "
+                      "non-negative integer of ms", s);
         return NGX_ERROR;
     }
 

@@ -494,6 +494,31 @@ ngx_http_rules_metrics_label(u_char *p, u_char *s, size_t len)
 }
 
 
+/* One per-rule counter family: evaluated (0) or matched (1). */
+static u_char *
+ngx_http_rules_metrics_per_rule(u_char *p, ngx_http_rules_metrics_t *m,
+    const char *name, const char *help, ngx_uint_t matched)
+{
+    ngx_uint_t                      i;
+    ngx_http_rules_metrics_rule_t  *rule;
+
+    p = ngx_sprintf(p, "# HELP nginx_rules_rule_%s_total %s\n"
+                    "# TYPE nginx_rules_rule_%s_total counter\n",
+                    name, help, name);
+
+    for (i = 0; i < m->nrules; i++) {
+        rule = &m->rules[i];
+        p = ngx_sprintf(p, "nginx_rules_rule_%s_total{rule=\"%s\","
+                        "kind=\"%s\",type=\"%s\"} %uA\n", name, rule->id,
+                        ngx_http_rules_kind_names[rule->kind],
+                        ngx_http_rules_type_names[rule->type],
+                        matched ? rule->matched : rule->evaluated);
+    }
+
+    return p;
+}
+
+
 static ngx_int_t
 ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 {
@@ -506,7 +531,6 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
     ngx_http_rules_metrics_shm_t   *sh;
-    ngx_http_rules_metrics_rule_t  *rule;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -567,33 +591,10 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
                         ngx_http_rules_status_name(i), sh->events[i]);
     }
 
-    p = ngx_sprintf(p,
-        "# HELP nginx_rules_rule_evaluated_total Events evaluated against "
-        "the rule (its key had a value).\n"
-        "# TYPE nginx_rules_rule_evaluated_total counter\n");
-
-    for (i = 0; i < m->nrules; i++) {
-        rule = &m->rules[i];
-        p = ngx_sprintf(p, "nginx_rules_rule_evaluated_total{rule=\"%s\","
-                        "kind=\"%s\",type=\"%s\"} %uA\n", rule->id,
-                        ngx_http_rules_kind_names[rule->kind],
-                        ngx_http_rules_type_names[rule->type],
-                        rule->evaluated);
-    }
-
-    p = ngx_sprintf(p,
-        "# HELP nginx_rules_rule_matched_total Events for which the rule "
-        "matched.\n"
-        "# TYPE nginx_rules_rule_matched_total counter\n");
-
-    for (i = 0; i < m->nrules; i++) {
-        rule = &m->rules[i];
-        p = ngx_sprintf(p, "nginx_rules_rule_matched_total{rule=\"%s\","
-                        "kind=\"%s\",type=\"%s\"} %uA\n", rule->id,
-                        ngx_http_rules_kind_names[rule->kind],
-                        ngx_http_rules_type_names[rule->type],
-                        rule->matched);
-    }
+    p = ngx_http_rules_metrics_per_rule(p, m, "evaluated",
+            "Events evaluated against the rule (its key had a value).", 0);
+    p = ngx_http_rules_metrics_per_rule(p, m, "matched",
+            "Events for which the rule matched.", 1);
 
     p = ngx_sprintf(p,
         "# HELP nginx_rules_fraud_rejected_total Requests rejected as "

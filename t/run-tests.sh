@@ -7,12 +7,7 @@ set -u
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-free_port() {
-    perl -MIO::Socket::INET -e '
-        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                      LocalPort => 0) or die $!;
-        print $s->sockport, "\n";'
-}
+free_port() { "$root/tools/free-port"; }
 
 redis_dir=$(mktemp -d /tmp/rules-test-redis.XXXXXX)
 redis_port=$(free_port)
