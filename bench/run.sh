@@ -191,7 +191,7 @@ done
 
 if command -v gnuplot >/dev/null; then
     gnuplot <<GP
-set terminal png size 900,520
+set terminal png size 900,520 noenhanced
 set output "$out/latency.png"
 set title "p50/p99 latency vs throughput (1 worker, stepped wrk connections)"
 set xlabel "requests/s"
