@@ -1,12 +1,21 @@
 # ngx_http_rules_module on Debian 12's stock nginx: the same make targets
-# as the README and CI.
+# as the README and CI (make deps build), the module installed next to
+# Debian's, and conf-examples/docker.conf as /etc/nginx/nginx.conf.
 #
-#   docker build --build-arg REDIS_ADDR=10.0.0.5:6379 -t nginx-rules .
-#   docker run -p 8080:8080 nginx-rules
+#   docker build -t nginx-rules .
+#   docker run -p 8080:8080 -e REDIS_ADDR=10.0.0.5:6379 nginx-rules
+#
+# REDIS_ADDR (host:port or unix:/path, and optionally password=, user=,
+# db=, as in rules_redis) fills docker.conf's @REDIS_ADDR@
+# when the container starts, default 127.0.0.1:6379 (the build argument of
+# the same name changes the default).  rules_redis resolves a host name
+# once, when nginx starts: a name (a compose service) must resolve then.
+# /etc/nginx/rules.json is conf-examples/rules.json: mount your own over it.
 
 FROM debian:bookworm
 
 ARG REDIS_ADDR=127.0.0.1:6379
+ENV REDIS_ADDR=${REDIS_ADDR}
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make ca-certificates \
@@ -15,13 +24,17 @@ RUN apt-get update \
 WORKDIR /src
 COPY . /src
 
-RUN make deps build \
-    && install -m 0644 build/nginx/ngx_http_rules_module.so \
+RUN make clean \
+    && make deps build \
+    && rm -rf /var/lib/apt/lists/* \
+    && install -D -m 0644 build/nginx/ngx_http_rules_module.so \
            /usr/lib/nginx/modules/ngx_http_rules_module.so \
-    && install -m 0644 conf-examples/rules.json /etc/nginx/rules.json \
-    && sed "s|@REDIS_ADDR@|${REDIS_ADDR}|" conf-examples/docker.conf \
+    && install -D -m 0644 conf-examples/rules.json /etc/nginx/rules.json \
+    && install -D -m 0644 conf-examples/docker.conf /etc/nginx/nginx.conf.in \
+    && perl -pe 's/\@REDIS_ADDR\@/$ENV{REDIS_ADDR}/g' /etc/nginx/nginx.conf.in \
            > /etc/nginx/nginx.conf \
     && nginx -t
 
 EXPOSE 8080
-CMD ["nginx", "-g", "daemon off;"]
+STOPSIGNAL SIGQUIT
+CMD ["/bin/sh", "-c", "perl -pe 's/\\@REDIS_ADDR\\@/$ENV{REDIS_ADDR}/g' /etc/nginx/nginx.conf.in > /etc/nginx/nginx.conf && exec nginx -g 'daemon off;'"]

@@ -8,10 +8,20 @@
 
 SHELL := /bin/bash
 
-NGX_SRC    ?= /usr/share/nginx/src
-BUILD      := $(CURDIR)/build
-NGX_BUILD  := $(BUILD)/nginx
-MODULE     := $(NGX_BUILD)/ngx_http_rules_module.so
+# nginx's configure and sources (nginx-dev), and the addon they build.  The
+# addon can be pointed elsewhere (a scratch module, to check the toolchain):
+#   make module MODULE_DIR=/tmp/scratch MODULE_NAME=ngx_http_scratch_module \
+#        BUILD=/tmp/scratch-build
+NGX_SRC     ?= /usr/share/nginx/src
+MODULE_DIR  ?= $(CURDIR)
+MODULE_NAME ?= ngx_http_rules_module
+# extra --with-cc-opt for the module objects; empty: nginx's own flags
+# (-pipe -O -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror -g, and
+# -fPIC for module objects)
+NGX_CC_OPT  ?=
+BUILD       ?= $(CURDIR)/build
+NGX_BUILD   := $(BUILD)/nginx
+MODULE      := $(NGX_BUILD)/$(MODULE_NAME).so
 
 CC         ?= cc
 CFLAGS     ?= -O2 -g
@@ -22,7 +32,6 @@ LIBS       := -lhiredis -ljansson -lpcre2-8
 ENGINE_SRCS := $(wildcard src/*.c)
 ENGINE_HDRS := $(wildcard src/*.h)
 ENGINE_OBJS := $(patsubst src/%.c,$(BUILD)/engine/%.o,$(ENGINE_SRCS))
-GLUE_SRCS   := $(wildcard ngx_module/*.c ngx_module/*.h)
 UNIT_SRCS   := $(wildcard t/unit/test_*.c)
 UNIT_BINS   := $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS   := $(wildcard t/fuzz/fuzz_*.c)
@@ -30,37 +39,55 @@ FUZZ_BINS   := $(patsubst t/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
 FUZZ_SECS   ?= 300
 FUZZ_CFLAGS := -g -O1 -Wall -Werror -fsanitize=fuzzer,address,undefined -Isrc
 
+# libc6-dev is only a Recommends of gcc, and libclang-rt-14-dev (the
+# libFuzzer and sanitizer runtimes) only a Recommends of clang-14: with
+# --no-install-recommends they must be named.  prometheus: promtool checks
+# the monitoring examples.
 DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
-                curl gcc make perl valgrind clang prometheus
+                curl gcc libc6-dev make perl valgrind clang \
+                libclang-rt-14-dev prometheus
 
-.PHONY: all build deps demo test test-valgrind clean script bench fuzz
+.PHONY: all build module deps demo test test-valgrind clean script bench \
+        fuzz FORCE
 
 all: build
 
 build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS) \
        $(FUZZ_BINS)
 
+# apt only when a package is missing (dpkg-query), so repeated runs are
+# instant; otherwise apt-get update + install with no questions (no stdin,
+# conffiles kept), the packages' own services (a system-wide redis-server,
+# prometheus) kept from starting by a temporary policy-rc.d: the tests and
+# the demo start their own.
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	        | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	    echo "installing:" $$missing; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    policy=; \
-	    if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-	        chmod 755 /usr/sbin/policy-rc.d; policy=1; \
-	    fi; \
-	    apt-get update -qq && \
-	    apt-get install -y -qq --no-install-recommends $$missing < /dev/null; \
-	    rc=$$?; \
-	    [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; \
-	    exit $$rc; \
-	else \
-	    echo "dependencies: all installed"; \
-	fi
+	if [ -z "$$missing" ]; then \
+	    echo "dependencies: all installed"; exit 0; \
+	fi; \
+	echo "installing:" $$missing; \
+	sudo=; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    command -v sudo >/dev/null \
+	        || { echo "make deps: must run as root (or with sudo)" >&2; exit 1; }; \
+	    sudo="sudo -n"; \
+	fi; \
+	policy=; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' \
+	        | $$sudo tee /usr/sbin/policy-rc.d > /dev/null \
+	        && $$sudo chmod 755 /usr/sbin/policy-rc.d && policy=1; \
+	fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq < /dev/null \
+	&& $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends -o Dpkg::Options::=--force-confdef \
+	    -o Dpkg::Options::=--force-confold $$missing < /dev/null; \
+	rc=$$?; \
+	[ -z "$$policy" ] || $$sudo rm -f /usr/sbin/policy-rc.d; \
+	exit $$rc
 
 # the Redis script: src/rules_script.lua is the source, the .c is committed
 script: src/rules_script.c
@@ -68,28 +95,46 @@ script: src/rules_script.c
 src/rules_script.c: src/rules_script.lua tools/gen-script.sh
 	tools/gen-script.sh
 
-# (policy-rc.d keeps the packages' own services, such as a system-wide
-# redis-server or prometheus, from starting: the tests start their own)
+# The module: Debian's configure (nginx-dev) with --with-compat and Debian's
+# own flags (conf_flags), so that the .so loads into the stock
+# /usr/sbin/nginx.  Debian's trimmed auto/ writes nothing into the source
+# tree (no top-level Makefile, everything goes to --builddir), so configure
+# runs in place; so does "make modules", as nginx's Makefile names the
+# nginx sources relative to the source tree.  configure runs again when
+# config, the list of module files (config globs them) or NGX_CC_OPT
+# change; nginx's Makefile itself tracks the sources and headers.
+# (relative names for this repository, so that src/rules_script.c is the
+# same make target as the rule that generates it)
+MOD          := $(if $(filter $(CURDIR),$(MODULE_DIR)),,$(MODULE_DIR)/)
+MODULE_FILES := $(sort $(wildcard $(MOD)src/*.c $(MOD)src/*.h \
+                  $(MOD)ngx_module/*.c $(MOD)ngx_module/*.h))
 
-# nginx's configure writes into its source tree: configure a private copy
-$(NGX_BUILD)/Makefile: config
-	rm -rf $(BUILD)/nginx-src $(NGX_BUILD)
-	mkdir -p $(BUILD)
-	cp -r $(NGX_SRC) $(BUILD)/nginx-src
-	cd $(BUILD)/nginx-src && source ./conf_flags && \
+$(BUILD)/module-files: FORCE
+	@mkdir -p $(@D)
+	@printf '%s\n' $(MODULE_FILES) 'cc-opt: $(NGX_CC_OPT)' > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
+
+$(NGX_BUILD)/Makefile: $(MOD)config $(BUILD)/module-files
+	rm -rf $(NGX_BUILD) $(BUILD)/nginx-src
+	cd $(NGX_SRC) && source ./conf_flags && \
 	    ./configure --with-compat "$${NGX_CONF_FLAGS[@]}" \
-	        --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) \
+	        $(if $(NGX_CC_OPT),--with-cc-opt='$(NGX_CC_OPT)') \
+	        --add-dynamic-module=$(MODULE_DIR) --builddir=$(NGX_BUILD) \
 	        > $(BUILD)/configure.log 2>&1 \
-	    || { tail -30 $(BUILD)/configure.log; exit 1; }
+	    || { tail -30 $(BUILD)/configure.log; rm -f $@; exit 1; }
 
-$(MODULE): $(NGX_BUILD)/Makefile $(ENGINE_SRCS) $(ENGINE_HDRS) $(GLUE_SRCS) src/rules_script.c
-	cd $(BUILD)/nginx-src && $(MAKE) -s -f $(NGX_BUILD)/Makefile modules
+module: $(MODULE)
+
+$(MODULE): $(NGX_BUILD)/Makefile $(MODULE_FILES)
+	cd $(NGX_SRC) && $(MAKE) -s -f $(NGX_BUILD)/Makefile modules
+	@touch $@
 
 $(BUILD)/engine/%.o: src/%.c $(ENGINE_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
 
 $(BUILD)/librules.a: $(ENGINE_OBJS)
+	rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/rules-replay: tools/rules-replay.c $(BUILD)/librules.a
@@ -131,7 +176,10 @@ test: deps build
 test-valgrind: deps build
 	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=10 \
 	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
-	        t/052-redis-failures.t t/053-hostile-input.t
+	        t/052-redis-failures.t t/053-hostile-input.t \
+	        t/043-metrics-handler.t
 
 clean:
 	rm -rf $(BUILD) t/servroot*
+
+FORCE:

@@ -1,34 +1,72 @@
 # The C unit tests of the engine (t/unit/test_*.c, built by make into
-# build/unit/): each is a TAP producer, run here as a subtest.
+# build/unit/): each program is a TAP producer; it runs here, from the
+# repository's root, as a subtest that re-emits its results (SKIP and TODO
+# directives included) and also fails when the program does not exit 0
+# (a crash after its last line included), does not run its whole plan, or
+# runs longer than RULES_UNIT_TIMEOUT seconds (600).
 
 use strict;
 use warnings;
 use FindBin;
+use Cwd qw(abs_path);
 use Test::More;
 
-my $dir = $ENV{RULES_UNIT_DIR} // "$FindBin::Bin/../build/unit";
-my @tests = sort glob "$dir/test_*";
-ok(@tests, "unit test programs found in $dir") or BAIL_OUT('run make first');
+my $root = abs_path("$FindBin::Bin/..");
+my $dir = $ENV{RULES_UNIT_DIR} // "$root/build/unit";
+my $limit = $ENV{RULES_UNIT_TIMEOUT} // 600;
+my @tests = grep { -f && -x } sort glob "$dir/test_*";
+chdir $root or die "$root: $!";
+
+ok(@tests, "unit test programs found in $dir (run make first)");
 
 for my $bin (@tests) {
     my $name = (split m{/}, $bin)[-1];
     subtest $name => sub {
-        open my $fh, '-|', $bin or die "$bin: $!";
-        my ($plan, $failed, $count) = (0, 0, 0);
-        while (my $line = <$fh>) {
+        my $tb = Test::More->builder;
+        my $pid = open(my $fh, '-|', $bin);
+        unless ($pid) {
+            fail("$name: cannot run: $!");
+            return;
+        }
+        my ($plan, $count, $timed_out, $failing) = (undef, 0, 0, 0);
+        local $SIG{ALRM} = sub { $timed_out = 1; kill 'KILL', $pid };
+        alarm $limit;
+        while (defined(my $line = <$fh>)) {
             chomp $line;
             if ($line =~ /^1\.\.(\d+)/) {
                 $plan = $1;
-            } elsif ($line =~ /^(not )?ok \d+ - (.*)$/) {
+            } elsif ($line =~ /^(not )?ok\b\s*\d*\s*(?:-\s*)?(.*)$/) {
+                my ($pass, $desc) = (!$1, $2);
                 $count++;
-                ok(!$1, $2);
+                $failing = !$pass;
+                my ($dir_kind, $reason);
+                if ($desc =~ s/\s*(?<!\\)#\s*(SKIP|TODO)\S*\s*(.*)$//i) {
+                    ($dir_kind, $reason) = (uc $1, $2);
+                }
+                if (defined $dir_kind && $dir_kind eq 'SKIP') {
+                    $tb->skip($reason || $desc);
+                } elsif (defined $dir_kind) {
+                    $tb->todo_start($reason || 'TODO');
+                    ok($pass, $desc);
+                    $tb->todo_end;
+                } else {
+                    ok($pass, $desc);
+                }
+            } elsif ($line =~ /^Bail out!\s*(.*)/) {
+                fail("$name bailed out: $1");
             } elsif ($line =~ /^#/) {
-                diag($line);
+                # a failure's details are shown, the rest with prove -v
+                $failing ? diag($line) : note($line);
             }
         }
         close $fh;
-        is($? >> 8, 0, "$name exits 0");
-        is($count, $plan, "$name ran its whole plan");
+        my $status = $?;
+        alarm 0;
+        ok(!$timed_out, "$name finished within ${limit}s");
+        is($status & 127, 0, "$name was not killed by a signal");
+        is($status >> 8, 0, "$name exits 0");
+        ok(defined $plan, "$name printed a plan");
+        is($count, $plan // -1, "$name ran its whole plan");
     };
 }
 
