@@ -2,11 +2,39 @@
  * A persistent, non-blocking Redis connection per worker: hiredis' async
  * API driven by nginx's event loop and timers.
  *
- * hiredis owns the socket and its buffers; an ngx_connection_t wraps the
- * descriptor so that epoll (or kqueue) tells hiredis when to read and
- * write.  Events are level-triggered: hiredis reads one buffer per call.
- * Commands from every request of an event loop iteration are written in
- * one go when the socket becomes writable: pipelining for free.
+ * hiredis owns the socket, its buffers and the descriptor; an
+ * ngx_connection_t (taken from the worker's pool of connections) wraps
+ * the descriptor so that the event module tells hiredis when to read and
+ * write.  The events are level-triggered: hiredis reads one buffer per
+ * redisAsyncHandleRead(), so an edge-triggered event would stall with
+ * replies left in the socket.  Commands from every request of an event
+ * loop iteration go out in one write: pipelining for free.
+ *
+ * Life of a connection:
+ *
+ *   connect()  redisAsyncConnect() (numeric address or unix socket: it
+ *              never blocks), AUTH, SELECT and SCRIPT LOAD are queued at
+ *              once and sent first when the connection is made;
+ *              connect_timer runs.
+ *   on_connect the connection is made: commands are accepted from now on
+ *              and queued behind the setup commands, which Redis answers
+ *              first; the SCRIPT LOAD reply completes the setup.
+ *   cleanup    hiredis frees the context, whatever the reason (error, EOF,
+ *              or our redisAsyncFree()), always after calling back every
+ *              pending command with a NULL reply: the connection is
+ *              released and a new one is planned after the back-off.
+ *
+ * Everything that drops a connection on purpose (timeouts, a failed setup
+ * command, exit) goes through ngx_http_rules_redis_fail(), and every end
+ * of a context, planned or not, through ngx_http_rules_redis_closed().
+ *
+ * hiredis 0.14 specifics relied upon here: it has no connect timeout
+ * (connect_timer does it); the disconnect callback runs only for contexts
+ * that were connected, so the end of a context is taken from the cleanup
+ * hook, which always runs; the connect callback runs before the context
+ * is marked connected and outside hiredis' "in callback" guard, so the
+ * context must not be freed from it; redisAsyncFree() from a reply
+ * callback is deferred until that callback returns.
  */
 
 #include <ngx_config.h>
@@ -16,58 +44,109 @@
 #include "ngx_http_rules_redis.h"
 
 
+#define NGX_HTTP_RULES_REDIS_FREE_MAX    128    /* command blocks kept */
+#define NGX_HTTP_RULES_REDIS_BLOCK       256    /* their size unit */
+#define NGX_HTTP_RULES_REDIS_REASON_LEN  256
+
+
 typedef enum {
-    NGX_HTTP_RULES_REDIS_DISCONNECTED = 0,
-    NGX_HTTP_RULES_REDIS_CONNECTING,
-    NGX_HTTP_RULES_REDIS_CONNECTED
+    NGX_HTTP_RULES_REDIS_IDLE = 0,          /* no context: backing off */
+    NGX_HTTP_RULES_REDIS_CONNECTING,        /* connect() in progress */
+    NGX_HTTP_RULES_REDIS_CONNECTED          /* commands accepted */
 } ngx_http_rules_redis_state_e;
 
 
-struct ngx_http_rules_redis_s {
-    ngx_http_rules_redis_conf_t   *conf;
-    const char                    *script;
-    size_t                         script_len;
-    const char                    *sha1;
-    ngx_log_t                     *log;
-
-    redisAsyncContext             *ac;
-    ngx_connection_t              *conn;
-    ngx_uint_t                     state;
-
-    ngx_event_t                    connect_timer;
-    ngx_event_t                    reconnect_timer;
-    ngx_event_t                    reply_timer;
-
-    ngx_msec_t                     backoff;
-    ngx_uint_t                     failures;    /* attempts since success */
-    ngx_uint_t                     inflight;
-    ngx_uint_t                     destroying;
-
-    ngx_http_rules_redis_stats_t   stats;
-};
+typedef enum {
+    NGX_HTTP_RULES_REDIS_AUTH = 0,
+    NGX_HTTP_RULES_REDIS_SELECT,
+    NGX_HTTP_RULES_REDIS_LOAD
+} ngx_http_rules_redis_setup_e;
 
 
-/* One command: the caller's handler, and its arguments for a retry. */
-typedef struct {
+typedef struct ngx_http_rules_redis_cmd_s  ngx_http_rules_redis_cmd_t;
+
+/*
+ * One command, allocated in one block with its arguments (kept for the
+ * EVAL retry after NOSCRIPT): the struct, argv[argc], argvlen[argc], then
+ * the bytes of the caller's arguments.
+ */
+struct ngx_http_rules_redis_cmd_s {
     ngx_http_rules_redis_t            *rd;
     ngx_http_rules_redis_handler_pt    handler;
     void                              *data;
-    ngx_uint_t                         retried;
-    int                                argc;     /* with command and sha */
+    ngx_http_rules_redis_cmd_t        *next;        /* in the free list */
+    size_t                             size;        /* of the block */
     const char                       **argv;
     size_t                            *argvlen;
-} ngx_http_rules_redis_cmd_t;
+    int                                argc;        /* with EVALSHA, sha */
+    unsigned                           retried:1;
+};
+
+
+struct ngx_http_rules_redis_s {
+    ngx_http_rules_redis_conf_t       *conf;
+    ngx_log_t                         *log;
+
+    const char                        *script;
+    size_t                             script_len;
+    const char                        *sha1;
+
+    redisAsyncContext                 *ac;
+    ngx_uint_t                         state;
+
+    ngx_event_t                        connect_timer;
+    ngx_event_t                        reconnect_timer;
+    ngx_event_t                        reply_timer;
+
+    ngx_uint_t                         waiting;     /* replies expected */
+    ngx_uint_t                         inflight;    /* of them, commands */
+    ngx_uint_t                         failed;      /* commands lost */
+    ngx_msec_t                         last_reply;  /* or first command */
+
+    ngx_msec_t                         backoff;     /* next delay */
+    ngx_msec_t                         backoff_min;
+    ngx_msec_t                         backoff_max;
+    ngx_uint_t                         attempts;    /* failed in a row */
+    ngx_msec_t                         down_since;
+    ngx_msec_t                         established_at;
+
+    ngx_http_rules_redis_cmd_t        *free;
+    ngx_uint_t                         nfree;
+
+    unsigned                           closing:1;   /* being freed */
+    unsigned                           planned:1;   /* by us: reason set */
+    unsigned                           established:1;
+    unsigned                           down:1;      /* failure reported */
+    unsigned                           idle_close:1; /* by Redis, idle */
+    unsigned                           noscript_logged:1;
+    unsigned                           destroying:1;
+
+    ngx_str_t                          reason;      /* of the last close */
+    const char                        *reason_fmt;  /* its kind */
+    const char                        *logged_fmt;  /* last one logged */
+    u_char                             reason_buf[
+                                           NGX_HTTP_RULES_REDIS_REASON_LEN];
+
+    ngx_http_rules_redis_stats_t       stats;
+};
 
 
 static void ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd);
-static void ngx_http_rules_redis_lost(ngx_http_rules_redis_t *rd);
-static void ngx_http_rules_redis_schedule(ngx_http_rules_redis_t *rd);
+static ngx_int_t ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd,
+    redisAsyncContext *ac);
+static void ngx_http_rules_redis_fail(ngx_http_rules_redis_t *rd,
+    const char *fmt, ...);
+static void ngx_http_rules_redis_set_reason(ngx_http_rules_redis_t *rd,
+    const char *fmt, ...);
+static void ngx_http_rules_redis_vreason(ngx_http_rules_redis_t *rd,
+    const char *fmt, va_list args);
+static void ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd);
+static void ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd);
 static void ngx_http_rules_redis_connect_timeout(ngx_event_t *ev);
 static void ngx_http_rules_redis_reconnect(ngx_event_t *ev);
 static void ngx_http_rules_redis_reply_timeout(ngx_event_t *ev);
+static void ngx_http_rules_redis_replied(ngx_http_rules_redis_t *rd);
 static void ngx_http_rules_redis_on_connect(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_rules_redis_on_disconnect(const redisAsyncContext *ac,
     int status);
 static void ngx_http_rules_redis_setup_reply(redisAsyncContext *ac,
     void *r, void *privdata);
@@ -75,8 +154,15 @@ static void ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_http_rules_redis_done(ngx_http_rules_redis_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc);
-static void ngx_http_rules_redis_read_handler(ngx_event_t *ev);
-static void ngx_http_rules_redis_write_handler(ngx_event_t *ev);
+static ngx_http_rules_redis_cmd_t *ngx_http_rules_redis_cmd_alloc(
+    ngx_http_rules_redis_t *rd, size_t size);
+static void ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
+    ngx_http_rules_redis_cmd_t *cmd);
+static ngx_uint_t ngx_http_rules_redis_error_is(redisReply *reply,
+    const char *prefix);
+
+static void ngx_http_rules_redis_read_handler(ngx_event_t *rev);
+static void ngx_http_rules_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_rules_redis_add_read(void *privdata);
 static void ngx_http_rules_redis_del_read(void *privdata);
 static void ngx_http_rules_redis_add_write(void *privdata);
@@ -84,10 +170,11 @@ static void ngx_http_rules_redis_del_write(void *privdata);
 static void ngx_http_rules_redis_cleanup(void *privdata);
 
 
-/* setup commands' privdata: what they are, for the log */
-static char  ngx_http_rules_redis_auth[] = "AUTH";
-static char  ngx_http_rules_redis_select[] = "SELECT";
-static char  ngx_http_rules_redis_load[] = "SCRIPT LOAD";
+static const char  *ngx_http_rules_redis_setup_name[] = {
+    "AUTH",
+    "SELECT",
+    "SCRIPT LOAD"
+};
 
 
 ngx_http_rules_redis_t *
@@ -102,11 +189,20 @@ ngx_http_rules_redis_create(ngx_http_rules_redis_conf_t *conf,
     }
 
     rd->conf = conf;
+    rd->log = log;
     rd->script = script;
     rd->script_len = ngx_strlen(script);
     rd->sha1 = script_sha1;
-    rd->log = log;
-    rd->backoff = conf->backoff_min;
+
+    rd->backoff_min = ngx_max(conf->backoff_min, 1);
+    rd->backoff_max = ngx_max(conf->backoff_max, rd->backoff_min);
+    rd->backoff = rd->backoff_min;
+
+    /*
+     * Cancelable timers: a graceful shutdown does not wait for them (only
+     * requests keep an exiting worker alive), and exit_process deletes
+     * them.
+     */
 
     rd->connect_timer.handler = ngx_http_rules_redis_connect_timeout;
     rd->connect_timer.data = rd;
@@ -123,6 +219,8 @@ ngx_http_rules_redis_create(ngx_http_rules_redis_conf_t *conf,
     rd->reply_timer.log = log;
     rd->reply_timer.cancelable = 1;
 
+    ngx_str_null(&rd->reason);
+
     ngx_http_rules_redis_connect(rd);
 
     return rd;
@@ -132,287 +230,246 @@ ngx_http_rules_redis_create(ngx_http_rules_redis_conf_t *conf,
 static void
 ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
 {
-    const char                    *argv[3];
-    size_t                         argvlen[3];
-    char                           db[NGX_INT_T_LEN + 1];
-    redisAsyncContext             *ac;
-    ngx_connection_t              *c;
-    ngx_http_rules_redis_conf_t   *conf;
+    redisAsyncContext            *ac;
+    ngx_connection_t             *c;
+    ngx_http_rules_redis_conf_t  *conf;
 
     conf = rd->conf;
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rd->log, 0,
+                   "rules redis %V: connecting", &conf->addr_text);
+
+    /* a numeric address or a path: no name resolution, never blocks */
+
     if (conf->unix_path.len) {
-        ac = redisAsyncConnectUnix((char *) conf->unix_path.data);
+        ac = redisAsyncConnectUnix((const char *) conf->unix_path.data);
 
     } else {
-        /* a numeric address: no name resolution in the worker */
-        ac = redisAsyncConnect((char *) conf->host.data, (int) conf->port);
+        ac = redisAsyncConnect((const char *) conf->host.data,
+                               (int) conf->port);
     }
 
     if (ac == NULL) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "rules redis %V: cannot allocate a connection",
-                      &conf->addr_text);
-        ngx_http_rules_redis_schedule(rd);
+        ngx_http_rules_redis_set_reason(rd, "cannot allocate a context");
+        ngx_http_rules_redis_closed(rd);
         return;
     }
 
     if (ac->err) {
-        if (rd->failures++ == 0 || rd->backoff >= conf->backoff_max) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "rules redis %V: connect failed: %s",
-                          &conf->addr_text, ac->errstr);
-        }
-
+        ngx_http_rules_redis_set_reason(rd, "connect failed: %s",
+                                        ac->errstr);
         redisAsyncFree(ac);
-        ngx_http_rules_redis_schedule(rd);
+        ngx_http_rules_redis_closed(rd);
         return;
+    }
+
+    if (conf->unix_path.len == 0 && redisEnableKeepAlive(&ac->c) != REDIS_OK)
+    {
+        /* not fatal: only an idle connection through a NAT may suffer */
+
+        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                      "rules redis %V: cannot enable TCP keepalive: %s",
+                      &conf->addr_text, ac->c.errstr);
+
+        ac->c.err = 0;
+        ac->c.errstr[0] = '\0';
     }
 
     c = ngx_get_connection(ac->c.fd, rd->log);
+
     if (c == NULL) {
+        ngx_http_rules_redis_set_reason(rd, "no free connection "
+                                        "(worker_connections)");
         redisAsyncFree(ac);
-        ngx_http_rules_redis_schedule(rd);
+        ngx_http_rules_redis_closed(rd);
         return;
     }
 
-    c->data = rd;
+    c->data = ac;
+    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+
     c->read->handler = ngx_http_rules_redis_read_handler;
     c->write->handler = ngx_http_rules_redis_write_handler;
     c->read->log = rd->log;
     c->write->log = rd->log;
 
-    rd->ac = ac;
-    rd->conn = c;
-    rd->state = NGX_HTTP_RULES_REDIS_CONNECTING;
-
     ac->data = rd;
-    ac->ev.data = rd;
+    ac->ev.data = c;
     ac->ev.addRead = ngx_http_rules_redis_add_read;
     ac->ev.delRead = ngx_http_rules_redis_del_read;
     ac->ev.addWrite = ngx_http_rules_redis_add_write;
     ac->ev.delWrite = ngx_http_rules_redis_del_write;
     ac->ev.cleanup = ngx_http_rules_redis_cleanup;
 
-    redisAsyncSetConnectCallback(ac, ngx_http_rules_redis_on_connect);
-    redisAsyncSetDisconnectCallback(ac, ngx_http_rules_redis_on_disconnect);
+    (void) redisAsyncSetConnectCallback(ac, ngx_http_rules_redis_on_connect);
+
+    rd->ac = ac;
+    rd->state = NGX_HTTP_RULES_REDIS_CONNECTING;
+    rd->closing = 0;
+    rd->planned = 0;
+    rd->established = 0;
+    rd->noscript_logged = 0;
+
+    if (conf->connect_timeout) {
+        ngx_add_timer(&rd->connect_timer, conf->connect_timeout);
+    }
 
     /*
-     * Setup commands are buffered now and go first once connected; the
-     * events queued behind them are answered in order.
+     * Queuing the setup commands registers the write event, which tells
+     * when the connection is made.
      */
 
-    if (conf->password.len) {
-        if (conf->user.len) {
-            argv[1] = (char *) conf->user.data;
-            argvlen[1] = conf->user.len;
-            argv[2] = (char *) conf->password.data;
-            argvlen[2] = conf->password.len;
+    if (ngx_http_rules_redis_setup(rd, ac) != NGX_OK) {
+        ngx_http_rules_redis_fail(rd, "cannot queue the setup commands");
+    }
+}
 
-        } else {
-            argv[1] = (char *) conf->password.data;
-            argvlen[1] = conf->password.len;
+
+/*
+ * AUTH, SELECT and SCRIPT LOAD, in this order, ahead of every command.
+ * hiredis keeps them in its output buffer until the connection is made.
+ */
+static ngx_int_t
+ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
+{
+    int                           argc;
+    char                          db[NGX_INT_T_LEN];
+    size_t                        argvlen[3];
+    const char                   *argv[3];
+    ngx_http_rules_redis_conf_t  *conf;
+
+    conf = rd->conf;
+
+    if (conf->password.len) {
+        argv[0] = "AUTH";
+        argvlen[0] = sizeof("AUTH") - 1;
+        argc = 1;
+
+        if (conf->user.len) {
+            /* Redis 6 ACL */
+            argv[argc] = (const char *) conf->user.data;
+            argvlen[argc++] = conf->user.len;
         }
 
-        argv[0] = "AUTH";
-        argvlen[0] = 4;
+        argv[argc] = (const char *) conf->password.data;
+        argvlen[argc++] = conf->password.len;
 
-        redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                              ngx_http_rules_redis_auth,
-                              conf->user.len ? 3 : 2, argv, argvlen);
+        if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                  (void *) NGX_HTTP_RULES_REDIS_AUTH,
+                                  argc, argv, argvlen)
+            != REDIS_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rd->waiting++;
     }
 
     if (conf->db) {
         argv[0] = "SELECT";
-        argvlen[0] = 6;
+        argvlen[0] = sizeof("SELECT") - 1;
         argv[1] = db;
         argvlen[1] = ngx_sprintf((u_char *) db, "%i", conf->db)
                      - (u_char *) db;
 
-        redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                              ngx_http_rules_redis_select, 2, argv, argvlen);
+        if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                  (void *) NGX_HTTP_RULES_REDIS_SELECT,
+                                  2, argv, argvlen)
+            != REDIS_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rd->waiting++;
     }
 
     argv[0] = "SCRIPT";
-    argvlen[0] = 6;
+    argvlen[0] = sizeof("SCRIPT") - 1;
     argv[1] = "LOAD";
-    argvlen[1] = 4;
+    argvlen[1] = sizeof("LOAD") - 1;
     argv[2] = rd->script;
     argvlen[2] = rd->script_len;
 
-    redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                          ngx_http_rules_redis_load, 3, argv, argvlen);
+    if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                              (void *) NGX_HTTP_RULES_REDIS_LOAD,
+                              3, argv, argvlen)
+        != REDIS_OK)
+    {
+        return NGX_ERROR;
+    }
 
-    ngx_add_timer(&rd->connect_timer, conf->connect_timeout);
+    rd->waiting++;
+
+    return NGX_OK;
 }
 
 
 static void
 ngx_http_rules_redis_on_connect(const redisAsyncContext *ac, int status)
 {
-    ngx_http_rules_redis_t  *rd = ac->data;
+    u_char                  *p;
+    ngx_err_t                err;
+    ngx_http_rules_redis_t  *rd;
+
+    err = ngx_socket_errno;
+    rd = ac->data;
+
+    if (status != REDIS_OK) {
+
+        /*
+         * hiredis frees the context right after this callback (pending
+         * commands are called back, then the cleanup hook runs); it must
+         * not be freed here.
+         */
+
+        rd->closing = 1;
+        rd->planned = 1;
+
+        if (ac->c.err) {
+            ngx_http_rules_redis_set_reason(rd, "connect failed: %s",
+                                            ac->c.errstr);
+
+        } else {
+            ngx_http_rules_redis_set_reason(rd, "connect failed");
+
+            if (err) {
+                p = ngx_slprintf(rd->reason.data + rd->reason.len,
+                                 rd->reason_buf
+                                 + NGX_HTTP_RULES_REDIS_REASON_LEN,
+                                 " (%d: ", err);
+                p = ngx_strerror(err, p, rd->reason_buf
+                                         + NGX_HTTP_RULES_REDIS_REASON_LEN
+                                         - p);
+                p = ngx_slprintf(p, rd->reason_buf
+                                    + NGX_HTTP_RULES_REDIS_REASON_LEN, ")");
+                rd->reason.len = p - rd->reason.data;
+            }
+        }
+
+        return;
+    }
+
+    /* hiredis 0.14: no redisAsyncFree() in this callback either */
 
     if (rd->connect_timer.timer_set) {
         ngx_del_timer(&rd->connect_timer);
-    }
-
-    if (status != REDIS_OK) {
-        if (rd->failures++ == 0 || rd->backoff >= rd->conf->backoff_max) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "rules redis %V: connect failed: %s",
-                          &rd->conf->addr_text,
-                          ac->errstr ? ac->errstr : "unknown error");
-        }
-
-        /* hiredis frees the context after this callback */
-        ngx_http_rules_redis_lost(rd);
-        return;
     }
 
     rd->state = NGX_HTTP_RULES_REDIS_CONNECTED;
-    rd->stats.connects++;
 
-    if (rd->failures) {
-        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "rules redis %V: connected again after %ui attempts",
-                      &rd->conf->addr_text, rd->failures);
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rd->log, 0,
+                   "rules redis %V: connection made",
+                   &rd->conf->addr_text);
 
-    } else {
-        ngx_log_error(NGX_LOG_INFO, rd->log, 0,
-                      "rules redis %V: connected", &rd->conf->addr_text);
+    /* the setup commands wait for their replies from now on */
+
+    rd->last_reply = ngx_current_msec;
+
+    if (rd->waiting && rd->conf->reply_timeout
+        && !rd->reply_timer.timer_set)
+    {
+        ngx_add_timer(&rd->reply_timer, rd->conf->reply_timeout);
     }
-
-    rd->failures = 0;
-    rd->backoff = rd->conf->backoff_min;
-}
-
-
-static void
-ngx_http_rules_redis_on_disconnect(const redisAsyncContext *ac, int status)
-{
-    ngx_http_rules_redis_t  *rd = ac->data;
-
-    if (rd->ac != ac) {
-        /* already dropped on purpose (timeout) */
-        return;
-    }
-
-    if (!rd->destroying) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "rules redis %V: connection lost: %s",
-                      &rd->conf->addr_text,
-                      (status == REDIS_OK || ac->errstr == NULL
-                       || ac->errstr[0] == '\0')
-                      ? "closed" : ac->errstr);
-        rd->stats.reconnects++;
-    }
-
-    ngx_http_rules_redis_lost(rd);
-}
-
-
-/* The context is gone or going: forget it and plan a new connection. */
-static void
-ngx_http_rules_redis_lost(ngx_http_rules_redis_t *rd)
-{
-    rd->ac = NULL;
-    rd->state = NGX_HTTP_RULES_REDIS_DISCONNECTED;
-
-    if (rd->connect_timer.timer_set) {
-        ngx_del_timer(&rd->connect_timer);
-    }
-
-    if (rd->reply_timer.timer_set) {
-        ngx_del_timer(&rd->reply_timer);
-    }
-
-    ngx_http_rules_redis_schedule(rd);
-}
-
-
-static void
-ngx_http_rules_redis_schedule(ngx_http_rules_redis_t *rd)
-{
-    if (rd->destroying || ngx_exiting || ngx_terminate || ngx_quit) {
-        return;
-    }
-
-    if (rd->reconnect_timer.timer_set) {
-        return;
-    }
-
-    ngx_add_timer(&rd->reconnect_timer, rd->backoff);
-
-    rd->backoff *= 2;
-
-    if (rd->backoff > rd->conf->backoff_max) {
-        rd->backoff = rd->conf->backoff_max;
-    }
-}
-
-
-static void
-ngx_http_rules_redis_reconnect(ngx_event_t *ev)
-{
-    ngx_http_rules_redis_t  *rd = ev->data;
-
-    if (rd->ac == NULL && !rd->destroying) {
-        ngx_http_rules_redis_connect(rd);
-    }
-}
-
-
-static void
-ngx_http_rules_redis_connect_timeout(ngx_event_t *ev)
-{
-    ngx_http_rules_redis_t  *rd = ev->data;
-
-    redisAsyncContext  *ac;
-
-    if (rd->failures++ == 0 || rd->backoff >= rd->conf->backoff_max) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "rules redis %V: connect timed out after %M ms",
-                      &rd->conf->addr_text, rd->conf->connect_timeout);
-    }
-
-    ac = rd->ac;
-
-    /* not connected: no disconnect callback; pending commands fail */
-    ngx_http_rules_redis_lost(rd);
-
-    if (ac) {
-        redisAsyncFree(ac);
-    }
-}
-
-
-/*
- * No reply for reply_timeout while commands wait: the server is paused
- * or the path is broken.  The connection is dropped (its commands fail)
- * and made again, so that memory stays bounded and service resumes.
- */
-static void
-ngx_http_rules_redis_reply_timeout(ngx_event_t *ev)
-{
-    ngx_http_rules_redis_t  *rd = ev->data;
-
-    redisAsyncContext  *ac;
-
-    if (rd->ac == NULL || rd->inflight == 0) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                  "rules redis %V: no reply for %M ms with %ui commands "
-                  "waiting, reconnecting", &rd->conf->addr_text,
-                  rd->conf->reply_timeout, rd->inflight);
-
-    ac = rd->ac;
-    rd->stats.reconnects++;
-
-    /* forgotten first: the disconnect callback finds nothing to do */
-    ngx_http_rules_redis_lost(rd);
-    redisAsyncFree(ac);
 }
 
 
@@ -421,35 +478,90 @@ ngx_http_rules_redis_setup_reply(redisAsyncContext *ac, void *r,
     void *privdata)
 {
     redisReply              *reply = r;
-    ngx_http_rules_redis_t  *rd = ac->data;
-    const char              *what = privdata;
+    ngx_uint_t               what;
+    ngx_http_rules_redis_t  *rd;
 
-    if (reply == NULL) {
+    rd = ac->data;
+    what = (ngx_uint_t) (uintptr_t) privdata;
+
+    rd->waiting--;
+
+    if (reply == NULL || rd->closing) {
+        /* the context is going away: the cleanup hook will tell */
+        rd->closing = 1;
         return;
     }
+
+    rd->last_reply = ngx_current_msec;
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "rules redis %V: %s failed: %*s",
-                      &rd->conf->addr_text, what, (size_t) reply->len,
-                      reply->str);
 
-        if (what != ngx_http_rules_redis_load) {
-            /* without AUTH or SELECT nothing can work: start again */
-            redisAsyncFree(ac);
-        }
+        /*
+         * Without AUTH or SELECT nothing can work, and a refused SCRIPT
+         * LOAD means the same (NOAUTH, NOPERM), or a server not ready
+         * (LOADING, BUSY), or a spontaneous error before it closes the
+         * connection ("max number of clients reached"): the connection
+         * is dropped and made again after the back-off.
+         */
 
+        ngx_http_rules_redis_fail(rd, "%s failed: %*s",
+                                  ngx_http_rules_redis_setup_name[what],
+                                  (size_t) reply->len, reply->str);
         return;
-    }
 
-    if (what == ngx_http_rules_redis_load
-        && (reply->type != REDIS_REPLY_STRING || reply->len != 40
-            || ngx_strncmp(reply->str, rd->sha1, 40) != 0))
+    } else if (what == NGX_HTTP_RULES_REDIS_LOAD
+               && (reply->type != REDIS_REPLY_STRING || reply->len != 40
+                   || ngx_strncasecmp((u_char *) reply->str,
+                                      (u_char *) rd->sha1, 40)
+                      != 0))
     {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "rules redis %V: SCRIPT LOAD returned an unexpected "
-                      "digest", &rd->conf->addr_text);
+                      "rules redis %V: SCRIPT LOAD returned \"%*s\" "
+                      "instead of the script's SHA1 %s",
+                      &rd->conf->addr_text,
+                      (size_t) (reply->type == REDIS_REPLY_STRING
+                                ? ngx_min((size_t) reply->len, 64) : 0),
+                      reply->type == REDIS_REPLY_STRING ? reply->str : "",
+                      rd->sha1);
     }
+
+    if (what == NGX_HTTP_RULES_REDIS_LOAD) {
+        /* the last setup command */
+        ngx_http_rules_redis_established(rd);
+    }
+
+    ngx_http_rules_redis_replied(rd);
+}
+
+
+static void
+ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
+{
+    ngx_uint_t  level;
+
+    rd->established = 1;
+    rd->stats.connects++;
+
+    if (rd->down) {
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "rules redis %V: connected again, %M ms after the "
+                      "failure (%ui failed attempt%s)",
+                      &rd->conf->addr_text,
+                      (ngx_msec_t) (ngx_current_msec - rd->down_since),
+                      rd->attempts, rd->attempts == 1 ? "" : "s");
+
+    } else {
+        level = rd->idle_close ? NGX_LOG_INFO : NGX_LOG_NOTICE;
+
+        ngx_log_error(level, rd->log, 0, "rules redis %V: connected",
+                      &rd->conf->addr_text);
+    }
+
+    rd->down = 0;
+    rd->idle_close = 0;
+    rd->attempts = 0;
+    rd->logged_fmt = NULL;
+    rd->established_at = ngx_current_msec;
 }
 
 
@@ -458,27 +570,38 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_rules_redis_handler_pt handler, void *data)
 {
+    int                          i, n;
     u_char                      *p;
     size_t                       size;
-    ngx_int_t                    i;
     ngx_http_rules_redis_cmd_t  *cmd;
 
-    if (rd->ac == NULL || rd->state == NGX_HTTP_RULES_REDIS_DISCONNECTED
-        || rd->inflight >= rd->conf->max_inflight)
+    if (rd->state != NGX_HTTP_RULES_REDIS_CONNECTED || rd->closing
+        || (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
     {
         return NGX_DECLINED;
     }
 
-    /* one block: the command, its argv and a copy of the arguments */
+    if (rd->inflight >= rd->conf->max_inflight) {
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rd->log, 0,
+                       "rules redis %V: %ui commands in flight, refused",
+                       &rd->conf->addr_text, rd->inflight);
+        return NGX_DECLINED;
+    }
+
+    if (argc < 1 || argc > 65536) {
+        return NGX_DECLINED;
+    }
+
+    n = argc + 2;
 
     size = sizeof(ngx_http_rules_redis_cmd_t)
-           + (argc + 2) * (sizeof(char *) + sizeof(size_t));
+           + n * (sizeof(const char *) + sizeof(size_t));
 
     for (i = 0; i < argc; i++) {
         size += argvlen[i];
     }
 
-    cmd = ngx_alloc(size, rd->log);
+    cmd = ngx_http_rules_redis_cmd_alloc(rd, size);
     if (cmd == NULL) {
         return NGX_DECLINED;
     }
@@ -486,34 +609,44 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
     cmd->rd = rd;
     cmd->handler = handler;
     cmd->data = data;
+    cmd->argc = n;
     cmd->retried = 0;
-    cmd->argc = argc + 2;
     cmd->argv = (const char **) (cmd + 1);
-    cmd->argvlen = (size_t *) (cmd->argv + argc + 2);
+    cmd->argvlen = (size_t *) (cmd->argv + n);
 
     cmd->argv[0] = "EVALSHA";
-    cmd->argvlen[0] = 7;
+    cmd->argvlen[0] = sizeof("EVALSHA") - 1;
     cmd->argv[1] = rd->sha1;
     cmd->argvlen[1] = 40;
 
-    p = (u_char *) (cmd->argvlen + argc + 2);
+    p = (u_char *) (cmd->argvlen + n);
 
     for (i = 0; i < argc; i++) {
-        cmd->argv[i + 2] = (char *) p;
-        cmd->argvlen[i + 2] = argvlen[i];
+        cmd->argv[2 + i] = (const char *) p;
+        cmd->argvlen[2 + i] = argvlen[i];
         p = ngx_cpymem(p, argv[i], argvlen[i]);
     }
+
+    /* argv and lengths: binary safe, never a format string */
 
     if (redisAsyncCommandArgv(rd->ac, ngx_http_rules_redis_reply, cmd,
                               cmd->argc, cmd->argv, cmd->argvlen)
         != REDIS_OK)
     {
-        ngx_free(cmd);
+        ngx_http_rules_redis_cmd_free(rd, cmd);
         return NGX_DECLINED;
     }
 
-    if (rd->inflight++ == 0) {
-        ngx_add_timer(&rd->reply_timer, rd->conf->reply_timeout);
+    rd->inflight++;
+
+    if (rd->waiting++ == 0) {
+        /* the reply watchdog counts from the first command waiting */
+
+        rd->last_reply = ngx_current_msec;
+
+        if (rd->conf->reply_timeout && !rd->reply_timer.timer_set) {
+            ngx_add_timer(&rd->reply_timer, rd->conf->reply_timeout);
+        }
     }
 
     return NGX_OK;
@@ -524,70 +657,360 @@ static void
 ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     redisReply                  *reply = r;
-    ngx_http_rules_redis_cmd_t  *cmd = privdata;
-    ngx_http_rules_redis_t      *rd = cmd->rd;
+    ngx_http_rules_redis_t      *rd;
+    ngx_http_rules_redis_cmd_t  *cmd;
+
+    cmd = privdata;
+    rd = cmd->rd;
+
+    rd->waiting--;
 
     if (reply == NULL) {
+        /* the context is being freed: every pending command comes here */
+        rd->closing = 1;
+        rd->failed++;
         ngx_http_rules_redis_done(cmd, NULL, NGX_ERROR);
         return;
     }
 
-    /* a reply: the server is alive, the watchdog starts again */
+    rd->last_reply = ngx_current_msec;
 
-    if (rd->inflight > 1) {
-        ngx_add_timer(&rd->reply_timer, rd->conf->reply_timeout);
-    }
+    if (!cmd->retried && ngx_http_rules_redis_error_is(reply, "NOSCRIPT")) {
 
-    if (reply->type == REDIS_REPLY_ERROR && !cmd->retried
-        && reply->len >= 8 && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
-    {
-        /* Redis restarted or SCRIPT FLUSH: EVAL runs and loads it */
+        /*
+         * Redis lost the script (SCRIPT FLUSH, a failover, a restart
+         * behind a proxy): the same arguments go again as EVAL, which
+         * runs the script and loads it for the next EVALSHA.  The retry
+         * goes behind the commands sent meanwhile: in that rare window
+         * two events of one key may be applied out of order.
+         */
 
         rd->stats.noscript++;
         cmd->retried = 1;
+
+        if (!rd->noscript_logged) {
+            rd->noscript_logged = 1;
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "rules redis %V: script not loaded (NOSCRIPT), "
+                          "sending it again", &rd->conf->addr_text);
+        }
+
         cmd->argv[0] = "EVAL";
-        cmd->argvlen[0] = 4;
+        cmd->argvlen[0] = sizeof("EVAL") - 1;
         cmd->argv[1] = rd->script;
         cmd->argvlen[1] = rd->script_len;
 
-        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
-                      "rules redis %V: script not loaded (NOSCRIPT), "
-                      "sending it again", &rd->conf->addr_text);
-
-        if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_reply, cmd,
-                                  cmd->argc, cmd->argv, cmd->argvlen)
-            == REDIS_OK)
+        if (!rd->closing
+            && redisAsyncCommandArgv(ac, ngx_http_rules_redis_reply, cmd,
+                                     cmd->argc, cmd->argv, cmd->argvlen)
+               == REDIS_OK)
         {
+            rd->waiting++;
             return;
         }
 
+        ngx_http_rules_redis_replied(rd);
         ngx_http_rules_redis_done(cmd, NULL, NGX_ERROR);
         return;
     }
 
+    if (!cmd->retried) {
+        /* EVALSHA works again: a later NOSCRIPT is news */
+        rd->noscript_logged = 0;
+    }
+
+    ngx_http_rules_redis_replied(rd);
     ngx_http_rules_redis_done(cmd, reply, NGX_OK);
 }
 
 
+/* The caller's handler, once; its block goes back to the free list. */
 static void
 ngx_http_rules_redis_done(ngx_http_rules_redis_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc)
 {
-    ngx_http_rules_redis_t  *rd = cmd->rd;
+    void                             *data;
+    ngx_http_rules_redis_t           *rd;
+    ngx_http_rules_redis_handler_pt   handler;
 
-    if (--rd->inflight == 0 && rd->reply_timer.timer_set) {
+    rd = cmd->rd;
+    handler = cmd->handler;
+    data = cmd->data;
+
+    rd->inflight--;
+
+    /* freed first: the handler may send a command and reuse the block */
+
+    ngx_http_rules_redis_cmd_free(rd, cmd);
+
+    handler(data, reply, rc);
+}
+
+
+/* A reply arrived: the watchdog is needed only while replies are due. */
+static void
+ngx_http_rules_redis_replied(ngx_http_rules_redis_t *rd)
+{
+    if (rd->waiting == 0 && rd->reply_timer.timer_set) {
+        ngx_del_timer(&rd->reply_timer);
+    }
+}
+
+
+/*
+ * No reply for reply_timeout while replies are due: Redis is paused or
+ * the path is broken.  The connection is dropped (its commands fail at
+ * once) and made again, so that memory stays bounded and service resumes
+ * as soon as Redis answers.  The timer is not moved on every reply: the
+ * time of the last one is checked here.
+ */
+static void
+ngx_http_rules_redis_reply_timeout(ngx_event_t *ev)
+{
+    ngx_msec_t               elapsed;
+    ngx_http_rules_redis_t  *rd;
+
+    rd = ev->data;
+
+    if (rd->ac == NULL || rd->closing || rd->waiting == 0
+        || rd->state != NGX_HTTP_RULES_REDIS_CONNECTED)
+    {
+        return;
+    }
+
+    elapsed = ngx_current_msec - rd->last_reply;
+
+    if (elapsed < rd->conf->reply_timeout) {
+        ngx_add_timer(&rd->reply_timer, rd->conf->reply_timeout - elapsed);
+        return;
+    }
+
+    ngx_http_rules_redis_fail(rd, "no reply for %M ms, %ui command%s "
+                              "waiting", elapsed, rd->waiting,
+                              rd->waiting == 1 ? "" : "s");
+}
+
+
+static void
+ngx_http_rules_redis_connect_timeout(ngx_event_t *ev)
+{
+    ngx_http_rules_redis_t  *rd;
+
+    rd = ev->data;
+
+    if (rd->ac == NULL || rd->closing) {
+        return;
+    }
+
+    ngx_http_rules_redis_fail(rd, "connect timed out (%M ms)",
+                              rd->conf->connect_timeout);
+}
+
+
+static void
+ngx_http_rules_redis_reconnect(ngx_event_t *ev)
+{
+    ngx_http_rules_redis_t  *rd;
+
+    rd = ev->data;
+
+    if (rd->ac || rd->destroying || ngx_exiting || ngx_terminate
+        || ngx_quit)
+    {
+        return;
+    }
+
+    ngx_http_rules_redis_connect(rd);
+}
+
+
+/*
+ * Drops the connection on purpose.  Pending commands are called back
+ * with NGX_ERROR and the cleanup hook ends the connection; inside a
+ * hiredis callback, hiredis does all this right after the callback
+ * returns.
+ */
+static void
+ngx_http_rules_redis_fail(ngx_http_rules_redis_t *rd, const char *fmt, ...)
+{
+    va_list  args;
+
+    if (rd->ac == NULL || rd->closing) {
+        /* already going away */
+        return;
+    }
+
+    va_start(args, fmt);
+    ngx_http_rules_redis_vreason(rd, fmt, args);
+    va_end(args);
+
+    rd->closing = 1;
+    rd->planned = 1;
+
+    redisAsyncFree(rd->ac);
+}
+
+
+static void
+ngx_http_rules_redis_set_reason(ngx_http_rules_redis_t *rd,
+    const char *fmt, ...)
+{
+    va_list  args;
+
+    va_start(args, fmt);
+    ngx_http_rules_redis_vreason(rd, fmt, args);
+    va_end(args);
+}
+
+
+static void
+ngx_http_rules_redis_vreason(ngx_http_rules_redis_t *rd, const char *fmt,
+    va_list args)
+{
+    u_char  *p;
+
+    p = ngx_vslprintf(rd->reason_buf,
+                      rd->reason_buf + NGX_HTTP_RULES_REDIS_REASON_LEN,
+                      fmt, args);
+
+    rd->reason.data = rd->reason_buf;
+    rd->reason.len = p - rd->reason_buf;
+    rd->reason_fmt = fmt;
+}
+
+
+/*
+ * The context is gone (or was never made): every pending command has
+ * been called back.  Log once per change, plan the next attempt.
+ */
+static void
+ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
+{
+    ngx_msec_t   delay;
+    ngx_uint_t   level, planned;
+
+    planned = rd->planned;
+
+    rd->ac = NULL;
+    rd->state = NGX_HTTP_RULES_REDIS_IDLE;
+    rd->closing = 0;
+    rd->planned = 0;
+    rd->waiting = 0;
+
+    if (rd->connect_timer.timer_set) {
+        ngx_del_timer(&rd->connect_timer);
+    }
+
+    if (rd->reply_timer.timer_set) {
         ngx_del_timer(&rd->reply_timer);
     }
 
-    cmd->handler(cmd->data, reply, rc);
-    ngx_free(cmd);
+    if (rd->destroying || ngx_exiting || ngx_terminate || ngx_quit) {
+        ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                      "rules redis %V: connection closed (%V), "
+                      "%ui command%s failed", &rd->conf->addr_text,
+                      &rd->reason, rd->failed, rd->failed == 1 ? "" : "s");
+        rd->established = 0;
+        rd->failed = 0;
+        return;
+    }
+
+    /*
+     * The back-off starts again from backoff_min after a connection that
+     * lasted; one lost soon after it was made (a server or proxy that
+     * keeps closing them) goes on doubling it.
+     */
+
+    if (rd->established
+        && ngx_current_msec - rd->established_at >= rd->backoff_max)
+    {
+        rd->backoff = rd->backoff_min;
+    }
+
+    /* up to a quarter less: workers and hosts do not retry in step */
+
+    delay = rd->backoff - (ngx_msec_t) ngx_random() % (rd->backoff / 4 + 1);
+
+    if (delay < rd->backoff_min) {
+        delay = rd->backoff_min;
+    }
+
+    rd->backoff *= 2;
+
+    if (rd->backoff > rd->backoff_max) {
+        rd->backoff = rd->backoff_max;
+    }
+
+    if (rd->established && rd->failed == 0 && !planned) {
+
+        /*
+         * Closed by Redis with nothing pending: most likely its idle
+         * "timeout".  Nothing failed; if Redis is really gone, the next
+         * attempt says so.
+         */
+
+        rd->established = 0;
+        rd->idle_close = 1;
+        rd->stats.reconnects++;
+
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "rules redis %V: connection closed while idle: %V, "
+                      "reconnecting in %M ms",
+                      &rd->conf->addr_text, &rd->reason, delay);
+
+    } else if (rd->established) {
+        rd->established = 0;
+        rd->stats.reconnects++;
+
+        rd->down = 1;
+        rd->down_since = ngx_current_msec;
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "rules redis %V: connection lost: %V, %ui command%s "
+                      "failed, reconnecting in %M ms",
+                      &rd->conf->addr_text, &rd->reason, rd->failed,
+                      rd->failed == 1 ? "" : "s", delay);
+
+    } else {
+        rd->attempts++;
+
+        if (!rd->down) {
+            rd->down = 1;
+            rd->down_since = ngx_current_msec;
+        }
+
+        /*
+         * Attempts 1, 2, 4, 8...: a few lines, however long it lasts,
+         * and one whenever the kind of failure changes.
+         */
+
+        if ((rd->attempts & (rd->attempts - 1)) == 0
+            || rd->reason_fmt != rd->logged_fmt)
+        {
+            rd->logged_fmt = rd->reason_fmt;
+
+            level = (rd->attempts == 1
+                     && (rd->stats.connects == 0 || rd->idle_close))
+                    ? NGX_LOG_ERR : NGX_LOG_WARN;
+
+            ngx_log_error(level, rd->log, 0,
+                          "rules redis %V: %V (%ui failed attempt%s), "
+                          "retrying in %M ms", &rd->conf->addr_text,
+                          &rd->reason, rd->attempts,
+                          rd->attempts == 1 ? "" : "s", delay);
+        }
+    }
+
+    rd->failed = 0;
+
+    ngx_add_timer(&rd->reconnect_timer, delay);
 }
 
 
 ngx_uint_t
 ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 {
-    return rd->state == NGX_HTTP_RULES_REDIS_CONNECTED;
+    return rd->state == NGX_HTTP_RULES_REDIS_CONNECTED && !rd->closing;
 }
 
 
@@ -608,11 +1031,20 @@ ngx_http_rules_redis_stats(ngx_http_rules_redis_t *rd)
 void
 ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd)
 {
+    ngx_http_rules_redis_cmd_t  *cmd;
+
     rd->destroying = 1;
 
     if (rd->reconnect_timer.timer_set) {
         ngx_del_timer(&rd->reconnect_timer);
     }
+
+    if (rd->ac) {
+        /* pending commands: handlers called with NGX_ERROR, right now */
+        ngx_http_rules_redis_fail(rd, "worker exiting");
+    }
+
+    /* the cleanup hook has run: nothing refers to rd any more */
 
     if (rd->connect_timer.timer_set) {
         ngx_del_timer(&rd->connect_timer);
@@ -622,55 +1054,138 @@ ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd)
         ngx_del_timer(&rd->reply_timer);
     }
 
-    if (rd->ac) {
-        /* pending commands are called back with NGX_ERROR */
-        redisAsyncFree(rd->ac);
-        rd->ac = NULL;
+    while (rd->free) {
+        cmd = rd->free;
+        rd->free = cmd->next;
+        ngx_free(cmd);
     }
 
     ngx_free(rd);
 }
 
 
+static ngx_http_rules_redis_cmd_t *
+ngx_http_rules_redis_cmd_alloc(ngx_http_rules_redis_t *rd, size_t size)
+{
+    ngx_http_rules_redis_cmd_t  *cmd;
+
+    cmd = rd->free;
+
+    if (cmd) {
+        rd->free = cmd->next;
+        rd->nfree--;
+
+        if (cmd->size >= size) {
+            return cmd;
+        }
+
+        ngx_free(cmd);
+    }
+
+    size = ngx_align(size, NGX_HTTP_RULES_REDIS_BLOCK);
+
+    cmd = ngx_alloc(size, rd->log);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->size = size;
+
+    return cmd;
+}
+
+
+static void
+ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
+    ngx_http_rules_redis_cmd_t *cmd)
+{
+    if (rd->nfree >= NGX_HTTP_RULES_REDIS_FREE_MAX) {
+        ngx_free(cmd);
+        return;
+    }
+
+    cmd->next = rd->free;
+    rd->free = cmd;
+    rd->nfree++;
+}
+
+
+static ngx_uint_t
+ngx_http_rules_redis_error_is(redisReply *reply, const char *prefix)
+{
+    size_t  len;
+
+    len = ngx_strlen(prefix);
+
+    return reply->type == REDIS_REPLY_ERROR
+           && (size_t) reply->len >= len
+           && ngx_strncmp(reply->str, prefix, len) == 0;
+}
+
+
 /* ---- the event loop adapter ---------------------------------------- */
 
 
-static void
-ngx_http_rules_redis_read_handler(ngx_event_t *ev)
-{
-    ngx_connection_t        *c = ev->data;
-    ngx_http_rules_redis_t  *rd = c->data;
+/*
+ * After redisAsyncHandleRead() or redisAsyncHandleWrite() the context
+ * and the connection may be gone (hiredis frees them on an error): the
+ * handlers touch nothing afterwards.
+ */
 
-    if (rd->ac) {
-        redisAsyncHandleRead(rd->ac);
+static void
+ngx_http_rules_redis_read_handler(ngx_event_t *rev)
+{
+    ngx_connection_t        *c;
+    redisAsyncContext       *ac;
+    ngx_http_rules_redis_t  *rd;
+
+    c = rev->data;
+    ac = c->data;
+    rd = ac->data;
+
+    if (c->close) {
+        /* worker_shutdown_timeout: nginx closes every connection */
+        ngx_http_rules_redis_fail(rd, "closed at worker shutdown");
+        return;
     }
+
+    redisAsyncHandleRead(ac);
 }
 
 
 static void
-ngx_http_rules_redis_write_handler(ngx_event_t *ev)
+ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 {
-    ngx_connection_t        *c = ev->data;
-    ngx_http_rules_redis_t  *rd = c->data;
+    ngx_connection_t   *c;
+    redisAsyncContext  *ac;
 
-    if (rd->ac) {
-        redisAsyncHandleWrite(rd->ac);
-    }
+    c = wev->data;
+    ac = c->data;
+
+    redisAsyncHandleWrite(ac);
 }
 
+
+/*
+ * Level-triggered on every event method (NGX_LEVEL_EVENT: no EPOLLET, no
+ * EV_CLEAR).  With one-shot methods (event ports) the event is inactive
+ * again after it fired: hiredis asks for it again after each read and
+ * after each partial write, and it is added again then.
+ */
 
 static void
 ngx_http_rules_redis_add_read(void *privdata)
 {
-    ngx_http_rules_redis_t  *rd = privdata;
+    ngx_connection_t  *c = privdata;
 
-    if (rd->conn && !rd->conn->read->active) {
-        if (ngx_add_event(rd->conn->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            ngx_log_error(NGX_LOG_ALERT, rd->log, 0,
-                          "rules redis: cannot add a read event");
-        }
+    if (c->read->active) {
+        return;
+    }
+
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "rules redis: cannot add the read event of #%d",
+                      c->fd);
     }
 }
 
@@ -678,10 +1193,16 @@ ngx_http_rules_redis_add_read(void *privdata)
 static void
 ngx_http_rules_redis_del_read(void *privdata)
 {
-    ngx_http_rules_redis_t  *rd = privdata;
+    ngx_connection_t  *c = privdata;
 
-    if (rd->conn && rd->conn->read->active) {
-        (void) ngx_del_event(rd->conn->read, NGX_READ_EVENT, 0);
+    if (!c->read->active) {
+        return;
+    }
+
+    if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "rules redis: cannot delete the read event of #%d",
+                      c->fd);
     }
 }
 
@@ -689,15 +1210,18 @@ ngx_http_rules_redis_del_read(void *privdata)
 static void
 ngx_http_rules_redis_add_write(void *privdata)
 {
-    ngx_http_rules_redis_t  *rd = privdata;
+    ngx_connection_t  *c = privdata;
 
-    if (rd->conn && !rd->conn->write->active) {
-        if (ngx_add_event(rd->conn->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            ngx_log_error(NGX_LOG_ALERT, rd->log, 0,
-                          "rules redis: cannot add a write event");
-        }
+    if (c->write->active) {
+        return;
+    }
+
+    if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "rules redis: cannot add the write event of #%d",
+                      c->fd);
     }
 }
 
@@ -705,37 +1229,49 @@ ngx_http_rules_redis_add_write(void *privdata)
 static void
 ngx_http_rules_redis_del_write(void *privdata)
 {
-    ngx_http_rules_redis_t  *rd = privdata;
+    ngx_connection_t  *c = privdata;
 
-    if (rd->conn && rd->conn->write->active) {
-        (void) ngx_del_event(rd->conn->write, NGX_WRITE_EVENT, 0);
+    if (!c->write->active) {
+        return;
+    }
+
+    if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "rules redis: cannot delete the write event of #%d",
+                      c->fd);
     }
 }
 
 
-/* hiredis frees the context and will close the descriptor itself. */
+/*
+ * hiredis is freeing the context (every pending command has been called
+ * back) and closes the descriptor right after: the connection goes back
+ * to the pool without closing it.
+ */
 static void
 ngx_http_rules_redis_cleanup(void *privdata)
 {
-    ngx_http_rules_redis_t  *rd = privdata;
+    ngx_connection_t  *c = privdata;
 
-    ngx_connection_t  *c;
+    redisAsyncContext       *ac;
+    ngx_http_rules_redis_t  *rd;
 
-    c = rd->conn;
+    ac = c->data;
+    rd = ac->data;
 
-    if (c == NULL) {
-        return;
-    }
+    /* no more calls into the adapter for this context */
 
-    rd->conn = NULL;
+    ac->ev.addRead = NULL;
+    ac->ev.delRead = NULL;
+    ac->ev.addWrite = NULL;
+    ac->ev.delWrite = NULL;
+    ac->ev.cleanup = NULL;
+    ac->ev.data = NULL;
 
-    if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
-    }
-
-    if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-    }
+    ngx_http_rules_redis_del_read(c);
+    ngx_http_rules_redis_del_write(c);
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -754,5 +1290,24 @@ ngx_http_rules_redis_cleanup(void *privdata)
     }
 
     ngx_free_connection(c);
+
+    /* hiredis closes it; stale events of this iteration see fd -1 */
     c->fd = (ngx_socket_t) -1;
+
+    if (ac != rd->ac) {
+        return;
+    }
+
+    if (!rd->planned) {
+        /* hiredis' own decision: an I/O error, EOF, an error reply */
+
+        if (ac->c.err) {
+            ngx_http_rules_redis_set_reason(rd, "%s", ac->c.errstr);
+
+        } else {
+            ngx_http_rules_redis_set_reason(rd, "connection closed");
+        }
+    }
+
+    ngx_http_rules_redis_closed(rd);
 }

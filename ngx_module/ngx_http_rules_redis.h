@@ -12,6 +12,10 @@
 #include <hiredis/async.h>
 
 
+/*
+ * Owned by the caller, read for the connection's whole life (the worker's).
+ * A zero connect_timeout or reply_timeout disables that watchdog.
+ */
 typedef struct {
     ngx_str_t                  addr_text;    /* as configured, for logs */
     ngx_str_t                  host;         /* numeric IP, NUL-terminated */
@@ -22,10 +26,14 @@ typedef struct {
     ngx_int_t                  db;           /* SELECT db; 0: none */
     ngx_msec_t                 connect_timeout;
     ngx_msec_t                 backoff_min;  /* first reconnect delay */
-    ngx_msec_t                 backoff_max;
+    ngx_msec_t                 backoff_max;  /* doubling up to this */
     ngx_uint_t                 max_inflight; /* commands awaiting a reply */
     ngx_msec_t                 reply_timeout; /* no reply at all for that
-                                                 long: reconnect */
+                                                 long while replies are due
+                                                 (Redis paused, path
+                                                 broken): the connection is
+                                                 dropped, its commands fail,
+                                                 and it is made again */
 } ngx_http_rules_redis_conf_t;
 
 
@@ -34,14 +42,21 @@ typedef struct {
  * Redis error reply, REDIS_REPLY_ERROR) or without one (reply NULL, rc
  * NGX_ERROR: the connection failed or closed before the reply).  The
  * reply is freed by hiredis after the handler returns.
+ *
+ * Never called from inside ngx_http_rules_redis_evalsha(); called from
+ * the event loop (a read event, a timer) or from
+ * ngx_http_rules_redis_destroy().  The handler may send new commands.
  */
 typedef void (*ngx_http_rules_redis_handler_pt)(void *data,
     redisReply *reply, ngx_int_t rc);
 
 
 typedef struct {
-    ngx_uint_t                 connects;     /* successful connections */
-    ngx_uint_t                 reconnects;   /* attempts after a loss */
+    ngx_uint_t                 connects;     /* successful connections
+                                                (setup replies received) */
+    ngx_uint_t                 reconnects;   /* such connections lost: each
+                                                is followed by reconnection
+                                                attempts */
     ngx_uint_t                 noscript;     /* NOSCRIPT replies retried */
 } ngx_http_rules_redis_stats_t;
 
@@ -49,7 +64,12 @@ typedef struct {
 typedef struct ngx_http_rules_redis_s  ngx_http_rules_redis_t;
 
 
-/* In init_process: starts connecting, never blocks. */
+/*
+ * In init_process: starts connecting, never blocks (host is a numeric
+ * address, resolved at configuration time, or unix_path is set).  NULL
+ * only when out of memory; a failed connection is retried with back-off.
+ * script and script_sha1 (its 40 hex digits) must outlive it.
+ */
 ngx_http_rules_redis_t *ngx_http_rules_redis_create(
     ngx_http_rules_redis_conf_t *conf, const char *script,
     const char *script_sha1, ngx_log_t *log);
@@ -62,18 +82,31 @@ ngx_http_rules_redis_t *ngx_http_rules_redis_create(
  * will be called exactly once), NGX_DECLINED when the command cannot be
  * sent now (not connected, backing off, or max_inflight reached: the
  * caller fails the event at once; the handler will not be called).
+ *
+ * Commands are accepted as soon as the connection is made (the setup
+ * commands, queued first, are answered first).  argv and argvlen are
+ * copied: they may be freed when the function returns.
  */
 ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
     int argc, const char **argv, const size_t *argvlen,
     ngx_http_rules_redis_handler_pt handler, void *data);
 
-/* 1 when connected and ready (AUTH/SELECT/SCRIPT LOAD sent). */
+/*
+ * 1 when connected and ready (AUTH/SELECT/SCRIPT LOAD sent): evalsha
+ * accepts commands, up to max_inflight.
+ */
 ngx_uint_t ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd);
 ngx_uint_t ngx_http_rules_redis_inflight(ngx_http_rules_redis_t *rd);
 ngx_http_rules_redis_stats_t *ngx_http_rules_redis_stats(
     ngx_http_rules_redis_t *rd);
 
-/* In exit_process: fails every pending command (handlers get NGX_ERROR). */
+/*
+ * In exit_process: fails every pending command (handlers get NGX_ERROR,
+ * before it returns), closes the connection, deletes the timers and frees
+ * everything.  The timers are cancelable and the connection does not
+ * keep an exiting worker alive: a graceful shutdown waits only for the
+ * requests.  No reconnection is attempted once the worker is exiting.
+ */
 void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd);
 
 #endif /* NGX_HTTP_RULES_REDIS_H */
