@@ -1,8 +1,23 @@
 /*
  * Metrics: counters in a shared memory zone, updated atomically by every
- * worker, served by "rules_metrics" in the Prometheus text format.  On
- * reload the zone is kept (same name, size and tag) and so are the
- * global counters and those of every rule whose id and digest stay.
+ * worker, served by "rules_metrics" in the Prometheus text format.
+ *
+ * The zone holds the global counters and one slot per rule, identified by
+ * the rule's id and digest.  Each configuration cycle builds, in its own
+ * memory, an index from its rules (file order) to their slots: a rule
+ * that stays across a reload keeps its slot, so the workers of the old
+ * and of the new configuration count into the same counters and nothing
+ * is lost while the old workers finish their requests; an edited rule
+ * (new digest) gets a new slot and starts at 0.  A slot is freed at the
+ * first reload after the workers of a configuration without its rule
+ * have started (they mark their cycle "live"): by then only workers of
+ * older cycles, which have had a whole reload to finish, could use it.
+ * A reload that fails after the zone was set up loses nothing: no worker
+ * of it starts, the running workers keep their index and the slots.
+ *
+ * When the zone's size changes (the rule file grew past what it can
+ * hold), nginx makes a new zone; the counters are then copied from the
+ * previous one, which stays mapped until the cycle is committed.
  */
 
 #include <ngx_config.h>
@@ -14,117 +29,140 @@
 
 #define NGX_HTTP_RULES_METRICS_BUCKETS  13
 
+/* a zone written by another layout of these structures is not read */
+#define NGX_HTTP_RULES_METRICS_MAGIC                                         \
+    (0x52554c45534d0000ULL + sizeof(ngx_http_rules_metrics_shm_t) * 256     \
+     + sizeof(ngx_http_rules_metrics_slot_t))
 
-/* round-trip histogram bounds, microseconds */
-static ngx_uint_t  ngx_http_rules_rtt_bounds[NGX_HTTP_RULES_METRICS_BUCKETS] = {
-    100, 250, 500, 750, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
-    250000, 1000000
-};
 
-static const char  *ngx_http_rules_rtt_labels[NGX_HTTP_RULES_METRICS_BUCKETS] = {
-    "0.0001", "0.00025", "0.0005", "0.00075", "0.001", "0.0025", "0.005",
-    "0.01", "0.025", "0.05", "0.1", "0.25", "1"
-};
+/* one rule's counters, found again by id and digest after a reload */
+typedef struct {
+    ngx_queue_t                         queue;
+    ngx_uint_t                          gen;      /* latest cycle using it */
+    uint64_t                            digest;
+    ngx_atomic_t                        evaluated;
+    ngx_atomic_t                        matched;
+    u_char                              id[RULES_ID_MAX_LEN + 1];
+} ngx_http_rules_metrics_slot_t;
+
+
+/* the counters that a new zone copies from the previous one */
+typedef struct {
+    ngx_atomic_t                        events[NGX_HTTP_RULES_STATUS_LAST];
+    ngx_atomic_t                        rejected;
+    ngx_atomic_t                        failed_open;
+    ngx_atomic_t                        failed_closed;
+    ngx_atomic_t                        key_over_limit;
+    ngx_atomic_t                        regex_limit_hits;
+    ngx_atomic_t                        rtt_buckets[
+                                           NGX_HTTP_RULES_METRICS_BUCKETS + 1];
+    ngx_atomic_t                        rtt_sum_usec;
+    ngx_atomic_t                        connects;
+    ngx_atomic_t                        reconnects;
+    ngx_atomic_t                        noscript;
+    ngx_atomic_t                        worker_starts;
+    ngx_atomic_t                        config_loads;
+} ngx_http_rules_metrics_counters_t;
 
 
 typedef struct {
-    u_char                 id[RULES_ID_MAX_LEN + 1];
-    u_char                 digest[17];
-    ngx_uint_t             kind;
-    ngx_uint_t             type;
-    ngx_atomic_t           evaluated;
-    ngx_atomic_t           matched;
-} ngx_http_rules_metrics_rule_t;
+    uint64_t                            magic;
+    ngx_http_rules_metrics_counters_t   c;
 
+    /* events of this zone's workers waiting for Redis: not copied */
+    ngx_atomic_t                        inflight;
 
-typedef struct {
-    ngx_atomic_t                    events[NGX_HTTP_RULES_STATUS_LAST];
-    ngx_atomic_t                    rejected;
-    ngx_atomic_t                    failed_open;
-    ngx_atomic_t                    failed_closed;
-    ngx_atomic_t                    key_over_limit;
-    ngx_atomic_t                    regex_limit_hits;
-    ngx_atomic_t                    rtt_buckets[NGX_HTTP_RULES_METRICS_BUCKETS
-                                                + 1];
-    ngx_atomic_t                    rtt_sum_usec;
-    ngx_atomic_t                    rtt_count;
-    ngx_atomic_t                    connects;
-    ngx_atomic_t                    reconnects;
-    ngx_atomic_t                    noscript;
-    ngx_atomic_t                    inflight;
-    ngx_atomic_t                    worker_starts;
+    /* written by the master (zone init) under the pool's mutex */
+    ngx_uint_t                          generation;   /* latest cycle */
+    ngx_queue_t                         slots;
 
-    /* the latest generation's rules, and the one before */
-    ngx_uint_t                      nrules;
-    ngx_http_rules_metrics_rule_t  *rules;
-    ngx_http_rules_metrics_rule_t  *prev;
+    /* the latest cycle whose workers started */
+    ngx_atomic_t                        live;
 } ngx_http_rules_metrics_shm_t;
 
 
-/*
- * Per configuration cycle: workers count into their own generation's
- * array, so that old workers finishing their requests after a reload
- * index the rules they know.
- */
+/* per configuration cycle (the shm zone's data) */
 struct ngx_http_rules_metrics_s {
-    ngx_http_rules_main_conf_t     *rmcf;
-    ngx_slab_pool_t                *shpool;
-    ngx_http_rules_metrics_shm_t   *sh;
-    ngx_uint_t                      nrules;
-    ngx_http_rules_metrics_rule_t  *rules;
+    ngx_http_rules_main_conf_t         *rmcf;
+    ngx_cycle_t                        *cycle;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_rules_metrics_shm_t       *sh;
+    ngx_uint_t                          gen;
+    ngx_uint_t                          nrules;
+    ngx_http_rules_metrics_slot_t     **slots;    /* by rule, file order */
 };
 
 
 static ngx_int_t ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+static ngx_http_rules_metrics_shm_t *ngx_http_rules_metrics_old_zone(
+    ngx_http_rules_metrics_t *m, ngx_shm_zone_t *shm_zone);
+static ngx_int_t ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
+    ngx_http_rules_metrics_shm_t *from, ngx_log_t *log);
+static ngx_uint_t ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
+    ngx_uint_t older_than);
+static ngx_http_rules_metrics_slot_t *ngx_http_rules_metrics_slot_alloc(
+    ngx_http_rules_metrics_t *m, ngx_log_t *log);
+static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
+    ngx_http_rules_main_conf_t *rmcf);
 static ngx_int_t ngx_http_rules_metrics_handler(ngx_http_request_t *r);
+static u_char *ngx_http_rules_metrics_label(u_char *p, u_char *last,
+    u_char *s, size_t len);
+static u_char *ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
+    ngx_http_rules_metrics_t *m, const char *name, const char *help,
+    ngx_uint_t matched);
 
 
 static ngx_str_t  ngx_http_rules_metrics_zone_name =
     ngx_string("ngx_http_rules_metrics");
 
+
+/* round-trip histogram bounds, microseconds, and their "le" labels */
+static ngx_uint_t  ngx_http_rules_rtt_bounds[NGX_HTTP_RULES_METRICS_BUCKETS] =
+{
+    100, 250, 500, 750, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+    250000, 1000000
+};
+
+static const char  *ngx_http_rules_rtt_labels[NGX_HTTP_RULES_METRICS_BUCKETS] =
+{
+    "0.0001", "0.00025", "0.0005", "0.00075", "0.001", "0.0025", "0.005",
+    "0.01", "0.025", "0.05", "0.1", "0.25", "1"
+};
+
 static const char  *ngx_http_rules_kind_names[] = { "segment", "fraud" };
+
 static const char  *ngx_http_rules_type_names[] = {
     "", "count", "distinct", "absence", "sequence"
 };
 
 
-static ngx_http_rules_metrics_shm_t *
-ngx_http_rules_metrics_sh(ngx_http_rules_main_conf_t *rmcf)
-{
-    ngx_http_rules_metrics_t  *m;
-
-    if (rmcf == NULL || rmcf->metrics_zone == NULL) {
-        return NULL;
-    }
-
-    m = rmcf->metrics_zone->data;
-
-    return m->sh;
-}
-
-
-static ngx_http_rules_metrics_t *
-ngx_http_rules_metrics_ctx(ngx_http_rules_main_conf_t *rmcf)
-{
-    return ngx_http_rules_metrics_sh(rmcf) ? rmcf->metrics_zone->data
-                                           : NULL;
-}
+/* ---- the zone ------------------------------------------------------ */
 
 
 ngx_int_t
 ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     size_t size)
 {
-    size_t                     need;
+    size_t                     need, n;
     ngx_http_rules_metrics_t  *m;
 
-    /* room for every rule twice (a reload allocates before it frees) */
+    n = rmcf->rules ? rules_count(rmcf->rules) : 0;
+
+    /*
+     * Room for every rule twice (the rules of the running workers and the
+     * edited ones of the new cycle) and the pool's own pages.  The size
+     * only grows in powers of two from the default, so that a reload with
+     * a few rules more or less reuses the zone.
+     */
 
     need = sizeof(ngx_http_rules_metrics_shm_t)
-           + 2 * rules_count(rmcf->rules)
-             * sizeof(ngx_http_rules_metrics_rule_t)
+           + 2 * n * ngx_align(sizeof(ngx_http_rules_metrics_slot_t), 128)
            + 64 * 1024;
+
+    if (size < 8 * ngx_pagesize) {
+        size = 8 * ngx_pagesize;
+    }
 
     while (size < need) {
         size *= 2;
@@ -136,11 +174,26 @@ ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     }
 
     m->rmcf = rmcf;
+    m->cycle = cf->cycle;
+    m->nrules = n;
+
+    m->slots = ngx_pcalloc(cf->pool, (n ? n : 1)
+                                     * sizeof(ngx_http_rules_metrics_slot_t *));
+    if (m->slots == NULL) {
+        return NGX_ERROR;
+    }
 
     rmcf->metrics_zone = ngx_shared_memory_add(cf,
                                           &ngx_http_rules_metrics_zone_name,
                                           size, &ngx_http_rules_module);
     if (rmcf->metrics_zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (rmcf->metrics_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "rules metrics zone \"%V\" is already defined",
+                           &ngx_http_rules_metrics_zone_name);
         return NGX_ERROR;
     }
 
@@ -151,97 +204,365 @@ ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
 }
 
 
+/*
+ * Runs in the master (and in "nginx -t") before the workers fork.  data
+ * is the previous cycle's ngx_http_rules_metrics_t when nginx reuses the
+ * zone (same name, size and tag).
+ */
 static ngx_int_t
 ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_rules_metrics_t *om = data;
 
-    size_t                          i, n;
-    rules_set_t                    *rs;
-    ngx_slab_pool_t                *shpool;
-    const rules_rule_t             *rule;
-    ngx_http_rules_metrics_t       *m;
-    ngx_http_rules_metrics_shm_t   *sh;
-    ngx_http_rules_metrics_rule_t  *rules, *old;
+    size_t                         len;
+    ngx_int_t                      rc;
+    ngx_slab_pool_t               *shpool;
+    ngx_http_rules_metrics_t      *m;
+    ngx_http_rules_metrics_shm_t  *sh, *from;
 
     m = shm_zone->data;
-    sh = NULL;
-    rs = m->rmcf->rules;
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+    m->shpool = shpool;
 
-    if (om) {
-        shpool = om->shpool;
-        sh = om->sh;
+    if (om && om->shpool == shpool) {
 
-    } else {
-        shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+        /* a reload: the same zone, counters and slots */
 
-        if (shm_zone->shm.exists) {
-            sh = shpool->data;
+        m->sh = om->sh;
 
-        } else {
-            sh = ngx_slab_calloc(shpool, sizeof(ngx_http_rules_metrics_shm_t));
-            if (sh == NULL) {
-                return NGX_ERROR;
-            }
-
-            shpool->data = sh;
-        }
+        return ngx_http_rules_metrics_index(m, NULL, shm_zone->shm.log);
     }
 
-    m->shpool = shpool;
-    m->sh = sh;
+    if (shm_zone->shm.exists) {
+        m->sh = shpool->data;
 
-    n = rules_count(rs);
+        return ngx_http_rules_metrics_index(m, NULL, shm_zone->shm.log);
+    }
 
-    rules = ngx_slab_calloc(shpool,
-                      (n ? n : 1) * sizeof(ngx_http_rules_metrics_rule_t));
-    if (rules == NULL) {
+    /* a new zone: the first start, or the size changed */
+
+    from = om ? om->sh : ngx_http_rules_metrics_old_zone(m, shm_zone);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    sh = ngx_slab_calloc_locked(shpool, sizeof(ngx_http_rules_metrics_shm_t));
+
+    len = sizeof(" in rules metrics zone \"\"") + shm_zone->shm.name.len;
+    shpool->log_ctx = ngx_slab_alloc_locked(shpool, len);
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (sh == NULL || shpool->log_ctx == NULL) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                      "rules metrics: not enough shared memory for %uz "
-                      "rules", n);
+                      "rules metrics zone \"%V\" is too small",
+                      &shm_zone->shm.name);
         return NGX_ERROR;
     }
 
-    for (i = 0; i < n; i++) {
-        rule = rules_rule(rs, i);
+    ngx_sprintf(shpool->log_ctx, " in rules metrics zone \"%V\"%Z",
+                &shm_zone->shm.name);
 
-        ngx_memcpy(rules[i].id, rule->id, rule->id_len + 1);
-        ngx_memcpy(rules[i].digest, rule->digest_hex, 17);
-        rules[i].kind = rule->kind;
-        rules[i].type = rule->type;
+    /* the slot allocation logs its own failure */
+    shpool->log_nomem = 0;
+
+    sh->magic = NGX_HTTP_RULES_METRICS_MAGIC;
+    ngx_queue_init(&sh->slots);
+
+    if (from) {
+        sh->c = from->c;
+        sh->generation = from->generation;
+        sh->live = from->live;
     }
 
-    /* a rule that stays (same id and definition) keeps its counters */
+    shpool->data = sh;
+    m->sh = sh;
 
-    old = sh->rules;
+    rc = ngx_http_rules_metrics_index(m, from, shm_zone->shm.log);
 
-    for (i = 0; old && i < sh->nrules; i++) {
-        rule = rules_find_id(rs, (char *) old[i].id,
-                             ngx_strlen(old[i].id));
+    if (rc == NGX_OK && from) {
+        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                      "rules metrics zone \"%V\" resized to %uz bytes, "
+                      "counters copied", &shm_zone->shm.name,
+                      shm_zone->shm.size);
+    }
 
-        if (rule && ngx_strcmp(rule->digest_hex, old[i].digest) == 0) {
-            rules[rule->index].evaluated = old[i].evaluated;
-            rules[rule->index].matched = old[i].matched;
+    return rc;
+}
+
+
+/*
+ * The zone of the running configuration when nginx did not reuse it (its
+ * size changed): still mapped in the master while the new cycle is set
+ * up.  Read only if it has this layout.
+ */
+static ngx_http_rules_metrics_shm_t *
+ngx_http_rules_metrics_old_zone(ngx_http_rules_metrics_t *m,
+    ngx_shm_zone_t *shm_zone)
+{
+    u_char                        *start, *end;
+    ngx_uint_t                     i;
+    ngx_cycle_t                   *old;
+    ngx_list_part_t               *part;
+    ngx_shm_zone_t                *zone;
+    ngx_slab_pool_t               *shpool;
+    ngx_http_rules_metrics_shm_t  *sh;
+
+    old = m->cycle->old_cycle;
+
+    if (old == NULL || ngx_is_init_cycle(old)) {
+        return NULL;
+    }
+
+    part = &old->shared_memory.part;
+    zone = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            zone = part->elts;
+            i = 0;
+        }
+
+        if (zone[i].shm.name.len != shm_zone->shm.name.len
+            || ngx_strncmp(zone[i].shm.name.data, shm_zone->shm.name.data,
+                           shm_zone->shm.name.len)
+               != 0
+            || zone[i].shm.addr == NULL)
+        {
+            continue;
+        }
+
+        shpool = (ngx_slab_pool_t *) zone[i].shm.addr;
+        sh = shpool->data;
+
+        start = zone[i].shm.addr;
+        end = start + zone[i].shm.size;
+
+        if ((u_char *) sh > start
+            && (u_char *) sh + sizeof(ngx_http_rules_metrics_shm_t) <= end
+            && sh->magic == NGX_HTTP_RULES_METRICS_MAGIC)
+        {
+            return sh;
+        }
+
+        return NULL;
+    }
+}
+
+
+/*
+ * A new cycle: drop the slots no running worker uses, find the slots of
+ * the rules that stay, make slots for the others (copying their counters
+ * from the previous zone when it is a new one).
+ */
+static ngx_int_t
+ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
+    ngx_http_rules_metrics_shm_t *from, ngx_log_t *log)
+{
+    size_t                          i;
+    ngx_int_t                       rc;
+    ngx_uint_t                      live;
+    ngx_queue_t                    *q;
+    rules_set_t                    *rs;
+    const rules_rule_t             *rule;
+    ngx_http_rules_metrics_shm_t   *sh;
+    ngx_http_rules_metrics_slot_t  *slot, *oslot;
+
+    sh = m->sh;
+    rs = m->rmcf->rules;
+    rc = NGX_OK;
+
+    if (sh == NULL || sh->magic != NGX_HTTP_RULES_METRICS_MAGIC) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "rules metrics zone is not initialized");
+        return NGX_ERROR;
+    }
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    m->gen = ++sh->generation;
+    live = sh->live;
+
+    /*
+     * Slots of rules that the running workers do not have: removed or
+     * edited before their configuration was loaded.  The workers of older
+     * cycles, the only ones that could still count into them, have had
+     * a whole reload to finish.
+     */
+
+    (void) ngx_http_rules_metrics_drop(m, live);
+
+    /* the rules that stay keep their slot */
+
+    for (q = ngx_queue_head(&sh->slots);
+         q != ngx_queue_sentinel(&sh->slots);
+         q = ngx_queue_next(q))
+    {
+        slot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
+
+        rule = rules_find_id(rs, (char *) slot->id, ngx_strlen(slot->id));
+
+        if (rule && rule->digest == slot->digest
+            && m->slots[rule->index] == NULL)
+        {
+            m->slots[rule->index] = slot;
+            slot->gen = m->gen;
         }
     }
 
-    /*
-     * The previous generation's workers may still be finishing requests
-     * and counting into their array; the one before that is gone.
-     */
+    /* new or edited rules start at 0 */
 
-    if (sh->prev) {
-        ngx_slab_free(shpool, sh->prev);
+    for (i = 0; i < m->nrules; i++) {
+
+        if (m->slots[i]) {
+            continue;
+        }
+
+        slot = ngx_http_rules_metrics_slot_alloc(m, log);
+        if (slot == NULL) {
+            rc = NGX_ERROR;
+            goto done;
+        }
+
+        rule = rules_rule(rs, i);
+
+        ngx_memcpy(slot->id, rule->id, rule->id_len);
+        slot->id[rule->id_len] = '\0';
+        slot->digest = rule->digest;
+        slot->gen = m->gen;
+
+        ngx_queue_insert_tail(&sh->slots, &slot->queue);
+
+        m->slots[i] = slot;
     }
 
-    sh->prev = old;
-    sh->rules = rules;
-    sh->nrules = n;
+    /* a new zone: the counters of the rules that stay are copied */
 
-    m->rules = rules;
-    m->nrules = n;
+    if (from == NULL) {
+        goto done;
+    }
 
-    return NGX_OK;
+    for (q = ngx_queue_head(&from->slots);
+         q != ngx_queue_sentinel(&from->slots);
+         q = ngx_queue_next(q))
+    {
+        oslot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
+
+        if (oslot->gen < from->live) {
+            continue;
+        }
+
+        rule = rules_find_id(rs, (char *) oslot->id, ngx_strlen(oslot->id));
+
+        if (rule && rule->digest == oslot->digest) {
+            slot = m->slots[rule->index];
+            slot->evaluated = oslot->evaluated;
+            slot->matched = oslot->matched;
+        }
+    }
+
+done:
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    return rc;
+}
+
+
+/* Frees the slots last used by a cycle older than older_than; locked. */
+static ngx_uint_t
+ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
+    ngx_uint_t older_than)
+{
+    ngx_uint_t                      n;
+    ngx_queue_t                    *q, *next;
+    ngx_http_rules_metrics_shm_t   *sh;
+    ngx_http_rules_metrics_slot_t  *slot;
+
+    sh = m->sh;
+    n = 0;
+
+    for (q = ngx_queue_head(&sh->slots);
+         q != ngx_queue_sentinel(&sh->slots);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        slot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
+
+        if (slot->gen < older_than) {
+            ngx_queue_remove(q);
+            ngx_slab_free_locked(m->shpool, slot);
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+/* A slot; when the zone is full, the slots no new worker uses go. */
+static ngx_http_rules_metrics_slot_t *
+ngx_http_rules_metrics_slot_alloc(ngx_http_rules_metrics_t *m, ngx_log_t *log)
+{
+    ngx_uint_t                      n;
+    ngx_http_rules_metrics_slot_t  *slot;
+
+    slot = ngx_slab_calloc_locked(m->shpool,
+                                  sizeof(ngx_http_rules_metrics_slot_t));
+    if (slot) {
+        return slot;
+    }
+
+    n = ngx_http_rules_metrics_drop(m, m->gen);
+
+    if (n) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "rules metrics zone is full: dropped the counters of "
+                      "%ui rules of the previous configuration early", n);
+
+        slot = ngx_slab_calloc_locked(m->shpool,
+                                      sizeof(ngx_http_rules_metrics_slot_t));
+        if (slot) {
+            return slot;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_EMERG, log, 0,
+                  "rules metrics zone: not enough shared memory for %uz "
+                  "rules", m->nrules);
+
+    return NULL;
+}
+
+
+static ngx_http_rules_metrics_t *
+ngx_http_rules_metrics_ctx(ngx_http_rules_main_conf_t *rmcf)
+{
+    ngx_http_rules_metrics_t  *m;
+
+    if (rmcf == NULL || rmcf->metrics_zone == NULL) {
+        return NULL;
+    }
+
+    m = rmcf->metrics_zone->data;
+
+    return (m && m->sh) ? m : NULL;
+}
+
+
+static ngx_inline ngx_http_rules_metrics_shm_t *
+ngx_http_rules_metrics_sh(ngx_http_rules_main_conf_t *rmcf)
+{
+    ngx_http_rules_metrics_t  *m;
+
+    m = ngx_http_rules_metrics_ctx(rmcf);
+
+    return m ? m->sh : NULL;
 }
 
 
@@ -257,7 +578,7 @@ ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
     sh = ngx_http_rules_metrics_sh(rmcf);
 
     if (sh && status < NGX_HTTP_RULES_STATUS_LAST) {
-        (void) ngx_atomic_fetch_add(&sh->events[status], 1);
+        (void) ngx_atomic_fetch_add(&sh->c.events[status], 1);
     }
 }
 
@@ -266,20 +587,23 @@ void
 ngx_http_rules_metrics_rule(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t rule, ngx_uint_t matched)
 {
-    ngx_http_rules_metrics_t  *m;
+    ngx_http_rules_metrics_t       *m;
+    ngx_http_rules_metrics_slot_t  *slot;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
-    /* the worker's own rule set indexes the array built for it */
+    /* the worker's own rule set indexes the slots found for it */
 
     if (m == NULL || rule >= m->nrules) {
         return;
     }
 
-    (void) ngx_atomic_fetch_add(&m->rules[rule].evaluated, 1);
+    slot = m->slots[rule];
+
+    (void) ngx_atomic_fetch_add(&slot->evaluated, 1);
 
     if (matched) {
-        (void) ngx_atomic_fetch_add(&m->rules[rule].matched, 1);
+        (void) ngx_atomic_fetch_add(&slot->matched, 1);
     }
 }
 
@@ -307,9 +631,10 @@ ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
         }
     }
 
-    (void) ngx_atomic_fetch_add(&sh->rtt_buckets[i], 1);
-    (void) ngx_atomic_fetch_add(&sh->rtt_sum_usec, usec);
-    (void) ngx_atomic_fetch_add(&sh->rtt_count, 1);
+    /* the count is the sum of the buckets: always equal to +Inf */
+
+    (void) ngx_atomic_fetch_add(&sh->c.rtt_buckets[i], 1);
+    (void) ngx_atomic_fetch_add(&sh->c.rtt_sum_usec, (ngx_atomic_int_t) usec);
 }
 
 
@@ -322,8 +647,8 @@ ngx_http_rules_metrics_failed(ngx_http_rules_main_conf_t *rmcf,
     sh = ngx_http_rules_metrics_sh(rmcf);
 
     if (sh) {
-        (void) ngx_atomic_fetch_add(closed ? &sh->failed_closed
-                                           : &sh->failed_open, 1);
+        (void) ngx_atomic_fetch_add(closed ? &sh->c.failed_closed
+                                           : &sh->c.failed_open, 1);
     }
 }
 
@@ -336,7 +661,7 @@ ngx_http_rules_metrics_rejected(ngx_http_rules_main_conf_t *rmcf)
     sh = ngx_http_rules_metrics_sh(rmcf);
 
     if (sh) {
-        (void) ngx_atomic_fetch_add(&sh->rejected, 1);
+        (void) ngx_atomic_fetch_add(&sh->c.rejected, 1);
     }
 }
 
@@ -349,8 +674,8 @@ ngx_http_rules_metrics_key_over_limit(ngx_http_rules_main_conf_t *rmcf,
 
     sh = ngx_http_rules_metrics_sh(rmcf);
 
-    if (sh) {
-        (void) ngx_atomic_fetch_add(&sh->key_over_limit, n);
+    if (sh && n) {
+        (void) ngx_atomic_fetch_add(&sh->c.key_over_limit, n);
     }
 }
 
@@ -384,28 +709,53 @@ ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
     }
 
     if (connects_delta) {
-        (void) ngx_atomic_fetch_add(&sh->connects, connects_delta);
+        (void) ngx_atomic_fetch_add(&sh->c.connects, connects_delta);
     }
 
     if (reconnects_delta) {
-        (void) ngx_atomic_fetch_add(&sh->reconnects, reconnects_delta);
+        (void) ngx_atomic_fetch_add(&sh->c.reconnects, reconnects_delta);
     }
 
     if (noscript_delta) {
-        (void) ngx_atomic_fetch_add(&sh->noscript, noscript_delta);
+        (void) ngx_atomic_fetch_add(&sh->c.noscript, noscript_delta);
     }
 }
 
 
+/*
+ * init_process: counts the start, and marks this cycle as running; the
+ * first worker of a cycle counts a configuration load (the start or a
+ * reload), so that worker starts beyond worker_processes per load are
+ * respawns after a crash.
+ */
 void
 ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
 {
+    ngx_atomic_uint_t              live;
+    ngx_http_rules_metrics_t      *m;
     ngx_http_rules_metrics_shm_t  *sh;
 
-    sh = ngx_http_rules_metrics_sh(rmcf);
+    m = ngx_http_rules_metrics_ctx(rmcf);
 
-    if (sh) {
-        (void) ngx_atomic_fetch_add(&sh->worker_starts, 1);
+    if (m == NULL) {
+        return;
+    }
+
+    sh = m->sh;
+
+    (void) ngx_atomic_fetch_add(&sh->c.worker_starts, 1);
+
+    for ( ;; ) {
+        live = sh->live;
+
+        if (live >= m->gen) {
+            break;
+        }
+
+        if (ngx_atomic_cmp_set(&sh->live, live, m->gen)) {
+            (void) ngx_atomic_fetch_add(&sh->c.config_loads, 1);
+            break;
+        }
     }
 }
 
@@ -430,7 +780,7 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
     hits = rules_stats(rmcf->rules)->regex_limit_hits;
 
     if (hits != regex_seen) {
-        (void) ngx_atomic_fetch_add(&sh->regex_limit_hits,
+        (void) ngx_atomic_fetch_add(&sh->c.regex_limit_hits,
                                     (ngx_atomic_int_t) (hits - regex_seen));
         regex_seen = hits;
     }
@@ -472,11 +822,12 @@ ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* A label value with \, " and newline escaped. */
 static u_char *
-ngx_http_rules_metrics_label(u_char *p, u_char *s, size_t len)
+ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
 {
     size_t  i;
 
-    for (i = 0; i < len; i++) {
+    for (i = 0; i < len && last - p >= 2; i++) {
+
         if (s[i] == '\\' || s[i] == '"') {
             *p++ = '\\';
             *p++ = s[i];
@@ -496,23 +847,32 @@ ngx_http_rules_metrics_label(u_char *p, u_char *s, size_t len)
 
 /* One per-rule counter family: evaluated (0) or matched (1). */
 static u_char *
-ngx_http_rules_metrics_per_rule(u_char *p, ngx_http_rules_metrics_t *m,
-    const char *name, const char *help, ngx_uint_t matched)
+ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
+    ngx_http_rules_metrics_t *m, const char *name, const char *help,
+    ngx_uint_t matched)
 {
     ngx_uint_t                      i;
-    ngx_http_rules_metrics_rule_t  *rule;
+    const char                     *kind, *type;
+    const rules_rule_t             *rule;
+    ngx_http_rules_metrics_slot_t  *slot;
 
-    p = ngx_sprintf(p, "# HELP nginx_rules_rule_%s_total %s\n"
-                    "# TYPE nginx_rules_rule_%s_total counter\n",
-                    name, help, name);
+    p = ngx_slprintf(p, last, "# HELP nginx_rules_rule_%s_total %s\n"
+                     "# TYPE nginx_rules_rule_%s_total counter\n",
+                     name, help, name);
 
     for (i = 0; i < m->nrules; i++) {
-        rule = &m->rules[i];
-        p = ngx_sprintf(p, "nginx_rules_rule_%s_total{rule=\"%s\","
-                        "kind=\"%s\",type=\"%s\"} %uA\n", name, rule->id,
-                        ngx_http_rules_kind_names[rule->kind],
-                        ngx_http_rules_type_names[rule->type],
-                        matched ? rule->matched : rule->evaluated);
+        rule = rules_rule(m->rmcf->rules, i);
+        slot = m->slots[i];
+
+        kind = rule->kind == RULES_KIND_FRAUD ? ngx_http_rules_kind_names[1]
+                                              : ngx_http_rules_kind_names[0];
+        type = (ngx_uint_t) rule->type <= RULES_TYPE_SEQUENCE
+               ? ngx_http_rules_type_names[rule->type] : "";
+
+        p = ngx_slprintf(p, last, "nginx_rules_rule_%s_total{rule=\"%*s\","
+                         "kind=\"%s\",type=\"%s\"} %uA\n", name,
+                         rule->id_len, rule->id, kind, type,
+                         matched ? slot->matched : slot->evaluated);
     }
 
     return p;
@@ -522,12 +882,14 @@ ngx_http_rules_metrics_per_rule(u_char *p, ngx_http_rules_metrics_t *m,
 static ngx_int_t
 ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 {
-    u_char                         *p;
+    u_char                         *p, *last;
     size_t                          size;
     ngx_int_t                       rc;
     ngx_buf_t                      *b;
-    ngx_uint_t                      i, cum;
+    ngx_uint_t                      i;
     ngx_chain_t                     out;
+    ngx_atomic_uint_t               cum;
+    ngx_core_conf_t                *ccf;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
     ngx_http_rules_metrics_shm_t   *sh;
@@ -537,20 +899,26 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     }
 
     rc = ngx_http_discard_request_body(r);
+
     if (rc != NGX_OK) {
         return rc;
     }
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
-    sh = ngx_http_rules_metrics_sh(rmcf);
+    m = ngx_http_rules_metrics_ctx(rmcf);
 
     ngx_http_rules_metrics_sync_engine(rmcf);
 
-    size = 8192 + 2 * rmcf->rules_file.len;
+    /*
+     * The fixed text is under 5K with every number at its longest; a
+     * per-rule line under 160 bytes besides the id.
+     */
 
-    if (sh) {
-        m = rmcf->metrics_zone->data;
-        size += m->nrules * 2 * (160 + 2 * RULES_ID_MAX_LEN);
+    size = 8192;
+
+    if (m) {
+        size += 2 * rmcf->rules_file.len
+                + m->nrules * 2 * (160 + RULES_ID_MAX_LEN);
     }
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -559,44 +927,48 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     }
 
     p = b->last;
+    last = b->end;
 
-    if (sh == NULL) {
+    if (m == NULL) {
         p = ngx_cpymem(p, "# no rules_file: no rules metrics\n",
                        sizeof("# no rules_file: no rules metrics\n") - 1);
         goto send;
     }
 
-    p = ngx_sprintf(p,
+    sh = m->sh;
+
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_info The loaded rules file.\n"
         "# TYPE nginx_rules_info gauge\n"
         "nginx_rules_info{rules_file=\"");
-    p = ngx_http_rules_metrics_label(p, rmcf->rules_file.data,
+    p = ngx_http_rules_metrics_label(p, last, rmcf->rules_file.data,
                                      rmcf->rules_file.len);
-    p = ngx_sprintf(p, "\",digest=\"%s\",rules=\"%uz\"} 1\n",
-                    rules_file_digest(rmcf->rules), rules_count(rmcf->rules));
+    p = ngx_slprintf(p, last, "\",digest=\"%s\",rules=\"%uz\"} 1\n",
+                     rules_file_digest(rmcf->rules), m->nrules);
 
-    p = ngx_sprintf(p,
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_rules_loaded_timestamp_seconds When the rules "
         "file was loaded.\n"
         "# TYPE nginx_rules_rules_loaded_timestamp_seconds gauge\n"
         "nginx_rules_rules_loaded_timestamp_seconds %T\n",
         rmcf->rules_loaded);
 
-    p = ngx_sprintf(p,
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_events_total Events by final status.\n"
         "# TYPE nginx_rules_events_total counter\n");
 
     for (i = NGX_HTTP_RULES_STATUS_OK; i < NGX_HTTP_RULES_STATUS_LAST; i++) {
-        p = ngx_sprintf(p, "nginx_rules_events_total{status=\"%s\"} %uA\n",
-                        ngx_http_rules_status_name(i), sh->events[i]);
+        p = ngx_slprintf(p, last,
+                         "nginx_rules_events_total{status=\"%s\"} %uA\n",
+                         ngx_http_rules_status_name(i), sh->c.events[i]);
     }
 
-    p = ngx_http_rules_metrics_per_rule(p, m, "evaluated",
+    p = ngx_http_rules_metrics_per_rule(p, last, m, "evaluated",
             "Events evaluated against the rule (its key had a value).", 0);
-    p = ngx_http_rules_metrics_per_rule(p, m, "matched",
+    p = ngx_http_rules_metrics_per_rule(p, last, m, "matched",
             "Events for which the rule matched.", 1);
 
-    p = ngx_sprintf(p,
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_fraud_rejected_total Requests rejected as "
         "fraud.\n"
         "# TYPE nginx_rules_fraud_rejected_total counter\n"
@@ -614,10 +986,10 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "by the PCRE2 match limit.\n"
         "# TYPE nginx_rules_regex_limit_hits_total counter\n"
         "nginx_rules_regex_limit_hits_total %uA\n",
-        sh->rejected, sh->failed_open, sh->failed_closed, sh->key_over_limit,
-        sh->regex_limit_hits);
+        sh->c.rejected, sh->c.failed_open, sh->c.failed_closed,
+        sh->c.key_over_limit, sh->c.regex_limit_hits);
 
-    p = ngx_sprintf(p,
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_redis_round_trip_seconds Redis round trip of "
         "one event.\n"
         "# TYPE nginx_rules_redis_round_trip_seconds histogram\n");
@@ -625,22 +997,23 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     cum = 0;
 
     for (i = 0; i < NGX_HTTP_RULES_METRICS_BUCKETS; i++) {
-        cum += sh->rtt_buckets[i];
-        p = ngx_sprintf(p, "nginx_rules_redis_round_trip_seconds_bucket"
-                        "{le=\"%s\"} %ui\n", ngx_http_rules_rtt_labels[i],
-                        cum);
+        cum += sh->c.rtt_buckets[i];
+        p = ngx_slprintf(p, last,
+                         "nginx_rules_redis_round_trip_seconds_bucket"
+                         "{le=\"%s\"} %uA\n", ngx_http_rules_rtt_labels[i],
+                         cum);
     }
 
-    cum += sh->rtt_buckets[NGX_HTTP_RULES_METRICS_BUCKETS];
+    cum += sh->c.rtt_buckets[NGX_HTTP_RULES_METRICS_BUCKETS];
 
-    p = ngx_sprintf(p,
-        "nginx_rules_redis_round_trip_seconds_bucket{le=\"+Inf\"} %ui\n"
+    p = ngx_slprintf(p, last,
+        "nginx_rules_redis_round_trip_seconds_bucket{le=\"+Inf\"} %uA\n"
         "nginx_rules_redis_round_trip_seconds_sum %uA.%06uA\n"
         "nginx_rules_redis_round_trip_seconds_count %uA\n",
-        cum, sh->rtt_sum_usec / 1000000, sh->rtt_sum_usec % 1000000,
-        sh->rtt_count);
+        cum, sh->c.rtt_sum_usec / 1000000, sh->c.rtt_sum_usec % 1000000,
+        cum);
 
-    p = ngx_sprintf(p,
+    p = ngx_slprintf(p, last,
         "# HELP nginx_rules_redis_connects_total Redis connections made.\n"
         "# TYPE nginx_rules_redis_connects_total counter\n"
         "nginx_rules_redis_connects_total %uA\n"
@@ -658,9 +1031,30 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "# HELP nginx_rules_worker_starts_total Worker processes started "
         "(reloads and restarts).\n"
         "# TYPE nginx_rules_worker_starts_total counter\n"
-        "nginx_rules_worker_starts_total %uA\n",
-        sh->connects, sh->reconnects, sh->noscript,
-        (ngx_atomic_int_t) sh->inflight, sh->worker_starts);
+        "nginx_rules_worker_starts_total %uA\n"
+        "# HELP nginx_rules_config_loads_total Configurations whose workers "
+        "started (the start and every reload).\n"
+        "# TYPE nginx_rules_config_loads_total counter\n"
+        "nginx_rules_config_loads_total %uA\n",
+        sh->c.connects, sh->c.reconnects, sh->c.noscript,
+        (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,
+        sh->c.config_loads);
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+
+    p = ngx_slprintf(p, last,
+        "# HELP nginx_rules_worker_processes The worker_processes "
+        "setting.\n"
+        "# TYPE nginx_rules_worker_processes gauge\n"
+        "nginx_rules_worker_processes %i\n",
+        ccf->worker_processes);
+
+    if (p == last) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "rules metrics: %uz bytes are not enough", size);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
 send:
 

@@ -816,11 +816,16 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
 
     rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
 
-    if (rmcf == NULL || rmcf->rules == NULL || !rmcf->redis_set) {
+    if (rmcf == NULL || rmcf->rules == NULL) {
         return NGX_OK;
     }
 
+    /* every worker counts, with or without a Redis to talk to */
     ngx_http_rules_metrics_worker_start(rmcf);
+
+    if (!rmcf->redis_set) {
+        return NGX_OK;
+    }
 
     if (ngx_http_rules_worker_init(rmcf->rules) != NGX_OK) {
         return NGX_ERROR;

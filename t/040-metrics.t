@@ -89,6 +89,16 @@ sub metrics {
     is($st, 200, 'metrics: 200');
     like($h->{'content-type'} // '', qr{^text/plain; version=0\.0\.4},
          'metrics: exposition content type');
+    # and Prometheus' own parser and linter agree, when installed
+    SKIP: {
+        skip 'promtool is not installed (Debian package prometheus)', 1
+            unless system('command -v promtool >/dev/null 2>&1') == 0;
+        my $f = File::Temp->new;
+        print $f $body;
+        close $f;
+        my $out = `promtool check metrics < $f 2>&1`;
+        is($?, 0, 'promtool check metrics: no problem') or diag($out);
+    }
     return parse_metrics($body);
 }
 
@@ -194,6 +204,9 @@ is($s2->{'nginx_rules_rule_matched_total{rule="viewer",kind="segment",type="abse
 ok(!exists $s2->{'nginx_rules_rule_matched_total{rule="busy_device",kind="fraud",type="distinct"}'},
    'after reload: a removed rule is gone');
 is($s2->{'nginx_rules_worker_starts_total{}'}, 4, 'worker starts: 2 + 2');
+is($s2->{'nginx_rules_config_loads_total{}'}, 2,
+   'configuration loads: the start and the reload');
+is($s2->{'nginx_rules_worker_processes{}'}, 2, 'worker_processes: 2');
 
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');

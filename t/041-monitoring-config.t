@@ -1,6 +1,7 @@
 # The monitoring examples are valid: the alert rules and the scrape
-# configuration pass promtool (Debian's prometheus package), and the
-# Grafana dashboard is JSON whose queries name metrics the module serves.
+# configuration pass promtool (Debian's prometheus package), the alerts
+# pass their unit tests (t/monitoring/alerts_test.yml), and the Grafana
+# dashboard is JSON whose queries name metrics the module serves.
 
 use strict;
 use warnings;
@@ -17,17 +18,22 @@ my %served = map { $_ => 1 } qw(
     nginx_rules_redis_round_trip_seconds_sum nginx_rules_redis_round_trip_seconds_count
     nginx_rules_redis_connects_total nginx_rules_redis_reconnects_total
     nginx_rules_redis_noscript_total nginx_rules_inflight_events
-    nginx_rules_worker_starts_total nginx_rules_info
+    nginx_rules_worker_starts_total nginx_rules_config_loads_total
+    nginx_rules_worker_processes nginx_rules_info
     nginx_rules_rules_loaded_timestamp_seconds
 );
 
 SKIP: {
-    skip 'promtool is not installed (Debian package prometheus)', 2
+    skip 'promtool is not installed (Debian package prometheus)', 3
         unless system('command -v promtool >/dev/null 2>&1') == 0;
     my $out = `cd $dir && promtool check rules alerts.yml 2>&1`;
     is($?, 0, 'promtool check rules alerts.yml') or diag($out);
     $out = `cd $dir && promtool check config prometheus.yml 2>&1`;
     is($?, 0, 'promtool check config prometheus.yml') or diag($out);
+    # each alert fires on its situation and not on normal operation
+    $out = `promtool test rules $FindBin::Bin/monitoring/alerts_test.yml 2>&1`;
+    is($?, 0, 'promtool test rules: the alerts fire when they should')
+        or diag($out);
 }
 
 for my $file ('alerts.yml', 'grafana-dashboard.json') {
