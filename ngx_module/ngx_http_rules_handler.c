@@ -1,25 +1,25 @@
 /*
- * The rewrite phase handler: extracts the request's events, sends one
- * EVALSHA per event (all its state keys) on the worker's Redis
- * connection, waits for the replies or the deadline, and records the
- * result for the variables and the optional fraud rejection.
+ * The rewrite phase handler: extracts the request's events, queues their
+ * key operations into the worker's next Redis call (ngx_http_rules_batch.c:
+ * one EVALSHA per pass of the event loop), waits for the replies or the
+ * deadline, and records the result for the variables and the optional
+ * fraud rejection.
  */
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <time.h>
 
 #include "ngx_http_rules_module.h"
 
 
-typedef struct {
+/* One event: its key operations are answered one by one. */
+struct ngx_http_rules_cmd_s {
     ngx_http_rules_op_t          *op;
     ngx_uint_t                    status;     /* of this event */
-    uint64_t                      start;      /* ns, monotonic */
-    unsigned                     *groups;     /* of the key operations */
-    size_t                        ngroups;
-} ngx_http_rules_cmd_t;
+    ngx_uint_t                    items;      /* operations awaiting reply */
+    unsigned                      failed:1;
+};
 
 
 /*
@@ -58,8 +58,6 @@ static ngx_int_t ngx_http_rules_body_events(ngx_http_request_t *r,
 static ngx_int_t ngx_http_rules_send(ngx_http_request_t *r,
     ngx_http_rules_ctx_t *ctx, ngx_http_rules_main_conf_t *rmcf,
     ngx_http_rules_cmd_t *cmd, rules_eventops_t *eo, int64_t now);
-static void ngx_http_rules_reply(void *data, redisReply *reply,
-    ngx_int_t rc);
 static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_timeout(ngx_event_t *ev);
@@ -73,17 +71,6 @@ static ngx_int_t ngx_http_rules_parse_time(ngx_http_request_t *r,
 /* per worker, reused by every event */
 static rules_eventops_t  ngx_http_rules_eo;
 static rules_result_t    ngx_http_rules_event_result;
-
-
-static uint64_t
-ngx_http_rules_now_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 
 /*
@@ -235,7 +222,7 @@ ngx_http_rules_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 {
-    size_t                       i, nf, size, ngroups, sent;
+    size_t                       i, nf, size, sent;
     int64_t                      now;
     ngx_int_t                    rc;
     ngx_time_t                  *tp;
@@ -313,10 +300,8 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         }
     }
 
-    ngroups = rules_ngroups(rs);
     size = sizeof(ngx_http_rules_op_t)
-           + ev.nevents * (sizeof(ngx_http_rules_cmd_t)
-                           + ngroups * sizeof(unsigned));
+           + ev.nevents * sizeof(ngx_http_rules_cmd_t);
 
     op = ngx_alloc(size, r->connection->log);
     if (op == NULL) {
@@ -338,8 +323,8 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
     for (i = 0; i < ev.nevents; i++) {
         cmd = &op->cmds[i];
         cmd->op = op;
-        cmd->groups = (unsigned *) (op->cmds + ev.nevents) + i * ngroups;
-        cmd->ngroups = 0;
+        cmd->items = 0;
+        cmd->failed = 0;
         cmd->status = NGX_HTTP_RULES_STATUS_SKIPPED;
     }
 
@@ -674,97 +659,83 @@ ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
 }
 
 
-/* EVALSHA <sha> numkeys key... now op...: one atomic call per event */
+/*
+ * Queues the event's key operations into the worker's next Redis call;
+ * NGX_ERROR (the event failed) when Redis is not ready or too busy.
+ */
 static ngx_int_t
 ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
     rules_eventops_t *eo, int64_t now)
 {
-    u_char         *p, *nowbuf, *nkeys;
-    size_t          i, n, len, *argvlen;
-    ngx_int_t       rc;
-    const char    **argv;
+    u_char         *p;
+    size_t          i, n, len;
+    rules_str_t     key;
     rules_keyop_t  *ko;
 
     n = eo->nkeyops;
+
+    if (rmcf->redis == NULL
+        || !ngx_http_rules_redis_ready(rmcf->redis)
+        || ngx_http_rules_redis_inflight(rmcf->redis)
+           >= rmcf->redis_conf.max_inflight)
+    {
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
 
     len = 0;
 
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
-        len += rules_state_key_len(ctx->rules, rmcf->key_prefix.len,
-                                   ko->group, ko->key_value.len);
+        len = ngx_max(len, rules_state_key_len(ctx->rules,
+                                               rmcf->key_prefix.len,
+                                               ko->group,
+                                               ko->key_value.len));
     }
 
-    p = ngx_pnalloc(r->pool, len + 2 * NGX_INT64_LEN);
-    argv = ngx_palloc(r->pool, (2 + 2 * n) * sizeof(char *));
-    argvlen = ngx_palloc(r->pool, (2 + 2 * n) * sizeof(size_t));
-
-    if (p == NULL || argv == NULL || argvlen == NULL) {
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;
     }
 
-    nkeys = p;
-    p = ngx_sprintf(p, "%uz", n);
-    argv[0] = (char *) nkeys;
-    argvlen[0] = p - nkeys;
+    cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
+    cmd->op->pending++;
+    ngx_http_rules_metrics_inflight(rmcf, 1);
+
+    /* items are counted first: a failure may answer them at once */
+
+    cmd->items = n + 1;
 
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
-        argv[1 + i] = (char *) p;
-        argvlen[1 + i] = rules_state_key(ctx->rules,
-                                         (char *) rmcf->key_prefix.data,
-                                         rmcf->key_prefix.len, ko->group,
-                                         ko->key_value, p);
-        p += argvlen[1 + i];
-        cmd->groups[i] = ko->group;
+        key.data = p;
+        key.len = rules_state_key(ctx->rules, (char *) rmcf->key_prefix.data,
+                                  rmcf->key_prefix.len, ko->group,
+                                  ko->key_value, p);
+
+        if (ngx_http_rules_batch_add(cmd, ko->group, ko, key, now)
+            != NGX_OK)
+        {
+            ngx_http_rules_item_reply(cmd, ko->group, NULL, 0, NGX_ERROR);
+        }
     }
 
-    cmd->ngroups = n;
-
-    nowbuf = p;
-    p = ngx_sprintf(p, "%L", now);
-    argv[1 + n] = (char *) nowbuf;
-    argvlen[1 + n] = p - nowbuf;
-
-    for (i = 0; i < n; i++) {
-        argv[2 + n + i] = (char *) eo->keyops[i].op;
-        argvlen[2 + n + i] = eo->keyops[i].op_len;
-    }
-
-    cmd->start = ngx_http_rules_now_ns();
-
-    rc = NGX_DECLINED;
-
-    if (rmcf->redis) {
-        rc = ngx_http_rules_redis_evalsha(rmcf->redis, (int) (2 + 2 * n),
-                                          argv, argvlen,
-                                          ngx_http_rules_reply, cmd);
-    }
-
-    if (rc != NGX_OK) {
-        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-        return NGX_ERROR;
-    }
-
-    cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the reply */
-    cmd->op->pending++;
-    ngx_http_rules_metrics_inflight(rmcf, 1);
+    /* the guard */
+    ngx_http_rules_item_reply(cmd, (unsigned) -1, NULL, 0, NGX_OK);
 
     return NGX_OK;
 }
 
 
-static void
-ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
+void
+ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
+    const u_char *digests, size_t len, ngx_int_t rc)
 {
-    ngx_http_rules_cmd_t *cmd = data;
-
-    size_t                       i, j, k;
+    size_t                       i, k;
     ngx_uint_t                   matched;
     rules_set_t                 *rs;
-    redisReply                  *el;
     ngx_http_rules_op_t         *op;
     ngx_http_rules_ctx_t        *ctx;
     const rules_group_t         *g;
@@ -775,40 +746,13 @@ ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
     rmcf = op->rmcf;
     rs = op->rules;
 
-    op->pending--;
-    ngx_http_rules_metrics_inflight(rmcf, -1);
+    if (rc != NGX_OK) {
+        cmd->failed = 1;
 
-    if (rc != NGX_OK || reply == NULL) {
-        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-
-    } else if (reply->type != REDIS_REPLY_ARRAY
-               || reply->elements != cmd->ngroups)
-    {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "rules redis %V: unexpected reply to EVALSHA: %*s",
-                      &rmcf->redis_conf.addr_text,
-                      (size_t) (reply->type == REDIS_REPLY_ERROR
-                                ? reply->len : 0),
-                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-
-    } else {
-        ngx_http_rules_metrics_round_trip(rmcf, (ngx_msec_int_t)
-                               ((ngx_http_rules_now_ns() - cmd->start) / 1000));
-
+    } else if (group != (unsigned) -1 && !cmd->failed) {
         rules_result_clear(&ngx_http_rules_event_result);
-
-        for (i = 0; i < reply->elements; i++) {
-            el = reply->element[i];
-
-            if (el->type == REDIS_REPLY_STRING) {
-                (void) rules_result_add_digests(rs,
-                                          &ngx_http_rules_event_result,
-                                          (unsigned char *) el->str, el->len);
-            }
-        }
-
-        cmd->status = NGX_HTTP_RULES_STATUS_OK;
+        (void) rules_result_add_digests(rs, &ngx_http_rules_event_result,
+                                        digests, len);
 
         /*
          * An answer that reaches its request counts in the per-rule
@@ -822,17 +766,26 @@ ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
                                    ngx_http_rules_event_result.matched[i];
             }
 
-            for (j = 0; j < cmd->ngroups; j++) {
-                g = rules_group(rs, cmd->groups[j]);
+            g = rules_group(rs, group);
 
-                for (k = 0; k < g->nrules; k++) {
-                    matched = rules_result_is_set(
-                                  &ngx_http_rules_event_result, g->rules[k]);
-                    ngx_http_rules_metrics_rule(rmcf, g->rules[k], matched);
-                }
+            for (k = 0; k < g->nrules; k++) {
+                matched = rules_result_is_set(&ngx_http_rules_event_result,
+                                              g->rules[k]);
+                ngx_http_rules_metrics_rule(rmcf, g->rules[k], matched);
             }
         }
     }
+
+    if (--cmd->items) {
+        return;
+    }
+
+    /* the event's last answer */
+
+    cmd->status = cmd->failed ? NGX_HTTP_RULES_STATUS_ERROR
+                              : NGX_HTTP_RULES_STATUS_OK;
+    op->pending--;
+    ngx_http_rules_metrics_inflight(rmcf, -1);
 
     if (ctx == NULL) {
         if (op->orphan) {
@@ -847,7 +800,7 @@ ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
         return;
     }
 
-    if (op->pending == 0 && !ngx_terminate) {
+    if (op->pending == 0 && !ngx_terminate && ctx->waiting) {
         ngx_http_rules_finish(ctx);
         ngx_http_rules_wake(ctx);
     }

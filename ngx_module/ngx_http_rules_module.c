@@ -839,6 +839,8 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    ngx_http_rules_batch_init(rmcf, cycle->log);
+
     return NGX_OK;
 }
 
@@ -854,8 +856,10 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    /* the calls in flight fail first, then those never sent */
     ngx_http_rules_redis_destroy(rmcf->redis);
     rmcf->redis = NULL;
 
+    ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();
 }

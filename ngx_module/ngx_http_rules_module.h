@@ -81,7 +81,8 @@ typedef struct {
 } ngx_http_rules_loc_conf_t;
 
 
-typedef struct ngx_http_rules_op_s  ngx_http_rules_op_t;
+typedef struct ngx_http_rules_op_s   ngx_http_rules_op_t;
+typedef struct ngx_http_rules_cmd_s  ngx_http_rules_cmd_t;
 
 
 typedef struct {
@@ -110,6 +111,29 @@ ngx_int_t ngx_http_rules_handler(ngx_http_request_t *r);
 ngx_http_rules_ctx_t *ngx_http_rules_get_ctx(ngx_http_request_t *r);
 ngx_int_t ngx_http_rules_worker_init(rules_set_t *rs);
 void ngx_http_rules_worker_exit(void);
+/*
+ * The reply to one of an event's key operations: the matched digests
+ * (rc NGX_OK), or none (rc NGX_ERROR: Redis failed).  Called once per
+ * operation queued with ngx_http_rules_batch_add().
+ */
+void ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
+    const u_char *digests, size_t len, ngx_int_t rc);
+
+/* ngx_http_rules_batch.c */
+typedef struct {
+    ngx_uint_t                    calls;          /* EVALSHA sent */
+    ngx_uint_t                    items;          /* items in them */
+    ngx_uint_t                    compactions;    /* done */
+    ngx_uint_t                    compactions_lost; /* raced or failed */
+} ngx_http_rules_batch_stats_t;
+
+void ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
+    ngx_log_t *log);
+/* queues a key operation into the worker's next call to Redis */
+ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
+    unsigned group, const rules_keyop_t *ko, rules_str_t key, int64_t now);
+ngx_http_rules_batch_stats_t *ngx_http_rules_batch_stats(void);
+void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */
 ngx_int_t ngx_http_rules_add_variables(ngx_conf_t *cf);

@@ -175,6 +175,10 @@ typedef struct {
     unsigned char     *op;         /* encoded operation */
     size_t             op_len;
     size_t             op_off;     /* internal: op's offset in the buffer */
+    int64_t            ttl;        /* longest ttl of the op's rules, ms */
+    unsigned           writes:1;   /* the op changes state: it touches a
+                                      rule, or the group has strict
+                                      steps (every event breaks chains) */
 } rules_keyop_t;
 
 

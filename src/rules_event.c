@@ -194,10 +194,13 @@ rules_event_rc_t
 rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     const rules_str_t *values, int64_t now, rules_eventops_t *eo)
 {
+    int64_t               ttl;
+    unsigned              strict;
+    const rules_rule_t   *r;
     const rules_group_t  *g;
     const rules_str_t    *key;
     rules_keyop_t        *ko;
-    size_t                i, j, start;
+    size_t                i, j, start, before;
 
     eo->nkeyops = 0;
     eo->buf_len = 0;
@@ -232,13 +235,22 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         }
 
         start = eo->buf_len;
+        ttl = 0;
+        strict = 0;
 
         for (j = 0; j < g->nrules; j++) {
-            if (rules_event_entry(rs, &rs->rules[g->rules[j]], values, eo)
-                != 0)
-            {
+            r = &rs->rules[g->rules[j]];
+            before = eo->buf_len;
+
+            if (rules_event_entry(rs, r, values, eo) != 0) {
                 return RULES_EVENT_INVALID;
             }
+
+            if (eo->buf_len != before && r->ttl > ttl) {
+                ttl = r->ttl;
+            }
+
+            strict |= r->strict_mask;
         }
 
         ko = &eo->keyops[eo->nkeyops++];
@@ -246,6 +258,8 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         ko->key_value = *key;
         ko->op_off = start;
         ko->op_len = eo->buf_len - start;
+        ko->ttl = ttl;
+        ko->writes = (ko->op_len || strict) ? 1 : 0;
     }
 
     /* the buffer may have moved while it grew */

@@ -105,8 +105,10 @@ SKIP: {
            . " --prefix t061:$$:seq: $dir/events.jsonl > /dev/null") == 0
         or die "rules-replay failed";
 
-    my $par = redis_get("t061:$$:par:{uid:par}");
-    my $seq = redis_get("t061:$$:seq:{uid:par}");
+    # the stored values are logs compacted at different points: compare
+    # the states they fold to
+    my $par = folded_state("$dir/rules.json", "t061:$$:par:{uid:par}");
+    my $seq = folded_state("$dir/rules.json", "t061:$$:seq:{uid:par}");
     ok(length $par, 'parallel state exists');
     is(length $par, length $seq, 'same state size');
     is(strip_expiry($par), strip_expiry($seq),
@@ -116,6 +118,17 @@ SKIP: {
 
 RulesNginx::stop_nginx($ngx);
 done_testing();
+
+sub folded_state {
+    my ($rules_file, $key) = @_;
+    open my $fh, '-|', $replay, '--rules', $rules_file, '--redis',
+        "127.0.0.1:$redis_port", '--state', $key or die "$replay: $!";
+    binmode $fh;
+    local $/;
+    my $state = <$fh> // '';
+    close $fh;
+    return $state;
+}
 
 # GET a key with a raw RESP exchange (binary-safe)
 sub redis_get {

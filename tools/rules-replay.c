@@ -8,7 +8,8 @@
  *
  * Without --redis the state lives in memory (dry runs, verification);
  * with it, each event is applied to Redis with the module's own script
- * call (one EVALSHA over the event's state keys), which rebuilds state.
+ * call (one EVALSHA over the event's state keys: an append to each key's
+ * log, folded here; rules_log.h), which rebuilds state.
  */
 
 #include <errno.h>
@@ -21,6 +22,7 @@
 
 #include "rules_engine.h"
 #include "rules_state.h"
+#include "rules_log.h"
 #include "rules_json_event.h"
 
 
@@ -56,6 +58,9 @@ typedef struct {
     rules_buf_t        matched;
     unsigned char     *keys;
     size_t             keys_size;
+    rules_batch_t      batch;      /* the call being built */
+    rules_batch_t      next;       /* compactions for the next call */
+    rules_log_work_t   work;
 } replay_t;
 
 
@@ -67,7 +72,10 @@ usage(void)
         "                    [--password PW] [--user USER] [--db N]\n"
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
-        "                    [--time-member NAME] [EVENTS.jsonl]\n");
+        "                    [--time-member NAME] [EVENTS.jsonl]\n"
+        "       rules-replay --rules FILE --redis ADDR [auth options] "
+        "--state KEY\n"
+        "                    (prints the key's state, its log folded)\n");
     exit(2);
 }
 
@@ -222,6 +230,20 @@ apply_memory(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 }
 
 
+static void
+swap_batches(replay_t *rp)
+{
+    rules_batch_t  tmp;
+
+    tmp = rp->batch;
+    rp->batch = rp->next;
+    rp->next = tmp;
+}
+
+
+static redisReply *redis_batch(replay_t *rp);
+
+
 static redisReply *
 redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
     size_t *argvlen)
@@ -233,17 +255,109 @@ redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
 }
 
 
+/*
+ * One EVALSHA: the compactions due from earlier replies, then the event's
+ * items (append, or read for a key the event does not change).  Each
+ * item's reply is folded here, with the engine (rules_log.h).
+ */
 static int
 apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 {
-    redisReply   *reply;
-    const char  **argv;
-    size_t       *argvlen, i, n;
-    char          nkeys[32], nowbuf[32];
-    int           argc, rc;
+    redisReply       *reply, *el;
+    rules_keyop_t    *ko;
+    rules_str_t       key;
+    rules_log_info_t  info;
+    size_t            i, first, n;
+    long              item;
+    int               rc;
 
     n = rp->eo.nkeyops;
-    argc = (int) (4 + 2 * n);
+    first = rules_batch_items(&rp->batch);
+
+    for (i = 0; i < n; i++) {
+        ko = &rp->eo.keyops[i];
+        item = rules_batch_add(&rp->batch,
+                               ko->writes ? RULES_ITEM_APPEND : RULES_ITEM_READ,
+                               rp->keys + offs[i], lens[i], now,
+                               (double) ko->ttl, 0, ko->op, ko->op_len);
+
+        if (item < 0) {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            exit(1);
+        }
+    }
+
+    reply = redis_batch(rp);
+
+    if (reply == NULL) {
+        return -1;
+    }
+
+    rc = 0;
+
+    for (i = 0; i < n; i++) {
+        el = reply->element[1 + first + i];
+
+        if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
+            fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+            rc = -1;
+            break;
+        }
+
+        ko = &rp->eo.keyops[i];
+        rp->matched.len = 0;
+
+        if (rules_log_fold(el->type == REDIS_REPLY_STRING
+                           ? (unsigned char *) el->str : NULL,
+                           (size_t) el->len, ko->op, ko->op_len, now,
+                           (int64_t) reply->element[0]->integer,
+                           ko->writes, &rp->work, &rp->matched, &info)
+            != 0)
+        {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            exit(1);
+        }
+
+        rules_result_add_digests(rp->rs, &rp->res, rp->matched.data,
+                                 rp->matched.len);
+
+        if (rules_log_wants_compaction(&info)) {
+            key.data = rp->keys + offs[i];
+            key.len = lens[i];
+
+            if (rules_batch_add(&rp->next, RULES_ITEM_COMPACT, key.data,
+                                key.len, 0, (double) info.gen,
+                                (double) info.length, rp->work.state->data,
+                                rp->work.state->len)
+                < 0)
+            {
+                fprintf(stderr, "rules-replay: out of memory\n");
+                exit(1);
+            }
+        }
+    }
+
+    freeReplyObject(reply);
+
+    /* the compactions go with the next event */
+
+    rules_batch_reset(&rp->batch);
+    swap_batches(rp);
+
+    return rc;
+}
+
+
+/* Sends rp->batch; the reply has its wall time and one element per item. */
+static redisReply *
+redis_batch(replay_t *rp)
+{
+    redisReply   *reply;
+    const char  **argv;
+    size_t       *argvlen, argc;
+    char          nbuf[32];
+
+    argc = 2 + rules_batch_argc(&rp->batch);
     argv = malloc(argc * sizeof(char *));
     argvlen = malloc(argc * sizeof(size_t));
 
@@ -252,28 +366,13 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         exit(1);
     }
 
-    /* EVALSHA sha numkeys key... now op...: the module's call */
+    /* EVALSHA sha numkeys key... item...: the module's call */
 
+    rules_batch_argv(&rp->batch, nbuf, argv + 2, argvlen + 2);
     argv[1] = rules_script_sha1();
     argvlen[1] = 40;
-    argvlen[2] = snprintf(nkeys, sizeof(nkeys), "%zu", n);
-    argv[2] = nkeys;
 
-    for (i = 0; i < n; i++) {
-        argv[3 + i] = (const char *) rp->keys + offs[i];
-        argvlen[3 + i] = lens[i];
-    }
-
-    argvlen[3 + n] = snprintf(nowbuf, sizeof(nowbuf), "%lld",
-                              (long long) now);
-    argv[3 + n] = nowbuf;
-
-    for (i = 0; i < n; i++) {
-        argv[4 + n + i] = (const char *) rp->eo.keyops[i].op;
-        argvlen[4 + n + i] = rp->eo.keyops[i].op_len;
-    }
-
-    reply = redis_eval(rp, "EVALSHA", argc, argv, argvlen);
+    reply = redis_eval(rp, "EVALSHA", (int) argc, argv, argvlen);
 
     if (reply && reply->type == REDIS_REPLY_ERROR
         && strncmp(reply->str, "NOSCRIPT", 8) == 0)
@@ -281,41 +380,58 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         freeReplyObject(reply);
         argv[1] = rules_script_text;
         argvlen[1] = strlen(rules_script_text);
-        reply = redis_eval(rp, "EVAL", argc, argv, argvlen);
-    }
-
-    rc = 0;
-
-    if (reply == NULL) {
-        fprintf(stderr, "rules-replay: redis: %s\n", rp->redis->errstr);
-        rc = -1;
-
-    } else if (reply->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "rules-replay: redis: %s\n", reply->str);
-        rc = -1;
-
-    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n) {
-        fprintf(stderr, "rules-replay: redis: unexpected reply\n");
-        rc = -1;
-
-    } else {
-        for (i = 0; i < n; i++) {
-            if (reply->element[i]->type == REDIS_REPLY_STRING) {
-                rules_result_add_digests(rp->rs, &rp->res,
-                                   (unsigned char *) reply->element[i]->str,
-                                   reply->element[i]->len);
-            }
-        }
-    }
-
-    if (reply) {
-        freeReplyObject(reply);
+        reply = redis_eval(rp, "EVAL", (int) argc, argv, argvlen);
     }
 
     free(argv);
     free(argvlen);
 
-    return rc;
+    if (reply == NULL) {
+        fprintf(stderr, "rules-replay: redis: %s\n", rp->redis->errstr);
+        return NULL;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "rules-replay: redis: %s\n", reply->str);
+        freeReplyObject(reply);
+        return NULL;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 1 + rules_batch_items(&rp->batch)
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+        freeReplyObject(reply);
+        return NULL;
+    }
+
+    return reply;
+}
+
+
+/* The compactions still due, at the end: the stored state is folded. */
+static int
+flush_compactions(replay_t *rp)
+{
+    redisReply  *reply;
+
+    swap_batches(rp);
+
+    if (rules_batch_items(&rp->batch) == 0) {
+        return 0;
+    }
+
+    reply = redis_batch(rp);
+
+    if (reply == NULL) {
+        return -1;
+    }
+
+    freeReplyObject(reply);
+    rules_batch_reset(&rp->batch);
+
+    return 0;
 }
 
 
@@ -489,6 +605,43 @@ redis_connect(const char *addr, const char *user, const char *password,
 }
 
 
+/*
+ * --state KEY: the key's stored state, its log folded (an R1 state,
+ * rules_state.h), raw on stdout; nothing when there is none.
+ */
+static int
+print_state(replay_t *rp, const char *key)
+{
+    redisReply        *reply;
+    rules_log_info_t   info;
+
+    reply = redisCommand(rp->redis, "GET %s", key);
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "rules-replay: redis GET failed: %s\n",
+                reply ? reply->str : rp->redis->errstr);
+        return 1;
+    }
+
+    if (reply->type == REDIS_REPLY_STRING) {
+        if (rules_log_fold((unsigned char *) reply->str, reply->len, NULL, 0,
+                           0, 0, 0, &rp->work, NULL, &info)
+            != 0)
+        {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            return 1;
+        }
+
+        fwrite(rp->work.state->data, 1, rp->work.state->len, stdout);
+    }
+
+    freeReplyObject(reply);
+    rules_log_work_free(&rp->work);
+
+    return 0;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -502,12 +655,13 @@ main(int argc, char **argv)
         { "key-max", required_argument, NULL, 'k' },
         { "value-max", required_argument, NULL, 'v' },
         { "time-member", required_argument, NULL, 't' },
+        { "state", required_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
 
     replay_t     rp;
-    const char  *rules, *redis, *password, *user, *time_member;
+    const char  *rules, *redis, *password, *user, *time_member, *state;
     char         err[RULES_ERR_LEN];
     char        *line;
     size_t       cap;
@@ -521,6 +675,7 @@ main(int argc, char **argv)
     password = NULL;
     user = NULL;
     time_member = "ts";
+    state = NULL;
     db = 0;
 
     memset(&rp, 0, sizeof(rp));
@@ -539,6 +694,7 @@ main(int argc, char **argv)
         case 'k': rp.limits.key_max = strtoul(optarg, NULL, 10); break;
         case 'v': rp.limits.value_max = strtoul(optarg, NULL, 10); break;
         case 't': time_member = optarg; break;
+        case 's': state = optarg; break;
         default: usage();
         }
     }
@@ -567,6 +723,19 @@ main(int argc, char **argv)
 
     } else {
         in = stdin;
+    }
+
+    if (state) {
+        if (redis == NULL) {
+            usage();
+        }
+
+        rp.redis = redis_connect(redis, user, password, db);
+        rc = print_state(&rp, state);
+        redisFree(rp.redis);
+        rules_free(rp.rs);
+
+        return rc;
     }
 
     if (redis) {
@@ -614,6 +783,10 @@ main(int argc, char **argv)
     }
 
     if (rp.redis) {
+        if (rc == 0 && flush_compactions(&rp) != 0) {
+            rc = 1;
+        }
+
         redisFree(rp.redis);
 
     } else {
@@ -624,6 +797,9 @@ main(int argc, char **argv)
     rules_buf_free(&rp.out);
     rules_buf_free(&rp.matched);
     rules_eventops_free(&rp.eo);
+    rules_batch_free(&rp.batch);
+    rules_batch_free(&rp.next);
+    rules_log_work_free(&rp.work);
     rules_result_free(&rp.res);
     rules_free(rp.rs);
 

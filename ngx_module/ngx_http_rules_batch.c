@@ -1,0 +1,484 @@
+/*
+ * The worker's batcher: the key operations of every event a worker
+ * evaluates in one pass of its event loop go to Redis in one EVALSHA,
+ * sent from a posted event once the pass has handled its I/O.  Every
+ * event still waits exactly one round trip, and Redis pays the call's
+ * fixed cost and its read and write once for many events.
+ *
+ * Each item's reply (the key's value before the append) is folded here
+ * with the engine (src/rules_log.h) into the event's matched rules; a
+ * fold that went through a long log queues a compaction into the next
+ * call.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <time.h>
+
+#include "ngx_http_rules_module.h"
+#include "rules_log.h"
+
+
+typedef struct {
+    ngx_http_rules_cmd_t         *cmd;        /* NULL: a compaction */
+    unsigned                      group;
+    unsigned                      appended:1;
+} ngx_http_rules_item_t;
+
+
+typedef struct ngx_http_rules_batch_s  ngx_http_rules_batch_t;
+
+struct ngx_http_rules_batch_s {
+    ngx_http_rules_batch_t       *next;       /* free list */
+    ngx_http_rules_main_conf_t   *rmcf;
+    rules_batch_t                 b;
+    ngx_http_rules_item_t        *items;
+    size_t                        items_size;
+    const char                  **argv;
+    size_t                       *argvlen;
+    size_t                        argv_size;
+    uint64_t                      start;      /* ns, monotonic */
+};
+
+
+typedef struct {
+    ngx_http_rules_main_conf_t   *rmcf;
+    ngx_http_rules_batch_t       *cur;        /* being filled */
+    ngx_http_rules_batch_t       *free;
+    ngx_uint_t                    nfree;
+    ngx_event_t                   flush;
+    rules_log_work_t              work;
+    rules_buf_t                   matched;
+    ngx_http_rules_batch_stats_t  stats;
+} ngx_http_rules_batcher_t;
+
+
+#define NGX_HTTP_RULES_BATCH_FREE_MAX  16
+
+
+static ngx_http_rules_batcher_t  ngx_http_rules_batcher;
+
+
+static void ngx_http_rules_batch_flush_handler(ngx_event_t *ev);
+static void ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch);
+static void ngx_http_rules_batch_reply(void *data, redisReply *reply,
+    ngx_int_t rc);
+static void ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch);
+static void ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch);
+
+
+static uint64_t
+ngx_http_rules_batch_now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+
+void
+ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
+{
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    ngx_memzero(bt, sizeof(ngx_http_rules_batcher_t));
+
+    bt->rmcf = rmcf;
+    bt->flush.handler = ngx_http_rules_batch_flush_handler;
+    bt->flush.data = bt;
+    bt->flush.log = log;
+}
+
+
+static ngx_http_rules_batch_t *
+ngx_http_rules_batch_current(void)
+{
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    if (bt->cur) {
+        return bt->cur;
+    }
+
+    if (bt->free) {
+        batch = bt->free;
+        bt->free = batch->next;
+        bt->nfree--;
+
+    } else {
+        batch = ngx_calloc(sizeof(ngx_http_rules_batch_t), ngx_cycle->log);
+        if (batch == NULL) {
+            return NULL;
+        }
+    }
+
+    batch->next = NULL;
+    batch->rmcf = bt->rmcf;
+    bt->cur = batch;
+
+    return batch;
+}
+
+
+/*
+ * Queues one item; the call goes out at the end of the event loop's pass,
+ * or at once when the batch is full.
+ */
+static ngx_int_t
+ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
+    rules_item_kind_t kind, rules_str_t key, int64_t now, double x,
+    double y, const unsigned char *p, size_t len)
+{
+    long                       item;
+    ngx_http_rules_item_t     *it;
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    batch = ngx_http_rules_batch_current();
+    if (batch == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (rules_batch_items(&batch->b) == batch->items_size) {
+        size_t                  size;
+        ngx_http_rules_item_t  *items;
+
+        size = batch->items_size ? batch->items_size * 2 : 64;
+        items = ngx_alloc(size * sizeof(ngx_http_rules_item_t),
+                          ngx_cycle->log);
+        if (items == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (batch->items) {
+            ngx_memcpy(items, batch->items,
+                       batch->items_size * sizeof(ngx_http_rules_item_t));
+            ngx_free(batch->items);
+        }
+
+        batch->items = items;
+        batch->items_size = size;
+    }
+
+    item = rules_batch_add(&batch->b, kind, key.data, key.len, now, x, y,
+                           p, len);
+    if (item < 0) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "rules: no memory for a Redis call");
+        return NGX_ERROR;
+    }
+
+    it = &batch->items[item];
+    it->cmd = cmd;
+    it->group = group;
+    it->appended = (kind == RULES_ITEM_APPEND);
+
+    if (rules_batch_items(&batch->b) >= RULES_BATCH_MAX_ITEMS
+        || rules_batch_bytes(&batch->b) >= RULES_BATCH_MAX_BYTES)
+    {
+        bt->cur = NULL;
+        ngx_http_rules_batch_send(batch);
+        return NGX_OK;
+    }
+
+    if (!bt->flush.posted) {
+        ngx_post_event(&bt->flush, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
+    const rules_keyop_t *ko, rules_str_t key, int64_t now)
+{
+    return ngx_http_rules_batch_queue(cmd, group,
+                                      ko->writes ? RULES_ITEM_APPEND
+                                                 : RULES_ITEM_READ,
+                                      key, now, (double) ko->ttl, 0,
+                                      ko->op, ko->op_len);
+}
+
+
+static void
+ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
+{
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = ev->data;
+
+    batch = bt->cur;
+    bt->cur = NULL;
+
+    if (batch) {
+        ngx_http_rules_batch_send(batch);
+    }
+}
+
+
+static void
+ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
+{
+    size_t                       argc;
+    ngx_int_t                    rc;
+    ngx_http_rules_main_conf_t  *rmcf;
+    char                         nbuf[32];
+
+    rmcf = batch->rmcf;
+
+    if (rules_batch_items(&batch->b) == 0) {
+        ngx_http_rules_batch_release(batch);
+        return;
+    }
+
+    argc = rules_batch_argc(&batch->b);
+
+    if (argc > batch->argv_size) {
+        if (batch->argv) {
+            ngx_free(batch->argv);
+            ngx_free(batch->argvlen);
+            batch->argv = NULL;
+            batch->argvlen = NULL;
+            batch->argv_size = 0;
+        }
+
+        batch->argv = ngx_alloc(argc * sizeof(char *), ngx_cycle->log);
+        batch->argvlen = ngx_alloc(argc * sizeof(size_t), ngx_cycle->log);
+
+        if (batch->argv == NULL || batch->argvlen == NULL) {
+            ngx_http_rules_batch_fail(batch);
+            return;
+        }
+
+        batch->argv_size = argc;
+    }
+
+    rules_batch_argv(&batch->b, nbuf, batch->argv, batch->argvlen);
+
+    batch->start = ngx_http_rules_batch_now_ns();
+
+    rc = NGX_DECLINED;
+
+    if (rmcf->redis) {
+        rc = ngx_http_rules_redis_evalsha(rmcf->redis, (int) argc,
+                                          batch->argv, batch->argvlen,
+                                          ngx_http_rules_batch_reply, batch);
+    }
+
+    if (rc != NGX_OK) {
+        /* not connected, or too many calls in flight: logged there */
+        ngx_http_rules_batch_fail(batch);
+        return;
+    }
+
+    ngx_http_rules_batcher.stats.calls++;
+    ngx_http_rules_batcher.stats.items += rules_batch_items(&batch->b);
+}
+
+
+static void
+ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
+{
+    ngx_http_rules_batch_t *batch = data;
+
+    size_t                       i, n;
+    int64_t                      wall;
+    redisReply                  *el;
+    rules_str_t                  key, op;
+    rules_log_info_t             info;
+    ngx_http_rules_item_t       *it;
+    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = batch->rmcf;
+    n = rules_batch_items(&batch->b);
+
+    if (rc != NGX_OK || reply == NULL) {
+        ngx_http_rules_batch_fail(batch);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "rules redis %V: unexpected reply to EVALSHA: %*s",
+                      &rmcf->redis_conf.addr_text,
+                      (size_t) (reply->type == REDIS_REPLY_ERROR
+                                ? reply->len : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        ngx_http_rules_batch_fail(batch);
+        return;
+    }
+
+    ngx_http_rules_metrics_round_trip(rmcf, (ngx_msec_int_t)
+                     ((ngx_http_rules_batch_now_ns() - batch->start) / 1000));
+
+    wall = (int64_t) reply->element[0]->integer;
+
+    for (i = 0; i < n; i++) {
+        it = &batch->items[i];
+        el = reply->element[i + 1];
+
+        if (it->cmd == NULL) {
+            if (el->type == REDIS_REPLY_INTEGER && el->integer == 1) {
+                bt->stats.compactions++;
+
+            } else {
+                bt->stats.compactions_lost++;
+            }
+
+            continue;
+        }
+
+        if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
+            ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
+                                      NGX_ERROR);
+            continue;
+        }
+
+        op = rules_batch_op(&batch->b, i);
+        bt->matched.len = 0;
+
+        if (rules_log_fold(el->type == REDIS_REPLY_STRING
+                           ? (u_char *) el->str : NULL,
+                           el->type == REDIS_REPLY_STRING ? el->len : 0,
+                           op.data, op.len, rules_batch_now(&batch->b, i),
+                           wall, it->appended, &bt->work, &bt->matched,
+                           &info)
+            != 0)
+        {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "rules: no memory to fold a key's state");
+            ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
+                                      NGX_ERROR);
+            continue;
+        }
+
+        if (info.damaged) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "rules: damaged state in redis key \"%*s\", "
+                          "kept up to the damage",
+                          rules_batch_key(&batch->b, i).len,
+                          rules_batch_key(&batch->b, i).data);
+        }
+
+        if (rules_log_wants_compaction(&info)) {
+            key = rules_batch_key(&batch->b, i);
+
+            if (ngx_http_rules_batch_queue(NULL, 0, RULES_ITEM_COMPACT, key,
+                                           0, (double) info.gen,
+                                           (double) info.length,
+                                           bt->work.state->data,
+                                           bt->work.state->len)
+                != NGX_OK)
+            {
+                bt->stats.compactions_lost++;
+            }
+        }
+
+        /* may run the request's phases, which may queue new items */
+        ngx_http_rules_item_reply(it->cmd, it->group, bt->matched.data,
+                                  bt->matched.len, NGX_OK);
+    }
+
+    ngx_http_rules_batch_release(batch);
+}
+
+
+static void
+ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch)
+{
+    size_t                  i, n;
+    ngx_http_rules_item_t  *it;
+
+    n = rules_batch_items(&batch->b);
+
+    for (i = 0; i < n; i++) {
+        it = &batch->items[i];
+
+        if (it->cmd) {
+            ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
+                                      NGX_ERROR);
+        }
+    }
+
+    ngx_http_rules_batch_release(batch);
+}
+
+
+static void
+ngx_http_rules_batch_free(ngx_http_rules_batch_t *batch)
+{
+    rules_batch_free(&batch->b);
+
+    if (batch->items) {
+        ngx_free(batch->items);
+    }
+
+    if (batch->argv) {
+        ngx_free(batch->argv);
+        ngx_free(batch->argvlen);
+    }
+
+    ngx_free(batch);
+}
+
+
+static void
+ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch)
+{
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    if (bt->nfree >= NGX_HTTP_RULES_BATCH_FREE_MAX || bt->rmcf == NULL) {
+        ngx_http_rules_batch_free(batch);
+        return;
+    }
+
+    rules_batch_reset(&batch->b);
+    batch->next = bt->free;
+    bt->free = batch;
+    bt->nfree++;
+}
+
+
+ngx_http_rules_batch_stats_t *
+ngx_http_rules_batch_stats(void)
+{
+    return &ngx_http_rules_batcher.stats;
+}
+
+
+/* After the Redis connection is gone: fails what was never sent. */
+void
+ngx_http_rules_batch_exit(void)
+{
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    if (bt->flush.posted) {
+        ngx_delete_posted_event(&bt->flush);
+    }
+
+    batch = bt->cur;
+    bt->cur = NULL;
+    bt->rmcf = NULL;
+
+    if (batch) {
+        ngx_http_rules_batch_fail(batch);
+    }
+
+    while (bt->free) {
+        batch = bt->free;
+        bt->free = batch->next;
+        ngx_http_rules_batch_free(batch);
+    }
+
+    bt->nfree = 0;
+
+    rules_log_work_free(&bt->work);
+    rules_buf_free(&bt->matched);
+}

@@ -1,0 +1,524 @@
+/*
+ * R2 values: folding a key's log over its snapshot, and the items of
+ * one EVALSHA of the state script.  rules_log.h documents the format.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_internal.h"
+#include "rules_log.h"
+
+
+typedef struct {
+    const unsigned char  *snap;
+    size_t                snap_len;
+    const unsigned char  *log;
+    size_t                log_len;
+    uint32_t              gen;
+} rules_value_t;
+
+
+/* 1 and the parts when value is an R2 value with a whole snapshot. */
+static int
+rules_value_parse(const unsigned char *value, size_t len, rules_value_t *v)
+{
+    size_t  snap_len;
+
+    if (value == NULL || len < RULES_VALUE_HEADER_LEN
+        || memcmp(value, RULES_VALUE_MAGIC, 2) != 0)
+    {
+        return 0;
+    }
+
+    snap_len = rules_get_u32(value + 14);
+
+    if (snap_len > len - RULES_VALUE_HEADER_LEN) {
+        return 0;
+    }
+
+    v->gen = rules_get_u32(value + 2);
+    v->snap = value + RULES_VALUE_HEADER_LEN;
+    v->snap_len = snap_len;
+    v->log = v->snap + snap_len;
+    v->log_len = len - RULES_VALUE_HEADER_LEN - snap_len;
+
+    return 1;
+}
+
+
+/*
+ * The next entry of a log; 1 when there is a well-formed one, 0 at the
+ * end, -1 when the rest is damaged.
+ */
+static int
+rules_log_next(const unsigned char **p, const unsigned char *end,
+    int64_t *now, int64_t *wall, const unsigned char **op, size_t *op_len)
+{
+    size_t   len;
+    double   w, n;
+
+    if (*p == end) {
+        return 0;
+    }
+
+    if ((size_t) (end - *p) < RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN) {
+        return -1;
+    }
+
+    w = rules_get_f64(*p);
+    n = rules_get_f64(*p + 8);
+    len = rules_get_u32(*p + 16);
+
+    if (!(w >= 0 && w <= (double) RULES_MAX_TS_MS)
+        || !(n >= 0 && n <= (double) RULES_MAX_TS_MS)
+        || len > (size_t) (end - *p) - 20)
+    {
+        return -1;
+    }
+
+    *wall = (int64_t) w;
+    *now = (int64_t) n;
+    *op = *p + 20;
+    *op_len = len;
+    *p += 20 + len;
+
+    return 1;
+}
+
+
+/* Applies one op to w->state, the result becomes w->state. */
+static int
+rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
+    int64_t now, int64_t wall, rules_buf_t *matched)
+{
+    int           changed;
+    int64_t       pttl;
+    rules_buf_t  *out;
+
+    out = (w->state == &w->a) ? &w->b : &w->a;
+
+    if (rules_state_apply(w->state->data, w->state->len, op, op_len, now,
+                          wall, out, &changed, &pttl, matched)
+        != 0)
+    {
+        /* a malformed op (or no memory): the state stays as it was */
+        return 0;
+    }
+
+    w->state = out;
+
+    return 0;
+}
+
+
+int
+rules_log_fold(const unsigned char *value, size_t value_len,
+    const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
+    int appended, rules_log_work_t *w, rules_buf_t *matched,
+    rules_log_info_t *info)
+{
+    int                   rc;
+    int64_t               enow, ewall;
+    size_t                eop_len;
+    rules_value_t         v;
+    const unsigned char  *p, *end, *eop;
+
+    memset(info, 0, sizeof(rules_log_info_t));
+
+    w->a.len = 0;
+    w->b.len = 0;
+    w->state = &w->a;
+
+    if (rules_value_parse(value, value_len, &v)) {
+        info->r2 = 1;
+        info->gen = v.gen;
+        info->length = value_len;
+
+        if (rules_buf_append(&w->a, v.snap, v.snap_len) != 0) {
+            return -1;
+        }
+
+        p = v.log;
+        end = v.log + v.log_len;
+
+        for ( ;; ) {
+            rc = rules_log_next(&p, end, &enow, &ewall, &eop, &eop_len);
+
+            if (rc == 0) {
+                break;
+            }
+
+            if (rc < 0) {
+                info->damaged = 1;
+                break;
+            }
+
+            w->scratch.len = 0;
+
+            if (rules_log_apply(w, eop, eop_len, enow, ewall, &w->scratch)
+                != 0)
+            {
+                return -1;
+            }
+
+            info->entries++;
+        }
+
+    } else {
+        /* none, or not R2: the script makes it the snapshot of a new one */
+        if (value && rules_buf_append(&w->a, value, value_len) != 0) {
+            return -1;
+        }
+
+        if (appended) {
+            info->r2 = 1;
+            info->gen = (uint32_t) ((uint64_t) wall & 0xffffffff);
+            info->length = RULES_VALUE_HEADER_LEN + (value ? value_len : 0);
+        }
+    }
+
+    if (op == NULL) {
+        /* the stored state as it is */
+        return 0;
+    }
+
+    if (appended) {
+        info->length += RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN
+                        + op_len;
+        info->entries++;
+    }
+
+    return rules_log_apply(w, op, op_len, now, wall, matched);
+}
+
+
+int
+rules_log_wants_compaction(const rules_log_info_t *info)
+{
+    if (!info->r2) {
+        return 0;
+    }
+
+    return info->damaged
+           || info->entries >= RULES_LOG_COMPACT_ENTRIES
+           || (info->entries >= 2 && info->length >= RULES_LOG_COMPACT_BYTES);
+}
+
+
+int
+rules_log_validate(const unsigned char *value, size_t value_len)
+{
+    int                   rc;
+    int64_t               now, wall;
+    size_t                op_len;
+    rules_value_t         v;
+    const unsigned char  *p, *op;
+
+    if (!rules_value_parse(value, value_len, &v)) {
+        return -1;
+    }
+
+    if (v.snap_len && rules_state_validate(v.snap, v.snap_len) != 0) {
+        return -1;
+    }
+
+    p = v.log;
+
+    while ((rc = rules_log_next(&p, v.log + v.log_len, &now, &wall, &op,
+                                &op_len))
+           > 0)
+    {
+        /* nothing */
+    }
+
+    return rc;
+}
+
+
+void
+rules_log_work_free(rules_log_work_t *w)
+{
+    rules_buf_free(&w->a);
+    rules_buf_free(&w->b);
+    rules_buf_free(&w->scratch);
+    w->state = NULL;
+}
+
+
+/* ---- the items of one call ------------------------------------------ */
+
+
+static int
+rules_batch_grow(size_t **a, size_t **b, size_t *size, size_t n)
+{
+    size_t  *na, *nb, ns;
+
+    if (n < *size) {
+        return 0;
+    }
+
+    ns = *size ? *size * 2 : 64;
+
+    na = realloc(*a, ns * sizeof(size_t));
+    if (na == NULL) {
+        return -1;
+    }
+
+    *a = na;
+
+    nb = realloc(*b, ns * sizeof(size_t));
+    if (nb == NULL) {
+        return -1;
+    }
+
+    *b = nb;
+    *size = ns;
+
+    return 0;
+}
+
+
+static int
+rules_batch_rehash(rules_batch_t *b, size_t size)
+{
+    size_t     i, h;
+    uint32_t  *t;
+
+    t = calloc(size, sizeof(uint32_t));
+    if (t == NULL) {
+        return -1;
+    }
+
+    for (i = 0; i < b->nkeys; i++) {
+        h = rules_hash64(b->data.data + b->key_off[i], b->key_len[i], 0);
+
+        for (h &= size - 1; t[h]; h = (h + 1) & (size - 1)) { /* void */ }
+
+        t[h] = (uint32_t) i + 1;
+    }
+
+    free(b->table);
+    b->table = t;
+    b->table_size = size;
+
+    return 0;
+}
+
+
+/* The 1-based index of the key in KEYS, added when new; 0: no memory. */
+static size_t
+rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
+    size_t key_len)
+{
+    size_t    h, i, off;
+    uint64_t  hash;
+
+    if (2 * (b->nkeys + 1) > b->table_size
+        && rules_batch_rehash(b, b->table_size ? b->table_size * 2 : 64)
+           != 0)
+    {
+        return 0;
+    }
+
+    hash = rules_hash64(key, key_len, 0);
+
+    for (h = hash & (b->table_size - 1); b->table[h];
+         h = (h + 1) & (b->table_size - 1))
+    {
+        i = b->table[h] - 1;
+
+        if (b->key_len[i] == key_len
+            && memcmp(b->data.data + b->key_off[i], key, key_len) == 0)
+        {
+            return i + 1;
+        }
+    }
+
+    if (rules_batch_grow(&b->key_off, &b->key_len, &b->keys_size, b->nkeys)
+        != 0)
+    {
+        return 0;
+    }
+
+    off = b->data.len;
+
+    if (rules_buf_append(&b->data, key, key_len) != 0) {
+        return 0;
+    }
+
+    b->key_off[b->nkeys] = off;
+    b->key_len[b->nkeys] = key_len;
+    b->table[h] = (uint32_t) ++b->nkeys;
+
+    return b->nkeys;
+}
+
+
+long
+rules_batch_add(rules_batch_t *b, rules_item_kind_t kind,
+    const unsigned char *key, size_t key_len, int64_t now, double x,
+    double y, const unsigned char *p, size_t len)
+{
+    size_t         k, off;
+    unsigned char  meta[RULES_META_LEN], body[RULES_BODY_HEADER_LEN];
+
+    if (len > 0xffffffff) {
+        return -1;
+    }
+
+    k = rules_batch_key_index(b, key, key_len);
+
+    if (k == 0
+        || rules_batch_grow(&b->arg_off, &b->arg_len, &b->args_size,
+                            b->nargs + 1)
+           != 0)
+    {
+        return -1;
+    }
+
+    meta[0] = (unsigned char) kind;
+    rules_put_u16(meta + 1, (unsigned) k);
+    rules_put_f64(meta + 3, x);
+    rules_put_f64(meta + 11, y);
+
+    off = b->data.len;
+
+    if (rules_buf_append(&b->data, meta, RULES_META_LEN) != 0) {
+        return -1;
+    }
+
+    b->arg_off[b->nargs] = off;
+    b->arg_len[b->nargs] = RULES_META_LEN;
+
+    off = b->data.len;
+
+    if (kind != RULES_ITEM_COMPACT) {
+        rules_put_f64(body, (double) now);
+        rules_put_u32(body + 8, (uint32_t) len);
+
+        if (rules_buf_append(&b->data, body, RULES_BODY_HEADER_LEN) != 0) {
+            return -1;
+        }
+    }
+
+    if (rules_buf_append(&b->data, p, len) != 0) {
+        return -1;
+    }
+
+    b->arg_off[b->nargs + 1] = off;
+    b->arg_len[b->nargs + 1] = b->data.len - off;
+    b->nargs += 2;
+
+    return (long) (b->nargs / 2 - 1);
+}
+
+
+size_t
+rules_batch_items(const rules_batch_t *b)
+{
+    return b->nargs / 2;
+}
+
+
+size_t
+rules_batch_bytes(const rules_batch_t *b)
+{
+    return b->data.len;
+}
+
+
+rules_str_t
+rules_batch_key(const rules_batch_t *b, size_t item)
+{
+    rules_str_t           s;
+    const unsigned char  *meta;
+
+    meta = b->data.data + b->arg_off[2 * item];
+    s.data = b->data.data + b->key_off[rules_get_u16(meta + 1) - 1];
+    s.len = b->key_len[rules_get_u16(meta + 1) - 1];
+
+    return s;
+}
+
+
+rules_str_t
+rules_batch_op(const rules_batch_t *b, size_t item)
+{
+    rules_str_t           s;
+    const unsigned char  *meta;
+
+    meta = b->data.data + b->arg_off[2 * item];
+    s.data = b->data.data + b->arg_off[2 * item + 1];
+    s.len = b->arg_len[2 * item + 1];
+
+    if (meta[0] != RULES_ITEM_COMPACT) {
+        s.data += RULES_BODY_HEADER_LEN;
+        s.len -= RULES_BODY_HEADER_LEN;
+    }
+
+    return s;
+}
+
+
+int64_t
+rules_batch_now(const rules_batch_t *b, size_t item)
+{
+    return (int64_t) rules_get_f64(b->data.data + b->arg_off[2 * item + 1]);
+}
+
+
+size_t
+rules_batch_argc(const rules_batch_t *b)
+{
+    return 1 + b->nkeys + b->nargs;
+}
+
+
+void
+rules_batch_argv(const rules_batch_t *b, char nbuf[32], const char **argv,
+    size_t *argvlen)
+{
+    size_t  i, n;
+
+    argvlen[0] = (size_t) snprintf(nbuf, 32, "%zu", b->nkeys);
+    argv[0] = nbuf;
+    n = 1;
+
+    for (i = 0; i < b->nkeys; i++, n++) {
+        argv[n] = (const char *) b->data.data + b->key_off[i];
+        argvlen[n] = b->key_len[i];
+    }
+
+    for (i = 0; i < b->nargs; i++, n++) {
+        argv[n] = (const char *) b->data.data + b->arg_off[i];
+        argvlen[n] = b->arg_len[i];
+    }
+}
+
+
+void
+rules_batch_reset(rules_batch_t *b)
+{
+    b->data.len = 0;
+    b->nkeys = 0;
+    b->nargs = 0;
+
+    if (b->table) {
+        memset(b->table, 0, b->table_size * sizeof(uint32_t));
+    }
+}
+
+
+void
+rules_batch_free(rules_batch_t *b)
+{
+    rules_buf_free(&b->data);
+    free(b->key_off);
+    free(b->key_len);
+    free(b->arg_off);
+    free(b->arg_len);
+    free(b->table);
+    memset(b, 0, sizeof(rules_batch_t));
+}
