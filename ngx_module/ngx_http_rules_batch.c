@@ -18,12 +18,16 @@
 
 #include "ngx_http_rules_module.h"
 #include "rules_log.h"
+#include "rules_cache.h"
 
 
 typedef struct {
     ngx_http_rules_cmd_t         *cmd;        /* NULL: a compaction */
     unsigned                      group;
-    unsigned                      appended:1;
+    size_t                        matched;    /* write: offset of the
+                                                 digests it will match,
+                                                 in batch->matched */
+    size_t                        nmatched;
 } ngx_http_rules_item_t;
 
 
@@ -33,6 +37,7 @@ struct ngx_http_rules_batch_s {
     ngx_http_rules_batch_t       *next;       /* free list */
     ngx_http_rules_main_conf_t   *rmcf;
     rules_batch_t                 b;
+    rules_buf_t                   matched;    /* of the write items */
     ngx_http_rules_item_t        *items;
     size_t                        items_size;
     const char                  **argv;
@@ -50,6 +55,7 @@ typedef struct {
     ngx_event_t                   flush;
     rules_log_work_t              work;
     rules_buf_t                   matched;
+    rules_cache_t                *cache;      /* folded states */
     ngx_http_rules_batch_stats_t  stats;
 } ngx_http_rules_batcher_t;
 
@@ -79,7 +85,7 @@ ngx_http_rules_batch_now_ns(void)
 }
 
 
-void
+ngx_int_t
 ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
 {
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
@@ -90,6 +96,16 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
     bt->flush.handler = ngx_http_rules_batch_flush_handler;
     bt->flush.data = bt;
     bt->flush.log = log;
+
+    bt->cache = rules_cache_create(rmcf->state_cache_size);
+
+    if (bt->cache == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "rules: no memory for the state cache");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -129,8 +145,7 @@ ngx_http_rules_batch_current(void)
  */
 static ngx_int_t
 ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
-    rules_item_kind_t kind, rules_str_t key, int64_t now, double x,
-    double y, const unsigned char *p, size_t len)
+    rules_str_t key, const rules_item_t *ri, const rules_buf_t *matched)
 {
     long                       item;
     ngx_http_rules_item_t     *it;
@@ -163,8 +178,7 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
         batch->items_size = size;
     }
 
-    item = rules_batch_add(&batch->b, kind, key.data, key.len, now, x, y,
-                           p, len);
+    item = rules_batch_add(&batch->b, key.data, key.len, ri);
     if (item < 0) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "rules: no memory for a Redis call");
@@ -174,7 +188,21 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     it = &batch->items[item];
     it->cmd = cmd;
     it->group = group;
-    it->appended = (kind == RULES_ITEM_APPEND);
+    it->matched = batch->matched.len;
+    it->nmatched = 0;
+
+    if (matched && matched->len) {
+        if (rules_buf_append(&batch->matched, matched->data, matched->len)
+            != 0)
+        {
+            /* the item is in the call: answer it as failed */
+            it->cmd = NULL;
+            ngx_http_rules_item_reply(cmd, group, NULL, 0, NGX_ERROR);
+            return NGX_OK;
+        }
+
+        it->nmatched = matched->len;
+    }
 
     if (rules_batch_items(&batch->b) >= RULES_BATCH_MAX_ITEMS
         || rules_batch_bytes(&batch->b) >= RULES_BATCH_MAX_BYTES)
@@ -196,11 +224,25 @@ ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     const rules_keyop_t *ko, rules_str_t key, int64_t now)
 {
-    return ngx_http_rules_batch_queue(cmd, group,
-                                      ko->writes ? RULES_ITEM_APPEND
-                                                 : RULES_ITEM_READ,
-                                      key, now, (double) ko->ttl, 0,
-                                      ko->op, ko->op_len);
+    ngx_time_t                *tp;
+    rules_item_t               ri;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    tp = ngx_timeofday();
+
+    if (rules_log_plan(bt->cache, key.data, key.len, ko, now,
+                       (int64_t) tp->sec * 1000 + tp->msec, &bt->work,
+                       &bt->matched, &ri)
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "rules: no memory for the state cache");
+        return NGX_ERROR;
+    }
+
+    return ngx_http_rules_batch_queue(cmd, group, key, &ri,
+                                      RULES_ITEM_COMPUTED(ri.kind)
+                                      ? &bt->matched : NULL);
 }
 
 
@@ -287,8 +329,8 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     size_t                       i, n;
     int64_t                      wall;
     redisReply                  *el;
-    rules_str_t                  key, op;
-    rules_log_info_t             info;
+    rules_str_t                  key;
+    rules_item_t                 ri, compact;
     ngx_http_rules_item_t       *it;
     ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
     ngx_http_rules_main_conf_t  *rmcf;
@@ -322,8 +364,9 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     for (i = 0; i < n; i++) {
         it = &batch->items[i];
         el = reply->element[i + 1];
+        rules_batch_item(&batch->b, i, &key, &ri);
 
-        if (it->cmd == NULL) {
+        if (ri.kind == RULES_ITEM_COMPACT) {
             if (el->type == REDIS_REPLY_INTEGER && el->integer == 1) {
                 bt->stats.compactions++;
 
@@ -334,55 +377,67 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             continue;
         }
 
-        if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
-            ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
-                                      NGX_ERROR);
+        if (RULES_ITEM_COMPUTED(ri.kind) && el->type == REDIS_REPLY_INTEGER
+            && el->integer == 1)
+        {
+            /* the state computed when the event was queued is stored */
+            bt->stats.writes++;
+
+            if (it->cmd) {
+                ngx_http_rules_item_reply(it->cmd, it->group,
+                                          batch->matched.data + it->matched,
+                                          it->nmatched, NGX_OK);
+            }
+
             continue;
         }
 
-        op = rules_batch_op(&batch->b, i);
-        bt->matched.len = 0;
+        if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
+            rules_cache_del(bt->cache, key.data, key.len);
 
-        if (rules_log_fold(el->type == REDIS_REPLY_STRING
-                           ? (u_char *) el->str : NULL,
-                           el->type == REDIS_REPLY_STRING ? el->len : 0,
-                           op.data, op.len, rules_batch_now(&batch->b, i),
-                           wall, it->appended, &bt->work, &bt->matched,
-                           &info)
+            if (it->cmd) {
+                ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
+                                          NGX_ERROR);
+            }
+
+            continue;
+        }
+
+        if (RULES_ITEM_COMPUTED(ri.kind)) {
+            bt->stats.write_fallbacks++;
+        }
+
+        if (rules_log_reply(bt->cache, key, &ri,
+                            el->type == REDIS_REPLY_STRING
+                            ? (u_char *) el->str : NULL,
+                            el->type == REDIS_REPLY_STRING ? el->len : 0,
+                            wall, &bt->work, &bt->matched, &compact)
             != 0)
         {
             ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                           "rules: no memory to fold a key's state");
-            ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
-                                      NGX_ERROR);
+
+            if (it->cmd) {
+                ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
+                                          NGX_ERROR);
+            }
+
             continue;
         }
 
-        if (info.damaged) {
-            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "rules: damaged state in redis key \"%*s\", "
-                          "kept up to the damage",
-                          rules_batch_key(&batch->b, i).len,
-                          rules_batch_key(&batch->b, i).data);
-        }
-
-        if (rules_log_wants_compaction(&info)) {
-            key = rules_batch_key(&batch->b, i);
-
-            if (ngx_http_rules_batch_queue(NULL, 0, RULES_ITEM_COMPACT, key,
-                                           0, (double) info.gen,
-                                           (double) info.length,
-                                           bt->work.state->data,
-                                           bt->work.state->len)
-                != NGX_OK)
-            {
-                bt->stats.compactions_lost++;
-            }
+        if (compact.kind
+            && ngx_http_rules_batch_queue(NULL, 0, key, &compact, NULL)
+               != NGX_OK)
+        {
+            bt->stats.compactions_lost++;
         }
 
         /* may run the request's phases, which may queue new items */
-        ngx_http_rules_item_reply(it->cmd, it->group, bt->matched.data,
-                                  bt->matched.len, NGX_OK);
+
+        if (it->cmd) {
+            ngx_http_rules_item_reply(it->cmd, it->group, bt->matched.data,
+                                      bt->matched.len, NGX_OK);
+        }
     }
 
     ngx_http_rules_batch_release(batch);
@@ -392,13 +447,20 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
 static void
 ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch)
 {
-    size_t                  i, n;
-    ngx_http_rules_item_t  *it;
+    size_t                     i, n;
+    rules_str_t                key;
+    rules_item_t               ri;
+    ngx_http_rules_item_t     *it;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
     n = rules_batch_items(&batch->b);
 
     for (i = 0; i < n; i++) {
         it = &batch->items[i];
+
+        /* the cache took states that may not be stored */
+        rules_batch_item(&batch->b, i, &key, &ri);
+        rules_cache_del(bt->cache, key.data, key.len);
 
         if (it->cmd) {
             ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
@@ -414,6 +476,7 @@ static void
 ngx_http_rules_batch_free(ngx_http_rules_batch_t *batch)
 {
     rules_batch_free(&batch->b);
+    rules_buf_free(&batch->matched);
 
     if (batch->items) {
         ngx_free(batch->items);
@@ -439,6 +502,7 @@ ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch)
     }
 
     rules_batch_reset(&batch->b);
+    batch->matched.len = 0;
     batch->next = bt->free;
     bt->free = batch;
     bt->nfree++;
@@ -481,4 +545,6 @@ ngx_http_rules_batch_exit(void)
 
     rules_log_work_free(&bt->work);
     rules_buf_free(&bt->matched);
+    rules_cache_free(bt->cache);
+    bt->cache = NULL;
 }

@@ -116,6 +116,13 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       offsetof(ngx_http_rules_main_conf_t, limits.value_max),
       &ngx_http_rules_key_max_bounds },
 
+    { ngx_string("rules_state_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, state_cache_size),
+      NULL },
+
     { ngx_string("rules"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -279,6 +286,7 @@ ngx_http_rules_create_main_conf(ngx_conf_t *cf)
     rmcf->redis_conf.max_inflight = NGX_CONF_UNSET_UINT;
     rmcf->limits.key_max = NGX_CONF_UNSET_SIZE;
     rmcf->limits.value_max = NGX_CONF_UNSET_SIZE;
+    rmcf->state_cache_size = NGX_CONF_UNSET_SIZE;
 
     return rmcf;
 }
@@ -297,6 +305,8 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(rmcf->limits.key_max, RULES_DEFAULT_KEY_MAX);
     ngx_conf_init_size_value(rmcf->limits.value_max,
                              RULES_DEFAULT_VALUE_MAX);
+    ngx_conf_init_size_value(rmcf->state_cache_size,
+                             NGX_HTTP_RULES_STATE_CACHE_SIZE);
 
     rmcf->redis_conf.reply_timeout = ngx_max(NGX_HTTP_RULES_REPLY_TIMEOUT,
                                              rmcf->timeout);
@@ -839,9 +849,7 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    ngx_http_rules_batch_init(rmcf, cycle->log);
-
-    return NGX_OK;
+    return ngx_http_rules_batch_init(rmcf, cycle->log);
 }
 
 

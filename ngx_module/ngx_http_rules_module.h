@@ -24,6 +24,7 @@
 #define NGX_HTTP_RULES_MAX_BODY_SIZE     (64 * 1024)
 #define NGX_HTTP_RULES_MAX_EVENTS        100
 #define NGX_HTTP_RULES_METRICS_ZONE_SIZE (1024 * 1024)
+#define NGX_HTTP_RULES_STATE_CACHE_SIZE  (32 * 1024 * 1024)
 
 
 typedef enum {
@@ -51,6 +52,7 @@ typedef struct {
 
     ngx_str_t                     key_prefix;
     rules_limits_t                limits;
+    size_t                        state_cache_size;
 
     ngx_shm_zone_t               *metrics_zone;
 
@@ -125,9 +127,12 @@ typedef struct {
     ngx_uint_t                    items;          /* items in them */
     ngx_uint_t                    compactions;    /* done */
     ngx_uint_t                    compactions_lost; /* raced or failed */
+    ngx_uint_t                    writes;         /* states written whole */
+    ngx_uint_t                    write_fallbacks; /* value had changed:
+                                                     appended instead */
 } ngx_http_rules_batch_stats_t;
 
-void ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
+ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
     ngx_log_t *log);
 /* queues a key operation into the worker's next call to Redis */
 ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,

@@ -7,7 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+#include <unistd.h>
+
 #include "rules_internal.h"
+#include "rules_cache.h"
 #include "rules_log.h"
 
 
@@ -16,7 +20,7 @@ typedef struct {
     size_t                snap_len;
     const unsigned char  *log;
     size_t                log_len;
-    uint32_t              gen;
+    double                gen;
 } rules_value_t;
 
 
@@ -32,13 +36,13 @@ rules_value_parse(const unsigned char *value, size_t len, rules_value_t *v)
         return 0;
     }
 
-    snap_len = rules_get_u32(value + 14);
+    snap_len = rules_get_u32(value + 18);
 
     if (snap_len > len - RULES_VALUE_HEADER_LEN) {
         return 0;
     }
 
-    v->gen = rules_get_u32(value + 2);
+    v->gen = rules_get_f64(value + 2);
     v->snap = value + RULES_VALUE_HEADER_LEN;
     v->snap_len = snap_len;
     v->log = v->snap + snap_len;
@@ -116,7 +120,7 @@ rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
 int
 rules_log_fold(const unsigned char *value, size_t value_len,
     const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
-    int appended, rules_log_work_t *w, rules_buf_t *matched,
+    int appended, double newgen, rules_log_work_t *w, rules_buf_t *matched,
     rules_log_info_t *info)
 {
     int                   rc;
@@ -174,7 +178,7 @@ rules_log_fold(const unsigned char *value, size_t value_len,
 
         if (appended) {
             info->r2 = 1;
-            info->gen = (uint32_t) ((uint64_t) wall & 0xffffffff);
+            info->gen = newgen;
             info->length = RULES_VALUE_HEADER_LEN + (value ? value_len : 0);
         }
     }
@@ -244,6 +248,187 @@ rules_log_work_free(rules_log_work_t *w)
     rules_buf_free(&w->b);
     rules_buf_free(&w->scratch);
     w->state = NULL;
+}
+
+
+double
+rules_log_newgen(void)
+{
+    static uint64_t  x;
+
+    if (x == 0) {
+        x = (uint64_t) time(NULL) * 0x9e3779b97f4a7c15ULL
+            ^ ((uint64_t) getpid() << 32) ^ (uint64_t) (uintptr_t) &x;
+        x |= 1;
+    }
+
+    /* xorshift64* */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+
+    return (double) ((x * 0x2545f4914f6cdd1dULL) >> 12);
+}
+
+
+/* ---- planning an event's items and reading their replies ------------ */
+
+
+int
+rules_log_plan(rules_cache_t *cache, const unsigned char *key,
+    size_t key_len, const rules_keyop_t *ko, int64_t now, int64_t wall,
+    rules_log_work_t *w, rules_buf_t *matched, rules_item_t *item)
+{
+    int           changed;
+    double        gen, stamp;
+    size_t        length;
+    int64_t       pttl;
+    rules_str_t   cached;
+    rules_buf_t  *out, *v;
+
+    memset(item, 0, sizeof(rules_item_t));
+    item->now = now;
+    item->ttl = (double) ko->ttl;
+    item->op = ko->op;
+    item->op_len = ko->op_len;
+    item->newgen = rules_log_newgen();
+
+    if (!ko->writes) {
+        item->kind = RULES_ITEM_READ;
+        return 0;
+    }
+
+    if (rules_cache_get(cache, key, key_len, &gen, &length, &stamp,
+                        &cached))
+    {
+        item->kind = RULES_ITEM_WRITE;
+        item->gen = gen;
+        item->length = (double) length;
+
+    } else {
+        /* a guess that the key has no value: right for new keys */
+        item->kind = RULES_ITEM_CREATE;
+        cached.data = NULL;
+        cached.len = 0;
+        stamp = 0;
+    }
+
+    /* the next state, computed here */
+
+    out = &w->a;
+    w->state = out;
+    matched->len = 0;
+
+    if (rules_state_apply(cached.data, cached.len, ko->op, ko->op_len, now,
+                          wall, out, &changed, &pttl, matched)
+        != 0)
+    {
+        /* a cached state that does not parse: ask for the value */
+        rules_cache_del(cache, key, key_len);
+        item->kind = RULES_ITEM_APPEND;
+        matched->len = 0;
+        return 0;
+    }
+
+    /*
+     * The TTL must reach the longest record's expiry: kept when the key's
+     * reaches it already, else set a quarter beyond it.
+     */
+
+    if (pttl < 1) {
+        pttl = 1;
+    }
+
+    if (item->kind == RULES_ITEM_WRITE && stamp >= (double) (wall + pttl)) {
+        item->pttl = 0;
+
+    } else {
+        pttl += pttl / 4;
+        item->pttl = (double) pttl;
+        stamp = (double) (wall + pttl);
+    }
+
+    v = &w->b;
+    v->len = 0;
+
+    if (rules_buf_reserve(v, RULES_VALUE_HEADER_LEN + out->len) != 0) {
+        return -1;
+    }
+
+    memcpy(v->data, RULES_VALUE_MAGIC, 2);
+    rules_put_f64(v->data + 2, item->newgen);
+    rules_put_f64(v->data + 10, stamp);
+    rules_put_u32(v->data + 18, (uint32_t) out->len);
+
+    if (out->len) {
+        memcpy(v->data + RULES_VALUE_HEADER_LEN, out->data, out->len);
+    }
+
+    v->len = RULES_VALUE_HEADER_LEN + out->len;
+
+    item->state = v->data;
+    item->state_len = v->len;
+
+    /* optimistic: the next event of the key chains on it */
+
+    return rules_cache_put(cache, key, key_len, item->newgen, v->len, stamp,
+                           out->data, out->len);
+}
+
+
+int
+rules_log_reply(rules_cache_t *cache, rules_str_t key,
+    const rules_item_t *item, const unsigned char *value, size_t value_len,
+    int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
+    rules_item_t *compact)
+{
+    int               appended;
+    rules_log_info_t  info;
+
+    compact->kind = 0;
+    appended = (item->kind != RULES_ITEM_READ);
+    matched->len = 0;
+
+    if (rules_log_fold(value, value_len, item->op, item->op_len, item->now,
+                       wall, appended, item->newgen, w, matched, &info)
+        != 0)
+    {
+        rules_cache_del(cache, key.data, key.len);
+        return -1;
+    }
+
+    if (!info.r2 || info.damaged) {
+        rules_cache_del(cache, key.data, key.len);
+
+    } else if (rules_cache_put(cache, key.data, key.len, info.gen,
+                               info.length, 0, w->state->data,
+                               w->state->len)
+               != 0)
+    {
+        return -1;
+    }
+
+    if (rules_log_wants_compaction(&info)) {
+        memset(compact, 0, sizeof(rules_item_t));
+        compact->kind = RULES_ITEM_COMPACT;
+        compact->gen = info.gen;
+        compact->length = (double) info.length;
+        compact->newgen = rules_log_newgen();
+        compact->state = w->state->data;
+        compact->state_len = w->state->len;
+
+        /* optimistic, as for a write: a tail appended since fails it */
+
+        if (rules_cache_put(cache, key.data, key.len, compact->newgen,
+                            RULES_VALUE_HEADER_LEN + w->state->len, 0,
+                            w->state->data, w->state->len)
+            != 0)
+        {
+            return -1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -357,14 +542,13 @@ rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
 
 
 long
-rules_batch_add(rules_batch_t *b, rules_item_kind_t kind,
-    const unsigned char *key, size_t key_len, int64_t now, double x,
-    double y, const unsigned char *p, size_t len)
+rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
+    const rules_item_t *item)
 {
-    size_t         k, off;
+    size_t         k, off, split;
     unsigned char  meta[RULES_META_LEN], body[RULES_BODY_HEADER_LEN];
 
-    if (len > 0xffffffff) {
+    if (item->op_len > 0xffffffff) {
         return -1;
     }
 
@@ -378,10 +562,17 @@ rules_batch_add(rules_batch_t *b, rules_item_kind_t kind,
         return -1;
     }
 
-    meta[0] = (unsigned char) kind;
+    split = (item->kind == RULES_ITEM_COMPACT)
+            ? 0 : RULES_BODY_HEADER_LEN + item->op_len;
+
+    meta[0] = (unsigned char) item->kind;
     rules_put_u16(meta + 1, (unsigned) k);
-    rules_put_f64(meta + 3, x);
-    rules_put_f64(meta + 11, y);
+    rules_put_f64(meta + 3, item->ttl);
+    rules_put_f64(meta + 11, item->pttl);
+    rules_put_f64(meta + 19, item->gen);
+    rules_put_f64(meta + 27, item->newgen);
+    rules_put_f64(meta + 35, item->length);
+    rules_put_u32(meta + 43, (uint32_t) split);
 
     off = b->data.len;
 
@@ -394,16 +585,21 @@ rules_batch_add(rules_batch_t *b, rules_item_kind_t kind,
 
     off = b->data.len;
 
-    if (kind != RULES_ITEM_COMPACT) {
-        rules_put_f64(body, (double) now);
-        rules_put_u32(body + 8, (uint32_t) len);
+    if (item->kind != RULES_ITEM_COMPACT) {
+        rules_put_f64(body, (double) item->now);
+        rules_put_u32(body + 8, (uint32_t) item->op_len);
 
-        if (rules_buf_append(&b->data, body, RULES_BODY_HEADER_LEN) != 0) {
+        if (rules_buf_append(&b->data, body, RULES_BODY_HEADER_LEN) != 0
+            || rules_buf_append(&b->data, item->op, item->op_len) != 0)
+        {
             return -1;
         }
     }
 
-    if (rules_buf_append(&b->data, p, len) != 0) {
+    if ((item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE
+         || item->kind == RULES_ITEM_CREATE)
+        && rules_buf_append(&b->data, item->state, item->state_len) != 0)
+    {
         return -1;
     }
 
@@ -429,43 +625,41 @@ rules_batch_bytes(const rules_batch_t *b)
 }
 
 
-rules_str_t
-rules_batch_key(const rules_batch_t *b, size_t item)
+void
+rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
+    rules_item_t *item)
 {
-    rules_str_t           s;
-    const unsigned char  *meta;
+    size_t                k, split;
+    const unsigned char  *meta, *arg;
 
-    meta = b->data.data + b->arg_off[2 * item];
-    s.data = b->data.data + b->key_off[rules_get_u16(meta + 1) - 1];
-    s.len = b->key_len[rules_get_u16(meta + 1) - 1];
+    meta = b->data.data + b->arg_off[2 * i];
+    arg = b->data.data + b->arg_off[2 * i + 1];
+    k = rules_get_u16(meta + 1) - 1;
 
-    return s;
-}
+    key->data = b->data.data + b->key_off[k];
+    key->len = b->key_len[k];
 
+    memset(item, 0, sizeof(rules_item_t));
+    item->kind = (rules_item_kind_t) meta[0];
+    item->ttl = rules_get_f64(meta + 3);
+    item->pttl = rules_get_f64(meta + 11);
+    item->gen = rules_get_f64(meta + 19);
+    item->newgen = rules_get_f64(meta + 27);
+    item->length = rules_get_f64(meta + 35);
+    split = rules_get_u32(meta + 43);
 
-rules_str_t
-rules_batch_op(const rules_batch_t *b, size_t item)
-{
-    rules_str_t           s;
-    const unsigned char  *meta;
-
-    meta = b->data.data + b->arg_off[2 * item];
-    s.data = b->data.data + b->arg_off[2 * item + 1];
-    s.len = b->arg_len[2 * item + 1];
-
-    if (meta[0] != RULES_ITEM_COMPACT) {
-        s.data += RULES_BODY_HEADER_LEN;
-        s.len -= RULES_BODY_HEADER_LEN;
+    if (item->kind != RULES_ITEM_COMPACT) {
+        item->now = (int64_t) rules_get_f64(arg);
+        item->op = arg + RULES_BODY_HEADER_LEN;
+        item->op_len = split - RULES_BODY_HEADER_LEN;
     }
 
-    return s;
-}
-
-
-int64_t
-rules_batch_now(const rules_batch_t *b, size_t item)
-{
-    return (int64_t) rules_get_f64(b->data.data + b->arg_off[2 * item + 1]);
+    if (item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE
+        || item->kind == RULES_ITEM_CREATE)
+    {
+        item->state = arg + split;
+        item->state_len = b->arg_len[2 * i + 1] - split;
+    }
 }
 
 

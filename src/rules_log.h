@@ -13,39 +13,53 @@
  *
  * Value (all numbers little-endian, as in rules_state.h):
  *
- *     value    = "R2" gen(I) stamp(d) snaplen(I) snapshot log
+ *     value    = "R2" gen(d) stamp(d) snaplen(I) snapshot log
  *     snapshot = an R1 state (rules_state.h), or nothing
  *     log      = entries, in the order Redis applied them
  *     entry    = wall(d) now(d) oplen(I) op
  *
- * gen changes with every compaction; a new value starts with
- * gen = wall mod 2^32.  stamp is the wall-clock ms up to which the key's
- * TTL was last set: an append whose ttl reaches past it sets the TTL to
- * ttl * 5/4 (PEXPIRE) and the stamp with it, so most appends leave the
- * TTL alone and the key's TTL always covers every record it holds.
- * wall is Redis' TIME when the entry was appended (one per call), now
- * the event time.  A value that is not R2 (none, or an R1 state written
- * by an earlier version) becomes the snapshot of a new R2 value on the
- * first append.
+ * gen is a random 52-bit integer chosen by the writer of the snapshot
+ * (an append keeps it): a value with the same gen and length is the same
+ * value.  stamp is the wall-clock ms up to which the key's TTL was last
+ * set: an item whose ttl reaches past it sets the TTL to ttl * 5/4 and
+ * the stamp with it, so most items leave the TTL alone and the TTL
+ * always covers every record the key holds.  wall is Redis' TIME when
+ * the entry was appended (one per call), now the event time.  A value
+ * that is not R2 (none, or an R1 state written by an earlier version)
+ * becomes the snapshot of a new R2 value on the first append.
  *
  * EVALSHA sha numkeys KEYS... ARGV...: KEYS are the distinct state keys
  * of the call; ARGV holds two strings per item, in order:
  *
- *     meta     = kind(B) key(H: 1-based index into KEYS) x(d) y(d)
- *     append   : kind 1, x = ttl of the op's rules (ms); the second
- *                string is the entry body now(d) oplen(I) op; the item's
- *                reply is the value before the append (nil when none)
+ *     meta     = kind(B) key(H: 1-based index into KEYS) ttl(d) pttl(d)
+ *                gen(d) newgen(d) length(d) split(I)
+ *     body     = now(d) oplen(I) op: an event's entry, without its wall
+ *
+ *     append   : kind 1; the second string is the body.  Appends wall
+ *                and the body (a missing or foreign value becomes a new
+ *                one, of gen newgen); replies the value before (nil: none)
  *     read     : kind 2 (an event that touches no rule of the key, in a
  *                group without strict steps: nothing to write); the
- *                second string is a body as for append, unused by the
- *                script; the reply is the value
- *     compact  : kind 3, x = gen, y = the length of the value prefix the
- *                snapshot folds; the second string is the snapshot.
- *                When the value still has that gen and is at least that
- *                long, it becomes "R2" gen+1 stamp snapshot tail (the
- *                entries appended after the prefix), and the reply is 1;
- *                otherwise nothing changes and the reply is 0.  An empty
- *                snapshot and no tail delete the key.
+ *                second string is a body, unused; replies the value
+ *     compact  : kind 3; the second string is a snapshot that folds the
+ *                value's first length bytes.  When the value still has
+ *                that gen and is at least that long, it becomes "R2"
+ *                newgen stamp snapshot tail (the entries appended since)
+ *                and the reply is 1; otherwise nothing changes and the
+ *                reply is 0.  An empty snapshot and no tail delete the key.
+ *     write    : kind 4; the second string is the body (split bytes)
+ *                then the whole new value, "R2" newgen stamp snaplen
+ *                state, that the writer computed by applying the body to
+ *                the value it cached (gen, length).  One SET ... GET
+ *                stores it (PX pttl, or KEEPTTL when pttl is 0: the
+ *                key's TTL already reaches the stamp); when the value it
+ *                replaced was that one the reply is 1, otherwise the
+ *                replaced value plus the entry is put back, as an append
+ *                would have made it, and the reply is the value before.
+ *     create   : kind 5; as write, for a key the writer has no value of:
+ *                the new value is the body applied to no state, stored
+ *                with SET ... NX GET; when the key existed, nothing was
+ *                set and the item is an append (the reply is the value).
  *
  * The reply is an array: Redis' wall time (ms), then one element per
  * item.  Items are applied in order; an item sees the items before it.
@@ -58,13 +72,13 @@
 
 
 #define RULES_VALUE_MAGIC        "R2"
-#define RULES_VALUE_HEADER_LEN   18      /* magic gen stamp snaplen */
+#define RULES_VALUE_HEADER_LEN   22      /* magic gen stamp snaplen */
 #define RULES_ENTRY_WALL_LEN     8
 #define RULES_BODY_HEADER_LEN    12      /* now(d) oplen(I) */
-#define RULES_META_LEN           19      /* kind(B) key(H) x(d) y(d) */
+#define RULES_META_LEN           47
 
 /* a fold that applied this many entries asks for a compaction */
-#define RULES_LOG_COMPACT_ENTRIES  4
+#define RULES_LOG_COMPACT_ENTRIES  8
 /* and so does a value this long with at least two entries */
 #define RULES_LOG_COMPACT_BYTES    4096
 
@@ -75,14 +89,38 @@
 typedef enum {
     RULES_ITEM_APPEND = 1,
     RULES_ITEM_READ = 2,
-    RULES_ITEM_COMPACT = 3
+    RULES_ITEM_COMPACT = 3,
+    RULES_ITEM_WRITE = 4,
+    RULES_ITEM_CREATE = 5
 } rules_item_kind_t;
+
+
+/* write and create: the state was computed by the writer */
+#define RULES_ITEM_COMPUTED(kind)                                          \
+    ((kind) == RULES_ITEM_WRITE || (kind) == RULES_ITEM_CREATE)
+
+
+/* One item of a call. */
+typedef struct {
+    rules_item_kind_t     kind;
+    int64_t               now;
+    double                ttl;        /* of the op's rules */
+    double                pttl;       /* write, create: the new value's
+                                         TTL; 0: keep the key's */
+    double                gen;
+    double                newgen;
+    double                length;
+    const unsigned char  *op;         /* append, read, write */
+    size_t                op_len;
+    const unsigned char  *state;      /* compact, write */
+    size_t                state_len;
+} rules_item_t;
 
 
 /* What a fold learnt about the stored value, for a compaction. */
 typedef struct {
     int          r2;        /* the value is (now) an R2 value */
-    uint32_t     gen;
+    double       gen;
     size_t       length;    /* of the value once the item is applied */
     size_t       entries;   /* log entries in it */
     int          damaged;   /* a malformed log: entries were skipped */
@@ -102,7 +140,8 @@ void rules_log_work_free(rules_log_work_t *w);
 /*
  * The state of a key after an item: value/value_len is the item's reply
  * (value == NULL: none), op/op_len the event's operation, wall the
- * reply's wall time, appended 1 for an append item, 0 for a read item.
+ * reply's wall time, appended 1 for an append item (or a write that
+ * fell back to one: newgen is the gen a new value got), 0 for a read.
  * Appends the matched digests to *matched; w->state is the new state
  * (len 0: empty).  With op NULL, w->state is the stored state as it
  * is, the log folded.  Returns -1 on memory exhaustion only: a damaged
@@ -110,8 +149,37 @@ void rules_log_work_free(rules_log_work_t *w);
  */
 int rules_log_fold(const unsigned char *value, size_t value_len,
     const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
-    int appended, rules_log_work_t *w, rules_buf_t *matched,
+    int appended, double newgen, rules_log_work_t *w, rules_buf_t *matched,
     rules_log_info_t *info);
+
+/* A fresh random gen (52 bits), different in every process. */
+double rules_log_newgen(void);
+
+typedef struct rules_cache_s  rules_cache_t;
+
+/*
+ * The item for an event's key operation ko on key: a write when the
+ * cache holds the key, else a create (the new state is computed from
+ * the cached one, or from none, with wall the local clock; its matched
+ * digests are in *matched and count if the reply is 1; the cache takes
+ * the new state at once, so that the key's next event chains on it), or
+ * a read when the operation writes nothing.  item->state points into w until
+ * the next call: add the item to the batch first.  -1: no memory.
+ */
+int rules_log_plan(rules_cache_t *cache, const unsigned char *key,
+    size_t key_len, const rules_keyop_t *ko, int64_t now, int64_t wall,
+    rules_log_work_t *w, rules_buf_t *matched, rules_item_t *item);
+
+/*
+ * A reply to an event's item that is a value (a write's fallback, an
+ * append, a read; value NULL: nil): folds it into *matched, updates the
+ * cache, and sets *compact to a compaction item when the log is long
+ * (compact->kind 0: none; its state points into w).  -1: no memory.
+ */
+int rules_log_reply(rules_cache_t *cache, rules_str_t key,
+    const rules_item_t *item, const unsigned char *value, size_t value_len,
+    int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
+    rules_item_t *compact);
 
 /* 1 when the fold's result should be written back as the snapshot. */
 int rules_log_wants_compaction(const rules_log_info_t *info);
@@ -135,22 +203,16 @@ typedef struct {
     size_t           table_size;
 } rules_batch_t;
 
-/*
- * Adds an item; returns its index, or -1 on memory exhaustion.  append
- * and read: p is the op (now is written before it); compact: p is the
- * snapshot, x the gen and y the prefix length.
- */
-long rules_batch_add(rules_batch_t *b, rules_item_kind_t kind,
-    const unsigned char *key, size_t key_len, int64_t now, double x,
-    double y, const unsigned char *p, size_t len);
+/* Adds an item; returns its index, or -1 on memory exhaustion. */
+long rules_batch_add(rules_batch_t *b, const unsigned char *key,
+    size_t key_len, const rules_item_t *item);
 
 size_t rules_batch_items(const rules_batch_t *b);
 size_t rules_batch_bytes(const rules_batch_t *b);
 
-/* The key and the second argument (body or snapshot) of an item. */
-rules_str_t rules_batch_key(const rules_batch_t *b, size_t item);
-rules_str_t rules_batch_op(const rules_batch_t *b, size_t item);
-int64_t rules_batch_now(const rules_batch_t *b, size_t item);
+/* What rules_batch_add() was given for an item (op, state point in). */
+void rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
+    rules_item_t *item);
 
 /*
  * The EVALSHA arguments after the SHA: numkeys, keys, arguments;

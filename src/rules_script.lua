@@ -1,8 +1,11 @@
 -- ngx_http_rules_module state script, value format R2 (src/rules_log.h).
--- It runs no state machine: per item it appends the event's operation to
--- the key's log, or reads the value, or swaps a folded snapshot in.
--- KEYS: the distinct state keys; ARGV: two strings per item,
--- meta = kind(B) key(H) x(d) y(d), then the body or the snapshot.
+-- It runs no state machine.  Per item, it stores a state the writer
+-- computed when the value is still the one the writer based it on, or
+-- appends the event's operation to the key's log, or reads the value,
+-- or swaps in a folded snapshot.  KEYS: the distinct state keys; ARGV:
+-- two strings per item, meta = kind(B) key(H) ttl(d) pttl(d) gen(d)
+-- newgen(d) length(d) split(I), then the body (now oplen op), a
+-- snapshot, or the body and a whole new value (split: the body's length).
 -- Returns { wall ms, one element per item }.
 local pack, unpack = struct.pack, struct.unpack
 local sub, floor = string.sub, math.floor
@@ -13,52 +16,97 @@ local wallb = pack('<d', wall)
 local res = { wall }
 local argv, keys = ARGV, KEYS
 
-local function value(key)
-  local v = pcall('GET', key)
-  if type(v) ~= 'string' then return false end -- none, or not a string
+-- a reply that is a string value, else false (none, or not a string)
+local function str(v)
+  if type(v) ~= 'string' then return false end
   return v
 end
 
 local function r2(v)
-  return v and #v >= 18 and sub(v, 1, 2) == 'R2'
+  return v and #v >= 22 and sub(v, 1, 2) == 'R2'
+end
+
+-- the value v plus an entry, as the key's new value
+local function append(key, v, ttl, newgen, body, set)
+  local need = wall + ttl
+  if r2(v) then
+    local stamp = unpack('<d', v, 11)
+    if need > stamp then
+      stamp = need + floor(ttl / 4)
+      if set then
+        call('SET', key, sub(v, 1, 10) .. pack('<d', stamp) .. sub(v, 19)
+                         .. wallb .. body, 'PX', stamp - wall)
+      else
+        call('APPEND', key, wallb .. body)
+        call('PEXPIRE', key, stamp - wall)
+        call('SETRANGE', key, 10, pack('<d', stamp))
+      end
+    elseif set then
+      call('SET', key, v .. wallb .. body, 'PX', stamp - wall)
+    else
+      call('APPEND', key, wallb .. body)
+    end
+  else
+    local snap, stamp = v or '', need + floor(ttl / 4)
+    call('SET', key, 'R2' .. pack('<ddI4', newgen, stamp, #snap) .. snap
+                     .. wallb .. body, 'PX', stamp - wall)
+  end
 end
 
 for i = 1, #argv, 2 do
-  local kind, k, x, y = unpack('<BHdd', argv[i])
-  local key = keys[k]
-  local v = value(key)
-  if kind == 1 then
-    if x < 1 then x = 1 end
-    if r2(v) then
-      call('APPEND', key, wallb .. argv[i + 1])
-      if wall + x > unpack('<d', v, 7) then
-        local stamp = wall + x + floor(x / 4)
-        call('PEXPIRE', key, stamp - wall)
-        call('SETRANGE', key, 6, pack('<d', stamp))
-      end
+  local kind, k, ttl, pttl, gen, newgen, len, split =
+    unpack('<BHdddddI4', argv[i])
+  local key, arg = keys[k], argv[i + 1]
+  if ttl < 1 then ttl = 1 end
+  if kind == 4 or kind == 5 then
+    local new, old = sub(arg, split + 1), nil
+    if kind == 5 then
+      old = pcall('SET', key, new, 'PX', pttl, 'NX', 'GET')
+    elseif pttl > 0 then
+      old = pcall('SET', key, new, 'PX', pttl, 'GET')
     else
-      local snap, stamp = v or '', wall + x + floor(x / 4)
-      call('SET', key, 'R2' .. pack('<I4dI4', wall % 4294967296, stamp, #snap)
-                       .. snap .. wallb .. argv[i + 1], 'PX', stamp - wall)
+      old = pcall('SET', key, new, 'KEEPTTL', 'GET')
     end
-    res[#res + 1] = v
+    if type(old) == 'table' and old.err then
+      -- not a string: replaced by a value of its own
+      call('DEL', key)
+      append(key, false, ttl, newgen, sub(arg, 1, split), true)
+      res[#res + 1] = false
+    else
+      old = str(old)
+      if kind == 5 then
+        if not old then
+          res[#res + 1] = 1
+        else
+          append(key, old, ttl, newgen, sub(arg, 1, split), false)
+          res[#res + 1] = old
+        end
+      elseif old and #old == len and r2(old)
+             and unpack('<d', old, 3) == gen then
+        res[#res + 1] = 1
+      else
+        -- another writer changed it: put back what an append makes
+        append(key, old, ttl, newgen, sub(arg, 1, split), true)
+        res[#res + 1] = old
+      end
+    end
   elseif kind == 2 then
+    res[#res + 1] = str(pcall('GET', key))
+  elseif kind == 1 then
+    local v = str(pcall('GET', key))
+    append(key, v, ttl, newgen, arg, false)
     res[#res + 1] = v
   else
-    local ok = 0
-    if r2(v) and #v >= y then
-      local gen, stamp = unpack('<I4d', v, 3)
-      if gen == x then
-        local snap = argv[i + 1]
-        if #snap == 0 and #v == y then
-          call('DEL', key)
-        else
-          call('SET', key, 'R2' .. pack('<I4dI4', (gen + 1) % 4294967296,
-                                       stamp, #snap)
-                           .. snap .. sub(v, y + 1), 'KEEPTTL')
-        end
-        ok = 1
+    local v, ok = str(pcall('GET', key)), 0
+    if r2(v) and #v >= len and unpack('<d', v, 3) == gen then
+      if #arg == 0 and #v == len then
+        call('DEL', key)
+      else
+        call('SET', key, 'R2' .. pack('<dd', newgen, unpack('<d', v, 11))
+                         .. pack('<I4', #arg) .. arg .. sub(v, len + 1),
+             'KEEPTTL')
       end
+      ok = 1
     end
     res[#res + 1] = ok
   end

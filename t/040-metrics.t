@@ -163,8 +163,9 @@ is($s->{'nginx_rules_rule_evaluated_total{rule="busy_device",kind="fraud",type="
    $with_device, 'busy_device: evaluated for the events with a device');
 
 my $count = $s->{'nginx_rules_redis_round_trip_seconds_count{}'};
-# every event waited for one call; a call may also carry compactions only
-cmp_ok($count, '>=', $N, 'histogram count: a round trip for every event');
+# the events of one pass of a worker's event loop share one call, and a
+# call may carry compactions only: the count is that of the calls
+cmp_ok($count, '>', 0, 'histogram count: the calls to Redis');
 is($s->{'nginx_rules_redis_round_trip_seconds_bucket{le="+Inf"}'}, $count,
    'the +Inf bucket equals the count');
 my @le = map { $s->{"nginx_rules_redis_round_trip_seconds_bucket{le=\"$_\"}"} }

@@ -23,6 +23,7 @@
 #include "rules_engine.h"
 #include "rules_state.h"
 #include "rules_log.h"
+#include "rules_cache.h"
 #include "rules_json_event.h"
 
 
@@ -61,6 +62,10 @@ typedef struct {
     rules_batch_t      batch;      /* the call being built */
     rules_batch_t      next;       /* compactions for the next call */
     rules_log_work_t   work;
+    rules_cache_t     *cache;      /* folded states, as the module's */
+    rules_cache_t    **caches;     /* --writers: one per simulated writer */
+    size_t             ncaches;
+    size_t             nevents;
 } replay_t;
 
 
@@ -72,7 +77,9 @@ usage(void)
         "                    [--password PW] [--user USER] [--db N]\n"
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
-        "                    [--time-member NAME] [EVENTS.jsonl]\n"
+        "                    [--time-member NAME] [--cache BYTES] "
+        "[--writers N]\n"
+        "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
         "                    (prints the key's state, its log folded)\n");
@@ -263,40 +270,54 @@ redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
 static int
 apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 {
-    redisReply       *reply, *el;
-    rules_keyop_t    *ko;
-    rules_str_t       key;
-    rules_log_info_t  info;
-    size_t            i, first, n;
-    long              item;
-    int               rc;
+    redisReply     *reply, *el;
+    rules_str_t     key;
+    rules_item_t    item, compact;
+    rules_buf_t    *saved;
+    size_t          i, first, n;
+    int             rc;
 
     n = rp->eo.nkeyops;
     first = rules_batch_items(&rp->batch);
 
-    for (i = 0; i < n; i++) {
-        ko = &rp->eo.keyops[i];
-        item = rules_batch_add(&rp->batch,
-                               ko->writes ? RULES_ITEM_APPEND : RULES_ITEM_READ,
-                               rp->keys + offs[i], lens[i], now,
-                               (double) ko->ttl, 0, ko->op, ko->op_len);
+    /* --writers N: the events go round robin to N writers' caches */
+    rp->cache = rp->caches[rp->nevents++ % rp->ncaches];
 
-        if (item < 0) {
+    saved = calloc(n, sizeof(rules_buf_t));
+    if (saved == NULL) {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        exit(1);
+    }
+
+    for (i = 0; i < n; i++) {
+        if (rules_log_plan(rp->cache, rp->keys + offs[i], lens[i],
+                           &rp->eo.keyops[i], now, wall_ms(), &rp->work,
+                           &saved[i], &item)
+            != 0
+            || rules_batch_add(&rp->batch, rp->keys + offs[i], lens[i],
+                               &item)
+               < 0)
+        {
             fprintf(stderr, "rules-replay: out of memory\n");
             exit(1);
         }
     }
 
     reply = redis_batch(rp);
+    rc = reply ? 0 : -1;
 
-    if (reply == NULL) {
-        return -1;
-    }
-
-    rc = 0;
-
-    for (i = 0; i < n; i++) {
+    for (i = 0; reply && i < n; i++) {
         el = reply->element[1 + first + i];
+        rules_batch_item(&rp->batch, first + i, &key, &item);
+
+        if (RULES_ITEM_COMPUTED(item.kind) && el->type == REDIS_REPLY_INTEGER
+            && el->integer == 1)
+        {
+            /* the state computed here is the stored one */
+            rules_result_add_digests(rp->rs, &rp->res, saved[i].data,
+                                     saved[i].len);
+            continue;
+        }
 
         if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
             fprintf(stderr, "rules-replay: redis: unexpected reply\n");
@@ -304,15 +325,16 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
             break;
         }
 
-        ko = &rp->eo.keyops[i];
-        rp->matched.len = 0;
-
-        if (rules_log_fold(el->type == REDIS_REPLY_STRING
-                           ? (unsigned char *) el->str : NULL,
-                           (size_t) el->len, ko->op, ko->op_len, now,
-                           (int64_t) reply->element[0]->integer,
-                           ko->writes, &rp->work, &rp->matched, &info)
-            != 0)
+        if (rules_log_reply(rp->cache, key, &item,
+                            el->type == REDIS_REPLY_STRING
+                            ? (unsigned char *) el->str : NULL,
+                            (size_t) el->len,
+                            (int64_t) reply->element[0]->integer, &rp->work,
+                            &rp->matched, &compact)
+            != 0
+            || (compact.kind
+                && rules_batch_add(&rp->next, key.data, key.len, &compact)
+                   < 0))
         {
             fprintf(stderr, "rules-replay: out of memory\n");
             exit(1);
@@ -320,24 +342,17 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 
         rules_result_add_digests(rp->rs, &rp->res, rp->matched.data,
                                  rp->matched.len);
-
-        if (rules_log_wants_compaction(&info)) {
-            key.data = rp->keys + offs[i];
-            key.len = lens[i];
-
-            if (rules_batch_add(&rp->next, RULES_ITEM_COMPACT, key.data,
-                                key.len, 0, (double) info.gen,
-                                (double) info.length, rp->work.state->data,
-                                rp->work.state->len)
-                < 0)
-            {
-                fprintf(stderr, "rules-replay: out of memory\n");
-                exit(1);
-            }
-        }
     }
 
-    freeReplyObject(reply);
+    if (reply) {
+        freeReplyObject(reply);
+    }
+
+    for (i = 0; i < n; i++) {
+        rules_buf_free(&saved[i]);
+    }
+
+    free(saved);
 
     /* the compactions go with the next event */
 
@@ -625,7 +640,7 @@ print_state(replay_t *rp, const char *key)
 
     if (reply->type == REDIS_REPLY_STRING) {
         if (rules_log_fold((unsigned char *) reply->str, reply->len, NULL, 0,
-                           0, 0, 0, &rp->work, NULL, &info)
+                           0, 0, 0, 0, &rp->work, NULL, &info)
             != 0)
         {
             fprintf(stderr, "rules-replay: out of memory\n");
@@ -656,6 +671,8 @@ main(int argc, char **argv)
         { "value-max", required_argument, NULL, 'v' },
         { "time-member", required_argument, NULL, 't' },
         { "state", required_argument, NULL, 's' },
+        { "cache", required_argument, NULL, 'c' },
+        { "writers", required_argument, NULL, 'w' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -669,6 +686,7 @@ main(int argc, char **argv)
     FILE        *in;
     long         db;
     int          c, rc;
+    size_t       cache_size, writers, i;
 
     rules = NULL;
     redis = NULL;
@@ -676,6 +694,8 @@ main(int argc, char **argv)
     user = NULL;
     time_member = "ts";
     state = NULL;
+    cache_size = 64 * 1024 * 1024;
+    writers = 1;
     db = 0;
 
     memset(&rp, 0, sizeof(rp));
@@ -695,6 +715,8 @@ main(int argc, char **argv)
         case 'v': rp.limits.value_max = strtoul(optarg, NULL, 10); break;
         case 't': time_member = optarg; break;
         case 's': state = optarg; break;
+        case 'c': cache_size = strtoul(optarg, NULL, 10); break;
+        case 'w': writers = strtoul(optarg, NULL, 10); break;
         default: usage();
         }
     }
@@ -740,6 +762,21 @@ main(int argc, char **argv)
 
     if (redis) {
         rp.redis = redis_connect(redis, user, password, db);
+        rp.ncaches = writers ? writers : 1;
+        rp.caches = calloc(rp.ncaches, sizeof(rules_cache_t *));
+
+        for (i = 0; rp.caches && i < rp.ncaches; i++) {
+            rp.caches[i] = rules_cache_create(cache_size);
+
+            if (rp.caches[i] == NULL) {
+                break;
+            }
+        }
+
+        if (rp.caches == NULL || i < rp.ncaches) {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            return 1;
+        }
 
     } else {
         rp.nbuckets = 65536;
@@ -800,6 +837,11 @@ main(int argc, char **argv)
     rules_batch_free(&rp.batch);
     rules_batch_free(&rp.next);
     rules_log_work_free(&rp.work);
+    for (i = 0; i < rp.ncaches; i++) {
+        rules_cache_free(rp.caches[i]);
+    }
+
+    free(rp.caches);
     rules_result_free(&rp.res);
     rules_free(rp.rs);
 

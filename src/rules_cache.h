@@ -1,0 +1,43 @@
+/*
+ * A process-local cache of folded key states: key -> (gen, length,
+ * TTL stamp, state), least recently used first out, bounded in bytes.  It lets a
+ * writer that saw a key last compute the key's next state itself and
+ * replace the stored value in one step when the value is still the one
+ * it saw (rules_log.h, "write" items); any other writer's change makes
+ * that check fail, so a stale entry costs a fallback, never a wrong state.
+ */
+
+#ifndef RULES_CACHE_H
+#define RULES_CACHE_H
+
+#include "rules_engine.h"
+
+
+typedef struct rules_cache_s  rules_cache_t;
+
+
+/* max_bytes 0: a cache that holds nothing (every lookup misses). */
+rules_cache_t *rules_cache_create(size_t max_bytes);
+void rules_cache_free(rules_cache_t *c);
+
+/*
+ * 1 and the entry when the key is cached (the state pointer is valid
+ * until the next put or del); 0 otherwise.
+ */
+int rules_cache_get(rules_cache_t *c, const unsigned char *key,
+    size_t key_len, double *gen, size_t *length, double *stamp,
+    rules_str_t *state);
+
+/* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
+int rules_cache_put(rules_cache_t *c, const unsigned char *key,
+    size_t key_len, double gen, size_t length, double stamp,
+    const unsigned char *state, size_t state_len);
+
+void rules_cache_del(rules_cache_t *c, const unsigned char *key,
+    size_t key_len);
+
+/* entries and bytes held, for metrics */
+size_t rules_cache_entries(const rules_cache_t *c);
+size_t rules_cache_bytes(const rules_cache_t *c);
+
+#endif /* RULES_CACHE_H */
