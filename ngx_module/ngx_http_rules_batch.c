@@ -56,7 +56,6 @@ typedef struct {
     rules_log_work_t              work;
     rules_buf_t                   matched;
     rules_cache_t                *cache;      /* folded states */
-    ngx_http_rules_batch_stats_t  stats;
 } ngx_http_rules_batcher_t;
 
 
@@ -264,10 +263,11 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
 static void
 ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
 {
-    size_t                       argc;
-    ngx_int_t                    rc;
-    ngx_http_rules_main_conf_t  *rmcf;
-    char                         nbuf[32];
+    size_t                        argc;
+    ngx_int_t                     rc;
+    ngx_http_rules_main_conf_t   *rmcf;
+    ngx_http_rules_batch_stats_t  d;
+    char                          nbuf[32];
 
     rmcf = batch->rmcf;
 
@@ -316,8 +316,10 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
         return;
     }
 
-    ngx_http_rules_batcher.stats.calls++;
-    ngx_http_rules_batcher.stats.items += rules_batch_items(&batch->b);
+    ngx_memzero(&d, sizeof(ngx_http_rules_batch_stats_t));
+    d.calls = 1;
+    d.items = rules_batch_items(&batch->b);
+    ngx_http_rules_metrics_batch(rmcf, &d);
 }
 
 
@@ -331,12 +333,14 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     redisReply                  *el;
     rules_str_t                  key;
     rules_item_t                 ri, compact;
-    ngx_http_rules_item_t       *it;
-    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
-    ngx_http_rules_main_conf_t  *rmcf;
+    ngx_http_rules_item_t        *it;
+    ngx_http_rules_batcher_t     *bt = &ngx_http_rules_batcher;
+    ngx_http_rules_main_conf_t   *rmcf;
+    ngx_http_rules_batch_stats_t  d;
 
     rmcf = batch->rmcf;
     n = rules_batch_items(&batch->b);
+    ngx_memzero(&d, sizeof(ngx_http_rules_batch_stats_t));
 
     if (rc != NGX_OK || reply == NULL) {
         ngx_http_rules_batch_fail(batch);
@@ -368,10 +372,10 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
 
         if (ri.kind == RULES_ITEM_COMPACT) {
             if (el->type == REDIS_REPLY_INTEGER && el->integer == 1) {
-                bt->stats.compactions++;
+                d.compactions++;
 
             } else {
-                bt->stats.compactions_lost++;
+                d.compactions_lost++;
             }
 
             continue;
@@ -381,7 +385,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             && el->integer == 1)
         {
             /* the state computed when the event was queued is stored */
-            bt->stats.writes++;
+            d.writes++;
 
             if (it->cmd) {
                 ngx_http_rules_item_reply(it->cmd, it->group,
@@ -404,7 +408,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
         }
 
         if (RULES_ITEM_COMPUTED(ri.kind)) {
-            bt->stats.write_fallbacks++;
+            d.write_fallbacks++;
         }
 
         if (rules_log_reply(bt->cache, key, &ri,
@@ -429,7 +433,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             && ngx_http_rules_batch_queue(NULL, 0, key, &compact, NULL)
                != NGX_OK)
         {
-            bt->stats.compactions_lost++;
+            d.compactions_lost++;
         }
 
         /* may run the request's phases, which may queue new items */
@@ -439,6 +443,8 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
                                       bt->matched.len, NGX_OK);
         }
     }
+
+    ngx_http_rules_metrics_batch(rmcf, &d);
 
     ngx_http_rules_batch_release(batch);
 }
@@ -506,13 +512,6 @@ ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch)
     batch->next = bt->free;
     bt->free = batch;
     bt->nfree++;
-}
-
-
-ngx_http_rules_batch_stats_t *
-ngx_http_rules_batch_stats(void)
-{
-    return &ngx_http_rules_batcher.stats;
 }
 
 

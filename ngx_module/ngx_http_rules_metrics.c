@@ -60,6 +60,12 @@ typedef struct {
     ngx_atomic_t                        connects;
     ngx_atomic_t                        reconnects;
     ngx_atomic_t                        noscript;
+    ngx_atomic_t                        calls;
+    ngx_atomic_t                        call_items;
+    ngx_atomic_t                        writes;
+    ngx_atomic_t                        write_fallbacks;
+    ngx_atomic_t                        compactions;
+    ngx_atomic_t                        compactions_lost;
     ngx_atomic_t                        worker_starts;
     ngx_atomic_t                        config_loads;
 } ngx_http_rules_metrics_counters_t;
@@ -761,6 +767,36 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
 
 
 /* The engine and the Redis connection count per process: push deltas. */
+/* A Redis call sent, or its reply's writes and compactions. */
+void
+ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,
+    ngx_http_rules_batch_stats_t *d)
+{
+    ngx_http_rules_metrics_shm_t  *sh;
+
+    sh = ngx_http_rules_metrics_sh(rmcf);
+
+    if (sh == NULL) {
+        return;
+    }
+
+#define ngx_http_rules_metrics_add(counter, field)                           \
+    if (d->field) {                                                          \
+        (void) ngx_atomic_fetch_add(&sh->c.counter,                          \
+                                    (ngx_atomic_int_t) d->field);            \
+    }
+
+    ngx_http_rules_metrics_add(calls, calls);
+    ngx_http_rules_metrics_add(call_items, items);
+    ngx_http_rules_metrics_add(writes, writes);
+    ngx_http_rules_metrics_add(write_fallbacks, write_fallbacks);
+    ngx_http_rules_metrics_add(compactions, compactions);
+    ngx_http_rules_metrics_add(compactions_lost, compactions_lost);
+
+#undef ngx_http_rules_metrics_add
+}
+
+
 void
 ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
 {
@@ -788,6 +824,7 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
     if (rmcf->redis == NULL) {
         return;
     }
+
 
     rst = ngx_http_rules_redis_stats(rmcf->redis);
 
@@ -910,7 +947,7 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     ngx_http_rules_metrics_sync_engine(rmcf);
 
     /*
-     * The fixed text is under 5K with every number at its longest; a
+     * The fixed text is under 6K with every number at its longest; a
      * per-rule line under 160 bytes besides the id.
      */
 
@@ -1025,6 +1062,31 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "NOSCRIPT.\n"
         "# TYPE nginx_rules_redis_noscript_total counter\n"
         "nginx_rules_redis_noscript_total %uA\n"
+        "# HELP nginx_rules_redis_calls_total EVALSHA calls sent (each "
+        "carries the key operations of the events of one pass of a "
+        "worker's event loop).\n"
+        "# TYPE nginx_rules_redis_calls_total counter\n"
+        "nginx_rules_redis_calls_total %uA\n"
+        "# HELP nginx_rules_redis_call_items_total Key operations and "
+        "compactions in them.\n"
+        "# TYPE nginx_rules_redis_call_items_total counter\n"
+        "nginx_rules_redis_call_items_total %uA\n"
+        "# HELP nginx_rules_state_writes_total Key states computed by a "
+        "worker and stored whole.\n"
+        "# TYPE nginx_rules_state_writes_total counter\n"
+        "nginx_rules_state_writes_total %uA\n"
+        "# HELP nginx_rules_state_write_fallbacks_total Such writes that "
+        "found the key changed by another writer (appended instead).\n"
+        "# TYPE nginx_rules_state_write_fallbacks_total counter\n"
+        "nginx_rules_state_write_fallbacks_total %uA\n"
+        "# HELP nginx_rules_state_compactions_total Key logs folded back "
+        "into a snapshot.\n"
+        "# TYPE nginx_rules_state_compactions_total counter\n"
+        "nginx_rules_state_compactions_total %uA\n"
+        "# HELP nginx_rules_state_compactions_lost_total Compactions that "
+        "another writer made moot, or that failed.\n"
+        "# TYPE nginx_rules_state_compactions_lost_total counter\n"
+        "nginx_rules_state_compactions_lost_total %uA\n"
         "# HELP nginx_rules_inflight_events Events waiting for Redis.\n"
         "# TYPE nginx_rules_inflight_events gauge\n"
         "nginx_rules_inflight_events %A\n"
@@ -1037,6 +1099,8 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "# TYPE nginx_rules_config_loads_total counter\n"
         "nginx_rules_config_loads_total %uA\n",
         sh->c.connects, sh->c.reconnects, sh->c.noscript,
+        sh->c.calls, sh->c.call_items, sh->c.writes, sh->c.write_fallbacks,
+        sh->c.compactions, sh->c.compactions_lost,
         (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,
         sh->c.config_loads);
 

@@ -137,7 +137,6 @@ ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
 /* queues a key operation into the worker's next call to Redis */
 ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
     unsigned group, const rules_keyop_t *ko, rules_str_t key, int64_t now);
-ngx_http_rules_batch_stats_t *ngx_http_rules_batch_stats(void);
 void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */
@@ -178,6 +177,10 @@ void ngx_http_rules_metrics_inflight(ngx_http_rules_main_conf_t *rmcf,
 void ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t connects_delta, ngx_uint_t reconnects_delta,
     ngx_uint_t noscript_delta);
+
+/* a Redis call sent, or what its reply did (deltas) */
+void ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,
+    ngx_http_rules_batch_stats_t *delta);
 
 /* a worker started (init_process) */
 void ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf);

@@ -166,6 +166,10 @@ my $count = $s->{'nginx_rules_redis_round_trip_seconds_count{}'};
 # the events of one pass of a worker's event loop share one call, and a
 # call may carry compactions only: the count is that of the calls
 cmp_ok($count, '>', 0, 'histogram count: the calls to Redis');
+is($s->{'nginx_rules_redis_calls_total{}'}, $count,
+   'calls_total counts them too');
+cmp_ok($s->{'nginx_rules_redis_call_items_total{}'}, '>=', $N + $with_device,
+       'their items: at least one per event and state key');
 is($s->{'nginx_rules_redis_round_trip_seconds_bucket{le="+Inf"}'}, $count,
    'the +Inf bucket equals the count');
 my @le = map { $s->{"nginx_rules_redis_round_trip_seconds_bucket{le=\"$_\"}"} }

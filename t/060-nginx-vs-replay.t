@@ -1,6 +1,9 @@
 # The module's results equal rules-replay's: a few hundred random events
 # go through nginx (query mode, rules_time) and through rules-replay's
-# in-memory engine, and every event's matched set is compared.
+# in-memory engine, and every event's matched set is compared.  Rounds 4
+# and 5 run without the state cache (rules_state_cache 0) and with a
+# second writer (rules-replay --redis, on the same keys) taking every
+# other run of events, so that nginx's cached states go stale.
 
 use strict;
 use warnings;
@@ -24,7 +27,9 @@ sub uri_escape {
     return $s;
 }
 
-for my $round (1 .. 3) {
+for my $round (1 .. 5) {
+    my $cache = $round == 4 ? 'rules_state_cache 0;' : '';
+    my $other_writer = $round == 5;
     my $gen = RulesGen->new(7000 + $round);
     my $rules = $gen->rules(6);
     my $events = $gen->events(150);
@@ -54,6 +59,7 @@ for my $round (1 .. 3) {
     rules_redis_timeout 2s;
     rules_key_prefix "t060:$$:$round:";
     rules_file ../html/rules.json;
+    $cache
     server {
         listen 127.0.0.1:\$PORT;
         location = /px {
@@ -68,8 +74,31 @@ for my $round (1 .. 3) {
 _EOC_
 
     my ($bad, $statuses) = (undef, {});
+    my $next_switch = 0;
+    my $to_replay = 0;
     for my $i (0 .. $#$events) {
         my $e = $events->[$i];
+        if ($other_writer && $i == $next_switch) {
+            $to_replay = !$to_replay;
+            $next_switch = $i + 1 + $gen->rand_int(6);
+        }
+        if ($other_writer && $to_replay) {
+            open my $one, '>', "$dir/one.jsonl" or die;
+            print $one RulesGen::json($e), "\n";
+            close $one;
+            open my $rp, '-|', $replay, '--rules', "$dir/rules.json",
+                '--redis', "127.0.0.1:$redis_port",
+                '--prefix', "t060:$$:$round:", "$dir/one.jsonl" or die;
+            my $line = <$rp> // '';
+            close $rp;
+            my $got = $line =~ /"matched":\[([^\]]*)\]/ ? $1 : 'BAD';
+            $got =~ s/"//g;
+            $statuses->{replay}++;
+            next if $got eq $expected[$i];
+            $bad //= "event $i " . RulesGen::json($e)
+                     . "\n  the other writer: [$got]\n  replay: [$expected[$i]]";
+            next;
+        }
         my $q = join '&', map { "$_=" . uri_escape($e->{$_}) } sort keys %$e;
         my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
         $statuses->{ $h->{'x-status'} // 'none' }++;
@@ -86,6 +115,8 @@ _EOC_
     ok(!$statuses->{error} && !$statuses->{timeout},
        "round $round: no Redis error or timeout")
         or diag(explain($statuses));
+    ok($statuses->{replay}, "round $round: the other writer took events")
+        if $other_writer;
     unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
            "round $round: no alert in the error log");
     RulesNginx::stop_nginx($ngx);
