@@ -104,11 +104,12 @@ CONF
     sleep 0.3
 }
 
-redis_stat() {  # evalsha calls, evalsha usec, cpu seconds (user+sys)
+redis_stat() {  # evalsha calls, usec, failed calls, cpu seconds (user+sys)
     redis-cli -p "$redis_port" info all | tr -d '\r' | perl -ne '
-        $c = $1, $u = $2 if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
+        ($c, $u) = ($1, $2) if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
+        $f = $1 if /^cmdstat_evalsha:.*failed_calls=(\d+)/;
         $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
-        END { printf "%d %d %.6f\n", $c // 0, $u // 0, $cpu }'
+        END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
 }
 
 # wrk_run NAME PATH CONNS -> "rps p50_ms p99_ms requests"
@@ -141,16 +142,20 @@ for workers in $workers_list; do
                 gen)  rules=$out/rules-1000.json; path=/px ;;
             esac
             start_nginx "$workers" "$rules"
-            read -r c0 u0 cpu0 < <(redis_stat)
+            read -r c0 u0 f0 cpu0 < <(redis_stat)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
-            read -r c1 u1 cpu1 < <(redis_stat)
+            read -r c1 u1 f1 cpu1 < <(redis_stat)
             stop_nginx
-            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$cpu0,$cpu1)=@ARGV;
-                printf "%s %s %s %s %s %s %.3f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
-                    $n ? $dc / $n : 0, $n ? $du / $n : 0,
+            # columns: workers mode run req/s p50 p99, round trips per
+            # event (1, plus a retry for each call refused with NOSCRIPT),
+            # events per EVALSHA, EVALSHA usec per event, Redis CPU usec
+            # per event
+            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1)=@ARGV;
+                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
+                    $dc ? 1 + $df / $dc : 0, $dc ? $n / $dc : 0, $n ? $du / $n : 0,
                     $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0' \
                 "$workers" "$mode" "$r" "$rps" "$p50" "$p99" "$n" \
-                $((c1 - c0)) $((u1 - u0)) "$cpu0" "$cpu1" >> "$results"
+                $((c1 - c0)) $((u1 - u0)) $((f1 - f0)) "$cpu0" "$cpu1" >> "$results"
             printf '   run %s %-5s %9s req/s  p50 %7s ms  p99 %7s ms\n' "$r" "$mode" "$rps" "$p50" "$p99"
         done
     done
@@ -158,8 +163,8 @@ done
 
 echo
 echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')):"
-printf '%-8s %-6s %10s %8s %9s %9s %8s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
-    "rt/event" "vs 5 rules" "redis us/ev" "evalsha us"
+printf '%-8s %-6s %10s %8s %9s %9s %8s %9s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "evalsha us"
 for workers in $workers_list; do
     base=$(awk -v w="$workers" '$1==w && $2=="base" {print $4}' "$results" | median)
     spec=$(awk -v w="$workers" '$1==w && $2=="spec" {print $4}' "$results" | median)
@@ -167,10 +172,10 @@ for workers in $workers_list; do
         col() { awk -v w="$workers" -v m="$mode" -v c="$1" '$1==w && $2==m {print $c}' "$results" | median; }
         rps=$(col 4)
         ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
-        printf '%-8s %-6s %10.0f %8s %9.3f %9.3f %8.2f %10s %12.1f %12.1f\n' "$workers" "$mode" \
-            "$rps" "$(ratio "$rps" "$base")" "$(col 5)" "$(col 6)" "$(col 7)" \
+        printf '%-8s %-6s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f\n' "$workers" "$mode" \
+            "$rps" "$(ratio "$rps" "$base")" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" \
             "$([ "$mode" = gen ] && ratio "$rps" "$spec" || echo -)" \
-            "$(col 9)" "$(col 8)"
+            "$(col 10)" "$(col 9)"
     done
 done
 
@@ -188,6 +193,20 @@ for c in $steps; do
     printf '   c=%-3s base %9s req/s p99 %7s ms | 5 rules %9s req/s p99 %7s ms\n' \
         "$c" "$brps" "$bp99" "$srps" "$sp99"
 done
+
+# the target's "p99 at half of the maximum load": the step whose 5-rule
+# throughput is nearest half of the highest one, against empty_gif's p99
+# at the same connection count
+perl -ane '
+    push @r, [@F];
+    END {
+        my ($max) = sort { $b <=> $a } map { $_->[4] } @r;
+        my ($half) = sort { abs($a->[4] - $max / 2) <=> abs($b->[4] - $max / 2) } @r;
+        printf "p99 at half load (c=%d, %.0f of max %.0f req/s): 5 rules %.3f ms, "
+            . "empty_gif %.3f ms, difference %+.3f ms\n",
+            $half->[0], $half->[4], $max, $half->[6], $half->[3],
+            $half->[6] - $half->[3];
+    }' "$out/latency.dat"
 
 if command -v gnuplot >/dev/null; then
     gnuplot <<GP

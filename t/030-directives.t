@@ -17,6 +17,7 @@ __DATA__
     rules_key_prefix "t030:";
     rules_max_key_length 128;
     rules_max_value_length 1024;
+    rules_state_cache 1m;
     rules_file ../html/rules.json;
 --- config
     location = /px {
@@ -341,3 +342,56 @@ value must be between 1 and 65535
 --- must_die
 --- error_log
 "rules_redis_timeout" must be positive
+
+
+
+=== TEST 22: rules_state_cache takes a size
+--- http_config
+    rules_state_cache lots;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_state_cache" directive invalid value
+
+
+
+=== TEST 23: rules_state_cache 0: every event appends, results unchanged
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t030-23:";
+    rules_state_cache 0;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "type", "eq": "page"}, "min": 2, "within": "1h"}
+]}
+--- request eval
+[
+  "GET /px?uid=t030-23&e=page&ts=1000",
+  "GET /px?uid=t030-23&e=click&ts=2000",
+  "GET /px?uid=t030-23&e=page&ts=3000",
+  "GET /px?uid=t030-23&e=click&ts=" . (1000 + 3600000),
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: [twice]",
+  "X-Rules: []",
+]
+--- error_code eval
+[204, 204, 204, 204]
+--- no_error_log
+[error]
