@@ -107,7 +107,16 @@ rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
                           wall, out, &changed, &pttl, matched)
         != 0)
     {
-        /* a malformed op (or no memory): the state stays as it was */
+        /*
+         * A malformed op (or no memory): the state stays as it was, or
+         * becomes empty when it is what did not parse.
+         */
+        if (w->state->len
+            && rules_state_validate(w->state->data, w->state->len) != 0)
+        {
+            w->state->len = 0;
+        }
+
         return 0;
     }
 
@@ -184,7 +193,13 @@ rules_log_fold(const unsigned char *value, size_t value_len,
     }
 
     if (op == NULL) {
-        /* the stored state as it is */
+        /* the stored state as it is, or none when it does not parse */
+        if (w->state->len
+            && rules_state_validate(w->state->data, w->state->len) != 0)
+        {
+            w->state->len = 0;
+        }
+
         return 0;
     }
 

@@ -1,0 +1,179 @@
+/*
+ * The folded-state cache (src/rules_cache.c): lookups, replacement,
+ * deletion, the byte bound with least-recently-used eviction, and a
+ * random run against a simple model.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_cache.h"
+#include "tap.h"
+
+
+#define MODEL_KEYS  300
+
+
+typedef struct {
+    int      present;
+    double   gen;
+    size_t   length;
+    size_t   state_len;
+    char     state[64];
+    long     used;            /* last touch, for the LRU order */
+} model_t;
+
+
+static int
+get(rules_cache_t *c, const char *key, double *gen, size_t *length,
+    rules_str_t *state)
+{
+    double  stamp;
+
+    return rules_cache_get(c, (const unsigned char *) key, strlen(key), gen,
+                           length, &stamp, state);
+}
+
+
+static int
+put(rules_cache_t *c, const char *key, double gen, size_t length,
+    const char *state)
+{
+    return rules_cache_put(c, (const unsigned char *) key, strlen(key), gen,
+                           length, 0, (const unsigned char *) state,
+                           strlen(state));
+}
+
+
+int
+main(void)
+{
+    rules_cache_t  *c;
+    rules_str_t     st;
+    double          gen;
+    size_t          length, i, bad, size;
+    long            clock;
+    char            key[32], state[64];
+    model_t         m[MODEL_KEYS];
+
+    c = rules_cache_create(1 << 20);
+    ok(c != NULL, "created");
+
+    ok(!get(c, "a", &gen, &length, &st), "an empty cache misses");
+
+    is_int(put(c, "a", 7, 40, "state-a"), 0, "put");
+    ok(get(c, "a", &gen, &length, &st), "then hits");
+    ok(gen == 7 && length == 40 && st.len == 7
+       && memcmp(st.data, "state-a", 7) == 0, "with what was put");
+
+    put(c, "a", 8, 41, "state-a2");
+    ok(get(c, "a", &gen, &length, &st) && gen == 8 && st.len == 8,
+       "a put replaces");
+    is_int(rules_cache_entries(c), 1, "one entry");
+
+    put(c, "e", 1, 1, "");
+    ok(get(c, "e", &gen, &length, &st) && st.len == 0, "an empty state");
+
+    rules_cache_del(c, (const unsigned char *) "a", 1);
+    ok(!get(c, "a", &gen, &length, &st), "a deleted key misses");
+    rules_cache_del(c, (const unsigned char *) "zz", 2);
+    is_int(rules_cache_entries(c), 1, "deleting a missing key is harmless");
+
+    rules_cache_free(c);
+
+    /* the bound: the least recently used go first */
+
+    size = 4096;
+    c = rules_cache_create(size);
+
+    for (i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "k%zu", i);
+        put(c, key, (double) i, i, "0123456789");
+    }
+
+    ok(rules_cache_bytes(c) <= size, "bytes stay within the bound (%zu)",
+       rules_cache_bytes(c));
+    ok(get(c, "k99", &gen, &length, &st), "the latest entry is there");
+    ok(!get(c, "k0", &gen, &length, &st), "the oldest is gone");
+
+    /* the oldest left is touched: the next put evicts the one after it */
+
+    for (i = 0; i < 100 && !get(c, (snprintf(key, sizeof(key), "k%zu", i),
+                                     key), &gen, &length, &st); i++)
+    {
+        /* void */
+    }
+
+    put(c, "new", 1, 1, "0123456789");
+    ok(get(c, key, &gen, &length, &st), "a touched entry stays (%s)", key);
+    snprintf(key, sizeof(key), "k%zu", i + 1);
+    ok(!get(c, key, &gen, &length, &st), "the least recent goes (%s)", key);
+
+    memset(state, 'x', sizeof(state) - 1);
+    state[sizeof(state) - 1] = '\0';
+    rules_cache_free(c);
+
+    c = rules_cache_create(200);
+    put(c, "big", 1, 1, state);
+    ok(!get(c, "big", &gen, &length, &st),
+       "a state over a quarter of the bound is not kept");
+    rules_cache_free(c);
+
+    c = rules_cache_create(0);
+    put(c, "a", 1, 1, "s");
+    ok(!get(c, "a", &gen, &length, &st), "size 0 keeps nothing");
+    rules_cache_free(c);
+
+    /* random operations against a model, with no eviction */
+
+    c = rules_cache_create(64 << 20);
+    memset(m, 0, sizeof(m));
+    srand(42);
+    bad = 0;
+    clock = 0;
+
+    for (i = 0; i < 200000; i++) {
+        size_t  k = (size_t) rand() % MODEL_KEYS;
+        int     op = rand() % 3;
+
+        snprintf(key, sizeof(key), "key:%zu", k);
+        clock++;
+
+        if (op == 0) {
+            snprintf(state, sizeof(state), "s%zu-%ld", k, clock);
+            put(c, key, (double) clock, (size_t) clock, state);
+            m[k].present = 1;
+            m[k].gen = (double) clock;
+            m[k].length = (size_t) clock;
+            strcpy(m[k].state, state);
+            m[k].state_len = strlen(state);
+
+        } else if (op == 1) {
+            rules_cache_del(c, (const unsigned char *) key, strlen(key));
+            m[k].present = 0;
+
+        } else {
+            int hit = get(c, key, &gen, &length, &st);
+
+            if (hit != m[k].present
+                || (hit && (gen != m[k].gen || length != m[k].length
+                            || st.len != m[k].state_len
+                            || memcmp(st.data, m[k].state, st.len) != 0)))
+            {
+                bad++;
+            }
+        }
+    }
+
+    is_int(bad, 0, "200000 random operations agree with the model");
+
+    for (i = 0, size = 0; i < MODEL_KEYS; i++) {
+        size += m[i].present;
+    }
+
+    is_int(rules_cache_entries(c), size, "and so does the entry count");
+    rules_cache_free(c);
+
+    return done_testing();
+}
