@@ -13,13 +13,29 @@
 #include "ngx_http_rules_module.h"
 
 
+typedef struct ngx_http_rules_key_s  ngx_http_rules_key_t;
+
+
 typedef struct {
     ngx_http_rules_op_t          *op;
     ngx_uint_t                    status;     /* of this event */
     uint64_t                      start;      /* ns, monotonic */
     unsigned                     *groups;     /* of the key operations */
     size_t                        ngroups;
+
+    /* Redis Cluster: one EVALSHA per key, see ngx_http_rules_send_cluster */
+    ngx_http_rules_key_t         *keys;       /* NULL: not in cluster mode */
+    uint64_t                     *matched;    /* the keys' matches so far */
+    ngx_uint_t                    keys_waiting;
+    unsigned                      key_failed:1;
 } ngx_http_rules_cmd_t;
+
+
+/* Redis Cluster: one state key of an event, sent on its own */
+struct ngx_http_rules_key_s {
+    ngx_http_rules_cmd_t         *cmd;
+    uint64_t                      start;      /* ns, monotonic */
+};
 
 
 /*
@@ -59,6 +75,11 @@ static ngx_int_t ngx_http_rules_send(ngx_http_request_t *r,
     ngx_http_rules_ctx_t *ctx, ngx_http_rules_main_conf_t *rmcf,
     ngx_http_rules_cmd_t *cmd, rules_eventops_t *eo, int64_t now);
 static void ngx_http_rules_reply(void *data, redisReply *reply,
+    ngx_int_t rc);
+static ngx_int_t ngx_http_rules_send_cluster(ngx_http_request_t *r,
+    ngx_http_rules_ctx_t *ctx, ngx_http_rules_main_conf_t *rmcf,
+    ngx_http_rules_cmd_t *cmd, rules_eventops_t *eo, int64_t now);
+static void ngx_http_rules_cluster_reply(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
@@ -341,6 +362,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         cmd->groups = (unsigned *) (op->cmds + ev.nevents) + i * ngroups;
         cmd->ngroups = 0;
         cmd->status = NGX_HTTP_RULES_STATUS_SKIPPED;
+        cmd->keys = NULL;
     }
 
     ctx->op = op;
@@ -686,6 +708,10 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     const char    **argv;
     rules_keyop_t  *ko;
 
+    if (rmcf->cluster) {
+        return ngx_http_rules_send_cluster(r, ctx, rmcf, cmd, eo, now);
+    }
+
     n = eo->nkeyops;
 
     len = 0;
@@ -837,6 +863,203 @@ ngx_http_rules_reply(void *data, redisReply *reply, ngx_int_t rc)
     if (ctx == NULL) {
         if (op->orphan) {
             /* its client left before the answer: counted now */
+            ngx_http_rules_metrics_event(rmcf, cmd->status);
+        }
+
+        if (op->pending == 0) {
+            ngx_http_rules_op_free(op);
+        }
+
+        return;
+    }
+
+    if (op->pending == 0 && !ngx_terminate) {
+        ngx_http_rules_finish(ctx);
+        ngx_http_rules_wake(ctx);
+    }
+}
+
+
+/*
+ * Redis Cluster: the keys of one event are in different slots, so each
+ * goes in its own EVALSHA (numkeys 1, the key, now, its operation), to
+ * its slot's master; all are sent in this pass of the event loop, so the
+ * event still waits one round trip.  The event's result is the union of
+ * the keys' replies, taken when the last one arrives; if any key fails,
+ * the event fails (the other keys are updated all the same: they are
+ * independent, as in a single Redis the keys of two events are).
+ */
+static ngx_int_t
+ngx_http_rules_send_cluster(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
+    rules_eventops_t *eo, int64_t now)
+{
+    u_char                *nowbuf, *key;
+    size_t                 i, n, words, len, argvlen[4];
+    ngx_uint_t             sent;
+    const char            *argv[4];
+    rules_keyop_t         *ko;
+    ngx_http_rules_key_t  *k;
+
+    n = eo->nkeyops;
+    words = ngx_http_rules_event_result.words;
+
+    k = ngx_alloc(n * sizeof(ngx_http_rules_key_t) + words * sizeof(uint64_t),
+                  r->connection->log);
+    nowbuf = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+
+    if (k == NULL || nowbuf == NULL) {
+        if (k) {
+            ngx_free(k);
+        }
+
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
+
+    cmd->keys = k;
+    cmd->matched = (uint64_t *) (k + n);
+    ngx_memzero(cmd->matched, words * sizeof(uint64_t));
+    cmd->keys_waiting = 0;
+    cmd->key_failed = 0;
+    cmd->ngroups = n;
+
+    argv[0] = "1";
+    argvlen[0] = 1;
+    argv[2] = (char *) nowbuf;
+    argvlen[2] = ngx_sprintf(nowbuf, "%L", now) - nowbuf;
+
+    sent = 0;
+
+    for (i = 0; i < n; i++) {
+        ko = &eo->keyops[i];
+        cmd->groups[i] = ko->group;
+
+        len = rules_state_key_len(ctx->rules, rmcf->key_prefix.len,
+                                  ko->group, ko->key_value.len);
+
+        key = ngx_pnalloc(r->pool, len);
+        if (key == NULL) {
+            cmd->key_failed = 1;
+            continue;
+        }
+
+        argv[1] = (char *) key;
+        argvlen[1] = rules_state_key(ctx->rules,
+                                     (char *) rmcf->key_prefix.data,
+                                     rmcf->key_prefix.len, ko->group,
+                                     ko->key_value, key);
+        argv[3] = (char *) ko->op;
+        argvlen[3] = ko->op_len;
+
+        k[i].cmd = cmd;
+        k[i].start = ngx_http_rules_now_ns();
+
+        if (ngx_http_rules_cluster_evalsha(rmcf->cluster, 4, argv, argvlen,
+                                           ngx_http_rules_cluster_reply,
+                                           &k[i])
+            == NGX_OK)
+        {
+            sent++;
+
+        } else {
+            cmd->key_failed = 1;
+        }
+    }
+
+    if (sent == 0) {
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
+
+    cmd->keys_waiting = sent;
+    cmd->start = k[0].start;
+    cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
+    cmd->op->pending++;
+    ngx_http_rules_metrics_inflight(rmcf, 1);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_rules_cluster_reply(void *data, redisReply *reply, ngx_int_t rc)
+{
+    ngx_http_rules_key_t *k = data;
+
+    size_t                       i, j;
+    ngx_uint_t                   matched;
+    redisReply                  *el;
+    rules_result_t               res;
+    ngx_http_rules_op_t         *op;
+    ngx_http_rules_cmd_t        *cmd;
+    ngx_http_rules_ctx_t        *ctx;
+    const rules_group_t         *g;
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    cmd = k->cmd;
+    op = cmd->op;
+    rmcf = op->rmcf;
+
+    res.matched = cmd->matched;
+    res.words = ngx_http_rules_event_result.words;
+
+    if (rc != NGX_OK || reply == NULL) {
+        cmd->key_failed = 1;
+
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "rules redis cluster: unexpected reply to EVALSHA: "
+                      "%*s", (size_t) (reply->type == REDIS_REPLY_ERROR
+                                       ? reply->len : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        cmd->key_failed = 1;
+
+    } else {
+        ngx_http_rules_metrics_round_trip(rmcf, (ngx_msec_int_t)
+                               ((ngx_http_rules_now_ns() - k->start) / 1000));
+
+        el = reply->element[0];
+
+        if (el->type == REDIS_REPLY_STRING) {
+            (void) rules_result_add_digests(op->rules, &res,
+                                            (unsigned char *) el->str,
+                                            el->len);
+        }
+    }
+
+    if (--cmd->keys_waiting) {
+        return;
+    }
+
+    /* the event's last key: as ngx_http_rules_reply() for one EVALSHA */
+
+    op->pending--;
+    ngx_http_rules_metrics_inflight(rmcf, -1);
+    ctx = op->ctx;
+
+    if (cmd->status == NGX_HTTP_RULES_STATUS_NONE) {
+        cmd->status = cmd->key_failed ? NGX_HTTP_RULES_STATUS_ERROR
+                                      : NGX_HTTP_RULES_STATUS_OK;
+    }
+
+    if (ctx && cmd->status == NGX_HTTP_RULES_STATUS_OK) {
+        for (i = 0; i < res.words; i++) {
+            ctx->result.matched[i] |= res.matched[i];
+        }
+
+        for (j = 0; j < cmd->ngroups; j++) {
+            g = rules_group(op->rules, cmd->groups[j]);
+
+            for (i = 0; i < g->nrules; i++) {
+                matched = rules_result_is_set(&res, g->rules[i]);
+                ngx_http_rules_metrics_rule(rmcf, g->rules[i], matched);
+            }
+        }
+    }
+
+    if (ctx == NULL) {
+        if (op->orphan) {
             ngx_http_rules_metrics_event(rmcf, cmd->status);
         }
 
@@ -1024,6 +1247,14 @@ ngx_http_rules_cleanup(void *data)
 static void
 ngx_http_rules_op_free(ngx_http_rules_op_t *op)
 {
+    ngx_uint_t  i;
+
+    for (i = 0; i < op->ncmds; i++) {
+        if (op->cmds[i].keys) {
+            ngx_free(op->cmds[i].keys);
+        }
+    }
+
     ngx_free(op);
 }
 

@@ -2,13 +2,16 @@
  * rules-replay: applies a stream of JSON events to a rule file, with the
  * engine of ngx_http_rules_module, and prints one result line per event.
  *
- *   rules-replay --rules FILE [--redis ADDR] [--prefix P] [--password PW]
- *                [--user U] [--db N] [--key-max N] [--value-max N]
- *                [EVENTS.jsonl]
+ *   rules-replay --rules FILE [--redis ADDR | --redis-cluster H:P[,H:P]]
+ *                [--prefix P] [--password PW] [--user U] [--db N]
+ *                [--key-max N] [--value-max N] [EVENTS.jsonl]
  *
  * Without --redis the state lives in memory (dry runs, verification);
  * with it, each event is applied to Redis with the module's own script
  * call (one EVALSHA over the event's state keys), which rebuilds state.
+ * A Redis Cluster (--redis-cluster, or a --redis node with cluster
+ * support enabled) gets one EVALSHA per key, to the master of its slot,
+ * as the module sends them; MOVED and ASK are followed.
  */
 
 #include <errno.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <hiredis/hiredis.h>
 
 #include "rules_engine.h"
@@ -25,6 +29,8 @@
 
 
 #define REPLAY_DEFAULT_PREFIX  "rules:"
+#define REPLAY_MAX_NODES       64
+#define REPLAY_MAX_TRIES       100      /* per key; 100 ms apart when idle */
 
 
 typedef struct replay_entry_s  replay_entry_t;
@@ -35,6 +41,14 @@ struct replay_entry_s {
     size_t           key_len;
     rules_buf_t      state;
 };
+
+
+/* a Redis Cluster node: blocking connections are fine in a tool */
+typedef struct {
+    char               host[256];
+    int                port;
+    redisContext      *c;
+} replay_node_t;
 
 
 typedef struct {
@@ -49,6 +63,14 @@ typedef struct {
 
     /* Redis */
     redisContext      *redis;
+    const char        *user;
+    const char        *password;
+
+    /* Redis Cluster */
+    int                cluster;
+    replay_node_t      nodes[REPLAY_MAX_NODES];
+    size_t             nnodes;
+    short              slots[RULES_CLUSTER_SLOTS];   /* node, or -1 */
 
     rules_eventops_t   eo;
     rules_result_t     res;
@@ -64,6 +86,7 @@ usage(void)
 {
     fprintf(stderr,
         "usage: rules-replay --rules FILE [--redis HOST:PORT|unix:PATH]\n"
+        "                    [--redis-cluster HOST:PORT[,HOST:PORT...]]\n"
         "                    [--password PW] [--user USER] [--db N]\n"
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
@@ -319,6 +342,485 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 }
 
 
+/* ---- Redis Cluster --------------------------------------------------- */
+
+
+static void
+replay_sleep_ms(long ms)
+{
+    struct timespec  ts;
+
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000;
+    nanosleep(&ts, NULL);
+}
+
+
+/* The node of host:port, added when new; -1 when the table is full. */
+static int
+cluster_node(replay_t *rp, const char *host, size_t len, int port)
+{
+    replay_node_t  *n;
+    size_t          i;
+
+    if (len == 0 || len >= sizeof(rp->nodes[0].host)) {
+        return -1;
+    }
+
+    for (i = 0; i < rp->nnodes; i++) {
+        n = &rp->nodes[i];
+
+        if (n->port == port && strlen(n->host) == len
+            && memcmp(n->host, host, len) == 0)
+        {
+            return (int) i;
+        }
+    }
+
+    if (rp->nnodes == REPLAY_MAX_NODES) {
+        fprintf(stderr, "rules-replay: more than %d cluster nodes\n",
+                REPLAY_MAX_NODES);
+        return -1;
+    }
+
+    n = &rp->nodes[rp->nnodes];
+    memcpy(n->host, host, len);
+    n->host[len] = '\0';
+    n->port = port;
+    n->c = NULL;
+
+    return (int) rp->nnodes++;
+}
+
+
+static void
+cluster_drop(replay_t *rp, int i)
+{
+    if (rp->nodes[i].c) {
+        redisFree(rp->nodes[i].c);
+        rp->nodes[i].c = NULL;
+    }
+}
+
+
+static int
+redis_auth(redisContext *c, const char *user, const char *password)
+{
+    redisReply  *reply;
+
+    if (password == NULL) {
+        return 0;
+    }
+
+    reply = user ? redisCommand(c, "AUTH %s %s", user, password)
+                 : redisCommand(c, "AUTH %s", password);
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "rules-replay: redis AUTH failed: %s\n",
+                reply ? reply->str : c->errstr);
+
+        if (reply) {
+            freeReplyObject(reply);
+        }
+
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    return 0;
+}
+
+
+static redisContext *
+cluster_conn(replay_t *rp, int i)
+{
+    replay_node_t   *n;
+    struct timeval   tv;
+
+    n = &rp->nodes[i];
+
+    if (n->c) {
+        return n->c;
+    }
+
+    tv.tv_sec = 1;
+    tv.tv_usec = 0;
+
+    n->c = redisConnectWithTimeout(n->host, n->port, tv);
+
+    if (n->c == NULL || n->c->err) {
+        if (n->c) {
+            redisFree(n->c);
+            n->c = NULL;
+        }
+
+        return NULL;
+    }
+
+    tv.tv_sec = 10;
+    (void) redisSetTimeout(n->c, tv);
+
+    if (redis_auth(n->c, rp->user, rp->password) != 0) {
+        exit(1);
+    }
+
+    return n->c;
+}
+
+
+/* The slot map from the first node that gives one. */
+static int
+cluster_refresh(replay_t *rp)
+{
+    redisContext  *c;
+    redisReply    *reply, *e, *m;
+    size_t         i, j, n;
+    long long      s;
+    int            node;
+
+    n = rp->nnodes;
+
+    for (i = 0; i < n; i++) {
+        c = cluster_conn(rp, (int) i);
+
+        if (c == NULL) {
+            continue;
+        }
+
+        reply = redisCommand(c, "CLUSTER SLOTS");
+
+        if (reply == NULL) {
+            cluster_drop(rp, (int) i);
+            continue;
+        }
+
+        if (reply->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(reply);
+            continue;
+        }
+
+        for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
+            rp->slots[s] = -1;
+        }
+
+        for (j = 0; j < reply->elements; j++) {
+            e = reply->element[j];
+
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3
+                || e->element[2]->type != REDIS_REPLY_ARRAY
+                || e->element[2]->elements < 2)
+            {
+                continue;
+            }
+
+            m = e->element[2];
+
+            if (m->element[0]->len == 0) {
+                node = (int) i;     /* an unknown endpoint: this node */
+
+            } else {
+                node = cluster_node(rp, m->element[0]->str,
+                                    m->element[0]->len,
+                                    (int) m->element[1]->integer);
+            }
+
+            if (node < 0) {
+                continue;
+            }
+
+            for (s = e->element[0]->integer;
+                 s <= e->element[1]->integer && s < RULES_CLUSTER_SLOTS;
+                 s++)
+            {
+                rp->slots[s] = (short) node;
+            }
+        }
+
+        freeReplyObject(reply);
+
+        return 0;
+    }
+
+    return -1;
+}
+
+
+/* "MOVED 3999 127.0.0.1:6381": the node named, or -1. */
+static int
+cluster_redirect_node(replay_t *rp, int from, const char *str, size_t len)
+{
+    const char  *p, *last, *host, *colon;
+
+    last = str + len;
+    p = memchr(str, ' ', len);
+
+    if (p == NULL) {
+        return -1;
+    }
+
+    host = memchr(p + 1, ' ', last - p - 1);
+
+    if (host == NULL) {
+        return -1;
+    }
+
+    host++;
+
+    for (colon = last - 1; colon >= host && *colon != ':'; colon--) {
+        /* void */
+    }
+
+    if (colon < host) {
+        return -1;
+    }
+
+    if (colon == host) {
+        return cluster_node(rp, rp->nodes[from].host,
+                            strlen(rp->nodes[from].host), atoi(colon + 1));
+    }
+
+    return cluster_node(rp, host, colon - host, atoi(colon + 1));
+}
+
+
+/*
+ * EVALSHA sha 1 key ... (argv[3] is the key) on the master of the key's
+ * slot, following MOVED and ASK; waits out a failover or a cluster that
+ * is down for a while (CLUSTERDOWN, TRYAGAIN, lost connections).
+ */
+static redisReply *
+cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
+{
+    redisContext  *c;
+    redisReply    *reply, *ok;
+    unsigned       slot;
+    int            i, asking, tries;
+
+    slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
+    asking = -1;
+
+    for (tries = 0; tries < REPLAY_MAX_TRIES; tries++) {
+        i = asking >= 0 ? asking : rp->slots[slot];
+
+        if (i < 0) {
+            if (cluster_refresh(rp) != 0 || rp->slots[slot] < 0) {
+                replay_sleep_ms(100);
+            }
+
+            continue;
+        }
+
+        c = cluster_conn(rp, i);
+
+        if (c == NULL) {
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+            continue;
+        }
+
+        if (asking >= 0) {
+            /* ASKING and the command, back to back */
+            if (redisAppendCommand(c, "ASKING") != REDIS_OK
+                || redisAppendCommandArgv(c, argc, argv, argvlen)
+                   != REDIS_OK
+                || redisGetReply(c, (void **) &ok) != REDIS_OK)
+            {
+                reply = NULL;
+
+            } else {
+                freeReplyObject(ok);
+
+                if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
+                    reply = NULL;
+                }
+            }
+
+        } else {
+            reply = redisCommandArgv(c, argc, argv, argvlen);
+        }
+
+        if (reply == NULL) {
+            cluster_drop(rp, i);
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+            continue;
+        }
+
+        if (reply->type != REDIS_REPLY_ERROR) {
+            return reply;
+        }
+
+        if (strncmp(reply->str, "MOVED ", 6) == 0) {
+            rp->slots[slot] = (short) cluster_redirect_node(rp, i, reply->str,
+                                                            reply->len);
+            asking = -1;
+
+        } else if (strncmp(reply->str, "ASK ", 4) == 0) {
+            asking = cluster_redirect_node(rp, i, reply->str, reply->len);
+
+        } else if (strncmp(reply->str, "NOSCRIPT", 8) == 0
+                   && strcmp(argv[0], "EVALSHA") == 0)
+        {
+            argv[0] = "EVAL";
+            argvlen[0] = 4;
+            argv[1] = rules_script_text;
+            argvlen[1] = strlen(rules_script_text);
+
+        } else if (strncmp(reply->str, "CLUSTERDOWN", 11) == 0
+                   || strncmp(reply->str, "TRYAGAIN", 8) == 0
+                   || strncmp(reply->str, "LOADING", 7) == 0)
+        {
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+
+        } else {
+            return reply;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    fprintf(stderr, "rules-replay: redis cluster: slot %u: no answer after "
+            "%d tries\n", slot, REPLAY_MAX_TRIES);
+
+    return NULL;
+}
+
+
+/* One EVALSHA per key, as the module sends them to a cluster. */
+static int
+apply_cluster(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
+{
+    redisReply  *reply;
+    const char  *argv[6];
+    size_t       argvlen[6], i;
+    char         nowbuf[32];
+    int          rc;
+
+    argvlen[4] = snprintf(nowbuf, sizeof(nowbuf), "%lld", (long long) now);
+    rc = 0;
+
+    for (i = 0; i < rp->eo.nkeyops; i++) {
+        argv[0] = "EVALSHA";
+        argvlen[0] = 7;
+        argv[1] = rules_script_sha1();
+        argvlen[1] = 40;
+        argv[2] = "1";
+        argvlen[2] = 1;
+        argv[3] = (const char *) rp->keys + offs[i];
+        argvlen[3] = lens[i];
+        argv[4] = nowbuf;
+        argv[5] = (const char *) rp->eo.keyops[i].op;
+        argvlen[5] = rp->eo.keyops[i].op_len;
+
+        reply = cluster_call(rp, 6, argv, argvlen);
+
+        if (reply == NULL) {
+            rc = -1;
+            continue;
+        }
+
+        if (reply->type == REDIS_REPLY_ERROR) {
+            fprintf(stderr, "rules-replay: redis: %s\n", reply->str);
+            rc = -1;
+
+        } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1)
+        {
+            fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+            rc = -1;
+
+        } else if (reply->element[0]->type == REDIS_REPLY_STRING) {
+            rules_result_add_digests(rp->rs, &rp->res,
+                                   (unsigned char *) reply->element[0]->str,
+                                   reply->element[0]->len);
+        }
+
+        freeReplyObject(reply);
+    }
+
+    return rc;
+}
+
+
+/* Seeds "host:port[,host:port...]", then the slot map. */
+static void
+cluster_start(replay_t *rp, const char *seeds)
+{
+    const char  *p, *end, *colon;
+    size_t       i;
+
+    rp->cluster = 1;
+
+    for (i = 0; i < RULES_CLUSTER_SLOTS; i++) {
+        rp->slots[i] = -1;
+    }
+
+    for (p = seeds; *p; p = *end ? end + 1 : end) {
+        end = strchr(p, ',');
+
+        if (end == NULL) {
+            end = p + strlen(p);
+        }
+
+        for (colon = end - 1; colon > p && *colon != ':'; colon--) {
+            /* void */
+        }
+
+        if (colon <= p || atoi(colon + 1) <= 0
+            || cluster_node(rp, p, colon - p, atoi(colon + 1)) < 0)
+        {
+            fprintf(stderr, "rules-replay: invalid --redis-cluster \"%s\": "
+                    "HOST:PORT[,HOST:PORT...]\n", seeds);
+            exit(2);
+        }
+    }
+
+    if (cluster_refresh(rp) != 0) {
+        fprintf(stderr, "rules-replay: no slot map from the cluster "
+                "nodes %s\n", seeds);
+        exit(1);
+    }
+}
+
+
+/* --redis to a node with cluster support enabled: a cluster. */
+static int
+redis_is_cluster(redisContext *c)
+{
+    redisReply  *reply;
+    int          yes;
+
+    reply = redisCommand(c, "INFO cluster");
+
+    if (reply == NULL) {
+        return 0;
+    }
+
+    yes = reply->type == REDIS_REPLY_STRING
+          && strstr(reply->str, "cluster_enabled:1") != NULL;
+
+    freeReplyObject(reply);
+
+    return yes;
+}
+
+
+static void
+cluster_free(replay_t *rp)
+{
+    size_t  i;
+
+    for (i = 0; i < rp->nnodes; i++) {
+        cluster_drop(rp, (int) i);
+    }
+}
+
+
+
 static void
 print_result(replay_t *rp, const char *status, const char *error)
 {
@@ -408,8 +910,9 @@ replay_line(replay_t *rp, const char *line, size_t len,
 
     build_keys(rp, offs, lens);
 
-    rc = use_redis ? apply_redis(rp, now, offs, lens)
-                   : apply_memory(rp, now, offs, lens);
+    rc = rp->cluster ? apply_cluster(rp, now, offs, lens)
+         : use_redis ? apply_redis(rp, now, offs, lens)
+         : apply_memory(rp, now, offs, lens);
 
     free(offs);
     free(lens);
@@ -495,6 +998,7 @@ main(int argc, char **argv)
     static struct option  opts[] = {
         { "rules", required_argument, NULL, 'r' },
         { "redis", required_argument, NULL, 'R' },
+        { "redis-cluster", required_argument, NULL, 'C' },
         { "password", required_argument, NULL, 'p' },
         { "user", required_argument, NULL, 'u' },
         { "db", required_argument, NULL, 'd' },
@@ -507,7 +1011,7 @@ main(int argc, char **argv)
     };
 
     replay_t     rp;
-    const char  *rules, *redis, *password, *user, *time_member;
+    const char  *rules, *redis, *password, *user, *time_member, *cluster;
     char         err[RULES_ERR_LEN];
     char        *line;
     size_t       cap;
@@ -518,6 +1022,7 @@ main(int argc, char **argv)
 
     rules = NULL;
     redis = NULL;
+    cluster = NULL;
     password = NULL;
     user = NULL;
     time_member = "ts";
@@ -532,6 +1037,7 @@ main(int argc, char **argv)
         switch (c) {
         case 'r': rules = optarg; break;
         case 'R': redis = optarg; break;
+        case 'C': cluster = optarg; break;
         case 'p': password = optarg; break;
         case 'u': user = optarg; break;
         case 'd': db = strtol(optarg, NULL, 10); break;
@@ -543,9 +1049,12 @@ main(int argc, char **argv)
         }
     }
 
-    if (rules == NULL || argc - optind > 1) {
+    if (rules == NULL || argc - optind > 1 || (redis && cluster)) {
         usage();
     }
+
+    rp.user = user;
+    rp.password = password;
 
     rp.prefix_len = strlen(rp.prefix);
 
@@ -571,6 +1080,25 @@ main(int argc, char **argv)
 
     if (redis) {
         rp.redis = redis_connect(redis, user, password, db);
+
+        if (strncmp(redis, "unix:", 5) != 0 && redis_is_cluster(rp.redis)) {
+            cluster = redis;
+            redisFree(rp.redis);
+            rp.redis = NULL;
+        }
+    }
+
+    if (cluster) {
+        if (db) {
+            fprintf(stderr, "rules-replay: a Redis Cluster has no --db\n");
+            return 2;
+        }
+
+        redis = cluster;
+        cluster_start(&rp, cluster);
+
+    } else if (redis) {
+        /* connected above */
 
     } else {
         rp.nbuckets = 65536;
@@ -613,7 +1141,10 @@ main(int argc, char **argv)
         fclose(in);
     }
 
-    if (rp.redis) {
+    if (rp.cluster) {
+        cluster_free(&rp);
+
+    } else if (rp.redis) {
         redisFree(rp.redis);
 
     } else {

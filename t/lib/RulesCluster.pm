@@ -1,0 +1,158 @@
+package RulesCluster;
+
+# A private Redis Cluster on loopback ports for the t/09x tests: 3
+# masters and 3 replicas (redis-server --cluster-enabled yes, then
+# redis-cli --cluster create --cluster-replicas 1), each node on a free
+# port with its bus on another free one (cluster-port), a short
+# cluster-node-timeout so that a failover takes about a second.  Every
+# server is registered with RulesNginx, which stops it by PID at exit,
+# also when a test dies.
+
+use strict;
+use warnings;
+use File::Temp qw(tempdir);
+use Time::HiRes qw(sleep time);
+use RulesNginx;
+
+sub new {
+    my ($class, %opt) = @_;
+    my $masters = $opt{masters} // 3;
+    my $replicas = $opt{replicas} // 1;
+    my $timeout = $opt{node_timeout} // 1000;
+    my $self = bless { dir => tempdir(CLEANUP => 1), nodes => [] }, $class;
+
+    for my $i (1 .. $masters * (1 + $replicas)) {
+        my $bus = RulesNginx::free_port();
+        my $dir = "$self->{dir}/n$i";
+        mkdir $dir or die "$dir: $!";
+        my $r = RulesNginx::start_redis(args => [
+            '--cluster-enabled', 'yes',
+            '--cluster-port', $bus,
+            '--cluster-config-file', "$dir/nodes.conf",
+            '--cluster-node-timeout', $timeout,
+            '--cluster-require-full-coverage', 'no',
+            '--dir', $dir,
+            '--logfile', "$dir/redis.log",
+            @{ $opt{args} // [] },
+        ]);
+        push @{ $self->{nodes} }, { port => $r->{port}, pid => $r->{pid},
+                                    bus => $bus, dir => $dir };
+    }
+
+    my @addrs = map { "127.0.0.1:$_->{port}" } @{ $self->{nodes} };
+    my $out = `redis-cli --cluster create @addrs --cluster-replicas $replicas --cluster-yes 2>&1`;
+    $? == 0 or die "redis-cli --cluster create failed:\n$out";
+    $self->wait_ok(30) or die "the cluster is not ready:\n"
+                              . $self->cli($addrs[0], 'CLUSTER', 'INFO');
+    return $self;
+}
+
+sub ports { map { $_->{port} } @{ $_[0]{nodes} } }
+
+sub seeds { join ' ', map { "127.0.0.1:$_->{port}" } @{ $_[0]{nodes} } }
+
+sub seed { "127.0.0.1:$_[0]{nodes}[0]{port}" }
+
+# redis-cli against one node ("127.0.0.1:P" or a port); the output.
+sub cli {
+    my ($self, $node, @args) = @_;
+    my $port = $node =~ /:(\d+)$/ ? $1 : $node;
+    open my $fh, '-|', 'redis-cli', '-p', $port, @args or die "redis-cli: $!";
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    $out =~ s/\s+$//;
+    return $out;
+}
+
+sub alive {
+    my ($self) = @_;
+    return grep { kill 0, $_->{pid} } @{ $self->{nodes} };
+}
+
+# Every live node sees cluster_state:ok, all slots served, and its own
+# view of the masters agrees with the others'; replicas are in sync.
+sub wait_ok {
+    my ($self, $secs) = @_;
+    my $deadline = time + ($secs // 30);
+    while (time < $deadline) {
+        my $good = 1;
+        my %maps;
+        for my $n ($self->alive) {
+            my $info = $self->cli($n->{port}, 'CLUSTER', 'INFO');
+            if ($info !~ /cluster_state:ok/ || $info !~ /cluster_slots_ok:16384/) {
+                $good = 0;
+                last;
+            }
+            $maps{ join ',', sort map { (split ' ')[1] } grep { /master/ && !/fail/ }
+                   split /\n/, $self->cli($n->{port}, 'CLUSTER', 'NODES') } = 1;
+            my $repl = $self->cli($n->{port}, 'INFO', 'replication');
+            if ($repl =~ /role:slave/ && $repl !~ /master_link_status:up/) {
+                $good = 0;
+                last;
+            }
+        }
+        return 1 if $good && keys %maps == 1;
+        sleep 0.2;
+    }
+    return 0;
+}
+
+# The masters: { id, port } by port.
+sub masters {
+    my ($self) = @_;
+    my ($n) = $self->alive;
+    my %m;
+    for (split /\n/, $self->cli($n->{port}, 'CLUSTER', 'NODES')) {
+        my ($id, $addr, $flags) = split ' ';
+        next unless $flags =~ /master/ && $flags !~ /fail/;
+        my ($port) = $addr =~ /:(\d+)/;
+        $m{$port} = $id;
+    }
+    return \%m;
+}
+
+sub node_id {
+    my ($self, $port) = @_;
+    return $self->cli($port, 'CLUSTER', 'MYID');
+}
+
+sub keyslot {
+    my ($self, $key) = @_;
+    my ($n) = $self->alive;
+    return $self->cli($n->{port}, 'CLUSTER', 'KEYSLOT', $key);
+}
+
+# The port of the master serving a slot, as seen by a live node.
+sub slot_master {
+    my ($self, $slot) = @_;
+    my ($n) = $self->alive;
+    for my $line (split /\n/, $self->cli($n->{port}, 'CLUSTER', 'NODES')) {
+        my @f = split ' ', $line;
+        next unless $f[2] =~ /master/ && $f[2] !~ /fail/;
+        my ($port) = $f[1] =~ /:(\d+)/;
+        for my $r (@f[8 .. $#f]) {
+            next if $r =~ /^\[/;
+            my ($a, $b) = split /-/, $r;
+            $b //= $a;
+            return $port if $slot >= $a && $slot <= $b;
+        }
+    }
+    return undef;
+}
+
+sub node_by_port {
+    my ($self, $port) = @_;
+    my ($n) = grep { $_->{port} == $port } @{ $self->{nodes} };
+    return $n;
+}
+
+# SIGKILL a node by PID.
+sub kill_node {
+    my ($self, $port) = @_;
+    my $n = $self->node_by_port($port) or die "no node on $port";
+    RulesNginx::stop_pid($n->{pid}, 'KILL');
+    $n->{dead} = 1;
+}
+
+1;
