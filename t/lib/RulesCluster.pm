@@ -141,6 +141,76 @@ sub slot_master {
     return undef;
 }
 
+# CRC16/XMODEM and Redis' hash tag rule, in Perl: the tests pick keys by
+# slot without asking a server for each.
+sub crc16 {
+    my ($s) = @_;
+    my $crc = 0;
+    for my $b (unpack 'C*', $s) {
+        $crc ^= $b << 8;
+        for (1 .. 8) {
+            $crc = $crc & 0x8000 ? (($crc << 1) ^ 0x1021) & 0xffff
+                                 : ($crc << 1) & 0xffff;
+        }
+    }
+    return $crc;
+}
+
+sub key_slot {
+    my ($key) = @_;
+    my $open = index $key, '{';
+    if ($open >= 0) {
+        my $close = index $key, '}', $open + 1;
+        $key = substr $key, $open + 1, $close - $open - 1
+            if $close > $open + 1;
+    }
+    return crc16($key) % 16384;
+}
+
+# Every worker of an nginx has the slot map and a connection to each
+# master (from its error log at level info): its events can all succeed.
+sub wait_nginx_ready {
+    my ($self, $ngx, $workers, $secs) = @_;
+    my $deadline = time + ($secs // 20);
+    while (time < $deadline) {
+        my $masters = $self->masters;
+        my (%map, %conn);
+        for (split /\n/, RulesNginx::error_log($ngx)) {
+            $map{$1} = 1 if /\] (\d+)#\d+: rules redis cluster: slot map from/;
+            $conn{$1}{$2} = 1
+                if /\] (\d+)#\d+: rules redis 127\.0\.0\.1:(\d+): connected/;
+        }
+        my @ready = grep {
+            my $w = $_;
+            !grep { !$conn{$w}{$_} } keys %$masters;
+        } keys %map;
+        return 1 if @ready >= $workers;
+        sleep 0.1;
+    }
+    return 0;
+}
+
+# The replicas have every write of their masters.
+sub wait_synced {
+    my ($self, $secs) = @_;
+    my $deadline = time + ($secs // 20);
+    while (time < $deadline) {
+        my $synced = 1;
+        for my $n ($self->alive) {
+            my $info = $self->cli($n->{port}, 'INFO', 'replication');
+            next unless $info =~ /role:master/;
+            my ($off) = $info =~ /master_repl_offset:(\d+)/;
+            for my $slave ($info =~ /^slave\d+:(.*)$/mg) {
+                my ($soff) = $slave =~ /offset=(\d+)/;
+                $synced = 0 if !defined $soff || $soff < $off;
+            }
+        }
+        return 1 if $synced;
+        sleep 0.1;
+    }
+    return 0;
+}
+
 sub node_by_port {
     my ($self, $port) = @_;
     my ($n) = grep { $_->{port} == $port } @{ $self->{nodes} };
