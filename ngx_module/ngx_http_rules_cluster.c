@@ -39,6 +39,7 @@
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MIN    100    /* ms */
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MAX    2000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_GC_IDLE        5000   /* ms */
+#define NGX_HTTP_RULES_CLUSTER_CHECK          1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS  5
 #define NGX_HTTP_RULES_CLUSTER_HOST_LEN       NGX_SOCKADDR_STRLEN
 
@@ -87,6 +88,7 @@ struct ngx_http_rules_cluster_s {
 
     ngx_event_t                        refresh_timer;
     ngx_event_t                        gc_timer;
+    ngx_event_t                        check_timer;
     ngx_msec_t                         last_refresh;
     ngx_msec_t                         refresh_interval;
 
@@ -119,6 +121,7 @@ static void ngx_http_rules_cluster_slots_reply(void *data,
 static ngx_int_t ngx_http_rules_cluster_slots_parse(
     ngx_http_rules_cluster_t *cl, redisReply *reply);
 static void ngx_http_rules_cluster_gc(ngx_event_t *ev);
+static void ngx_http_rules_cluster_check(ngx_event_t *ev);
 static ngx_int_t ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t flags);
 static void ngx_http_rules_cluster_reply(void *data, redisReply *reply,
@@ -161,6 +164,13 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
     cl->gc_timer.data = cl;
     cl->gc_timer.log = log;
     cl->gc_timer.cancelable = 1;
+
+    cl->check_timer.handler = ngx_http_rules_cluster_check;
+    cl->check_timer.data = cl;
+    cl->check_timer.log = log;
+    cl->check_timer.cancelable = 1;
+
+    ngx_add_timer(&cl->check_timer, NGX_HTTP_RULES_CLUSTER_CHECK);
 
     seed = conf->seeds->elts;
 
@@ -723,6 +733,39 @@ ngx_http_rules_cluster_gc(ngx_event_t *ev)
 }
 
 
+/*
+ * Every second: a master of the map without a connection (killed, a
+ * failover under way) or slots without a master make a refresh, with or
+ * without traffic, so that a promoted replica is found by every worker.
+ */
+static void
+ngx_http_rules_cluster_check(ngx_event_t *ev)
+{
+    ngx_http_rules_cluster_t       *cl;
+    ngx_http_rules_cluster_node_t  *node;
+
+    cl = ev->data;
+
+    if (cl->destroying) {
+        return;
+    }
+
+    if (cl->mapped != RULES_CLUSTER_SLOTS) {
+        ngx_http_rules_cluster_plan_refresh(cl);
+
+    } else {
+        for (node = cl->nodes; node; node = node->next) {
+            if (node->slots && !ngx_http_rules_redis_ready(node->rd)) {
+                ngx_http_rules_cluster_plan_refresh(cl);
+                break;
+            }
+        }
+    }
+
+    ngx_add_timer(&cl->check_timer, NGX_HTTP_RULES_CLUSTER_CHECK);
+}
+
+
 /* ---- commands ------------------------------------------------------ */
 
 
@@ -1054,6 +1097,10 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
 
     if (cl->gc_timer.timer_set) {
         ngx_del_timer(&cl->gc_timer);
+    }
+
+    if (cl->check_timer.timer_set) {
+        ngx_del_timer(&cl->check_timer);
     }
 
     /* pending commands: handlers called with NGX_ERROR, right now */

@@ -190,6 +190,24 @@ sub wait_nginx_ready {
     return 0;
 }
 
+# $workers workers of an nginx have connected to the node on $port since
+# the error log was $since bytes long (after a failover: to the promoted
+# replica, which they learn from the slot map).
+sub wait_nginx_connected {
+    my ($self, $ngx, $workers, $port, $since, $secs) = @_;
+    my $deadline = time + ($secs // 20);
+    for (;;) {
+        my %w;
+        for (split /\n/, substr(RulesNginx::error_log($ngx), $since)) {
+            $w{$1} = 1
+                if /\] (\d+)#\d+: rules redis 127\.0\.0\.1:$port: connected/;
+        }
+        return 1 if keys %w >= $workers;
+        return 0 if time >= $deadline;
+        sleep 0.1;
+    }
+}
+
 # The replicas have every write of their masters.
 sub wait_synced {
     my ($self, $secs) = @_;
