@@ -9,7 +9,7 @@ cluster_pids=()
 redis_ports=
 
 cluster_start() {
-    local n=$1 i port bus first= from to
+    local n=$1 i port bus first= first_bus= from to
     for i in $(seq "$n"); do
         port=$(free_port)
         bus=$(free_port)
@@ -24,18 +24,19 @@ cluster_start() {
             sleep 0.1
         done
         redis_ports="$redis_ports $port"
-        [ -n "$first" ] || first=$port
+        [ -n "$first" ] || { first=$port; first_bus=$bus; }
     done
     i=0
     for port in $redis_ports; do
-        [ "$port" = "$first" ] || redis-cli -p "$port" cluster meet 127.0.0.1 "$first" > /dev/null
+        [ "$port" = "$first" ] || redis-cli -p "$port" cluster meet 127.0.0.1 "$first" "$first_bus" > /dev/null
         from=$((16384 * i / n))
         to=$((16384 * (i + 1) / n - 1))
         redis-cli -p "$port" cluster addslotsrange "$from" "$to" > /dev/null
         i=$((i + 1))
     done
+    local ok=0
     for _ in $(seq 200); do
-        local ok=1
+        ok=1
         for port in $redis_ports; do
             redis-cli -p "$port" cluster info | grep -q 'cluster_state:ok' || ok=0
             [ "$(redis-cli -p "$port" cluster nodes | grep -c master)" = "$n" ] || ok=0
@@ -43,6 +44,7 @@ cluster_start() {
         [ "$ok" = 1 ] && break
         sleep 0.1
     done
+    [ "$ok" = 1 ] || { echo "bench: the Redis Cluster is not ready" >&2; exit 1; }
     redis_directive="rules_redis_cluster 127.0.0.1:$first;"
     echo "== Redis Cluster: $n master(s) on ports$redis_ports"
 }

@@ -40,6 +40,7 @@
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MAX    2000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_GC_IDLE        5000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_CHECK          1000   /* ms */
+#define NGX_HTTP_RULES_CLUSTER_LOG_EVERY      1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS  5
 #define NGX_HTTP_RULES_CLUSTER_HOST_LEN       NGX_SOCKADDR_STRLEN
 
@@ -91,6 +92,8 @@ struct ngx_http_rules_cluster_s {
     ngx_event_t                        check_timer;
     ngx_msec_t                         last_refresh;
     ngx_msec_t                         refresh_interval;
+    ngx_msec_t                         failure_logged;
+    ngx_uint_t                         failures_unlogged;
 
     ngx_http_rules_cluster_stats_t     stats;
     ngx_http_rules_redis_stats_t       gone;     /* of freed nodes */
@@ -132,6 +135,8 @@ static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc);
 static ngx_uint_t ngx_http_rules_cluster_error_is(redisReply *reply,
     const char *prefix);
+static void ngx_http_rules_cluster_failure(ngx_http_rules_cluster_t *cl,
+    const char *fmt, ...);
 
 
 ngx_http_rules_cluster_t *
@@ -889,30 +894,45 @@ ngx_http_rules_cluster_reply(void *data, redisReply *reply, ngx_int_t rc)
         return;
     }
 
-    if (reply->type == REDIS_REPLY_ERROR && !cl->destroying) {
-
-        if (ngx_http_rules_cluster_error_is(reply, "MOVED ")) {
-            cl->stats.moved++;
-
-            if (ngx_http_rules_cluster_redirect(cmd, reply, 0) == NGX_OK) {
-                return;
-            }
-
-        } else if (ngx_http_rules_cluster_error_is(reply, "ASK ")) {
-            cl->stats.ask++;
-
-            if (ngx_http_rules_cluster_redirect(cmd, reply, 1) == NGX_OK) {
-                return;
-            }
-
-        } else if (ngx_http_rules_cluster_error_is(reply, "CLUSTERDOWN")
-                   || ngx_http_rules_cluster_error_is(reply, "TRYAGAIN"))
-        {
-            ngx_http_rules_cluster_plan_refresh(cl);
-        }
+    if (reply->type != REDIS_REPLY_ERROR || cl->destroying) {
+        ngx_http_rules_cluster_done(cmd, reply, NGX_OK);
+        return;
     }
 
-    ngx_http_rules_cluster_done(cmd, reply, NGX_OK);
+    if (ngx_http_rules_cluster_error_is(reply, "MOVED ")) {
+        cl->stats.moved++;
+
+        if (ngx_http_rules_cluster_redirect(cmd, reply, 0) == NGX_OK) {
+            return;
+        }
+
+    } else if (ngx_http_rules_cluster_error_is(reply, "ASK ")) {
+        cl->stats.ask++;
+
+        if (ngx_http_rules_cluster_redirect(cmd, reply, 1) == NGX_OK) {
+            return;
+        }
+
+    } else if (ngx_http_rules_cluster_error_is(reply, "CLUSTERDOWN")
+               || ngx_http_rules_cluster_error_is(reply, "TRYAGAIN")
+               || ngx_http_rules_cluster_error_is(reply, "LOADING"))
+    {
+        /* the cluster's state, not the command's: no need to log each */
+
+        ngx_http_rules_cluster_failure(cl, "%s: %*s", cmd->node->addr,
+                                       ngx_min((size_t) reply->len, 200),
+                                       reply->str);
+        ngx_http_rules_cluster_plan_refresh(cl);
+
+    } else {
+        /* the command's own error (a script error): the caller logs it */
+        ngx_http_rules_cluster_done(cmd, reply, NGX_OK);
+        return;
+    }
+
+    /* a failure of the cluster, logged above: the command fails */
+
+    ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
 }
 
 
@@ -980,6 +1000,8 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
 
     node = ngx_http_rules_cluster_node(cl, host, len, (in_port_t) port);
     if (node == NULL) {
+        ngx_http_rules_cluster_failure(cl, "slot %i: cannot make a node "
+                                       "for %*s", slot, len, host);
         return NGX_ERROR;
     }
 
@@ -1004,10 +1026,10 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
     }
 
     if (++cmd->redirects > NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS) {
-        ngx_log_error(NGX_LOG_ERR, cl->log, 0,
-                      "rules redis cluster: slot %i: more than %d "
-                      "redirections, last to %s", slot,
-                      NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS, node->addr);
+        ngx_http_rules_cluster_failure(cl, "slot %i: more than %d "
+                                       "redirections, the last to %s", slot,
+                                       NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS,
+                                       node->addr);
         return NGX_ERROR;
     }
 
@@ -1020,18 +1042,24 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
      * event fails open) rather than wait.
      */
 
-    if (!ngx_http_rules_redis_ready(node->rd)) {
+    if (!ngx_http_rules_redis_ready(node->rd)
+        || ngx_http_rules_cluster_send(cmd, node,
+                                       ask ? NGX_HTTP_RULES_REDIS_ASKING : 0)
+           != NGX_OK)
+    {
+        ngx_http_rules_cluster_failure(cl, "slot %i: cannot follow %s to "
+                                       "%s: not ready", slot,
+                                       ask ? "ASK" : "MOVED", node->addr);
         return NGX_ERROR;
     }
 
-    return ngx_http_rules_cluster_send(cmd, node,
-                                       ask ? NGX_HTTP_RULES_REDIS_ASKING : 0);
+    return NGX_OK;
 
 invalid:
 
-    ngx_log_error(NGX_LOG_ERR, cl->log, 0,
-                  "rules redis cluster: cannot follow \"%*s\"",
-                  ngx_min((size_t) reply->len, 200), reply->str);
+    ngx_http_rules_cluster_failure(cl, "cannot follow \"%*s\"",
+                                   ngx_min((size_t) reply->len, 200),
+                                   reply->str);
 
     return NGX_ERROR;
 }
@@ -1062,6 +1090,45 @@ ngx_http_rules_cluster_error_is(redisReply *reply, const char *prefix)
 
     return (size_t) reply->len >= len
            && ngx_strncmp(reply->str, prefix, len) == 0;
+}
+
+
+/*
+ * A command failed because of the cluster's state: at most one line a
+ * second, however many events it fails, with the count of the others.
+ */
+static void
+ngx_http_rules_cluster_failure(ngx_http_rules_cluster_t *cl,
+    const char *fmt, ...)
+{
+    u_char   *p, buf[NGX_MAX_ERROR_STR];
+    va_list   args;
+
+    if (cl->failure_logged
+        && ngx_current_msec - cl->failure_logged
+           < NGX_HTTP_RULES_CLUSTER_LOG_EVERY)
+    {
+        cl->failures_unlogged++;
+        return;
+    }
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(buf, buf + sizeof(buf), fmt, args);
+    va_end(args);
+
+    if (cl->failures_unlogged) {
+        ngx_log_error(NGX_LOG_WARN, cl->log, 0,
+                      "rules redis cluster: %*s (and %ui more failure%s "
+                      "not logged)", p - buf, buf, cl->failures_unlogged,
+                      cl->failures_unlogged == 1 ? "" : "s");
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, cl->log, 0,
+                      "rules redis cluster: %*s", p - buf, buf);
+    }
+
+    cl->failure_logged = ngx_current_msec;
+    cl->failures_unlogged = 0;
 }
 
 

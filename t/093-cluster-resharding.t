@@ -47,9 +47,8 @@ sub replay {
 }
 
 sub start_nginx {
-    my ($rules) = @_;
-    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
-                                qw(uid ip type product path n);
+    my ($rules, @fields) = @_;
+    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" } @fields;
     return RulesNginx::start_nginx(
         prefix  => "$FindBin::Bin/servroot-093",
         workers => 2,
@@ -132,7 +131,7 @@ my $src = $cluster->slot_master($slot);
 my ($dst) = grep { $_ != $src } sort keys %{ $cluster->masters };
 my ($src_id, $dst_id) = map { $cluster->node_id($_) } $src, $dst;
 
-my $ngx = start_nginx($rules1);
+my $ngx = start_nginx($rules1, qw(uid type));
 ok($cluster->wait_nginx_ready($ngx, 2), 'workers ready');
 
 my (@events, @got);
@@ -223,7 +222,7 @@ for my $e (@$stream) {
     $e->{ip} .= $pick->rand_int(4) if exists $e->{ip};
 }
 
-$ngx = start_nginx($rules2);
+$ngx = start_nginx($rules2, qw(uid ip type product path n));
 ok($cluster->wait_nginx_ready($ngx, 2), 'workers ready (reshard)');
 
 my $stop = "$dir/stop";
