@@ -143,9 +143,7 @@ ngx_http_rules_cluster_t *
 ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
     const char *script, const char *script_sha1, ngx_log_t *log)
 {
-    ngx_uint_t                      i;
-    ngx_http_rules_cluster_t       *cl;
-    ngx_http_rules_cluster_seed_t  *seed;
+    ngx_http_rules_cluster_t  *cl;
 
     cl = ngx_calloc(sizeof(ngx_http_rules_cluster_t), log);
     if (cl == NULL) {
@@ -177,16 +175,9 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
 
     ngx_add_timer(&cl->check_timer, NGX_HTTP_RULES_CLUSTER_CHECK);
 
-    seed = conf->seeds->elts;
-
-    for (i = 0; i < conf->seeds->nelts; i++) {
-        if (ngx_http_rules_cluster_node(cl, seed[i].host.data,
-                                        seed[i].host.len, seed[i].port)
-            == NULL)
-        {
-            ngx_http_rules_cluster_destroy(cl);
-            return NULL;
-        }
+    if (ngx_http_rules_cluster_seeds(cl) != NGX_OK) {
+        ngx_http_rules_cluster_destroy(cl);
+        return NULL;
     }
 
     /* the first attempt waits for a seed's connection */
