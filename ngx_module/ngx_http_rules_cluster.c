@@ -118,7 +118,7 @@ static void ngx_http_rules_cluster_plan_refresh(ngx_http_rules_cluster_t *cl);
 static void ngx_http_rules_cluster_refresh(ngx_event_t *ev);
 static ngx_int_t ngx_http_rules_cluster_seeds(ngx_http_rules_cluster_t *cl);
 static void ngx_http_rules_cluster_refresh_failed(
-    ngx_http_rules_cluster_t *cl, const char *fmt, ngx_str_t *detail);
+    ngx_http_rules_cluster_t *cl, const char *what, ngx_str_t *detail);
 static void ngx_http_rules_cluster_slots_reply(void *data,
     redisReply *reply, ngx_int_t rc);
 static ngx_int_t ngx_http_rules_cluster_slots_parse(
