@@ -19,7 +19,10 @@ sub new {
     my $masters = $opt{masters} // 3;
     my $replicas = $opt{replicas} // 1;
     my $timeout = $opt{node_timeout} // 1000;
-    my $self = bless { dir => tempdir(CLEANUP => 1), nodes => [] }, $class;
+    my $pw = $opt{password};
+    my $self = bless { dir => tempdir(CLEANUP => 1), nodes => [],
+                       auth => $pw ? ['-a', $pw, '--no-auth-warning'] : [] },
+                     $class;
 
     for my $i (1 .. $masters * (1 + $replicas)) {
         my $bus = RulesNginx::free_port();
@@ -33,6 +36,7 @@ sub new {
             '--cluster-require-full-coverage', 'no',
             '--dir', $dir,
             '--logfile', "$dir/redis.log",
+            ($pw ? ('--requirepass', $pw, '--masterauth', $pw) : ()),
             @{ $opt{args} // [] },
         ]);
         push @{ $self->{nodes} }, { port => $r->{port}, pid => $r->{pid},
@@ -40,7 +44,7 @@ sub new {
     }
 
     my @addrs = map { "127.0.0.1:$_->{port}" } @{ $self->{nodes} };
-    my $out = `redis-cli --cluster create @addrs --cluster-replicas $replicas --cluster-yes 2>&1`;
+    my $out = `redis-cli @{ $self->{auth} } --cluster create @addrs --cluster-replicas $replicas --cluster-yes 2>&1`;
     $? == 0 or die "redis-cli --cluster create failed:\n$out";
     $self->wait_ok(30) or die "the cluster is not ready:\n"
                               . $self->cli($addrs[0], 'CLUSTER', 'INFO');
@@ -57,7 +61,8 @@ sub seed { "127.0.0.1:$_[0]{nodes}[0]{port}" }
 sub cli {
     my ($self, $node, @args) = @_;
     my $port = $node =~ /:(\d+)$/ ? $1 : $node;
-    open my $fh, '-|', 'redis-cli', '-p', $port, @args or die "redis-cli: $!";
+    open my $fh, '-|', 'redis-cli', @{ $self->{auth} }, '-p', $port, @args
+        or die "redis-cli: $!";
     local $/;
     my $out = <$fh> // '';
     close $fh;
