@@ -154,8 +154,13 @@ is($cluster->cli($src, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $dst_id),
 is($cluster->cli($src, 'MIGRATE', '127.0.0.1', $dst, "$prefix\{uid:$k[0]}",
                  0, 5000), 'OK', "$k[0] migrated");
 
-my $r = $ev->($k[0], 'b');          # on the target: ASK
-is($r->[2], 'c3,seq', "$k[0] (migrated): its state followed it (ASK)");
+# the target forgets the script: the ASK'd EVALSHA gets NOSCRIPT, and
+# the EVAL that follows needs ASKING again
+is($cluster->cli($dst, 'SCRIPT', 'FLUSH'), 'OK', "scripts flushed on $dst");
+
+my $r = $ev->($k[0], 'b');          # on the target: ASK, NOSCRIPT, EVAL
+is($r->[2], 'c3,seq', "$k[0] (migrated): its state followed it (ASK, "
+                      . 'then NOSCRIPT answered by ASKING + EVAL)');
 $r = $ev->($k[1], 'a');             # still on the source
 is($r->[1], 'ok', "$k[1] (not migrated yet): served by the source");
 $r = $ev->($k[2], 'a');             # a new key: created on the target
@@ -164,6 +169,10 @@ $ev->($k[$_ % 3], 'a') for 1 .. 6;
 
 ok(metric($ngx, 'nginx_rules_cluster_redirects_total\{type="ask"\}') >= 2,
    'ASK redirections counted');
+ok(metric($ngx, 'nginx_rules_redis_noscript_total') >= 1,
+   'the NOSCRIPT counted');
+is(metric($ngx, 'nginx_rules_cluster_redirects_total\{type="moved"\}'), 0,
+   'no MOVED so far: the EVAL after NOSCRIPT went with ASKING');
 
 is($cluster->cli($src, 'MIGRATE', '127.0.0.1', $dst, "$prefix\{uid:$k[1]}",
                  0, 5000), 'OK', "$k[1] migrated");

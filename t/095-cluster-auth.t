@@ -76,6 +76,10 @@ for my $case (['pw', 'password=sesame'], ['acl', 'user=app password=apppw']) {
                   @users;
     is_deeply(\@got, [ map { ('ok ', 'ok twice') } @users ],
               "$name: events on every master, state kept ($auth)");
+    $cluster->cli($_, 'SCRIPT', 'FLUSH') for $cluster->ports;
+    @got = map { px($ngx, "uid=$_&ts=3000") } @users;
+    is_deeply(\@got, [ map { 'ok twice' } @users ],
+              "$name: scripts flushed on every node: NOSCRIPT answered");
     unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]|AUTH failed/,
            "$name: no alert, no AUTH failure");
     RulesNginx::stop_nginx($ngx);
