@@ -1,6 +1,6 @@
 package RulesCluster;
 
-# A private Redis Cluster on loopback ports for the t/09x tests: 3
+# A private Redis Cluster on loopback ports for the t/10x tests: 3
 # masters and 3 replicas (redis-server --cluster-enabled yes, then
 # redis-cli --cluster create --cluster-replicas 1), each node on a free
 # port with its bus on another free one (cluster-port), a short

@@ -61,13 +61,13 @@ my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
 my @ngx;
 for my $name (qw(a b)) {
     push @ngx, RulesNginx::start_nginx(
-        prefix  => "$FindBin::Bin/servroot-092$name",
+        prefix  => "$FindBin::Bin/servroot-102$name",
         workers => $name eq 'a' ? 2 : 1,
         files   => { 'rules.json' => $rules_json },
         http    => <<"_EOC_");
     rules_redis_cluster $seeds;
     rules_redis_timeout 5s;
-    rules_key_prefix "t092:";
+    rules_key_prefix "t102:";
     rules_file ../html/rules.json;
     server {
         listen 127.0.0.1:\$PORT;
@@ -109,7 +109,7 @@ ok(!$statuses{error} && !$statuses{timeout}, 'no Redis error or timeout')
 
 my (%by_master, @users);
 for my $i (0 .. 1000) {
-    my $slot = RulesCluster::key_slot("t092:{uid:par$i}");
+    my $slot = RulesCluster::key_slot("t102:{uid:par$i}");
     my $m = $cluster->slot_master($slot);
     next if $by_master{$m}++;
     push @users, "par$i";

@@ -22,7 +22,7 @@ my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
 
 my $dir = tempdir(CLEANUP => 1);
 my $cluster = RulesCluster->new(node_timeout => 1000);
-my $prefix = 't094:';
+my $prefix = 't104:';
 my $deadline_ms = 300;
 
 my $rules = RulesGen::json({ rules => [
@@ -44,7 +44,7 @@ my $victim = $masters[0];
 my $seed = "127.0.0.1:$masters[1]";
 
 my $ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-094",
+    prefix  => "$FindBin::Bin/servroot-104",
     workers => 2,
     files   => { 'rules.json' => $rules },
     http    => <<"_EOC_");

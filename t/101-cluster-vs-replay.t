@@ -65,13 +65,13 @@ for my $round (1 .. 2) {
     my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
                                 qw(uid ip type product path n);
     my $ngx = RulesNginx::start_nginx(
-        prefix  => "$FindBin::Bin/servroot-091",
+        prefix  => "$FindBin::Bin/servroot-101",
         workers => 2,
         files   => { 'rules.json' => $rules_json },
         http    => <<"_EOC_");
     rules_redis_cluster $seeds;
     rules_redis_timeout 2s;
-    rules_key_prefix "t091:$round:";
+    rules_key_prefix "t101:$round:";
     rules_file ../html/rules.json;
     server {
         listen 127.0.0.1:\$PORT;
@@ -113,7 +113,7 @@ _EOC_
     # every master holds some of the state
     my $masters = $cluster->masters;
     my @empty = grep {
-        $cluster->cli($_, '--scan', '--pattern', "t091:$round:*") eq ''
+        $cluster->cli($_, '--scan', '--pattern', "t101:$round:*") eq ''
     } sort keys %$masters;
     is(scalar @empty, 0, "round $round: state keys on all 3 masters")
         or diag("no keys on @empty");
@@ -128,11 +128,11 @@ _EOC_
 
     # rules-replay against the cluster: --redis to one node (detected),
     # and --redis-cluster with every seed
-    my $via_node = replay('--redis', $cluster->seed, '--prefix', "t091r:$round:");
+    my $via_node = replay('--redis', $cluster->seed, '--prefix', "t101r:$round:");
     is_deeply($via_node, $expected,
               "round $round: rules-replay --redis <cluster node> agrees");
     my $via_seeds = replay('--redis-cluster', join(',', split ' ', $seeds),
-                           '--prefix', "t091s:$round:");
+                           '--prefix', "t101s:$round:");
     is_deeply($via_seeds, $expected,
               "round $round: rules-replay --redis-cluster agrees");
 }

@@ -22,7 +22,7 @@ my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
 my $dir = tempdir(CLEANUP => 1);
 my $cluster = RulesCluster->new;
 my $seeds = $cluster->seeds;
-my $prefix = 't093:';
+my $prefix = 't103:';
 
 sub uri_escape {
     my ($s) = @_;
@@ -50,7 +50,7 @@ sub start_nginx {
     my ($rules, @fields) = @_;
     my $fields = join "\n", map { "rules_field $_ \$arg_$_;" } @fields;
     return RulesNginx::start_nginx(
-        prefix  => "$FindBin::Bin/servroot-093",
+        prefix  => "$FindBin::Bin/servroot-103",
         workers => 2,
         files   => { 'rules.json' => $rules },
         http    => <<"_EOC_");
@@ -197,7 +197,7 @@ RulesNginx::stop_nginx($ngx);
 
 # ---- 2. redis-cli --cluster reshard under load -----------------------
 
-$prefix = 't093b:';
+$prefix = 't103b:';
 my $gen = RulesGen->new(9300);
 my $rules2 = RulesGen::json($gen->rules(6));
 my $stream = $gen->events(6000);

@@ -30,7 +30,7 @@ my $rules = '{"rules": [
 # users whose keys are on every master
 my (%seen, @users);
 for my $i (0 .. 1000) {
-    my $m = $cluster->slot_master(RulesCluster::key_slot("t095:{uid:a$i}"));
+    my $m = $cluster->slot_master(RulesCluster::key_slot("t105:{uid:a$i}"));
     next if $seen{$m}++;
     push @users, "a$i";
     last if @users == 3;
@@ -40,13 +40,13 @@ sub run_with {
     my ($name, $auth) = @_;
     my $seed = $cluster->seed;
     return RulesNginx::start_nginx(
-        prefix  => "$FindBin::Bin/servroot-095",
+        prefix  => "$FindBin::Bin/servroot-105",
         workers => 1,
         files   => { 'rules.json' => $rules },
         http    => <<"_EOC_");
     rules_redis_cluster $seed $auth;
     rules_redis_timeout 1s;
-    rules_key_prefix "t095:$name:";
+    rules_key_prefix "t105:$name:";
     rules_file ../html/rules.json;
     server {
         listen 127.0.0.1:\$PORT;
@@ -103,7 +103,7 @@ close $rf;
 open my $ef, '>', "$dir/events.jsonl" or die;
 print $ef map { qq({"uid":"$_","ts":1000}\n{"uid":"$_","ts":2000}\n) } @users;
 close $ef;
-my $out = `$replay --rules $dir/rules.json --redis-cluster ${\ $cluster->seed } --password sesame --prefix t095:replay: $dir/events.jsonl`;
+my $out = `$replay --rules $dir/rules.json --redis-cluster ${\ $cluster->seed } --password sesame --prefix t105:replay: $dir/events.jsonl`;
 is($out, join('', map { qq({"matched":[]}\n{"matched":["twice"]}\n) } @users),
    'rules-replay --redis-cluster --password');
 

@@ -131,7 +131,7 @@ invalid parameter "password=" of "rules_redis_cluster"
    "min": 2, "within": "1h"}
 ]}
 --- request eval
-["GET /px?uid=t090", "GET /metrics"]
+["GET /px?uid=t100", "GET /metrics"]
 --- wait: 0.5
 --- error_code eval
 [204, 200]
