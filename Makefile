@@ -177,7 +177,7 @@ test-valgrind: deps build
 	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=10 \
 	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
 	        t/052-redis-failures.t t/053-hostile-input.t \
-	        t/043-metrics-handler.t
+	        t/043-metrics-handler.t t/100-cluster-directives.t
 
 clean:
 	rm -rf $(BUILD) t/servroot*

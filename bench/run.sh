@@ -9,6 +9,9 @@
 #
 #   bench/run.sh                 (BENCH_SECS=10 BENCH_RUNS=3 BENCH_CONNS=50
 #                                 BENCH_WORKERS="1 2")
+#   BENCH_CLUSTER=3 bench/run.sh  the same against a Redis Cluster of 3
+#                                 masters (bench/cluster.sh); Redis CPU is
+#                                 summed over the masters
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +46,7 @@ stop_nginx() {
 
 cleanup() {
     stop_nginx
+    [ "${BENCH_CLUSTER:-0}" -gt 0 ] && cluster_stop
     if [ -n "$redis_pid" ]; then
         kill -TERM "$redis_pid" 2>/dev/null || true
         wait "$redis_pid" 2>/dev/null || true
@@ -50,6 +54,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+redis_directive="rules_redis 127.0.0.1:$redis_port;"
+redis_ports=$redis_port
+if [ "${BENCH_CLUSTER:-0}" -gt 0 ]; then
+    . bench/cluster.sh
+    cluster_start "$BENCH_CLUSTER"
+else
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize no --dir "$out/redis" > "$out/redis/redis.log" 2>&1 &
 redis_pid=$!
@@ -57,6 +67,7 @@ for _ in $(seq 50); do
     redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
     sleep 0.1
 done
+fi
 
 # 1000 generated rules of mixed types (the same generator as engine_bench)
 build/bench/engine_bench --dump-generated > "$out/rules-1000.json"
@@ -76,7 +87,7 @@ error_log logs/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    rules_redis 127.0.0.1:$redis_port;
+    $redis_directive
     rules_redis_timeout 200ms;
     rules_file $rules;
     server {
@@ -105,9 +116,9 @@ CONF
 }
 
 redis_stat() {  # evalsha calls, usec, failed calls, cpu seconds (user+sys)
-    redis-cli -p "$redis_port" info all | tr -d '\r' | perl -ne '
-        ($c, $u) = ($1, $2) if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
-        $f = $1 if /^cmdstat_evalsha:.*failed_calls=(\d+)/;
+    for p in $redis_ports; do redis-cli -p "$p" info all; done | tr -d '\r' | perl -ne '
+        $c += $1, $u += $2 if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
+        $f += $1 if /^cmdstat_evalsha:.*failed_calls=(\d+)/;
         $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
         END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
 }

@@ -35,6 +35,8 @@ typedef struct ngx_http_rules_batch_s  ngx_http_rules_batch_t;
 
 struct ngx_http_rules_batch_s {
     ngx_http_rules_batch_t       *next;       /* free list */
+    ngx_queue_t                   queue;      /* being filled */
+    ngx_uint_t                    slot;       /* cluster: of its keys */
     ngx_http_rules_main_conf_t   *rmcf;
     rules_batch_t                 b;
     rules_buf_t                   matched;    /* of the write items */
@@ -49,7 +51,9 @@ struct ngx_http_rules_batch_s {
 
 typedef struct {
     ngx_http_rules_main_conf_t   *rmcf;
-    ngx_http_rules_batch_t       *cur;        /* being filled */
+    ngx_http_rules_batch_t      **cur;        /* being filled, by slot */
+    ngx_uint_t                    nslots;     /* 1, or a cluster's 16384 */
+    ngx_queue_t                   filling;    /* those in cur */
     ngx_http_rules_batch_t       *free;
     ngx_uint_t                    nfree;
     ngx_event_t                   flush;
@@ -92,6 +96,18 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
     ngx_memzero(bt, sizeof(ngx_http_rules_batcher_t));
 
     bt->rmcf = rmcf;
+
+    /* on a cluster, the keys of one call must share a slot */
+
+    bt->nslots = rmcf->cluster ? 16384 : 1;
+    bt->cur = ngx_calloc(bt->nslots * sizeof(ngx_http_rules_batch_t *), log);
+
+    if (bt->cur == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_init(&bt->filling);
+
     bt->flush.handler = ngx_http_rules_batch_flush_handler;
     bt->flush.data = bt;
     bt->flush.log = log;
@@ -109,13 +125,13 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
 
 
 static ngx_http_rules_batch_t *
-ngx_http_rules_batch_current(void)
+ngx_http_rules_batch_current(ngx_uint_t slot)
 {
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    if (bt->cur) {
-        return bt->cur;
+    if (bt->cur[slot]) {
+        return bt->cur[slot];
     }
 
     if (bt->free) {
@@ -132,7 +148,9 @@ ngx_http_rules_batch_current(void)
 
     batch->next = NULL;
     batch->rmcf = bt->rmcf;
-    bt->cur = batch;
+    batch->slot = slot;
+    bt->cur[slot] = batch;
+    ngx_queue_insert_tail(&bt->filling, &batch->queue);
 
     return batch;
 }
@@ -151,7 +169,9 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    batch = ngx_http_rules_batch_current();
+    batch = ngx_http_rules_batch_current(bt->nslots > 1
+                                         ? rules_key_slot(key.data, key.len)
+                                         : 0);
     if (batch == NULL) {
         return NGX_ERROR;
     }
@@ -206,7 +226,8 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     if (rules_batch_items(&batch->b) >= RULES_BATCH_MAX_ITEMS
         || rules_batch_bytes(&batch->b) >= RULES_BATCH_MAX_BYTES)
     {
-        bt->cur = NULL;
+        bt->cur[batch->slot] = NULL;
+        ngx_queue_remove(&batch->queue);
         ngx_http_rules_batch_send(batch);
         return NGX_OK;
     }
@@ -248,13 +269,17 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
 static void
 ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
 {
+    ngx_queue_t               *q;
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = ev->data;
 
-    batch = bt->cur;
-    bt->cur = NULL;
+    /* a failed send may run requests that queue new items: they wait */
 
-    if (batch) {
+    while (!ngx_queue_empty(&bt->filling)) {
+        q = ngx_queue_head(&bt->filling);
+        ngx_queue_remove(q);
+        batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
+        bt->cur[batch->slot] = NULL;
         ngx_http_rules_batch_send(batch);
     }
 }
@@ -304,7 +329,13 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
 
     rc = NGX_DECLINED;
 
-    if (rmcf->redis) {
+    if (rmcf->cluster) {
+        rc = ngx_http_rules_cluster_evalsha(rmcf->cluster, (int) argc,
+                                            batch->argv, batch->argvlen,
+                                            ngx_http_rules_batch_reply,
+                                            batch);
+
+    } else if (rmcf->redis) {
         rc = ngx_http_rules_redis_evalsha(rmcf->redis, (int) argc,
                                           batch->argv, batch->argvlen,
                                           ngx_http_rules_batch_reply, batch);
@@ -519,6 +550,7 @@ ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch)
 void
 ngx_http_rules_batch_exit(void)
 {
+    ngx_queue_t               *q;
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
@@ -526,12 +558,19 @@ ngx_http_rules_batch_exit(void)
         ngx_delete_posted_event(&bt->flush);
     }
 
-    batch = bt->cur;
-    bt->cur = NULL;
     bt->rmcf = NULL;
 
-    if (batch) {
+    while (bt->cur && !ngx_queue_empty(&bt->filling)) {
+        q = ngx_queue_head(&bt->filling);
+        ngx_queue_remove(q);
+        batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
+        bt->cur[batch->slot] = NULL;
         ngx_http_rules_batch_fail(batch);
+    }
+
+    if (bt->cur) {
+        ngx_free(bt->cur);
+        bt->cur = NULL;
     }
 
     while (bt->free) {

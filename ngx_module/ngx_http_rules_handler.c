@@ -675,10 +675,13 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
 
     n = eo->nkeyops;
 
-    if (rmcf->redis == NULL
-        || !ngx_http_rules_redis_ready(rmcf->redis)
-        || ngx_http_rules_redis_inflight(rmcf->redis)
-           >= rmcf->redis_conf.max_inflight)
+    /* a cluster's nodes are checked when the calls go out */
+
+    if (rmcf->cluster == NULL
+        && (rmcf->redis == NULL
+            || !ngx_http_rules_redis_ready(rmcf->redis)
+            || ngx_http_rules_redis_inflight(rmcf->redis)
+               >= rmcf->redis_conf.max_inflight))
     {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;

@@ -68,6 +68,10 @@ typedef struct {
     ngx_atomic_t                        compactions_lost;
     ngx_atomic_t                        worker_starts;
     ngx_atomic_t                        config_loads;
+    ngx_atomic_t                        cluster_moved;
+    ngx_atomic_t                        cluster_ask;
+    ngx_atomic_t                        cluster_refreshes;
+    ngx_atomic_t                        cluster_refresh_errors;
 } ngx_http_rules_metrics_counters_t;
 
 
@@ -112,6 +116,8 @@ static ngx_http_rules_metrics_slot_t *ngx_http_rules_metrics_slot_alloc(
 static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
     ngx_http_rules_main_conf_t *rmcf);
 static ngx_int_t ngx_http_rules_metrics_handler(ngx_http_request_t *r);
+static void ngx_http_rules_metrics_sync_cluster(
+    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_metrics_shm_t *sh);
 static u_char *ngx_http_rules_metrics_label(u_char *p, u_char *last,
     u_char *s, size_t len);
 static u_char *ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
@@ -821,6 +827,11 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
         regex_seen = hits;
     }
 
+    if (rmcf->cluster) {
+        ngx_http_rules_metrics_sync_cluster(rmcf, sh);
+        return;
+    }
+
     if (rmcf->redis == NULL) {
         return;
     }
@@ -838,6 +849,36 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
         reconnects_seen = rst->reconnects;
         noscript_seen = rst->noscript;
     }
+}
+
+
+/* Redis Cluster: the connections of every node, and the redirections. */
+static void
+ngx_http_rules_metrics_sync_cluster(ngx_http_rules_main_conf_t *rmcf,
+    ngx_http_rules_metrics_shm_t *sh)
+{
+    static ngx_http_rules_cluster_stats_t   seen;
+    ngx_http_rules_cluster_stats_t         *cst;
+
+    cst = ngx_http_rules_cluster_stats(rmcf->cluster);
+
+    if (ngx_memcmp(cst, &seen, sizeof(seen)) == 0) {
+        return;
+    }
+
+    ngx_http_rules_metrics_redis(rmcf, cst->connects - seen.connects,
+                                 cst->reconnects - seen.reconnects,
+                                 cst->noscript - seen.noscript);
+
+    (void) ngx_atomic_fetch_add(&sh->c.cluster_moved,
+                                cst->moved - seen.moved);
+    (void) ngx_atomic_fetch_add(&sh->c.cluster_ask, cst->ask - seen.ask);
+    (void) ngx_atomic_fetch_add(&sh->c.cluster_refreshes,
+                                cst->refreshes - seen.refreshes);
+    (void) ngx_atomic_fetch_add(&sh->c.cluster_refresh_errors,
+                                cst->refresh_errors - seen.refresh_errors);
+
+    seen = *cst;
 }
 
 
@@ -1103,6 +1144,23 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         sh->c.compactions, sh->c.compactions_lost,
         (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,
         sh->c.config_loads);
+
+    if (rmcf->cluster_set) {
+        p = ngx_slprintf(p, last,
+            "# HELP nginx_rules_cluster_redirects_total Redis Cluster "
+            "redirections followed.\n"
+            "# TYPE nginx_rules_cluster_redirects_total counter\n"
+            "nginx_rules_cluster_redirects_total{type=\"moved\"} %uA\n"
+            "nginx_rules_cluster_redirects_total{type=\"ask\"} %uA\n"
+            "# HELP nginx_rules_cluster_slot_refreshes_total Redis Cluster "
+            "slot map refreshes (CLUSTER SLOTS), by result.\n"
+            "# TYPE nginx_rules_cluster_slot_refreshes_total counter\n"
+            "nginx_rules_cluster_slot_refreshes_total{result=\"ok\"} %uA\n"
+            "nginx_rules_cluster_slot_refreshes_total{result=\"error\"} "
+            "%uA\n",
+            sh->c.cluster_moved, sh->c.cluster_ask, sh->c.cluster_refreshes,
+            sh->c.cluster_refresh_errors);
+    }
 
     ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
                                            ngx_core_module);

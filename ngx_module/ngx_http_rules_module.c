@@ -21,6 +21,10 @@ static char *ngx_http_rules_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_rules_redis_cluster(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_rules_redis_auth(ngx_conf_t *cf,
+    ngx_http_rules_main_conf_t *rmcf, ngx_str_t *arg, ngx_uint_t db);
 static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -70,6 +74,13 @@ static ngx_command_t  ngx_http_rules_commands[] = {
     { ngx_string("rules_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_rules_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("rules_redis_cluster"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_rules_redis_cluster,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -279,6 +290,9 @@ ngx_http_rules_create_main_conf(ngx_conf_t *cf)
      *     rmcf->key_prefix = { 0, NULL };
      *     rmcf->metrics_zone = NULL;
      *     rmcf->redis = NULL;
+     *     rmcf->cluster_set = 0;
+     *     rmcf->cluster_conf = { NULL, NULL };
+     *     rmcf->cluster = NULL;
      */
 
     rmcf->timeout = NGX_CONF_UNSET_MSEC;
@@ -415,10 +429,10 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (!rmcf->redis_set) {
+    if (!rmcf->redis_set && !rmcf->cluster_set) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules on\" needs \"rules_redis\" in the "
-                           "http block");
+                           "\"rules on\" needs \"rules_redis\" or "
+                           "\"rules_redis_cluster\" in the http block");
         return NGX_CONF_ERROR;
     }
 
@@ -530,13 +544,16 @@ ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char      *p;
     size_t       len;
-    ngx_str_t   *value, s;
+    ngx_str_t   *value;
     ngx_url_t    u;
-    ngx_int_t    db;
     ngx_uint_t   i;
 
     if (rmcf->redis_set) {
         return "is duplicate";
+    }
+
+    if (rmcf->cluster_set) {
+        return "cannot be used with \"rules_redis_cluster\"";
     }
 
     value = cf->args->elts;
@@ -593,43 +610,11 @@ ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
-            s.data = value[i].data + 9;
-            s.len = value[i].len - 9;
-
-            if (s.len == 0) {
-                goto invalid;
-            }
-
-            rmcf->redis_conf.password = s;
-            continue;
+        if (ngx_http_rules_redis_auth(cf, rmcf, &value[i], 1)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
         }
-
-        if (ngx_strncmp(value[i].data, "user=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
-
-            if (s.len == 0) {
-                goto invalid;
-            }
-
-            rmcf->redis_conf.user = s;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            db = ngx_atoi(value[i].data + 3, value[i].len - 3);
-
-            if (db == NGX_ERROR || db > 65535) {
-                goto invalid;
-            }
-
-            rmcf->redis_conf.db = db;
-            continue;
-        }
-
-        goto invalid;
     }
 
     if (rmcf->redis_conf.user.len && rmcf->redis_conf.password.len == 0) {
@@ -641,12 +626,167 @@ ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rmcf->redis_set = 1;
 
     return NGX_CONF_OK;
+}
 
-invalid:
+
+/*
+ * rules_redis_cluster host:port [host:port...] [password=P] [user=U];
+ *
+ * Seed nodes: any of them gives the slot map (CLUSTER SLOTS), which
+ * names the masters.  Names are resolved now; unix sockets and db= do
+ * not exist in a cluster.
+ */
+static char *
+ngx_http_rules_redis_cluster(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_rules_main_conf_t *rmcf = conf;
+
+    u_char                         *p;
+    size_t                          len;
+    ngx_str_t                      *value;
+    ngx_url_t                       u;
+    ngx_uint_t                      i;
+    ngx_http_rules_cluster_seed_t  *seed;
+
+    if (rmcf->cluster_set) {
+        return "is duplicate";
+    }
+
+    if (rmcf->redis_set) {
+        return "cannot be used with \"rules_redis\"";
+    }
+
+    value = cf->args->elts;
+
+    rmcf->cluster_conf.redis = &rmcf->redis_conf;
+    rmcf->cluster_conf.seeds = ngx_array_create(cf->pool, 4,
+                                       sizeof(ngx_http_rules_cluster_seed_t));
+    if (rmcf->cluster_conf.seeds == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strlchr(value[i].data, value[i].data + value[i].len, '=')) {
+            if (ngx_http_rules_redis_auth(cf, rmcf, &value[i], 0)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (value[i].len >= 5 && ngx_strncmp(value[i].data, "unix:", 5) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"rules_redis_cluster\" needs host:port "
+                               "seed nodes, not \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[i];
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            if (u.err) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "%s in \"rules_redis_cluster %V\"",
+                                   u.err, &value[i]);
+            }
+
+            return NGX_CONF_ERROR;
+        }
+
+        if (u.no_port || u.naddrs == 0 || u.uri.len) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"rules_redis_cluster\" needs host:port "
+                               "seed nodes, not \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        seed = ngx_array_push(rmcf->cluster_conf.seeds);
+        if (seed == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                            NGX_SOCKADDR_STRLEN, 0);
+        p[len] = '\0';
+
+        seed->addr_text = value[i];
+        seed->host.data = p;
+        seed->host.len = len;
+        seed->port = u.port;
+    }
+
+    if (rmcf->cluster_conf.seeds->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_redis_cluster\" needs at least one "
+                           "host:port seed node");
+        return NGX_CONF_ERROR;
+    }
+
+    if (rmcf->redis_conf.user.len && rmcf->redis_conf.password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_redis_cluster\": \"user=\" needs "
+                           "\"password=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    seed = rmcf->cluster_conf.seeds->elts;
+    rmcf->redis_conf.addr_text = seed[0].addr_text;
+
+    rmcf->cluster_set = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* password=, user= and, but for a cluster, db= */
+static char *
+ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
+    ngx_str_t *arg, ngx_uint_t db)
+{
+    ngx_str_t   s;
+    ngx_int_t   n;
+    char       *name;
+
+    name = db ? "rules_redis" : "rules_redis_cluster";
+
+    if (arg->len > 9 && ngx_strncmp(arg->data, "password=", 9) == 0) {
+        s.data = arg->data + 9;
+        s.len = arg->len - 9;
+        rmcf->redis_conf.password = s;
+        return NGX_CONF_OK;
+    }
+
+    if (arg->len > 5 && ngx_strncmp(arg->data, "user=", 5) == 0) {
+        s.data = arg->data + 5;
+        s.len = arg->len - 5;
+        rmcf->redis_conf.user = s;
+        return NGX_CONF_OK;
+    }
+
+    if (db && arg->len > 3 && ngx_strncmp(arg->data, "db=", 3) == 0) {
+        n = ngx_atoi(arg->data + 3, arg->len - 3);
+
+        if (n != NGX_ERROR && n <= 65535) {
+            rmcf->redis_conf.db = n;
+            return NGX_CONF_OK;
+        }
+    }
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\" of \"rules_redis\": "
-                       "expected password=, user= or db=N", &value[i]);
+                       "invalid parameter \"%V\" of \"%s\": "
+                       "expected password=, user=%s", arg, name,
+                       db ? " or db=N" : " (a cluster has no db=)");
     return NGX_CONF_ERROR;
 }
 
@@ -833,7 +973,7 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
     /* every worker counts, with or without a Redis to talk to */
     ngx_http_rules_metrics_worker_start(rmcf);
 
-    if (!rmcf->redis_set) {
+    if (!rmcf->redis_set && !rmcf->cluster_set) {
         return NGX_OK;
     }
 
@@ -841,12 +981,23 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    rmcf->redis = ngx_http_rules_redis_create(&rmcf->redis_conf,
-                                              rules_script_text,
-                                              rules_script_sha1(),
-                                              cycle->log);
-    if (rmcf->redis == NULL) {
-        return NGX_ERROR;
+    if (rmcf->cluster_set) {
+        rmcf->cluster = ngx_http_rules_cluster_create(&rmcf->cluster_conf,
+                                                      rules_script_text,
+                                                      rules_script_sha1(),
+                                                      cycle->log);
+        if (rmcf->cluster == NULL) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        rmcf->redis = ngx_http_rules_redis_create(&rmcf->redis_conf,
+                                                  rules_script_text,
+                                                  rules_script_sha1(),
+                                                  cycle->log);
+        if (rmcf->redis == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     return ngx_http_rules_batch_init(rmcf, cycle->log);
@@ -860,13 +1011,20 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
 
     rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
 
-    if (rmcf == NULL || rmcf->redis == NULL) {
+    if (rmcf == NULL || (rmcf->redis == NULL && rmcf->cluster == NULL)) {
         return;
     }
 
     /* the calls in flight fail first, then those never sent */
-    ngx_http_rules_redis_destroy(rmcf->redis);
-    rmcf->redis = NULL;
+
+    if (rmcf->cluster) {
+        ngx_http_rules_cluster_destroy(rmcf->cluster);
+        rmcf->cluster = NULL;
+
+    } else {
+        ngx_http_rules_redis_destroy(rmcf->redis);
+        rmcf->redis = NULL;
+    }
 
     ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();

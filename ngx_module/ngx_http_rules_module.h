@@ -12,6 +12,7 @@
 #include "rules_engine.h"
 #include "rules_json_event.h"
 #include "ngx_http_rules_redis.h"
+#include "ngx_http_rules_cluster.h"
 
 
 #define NGX_HTTP_RULES_DEFAULT_PREFIX    "rules:"
@@ -48,6 +49,8 @@ typedef struct {
 
     ngx_http_rules_redis_conf_t   redis_conf;
     ngx_flag_t                    redis_set;
+    ngx_http_rules_cluster_conf_t cluster_conf;   /* rules_redis_cluster */
+    ngx_flag_t                    cluster_set;
     ngx_msec_t                    timeout;        /* per event deadline */
 
     ngx_str_t                     key_prefix;
@@ -56,8 +59,9 @@ typedef struct {
 
     ngx_shm_zone_t               *metrics_zone;
 
-    /* per worker */
+    /* per worker: one of them */
     ngx_http_rules_redis_t       *redis;
+    ngx_http_rules_cluster_t     *cluster;
 } ngx_http_rules_main_conf_t;
 
 

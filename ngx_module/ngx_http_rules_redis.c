@@ -80,6 +80,8 @@ struct ngx_http_rules_redis_cmd_s {
     size_t                            *argvlen;
     int                                argc;        /* with EVALSHA, sha */
     unsigned                           retried:1;
+    unsigned                           asking:1;    /* ASKING first */
+    unsigned                           raw:1;       /* not an EVALSHA */
 };
 
 
@@ -152,6 +154,14 @@ static void ngx_http_rules_redis_setup_reply(redisAsyncContext *ac,
     void *r, void *privdata);
 static void ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
+static ngx_int_t ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd,
+    ngx_uint_t flags, ngx_uint_t evalsha, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_rules_redis_handler_pt handler,
+    void *data);
+static ngx_int_t ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
+    ngx_http_rules_redis_cmd_t *cmd);
+static void ngx_http_rules_redis_asking_reply(redisAsyncContext *ac,
+    void *r, void *privdata);
 static void ngx_http_rules_redis_done(ngx_http_rules_redis_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc);
 static ngx_http_rules_redis_cmd_t *ngx_http_rules_redis_cmd_alloc(
@@ -570,7 +580,41 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_rules_redis_handler_pt handler, void *data)
 {
-    int                          i, n;
+    return ngx_http_rules_redis_queue(rd, 0, 1, argc, argv, argvlen,
+                                      handler, data);
+}
+
+
+ngx_int_t
+ngx_http_rules_redis_evalsha_ex(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
+    int argc, const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data)
+{
+    return ngx_http_rules_redis_queue(rd, flags, 1, argc, argv, argvlen,
+                                      handler, data);
+}
+
+
+ngx_int_t
+ngx_http_rules_redis_command(ngx_http_rules_redis_t *rd, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data)
+{
+    return ngx_http_rules_redis_queue(rd, 0, 0, argc, argv, argvlen,
+                                      handler, data);
+}
+
+
+/*
+ * One command: EVALSHA <sha> argv... (evalsha) or argv as given, copied
+ * into one block, preceded by ASKING when asked to.
+ */
+static ngx_int_t
+ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
+    ngx_uint_t evalsha, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data)
+{
+    int                          i, n, first;
     u_char                      *p;
     size_t                       size;
     ngx_http_rules_redis_cmd_t  *cmd;
@@ -592,7 +636,8 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
         return NGX_DECLINED;
     }
 
-    n = argc + 2;
+    first = evalsha ? 2 : 0;
+    n = argc + first;
 
     size = sizeof(ngx_http_rules_redis_cmd_t)
            + n * (sizeof(const char *) + sizeof(size_t));
@@ -611,20 +656,59 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
     cmd->data = data;
     cmd->argc = n;
     cmd->retried = 0;
+    cmd->asking = (flags & NGX_HTTP_RULES_REDIS_ASKING) ? 1 : 0;
+    cmd->raw = evalsha ? 0 : 1;
     cmd->argv = (const char **) (cmd + 1);
     cmd->argvlen = (size_t *) (cmd->argv + n);
 
-    cmd->argv[0] = "EVALSHA";
-    cmd->argvlen[0] = sizeof("EVALSHA") - 1;
-    cmd->argv[1] = rd->sha1;
-    cmd->argvlen[1] = 40;
+    if (evalsha) {
+        cmd->argv[0] = "EVALSHA";
+        cmd->argvlen[0] = sizeof("EVALSHA") - 1;
+        cmd->argv[1] = rd->sha1;
+        cmd->argvlen[1] = 40;
+    }
 
     p = (u_char *) (cmd->argvlen + n);
 
     for (i = 0; i < argc; i++) {
-        cmd->argv[2 + i] = (const char *) p;
-        cmd->argvlen[2 + i] = argvlen[i];
+        cmd->argv[first + i] = (const char *) p;
+        cmd->argvlen[first + i] = argvlen[i];
         p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    if (ngx_http_rules_redis_send(rd, cmd) != NGX_OK) {
+        ngx_http_rules_redis_cmd_free(rd, cmd);
+        return NGX_DECLINED;
+    }
+
+    rd->inflight++;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Queues the command (and ASKING right before it, in the same write: a
+ * Redis Cluster ASK redirection), counts the replies due and starts the
+ * reply watchdog with the first one.
+ */
+static ngx_int_t
+ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
+    ngx_http_rules_redis_cmd_t *cmd)
+{
+    ngx_uint_t  waiting;
+
+    waiting = rd->waiting;
+
+    if (cmd->asking) {
+        if (redisAsyncCommand(rd->ac, ngx_http_rules_redis_asking_reply,
+                              NULL, "ASKING")
+            != REDIS_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rd->waiting++;
     }
 
     /* argv and lengths: binary safe, never a format string */
@@ -633,13 +717,13 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
                               cmd->argc, cmd->argv, cmd->argvlen)
         != REDIS_OK)
     {
-        ngx_http_rules_redis_cmd_free(rd, cmd);
-        return NGX_DECLINED;
+        /* an ASKING queued alone is harmless: its reply is counted */
+        return NGX_ERROR;
     }
 
-    rd->inflight++;
+    rd->waiting++;
 
-    if (rd->waiting++ == 0) {
+    if (waiting == 0) {
         /* the reply watchdog counts from the first command waiting */
 
         rd->last_reply = ngx_current_msec;
@@ -650,6 +734,29 @@ ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd, int argc,
     }
 
     return NGX_OK;
+}
+
+
+/* The reply to ASKING: "+OK"; the command's own reply tells the rest. */
+static void
+ngx_http_rules_redis_asking_reply(redisAsyncContext *ac, void *r,
+    void *privdata)
+{
+    redisReply              *reply = r;
+    ngx_http_rules_redis_t  *rd;
+
+    rd = ac->data;
+
+    rd->waiting--;
+
+    if (reply == NULL) {
+        rd->closing = 1;
+        return;
+    }
+
+    rd->last_reply = ngx_current_msec;
+
+    ngx_http_rules_redis_replied(rd);
 }
 
 
@@ -675,7 +782,9 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     rd->last_reply = ngx_current_msec;
 
-    if (!cmd->retried && ngx_http_rules_redis_error_is(reply, "NOSCRIPT")) {
+    if (!cmd->retried && !cmd->raw
+        && ngx_http_rules_redis_error_is(reply, "NOSCRIPT"))
+    {
 
         /*
          * Redis lost the script (SCRIPT FLUSH, a failover, a restart
@@ -700,12 +809,7 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         cmd->argv[1] = rd->script;
         cmd->argvlen[1] = rd->script_len;
 
-        if (!rd->closing
-            && redisAsyncCommandArgv(ac, ngx_http_rules_redis_reply, cmd,
-                                     cmd->argc, cmd->argv, cmd->argvlen)
-               == REDIS_OK)
-        {
-            rd->waiting++;
+        if (!rd->closing && ngx_http_rules_redis_send(rd, cmd) == NGX_OK) {
             return;
         }
 

@@ -92,6 +92,25 @@ ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_handler_pt handler, void *data);
 
 /*
+ * The same, with flags: NGX_HTTP_RULES_REDIS_ASKING sends ASKING right
+ * before the command, in the same write (a Redis Cluster ASK
+ * redirection; again before the EVAL of a NOSCRIPT retry).
+ */
+#define NGX_HTTP_RULES_REDIS_ASKING  0x01
+
+ngx_int_t ngx_http_rules_redis_evalsha_ex(ngx_http_rules_redis_t *rd,
+    ngx_uint_t flags, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data);
+
+/*
+ * Any other command (argv starts with its name, e.g. CLUSTER SLOTS), on
+ * the same terms as evalsha, without the NOSCRIPT retry.
+ */
+ngx_int_t ngx_http_rules_redis_command(ngx_http_rules_redis_t *rd,
+    int argc, const char **argv, const size_t *argvlen,
+    ngx_http_rules_redis_handler_pt handler, void *data);
+
+/*
  * 1 when connected and ready (AUTH/SELECT/SCRIPT LOAD sent): evalsha
  * accepts commands, up to max_inflight.
  */

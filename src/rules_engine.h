@@ -225,6 +225,15 @@ size_t rules_state_key(const rules_set_t *rs, const char *prefix,
     size_t prefix_len, unsigned group, rules_str_t value,
     unsigned char *out);
 
+/*
+ * Redis Cluster: the slot of a key (CRC16 of its hash tag, modulo 16384,
+ * as Redis' keyHashSlot) and the CRC16 itself (XMODEM: 0x1021, init 0).
+ */
+#define RULES_CLUSTER_SLOTS  16384
+
+unsigned rules_key_slot(const unsigned char *key, size_t len);
+uint16_t rules_crc16(const unsigned char *p, size_t len);
+
 
 /* ---- results ------------------------------------------------------- */
 

@@ -83,7 +83,7 @@ X-Twice: 0
             "min": 1, "within": "1s"}]}
 --- must_die
 --- error_log
-"rules on" needs "rules_redis" in the http block
+"rules on" needs "rules_redis" or "rules_redis_cluster" in the http block
 
 
 

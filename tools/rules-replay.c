@@ -2,14 +2,16 @@
  * rules-replay: applies a stream of JSON events to a rule file, with the
  * engine of ngx_http_rules_module, and prints one result line per event.
  *
- *   rules-replay --rules FILE [--redis ADDR] [--prefix P] [--password PW]
- *                [--user U] [--db N] [--key-max N] [--value-max N]
- *                [EVENTS.jsonl]
+ *   rules-replay --rules FILE [--redis ADDR | --redis-cluster H:P[,H:P]]
+ *                [--prefix P] [--password PW] [--user U] [--db N]
+ *                [--key-max N] [--value-max N] [EVENTS.jsonl]
  *
  * Without --redis the state lives in memory (dry runs, verification);
  * with it, each event is applied to Redis with the module's own script
- * call (one EVALSHA over the event's state keys: an append to each key's
- * log, folded here; rules_log.h), which rebuilds state.
+ * call (one EVALSHA over the event's state keys; rules_log.h), which
+ * rebuilds state.  A Redis Cluster (--redis-cluster, or a --redis node
+ * with cluster support enabled) gets one EVALSHA per key, to the master
+ * of its slot, as the module sends them; MOVED and ASK are followed.
  */
 
 #include <errno.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <hiredis/hiredis.h>
 
 #include "rules_engine.h"
@@ -28,6 +31,8 @@
 
 
 #define REPLAY_DEFAULT_PREFIX  "rules:"
+#define REPLAY_MAX_NODES       64
+#define REPLAY_MAX_TRIES       100      /* per key; 100 ms apart when idle */
 
 
 typedef struct replay_entry_s  replay_entry_t;
@@ -38,6 +43,20 @@ struct replay_entry_s {
     size_t           key_len;
     rules_buf_t      state;
 };
+
+
+/* a Redis Cluster node: blocking connections are fine in a tool */
+typedef struct {
+    char               host[256];
+    int                port;
+    redisContext      *c;
+} replay_node_t;
+
+
+typedef struct {
+    redisReply        *el;
+    int64_t            wall;       /* Redis' time in that call */
+} replay_reply_t;
 
 
 typedef struct {
@@ -52,6 +71,14 @@ typedef struct {
 
     /* Redis */
     redisContext      *redis;
+    const char        *user;
+    const char        *password;
+
+    /* Redis Cluster */
+    int                cluster;
+    replay_node_t      nodes[REPLAY_MAX_NODES];
+    size_t             nnodes;
+    short              slots[RULES_CLUSTER_SLOTS];   /* node, or -1 */
 
     rules_eventops_t   eo;
     rules_result_t     res;
@@ -63,6 +90,9 @@ typedef struct {
     rules_batch_t      next;       /* compactions for the next call */
     rules_log_work_t   work;
     rules_cache_t     *cache;      /* folded states, as the module's */
+    replay_reply_t    *replies;    /* of the last call(s), per item */
+    redisReply       **owners;     /* the replies to free */
+    size_t             nowners;
     rules_cache_t    **caches;     /* --writers: one per simulated writer */
     size_t             ncaches;
     size_t             nevents;
@@ -74,6 +104,7 @@ usage(void)
 {
     fprintf(stderr,
         "usage: rules-replay --rules FILE [--redis HOST:PORT|unix:PATH]\n"
+        "                    [--redis-cluster HOST:PORT[,HOST:PORT...]]\n"
         "                    [--password PW] [--user USER] [--db N]\n"
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
@@ -248,7 +279,10 @@ swap_batches(replay_t *rp)
 }
 
 
-static redisReply *redis_batch(replay_t *rp);
+static int send_batch(replay_t *rp);
+static void free_replies(replay_t *rp);
+static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
+    size_t *argvlen);
 
 
 static redisReply *
@@ -270,7 +304,7 @@ redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
 static int
 apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 {
-    redisReply     *reply, *el;
+    redisReply     *el;
     rules_str_t     key;
     rules_item_t    item, compact;
     rules_buf_t    *saved;
@@ -303,11 +337,10 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         }
     }
 
-    reply = redis_batch(rp);
-    rc = reply ? 0 : -1;
+    rc = send_batch(rp);
 
-    for (i = 0; reply && i < n; i++) {
-        el = reply->element[1 + first + i];
+    for (i = 0; rc == 0 && i < n; i++) {
+        el = rp->replies[first + i].el;
         rules_batch_item(&rp->batch, first + i, &key, &item);
 
         if (RULES_ITEM_COMPUTED(item.kind) && el->type == REDIS_REPLY_INTEGER
@@ -328,9 +361,8 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         if (rules_log_reply(rp->cache, key, &item,
                             el->type == REDIS_REPLY_STRING
                             ? (unsigned char *) el->str : NULL,
-                            (size_t) el->len,
-                            (int64_t) reply->element[0]->integer, &rp->work,
-                            &rp->matched, &compact)
+                            (size_t) el->len, rp->replies[first + i].wall,
+                            &rp->work, &rp->matched, &compact)
             != 0
             || (compact.kind
                 && rules_batch_add(&rp->next, key.data, key.len, &compact)
@@ -344,9 +376,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
                                  rp->matched.len);
     }
 
-    if (reply) {
-        freeReplyObject(reply);
-    }
+    free_replies(rp);
 
     for (i = 0; i < n; i++) {
         rules_buf_free(&saved[i]);
@@ -363,16 +393,19 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 }
 
 
-/* Sends rp->batch; the reply has its wall time and one element per item. */
+/*
+ * One EVALSHA of the items of b (on a cluster, to the master of their
+ * slot); the reply has the wall time and one element per item.
+ */
 static redisReply *
-redis_batch(replay_t *rp)
+call_batch(replay_t *rp, rules_batch_t *b)
 {
     redisReply   *reply;
     const char  **argv;
     size_t       *argvlen, argc;
     char          nbuf[32];
 
-    argc = 2 + rules_batch_argc(&rp->batch);
+    argc = 2 + rules_batch_argc(b);
     argv = malloc(argc * sizeof(char *));
     argvlen = malloc(argc * sizeof(size_t));
 
@@ -383,26 +416,35 @@ redis_batch(replay_t *rp)
 
     /* EVALSHA sha numkeys key... item...: the module's call */
 
-    rules_batch_argv(&rp->batch, nbuf, argv + 2, argvlen + 2);
+    rules_batch_argv(b, nbuf, argv + 2, argvlen + 2);
+    argv[0] = "EVALSHA";
+    argvlen[0] = 7;
     argv[1] = rules_script_sha1();
     argvlen[1] = 40;
 
-    reply = redis_eval(rp, "EVALSHA", (int) argc, argv, argvlen);
+    if (rp->cluster) {
+        /* follows MOVED and ASK, and NOSCRIPT with EVAL */
+        reply = cluster_call(rp, (int) argc, argv, argvlen);
 
-    if (reply && reply->type == REDIS_REPLY_ERROR
-        && strncmp(reply->str, "NOSCRIPT", 8) == 0)
-    {
-        freeReplyObject(reply);
-        argv[1] = rules_script_text;
-        argvlen[1] = strlen(rules_script_text);
-        reply = redis_eval(rp, "EVAL", (int) argc, argv, argvlen);
+    } else {
+        reply = redis_eval(rp, "EVALSHA", (int) argc, argv, argvlen);
+
+        if (reply && reply->type == REDIS_REPLY_ERROR
+            && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        {
+            freeReplyObject(reply);
+            argv[1] = rules_script_text;
+            argvlen[1] = strlen(rules_script_text);
+            reply = redis_eval(rp, "EVAL", (int) argc, argv, argvlen);
+        }
     }
 
     free(argv);
     free(argvlen);
 
     if (reply == NULL) {
-        fprintf(stderr, "rules-replay: redis: %s\n", rp->redis->errstr);
+        fprintf(stderr, "rules-replay: redis: %s\n",
+                rp->redis ? rp->redis->errstr : "no answer");
         return NULL;
     }
 
@@ -413,7 +455,7 @@ redis_batch(replay_t *rp)
     }
 
     if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 1 + rules_batch_items(&rp->batch)
+        || reply->elements != 1 + rules_batch_items(b)
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
     {
         fprintf(stderr, "rules-replay: redis: unexpected reply\n");
@@ -425,29 +467,534 @@ redis_batch(replay_t *rp)
 }
 
 
+/*
+ * Sends rp->batch: one call, or on a cluster one call per item (the
+ * keys of a call must share a slot).  rp->replies[i] is item i's reply.
+ */
+static int
+send_batch(replay_t *rp)
+{
+    size_t         i, n;
+    redisReply    *reply;
+    rules_str_t    key;
+    rules_item_t   item;
+    rules_batch_t  one;
+
+    n = rules_batch_items(&rp->batch);
+
+    free(rp->replies);
+    free(rp->owners);
+    rp->replies = calloc(n ? n : 1, sizeof(replay_reply_t));
+    rp->owners = calloc(n ? n : 1, sizeof(redisReply *));
+    rp->nowners = 0;
+
+    if (rp->replies == NULL || rp->owners == NULL) {
+        fprintf(stderr, "rules-replay: out of memory\n");
+        exit(1);
+    }
+
+    if (!rp->cluster) {
+        reply = call_batch(rp, &rp->batch);
+
+        if (reply == NULL) {
+            return -1;
+        }
+
+        rp->owners[rp->nowners++] = reply;
+
+        for (i = 0; i < n; i++) {
+            rp->replies[i].el = reply->element[1 + i];
+            rp->replies[i].wall = (int64_t) reply->element[0]->integer;
+        }
+
+        return 0;
+    }
+
+    memset(&one, 0, sizeof(rules_batch_t));
+
+    for (i = 0; i < n; i++) {
+        rules_batch_item(&rp->batch, i, &key, &item);
+        rules_batch_reset(&one);
+
+        if (rules_batch_add(&one, key.data, key.len, &item) < 0) {
+            fprintf(stderr, "rules-replay: out of memory\n");
+            exit(1);
+        }
+
+        reply = call_batch(rp, &one);
+
+        if (reply == NULL) {
+            rules_batch_free(&one);
+            return -1;
+        }
+
+        rp->owners[rp->nowners++] = reply;
+        rp->replies[i].el = reply->element[1];
+        rp->replies[i].wall = (int64_t) reply->element[0]->integer;
+    }
+
+    rules_batch_free(&one);
+
+    return 0;
+}
+
+
+static void
+free_replies(replay_t *rp)
+{
+    size_t  i;
+
+    for (i = 0; i < rp->nowners; i++) {
+        freeReplyObject(rp->owners[i]);
+    }
+
+    rp->nowners = 0;
+}
+
+
 /* The compactions still due, at the end: the stored state is folded. */
 static int
 flush_compactions(replay_t *rp)
 {
-    redisReply  *reply;
-
     swap_batches(rp);
 
     if (rules_batch_items(&rp->batch) == 0) {
         return 0;
     }
 
-    reply = redis_batch(rp);
-
-    if (reply == NULL) {
+    if (send_batch(rp) != 0) {
         return -1;
     }
 
-    freeReplyObject(reply);
+    free_replies(rp);
     rules_batch_reset(&rp->batch);
 
     return 0;
 }
+
+
+/* ---- Redis Cluster --------------------------------------------------- */
+
+
+static void
+replay_sleep_ms(long ms)
+{
+    struct timespec  ts;
+
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000;
+    nanosleep(&ts, NULL);
+}
+
+
+/* The node of host:port, added when new; -1 when the table is full. */
+static int
+cluster_node(replay_t *rp, const char *host, size_t len, int port)
+{
+    replay_node_t  *n;
+    size_t          i;
+
+    if (len == 0 || len >= sizeof(rp->nodes[0].host)) {
+        return -1;
+    }
+
+    for (i = 0; i < rp->nnodes; i++) {
+        n = &rp->nodes[i];
+
+        if (n->port == port && strlen(n->host) == len
+            && memcmp(n->host, host, len) == 0)
+        {
+            return (int) i;
+        }
+    }
+
+    if (rp->nnodes == REPLAY_MAX_NODES) {
+        fprintf(stderr, "rules-replay: more than %d cluster nodes\n",
+                REPLAY_MAX_NODES);
+        return -1;
+    }
+
+    n = &rp->nodes[rp->nnodes];
+    memcpy(n->host, host, len);
+    n->host[len] = '\0';
+    n->port = port;
+    n->c = NULL;
+
+    return (int) rp->nnodes++;
+}
+
+
+static void
+cluster_drop(replay_t *rp, int i)
+{
+    if (rp->nodes[i].c) {
+        redisFree(rp->nodes[i].c);
+        rp->nodes[i].c = NULL;
+    }
+}
+
+
+static int
+redis_auth(redisContext *c, const char *user, const char *password)
+{
+    redisReply  *reply;
+
+    if (password == NULL) {
+        return 0;
+    }
+
+    reply = user ? redisCommand(c, "AUTH %s %s", user, password)
+                 : redisCommand(c, "AUTH %s", password);
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "rules-replay: redis AUTH failed: %s\n",
+                reply ? reply->str : c->errstr);
+
+        if (reply) {
+            freeReplyObject(reply);
+        }
+
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    return 0;
+}
+
+
+static redisContext *
+cluster_conn(replay_t *rp, int i)
+{
+    replay_node_t   *n;
+    struct timeval   tv;
+
+    n = &rp->nodes[i];
+
+    if (n->c) {
+        return n->c;
+    }
+
+    tv.tv_sec = 1;
+    tv.tv_usec = 0;
+
+    n->c = redisConnectWithTimeout(n->host, n->port, tv);
+
+    if (n->c == NULL || n->c->err) {
+        if (n->c) {
+            redisFree(n->c);
+            n->c = NULL;
+        }
+
+        return NULL;
+    }
+
+    tv.tv_sec = 10;
+    (void) redisSetTimeout(n->c, tv);
+
+    if (redis_auth(n->c, rp->user, rp->password) != 0) {
+        exit(1);
+    }
+
+    return n->c;
+}
+
+
+/* The slot map from the first node that gives one. */
+static int
+cluster_refresh(replay_t *rp)
+{
+    redisContext  *c;
+    redisReply    *reply, *e, *m;
+    size_t         i, j, n;
+    long long      s;
+    int            node;
+
+    n = rp->nnodes;
+
+    for (i = 0; i < n; i++) {
+        c = cluster_conn(rp, (int) i);
+
+        if (c == NULL) {
+            continue;
+        }
+
+        reply = redisCommand(c, "CLUSTER SLOTS");
+
+        if (reply == NULL) {
+            cluster_drop(rp, (int) i);
+            continue;
+        }
+
+        if (reply->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(reply);
+            continue;
+        }
+
+        for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
+            rp->slots[s] = -1;
+        }
+
+        for (j = 0; j < reply->elements; j++) {
+            e = reply->element[j];
+
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3
+                || e->element[2]->type != REDIS_REPLY_ARRAY
+                || e->element[2]->elements < 2)
+            {
+                continue;
+            }
+
+            m = e->element[2];
+
+            if (m->element[0]->len == 0) {
+                node = (int) i;     /* an unknown endpoint: this node */
+
+            } else {
+                node = cluster_node(rp, m->element[0]->str,
+                                    m->element[0]->len,
+                                    (int) m->element[1]->integer);
+            }
+
+            if (node < 0) {
+                continue;
+            }
+
+            for (s = e->element[0]->integer;
+                 s <= e->element[1]->integer && s < RULES_CLUSTER_SLOTS;
+                 s++)
+            {
+                rp->slots[s] = (short) node;
+            }
+        }
+
+        freeReplyObject(reply);
+
+        return 0;
+    }
+
+    return -1;
+}
+
+
+/* "MOVED 3999 127.0.0.1:6381": the node named, or -1. */
+static int
+cluster_redirect_node(replay_t *rp, int from, const char *str, size_t len)
+{
+    const char  *p, *last, *host, *colon;
+
+    last = str + len;
+    p = memchr(str, ' ', len);
+
+    if (p == NULL) {
+        return -1;
+    }
+
+    host = memchr(p + 1, ' ', last - p - 1);
+
+    if (host == NULL) {
+        return -1;
+    }
+
+    host++;
+
+    for (colon = last - 1; colon >= host && *colon != ':'; colon--) {
+        /* void */
+    }
+
+    if (colon < host) {
+        return -1;
+    }
+
+    if (colon == host) {
+        return cluster_node(rp, rp->nodes[from].host,
+                            strlen(rp->nodes[from].host), atoi(colon + 1));
+    }
+
+    return cluster_node(rp, host, colon - host, atoi(colon + 1));
+}
+
+
+/*
+ * EVALSHA sha 1 key ... (argv[3] is the key) on the master of the key's
+ * slot, following MOVED and ASK; waits out a failover or a cluster that
+ * is down for a while (CLUSTERDOWN, TRYAGAIN, lost connections).
+ */
+static redisReply *
+cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
+{
+    redisContext  *c;
+    redisReply    *reply, *ok;
+    unsigned       slot;
+    int            i, asking, tries;
+
+    slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
+    asking = -1;
+
+    for (tries = 0; tries < REPLAY_MAX_TRIES; tries++) {
+        i = asking >= 0 ? asking : rp->slots[slot];
+
+        if (i < 0) {
+            if (cluster_refresh(rp) != 0 || rp->slots[slot] < 0) {
+                replay_sleep_ms(100);
+            }
+
+            continue;
+        }
+
+        c = cluster_conn(rp, i);
+
+        if (c == NULL) {
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+            continue;
+        }
+
+        if (asking >= 0) {
+            /* ASKING and the command, back to back */
+            if (redisAppendCommand(c, "ASKING") != REDIS_OK
+                || redisAppendCommandArgv(c, argc, argv, argvlen)
+                   != REDIS_OK
+                || redisGetReply(c, (void **) &ok) != REDIS_OK)
+            {
+                reply = NULL;
+
+            } else {
+                freeReplyObject(ok);
+
+                if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
+                    reply = NULL;
+                }
+            }
+
+        } else {
+            reply = redisCommandArgv(c, argc, argv, argvlen);
+        }
+
+        if (reply == NULL) {
+            cluster_drop(rp, i);
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+            continue;
+        }
+
+        if (reply->type != REDIS_REPLY_ERROR) {
+            return reply;
+        }
+
+        if (strncmp(reply->str, "MOVED ", 6) == 0) {
+            rp->slots[slot] = (short) cluster_redirect_node(rp, i, reply->str,
+                                                            reply->len);
+            asking = -1;
+
+        } else if (strncmp(reply->str, "ASK ", 4) == 0) {
+            asking = cluster_redirect_node(rp, i, reply->str, reply->len);
+
+        } else if (strncmp(reply->str, "NOSCRIPT", 8) == 0
+                   && strcmp(argv[0], "EVALSHA") == 0)
+        {
+            argv[0] = "EVAL";
+            argvlen[0] = 4;
+            argv[1] = rules_script_text;
+            argvlen[1] = strlen(rules_script_text);
+
+        } else if (strncmp(reply->str, "CLUSTERDOWN", 11) == 0
+                   || strncmp(reply->str, "TRYAGAIN", 8) == 0
+                   || strncmp(reply->str, "LOADING", 7) == 0)
+        {
+            rp->slots[slot] = -1;
+            asking = -1;
+            replay_sleep_ms(100);
+
+        } else {
+            return reply;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    fprintf(stderr, "rules-replay: redis cluster: slot %u: no answer after "
+            "%d tries\n", slot, REPLAY_MAX_TRIES);
+
+    return NULL;
+}
+
+
+/* Seeds "host:port[,host:port...]", then the slot map. */
+static void
+cluster_start(replay_t *rp, const char *seeds)
+{
+    const char  *p, *end, *colon;
+    size_t       i;
+
+    rp->cluster = 1;
+
+    for (i = 0; i < RULES_CLUSTER_SLOTS; i++) {
+        rp->slots[i] = -1;
+    }
+
+    for (p = seeds; *p; p = *end ? end + 1 : end) {
+        end = strchr(p, ',');
+
+        if (end == NULL) {
+            end = p + strlen(p);
+        }
+
+        for (colon = end - 1; colon > p && *colon != ':'; colon--) {
+            /* void */
+        }
+
+        if (colon <= p || atoi(colon + 1) <= 0
+            || cluster_node(rp, p, colon - p, atoi(colon + 1)) < 0)
+        {
+            fprintf(stderr, "rules-replay: invalid --redis-cluster \"%s\": "
+                    "HOST:PORT[,HOST:PORT...]\n", seeds);
+            exit(2);
+        }
+    }
+
+    if (cluster_refresh(rp) != 0) {
+        fprintf(stderr, "rules-replay: no slot map from the cluster "
+                "nodes %s\n", seeds);
+        exit(1);
+    }
+}
+
+
+/* --redis to a node with cluster support enabled: a cluster. */
+static int
+redis_is_cluster(redisContext *c)
+{
+    redisReply  *reply;
+    int          yes;
+
+    reply = redisCommand(c, "INFO cluster");
+
+    if (reply == NULL) {
+        return 0;
+    }
+
+    yes = reply->type == REDIS_REPLY_STRING
+          && strstr(reply->str, "cluster_enabled:1") != NULL;
+
+    freeReplyObject(reply);
+
+    return yes;
+}
+
+
+static void
+cluster_free(replay_t *rp)
+{
+    size_t  i;
+
+    for (i = 0; i < rp->nnodes; i++) {
+        cluster_drop(rp, (int) i);
+    }
+}
+
 
 
 static void
@@ -663,6 +1210,7 @@ main(int argc, char **argv)
     static struct option  opts[] = {
         { "rules", required_argument, NULL, 'r' },
         { "redis", required_argument, NULL, 'R' },
+        { "redis-cluster", required_argument, NULL, 'C' },
         { "password", required_argument, NULL, 'p' },
         { "user", required_argument, NULL, 'u' },
         { "db", required_argument, NULL, 'd' },
@@ -679,6 +1227,7 @@ main(int argc, char **argv)
 
     replay_t     rp;
     const char  *rules, *redis, *password, *user, *time_member, *state;
+    const char  *cluster;
     char         err[RULES_ERR_LEN];
     char        *line;
     size_t       cap;
@@ -690,6 +1239,7 @@ main(int argc, char **argv)
 
     rules = NULL;
     redis = NULL;
+    cluster = NULL;
     password = NULL;
     user = NULL;
     time_member = "ts";
@@ -707,6 +1257,7 @@ main(int argc, char **argv)
         switch (c) {
         case 'r': rules = optarg; break;
         case 'R': redis = optarg; break;
+        case 'C': cluster = optarg; break;
         case 'p': password = optarg; break;
         case 'u': user = optarg; break;
         case 'd': db = strtol(optarg, NULL, 10); break;
@@ -721,9 +1272,12 @@ main(int argc, char **argv)
         }
     }
 
-    if (rules == NULL || argc - optind > 1) {
+    if (rules == NULL || argc - optind > 1 || (redis && cluster)) {
         usage();
     }
+
+    rp.user = user;
+    rp.password = password;
 
     rp.prefix_len = strlen(rp.prefix);
 
@@ -760,8 +1314,7 @@ main(int argc, char **argv)
         return rc;
     }
 
-    if (redis) {
-        rp.redis = redis_connect(redis, user, password, db);
+    if (redis || cluster) {
         rp.ncaches = writers ? writers : 1;
         rp.caches = calloc(rp.ncaches, sizeof(rules_cache_t *));
 
@@ -777,6 +1330,29 @@ main(int argc, char **argv)
             fprintf(stderr, "rules-replay: out of memory\n");
             return 1;
         }
+    }
+
+    if (redis && !cluster) {
+        rp.redis = redis_connect(redis, user, password, db);
+
+        if (strncmp(redis, "unix:", 5) != 0 && redis_is_cluster(rp.redis)) {
+            cluster = redis;
+            redisFree(rp.redis);
+            rp.redis = NULL;
+        }
+    }
+
+    if (cluster) {
+        if (db) {
+            fprintf(stderr, "rules-replay: a Redis Cluster has no --db\n");
+            return 2;
+        }
+
+        redis = cluster;
+        cluster_start(&rp, cluster);
+
+    } else if (redis) {
+        /* connected above */
 
     } else {
         rp.nbuckets = 65536;
@@ -819,11 +1395,14 @@ main(int argc, char **argv)
         fclose(in);
     }
 
-    if (rp.redis) {
-        if (rc == 0 && flush_compactions(&rp) != 0) {
-            rc = 1;
-        }
+    if ((rp.redis || rp.cluster) && rc == 0 && flush_compactions(&rp) != 0) {
+        rc = 1;
+    }
 
+    if (rp.cluster) {
+        cluster_free(&rp);
+
+    } else if (rp.redis) {
         redisFree(rp.redis);
 
     } else {
@@ -834,6 +1413,8 @@ main(int argc, char **argv)
     rules_buf_free(&rp.out);
     rules_buf_free(&rp.matched);
     rules_eventops_free(&rp.eo);
+    free(rp.replies);
+    free(rp.owners);
     rules_batch_free(&rp.batch);
     rules_batch_free(&rp.next);
     rules_log_work_free(&rp.work);

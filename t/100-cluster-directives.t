@@ -1,0 +1,145 @@
+# rules_redis_cluster: accepted configurations, every configuration error
+# "nginx -t" must refuse, and a seed that is not a cluster node.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: rules_redis_cluster and rules_redis are mutually exclusive
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_redis_cluster 127.0.0.1:7000;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster" directive cannot be used with "rules_redis"
+
+
+
+=== TEST 2: rules_redis after rules_redis_cluster
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000 127.0.0.1:7001;
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis" directive cannot be used with "rules_redis_cluster"
+
+
+
+=== TEST 3: rules_redis_cluster twice
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000;
+    rules_redis_cluster 127.0.0.1:7001;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster" directive is duplicate
+
+
+
+=== TEST 4: a unix socket is not a cluster seed
+--- http_config
+    rules_redis_cluster unix:/tmp/redis.sock;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster" needs host:port seed nodes, not "unix:/tmp/redis.sock"
+
+
+
+=== TEST 5: a seed without a port
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000 127.0.0.1;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster" needs host:port seed nodes, not "127.0.0.1"
+
+
+
+=== TEST 6: a cluster has no db=
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000 db=1;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+invalid parameter "db=1" of "rules_redis_cluster": expected password=, user= (a cluster has no db=)
+
+
+
+=== TEST 7: options but no seed
+--- http_config
+    rules_redis_cluster password=secret;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster" needs at least one host:port seed node
+
+
+
+=== TEST 8: user= without password=
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000 user=app;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_redis_cluster": "user=" needs "password="
+
+
+
+=== TEST 9: an empty password
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000 password=;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+invalid parameter "password=" of "rules_redis_cluster"
+
+
+
+=== TEST 10: a full configuration is accepted; a seed that is not a cluster node fails events at once (fail-open) and says why
+--- http_config
+    rules_redis_cluster 127.0.0.1:$TEST_NGINX_REDIS_PORT localhost:$TEST_NGINX_REDIS_PORT;
+    rules_redis_timeout 100ms;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+    location = /metrics { rules_metrics; }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}
+--- request eval
+["GET /px?uid=t100", "GET /metrics"]
+--- wait: 0.5
+--- error_code eval
+[204, 200]
+--- response_headers eval
+["X-Rules: []\nX-Status: error", ""]
+--- response_body_like eval
+["", qr/nginx_rules_cluster_redirects_total\{type="ask"\} 0\n(?s:.*)nginx_rules_cluster_slot_refreshes_total\{result="error"\} \d+\n/]
+--- error_log
+slot map refresh failed: CLUSTER SLOTS: ERR This instance has cluster support disabled
+--- no_error_log
+[alert]
