@@ -74,7 +74,9 @@ build/bench/engine_bench --dump-generated > "$out/rules-1000.json"
 
 port=$(free_port)
 
-# start_nginx WORKERS RULES_FILE: one server, /base without rules, /px with
+# start_nginx WORKERS RULES_FILE: one server, /base without rules, /px with.
+# Each rule file keeps its state under its own key prefix: the runs of one
+# mode build on the state of the previous ones, as on a live server.
 start_nginx() {
     local workers=$1 rules=$2 user=
     [ "$(id -u)" = 0 ] && user="user root;"
@@ -89,6 +91,7 @@ http {
     access_log off;
     $redis_directive
     rules_redis_timeout 200ms;
+    rules_key_prefix "bench:$(basename "$rules" .json):";
     rules_file $rules;
     server {
         listen 127.0.0.1:$port;

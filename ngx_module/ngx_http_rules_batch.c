@@ -96,6 +96,7 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
     ngx_memzero(bt, sizeof(ngx_http_rules_batcher_t));
 
     bt->rmcf = rmcf;
+    bt->work.known = rmcf->rules;
 
     /* on a cluster, the keys of one call must share a slot */
 

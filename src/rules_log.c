@@ -103,8 +103,9 @@ rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
 
     out = (w->state == &w->a) ? &w->b : &w->a;
 
-    if (rules_state_apply(w->state->data, w->state->len, op, op_len, now,
-                          wall, out, &changed, &pttl, matched)
+    if (rules_state_apply_known(w->state->data, w->state->len, op, op_len,
+                                now, wall, w->known, out, &changed, &pttl,
+                                matched)
         != 0)
     {
         /*
@@ -334,8 +335,9 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     w->state = out;
     matched->len = 0;
 
-    if (rules_state_apply(cached.data, cached.len, ko->op, ko->op_len, now,
-                          wall, out, &changed, &pttl, matched)
+    if (rules_state_apply_known(cached.data, cached.len, ko->op, ko->op_len,
+                                now, wall, w->known, out, &changed, &pttl,
+                                matched)
         != 0)
     {
         /* a cached state that does not parse: ask for the value */

@@ -129,10 +129,12 @@ typedef struct {
 
 /* Buffers a fold reuses; state holds the folded state afterwards. */
 typedef struct {
-    rules_buf_t  a;
-    rules_buf_t  b;
-    rules_buf_t  scratch;
-    rules_buf_t *state;
+    rules_buf_t        a;
+    rules_buf_t        b;
+    rules_buf_t        scratch;
+    rules_buf_t       *state;
+    const rules_set_t *known;     /* the rules in use: the records of
+                                     others are dropped; NULL: kept */
 } rules_log_work_t;
 
 void rules_log_work_free(rules_log_work_t *w);

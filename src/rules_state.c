@@ -749,6 +749,18 @@ rules_state_apply(const unsigned char *state, size_t state_len,
     const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
     rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched)
 {
+    return rules_state_apply_known(state, state_len, op, op_len, now_ms,
+                                   wall_ms, NULL, out, changed, pttl,
+                                   matched);
+}
+
+
+int
+rules_state_apply_known(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
+    const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
+    rules_buf_t *matched)
+{
     rules_record_t  *recs;
     rules_entry_t   *ents;
     size_t           maxr, maxe, i, j;
@@ -809,7 +821,11 @@ rules_state_apply(const unsigned char *state, size_t state_len,
     max_expire = 0;
 
     for (j = 0; rc == 0 && j < (size_t) nr; j++) {
-        if (recs[j].expire <= wall) {
+        if (recs[j].expire <= wall
+            || (known && recs[j].entry < 0
+                && rules_find_digest(known, recs[j].digest) == NULL))
+        {
+            /* expired, or a rule that is no more (removed or edited) */
             *changed = 1;
             continue;
         }

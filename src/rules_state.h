@@ -88,6 +88,16 @@ int rules_state_apply(const unsigned char *state, size_t state_len,
     const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
     rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched);
 
+/*
+ * The same, dropping besides the records of rules that known does not
+ * have (by digest): a removed or edited rule's state goes with the key's
+ * next write instead of lingering until it expires.
+ */
+int rules_state_apply_known(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
+    const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
+    rules_buf_t *matched);
+
 /* Checks a state blob's structure; 0 when well-formed. */
 int rules_state_validate(const unsigned char *state, size_t state_len);
 

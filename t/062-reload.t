@@ -1,5 +1,6 @@
 # nginx -s reload keeps serving, and rules that did not change keep their
-# state; an edited rule starts fresh.
+# state; an edited rule starts fresh, and its old record leaves the key
+# with the key's next write.
 
 use strict;
 use warnings;
@@ -73,6 +74,32 @@ for (1 .. 100) {
 ($st, $h) = RulesNginx::get($ngx->{port}, '/px?uid=u&ts=3000');
 is($h->{'x-rules'} // '', 'kept',
    'the unchanged rule kept its state; the edited one started fresh');
+
+# more events: a worker's write (or a compaction) stores the state it
+# computed, without the edited rule's old record; the stored state then
+# holds two records (kept, and edited as it is now), not three
+for my $i (1 .. 10) {
+    RulesNginx::get($ngx->{port}, '/px?uid=u&ts=' . (3000 + $i));
+}
+my $replay = "$FindBin::Bin/../build/rules-replay";
+SKIP: {
+    skip "no $replay", 1 unless -x $replay;
+    open my $sf, '-|', $replay, '--rules', "$ngx->{prefix}/html/rules.json",
+        '--redis', "127.0.0.1:$redis_port", '--state', "t062:$$:{uid:u}"
+        or die;
+    binmode $sf;
+    local $/;
+    my $state = <$sf> // '';
+    close $sf;
+    # R1, then records: digest(8) type(1) expire from until(3 x 8) plen(2)
+    my ($n, $p) = (0, 2);
+    while ($p + 35 <= length $state) {
+        $n++;
+        $p += 35 + unpack('v', substr($state, $p + 33, 2));
+    }
+    is($n, 2, "two records stored: the edited rule's old one is gone")
+        or diag(unpack('H*', $state));
+}
 
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');

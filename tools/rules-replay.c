@@ -244,10 +244,11 @@ apply_memory(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         e = store_get(rp, rp->keys + offs[i], lens[i]);
         rp->matched.len = 0;
 
-        if (rules_state_apply(e->state.data, e->state.len,
-                              rp->eo.keyops[i].op, rp->eo.keyops[i].op_len,
-                              now, wall_ms(), &rp->out, &changed, &pttl,
-                              &rp->matched)
+        if (rules_state_apply_known(e->state.data, e->state.len,
+                                    rp->eo.keyops[i].op,
+                                    rp->eo.keyops[i].op_len, now, wall_ms(),
+                                    rp->rs, &rp->out, &changed, &pttl,
+                                    &rp->matched)
             != 0)
         {
             fprintf(stderr, "rules-replay: cannot apply an event\n");
@@ -1169,7 +1170,8 @@ redis_connect(const char *addr, const char *user, const char *password,
 
 /*
  * --state KEY: the key's stored state, its log folded (an R1 state,
- * rules_state.h), raw on stdout; nothing when there is none.
+ * rules_state.h), raw on stdout, with the records of every rule, in the
+ * file or not; nothing when there is none.
  */
 static int
 print_state(replay_t *rp, const char *key)
@@ -1186,6 +1188,9 @@ print_state(replay_t *rp, const char *key)
     }
 
     if (reply->type == REDIS_REPLY_STRING) {
+        /* what is stored: the records of every rule, known or not */
+        rp->work.known = NULL;
+
         if (rules_log_fold((unsigned char *) reply->str, reply->len, NULL, 0,
                            0, 0, 0, 0, &rp->work, NULL, &info)
             != 0)
@@ -1287,6 +1292,8 @@ main(int argc, char **argv)
         fprintf(stderr, "rules-replay: %s\n", err);
         return 1;
     }
+
+    rp.work.known = rp.rs;
 
     if (optind < argc) {
         in = fopen(argv[optind], "r");
