@@ -4,6 +4,7 @@
 #   make         build the module, librules.a, rules-replay, unit tests
 #   make demo    start Redis + nginx + module and replay a pixel sequence
 #   make test    run the whole test suite (starts and stops its own Redis)
+#   make test-faults   the Redis fault test under load, longer
 #   make clean
 
 SHELL := /bin/bash
@@ -48,8 +49,8 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 curl gcc libc6-dev make perl valgrind clang \
                 libclang-rt-14-dev prometheus
 
-.PHONY: all build module deps demo test test-valgrind clean script bench \
-        fuzz FORCE
+.PHONY: all build module deps demo test test-valgrind test-faults clean \
+        script bench fuzz FORCE
 
 all: build
 
@@ -178,6 +179,16 @@ test-valgrind: deps build
 	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
 	        t/052-redis-failures.t t/053-hostile-input.t \
 	        t/043-metrics-handler.t
+
+# the Redis fault test under load, longer than in make test
+FAULT_CYCLES ?= 200
+FAULT_RATE   ?= 1000
+FAULT_CONNS  ?= 64
+
+test-faults: deps build
+	RULES_FAULT_CYCLES=$(FAULT_CYCLES) RULES_FAULT_RATE=$(FAULT_RATE) \
+	    RULES_FAULT_CONNS=$(FAULT_CONNS) PROVE_ARGS=-v \
+	    t/run-tests.sh t/090-redis-faults.t
 
 clean:
 	rm -rf $(BUILD) t/servroot*
