@@ -184,12 +184,13 @@ test: deps build
 NGINX_TESTS := $(filter-out t/010-unit.t t/020-replay-redis.t \
                  t/041-monitoring-config.t t/080-fuzz.t,$(wildcard t/*.t))
 
-# the Test::Nginx suites with nginx under valgrind's memcheck
+# Every one of them with nginx under valgrind's memcheck (a file at a
+# time: t/run-tests.sh t/NNN-x.t with the same variables).  Test::Nginx
+# blocks run one nginx process (master_process off); the other files run
+# the master and its workers, each process with its own valgrind log.
 test-valgrind: deps build
-	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=10 \
-	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
-	        t/052-redis-failures.t t/053-hostile-input.t \
-	        t/043-metrics-handler.t
+	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=20 \
+	    t/run-tests.sh $(NGINX_TESTS)
 
 # the Redis fault test under load, longer than in make test
 FAULT_CYCLES ?= 200

@@ -35,6 +35,7 @@ sub valgrind_cmd {
     my ($logdir) = @_;
     my @vg = ('valgrind', '--tool=memcheck', '--leak-check=full',
               '--show-possibly-lost=no', '--num-callers=30',
+              '--keep-debuginfo=yes',
               "--log-file=$logdir/valgrind.%p.log");
     my $supp = "$Root/t/valgrind.suppress";
     push @vg, "--suppressions=$supp" if -f $supp;
@@ -58,9 +59,16 @@ sub valgrind_problems {
         my $log = _slurp($f);
         my $n = (split m{/}, $f)[-1];
         push @bad, "$n: $1"
-            while $log =~ /(==\d+== (?:Invalid|Conditional|Syscall param|Mismatched|Source and destination|Argument)[^\n]*)/g;
+            while $log =~ /(==\d+== (?:Invalid|Conditional|Syscall param|Mismatched|Source and destination|Argument)[^\n]*\n(?:==\d+==    [^\n]*\n){0,10})/g;
         push @bad, "$n: $1"
             if $log =~ /(==\d+==\s+definitely lost: [1-9][\d,]* bytes[^\n]*)/;
+        # the allocation stacks of the first definite leaks
+        my $k = 0;
+        while ($log =~ /^(==\d+== [^\n]*definitely lost in loss record[^\n]*\n(?:==\d+==    [^\n]*\n){1,12})/mg
+               && $k++ < 3)
+        {
+            push @bad, "$n:\n$1";
+        }
     }
     return @bad;
 }
