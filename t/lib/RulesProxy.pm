@@ -122,6 +122,8 @@ sub _run {
                 next;
             }
 
+            # closed meanwhile, with the other side of its pair
+            next unless defined fileno $s;
             my $o = $peer{ fileno $s } or next;
             my $n = sysread $s, my $buf, 65536;
             if (!$n) {
