@@ -4,6 +4,8 @@
 #   make         build the module, librules.a, rules-replay, unit tests
 #   make demo    start Redis + nginx + module and replay a pixel sequence
 #   make test    run the whole test suite (starts and stops its own Redis)
+#   make test-valgrind, make test-asan   the nginx tests, memory-checked
+#   make test-faults   the Redis fault test under load, longer
 #   make clean
 
 SHELL := /bin/bash
@@ -19,6 +21,8 @@ MODULE_NAME ?= ngx_http_rules_module
 # (-pipe -O -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror -g, and
 # -fPIC for module objects)
 NGX_CC_OPT  ?=
+# extra --with-ld-opt (the link of the module .so)
+NGX_LD_OPT  ?=
 BUILD       ?= $(CURDIR)/build
 NGX_BUILD   := $(BUILD)/nginx
 MODULE      := $(NGX_BUILD)/$(MODULE_NAME).so
@@ -48,8 +52,8 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 curl gcc libc6-dev make perl valgrind clang \
                 libclang-rt-14-dev prometheus
 
-.PHONY: all build module deps demo test test-valgrind clean script bench \
-        fuzz FORCE
+.PHONY: all build module deps demo test test-valgrind test-asan test-faults \
+        asan clean script bench fuzz FORCE
 
 all: build
 
@@ -111,7 +115,8 @@ MODULE_FILES := $(sort $(wildcard $(MOD)src/*.c $(MOD)src/*.h \
 
 $(BUILD)/module-files: FORCE
 	@mkdir -p $(@D)
-	@printf '%s\n' $(MODULE_FILES) 'cc-opt: $(NGX_CC_OPT)' > $@.new
+	@printf '%s\n' $(MODULE_FILES) 'cc-opt: $(NGX_CC_OPT)' \
+	    'ld-opt: $(NGX_LD_OPT)' > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
 
 $(NGX_BUILD)/Makefile: $(MOD)config $(BUILD)/module-files
@@ -119,6 +124,7 @@ $(NGX_BUILD)/Makefile: $(MOD)config $(BUILD)/module-files
 	cd $(NGX_SRC) && source ./conf_flags && \
 	    ./configure --with-compat "$${NGX_CONF_FLAGS[@]}" \
 	        $(if $(NGX_CC_OPT),--with-cc-opt='$(NGX_CC_OPT)') \
+	        $(if $(NGX_LD_OPT),--with-ld-opt='$(NGX_LD_OPT)') \
 	        --add-dynamic-module=$(MODULE_DIR) --builddir=$(NGX_BUILD) \
 	        > $(BUILD)/configure.log 2>&1 \
 	    || { tail -30 $(BUILD)/configure.log; rm -f $@; exit 1; }
@@ -172,12 +178,53 @@ demo: deps build
 test: deps build
 	t/run-tests.sh
 
-# the Test::Nginx suites with nginx under valgrind's memcheck
+# The test files that start nginx: all but the engine's unit tests (010),
+# rules-replay against Redis (020), the promtool checks (041) and the
+# libFuzzer runs (080), which run no nginx.
+NGINX_TESTS := $(filter-out t/010-unit.t t/020-replay-redis.t \
+                 t/041-monitoring-config.t t/080-fuzz.t,$(wildcard t/*.t))
+
+# Every one of them with nginx under valgrind's memcheck (a file at a
+# time: t/run-tests.sh t/NNN-x.t with the same variables).  Test::Nginx
+# blocks run one nginx process (master_process off); the other files run
+# the master and its workers, each process with its own valgrind log.
 test-valgrind: deps build
-	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=10 \
-	    t/run-tests.sh t/030-directives.t t/050-inline.t t/051-json-body.t \
-	        t/052-redis-failures.t t/053-hostile-input.t \
-	        t/043-metrics-handler.t t/100-cluster-directives.t
+	TEST_NGINX_USE_VALGRIND=1 TEST_NGINX_TIMEOUT=20 \
+	    t/run-tests.sh $(NGINX_TESTS)
+
+# the Redis fault test under load, longer than in make test
+FAULT_CYCLES ?= 200
+FAULT_RATE   ?= 1000
+FAULT_CONNS  ?= 64
+
+test-faults: deps build
+	RULES_FAULT_CYCLES=$(FAULT_CYCLES) RULES_FAULT_RATE=$(FAULT_RATE) \
+	    RULES_FAULT_CONNS=$(FAULT_CONNS) PROVE_ARGS=-v \
+	    t/run-tests.sh t/090-redis-faults.t
+
+# The module built with AddressSanitizer and UBSan (gcc), in its own
+# build directory, loaded into the stock /usr/sbin/nginx through
+# tools/nginx-asan (which preloads the ASan runtime).
+ASAN_BUILD  := $(BUILD)/asan
+ASAN_MODULE := $(ASAN_BUILD)/nginx/$(MODULE_NAME).so
+SAN_FLAGS   := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+asan: $(ASAN_MODULE)
+
+# -z nodelete: nginx unloads its modules when a process exits (a pool
+# cleanup of the cycle), before the leak check at exit, which could then
+# not name the module's frames
+$(ASAN_MODULE): FORCE
+	$(MAKE) --no-print-directory module BUILD=$(ASAN_BUILD) \
+	    NGX_CC_OPT='$(SAN_FLAGS)' NGX_LD_OPT='$(SAN_FLAGS) -Wl,-z,nodelete'
+
+# the same test files with that module: a file fails on any ASan or
+# UBSan report, and on a leak with a frame in the module
+test-asan: deps build asan
+	TEST_NGINX_USE_ASAN=1 TEST_NGINX_TIMEOUT=10 \
+	    TEST_NGINX_BINARY=$(CURDIR)/tools/nginx-asan \
+	    TEST_NGINX_LOAD_MODULES=$(ASAN_MODULE) \
+	    t/run-tests.sh $(NGINX_TESTS)
 
 clean:
 	rm -rf $(BUILD) t/servroot*

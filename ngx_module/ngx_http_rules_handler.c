@@ -256,7 +256,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (rc == NGX_DECLINED) {
+    if (rc == NGX_DECLINED || rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
         /* invalid input, logged by the callee */
         if (ev.json_used) {
             rules_json_events_free(&ev.json);
@@ -265,6 +265,11 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
         ngx_http_rules_metrics_event(rmcf, NGX_HTTP_RULES_STATUS_INVALID);
         ngx_http_rules_finish(ctx);
+
+        if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            /* as a body whose Content-Length is over the limit */
+            ctx->rc = rc;
+        }
 
         return ctx->rc;
     }
@@ -528,10 +533,11 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
     }
 
     if (len > rlcf->max_body_size) {
+        /* chunked: no Content-Length told it before the body was read */
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "rules: event rejected: body of %uz bytes is over "
                       "rules_max_body_size %uz", len, rlcf->max_body_size);
-        return NGX_DECLINED;
+        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
 
     body = ngx_pnalloc(r->pool, len + 1);

@@ -210,6 +210,12 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         return RULES_EVENT_INVALID;
     }
 
+    /* a buffer even when every op is empty: no op is a NULL pointer */
+
+    if (eo->buf == NULL && rules_eo_reserve(eo, 1) != 0) {
+        return RULES_EVENT_INVALID;
+    }
+
     if (eo->keyops_size < rs->ngroups) {
         ko = realloc(eo->keyops, rs->ngroups * sizeof(rules_keyop_t));
 

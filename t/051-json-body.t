@@ -216,3 +216,17 @@ X-Status: invalid
 rules: event body rejected: invalid JSON
 --- no_error_log
 [alert]
+
+
+
+=== TEST 15: a chunked body over rules_max_body_size gets 413 too
+--- raw_request eval
+my $body = "{\"uid\": \"t051-15\", \"pad\": \"" . ("x" x 5000) . "\", \"ts\": 1}";
+"POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+. "Transfer-Encoding: chunked\r\n\r\n"
+. sprintf("%x\r\n%s\r\n0\r\n\r\n", length $body, $body)
+--- error_code: 413
+--- response_headers
+X-Status: invalid
+--- error_log
+is over rules_max_body_size 4096

@@ -12,7 +12,6 @@ use RulesNginx;
 
 my $root = abs_path("$FindBin::Bin/..");
 my $module = RulesNginx::module_path();
-my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
 my $redis_port = $ENV{TEST_NGINX_REDIS_PORT}
     or plan skip_all => 'TEST_NGINX_REDIS_PORT is not set';
 
@@ -44,9 +43,10 @@ for my $conf (@confs) {
     print $out $text;
     close $out;
 
-    my $res = `$bin -t -p $prefix/ -c conf/nginx.conf 2>&1`;
+    my $res = `@{[ RulesNginx::nginx_command($prefix, '-t') ]} 2>&1`;
     is($?, 0, "$name: nginx -t passes") or diag($res);
     like($res, qr/syntax is ok/, "$name: syntax is ok");
+    RulesMemcheck::check("$prefix/logs", "$name: nginx -t");
 }
 
 done_testing();

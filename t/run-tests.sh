@@ -18,8 +18,10 @@ for cmd in redis-server redis-cli prove perl; do
     command -v "$cmd" > /dev/null \
         || { echo "run-tests: $cmd is missing (make deps)" >&2; exit 1; }
 done
-[ -f "$root/build/nginx/ngx_http_rules_module.so" ] \
-    || { echo "run-tests: build/nginx/ngx_http_rules_module.so is missing (make)" >&2; exit 1; }
+# the module: the build's, or another one (make test-asan)
+module=${TEST_NGINX_LOAD_MODULES:-$root/build/nginx/ngx_http_rules_module.so}
+[ -f "$module" ] \
+    || { echo "run-tests: $module is missing (make)" >&2; exit 1; }
 
 redis_dir=$(mktemp -d /tmp/rules-test-redis.XXXXXX)
 redis_pid=
@@ -80,7 +82,7 @@ if [ -z "$redis_pid" ]; then
 fi
 
 export TEST_NGINX_REDIS_PORT=$redis_port
-export TEST_NGINX_LOAD_MODULES=$root/build/nginx/ngx_http_rules_module.so
+export TEST_NGINX_LOAD_MODULES=$module
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export RULES_REPLAY=$root/build/rules-replay
 export RULES_UNIT_DIR=$root/build/unit

@@ -12,6 +12,7 @@ use File::Path qw(make_path remove_tree);
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use RulesMemcheck;
 
 my @Started;    # [kind, pid or pidfile]
 
@@ -51,6 +52,62 @@ sub start_redis {
     push @Started, ['pid', $pid];
     wait_port($port) or die "redis-server did not start on $port";
     return { port => $port, pid => $pid };
+}
+
+# A process the test forked (load generator, proxy): stopped at the end
+# like the others, if the test has not stopped it.
+sub track_pid {
+    my ($pid) = @_;
+    push @Started, ['pid', $pid];
+}
+
+# One Redis command on a new connection; returns the first line of the
+# reply (e.g. "+OK"), or undef.
+sub redis_cmd {
+    my ($port, @args) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
+                                  Timeout => 5)
+        or return undef;
+    my $cmd = '*' . @args . "\r\n";
+    $cmd .= '$' . length($_) . "\r\n$_\r\n" for @args;
+    print $s $cmd;
+    my $line = <$s>;
+    close $s;
+    $line =~ s/\r?\n\z// if defined $line;
+    return $line;
+}
+
+# The worker processes of an nginx (children of its master).
+sub worker_pids {
+    my ($ngx) = @_;
+    my $master = nginx_pid($ngx) or return ();
+    my @w;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $fh, '<', $stat or next;
+        my $line = <$fh> // '';
+        close $fh;
+        # pid (comm) state ppid ...
+        push @w, $1 if $line =~ /^(\d+) \(.*\) \S+ (\d+) / && $2 == $master;
+    }
+    return sort { $a <=> $b } @w;
+}
+
+# Open descriptors and resident memory (kB) of a process.
+sub fd_count {
+    my ($pid) = @_;
+    opendir my $d, "/proc/$pid/fd" or return undef;
+    my $n = grep { !/^\./ } readdir $d;
+    closedir $d;
+    return $n;
+}
+
+sub rss_kb {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) {
+        return $1 if /^VmRSS:\s+(\d+) kB/;
+    }
+    return undef;
 }
 
 sub stop_pid {
@@ -108,11 +165,22 @@ _EOC_
     close $fh;
 
     my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
-    system($bin, '-p', "$prefix/", '-c', 'conf/nginx.conf') == 0
+    system(nginx_command($prefix)) == 0
         or die "nginx did not start: see $prefix/logs/error.log";
     push @Started, ['nginx', "$prefix/logs/nginx.pid"];
-    wait_port($port) or die "nginx is not listening on $port";
+    wait_port($port, 5 * RulesMemcheck::slowdown())
+        or die "nginx is not listening on $port";
     return { port => $port, prefix => $prefix, bin => $bin };
+}
+
+# The command that runs nginx with the prefix and more arguments (-t):
+# under valgrind when TEST_NGINX_USE_VALGRIND is set (see RulesMemcheck).
+sub nginx_command {
+    my ($prefix, @args) = @_;
+    my $bin = $ENV{TEST_NGINX_BINARY} // 'nginx';
+    my @vg = RulesMemcheck::valgrind()
+             ? RulesMemcheck::valgrind_cmd("$prefix/logs") : ();
+    return (@vg, $bin, @args, '-p', "$prefix/", '-c', 'conf/nginx.conf');
 }
 
 sub nginx_pid {
@@ -129,15 +197,20 @@ sub reload_nginx {
     kill 'HUP', $pid;
 }
 
+# Stops nginx and, under valgrind or ASan, adds a test: what they found
+# in its processes.
 sub stop_nginx {
     my ($ngx) = @_;
     my $pid = nginx_pid($ngx) or return;
     kill 'QUIT', $pid;
-    for (1 .. 200) {
-        return unless kill 0, $pid;
+    my $gone;
+    for (1 .. 200 * RulesMemcheck::slowdown()) {
+        $gone = !kill(0, $pid);
+        last if $gone;
         sleep 0.05;
     }
-    kill 'KILL', $pid;
+    kill 'KILL', $pid unless $gone;
+    RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
 }
 
 sub error_log {
@@ -185,7 +258,10 @@ END {
             next unless $pid && $pid =~ /^(\d+)/;
             $pid = $1;
             kill 'QUIT', $pid;
-            for (1 .. 100) { last unless kill 0, $pid; sleep 0.05 }
+            for (1 .. 100 * RulesMemcheck::slowdown()) {
+                last unless kill 0, $pid;
+                sleep 0.05;
+            }
             kill 'KILL', $pid if kill 0, $pid;
         }
     }

@@ -60,6 +60,41 @@ eval_f(const rules_cond_t *c, const char *value, int len)
 }
 
 
+/*
+ * An event that no "where" accepts still reads its key's state: an empty
+ * op, which must be a valid pointer (memcpy() of zero bytes from NULL is
+ * undefined), also on a fresh rules_eventops_t.
+ */
+static void
+test_empty_op(void)
+{
+    int                f, k;
+    rules_limits_t     limits = { 256, 4096 };
+    rules_eventops_t   eo;
+    rules_event_rc_t   rc;
+
+    (void) load_cond("{\"field\":\"f\",\"eq\":\"yes\"}");
+
+    memset(vals, 0, sizeof(vals));
+    memset(&eo, 0, sizeof(eo));
+    f = rules_field_index(rs, "f", 1);
+    k = rules_field_index(rs, "k", 1);
+    vals[f].data = (const unsigned char *) "no";
+    vals[f].len = 2;
+    vals[k].data = (const unsigned char *) "user";
+    vals[k].len = 4;
+
+    rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+    ok(rc == RULES_EVENT_OK && eo.nkeyops == 1,
+       "empty op: the key is still read");
+    ok(eo.nkeyops == 1 && eo.keyops[0].op_len == 0
+       && eo.keyops[0].op != NULL,
+       "empty op: zero bytes at a valid pointer");
+
+    rules_eventops_free(&eo);
+}
+
+
 static void
 test_numbers(void)
 {
@@ -100,6 +135,7 @@ main(void)
     double               secs;
 
     test_numbers();
+    test_empty_op();
 
     c = load_cond("{\"field\":\"f\",\"eq\":\"abc\"}");
     ok(eval_f(c, "abc", -1), "eq: equal");

@@ -15,6 +15,7 @@ use IO::Select;
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use RulesMemcheck;
 
 our $VERSION = '0.01';
 
@@ -37,6 +38,7 @@ our $LogLevel = $ENV{TEST_NGINX_LOG_LEVEL} || 'debug';
 our $RepeatEach = 1;
 our $NoNginxManager = 0;
 our $UseValgrind = $ENV{TEST_NGINX_USE_VALGRIND};
+our $UseAsan = $ENV{TEST_NGINX_USE_ASAN};
 
 $ENV{TEST_NGINX_SERVER_PORT} = $ServerPort;
 $ENV{TEST_NGINX_PORT} ||= $ServerPort;
@@ -216,7 +218,7 @@ sub _stop_nginx (@) {
     undef $NginxPid;
     return unless $pid;
     kill 'QUIT', $pid;
-    return if _wait_exit($pid, 3);
+    return if _wait_exit($pid, 3 * RulesMemcheck::slowdown());
     kill 'TERM', $pid;
     return if _wait_exit($pid, 2);
     kill 'KILL', $pid;
@@ -229,11 +231,7 @@ sub _start_nginx (@) {
     my @cmd = ($bin, '-p', "$ServRoot/", '-c', 'conf/nginx.conf');
 
     if ($UseValgrind) {
-        my @vg = ('valgrind', '--tool=memcheck', '--leak-check=full',
-                  '--show-possibly-lost=no', '--num-callers=30',
-                  "--log-file=$ServRoot/logs/valgrind.log");
-        push @vg, '--suppressions=' . abs_path('t/valgrind.suppress')
-            if -f 't/valgrind.suppress';
+        my @vg = RulesMemcheck::valgrind_cmd("$ServRoot/logs");
         my $pid = fork();
         die "fork: $!" unless defined $pid;
         if ($pid == 0) {
@@ -257,7 +255,7 @@ sub _start_nginx (@) {
     my $out = `@cmd 2>&1`;
     return (0, $out) if $? != 0;
 
-    for (1 .. 100) {
+    for (1 .. 100 * RulesMemcheck::slowdown()) {
         my $pid = _nginx_pid();
         if ($pid) {
             $NginxPid = $pid;
@@ -564,17 +562,6 @@ sub _check_log (@) {
     }
 }
 
-sub _check_valgrind (@) {
-    my ($name) = @_;
-    my $log = _slurp("$ServRoot/logs/valgrind.log");
-    my @bad;
-    push @bad, $1 while $log =~ /(==\d+== (?:Invalid|Conditional|Syscall param|Mismatched|Source and destination)[^\n]*)/g;
-    push @bad, $1 if $log =~ /(==\d+==\s+definitely lost: [1-9][\d,]* bytes[^\n]*)/;
-    Test::More::ok(!@bad, "$name - valgrind reports no error")
-        or Test::More::diag("valgrind ($ServRoot/logs/valgrind.log):\n"
-                            . join("\n", @bad[0 .. ($#bad < 9 ? $#bad : 9)]));
-}
-
 sub run_test ($) {
     my ($block) = @_;
     my $name = $block->name;
@@ -596,11 +583,14 @@ sub run_test ($) {
         Test::More::ok(!$ok, "$name - nginx must die");
         _stop_nginx() if $ok;
         _check_log($block, $name, $out . _slurp($log_path));
+        RulesMemcheck::check("$ServRoot/logs", $name);
         return;
     }
 
     unless ($ok) {
         Test::More::fail("$name - nginx failed to start: $out");
+        _stop_nginx();
+        RulesMemcheck::check("$ServRoot/logs", $name);
         return;
     }
 
@@ -625,9 +615,10 @@ sub run_test ($) {
         _check_log($block, $name, $log);
     }
 
-    if ($UseValgrind) {
+    # leaks are reported when the processes exit
+    if ($UseValgrind || $UseAsan) {
         _stop_nginx();
-        _check_valgrind($name);
+        RulesMemcheck::check("$ServRoot/logs", $name);
     }
 }
 

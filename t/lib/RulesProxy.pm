@@ -1,0 +1,171 @@
+package RulesProxy;
+
+# A TCP proxy for the fault tests, between nginx and Redis: it forwards
+# both ways until told to break a connection in the middle of a reply.
+#
+#   my $proxy = RulesProxy::start(upstream => $redis_port, log => $file);
+#   # nginx: rules_redis 127.0.0.1:$proxy->{port};
+#   RulesProxy::cut($proxy, 'rst');   # or 'fin', 'junk'
+#
+# cut() arms the proxy and waits until it acted: the next data that Redis
+# sends on any connection is forwarded only in part (half of it: the
+# client gets a truncated reply), then the client side is reset (rst:
+# SO_LINGER 0, the peer gets ECONNRESET) or closed (fin), and the Redis
+# side closed; or (junk) that data is replaced by bytes that are not
+# RESP and both sides are left open: the client must give up on its own.
+# It returns the line the proxy logged ("rst 37/75": bytes forwarded of
+# those received), or undef when nothing happened within 5 s (no reply in
+# flight).
+#
+# A client whose Redis connection cannot be made is closed at once.  The
+# proxy is a forked process, stopped by RulesNginx's END (track_pid) or
+# by stop().
+
+use strict;
+use warnings;
+use IO::Select;
+use IO::Socket::INET;
+use POSIX ();
+use Socket qw(SOL_SOCKET SO_LINGER);
+use Time::HiRes qw(sleep time);
+
+sub start {
+    my (%opt) = @_;
+    my $listen = IO::Socket::INET->new(Listen => 128,
+                                       LocalAddr => '127.0.0.1',
+                                       LocalPort => $opt{port} // 0,
+                                       ReuseAddr => 1)
+        or die "proxy: cannot listen: $!";
+    my $port = $listen->sockport;
+    my $log = $opt{log} or die 'RulesProxy::start: log';
+    open my $fh, '>', $log or die "$log: $!";
+    close $fh;
+
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        eval { _run($listen, $opt{upstream}, $log) };
+        POSIX::_exit(0);
+    }
+    close $listen;
+    RulesNginx::track_pid($pid) if defined &RulesNginx::track_pid;
+    return { pid => $pid, port => $port, log => $log };
+}
+
+sub stop {
+    my ($proxy) = @_;
+    RulesNginx::stop_pid($proxy->{pid});
+}
+
+sub _lines {
+    my ($log) = @_;
+    open my $fh, '<', $log or return ();
+    my @l = <$fh>;
+    close $fh;
+    chomp @l;
+    return @l;
+}
+
+sub cut {
+    my ($proxy, $how) = @_;
+    my $before = () = _lines($proxy->{log});
+    my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP');
+    kill $sig{$how}, $proxy->{pid};
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my @l = _lines($proxy->{log});
+        return $l[-1] if @l > $before;
+        sleep 0.01;
+    }
+    return undef;
+}
+
+sub _run {
+    my ($listen, $upstream, $log) = @_;
+    my $armed = '';
+    local $SIG{USR1} = sub { $armed = 'rst' };
+    local $SIG{USR2} = sub { $armed = 'fin' };
+    local $SIG{HUP} = sub { $armed = 'junk' };
+    local $SIG{PIPE} = 'IGNORE';
+    local $SIG{TERM} = sub { POSIX::_exit(0) };
+
+    my $sel = IO::Select->new($listen);
+    my %peer;       # fileno => the other socket
+    my %is_up;      # fileno => 1 for Redis' side
+
+    my $close_pair = sub {
+        my ($s) = @_;
+        my $o = delete $peer{ fileno $s };
+        for my $x ($s, $o) {
+            next unless $x;
+            delete $peer{ fileno $x };
+            delete $is_up{ fileno $x };
+            $sel->remove($x);
+            close $x;
+        }
+    };
+
+    while (1) {
+        for my $s ($sel->can_read(0.05)) {
+            if ($s == $listen) {
+                my $c = $listen->accept or next;
+                my $u = IO::Socket::INET->new(
+                    PeerAddr => "127.0.0.1:$upstream", Timeout => 1);
+                unless ($u) {
+                    close $c;
+                    next;
+                }
+                $peer{ fileno $c } = $u;
+                $peer{ fileno $u } = $c;
+                $is_up{ fileno $u } = 1;
+                $sel->add($c, $u);
+                next;
+            }
+
+            # closed meanwhile, with the other side of its pair
+            next unless defined fileno $s;
+            my $o = $peer{ fileno $s } or next;
+            my $n = sysread $s, my $buf, 65536;
+            if (!$n) {
+                $close_pair->($s);
+                next;
+            }
+
+            if ($armed eq 'junk' && $is_up{ fileno $s }) {
+                # not a RESP type byte: a protocol error for the client
+                syswrite $o, "\@junk\r\n";
+                open my $fh, '>>', $log;
+                print $fh "junk 0/$n\n";
+                close $fh;
+                $armed = '';
+                next;
+            }
+
+            if ($armed && $is_up{ fileno $s }) {
+                # a reply in flight: half of it, then the break
+                my $half = int($n / 2);
+                syswrite $o, $buf, $half if $half;
+                if ($armed eq 'rst') {
+                    setsockopt($o, SOL_SOCKET, SO_LINGER,
+                               pack('ii', 1, 0));
+                }
+                open my $fh, '>>', $log;
+                print $fh "$armed $half/$n\n";
+                close $fh;
+                $armed = '';
+                $close_pair->($s);
+                next;
+            }
+
+            my $off = 0;
+            while ($off < $n) {
+                my $w = syswrite $o, $buf, $n - $off, $off;
+                last unless defined $w;
+                $off += $w;
+            }
+            $close_pair->($s) if $off < $n;
+        }
+    }
+}
+
+1;
