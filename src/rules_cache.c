@@ -20,6 +20,7 @@ struct rules_centry_s {
     double           gen;
     double           stamp;
     size_t           length;
+    size_t           logged;
     size_t           key_len;
     size_t           state_len;
     unsigned char    data[];      /* key, then state */
@@ -180,7 +181,8 @@ rules_cache_grow(rules_cache_t *c)
 
 int
 rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
-    double *gen, size_t *length, double *stamp, rules_str_t *state)
+    double *gen, size_t *length, double *stamp, size_t *logged,
+    rules_str_t *state)
 {
     rules_centry_t  *e;
 
@@ -199,6 +201,7 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
     *gen = e->gen;
     *length = e->length;
     *stamp = e->stamp;
+    *logged = e->logged;
     state->data = e->data + e->key_len;
     state->len = e->state_len;
 
@@ -208,8 +211,8 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
 
 int
 rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
-    double gen, size_t length, double stamp, const unsigned char *state,
-    size_t state_len)
+    double gen, size_t length, double stamp, size_t logged,
+    const unsigned char *state, size_t state_len)
 {
     size_t           size;
     uint64_t         hash;
@@ -244,6 +247,7 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     e->hash = hash;
     e->gen = gen;
     e->stamp = stamp;
+    e->logged = logged;
     e->length = length;
     e->key_len = key_len;
     e->state_len = state_len;

@@ -1,6 +1,6 @@
 /*
  * A process-local cache of folded key states: key -> (gen, length,
- * TTL stamp, state), least recently used first out, bounded in bytes.  It lets a
+ * TTL stamp, log entries in the value, state), least recently used first out, bounded in bytes.  It lets a
  * writer that saw a key last compute the key's next state itself and
  * replace the stored value in one step when the value is still the one
  * it saw (rules_log.h, "write" items); any other writer's change makes
@@ -26,11 +26,11 @@ void rules_cache_free(rules_cache_t *c);
  */
 int rules_cache_get(rules_cache_t *c, const unsigned char *key,
     size_t key_len, double *gen, size_t *length, double *stamp,
-    rules_str_t *state);
+    size_t *logged, rules_str_t *state);
 
 /* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
 int rules_cache_put(rules_cache_t *c, const unsigned char *key,
-    size_t key_len, double gen, size_t length, double stamp,
+    size_t key_len, double gen, size_t length, double stamp, size_t logged,
     const unsigned char *state, size_t state_len);
 
 void rules_cache_del(rules_cache_t *c, const unsigned char *key,

@@ -297,7 +297,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
 {
     int           changed;
     double        gen, stamp;
-    size_t        length;
+    size_t        length, logged;
     int64_t       pttl;
     rules_str_t   cached;
     rules_buf_t  *out, *v;
@@ -314,7 +314,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         return 0;
     }
 
-    if (rules_cache_get(cache, key, key_len, &gen, &length, &stamp,
+    if (rules_cache_get(cache, key, key_len, &gen, &length, &stamp, &logged,
                         &cached))
     {
         item->kind = RULES_ITEM_WRITE;
@@ -327,6 +327,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         cached.data = NULL;
         cached.len = 0;
         stamp = 0;
+        logged = 0;
     }
 
     /* the next state, computed here */
@@ -365,6 +366,26 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         stamp = (double) (wall + pttl);
     }
 
+    /*
+     * A large state is extended with the entry (which carries this
+     * clock, so that a reader folds it to the same state) rather than
+     * rewritten, until its log is due for folding.
+     */
+
+    if (item->kind == RULES_ITEM_WRITE
+        && RULES_VALUE_HEADER_LEN + out->len
+           >= (w->extend_min ? w->extend_min : RULES_LOG_EXTEND_MIN)
+        && logged + 1 < RULES_LOG_COMPACT_ENTRIES)
+    {
+        item->kind = RULES_ITEM_EXTEND;
+        item->wall = wall;
+        item->newgen = stamp;     /* the new stamp, when pttl is set */
+        length += RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN + ko->op_len;
+
+        return rules_cache_put(cache, key, key_len, gen, length, stamp,
+                               logged + 1, out->data, out->len);
+    }
+
     v = &w->b;
     v->len = 0;
 
@@ -389,7 +410,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     /* optimistic: the next event of the key chains on it */
 
     return rules_cache_put(cache, key, key_len, item->newgen, v->len, stamp,
-                           out->data, out->len);
+                           0, out->data, out->len);
 }
 
 
@@ -418,8 +439,8 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
         rules_cache_del(cache, key.data, key.len);
 
     } else if (rules_cache_put(cache, key.data, key.len, info.gen,
-                               info.length, 0, w->state->data,
-                               w->state->len)
+                               info.length, 0, info.entries,
+                               w->state->data, w->state->len)
                != 0)
     {
         return -1;
@@ -437,7 +458,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
         /* optimistic, as for a write: a tail appended since fails it */
 
         if (rules_cache_put(cache, key.data, key.len, compact->newgen,
-                            RULES_VALUE_HEADER_LEN + w->state->len, 0,
+                            RULES_VALUE_HEADER_LEN + w->state->len, 0, 0,
                             w->state->data, w->state->len)
             != 0)
         {
@@ -582,6 +603,10 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
     split = (item->kind == RULES_ITEM_COMPACT)
             ? 0 : RULES_BODY_HEADER_LEN + item->op_len;
 
+    if (item->kind == RULES_ITEM_EXTEND) {
+        split += RULES_ENTRY_WALL_LEN;
+    }
+
     meta[0] = (unsigned char) item->kind;
     rules_put_u16(meta + 1, (unsigned) k);
     rules_put_f64(meta + 3, item->ttl);
@@ -601,6 +626,14 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
     b->arg_len[b->nargs] = RULES_META_LEN;
 
     off = b->data.len;
+
+    if (item->kind == RULES_ITEM_EXTEND) {
+        rules_put_f64(body, (double) item->wall);
+
+        if (rules_buf_append(&b->data, body, RULES_ENTRY_WALL_LEN) != 0) {
+            return -1;
+        }
+    }
 
     if (item->kind != RULES_ITEM_COMPACT) {
         rules_put_f64(body, (double) item->now);
@@ -664,6 +697,12 @@ rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
     item->newgen = rules_get_f64(meta + 27);
     item->length = rules_get_f64(meta + 35);
     split = rules_get_u32(meta + 43);
+
+    if (item->kind == RULES_ITEM_EXTEND) {
+        item->wall = (int64_t) rules_get_f64(arg);
+        arg += RULES_ENTRY_WALL_LEN;
+        split -= RULES_ENTRY_WALL_LEN;
+    }
 
     if (item->kind != RULES_ITEM_COMPACT) {
         item->now = (int64_t) rules_get_f64(arg);

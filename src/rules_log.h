@@ -56,6 +56,15 @@
  *                replaced was that one the reply is 1, otherwise the
  *                replaced value plus the entry is put back, as an append
  *                would have made it, and the reply is the value before.
+ *     extend   : kind 6; the second string is a whole entry, wall(d)
+ *                (the writer's clock) then the body.  When the value is
+ *                still the one the writer cached (gen, length), the entry
+ *                is appended (GETRANGE, STRLEN, APPEND: no large value
+ *                moves), the TTL set when pttl is not 0 (newgen is then
+ *                the new stamp), and the reply is 1; otherwise the body
+ *                is appended as by an append item, and the reply is the
+ *                value before.  Used instead of write for large states,
+ *                while the log is short.
  *     create   : kind 5; as write, for a key the writer has no value of:
  *                the new value is the body applied to no state, stored
  *                with SET ... NX GET; when the key existed, nothing was
@@ -91,19 +100,25 @@ typedef enum {
     RULES_ITEM_READ = 2,
     RULES_ITEM_COMPACT = 3,
     RULES_ITEM_WRITE = 4,
-    RULES_ITEM_CREATE = 5
+    RULES_ITEM_CREATE = 5,
+    RULES_ITEM_EXTEND = 6
 } rules_item_kind_t;
 
 
 /* write and create: the state was computed by the writer */
 #define RULES_ITEM_COMPUTED(kind)                                          \
-    ((kind) == RULES_ITEM_WRITE || (kind) == RULES_ITEM_CREATE)
+    ((kind) == RULES_ITEM_WRITE || (kind) == RULES_ITEM_CREATE             \
+     || (kind) == RULES_ITEM_EXTEND)
+
+/* a cached state whose value is longer is extended, not rewritten */
+#define RULES_LOG_EXTEND_MIN     1024
 
 
 /* One item of a call. */
 typedef struct {
     rules_item_kind_t     kind;
     int64_t               now;
+    int64_t               wall;       /* extend: the writer's clock */
     double                ttl;        /* of the op's rules */
     double                pttl;       /* write, create: the new value's
                                          TTL; 0: keep the key's */
@@ -135,6 +150,7 @@ typedef struct {
     rules_buf_t       *state;
     const rules_set_t *known;     /* the rules in use: the records of
                                      others are dropped; NULL: kept */
+    size_t             extend_min; /* 0: RULES_LOG_EXTEND_MIN */
 } rules_log_work_t;
 
 void rules_log_work_free(rules_log_work_t *w);

@@ -6,6 +6,7 @@
 -- two strings per item, meta = kind(B) key(H) ttl(d) pttl(d) gen(d)
 -- newgen(d) length(d) split(I), then the body (now oplen op), a
 -- snapshot, or the body and a whole new value (split: the body's length).
+-- (kind 6: the second string is a whole entry, the writer's wall first.)
 -- Returns { wall ms, one element per item }.
 local pack, unpack = struct.pack, struct.unpack
 local sub, floor = string.sub, math.floor
@@ -89,6 +90,22 @@ for i = 1, #argv, 2 do
         append(key, old, ttl, newgen, sub(arg, 1, split), true)
         res[#res + 1] = old
       end
+    end
+  elseif kind == 6 then
+    -- the entry carries the writer's clock; the body follows it
+    local head = str(pcall('GETRANGE', key, 0, 9))
+    if head and #head == 10 and sub(head, 1, 2) == 'R2'
+       and unpack('<d', head, 3) == gen and call('STRLEN', key) == len then
+      call('APPEND', key, arg)
+      if pttl > 0 then
+        call('PEXPIRE', key, pttl)
+        call('SETRANGE', key, 10, pack('<d', newgen))
+      end
+      res[#res + 1] = 1
+    else
+      local v = str(pcall('GET', key))
+      append(key, v, ttl, newgen, sub(arg, 9), false)
+      res[#res + 1] = v
     end
   elseif kind == 2 then
     res[#res + 1] = str(pcall('GET', key))

@@ -3,8 +3,9 @@
 # states back, src/rules_log.c) give the same result for every event of
 # many random rule files and streams, with each writer mode: one writer
 # that caches the states it wrote (the module's fast path: writes), no
-# cache (appends, reads and compactions), and three writers taking turns
-# (writes that find the value changed by another and fall back).
+# cache (appends, reads and compactions), three writers taking turns
+# (writes that find the value changed by another and fall back), and the
+# same two with every cached state extended rather than rewritten.
 
 use strict;
 use warnings;
@@ -48,7 +49,9 @@ for my $round (1 .. $rounds) {
     is(scalar @$mem, scalar @$events, "round $round: one line per event");
 
   for my $mode (['cached'], ['uncached', '--cache', 0],
-                ['3 writers', '--writers', 3]) {
+                ['3 writers', '--writers', 3],
+                ['extending', '--extend-min', 1],
+                ['3 writers extending', '--writers', 3, '--extend-min', 1]) {
     my ($name, @opts) = @$mode;
     my $prefix = "difftest:$$:$round:$name:";
     my ($rc2, $red) = run_replay('--rules', "$dir/rules.json",

@@ -109,7 +109,7 @@ usage(void)
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "
-        "[--writers N]\n"
+        "[--writers N] [--extend-min BYTES]\n"
         "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
@@ -1226,6 +1226,7 @@ main(int argc, char **argv)
         { "state", required_argument, NULL, 's' },
         { "cache", required_argument, NULL, 'c' },
         { "writers", required_argument, NULL, 'w' },
+        { "extend-min", required_argument, NULL, 'e' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1273,6 +1274,7 @@ main(int argc, char **argv)
         case 's': state = optarg; break;
         case 'c': cache_size = strtoul(optarg, NULL, 10); break;
         case 'w': writers = strtoul(optarg, NULL, 10); break;
+        case 'e': rp.work.extend_min = strtoul(optarg, NULL, 10); break;
         default: usage();
         }
     }

@@ -30,9 +30,10 @@ get(rules_cache_t *c, const char *key, double *gen, size_t *length,
     rules_str_t *state)
 {
     double  stamp;
+    size_t  logged;
 
     return rules_cache_get(c, (const unsigned char *) key, strlen(key), gen,
-                           length, &stamp, state);
+                           length, &stamp, &logged, state);
 }
 
 
@@ -41,7 +42,7 @@ put(rules_cache_t *c, const char *key, double gen, size_t length,
     const char *state)
 {
     return rules_cache_put(c, (const unsigned char *) key, strlen(key), gen,
-                           length, 0, (const unsigned char *) state,
+                           length, 0, 0, (const unsigned char *) state,
                            strlen(state));
 }
 
