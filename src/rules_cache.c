@@ -23,6 +23,7 @@ struct rules_centry_s {
     size_t           logged;
     size_t           key_len;
     size_t           state_len;
+    size_t           size;        /* allocated, this header included */
     unsigned char    data[];      /* key, then state */
 };
 
@@ -92,7 +93,7 @@ rules_cache_unlink(rules_cache_t *c, rules_centry_t *e)
     }
 
     c->entries--;
-    c->bytes -= RULES_CENTRY_SIZE(e->key_len, e->state_len);
+    c->bytes -= e->size;
     free(e);
 }
 
@@ -224,12 +225,31 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
 
     hash = rules_hash64(key, key_len, 0);
     e = rules_cache_find(c, key, key_len, hash);
+    size = RULES_CENTRY_SIZE(key_len, state_len);
+
+    if (e && size <= e->size && size >= e->size / 2) {
+        /* the next state of a key mostly fits where the last one was */
+        e->gen = gen;
+        e->stamp = stamp;
+        e->logged = logged;
+        e->length = length;
+        e->state_len = state_len;
+
+        if (state_len) {
+            memmove(e->data + key_len, state, state_len);
+        }
+
+        rules_cache_to_front(c, e);
+
+        return 0;
+    }
 
     if (e) {
         rules_cache_unlink(c, e);
     }
 
-    size = RULES_CENTRY_SIZE(key_len, state_len);
+    /* room to grow a little in place */
+    size += size / 8;
 
     if (size > c->max_bytes / 4) {
         return 0;   /* too big to be worth it, or no cache at all */
@@ -251,6 +271,7 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     e->length = length;
     e->key_len = key_len;
     e->state_len = state_len;
+    e->size = size;
     memcpy(e->data, key, key_len);
 
     if (state_len) {

@@ -761,8 +761,8 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
     const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
     rules_buf_t *matched)
 {
-    rules_record_t  *recs;
-    rules_entry_t   *ents;
+    rules_record_t  *recs, recs_local[32];
+    rules_entry_t   *ents, ents_local[32];
     size_t           maxr, maxe, i, j;
     int              nr, ne, rc;
     double           now, wall, expire, max_expire;
@@ -777,21 +777,21 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
     maxr = state_len / RULES_RECORD_HEADER_LEN + 1;
     maxe = op_len / 17 + 1;
 
-    recs = malloc(maxr * sizeof(rules_record_t));
-    ents = malloc(maxe * sizeof(rules_entry_t));
+    /* the usual small states and ops need no allocation */
+
+    recs = maxr <= 32 ? recs_local : malloc(maxr * sizeof(rules_record_t));
+    ents = maxe <= 32 ? ents_local : malloc(maxe * sizeof(rules_entry_t));
 
     if (recs == NULL || ents == NULL) {
-        free(recs);
-        free(ents);
-        return -1;
+        rc = -1;
+        goto done;
     }
 
     ne = rules_parse_op(op, op_len, ents, maxe);
 
     if (ne < 0) {
-        free(recs);
-        free(ents);
-        return -1;
+        rc = -1;
+        goto done;
     }
 
     nr = rules_parse_state(state, state_len, recs, maxr);
@@ -870,8 +870,15 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
         }
     }
 
-    free(recs);
-    free(ents);
+done:
+
+    if (recs && recs != recs_local) {
+        free(recs);
+    }
+
+    if (ents && ents != ents_local) {
+        free(ents);
+    }
 
     if (rc != 0) {
         return -1;
