@@ -11,7 +11,7 @@ __DATA__
 === TEST 1: the module loads and a full configuration is accepted
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0;
-    rules_redis_timeout 100ms;
+    rules_redis_timeout 2s;
     rules_redis_connect_timeout 500ms;
     rules_redis_max_inflight 1000;
     rules_key_prefix "t030:";
@@ -302,6 +302,7 @@ duplicate rules_field "uid"
 === TEST 19: a rules_field no rule uses is a warning, not an error
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_redis_timeout 5s;
     rules_file ../html/rules.json;
 --- config
     location = /px {
@@ -360,6 +361,7 @@ value must be between 1 and 65535
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_key_prefix "t030-23:";
+    rules_redis_timeout 5s;
     rules_state_cache 0;
     rules_file ../html/rules.json;
 --- config

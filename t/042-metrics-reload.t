@@ -235,7 +235,12 @@ my @workers;
 for my $stat (glob '/proc/[0-9]*/stat') {
     open my $fh, '<', $stat or next;
     my $line = <$fh> // '';
-    push @workers, $1 if $line =~ /^(\d+) \(nginx\) \S+ (\d+) / && $2 == $master;
+    next unless $line =~ /^(\d+) \(nginx\) \S+ (\d+) / && $2 == $master;
+    my $pid = $1;
+    # not a worker of an earlier configuration that is still finishing
+    open my $cf, '<', "/proc/$pid/cmdline" or next;
+    my $cmd = <$cf> // '';
+    push @workers, $pid unless $cmd =~ /shutting down/;
 }
 SKIP: {
     skip 'no nginx worker found in /proc', 2 unless @workers;
