@@ -48,30 +48,15 @@ for my $round (1 .. 5) {
     close $fh;
     s/"//g for @expected;
 
-    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
-                                qw(uid ip type product path n);
     my $ngx = RulesNginx::start_nginx(
         prefix  => "$FindBin::Bin/servroot-060",
         workers => 2,
         files   => { 'rules.json' => $rules_json },
-        http    => <<"_EOC_");
-    rules_redis 127.0.0.1:$redis_port;
-    rules_redis_timeout 2s;
-    rules_key_prefix "t060:$$:$round:";
-    rules_file ../html/rules.json;
-    $cache
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            $fields
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis 127.0.0.1:$redis_port;",
+            prefix => "t060:$$:$round:",
+            extra  => $cache,
+            fields => [qw(uid ip type product path n)]));
 
     my ($bad, $statuses) = (undef, {});
     my $next_switch = 0;

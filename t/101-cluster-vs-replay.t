@@ -62,30 +62,14 @@ for my $round (1 .. 2) {
 
     my $expected = replay();
 
-    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
-                                qw(uid ip type product path n);
     my $ngx = RulesNginx::start_nginx(
         prefix  => "$FindBin::Bin/servroot-101",
         workers => 2,
         files   => { 'rules.json' => $rules_json },
-        http    => <<"_EOC_");
-    rules_redis_cluster $seeds;
-    rules_redis_timeout 2s;
-    rules_key_prefix "t101:$round:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            $fields
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-        location = /metrics { rules_metrics; }
-    }
-_EOC_
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis_cluster $seeds;",
+            prefix => "t101:$round:",
+            fields => [qw(uid ip type product path n)]));
 
     ok($cluster->wait_nginx_ready($ngx, 2),
        "round $round: both workers have the slot map and every master");

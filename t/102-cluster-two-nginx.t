@@ -55,8 +55,7 @@ my @expected = map { /"matched":\[([^\]]*)\]/ ? $1 : 'BAD' } <$fh>;
 close $fh;
 s/"//g for @expected;
 
-my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
-                            qw(uid ip type product path n);
+my @fields = qw(uid ip type product path n);
 
 my @ngx;
 for my $name (qw(a b)) {
@@ -64,23 +63,11 @@ for my $name (qw(a b)) {
         prefix  => "$FindBin::Bin/servroot-102$name",
         workers => $name eq 'a' ? 2 : 1,
         files   => { 'rules.json' => $rules_json },
-        http    => <<"_EOC_");
-    rules_redis_cluster $seeds;
-    rules_redis_timeout 5s;
-    rules_key_prefix "t102:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            $fields
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+        http    => RulesNginx::pixel_http(
+            store   => "rules_redis_cluster $seeds;",
+            timeout => '5s',
+            prefix  => 't102:',
+            fields  => \@fields));
 }
 
 ok($cluster->wait_nginx_ready($ngx[0], 2), 'nginx a: workers ready');

@@ -48,29 +48,14 @@ sub replay {
 
 sub start_nginx {
     my ($rules, @fields) = @_;
-    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" } @fields;
     return RulesNginx::start_nginx(
         prefix  => "$FindBin::Bin/servroot-103",
         workers => 2,
         files   => { 'rules.json' => $rules },
-        http    => <<"_EOC_");
-    rules_redis_cluster $seeds;
-    rules_redis_timeout 2s;
-    rules_key_prefix "$prefix";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            $fields
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-        location = /metrics { rules_metrics; }
-    }
-_EOC_
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis_cluster $seeds;",
+            prefix => $prefix,
+            fields => \@fields));
 }
 
 sub send_event {

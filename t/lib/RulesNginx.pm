@@ -221,6 +221,37 @@ sub error_log {
 }
 
 # One HTTP/1.0 GET; returns (status, \%headers, body).
+# The http block of a pixel endpoint, /px: every field from the query
+# string ($arg_<name>), the time from ts, X-Rules and X-Status headers,
+# 204; and /metrics.  store: the rules_redis or rules_redis_cluster line.
+sub pixel_http {
+    my (%o) = @_;
+    my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
+                                 @{ $o{fields} };
+    my $timeout = $o{timeout} // '2s';
+    my $extra = $o{extra} // '';
+    return <<"_EOC_";
+    $o{store}
+    rules_redis_timeout $timeout;
+    rules_key_prefix "$o{prefix}";
+    rules_file ../html/rules.json;
+    $extra
+    server {
+        listen 127.0.0.1:\$PORT;
+        location = /px {
+            rules on;
+            $fields
+            rules_time \$arg_ts;
+            add_header X-Rules \$rules_matched always;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+        location = /metrics { rules_metrics; }
+    }
+_EOC_
+}
+
+
 sub get {
     my ($port, $uri, $timeout) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
