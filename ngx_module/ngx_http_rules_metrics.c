@@ -1069,7 +1069,7 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 
     p = ngx_slprintf(p, last,
         "# HELP nginx_rules_redis_round_trip_seconds Redis round trip of "
-        "one event.\n"
+        "one call (the events of a pass of a worker's event loop).\n"
         "# TYPE nginx_rules_redis_round_trip_seconds histogram\n");
 
     cum = 0;
