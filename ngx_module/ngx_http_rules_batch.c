@@ -60,7 +60,12 @@ typedef struct {
     rules_log_work_t              work;
     rules_buf_t                   matched;
     rules_cache_t                *cache;      /* folded states */
+    time_t                        error_logged;
+    ngx_uint_t                    errors_unlogged;
 } ngx_http_rules_batcher_t;
+
+
+static ngx_str_t  ngx_http_rules_cluster_name = ngx_string("cluster");
 
 
 #define NGX_HTTP_RULES_BATCH_FREE_MAX  16
@@ -382,12 +387,25 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
     {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "rules redis %V: unexpected reply to EVALSHA: %*s",
-                      &rmcf->redis_conf.addr_text,
-                      (size_t) (reply->type == REDIS_REPLY_ERROR
-                                ? reply->len : 0),
-                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        /* at most a line a second: a Redis out of memory fails them all */
+
+        if (ngx_time() != bt->error_logged) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "rules redis %V: unexpected reply to EVALSHA: "
+                          "%*s (%ui more since the last such line)",
+                          rmcf->cluster ? &ngx_http_rules_cluster_name
+                                        : &rmcf->redis_conf.addr_text,
+                          (size_t) (reply->type == REDIS_REPLY_ERROR
+                                    ? reply->len : 0),
+                          reply->type == REDIS_REPLY_ERROR ? reply->str : "",
+                          bt->errors_unlogged);
+            bt->error_logged = ngx_time();
+            bt->errors_unlogged = 0;
+
+        } else {
+            bt->errors_unlogged++;
+        }
+
         ngx_http_rules_batch_fail(batch);
         return;
     }

@@ -69,7 +69,11 @@ for i = 1, #argv, 2 do
       old = pcall('SET', key, new, 'KEEPTTL', 'GET')
     end
     if type(old) == 'table' and old.err then
-      -- not a string: replaced by a value of its own
+      -- OOM and the like fail the call; a key that is not a string is
+      -- replaced by a value of its own
+      if sub(old.err, 1, 9) ~= 'WRONGTYPE' then
+        return redis.error_reply(old.err)
+      end
       call('DEL', key)
       append(key, false, ttl, newgen, sub(arg, 1, split), true)
       res[#res + 1] = false
