@@ -378,8 +378,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         && logged + 1 < RULES_LOG_COMPACT_ENTRIES)
     {
         item->kind = RULES_ITEM_EXTEND;
-        item->wall = wall;
-        item->newgen = stamp;     /* the new stamp, when pttl is set */
+        item->wall = wall;        /* the stamp is wall + pttl */
         length += RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN + ko->op_len;
 
         return rules_cache_put(cache, key, key_len, gen, length, stamp,

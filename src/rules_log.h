@@ -60,8 +60,9 @@
  *                (the writer's clock) then the body.  When the value is
  *                still the one the writer cached (gen, length), the entry
  *                is appended (GETRANGE, STRLEN, APPEND: no large value
- *                moves), the TTL set when pttl is not 0 (newgen is then
- *                the new stamp), and the reply is 1; otherwise the body
+ *                moves), the TTL set when pttl is not 0 (the stamp then
+ *                becomes the entry's wall + pttl), and the reply is 1;
+ *                otherwise the body
  *                is appended as by an append item, and the reply is the
  *                value before.  Used instead of write for large states,
  *                while the log is short.

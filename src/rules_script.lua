@@ -102,8 +102,9 @@ for i = 1, #argv, 2 do
        and unpack('<d', head, 3) == gen and call('STRLEN', key) == len then
       call('APPEND', key, arg)
       if pttl > 0 then
+        -- the stamp: the writer's clock (the entry's first bytes) + pttl
         call('PEXPIRE', key, pttl)
-        call('SETRANGE', key, 10, pack('<d', newgen))
+        call('SETRANGE', key, 10, pack('<d', unpack('<d', arg) + pttl))
       end
       res[#res + 1] = 1
     else
