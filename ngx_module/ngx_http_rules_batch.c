@@ -279,7 +279,10 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = ev->data;
 
-    /* a failed send may run requests that queue new items: they wait */
+    /*
+     * A failed send answers its events at once; what that queues (a
+     * compaction, say) joins the list and goes out in this same loop.
+     */
 
     while (!ngx_queue_empty(&bt->filling)) {
         q = ngx_queue_head(&bt->filling);
