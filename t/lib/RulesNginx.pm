@@ -36,23 +36,32 @@ sub wait_port {
     return 0;
 }
 
-# A private redis-server: returns { port, pid }.
+# A private redis-server: returns { port, pid }.  Without a given port, a
+# server that cannot bind the free port it was given (another process
+# took it meanwhile, e.g. a cluster node's bus port) is started again on
+# another one.
 sub start_redis {
     my (%opt) = @_;
-    my $port = $opt{port} // free_port();
-    my $pid = fork();
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        open STDOUT, '>', '/dev/null';
-        exec('redis-server', '--port', $port, '--bind', '127.0.0.1',
-             '--save', '', '--appendonly', 'no', '--daemonize', 'no',
-             @{ $opt{args} // [] })
-            or POSIX::_exit(127);
+    for my $try (1 .. ($opt{port} ? 1 : 5)) {
+        my $port = $opt{port} // free_port();
+        my $pid = fork();
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            open STDOUT, '>', '/dev/null';
+            exec('redis-server', '--port', $port, '--bind', '127.0.0.1',
+                 '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+                 @{ $opt{args} // [] })
+                or POSIX::_exit(127);
+        }
+        push @Started, ['pid', $pid];
+        return { port => $port, pid => $pid } if wait_port($port);
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+        warn "redis-server did not start on $port (try $try)\n";
     }
-    push @Started, ['pid', $pid];
-    wait_port($port) or die "redis-server did not start on $port";
-    return { port => $port, pid => $pid };
+    die "redis-server did not start";
 }
+
 
 # A process the test forked (load generator, proxy): stopped at the end
 # like the others, if the test has not stopped it.
