@@ -36,6 +36,10 @@ LIBS       := -lhiredis -ljansson -lpcre2-8
 ENGINE_SRCS := $(wildcard src/*.c)
 ENGINE_HDRS := $(wildcard src/*.h)
 ENGINE_OBJS := $(patsubst src/%.c,$(BUILD)/engine/%.o,$(ENGINE_SRCS))
+# the optional Redis module (RULES.STORE, the state script in C)
+REDIS_MODULE      := $(BUILD)/rules_redis_module.so
+REDIS_MODULE_SRCS := $(wildcard redis_module/*.c) src/rules_sha1.c \
+                     src/rules_script.c
 UNIT_SRCS   := $(wildcard t/unit/test_*.c)
 UNIT_BINS   := $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 FUZZ_SRCS   := $(wildcard t/fuzz/fuzz_*.c)
@@ -58,7 +62,7 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
 all: build
 
 build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS) \
-       $(FUZZ_BINS)
+       $(FUZZ_BINS) $(REDIS_MODULE)
 
 # apt only when a package is missing (dpkg-query), so repeated runs are
 # instant; otherwise apt-get update + install with no questions (no stdin,
@@ -142,6 +146,11 @@ $(BUILD)/engine/%.o: src/%.c $(ENGINE_HDRS)
 $(BUILD)/librules.a: $(ENGINE_OBJS)
 	rm -f $@
 	ar rcs $@ $^
+
+$(REDIS_MODULE): $(REDIS_MODULE_SRCS) $(wildcard redis_module/*.h) \
+                 $(ENGINE_HDRS)
+	$(CC) $(ENGINE_CFLAGS) -Iredis_module -shared $(REDIS_MODULE_SRCS) \
+	    -lm -o $@
 
 $(BUILD)/rules-replay: tools/rules-replay.c $(BUILD)/librules.a
 	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
@@ -227,6 +236,6 @@ test-asan: deps build asan
 	    t/run-tests.sh $(NGINX_TESTS)
 
 clean:
-	rm -rf $(BUILD) t/servroot*
+	rm -rf $(BUILD) t/servroot* t/native/servroot*
 
 FORCE:

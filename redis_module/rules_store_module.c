@@ -1,0 +1,798 @@
+/*
+ * rules_redis_module.so: RULES.STORE, the state script of
+ * ngx_http_rules_module (src/rules_script.lua) as a native Redis command.
+ *
+ *     loadmodule /path/to/rules_redis_module.so
+ *
+ *     RULES.STORE sha numkeys key... item...
+ *
+ * takes the arguments of EVALSHA sha numkeys key... item... and gives the
+ * same reply and the same effects on the keys, without Lua: each item
+ * opens its key once and reads or extends the value in place (no copy
+ * of a large value, no Lua strings, no command dispatch per call).  sha
+ * must be the SHA1 of the script this module implements (the module and
+ * the nginx module come from one build): a client of another version
+ * gets an error starting with RULESVERSION and uses EVALSHA.
+ *
+ * Differences from the script, none visible to the client: every
+ * argument is checked before any key changes (an error changes nothing);
+ * an expiry is set as an absolute time (the script's PX wall + n); the
+ * effects reach replicas and the AOF as plain commands (SET ... PXAT,
+ * APPEND, SETRANGE, PEXPIREAT, DEL), so replicas need no module.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "rules_redis_api.h"
+
+
+#define RS_MODULE_NAME       "rules"
+#define RS_MODULE_VERSION    1
+
+#define RS_HEADER_LEN        22          /* "R2" gen stamp snaplen */
+#define RS_META_LEN          47
+#define RS_WALL_LEN          8
+#define RS_VALUE_MAX         (512 * 1024 * 1024)   /* Redis' own limit */
+
+#define RS_APPEND   1
+#define RS_READ     2
+#define RS_COMPACT  3
+#define RS_WRITE    4
+#define RS_CREATE   5
+#define RS_EXTEND   6
+
+
+/* src/rules_sha1.c: the SHA1 of src/rules_script.lua, in hex */
+const char *rules_script_sha1(void);
+
+
+typedef struct {
+    unsigned     kind;
+    unsigned     key;         /* index into the keys, from 0 */
+    double       ttl;
+    double       pttl;
+    double       gen;
+    double       newgen;
+    double       length;
+    size_t       split;
+    const char  *arg;
+    size_t       arg_len;
+} rs_item_t;
+
+
+typedef struct {
+    RedisModuleCtx     *ctx;
+    RedisModuleString  *name;
+    RedisModuleKey     *key;
+    long long           wall;
+    int                 replied;     /* the item's reply element is out */
+} rs_call_t;
+
+
+/* per-call arrays and the value being built: Redis runs commands in one
+ * thread, so they are kept between calls */
+static rs_item_t  *rs_items;
+static size_t      rs_items_size;
+static char       *rs_scratch;
+static size_t      rs_scratch_size;
+
+
+static double
+rs_get_d(const char *p)
+{
+    double    d;
+    uint64_t  u;
+    int       i;
+
+    u = 0;
+
+    for (i = 7; i >= 0; i--) {
+        u = (u << 8) | (unsigned char) p[i];
+    }
+
+    memcpy(&d, &u, sizeof(d));
+
+    return d;
+}
+
+
+static void
+rs_put_d(char *p, double d)
+{
+    uint64_t  u;
+    int       i;
+
+    memcpy(&u, &d, sizeof(u));
+
+    for (i = 0; i < 8; i++) {
+        p[i] = (char) (u >> (8 * i));
+    }
+}
+
+
+static void
+rs_put_u32(char *p, uint32_t v)
+{
+    int  i;
+
+    for (i = 0; i < 4; i++) {
+        p[i] = (char) (v >> (8 * i));
+    }
+}
+
+
+static uint32_t
+rs_get_u32(const char *p)
+{
+    return (uint32_t) (unsigned char) p[0]
+           | (uint32_t) (unsigned char) p[1] << 8
+           | (uint32_t) (unsigned char) p[2] << 16
+           | (uint32_t) (unsigned char) p[3] << 24;
+}
+
+
+static int
+rs_r2(const char *v, size_t len)
+{
+    return v != NULL && len >= RS_HEADER_LEN && v[0] == 'R' && v[1] == '2';
+}
+
+
+/* a whole number of ms that Redis takes as an expiry or a length */
+static int
+rs_whole(double d, double max)
+{
+    return d >= 0 && d <= max && d == floor(d);
+}
+
+
+static char *
+rs_scratch_get(size_t size)
+{
+    char  *p;
+
+    if (size > rs_scratch_size) {
+        p = rm.realloc(rs_scratch, size);
+        if (p == NULL) {
+            return NULL;
+        }
+
+        rs_scratch = p;
+        rs_scratch_size = size;
+    }
+
+    return rs_scratch;
+}
+
+
+/* The key's value when it is a string, else NULL (none, or a foreign
+ * type: *foreign set). */
+static const char *
+rs_value(rs_call_t *c, size_t *len, int *foreign)
+{
+    int  type;
+
+    type = rm.key_type(c->key);
+    *foreign = 0;
+    *len = 0;
+
+    if (type == RM_KEYTYPE_STRING) {
+        return rm.string_dma(c->key, len, RM_READ);
+    }
+
+    if (type != RM_KEYTYPE_EMPTY) {
+        *foreign = 1;
+    }
+
+    return NULL;
+}
+
+
+static void
+rs_expire_at(rs_call_t *c, long long at)
+{
+    rm.set_abs_expire(c->key, at);
+    rm.replicate(c->ctx, "PEXPIREAT", "sl", c->name, at);
+}
+
+
+/*
+ * The key's value becomes v (not pointing into the key): in place when
+ * the old one is a string of about that size, else a new string of
+ * exactly that size.  at: the absolute expiry, or -1 to keep the key's.
+ */
+static int
+rs_store(rs_call_t *c, const char *v, size_t len, long long at)
+{
+    int        type;
+    char      *p;
+    size_t     cur;
+    long long  keep;
+
+    keep = RM_NO_EXPIRE;
+    type = rm.key_type(c->key);
+
+    if (type == RM_KEYTYPE_STRING) {
+        if (at < 0) {
+            keep = rm.get_abs_expire(c->key);
+        }
+
+        (void) rm.string_dma(c->key, &cur, RM_READ);
+
+        if (len > cur || len < cur / 2) {
+            /* a new string: growing in place would over-allocate */
+            rm.delete_key(c->key);
+        }
+
+    } else if (type != RM_KEYTYPE_EMPTY) {
+        rm.delete_key(c->key);
+    }
+
+    if (rm.string_truncate(c->key, len) != RM_OK) {
+        return RM_ERR;
+    }
+
+    p = rm.string_dma(c->key, &cur, RM_WRITE);
+    if (p == NULL || cur != len) {
+        return RM_ERR;
+    }
+
+    memcpy(p, v, len);
+
+    if (at >= 0) {
+        rm.set_abs_expire(c->key, at);
+        rm.replicate(c->ctx, "SET", "sbcl", c->name, v, len, "PXAT", at);
+
+    } else {
+        if (keep != RM_NO_EXPIRE) {
+            rm.set_abs_expire(c->key, keep);
+        }
+
+        rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
+    }
+
+    return RM_OK;
+}
+
+
+/* Appends head (may be empty) and body to the string value in place
+ * (grown as APPEND grows it); returns the value, NULL on failure. */
+static char *
+rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
+    size_t body_len)
+{
+    char    *p;
+    size_t   cur, len;
+
+    (void) rm.string_dma(c->key, &cur, RM_READ);
+
+    if (cur + head_len + body_len > RS_VALUE_MAX
+        || rm.string_truncate(c->key, cur + head_len + body_len) != RM_OK)
+    {
+        return NULL;
+    }
+
+    p = rm.string_dma(c->key, &len, RM_WRITE);
+    if (p == NULL || len != cur + head_len + body_len) {
+        return NULL;
+    }
+
+    memcpy(p + cur, head, head_len);
+    memcpy(p + cur + head_len, body, body_len);
+
+    rm.replicate(c->ctx, "APPEND", "sb", c->name, p + cur,
+                 head_len + body_len);
+
+    return p;
+}
+
+
+static void
+rs_set_stamp(rs_call_t *c, char *value, double stamp)
+{
+    rs_put_d(value + 10, stamp);
+    rm.replicate(c->ctx, "SETRANGE", "slb", c->name, (long long) 10,
+                 value + 10, (size_t) 8);
+}
+
+
+/*
+ * The script's append(): the value v (NULL: none or foreign, then
+ * already deleted) plus the entry wall body.  An R2 value is extended in
+ * place; its stamp and TTL move when the entry's ttl reaches past the
+ * stamp, and the TTL is set again anyway when reset is 1 (the script's
+ * SET of the whole value).  Anything else becomes the snapshot of a new
+ * value of gen newgen.
+ */
+static int
+rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
+    double newgen, const char *body, size_t body_len, int reset)
+{
+    char    *p, wallb[RS_WALL_LEN];
+    size_t   len;
+    double   need, stamp;
+
+    need = (double) c->wall + ttl;
+    rs_put_d(wallb, (double) c->wall);
+
+    if (rs_r2(v, vlen)) {
+        stamp = rs_get_d(v + 10);
+
+        p = rs_extend(c, wallb, RS_WALL_LEN, body, body_len);
+        if (p == NULL) {
+            return RM_ERR;
+        }
+
+        if (need > stamp) {
+            stamp = need + floor(ttl / 4);
+            rs_set_stamp(c, p, stamp);
+            rs_expire_at(c, (long long) stamp);
+
+        } else if (reset) {
+            rs_expire_at(c, (long long) stamp);
+        }
+
+        return RM_OK;
+    }
+
+    /* "R2" newgen stamp snaplen snapshot wall body */
+
+    if (vlen > UINT32_MAX) {
+        return RM_ERR;
+    }
+
+    len = RS_HEADER_LEN + vlen + RS_WALL_LEN + body_len;
+    stamp = need + floor(ttl / 4);
+
+    p = rs_scratch_get(len);
+    if (p == NULL || len > RS_VALUE_MAX) {
+        return RM_ERR;
+    }
+
+    p[0] = 'R';
+    p[1] = '2';
+    rs_put_d(p + 2, newgen);
+    rs_put_d(p + 10, stamp);
+    rs_put_u32(p + 18, (uint32_t) vlen);
+
+    if (vlen) {
+        memcpy(p + RS_HEADER_LEN, v, vlen);
+    }
+
+    memcpy(p + RS_HEADER_LEN + vlen, wallb, RS_WALL_LEN);
+    memcpy(p + RS_HEADER_LEN + vlen + RS_WALL_LEN, body, body_len);
+
+    return rs_store(c, p, len, (long long) stamp);
+}
+
+
+/* The reply element for a value: a bulk string, or nil. */
+static void
+rs_reply_value(rs_call_t *c, const char *v, size_t len)
+{
+    c->replied = 1;
+
+    if (v == NULL) {
+        rm.reply_with_null(c->ctx);
+
+    } else {
+        rm.reply_with_string_buffer(c->ctx, v, len);
+    }
+}
+
+
+static void
+rs_reply_int(rs_call_t *c, long long n)
+{
+    c->replied = 1;
+    rm.reply_with_long_long(c->ctx, n);
+}
+
+
+/* The same value the writer based its state on: gen and length. */
+static int
+rs_same(const char *v, size_t len, const rs_item_t *it, size_t min)
+{
+    return v != NULL && len >= min && (double) len == it->length
+           && v[0] == 'R' && v[1] == '2' && rs_get_d(v + 2) == it->gen;
+}
+
+
+/* write (4) and create (5): the writer's new state, or the append */
+static int
+rs_item_write(rs_call_t *c, const rs_item_t *it)
+{
+    int          foreign;
+    size_t       vlen;
+    long long    at;
+    const char  *v;
+
+    v = rs_value(c, &vlen, &foreign);
+
+    if (foreign) {
+        /* a key that is not a string is replaced by a value of its own */
+        rm.delete_key(c->key);
+        rs_reply_value(c, NULL, 0);
+        return rs_append(c, NULL, 0, it->ttl, it->newgen, it->arg,
+                         it->split, 1);
+    }
+
+    if (it->kind == RS_CREATE ? v == NULL
+                              : rs_same(v, vlen, it, RS_HEADER_LEN))
+    {
+        at = it->pttl > 0 ? c->wall + (long long) it->pttl : -1;
+
+        if (rs_store(c, it->arg + it->split, it->arg_len - it->split, at)
+            != RM_OK)
+        {
+            return RM_ERR;
+        }
+
+        rs_reply_int(c, 1);
+        return RM_OK;
+    }
+
+    /* another writer changed it: what an append makes */
+
+    rs_reply_value(c, v, vlen);
+
+    return rs_append(c, v, vlen, it->ttl, it->newgen, it->arg, it->split,
+                     it->kind == RS_WRITE);
+}
+
+
+/* extend (6): the writer's entry on the value it cached, or the append */
+static int
+rs_item_extend(rs_call_t *c, const rs_item_t *it)
+{
+    int          foreign;
+    char        *p;
+    size_t       vlen;
+    const char  *v;
+
+    v = rs_value(c, &vlen, &foreign);
+
+    if (rs_same(v, vlen, it, 10)) {
+        p = rs_extend(c, "", 0, it->arg, it->arg_len);
+        if (p == NULL) {
+            return RM_ERR;
+        }
+
+        if (it->pttl > 0) {
+            /* the stamp: the writer's clock (the entry's wall) + pttl */
+            rs_set_stamp(c, p, rs_get_d(it->arg) + it->pttl);
+            rs_expire_at(c, c->wall + (long long) it->pttl);
+        }
+
+        rs_reply_int(c, 1);
+        return RM_OK;
+    }
+
+    if (foreign) {
+        rm.delete_key(c->key);
+    }
+
+    rs_reply_value(c, v, vlen);
+
+    return rs_append(c, v, vlen, it->ttl, it->newgen,
+                     it->arg + RS_WALL_LEN, it->arg_len - RS_WALL_LEN, 0);
+}
+
+
+/* compact (3): the folded snapshot in place of the first length bytes */
+static int
+rs_item_compact(rs_call_t *c, const rs_item_t *it)
+{
+    int          foreign;
+    char        *p;
+    size_t       vlen, len, tail;
+    const char  *v;
+
+    v = rs_value(c, &vlen, &foreign);
+
+    if (!rs_r2(v, vlen) || (double) vlen < it->length
+        || rs_get_d(v + 2) != it->gen)
+    {
+        rs_reply_int(c, 0);
+        return RM_OK;
+    }
+
+    len = (size_t) it->length;
+    tail = vlen - len;
+
+    if (it->arg_len == 0 && tail == 0) {
+        rm.delete_key(c->key);
+        rm.replicate(c->ctx, "DEL", "s", c->name);
+        rs_reply_int(c, 1);
+        return RM_OK;
+    }
+
+    if (it->arg_len > UINT32_MAX
+        || RS_HEADER_LEN + it->arg_len + tail > RS_VALUE_MAX)
+    {
+        return RM_ERR;
+    }
+
+    p = rs_scratch_get(RS_HEADER_LEN + it->arg_len + tail);
+    if (p == NULL) {
+        return RM_ERR;
+    }
+
+    p[0] = 'R';
+    p[1] = '2';
+    rs_put_d(p + 2, it->newgen);
+    memcpy(p + 10, v + 10, 8);
+    rs_put_u32(p + 18, (uint32_t) it->arg_len);
+    memcpy(p + RS_HEADER_LEN, it->arg, it->arg_len);
+    memcpy(p + RS_HEADER_LEN + it->arg_len, v + len, tail);
+
+    if (rs_store(c, p, RS_HEADER_LEN + it->arg_len + tail, -1) != RM_OK) {
+        return RM_ERR;
+    }
+
+    rs_reply_int(c, 1);
+    return RM_OK;
+}
+
+
+static int
+rs_item(rs_call_t *c, const rs_item_t *it)
+{
+    int          foreign;
+    size_t       vlen;
+    const char  *v;
+
+    switch (it->kind) {
+
+    case RS_WRITE:
+    case RS_CREATE:
+        return rs_item_write(c, it);
+
+    case RS_EXTEND:
+        return rs_item_extend(c, it);
+
+    case RS_COMPACT:
+        return rs_item_compact(c, it);
+
+    case RS_READ:
+        v = rs_value(c, &vlen, &foreign);
+        rs_reply_value(c, v, vlen);
+        return RM_OK;
+
+    default: /* RS_APPEND */
+        v = rs_value(c, &vlen, &foreign);
+
+        if (foreign) {
+            rm.delete_key(c->key);
+        }
+
+        rs_reply_value(c, v, vlen);
+
+        return rs_append(c, v, vlen, it->ttl, it->newgen, it->arg,
+                         it->arg_len, 0);
+    }
+}
+
+
+/* Parses numkeys and the items into rs_items; returns their number, or
+ * (size_t) -1 and *err on a malformed call. */
+static size_t
+rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
+    const char **err)
+{
+    char        buf[32], *end;
+    size_t      len, n, i;
+    rs_item_t  *it;
+    long long   nk;
+    const char *s, *m;
+
+    s = rm.string_ptr_len(argv[2], &len);
+
+    if (len == 0 || len >= sizeof(buf)) {
+        *err = "ERR rules.store: numkeys is not a number";
+        return (size_t) -1;
+    }
+
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    nk = strtoll(buf, &end, 10);
+
+    if (*end != '\0' || nk < 0 || nk > argc - 3) {
+        *err = "ERR rules.store: bad numkeys";
+        return (size_t) -1;
+    }
+
+    *numkeys = nk;
+
+    if ((argc - 3 - nk) % 2) {
+        *err = "ERR rules.store: items come in pairs (meta, argument)";
+        return (size_t) -1;
+    }
+
+    n = (size_t) (argc - 3 - nk) / 2;
+
+    if (n > rs_items_size) {
+        it = rm.realloc(rs_items, n * sizeof(rs_item_t));
+        if (it == NULL) {
+            *err = "ERR rules.store: out of memory";
+            return (size_t) -1;
+        }
+
+        rs_items = it;
+        rs_items_size = n;
+    }
+
+    for (i = 0; i < n; i++) {
+        it = &rs_items[i];
+        m = rm.string_ptr_len(argv[3 + nk + 2 * i], &len);
+
+        if (len != RS_META_LEN) {
+            *err = "ERR rules.store: an item's meta is not 47 bytes";
+            return (size_t) -1;
+        }
+
+        it->kind = (unsigned char) m[0];
+        it->key = (unsigned) ((unsigned char) m[1]
+                              | (unsigned char) m[2] << 8);
+        it->ttl = rs_get_d(m + 3);
+        it->pttl = rs_get_d(m + 11);
+        it->gen = rs_get_d(m + 19);
+        it->newgen = rs_get_d(m + 27);
+        it->length = rs_get_d(m + 35);
+        it->split = rs_get_u32(m + 43);
+        it->arg = rm.string_ptr_len(argv[3 + nk + 2 * i + 1], &it->arg_len);
+
+        if (it->kind < RS_APPEND || it->kind > RS_EXTEND) {
+            *err = "ERR rules.store: unknown item kind";
+            return (size_t) -1;
+        }
+
+        if (it->key < 1 || it->key > nk) {
+            *err = "ERR rules.store: an item's key index is out of range";
+            return (size_t) -1;
+        }
+
+        it->key--;
+
+        if (it->ttl < 1) {
+            it->ttl = 1;
+        }
+
+        /* whole ms, as the script's PX needs them */
+
+        if (!rs_whole(it->ttl, 1e15) || !rs_whole(it->pttl, 1e15)
+            || !rs_whole(it->length, 1e15) || !isfinite(it->newgen))
+        {
+            *err = "ERR rules.store: an item's numbers are out of range";
+            return (size_t) -1;
+        }
+
+        if ((it->kind == RS_WRITE || it->kind == RS_CREATE)
+            && it->split > it->arg_len)
+        {
+            *err = "ERR rules.store: an item's split is past its argument";
+            return (size_t) -1;
+        }
+
+        if (it->kind == RS_CREATE && it->pttl <= 0) {
+            *err = "ERR rules.store: a create item needs a pttl";
+            return (size_t) -1;
+        }
+
+        if (it->kind == RS_EXTEND && it->arg_len < RS_WALL_LEN) {
+            *err = "ERR rules.store: an extend item's entry is too short";
+            return (size_t) -1;
+        }
+    }
+
+    return n;
+}
+
+
+static int
+rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    int          rc;
+    size_t       n, i, len;
+    rs_call_t    c;
+    long long    numkeys, k;
+    const char  *s, *err;
+
+    if (rm.is_keys_position_request(ctx)) {
+        /* Redis Cluster and ACLs: the keys are argv[3 .. 3 + numkeys) */
+
+        if (argc >= 3 && rs_parse(argv, argc, &numkeys, &err)
+                         != (size_t) -1)
+        {
+            for (k = 0; k < numkeys; k++) {
+                rm.key_at_pos(ctx, (int) (3 + k));
+            }
+        }
+
+        return RM_OK;
+    }
+
+    if (argc < 3) {
+        return rm.wrong_arity(ctx);
+    }
+
+    s = rm.string_ptr_len(argv[1], &len);
+
+    if (len != 40 || strncasecmp(s, rules_script_sha1(), 40) != 0) {
+        rm.reply_with_error(ctx, "RULESVERSION this rules_redis_module "
+                            "implements another version of the state "
+                            "script: use EVALSHA");
+        return RM_OK;
+    }
+
+    n = rs_parse(argv, argc, &numkeys, &err);
+
+    if (n == (size_t) -1) {
+        rm.reply_with_error(ctx, err);
+        return RM_OK;
+    }
+
+    c.ctx = ctx;
+    c.wall = rm.milliseconds();
+
+    rm.reply_with_array(ctx, (long) n + 1);
+    rm.reply_with_long_long(ctx, c.wall);
+
+    for (i = 0; i < n; i++) {
+        c.replied = 0;
+        c.name = argv[3 + rs_items[i].key];
+        c.key = rm.open_key(ctx, c.name,
+                            rs_items[i].kind == RS_READ
+                            ? RM_READ : RM_READ | RM_WRITE);
+
+        rc = rs_item(&c, &rs_items[i]);
+
+        rm.close_key(c.key);
+
+        if (rc != RM_OK) {
+            /* an error element for it (unless its reply is out) and for
+             * the items after it: the call broke off here */
+            rm.log(ctx, "warning", "rules.store: item %zu of %zu could not "
+                   "be stored (value too long)", i + 1, n);
+
+            if (!c.replied) {
+                rm.reply_with_error(ctx, "ERR rules.store: not applied");
+            }
+
+            for (i++; i < n; i++) {
+                rm.reply_with_error(ctx, "ERR rules.store: not applied");
+            }
+
+            break;
+        }
+    }
+
+    return RM_OK;
+}
+
+
+int
+RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    if (rules_redis_api_init(ctx, RS_MODULE_NAME, RS_MODULE_VERSION)
+        != RM_OK)
+    {
+        return RM_ERR;
+    }
+
+    if (rm.create_command(ctx, "rules.store", rs_store_command,
+                          "write deny-oom getkeys-api", 0, 0, 0)
+        != RM_OK)
+    {
+        return RM_ERR;
+    }
+
+    rm.log(ctx, "notice", "rules.store ready (state script %s)",
+           rules_script_sha1());
+
+    return RM_OK;
+}
