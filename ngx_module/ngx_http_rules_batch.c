@@ -394,7 +394,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
 
         if (ngx_time() != bt->error_logged) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "rules redis %V: unexpected reply to EVALSHA: "
+                          "rules redis %V: unexpected reply to the state call: "
                           "%*s (%ui more since the last such line)",
                           rmcf->cluster ? &ngx_http_rules_cluster_name
                                         : &rmcf->redis_conf.addr_text,

@@ -106,6 +106,13 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       offsetof(ngx_http_rules_main_conf_t, redis_conf.max_inflight),
       &ngx_http_rules_limit_post },
 
+    { ngx_string("rules_redis_native"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, redis_conf.native),
+      NULL },
+
     { ngx_string("rules_key_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -298,6 +305,7 @@ ngx_http_rules_create_main_conf(ngx_conf_t *cf)
     rmcf->timeout = NGX_CONF_UNSET_MSEC;
     rmcf->redis_conf.connect_timeout = NGX_CONF_UNSET_MSEC;
     rmcf->redis_conf.max_inflight = NGX_CONF_UNSET_UINT;
+    rmcf->redis_conf.native = NGX_CONF_UNSET;
     rmcf->limits.key_max = NGX_CONF_UNSET_SIZE;
     rmcf->limits.value_max = NGX_CONF_UNSET_SIZE;
     rmcf->state_cache_size = NGX_CONF_UNSET_SIZE;
@@ -316,6 +324,7 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
                              NGX_HTTP_RULES_CONNECT_TIMEOUT);
     ngx_conf_init_uint_value(rmcf->redis_conf.max_inflight,
                              NGX_HTTP_RULES_MAX_INFLIGHT);
+    ngx_conf_init_value(rmcf->redis_conf.native, 1);
     ngx_conf_init_size_value(rmcf->limits.key_max, RULES_DEFAULT_KEY_MAX);
     ngx_conf_init_size_value(rmcf->limits.value_max,
                              RULES_DEFAULT_VALUE_MAX);

@@ -13,12 +13,15 @@
  * Life of a connection:
  *
  *   connect()  redisAsyncConnect() (numeric address or unix socket: it
- *              never blocks), AUTH, SELECT and SCRIPT LOAD are queued at
+ *              never blocks), AUTH, SELECT, SCRIPT LOAD and the probe
+ *              of RULES.STORE (an empty call: an array when the rules
+ *              Redis module is loaded, else an error) are queued at
  *              once and sent first when the connection is made;
  *              connect_timer runs.
  *   on_connect the connection is made: commands are accepted from now on
  *              and queued behind the setup commands, which Redis answers
- *              first; the SCRIPT LOAD reply completes the setup.
+ *              first; the last setup reply completes the setup.  Until
+ *              the probe's reply, calls go as EVALSHA.
  *   cleanup    hiredis frees the context, whatever the reason (error, EOF,
  *              or our redisAsyncFree()), always after calling back every
  *              pending command with a NULL reply: the connection is
@@ -59,7 +62,8 @@ typedef enum {
 typedef enum {
     NGX_HTTP_RULES_REDIS_AUTH = 0,
     NGX_HTTP_RULES_REDIS_SELECT,
-    NGX_HTTP_RULES_REDIS_LOAD
+    NGX_HTTP_RULES_REDIS_LOAD,
+    NGX_HTTP_RULES_REDIS_PROBE
 } ngx_http_rules_redis_setup_e;
 
 
@@ -82,6 +86,7 @@ struct ngx_http_rules_redis_cmd_s {
     unsigned                           retried:1;
     unsigned                           asking:1;    /* ASKING first */
     unsigned                           raw:1;       /* not an EVALSHA */
+    unsigned                           native:1;    /* as RULES.STORE */
 };
 
 
@@ -122,6 +127,7 @@ struct ngx_http_rules_redis_s {
     unsigned                           idle_close:1; /* by Redis, idle */
     unsigned                           noscript_logged:1;
     unsigned                           destroying:1;
+    unsigned                           native:1;    /* RULES.STORE works */
 
     ngx_str_t                          reason;      /* of the last close */
     const char                        *reason_fmt;  /* its kind */
@@ -183,7 +189,8 @@ static void ngx_http_rules_redis_cleanup(void *privdata);
 static const char  *ngx_http_rules_redis_setup_name[] = {
     "AUTH",
     "SELECT",
-    "SCRIPT LOAD"
+    "SCRIPT LOAD",
+    "RULES.STORE"
 };
 
 
@@ -248,6 +255,9 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
 
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "rules redis %V: connecting", &conf->addr_text);
+
+    /* EVALSHA until this connection's probe says otherwise */
+    rd->native = 0;
 
     /* a numeric address or a path: no name resolution, never blocks */
 
@@ -410,6 +420,29 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
 
     rd->waiting++;
 
+    if (!conf->native) {
+        return NGX_OK;
+    }
+
+    /* an empty call: no key, no item */
+
+    argv[0] = "RULES.STORE";
+    argvlen[0] = sizeof("RULES.STORE") - 1;
+    argv[1] = rd->sha1;
+    argvlen[1] = 40;
+    argv[2] = "0";
+    argvlen[2] = 1;
+
+    if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                              (void *) NGX_HTTP_RULES_REDIS_PROBE,
+                              3, argv, argvlen)
+        != REDIS_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rd->waiting++;
+
     return NGX_OK;
 }
 
@@ -504,6 +537,39 @@ ngx_http_rules_redis_setup_reply(redisAsyncContext *ac, void *r,
 
     rd->last_reply = ngx_current_msec;
 
+    if (what == NGX_HTTP_RULES_REDIS_PROBE) {
+
+        /*
+         * The last setup command.  No module, another version of it, or
+         * no permission for it (ACL): the script.  Another error (a
+         * cluster node not serving yet) says nothing: RULES.STORE is
+         * tried, and the first call it fails goes again as EVAL.
+         */
+
+        rd->native = 1;
+
+        if (ngx_http_rules_redis_error_is(reply, "ERR unknown command")
+            || ngx_http_rules_redis_error_is(reply, "RULESVERSION")
+            || ngx_http_rules_redis_error_is(reply, "NOPERM")
+            || (reply->type != REDIS_REPLY_ERROR
+                && reply->type != REDIS_REPLY_ARRAY))
+        {
+            rd->native = 0;
+
+            ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                          "rules redis %V: RULES.STORE not available "
+                          "(%*s), states stored with the script",
+                          &rd->conf->addr_text,
+                          (size_t) (reply->type == REDIS_REPLY_ERROR
+                                    ? ngx_min(reply->len, 128) : 0),
+                          reply->str);
+        }
+
+        ngx_http_rules_redis_established(rd);
+        ngx_http_rules_redis_replied(rd);
+        return;
+    }
+
     if (reply->type == REDIS_REPLY_ERROR) {
 
         /*
@@ -535,7 +601,7 @@ ngx_http_rules_redis_setup_reply(redisAsyncContext *ac, void *r,
                       rd->sha1);
     }
 
-    if (what == NGX_HTTP_RULES_REDIS_LOAD) {
+    if (what == NGX_HTTP_RULES_REDIS_LOAD && !rd->conf->native) {
         /* the last setup command */
         ngx_http_rules_redis_established(rd);
     }
@@ -555,16 +621,18 @@ ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
     if (rd->down) {
         ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                       "rules redis %V: connected again, %M ms after the "
-                      "failure (%ui failed attempt%s)",
+                      "failure (%ui failed attempt%s)%s",
                       &rd->conf->addr_text,
                       (ngx_msec_t) (ngx_current_msec - rd->down_since),
-                      rd->attempts, rd->attempts == 1 ? "" : "s");
+                      rd->attempts, rd->attempts == 1 ? "" : "s",
+                      rd->native ? " (states stored with RULES.STORE)" : "");
 
     } else {
         level = rd->idle_close ? NGX_LOG_INFO : NGX_LOG_NOTICE;
 
-        ngx_log_error(level, rd->log, 0, "rules redis %V: connected",
-                      &rd->conf->addr_text);
+        ngx_log_error(level, rd->log, 0, "rules redis %V: connected%s",
+                      &rd->conf->addr_text,
+                      rd->native ? " (states stored with RULES.STORE)" : "");
     }
 
     rd->down = 0;
@@ -658,10 +726,17 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     cmd->retried = 0;
     cmd->asking = (flags & NGX_HTTP_RULES_REDIS_ASKING) ? 1 : 0;
     cmd->raw = evalsha ? 0 : 1;
+    cmd->native = (evalsha && rd->native) ? 1 : 0;
     cmd->argv = (const char **) (cmd + 1);
     cmd->argvlen = (size_t *) (cmd->argv + n);
 
-    if (evalsha) {
+    if (cmd->native) {
+        cmd->argv[0] = "RULES.STORE";
+        cmd->argvlen[0] = sizeof("RULES.STORE") - 1;
+        cmd->argv[1] = rd->sha1;
+        cmd->argvlen[1] = 40;
+
+    } else if (evalsha) {
         cmd->argv[0] = "EVALSHA";
         cmd->argvlen[0] = sizeof("EVALSHA") - 1;
         cmd->argv[1] = rd->sha1;
@@ -682,6 +757,7 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     }
 
     rd->inflight++;
+    rd->stats.native += cmd->native;
 
     return NGX_OK;
 }
@@ -781,6 +857,40 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     }
 
     rd->last_reply = ngx_current_msec;
+
+    if (!cmd->retried && cmd->native
+        && (ngx_http_rules_redis_error_is(reply, "RULESVERSION")
+            || ngx_http_rules_redis_error_is(reply, "ERR unknown command")))
+    {
+        /*
+         * The module went away (a failover to a replica without it) or
+         * changed behind the connection: the call goes again as EVAL,
+         * and the connection's next calls as EVALSHA.
+         */
+
+        if (rd->native) {
+            rd->native = 0;
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "rules redis %V: RULES.STORE refused (%*s), "
+                          "using the script", &rd->conf->addr_text,
+                          (size_t) ngx_min(reply->len, 128), reply->str);
+        }
+
+        cmd->retried = 1;
+        cmd->native = 0;
+        cmd->argv[0] = "EVAL";
+        cmd->argvlen[0] = sizeof("EVAL") - 1;
+        cmd->argv[1] = rd->script;
+        cmd->argvlen[1] = rd->script_len;
+
+        if (!rd->closing && ngx_http_rules_redis_send(rd, cmd) == NGX_OK) {
+            return;
+        }
+
+        ngx_http_rules_redis_replied(rd);
+        ngx_http_rules_redis_done(cmd, NULL, NGX_ERROR);
+        return;
+    }
 
     if (!cmd->retried && !cmd->raw
         && ngx_http_rules_redis_error_is(reply, "NOSCRIPT"))

@@ -28,6 +28,8 @@ typedef struct {
     ngx_msec_t                 backoff_min;  /* first reconnect delay */
     ngx_msec_t                 backoff_max;  /* doubling up to this */
     ngx_uint_t                 max_inflight; /* commands awaiting a reply */
+    ngx_flag_t                 native;       /* use RULES.STORE when the
+                                                server has it */
     ngx_msec_t                 reply_timeout; /* no reply at all for that
                                                  long while replies are due
                                                  (Redis paused, path
@@ -58,6 +60,7 @@ typedef struct {
                                                 is followed by reconnection
                                                 attempts */
     ngx_uint_t                 noscript;     /* NOSCRIPT replies retried */
+    ngx_uint_t                 native;       /* calls sent as RULES.STORE */
 } ngx_http_rules_redis_stats_t;
 
 
@@ -78,7 +81,12 @@ ngx_http_rules_redis_t *ngx_http_rules_redis_create(
  * Sends EVALSHA <script_sha1> argv... (argv excludes the command and the
  * SHA: it starts with numkeys).  A NOSCRIPT reply (Redis restarted or
  * SCRIPT FLUSH) resends the same command once as EVAL with the script
- * text, which loads it again.  Returns NGX_OK when queued (the handler
+ * text, which loads it again.  When conf->native is set and the server
+ * has the rules Redis module loaded (redis_module/, RULES.STORE for this
+ * script's SHA1: probed on every connection), the command goes as
+ * RULES.STORE <script_sha1> argv... instead, the same call without Lua;
+ * an error that says the server lacks it resends it once as EVAL, and
+ * the connection uses the script from then on.  Returns NGX_OK when queued (the handler
  * will be called exactly once), NGX_DECLINED when the command cannot be
  * sent now (not connected, backing off, or max_inflight reached: the
  * caller fails the event at once; the handler will not be called).

@@ -45,7 +45,7 @@ for my $i (1 .. 40) {
 is($answered, 40, 'every event answered');
 is($status{error} // 0, 40, 'as error (fail-open)') or diag(explain(\%status));
 
-my @lines = RulesNginx::error_log($ngx) =~ /unexpected reply to EVALSHA: OOM/g;
+my @lines = RulesNginx::error_log($ngx) =~ /unexpected reply to the state call: OOM/g;
 ok(@lines >= 1, 'the OOM error is logged');
 cmp_ok(scalar @lines, '<=', 3,
        'at most once a second, not once per call (' . @lines . ' lines)');

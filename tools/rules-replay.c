@@ -74,6 +74,9 @@ typedef struct {
     const char        *user;
     const char        *password;
 
+    int                native;     /* RULES.STORE (the rules Redis
+                                      module) until refused */
+
     /* Redis Cluster */
     int                cluster;
     replay_node_t      nodes[REPLAY_MAX_NODES];
@@ -110,6 +113,7 @@ usage(void)
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "
         "[--writers N] [--extend-min BYTES]\n"
+        "                    [--no-native]\n"
         "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
@@ -415,15 +419,36 @@ call_batch(replay_t *rp, rules_batch_t *b)
         exit(1);
     }
 
-    /* EVALSHA sha numkeys key... item...: the module's call */
+    /*
+     * EVALSHA sha numkeys key... item...: the module's call; or the same
+     * as RULES.STORE when the server has the rules Redis module (until
+     * a server says it has not: then the script, from then on).
+     */
 
     rules_batch_argv(b, nbuf, argv + 2, argvlen + 2);
-    argv[0] = "EVALSHA";
-    argvlen[0] = 7;
+
+again:
+
+    argv[0] = rp->native ? "RULES.STORE" : "EVALSHA";
+    argvlen[0] = strlen(argv[0]);
     argv[1] = rules_script_sha1();
     argvlen[1] = 40;
 
-    if (rp->cluster) {
+    if (rp->native) {
+        reply = rp->cluster ? cluster_call(rp, (int) argc, argv, argvlen)
+                            : redisCommandArgv(rp->redis, (int) argc, argv,
+                                               argvlen);
+
+        if (reply && reply->type == REDIS_REPLY_ERROR
+            && (strncmp(reply->str, "ERR unknown command", 19) == 0
+                || strncmp(reply->str, "RULESVERSION", 12) == 0))
+        {
+            freeReplyObject(reply);
+            rp->native = 0;
+            goto again;
+        }
+
+    } else if (rp->cluster) {
         /* follows MOVED and ASK, and NOSCRIPT with EVAL */
         reply = cluster_call(rp, (int) argc, argv, argvlen);
 
@@ -1227,6 +1252,7 @@ main(int argc, char **argv)
         { "cache", required_argument, NULL, 'c' },
         { "writers", required_argument, NULL, 'w' },
         { "extend-min", required_argument, NULL, 'e' },
+        { "no-native", no_argument, NULL, 'N' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1275,6 +1301,7 @@ main(int argc, char **argv)
         case 'c': cache_size = strtoul(optarg, NULL, 10); break;
         case 'w': writers = strtoul(optarg, NULL, 10); break;
         case 'e': rp.work.extend_min = strtoul(optarg, NULL, 10); break;
+        case 'N': rp.native = -1; break;
         default: usage();
         }
     }
@@ -1285,6 +1312,7 @@ main(int argc, char **argv)
 
     rp.user = user;
     rp.password = password;
+    rp.native = rp.native == 0;
 
     rp.prefix_len = strlen(rp.prefix);
 
