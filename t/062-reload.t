@@ -81,7 +81,7 @@ is($h->{'x-rules'} // '', 'kept',
 for my $i (1 .. 10) {
     RulesNginx::get($ngx->{port}, '/px?uid=u&ts=' . (3000 + $i));
 }
-my $replay = "$FindBin::Bin/../build/rules-replay";
+my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
 SKIP: {
     skip "no $replay", 1 unless -x $replay;
     open my $sf, '-|', $replay, '--rules', "$ngx->{prefix}/html/rules.json",

@@ -1,13 +1,15 @@
 #!/bin/bash
-# Runs the whole suite (make test): starts a private redis-server on a free
-# loopback port (no persistence), exports the TEST_NGINX_* settings, runs
-# prove over t/ (or over the files given as arguments) and stops that Redis
-# by PID whatever happens: prove failing, INT, TERM or HUP (prove and its
+# Runs the whole suite (make test): starts two private redis-servers on
+# free loopback ports (no persistence; the second with the rules Redis
+# module loaded, for the files of t/native/), exports the TEST_NGINX_*
+# settings, runs prove over t/ and t/native/ (or over the files given as
+# arguments) and stops those Redis servers by PID whatever happens: prove failing, INT, TERM or HUP (prove and its
 # tests are then stopped too).  prove's summary is the last thing printed;
 # the exit status is prove's (130/143/129 when interrupted).
 #
 #   t/run-tests.sh                   everything
 #   t/run-tests.sh t/050-inline.t    one file
+#   t/run-tests.sh t/native/050-inline.t   the same with RULES.STORE
 #   PROVE_ARGS=-v t/run-tests.sh     verbose
 
 set -u
@@ -23,23 +25,31 @@ module=${TEST_NGINX_LOAD_MODULES:-$root/build/nginx/ngx_http_rules_module.so}
 [ -f "$module" ] \
     || { echo "run-tests: $module is missing (make)" >&2; exit 1; }
 
-redis_dir=$(mktemp -d /tmp/rules-test-redis.XXXXXX)
-redis_pid=
+# two shared Redis servers: a plain one, and one with the rules Redis
+# module loaded for the native pass (t/native/, t/lib/RulesNative.pm)
+redis_module=$root/build/rules_redis_module.so
+[ -f "$redis_module" ] \
+    || { echo "run-tests: $redis_module is missing (make)" >&2; exit 1; }
+redis_dirs=()
+redis_pids=()
 prove_pid=
 
 stop_redis() {
-    if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
-        kill -CONT "$redis_pid" 2>/dev/null     # a test may have paused it
-        kill -TERM "$redis_pid" 2>/dev/null
+    local pid
+    for pid in "${redis_pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -CONT "$pid" 2>/dev/null     # a test may have paused it
+        kill -TERM "$pid" 2>/dev/null
         for _ in $(seq 50); do
-            kill -0 "$redis_pid" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$redis_pid" 2>/dev/null
-        wait "$redis_pid" 2>/dev/null
-    fi
-    redis_pid=
-    rm -rf "$redis_dir"
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    redis_pids=()
+    [ ${#redis_dirs[@]} -eq 0 ] || rm -rf "${redis_dirs[@]}"
+    redis_dirs=()
 }
 
 # prove runs in its own process group: a signal to this script stops it
@@ -60,28 +70,42 @@ trap 'on_signal 130' INT
 trap 'on_signal 143' TERM
 trap 'on_signal 129' HUP
 
-# a free port, and again if another process takes it before Redis binds it
-for _attempt in 1 2 3 4 5; do
-    redis_port=$("$root/tools/free-port") || exit 1
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
-        --appendonly no --daemonize no --dir "$redis_dir" \
-        > "$redis_dir/redis.log" 2>&1 < /dev/null &
-    redis_pid=$!
-    for _ in $(seq 100); do
-        [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break 2
-        kill -0 "$redis_pid" 2>/dev/null || break
-        sleep 0.05
+# start_redis [ARGS...]: one more Redis on a free port (again on another
+# port if another process takes it before Redis binds it); sets
+# started_port
+start_redis() {
+    local dir pid log=
+    for _attempt in 1 2 3 4 5; do
+        dir=$(mktemp -d /tmp/rules-test-redis.XXXXXX)
+        redis_dirs+=("$dir")
+        started_port=$("$root/tools/free-port") || exit 1
+        redis-server --port "$started_port" --bind 127.0.0.1 --save '' \
+            --appendonly no --daemonize no --dir "$dir" "$@" \
+            > "$dir/redis.log" 2>&1 < /dev/null &
+        pid=$!
+        redis_pids+=("$pid")
+        for _ in $(seq 100); do
+            [ "$(redis-cli -p "$started_port" ping 2>/dev/null)" = PONG ] \
+                && return 0
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        log=$(tail -20 "$dir/redis.log")
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
     done
-    redis_log=$(tail -20 "$redis_dir/redis.log")
-    stop_redis
-    redis_dir=$(mktemp -d /tmp/rules-test-redis.XXXXXX)
-done
-if [ -z "$redis_pid" ]; then
-    printf 'run-tests: redis-server did not start:\n%s\n' "$redis_log" >&2
+    printf 'run-tests: redis-server did not start:\n%s\n' "$log" >&2
     exit 1
-fi
+}
+
+start_redis
+redis_port=$started_port
+start_redis --loadmodule "$redis_module"
+redis_native_port=$started_port
 
 export TEST_NGINX_REDIS_PORT=$redis_port
+export TEST_NGINX_REDIS_NATIVE_PORT=$redis_native_port
+export RULES_REDIS_MODULE=$redis_module
 export TEST_NGINX_LOAD_MODULES=$module
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export RULES_REPLAY=$root/build/rules-replay
@@ -91,9 +115,10 @@ export RULES_UNIT_DIR=$root/build/unit
 inc=()
 perl -MTest::Nginx::Socket -e1 2> /dev/null || inc=(-I t/lib)
 
+[ $# -gt 0 ] || set -- t/ t/native/
 set -m
 # shellcheck disable=SC2086  # PROVE_ARGS: several words on purpose
-prove "${inc[@]}" ${PROVE_ARGS:-} "${@:-t/}" < /dev/null &
+prove "${inc[@]}" ${PROVE_ARGS:-} "$@" < /dev/null &
 prove_pid=$!
 set +m
 wait "$prove_pid"

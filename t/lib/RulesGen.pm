@@ -7,6 +7,7 @@ package RulesGen;
 use strict;
 use warnings;
 use JSON::PP ();
+use RulesNative;
 
 our @FIELDS = qw(type product path n);
 our %ALPHABET = (

@@ -9,10 +9,12 @@ use strict;
 use warnings;
 use Cwd qw(abs_path);
 use File::Path qw(make_path remove_tree);
+use File::Temp ();
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 use RulesMemcheck;
+use RulesNative;
 
 my @Started;    # [kind, pid or pidfile]
 
@@ -44,12 +46,16 @@ sub start_redis {
     my (%opt) = @_;
     for my $try (1 .. ($opt{port} ? 1 : 5)) {
         my $port = $opt{port} // free_port();
+        # a directory of its own: a replica writes the RDB it receives
+        my $dir = File::Temp::tempdir('rules-redis-XXXXXX', TMPDIR => 1,
+                                      CLEANUP => 1);
         my $pid = fork();
         die "fork: $!" unless defined $pid;
         if ($pid == 0) {
             open STDOUT, '>', '/dev/null';
             exec('redis-server', '--port', $port, '--bind', '127.0.0.1',
                  '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+                 '--dir', $dir, RulesNative::server_args(),
                  @{ $opt{args} // [] })
                 or POSIX::_exit(127);
         }
@@ -84,6 +90,51 @@ sub redis_cmd {
     close $s;
     $line =~ s/\r?\n\z// if defined $line;
     return $line;
+}
+
+# A connection to Redis for redis_call().
+sub redis_conn {
+    my ($port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
+                                  Timeout => 5)
+        or die "redis 127.0.0.1:$port: $!";
+    return $s;
+}
+
+# One command on a connection (from redis_conn, or a port: a new one);
+# returns the whole reply: a string, a number, undef (nil), an array
+# reference, or { err => "message" }.  Binary-safe both ways.
+sub redis_call {
+    my ($s, @args) = @_;
+    $s = redis_conn($s) unless ref $s;
+    my $cmd = '*' . @args . "\r\n";
+    $cmd .= '$' . length($_) . "\r\n$_\r\n" for @args;
+    print $s $cmd;
+    return _redis_reply($s);
+}
+
+sub _redis_reply {
+    my ($s) = @_;
+    my $line = <$s> // die "redis: connection closed";
+    $line =~ s/\r\n\z//;
+    my ($t, $v) = (substr($line, 0, 1), substr($line, 1));
+    return $v if $t eq '+';
+    return { err => $v } if $t eq '-';
+    return $v + 0 if $t eq ':';
+    if ($t eq '$') {
+        return undef if $v < 0;
+        my $buf = '';
+        while (length($buf) < $v + 2) {
+            read($s, $buf, $v + 2 - length($buf), length($buf))
+                or die "redis: short read";
+        }
+        return substr($buf, 0, $v);
+    }
+    if ($t eq '*') {
+        return undef if $v < 0;
+        return [ map { _redis_reply($s) } 1 .. $v ];
+    }
+    die "redis: unexpected reply line '$line'";
 }
 
 # The worker processes of an nginx (children of its master).

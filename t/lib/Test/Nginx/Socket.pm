@@ -16,6 +16,7 @@ use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 use RulesMemcheck;
+use RulesNative;
 
 our $VERSION = '0.01';
 

@@ -1,0 +1,374 @@
+# The rules Redis module (redis_module/, RULES.STORE) against the script
+# it replaces (src/rules_script.lua): random calls of every item kind,
+# on values of every shape (none, R2 of the right and of a wrong
+# generation or length, a foreign string, another type), go to both, on
+# two sets of keys of one Redis: the replies and the stored values must
+# be the same, up to the wall-clock times each call wrote.  Then nginx
+# end to end: it finds the module and stores with it, stores with the
+# script when told to (rules_redis_native off), and goes on with the
+# script when the module is unloaded under it.  And a replica without
+# the module gets the same values as its master (effects replication).
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(sleep time);
+use RulesNginx;
+
+my $module = $ENV{RULES_REDIS_MODULE}
+    // "$FindBin::Bin/../build/rules_redis_module.so";
+my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+-f $module or plan skip_all => "no $module (make)";
+
+my $redis = RulesNginx::start_redis(
+    args => ['--loadmodule', $module, '--enable-module-command', 'yes']);
+my $port = $redis->{port};
+my $r = RulesNginx::redis_conn($port);
+
+open my $sf, '<', "$FindBin::Bin/../src/rules_script.lua" or die $!;
+my $script = do { local $/; <$sf> };
+close $sf;
+my $sha = RulesNginx::redis_call($r, 'SCRIPT', 'LOAD', $script);
+like($sha, qr/^[0-9a-f]{40}\z/, 'the script loads');
+
+# ---- the module against the script, call by call ----------------------
+
+srand($ENV{RULES_NATIVE_SEED} // 110);
+
+my @pool = map { "k$_" } 1 .. 3;
+my $tolerance = 1000;      # ms between the two calls' clocks, at most
+
+sub now_ms { int(time() * 1000) }
+
+sub rand_bytes { join '', map { chr(int(rand(256))) } 1 .. $_[0] }
+
+sub body {
+    my $op = rand_bytes(int(rand(24)));
+    return pack('d<V', 1_000_000 + int(rand(1e6)), length $op) . $op;
+}
+
+sub r2_value {
+    my ($gen) = @_;
+    my $snap = rand(3) < 1 ? '' : rand_bytes(1 + int(rand(30)));
+    # a stamp 10 s away from any call's clock + ttl: whether an entry's
+    # ttl reaches past it does not depend on the ms a call ran in
+    return 'R2' . pack('d<d<V', $gen, now_ms() + 3_610_000, length $snap)
+           . $snap;
+}
+
+# the gen and length of a value, as a writer that cached it would send
+sub cached {
+    my ($v) = @_;
+    return (int(rand(1 << 30)), int(rand(400)))
+        unless defined $v && !ref $v && length($v) >= 10 && rand(10) < 7;
+    return (unpack('d<', substr($v, 2, 8)), length $v);
+}
+
+sub item {
+    my ($values) = @_;
+    my $k = 1 + int(rand(@pool));
+    my $kind = (1, 2, 3, 4, 4, 4, 5, 5, 6, 6)[int(rand(10))];
+    my ($gen, $len) = cached($values->{ $pool[$k - 1] });
+    # (no ttl under a second: a key that expires between the two calls
+    # and the checks would make the comparison racy)
+    my $ttl = (1000, 60_000, 3_600_000, 86_400_000)[int(rand(4))];
+    my $newgen = int(rand(2**52));
+    my ($pttl, $arg, $split) = (0, body(), 0);
+
+    if ($kind == 4 || $kind == 5) {
+        $pttl = $kind == 5 || rand(2) < 1 ? 1000 + int(rand(1e7)) : 0;
+        $split = length $arg;
+        $arg .= r2_value($newgen);
+    } elsif ($kind == 6) {
+        $pttl = rand(2) < 1 ? 1000 + int(rand(1e7)) : 0;
+        $arg = pack('d<', now_ms()) . $arg;
+    } elsif ($kind == 3) {
+        $arg = rand(4) < 1 ? '' : rand_bytes(1 + int(rand(40)));
+        $len = length($values->{ $pool[$k - 1] } // '') if rand(3) < 1;
+    }
+
+    my $meta = pack('Cvd<d<d<d<d<V', $kind, $k, $ttl, $pttl, $gen, $newgen,
+                    $len, $split);
+    return ($meta, $arg);
+}
+
+# the fields of an R2 value that hold a wall-clock time: the stamp, and
+# each log entry's wall; (offsets) or () when it is not a whole R2 value
+sub clock_fields {
+    my ($v) = @_;
+    return () unless defined $v && length($v) >= 22 && substr($v, 0, 2) eq 'R2';
+    my @f = (10);
+    my $pos = 22 + unpack('V', substr($v, 18, 4));
+    while ($pos + 20 <= length $v) {
+        push @f, $pos;
+        $pos += 20 + unpack('V', substr($v, $pos + 16, 4));
+    }
+    return $pos == length $v ? @f : ();
+}
+
+# the same value, but for clock fields no more than $tolerance apart
+sub same_value {
+    my ($a, $b) = @_;
+    return !defined $b if !defined $a;
+    return 0 if !defined $b || ref $a || ref $b || length $a != length $b;
+    return 1 if $a eq $b;
+    my @f = clock_fields($a);
+    return 0 unless @f && join(',', @f) eq join(',', clock_fields($b));
+    my ($ma, $mb) = ($a, $b);
+    for my $o (@f) {
+        my ($ta, $tb) = map { unpack('d<', substr($_, $o, 8)) } $a, $b;
+        # a stamp (or an extend's entry) may be the caller's clock: equal
+        return 0 if abs($ta - $tb) > $tolerance;
+        substr($ma, $o, 8) = substr($mb, $o, 8) = "\0" x 8;
+    }
+    return $ma eq $mb;
+}
+
+sub show {
+    my ($v) = @_;
+    return 'nil' unless defined $v;
+    return "error($v->{err})" if ref $v eq 'HASH';
+    return unpack('H*', $v);
+}
+
+my ($calls, $diffs, %kinds) = (0, 0);
+my $steps = $ENV{RULES_NATIVE_STEPS} // 400;
+
+STEP: for my $step (1 .. $steps) {
+    my %values = map { $_ => RulesNginx::redis_call($r, 'GET', "s:$_") }
+                 @pool;
+
+    # now and then, a value of another shape on both sides
+    if (rand(8) < 1) {
+        my $k = $pool[int(rand(@pool))];
+        my $what = int(rand(3));
+        for my $side ('s', 'm') {
+            RulesNginx::redis_call($r, 'DEL', "$side:$k");
+            RulesNginx::redis_call($r, 'HSET', "$side:$k", 'f', 'v')
+                if $what == 0;
+            RulesNginx::redis_call($r, 'SET', "$side:$k", 'R1 legacy state')
+                if $what == 1;
+        }
+        $values{$k} = $what == 1 ? 'R1 legacy state' : undef;
+    }
+
+    my @items = map { item(\%values) } 1 .. 1 + int(rand(4));
+    $kinds{ ord $items[$_ * 2] }++ for 0 .. $#items / 2;
+
+    my $script_reply = RulesNginx::redis_call($r, 'EVALSHA', $sha,
+        scalar @pool, (map { "s:$_" } @pool), @items);
+    my $module_reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha,
+        scalar @pool, (map { "m:$_" } @pool), @items);
+    $calls++;
+
+    my @why;
+    if (ref $script_reply ne 'ARRAY' || ref $module_reply ne 'ARRAY') {
+        push @why, 'replies: ' . show($script_reply) . ' / '
+                   . show($module_reply)
+            unless ref $script_reply eq 'HASH' && ref $module_reply eq 'HASH';
+    } elsif (@$script_reply != @$module_reply) {
+        push @why, 'reply lengths differ';
+    } else {
+        push @why, 'walls differ'
+            if abs($script_reply->[0] - $module_reply->[0]) > $tolerance;
+        for my $i (1 .. $#$script_reply) {
+            push @why, "reply $i: " . show($script_reply->[$i]) . ' / '
+                       . show($module_reply->[$i])
+                unless same_value($script_reply->[$i], $module_reply->[$i]);
+        }
+    }
+
+    for my $k (@pool) {
+        my ($ts, $tm) = map { RulesNginx::redis_call($r, 'TYPE', "$_:$k") }
+                        's', 'm';
+        push @why, "$k: type $ts / $tm" if $ts ne $tm;
+        next if $ts ne 'string';
+        my ($vs, $vm) = map { RulesNginx::redis_call($r, 'GET', "$_:$k") }
+                        's', 'm';
+        push @why, "$k: " . show($vs) . ' / ' . show($vm)
+            unless same_value($vs, $vm);
+        my ($ps, $pm) = map { RulesNginx::redis_call($r, 'PTTL', "$_:$k") }
+                        's', 'm';
+        push @why, "$k: pttl $ps / $pm"
+            if ($ps < 0) != ($pm < 0) || abs($ps - $pm) > $tolerance;
+    }
+
+    if (@why) {
+        $diffs++;
+        fail("step $step: the module and the script agree");
+        diag("items: ", join(' ', map { unpack('H*', $_) } @items));
+        diag($_) for @why;
+        last STEP if $diffs >= 3;
+    }
+}
+
+is($diffs, 0, "$calls calls: same replies, values and TTLs from the "
+              . 'module and the script');
+ok((keys %kinds) == 6, 'every item kind was sent') or diag(explain(\%kinds));
+
+# malformed calls change nothing and say why
+for my $bad (
+    [ 'wrong SHA', ['0' x 40, 0], qr/^RULESVERSION/ ],
+    [ 'bad numkeys', [$sha, 'x'], qr/numkeys/ ],
+    [ 'odd arguments', [$sha, 1, 's:k1', 'x'], qr/pairs/ ],
+    [ 'short meta', [$sha, 1, 's:k1', 'x', 'y'], qr/47 bytes/ ],
+    [ 'key index 0', [$sha, 1, 's:k1',
+                      pack('Cvd<d<d<d<d<V', 1, 0, 1, 0, 0, 0, 0, 0), ''],
+      qr/out of range/ ],
+    [ 'kind 9', [$sha, 1, 's:k1',
+                 pack('Cvd<d<d<d<d<V', 9, 1, 1, 0, 0, 0, 0, 0), ''],
+      qr/unknown item kind/ ],
+    [ 'split past the argument', [$sha, 1, 's:k1',
+        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 99), 'ab'],
+      qr/split/ ],
+) {
+    my ($name, $args, $re) = @$bad;
+    my $before = RulesNginx::redis_call($r, 'DUMP', 's:k1');
+    my $reply = RulesNginx::redis_call($r, 'RULES.STORE', @$args);
+    ok(ref $reply eq 'HASH' && $reply->{err} =~ $re, "$name: an error")
+        or diag(explain($reply));
+    is_deeply(RulesNginx::redis_call($r, 'DUMP', 's:k1'), $before,
+              "$name: nothing changed");
+}
+
+# ---- nginx finds the module and stores with it ------------------------
+
+my $rules = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"},
+  {"id": "burst", "kind": "fraud", "key": "ip", "type": "count",
+   "min": 3, "within": "10s"}
+]}
+_EOC_
+
+sub calls {
+    my %c;
+    my $info = RulesNginx::redis_call($r, 'INFO', 'commandstats');
+    $c{$1} = $2 while $info =~ /^cmdstat_(\S+?):calls=(\d+)/mg;
+    return { store => $c{'rules.store'} // 0, evalsha => $c{evalsha} // 0,
+             eval => $c{eval} // 0 };
+}
+
+sub nginx_with {
+    my ($name, $extra) = @_;
+    return RulesNginx::start_nginx(
+        prefix  => "$FindBin::Bin/servroot-110-$name",
+        workers => 1,
+        files   => { 'rules.json' => $rules },
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis 127.0.0.1:$port;",
+            prefix => "t110$name:",
+            extra  => $extra,
+            fields => ['uid', 'ip']));
+}
+
+# events of two users on one ip: (matched ids) after each
+sub run_events {
+    my ($ngx, $tag) = @_;
+    my @got;
+    for my $i (1 .. 4) {
+        my $uid = $i % 2 ? "a$tag" : "b$tag";
+        my ($st, $h) = RulesNginx::get($ngx->{port},
+            "/px?uid=$uid&ip=ip$tag&ts=" . (1000 * $i));
+        push @got, ($h->{'x-status'} // 'none') . ':' . ($h->{'x-rules'} // '');
+    }
+    return \@got;
+}
+
+my $expected = ['ok:', 'ok:', 'ok:twice,burst', 'ok:twice,burst'];
+
+sub wait_connected {
+    my ($ngx) = @_;
+    for (1 .. 100) {
+        last if RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/;
+        sleep 0.05;
+    }
+}
+
+my $ngx = nginx_with('native', '');
+wait_connected($ngx);
+my $c0 = calls();
+is_deeply(run_events($ngx, 1), $expected, 'nginx with the module: results');
+my $c1 = calls();
+cmp_ok($c1->{store} - $c0->{store}, '>=', 4, 'stored with RULES.STORE');
+is($c1->{evalsha} - $c0->{evalsha}, 0, 'no EVALSHA');
+like(RulesNginx::error_log($ngx),
+     qr/connected \(states stored with RULES\.STORE\)/,
+     'the log says which way states are stored');
+
+# the module unloaded under nginx: the call goes again as EVAL, the next
+# ones as EVALSHA, and nothing is lost
+is(RulesNginx::redis_call($r, 'MODULE', 'UNLOAD', 'rules'), 'OK',
+   'the module unloaded');
+is_deeply(run_events($ngx, 2), $expected, 'without the module: results');
+my $c2 = calls();
+cmp_ok($c2->{eval} - $c1->{eval}, '>=', 1, 'the first call again as EVAL');
+cmp_ok($c2->{evalsha} - $c1->{evalsha}, '>=', 3, 'EVALSHA from then on');
+like(RulesNginx::error_log($ngx), qr/RULES\.STORE refused .*using the script/,
+     'the switch is logged');
+RulesNginx::stop_nginx($ngx);
+
+is(RulesNginx::redis_call($r, 'MODULE', 'LOAD', $module), 'OK',
+   'the module loaded again');
+
+$ngx = nginx_with('script', 'rules_redis_native off;');
+wait_connected($ngx);
+my $c3 = calls();
+is_deeply(run_events($ngx, 3), $expected, 'rules_redis_native off: results');
+my $c4 = calls();
+is($c4->{store}, $c3->{store}, 'no RULES.STORE');
+cmp_ok($c4->{evalsha} - $c3->{evalsha}, '>=', 4, 'EVALSHA');
+RulesNginx::stop_nginx($ngx);
+
+# ---- a replica without the module ------------------------------------
+
+SKIP: {
+    skip "no $replay", 3 unless -x $replay;
+
+    my $replica = RulesNginx::start_redis(
+        args => ['--replicaof', '127.0.0.1', $port]);
+    my $rr = RulesNginx::redis_conn($replica->{port});
+    for (1 .. 100) {
+        my $info = RulesNginx::redis_call($rr, 'INFO', 'replication');
+        last if $info =~ /master_link_status:up/;
+        sleep 0.1;
+    }
+
+    open my $rf, '>', "$FindBin::Bin/servroot-110-native/rules.json"
+        or die;
+    print $rf $rules;
+    close $rf;
+    my $events = join '', map {
+        sprintf qq({"uid":"u%d","ip":"i%d","ts":%d}\n),
+                $_ % 17, $_ % 5, 1000 * $_
+    } 1 .. 600;
+    my $dir = "$FindBin::Bin/servroot-110-native";
+    open my $ef, '>', "$dir/events.jsonl" or die;
+    print $ef $events;
+    close $ef;
+    for my $args ([], ['--cache', 1_000_000], ['--writers', 3],
+                  ['--writers', 3, '--extend-min', 1])
+    {
+        system("$replay --rules $dir/rules.json --redis 127.0.0.1:$port "
+               . "--prefix repl: @$args $dir/events.jsonl > /dev/null") == 0
+            or die "rules-replay failed";
+    }
+    RulesNginx::redis_call($r, 'WAIT', 1, 5000);
+
+    my @keys = sort @{ RulesNginx::redis_call($r, 'KEYS', 'repl:*') };
+    cmp_ok(scalar @keys, '>', 20, scalar(@keys) . ' state keys written');
+    my ($same, $ttl) = (0, 0);
+    for my $k (@keys) {
+        $same++ if (RulesNginx::redis_call($r, 'GET', $k) // '')
+                   eq (RulesNginx::redis_call($rr, 'GET', $k) // 'none');
+        my ($pm, $pr) = map { RulesNginx::redis_call($_, 'PTTL', $k) } $r, $rr;
+        $ttl++ if $pm > 0 && $pr > 0 && abs($pm - $pr) < $tolerance;
+    }
+    is($same, scalar @keys, 'the replica holds the same values');
+    is($ttl, scalar @keys, 'with the same TTLs');
+}
+
+done_testing();

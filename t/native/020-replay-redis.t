@@ -1,0 +1,1 @@
+../020-replay-redis.t

@@ -1,0 +1,1 @@
+../052-redis-failures.t

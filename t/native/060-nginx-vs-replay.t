@@ -1,0 +1,1 @@
+../060-nginx-vs-replay.t

@@ -1,0 +1,1 @@
+../061-concurrency.t

@@ -1,0 +1,1 @@
+../063-redis-recovery.t

@@ -1,0 +1,1 @@
+../064-redis-auth.t

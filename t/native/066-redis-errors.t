@@ -1,0 +1,1 @@
+../066-redis-errors.t

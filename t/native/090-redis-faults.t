@@ -1,0 +1,1 @@
+../090-redis-faults.t

@@ -1,0 +1,1 @@
+../101-cluster-vs-replay.t

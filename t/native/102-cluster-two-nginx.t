@@ -1,0 +1,1 @@
+../102-cluster-two-nginx.t

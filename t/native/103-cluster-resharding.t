@@ -1,0 +1,1 @@
+../103-cluster-resharding.t

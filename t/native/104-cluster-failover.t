@@ -1,0 +1,1 @@
+../104-cluster-failover.t

@@ -1,0 +1,1 @@
+../105-cluster-auth.t
