@@ -11,6 +11,9 @@
 # the same name changes the default).  rules_redis resolves a host name
 # once, when nginx starts: a name (a compose service) must resolve then.
 # /etc/nginx/rules.json is conf-examples/rules.json: mount your own over it.
+# The image also holds the rules Redis module, for a Redis of the same
+# version (7.0, Debian 12) to load (README, "The rules Redis module"):
+# /usr/lib/redis/modules/rules_redis_module.so.
 
 FROM debian:bookworm
 
@@ -29,6 +32,8 @@ RUN make clean \
     && rm -rf /var/lib/apt/lists/* \
     && install -D -m 0644 build/nginx/ngx_http_rules_module.so \
            /usr/lib/nginx/modules/ngx_http_rules_module.so \
+    && install -D -m 0644 build/rules_redis_module.so \
+           /usr/lib/redis/modules/rules_redis_module.so \
     && install -D -m 0644 conf-examples/rules.json /etc/nginx/rules.json \
     && install -D -m 0644 conf-examples/docker.conf /etc/nginx/nginx.conf.in \
     && perl -pe 's/\@REDIS_ADDR\@/$ENV{REDIS_ADDR}/g' /etc/nginx/nginx.conf.in \

@@ -17,6 +17,7 @@ cluster_start() {
         redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 \
             --cluster-enabled yes --cluster-config-file "$out/redis/n$i/nodes.conf" \
             --save '' --appendonly no --daemonize no --dir "$out/redis/n$i" \
+            --loadmodule "$redis_module" \
             > "$out/redis/n$i/redis.log" 2>&1 &
         cluster_pids+=($!)
         for _ in $(seq 50); do

@@ -1,8 +1,10 @@
 #!/bin/bash
 # Load benchmark: the same nginx serving empty_gif with no rules (the
 # upper bound), the module with SPEC.md's five example rules, and the
-# module with 1000 generated rules, driven by wrk on loopback, interleaved
-# (A B C A B C ...), medians of BENCH_RUNS runs.  Prints requests/s, p50,
+# module with 1000 generated rules, each rule set with the states stored
+# by the Lua script (EVALSHA) and by the rules Redis module (RULES.STORE,
+# modes ending in -n), driven by wrk on loopback, interleaved
+# (A B C D E A B C D E ...), medians of BENCH_RUNS runs.  Prints requests/s, p50,
 # p99, ratios to the baseline, Redis CPU per event and Redis round trips
 # per event, and draws latency under increasing load into
 # build/bench/latency.png.
@@ -22,8 +24,10 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
 module=$root/build/nginx/ngx_http_rules_module.so
+redis_module=$root/build/rules_redis_module.so
 
-[ -f "$module" ] || { echo "bench: run make first" >&2; exit 1; }
+[ -f "$module" ] && [ -f "$redis_module" ] \
+    || { echo "bench: run make first" >&2; exit 1; }
 [ -x build/bench/engine_bench ] || { echo "bench: run make bench" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "bench: wrk missing (make deps)" >&2; exit 1; }
 
@@ -61,7 +65,8 @@ if [ "${BENCH_CLUSTER:-0}" -gt 0 ]; then
     cluster_start "$BENCH_CLUSTER"
 else
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no --dir "$out/redis" > "$out/redis/redis.log" 2>&1 &
+    --daemonize no --dir "$out/redis" --loadmodule "$redis_module" \
+    > "$out/redis/redis.log" 2>&1 &
 redis_pid=$!
 for _ in $(seq 50); do
     redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
@@ -74,11 +79,12 @@ build/bench/engine_bench --dump-generated > "$out/rules-1000.json"
 
 port=$(free_port)
 
-# start_nginx WORKERS RULES_FILE: one server, /base without rules, /px with.
+# start_nginx WORKERS RULES_FILE [NATIVE]: one server, /base without rules,
+# /px with; NATIVE on or off (the default): rules_redis_native.
 # Each rule file keeps its state under its own key prefix: the runs of one
 # mode build on the state of the previous ones, as on a live server.
 start_nginx() {
-    local workers=$1 rules=$2 user=
+    local workers=$1 rules=$2 native=${3:-off} user=
     [ "$(id -u)" = 0 ] && user="user root;"
     cat > "$out/ngx/nginx.conf" <<CONF
 load_module $module;
@@ -90,8 +96,9 @@ events { worker_connections 4096; }
 http {
     access_log off;
     $redis_directive
+    rules_redis_native $native;
     rules_redis_timeout 200ms;
-    rules_key_prefix "bench:$(basename "$rules" .json):";
+    rules_key_prefix "bench:$(basename "$rules" .json):$native:";
     rules_file $rules;
     server {
         listen 127.0.0.1:$port;
@@ -118,10 +125,12 @@ CONF
     sleep 0.3
 }
 
-redis_stat() {  # evalsha calls, usec, failed calls, cpu seconds (user+sys)
+# the state calls (EVALSHA and RULES.STORE): calls, usec, failed calls,
+# and Redis' cpu seconds (user+sys)
+redis_stat() {
     for p in $redis_ports; do redis-cli -p "$p" info all; done | tr -d '\r' | perl -ne '
-        $c += $1, $u += $2 if /^cmdstat_evalsha:calls=(\d+),usec=(\d+)/;
-        $f += $1 if /^cmdstat_evalsha:.*failed_calls=(\d+)/;
+        $c += $1, $u += $2 if /^cmdstat_(?:evalsha|rules\.store):calls=(\d+),usec=(\d+)/;
+        $f += $1 if /^cmdstat_(?:evalsha|rules\.store):.*failed_calls=(\d+)/;
         $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
         END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
 }
@@ -145,25 +154,30 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 
 results=$out/results.txt
 : > "$results"
+modes=${BENCH_MODES:-"base spec spec-n gen gen-n"}
 
 for workers in $workers_list; do
     echo "== $workers worker(s), wrk -t1 -c$conns -d${secs}s, $runs interleaved runs"
     for r in $(seq "$runs"); do
-        for mode in base spec gen; do
+        for mode in $modes; do
+            native=off
             case $mode in
-                base) rules=$root/conf-examples/rules.json; path=/base ;;
-                spec) rules=$root/conf-examples/rules.json; path=/px ;;
-                gen)  rules=$out/rules-1000.json; path=/px ;;
+                *-n) native=on ;;
             esac
-            start_nginx "$workers" "$rules"
+            case $mode in
+                base)  rules=$root/conf-examples/rules.json; path=/base ;;
+                spec*) rules=$root/conf-examples/rules.json; path=/px ;;
+                gen*)  rules=$out/rules-1000.json; path=/px ;;
+            esac
+            start_nginx "$workers" "$rules" "$native"
             read -r c0 u0 f0 cpu0 < <(redis_stat)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
             read -r c1 u1 f1 cpu1 < <(redis_stat)
             stop_nginx
             # columns: workers mode run req/s p50 p99, round trips per
             # event (1, plus a retry for each call refused with NOSCRIPT),
-            # events per EVALSHA, EVALSHA usec per event, Redis CPU usec
-            # per event
+            # events per call, call usec per event, Redis CPU usec per
+            # event
             perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1)=@ARGV;
                 printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
                     $dc ? 1 + $df / $dc : 0, $dc ? $n / $dc : 0, $n ? $du / $n : 0,
@@ -177,35 +191,54 @@ done
 
 echo
 echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')):"
-printf '%-8s %-6s %10s %8s %9s %9s %8s %9s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
-    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "evalsha us"
+echo "(spec/gen: states stored by the script, EVALSHA; spec-n/gen-n: by the"
+echo " rules Redis module, RULES.STORE; vs 5 rules: gen against spec,"
+echo " gen-n against spec-n)"
+printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev"
 for workers in $workers_list; do
-    base=$(awk -v w="$workers" '$1==w && $2=="base" {print $4}' "$results" | median)
-    spec=$(awk -v w="$workers" '$1==w && $2=="spec" {print $4}' "$results" | median)
-    for mode in base spec gen; do
-        col() { awk -v w="$workers" -v m="$mode" -v c="$1" '$1==w && $2==m {print $c}' "$results" | median; }
-        rps=$(col 4)
-        ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
-        printf '%-8s %-6s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f\n' "$workers" "$mode" \
-            "$rps" "$(ratio "$rps" "$base")" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" \
-            "$([ "$mode" = gen ] && ratio "$rps" "$spec" || echo -)" \
-            "$(col 10)" "$(col 9)"
+    col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+    base=$(col_of base 4)
+    for mode in $modes; do
+        rps=$(col_of "$mode" 4)
+        case $mode in
+            gen)   vs=$(ratio "$rps" "$(col_of spec 4)") ;;
+            gen-n) vs=$(ratio "$rps" "$(col_of spec-n 4)") ;;
+            *)     vs=- ;;
+        esac
+        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f\n' "$workers" "$mode" \
+            "$rps" "$(ratio "$rps" "$base")" "$(col_of "$mode" 5)" "$(col_of "$mode" 6)" \
+            "$(col_of "$mode" 7)" "$(col_of "$mode" 8)" "$vs" \
+            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)"
     done
 done
 
 # latency under increasing load: stepped connection counts, 1 worker
 echo
-echo "latency under load (1 worker, ${secs}s per step):"
+lat_runs=${BENCH_LAT_RUNS:-$runs}
+echo "latency under load (1 worker, ${secs}s per step, medians of $lat_runs interleaved runs):"
 steps=${BENCH_STEPS:-"1 2 4 8 16 32 64"}
 : > "$out/latency.dat"
 for c in $steps; do
-    start_nginx 1 "$root/conf-examples/rules.json"
-    read -r brps bp50 bp99 bn < <(wrk_run base /base "$c")
-    read -r srps sp50 sp99 sn < <(wrk_run spec /px "$c")
-    stop_nginx
-    echo "$c $brps $bp50 $bp99 $srps $sp50 $sp99" >> "$out/latency.dat"
-    printf '   c=%-3s base %9s req/s p99 %7s ms | 5 rules %9s req/s p99 %7s ms\n' \
-        "$c" "$brps" "$bp99" "$srps" "$sp99"
+    : > "$out/latency-step.dat"
+    for _ in $(seq "$lat_runs"); do
+        start_nginx 1 "$root/conf-examples/rules.json" off
+        read -r brps bp50 bp99 bn < <(wrk_run base /base "$c")
+        read -r srps sp50 sp99 sn < <(wrk_run spec /px "$c")
+        stop_nginx
+        start_nginx 1 "$root/conf-examples/rules.json" on
+        read -r nrps np50 np99 nn < <(wrk_run spec-n /px "$c")
+        stop_nginx
+        echo "$brps $bp50 $bp99 $srps $sp50 $sp99 $nrps $np50 $np99" >> "$out/latency-step.dat"
+    done
+    read -r brps bp50 bp99 srps sp50 sp99 nrps np50 np99 < <(
+        for col in $(seq 9); do
+            awk -v c="$col" '{print $c}' "$out/latency-step.dat" | median
+        done | tr '\n' ' '; echo)
+    echo "$c $brps $bp50 $bp99 $srps $sp50 $sp99 $nrps $np50 $np99" >> "$out/latency.dat"
+    printf '   c=%-3s base %9s req/s p99 %7s ms | 5 rules %9s req/s p99 %7s ms | -n %9s req/s p99 %7s ms\n' \
+        "$c" "$brps" "$bp99" "$srps" "$sp99" "$nrps" "$np99"
 done
 
 # the target's "p99 at half of the maximum load": the step whose 5-rule
@@ -214,12 +247,15 @@ done
 perl -ane '
     push @r, [@F];
     END {
-        my ($max) = sort { $b <=> $a } map { $_->[4] } @r;
-        my ($half) = sort { abs($a->[4] - $max / 2) <=> abs($b->[4] - $max / 2) } @r;
-        printf "p99 at half load (c=%d, %.0f of max %.0f req/s): 5 rules %.3f ms, "
-            . "empty_gif %.3f ms, difference %+.3f ms\n",
-            $half->[0], $half->[4], $max, $half->[6], $half->[3],
-            $half->[6] - $half->[3];
+        for my $m ([4, "5 rules"], [7, "5 rules -n"]) {
+            my ($c, $name) = @$m;
+            my ($max) = sort { $b <=> $a } map { $_->[$c] } @r;
+            my ($half) = sort { abs($a->[$c] - $max / 2) <=> abs($b->[$c] - $max / 2) } @r;
+            printf "p99 at half load (c=%d, %.0f of max %.0f req/s): %s %.3f ms, "
+                . "empty_gif %.3f ms, difference %+.3f ms\n",
+                $half->[0], $half->[$c], $max, $name, $half->[$c + 2], $half->[3],
+                $half->[$c + 2] - $half->[3];
+        }
     }' "$out/latency.dat"
 
 if command -v gnuplot >/dev/null; then
@@ -233,8 +269,10 @@ set key top left
 set grid
 plot "$out/latency.dat" using 2:3 with linespoints title "empty_gif p50", \
      "$out/latency.dat" using 2:4 with linespoints title "empty_gif p99", \
-     "$out/latency.dat" using 5:6 with linespoints title "5 rules p50", \
-     "$out/latency.dat" using 5:7 with linespoints title "5 rules p99"
+     "$out/latency.dat" using 5:6 with linespoints title "5 rules (script) p50", \
+     "$out/latency.dat" using 5:7 with linespoints title "5 rules (script) p99", \
+     "$out/latency.dat" using 8:9 with linespoints title "5 rules (RULES.STORE) p50", \
+     "$out/latency.dat" using 8:10 with linespoints title "5 rules (RULES.STORE) p99"
 GP
     echo "chart: $out/latency.png"
 fi

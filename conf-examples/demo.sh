@@ -47,10 +47,15 @@ trap 'exit 143' TERM
 rm -rf "$dir"
 mkdir -p "$dir/conf" "$dir/logs"
 
-# Redis: no persistence, in the foreground of a background job
+# Redis: no persistence, in the foreground of a background job, with the
+# rules Redis module (RULES.STORE) when it is built: nginx finds it
 redis_port=$("$root/tools/free-port")
+redis_module=$root/build/rules_redis_module.so
+redis_args=()
+[ -f "$redis_module" ] && redis_args=(--loadmodule "$redis_module")
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no --dir "$dir" > "$dir/logs/redis.log" 2>&1 < /dev/null &
+    --daemonize no --dir "$dir" "${redis_args[@]}" \
+    > "$dir/logs/redis.log" 2>&1 < /dev/null &
 redis_pid=$!
 for _ in $(seq 50); do
     [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] && break
@@ -82,7 +87,7 @@ done
 [ -s "$dir/logs/nginx.pid" ] || die "nginx wrote no pid file"
 nginx_pid=$(cat "$dir/logs/nginx.pid")
 
-echo "demo: redis-server (pid $redis_pid) on 127.0.0.1:$redis_port"
+echo "demo: redis-server (pid $redis_pid) on 127.0.0.1:$redis_port${redis_args[*]:+, with the rules Redis module}"
 echo "demo: nginx (master pid $nginx_pid) on 127.0.0.1:$port, build/demo/conf/nginx.conf"
 echo "demo: rules from conf-examples/rules.json (SPEC.md's five examples)"
 
