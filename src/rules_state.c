@@ -755,6 +755,105 @@ rules_state_apply(const unsigned char *state, size_t state_len,
 }
 
 
+/*
+ * Pairs each entry with its record: entry i (in order) with the first
+ * record of its digest not paired yet.  A state of hundreds of records
+ * (1000 rules on one key) meets ops of hundreds of entries: beyond a few
+ * pairs to try, the entries are looked up by digest in a hash table
+ * (entries of one digest chained in order), not compared with every
+ * record.
+ */
+static int
+rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
+{
+    int        i, j, *head, *next, heads_local[64], next_local[32];
+    size_t     size, h, mask;
+    uint64_t   d;
+
+    if ((size_t) nr * (size_t) ne <= 64) {
+        for (i = 0; i < ne; i++) {
+            for (j = 0; j < nr; j++) {
+                if (recs[j].entry < 0
+                    && memcmp(recs[j].digest, ents[i].digest, 8) == 0)
+                {
+                    recs[j].entry = i;
+                    ents[i].record = j;
+                    break;
+                }
+            }
+        }
+
+        return 0;
+    }
+
+    for (size = 16; size < (size_t) ne * 2; size <<= 1) { /* void */ }
+
+    mask = size - 1;
+    head = size <= 64 ? heads_local : malloc(size * sizeof(int));
+    next = ne <= 32 ? next_local : malloc((size_t) ne * sizeof(int));
+
+    if (head == NULL || next == NULL) {
+        if (head && head != heads_local) {
+            free(head);
+        }
+
+        if (next && next != next_local) {
+            free(next);
+        }
+
+        return -1;
+    }
+
+    for (h = 0; h < size; h++) {
+        head[h] = -1;
+    }
+
+    /* chains in entry order: inserted from the last entry to the first */
+
+    for (i = ne - 1; i >= 0; i--) {
+        memcpy(&d, ents[i].digest, 8);
+
+        for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
+             head[h] >= 0
+             && memcmp(ents[head[h]].digest, ents[i].digest, 8) != 0;
+             h = (h + 1) & mask)
+        { /* void */ }
+
+        next[i] = head[h];
+        head[h] = i;
+    }
+
+    for (j = 0; j < nr; j++) {
+        memcpy(&d, recs[j].digest, 8);
+
+        for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
+             head[h] >= 0
+             && memcmp(ents[head[h]].digest, recs[j].digest, 8) != 0;
+             h = (h + 1) & mask)
+        { /* void */ }
+
+        for (i = head[h]; i >= 0 && ents[i].record >= 0; i = next[i]) {
+            /* void */
+        }
+
+        if (i >= 0) {
+            recs[j].entry = i;
+            ents[i].record = j;
+        }
+    }
+
+    if (head != heads_local) {
+        free(head);
+    }
+
+    if (next != next_local) {
+        free(next);
+    }
+
+    return 0;
+}
+
+
 int
 rules_state_apply_known(const unsigned char *state, size_t state_len,
     const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
@@ -802,18 +901,9 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
         *changed = 1;
     }
 
-    /* pair entries with their records */
-
-    for (i = 0; i < (size_t) ne; i++) {
-        for (j = 0; j < (size_t) nr; j++) {
-            if (recs[j].entry < 0
-                && memcmp(recs[j].digest, ents[i].digest, 8) == 0)
-            {
-                recs[j].entry = (int) i;
-                ents[i].record = (int) j;
-                break;
-            }
-        }
+    if (rules_pair_entries(recs, nr, ents, ne) != 0) {
+        rc = -1;
+        goto done;
     }
 
     rc = rules_buf_append(out, RULES_STATE_MAGIC, RULES_STATE_MAGIC_LEN);

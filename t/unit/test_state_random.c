@@ -22,7 +22,7 @@
 
 #define NFIELDS     6           /* uid ip a b c n */
 #define MAXEV       160
-#define MAXRULES    8
+#define MAXRULES    24      /* beyond 8 pairs per key: the hashed pairing */
 #define WALL        1000000000000LL
 
 static const char *field_names[NFIELDS] = { "uid", "ip", "a", "b", "c",
