@@ -796,3 +796,19 @@ RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
     return RM_OK;
 }
+
+
+/* MODULE UNLOAD: the buffers kept between calls go with the module. */
+int
+RedisModule_OnUnload(RedisModuleCtx *ctx)
+{
+    rm.free(rs_items);
+    rm.free(rs_scratch);
+
+    rs_items = NULL;
+    rs_items_size = 0;
+    rs_scratch = NULL;
+    rs_scratch_size = 0;
+
+    return RM_OK;
+}
