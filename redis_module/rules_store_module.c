@@ -217,14 +217,16 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
     type = rm.key_type(c->key);
 
     if (type == RM_KEYTYPE_STRING) {
-        if (at < 0) {
-            keep = rm.get_abs_expire(c->key);
-        }
-
         (void) rm.string_dma(c->key, &cur, RM_READ);
 
         if (len > cur || len < cur / 2) {
-            /* a new string: growing in place would over-allocate */
+            /* a new string: growing in place would over-allocate; the
+             * TTL goes with the old one */
+
+            if (at < 0) {
+                keep = rm.get_abs_expire(c->key);
+            }
+
             rm.delete_key(c->key);
         }
 
