@@ -288,6 +288,7 @@ ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
     cl->gone.connects += st->connects;
     cl->gone.reconnects += st->reconnects;
     cl->gone.noscript += st->noscript;
+    cl->gone.native += st->native;
 
     ngx_http_rules_redis_destroy(node->rd);
 
@@ -1132,12 +1133,14 @@ ngx_http_rules_cluster_stats(ngx_http_rules_cluster_t *cl)
     cl->stats.connects = cl->gone.connects;
     cl->stats.reconnects = cl->gone.reconnects;
     cl->stats.noscript = cl->gone.noscript;
+    cl->stats.native = cl->gone.native;
 
     for (node = cl->nodes; node; node = node->next) {
         st = ngx_http_rules_redis_stats(node->rd);
         cl->stats.connects += st->connects;
         cl->stats.reconnects += st->reconnects;
         cl->stats.noscript += st->noscript;
+        cl->stats.native += st->native;
     }
 
     return &cl->stats;

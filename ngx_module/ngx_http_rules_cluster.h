@@ -41,6 +41,7 @@ typedef struct {
     ngx_uint_t                     connects;
     ngx_uint_t                     reconnects;
     ngx_uint_t                     noscript;
+    ngx_uint_t                     native;     /* calls as RULES.STORE */
 } ngx_http_rules_cluster_stats_t;
 
 

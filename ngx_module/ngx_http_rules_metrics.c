@@ -60,6 +60,7 @@ typedef struct {
     ngx_atomic_t                        connects;
     ngx_atomic_t                        reconnects;
     ngx_atomic_t                        noscript;
+    ngx_atomic_t                        native;
     ngx_atomic_t                        calls;
     ngx_atomic_t                        call_items;
     ngx_atomic_t                        writes;
@@ -710,7 +711,7 @@ ngx_http_rules_metrics_inflight(ngx_http_rules_main_conf_t *rmcf,
 void
 ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t connects_delta, ngx_uint_t reconnects_delta,
-    ngx_uint_t noscript_delta)
+    ngx_uint_t noscript_delta, ngx_uint_t native_delta)
 {
     ngx_http_rules_metrics_shm_t  *sh;
 
@@ -730,6 +731,10 @@ ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
 
     if (noscript_delta) {
         (void) ngx_atomic_fetch_add(&sh->c.noscript, noscript_delta);
+    }
+
+    if (native_delta) {
+        (void) ngx_atomic_fetch_add(&sh->c.native, native_delta);
     }
 }
 
@@ -808,7 +813,7 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
 {
     static uint64_t                regex_seen;
     static ngx_uint_t              connects_seen, reconnects_seen,
-                                   noscript_seen;
+                                   noscript_seen, native_seen;
     uint64_t                       hits;
     ngx_http_rules_redis_stats_t  *rst;
     ngx_http_rules_metrics_shm_t  *sh;
@@ -840,14 +845,16 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
     rst = ngx_http_rules_redis_stats(rmcf->redis);
 
     if (rst->connects != connects_seen || rst->reconnects != reconnects_seen
-        || rst->noscript != noscript_seen)
+        || rst->noscript != noscript_seen || rst->native != native_seen)
     {
         ngx_http_rules_metrics_redis(rmcf, rst->connects - connects_seen,
                                      rst->reconnects - reconnects_seen,
-                                     rst->noscript - noscript_seen);
+                                     rst->noscript - noscript_seen,
+                                     rst->native - native_seen);
         connects_seen = rst->connects;
         reconnects_seen = rst->reconnects;
         noscript_seen = rst->noscript;
+        native_seen = rst->native;
     }
 }
 
@@ -868,7 +875,8 @@ ngx_http_rules_metrics_sync_cluster(ngx_http_rules_main_conf_t *rmcf,
 
     ngx_http_rules_metrics_redis(rmcf, cst->connects - seen.connects,
                                  cst->reconnects - seen.reconnects,
-                                 cst->noscript - seen.noscript);
+                                 cst->noscript - seen.noscript,
+                                 cst->native - seen.native);
 
     (void) ngx_atomic_fetch_add(&sh->c.cluster_moved,
                                 cst->moved - seen.moved);
@@ -1103,7 +1111,11 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "NOSCRIPT.\n"
         "# TYPE nginx_rules_redis_noscript_total counter\n"
         "nginx_rules_redis_noscript_total %uA\n"
-        "# HELP nginx_rules_redis_calls_total EVALSHA calls sent (each "
+        "# HELP nginx_rules_redis_native_calls_total Of the calls, those "
+        "sent as RULES.STORE (the rules Redis module).\n"
+        "# TYPE nginx_rules_redis_native_calls_total counter\n"
+        "nginx_rules_redis_native_calls_total %uA\n"
+        "# HELP nginx_rules_redis_calls_total State calls sent (each "
         "carries the key operations of the events of one pass of a "
         "worker's event loop).\n"
         "# TYPE nginx_rules_redis_calls_total counter\n"
@@ -1139,7 +1151,7 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "started (the start and every reload).\n"
         "# TYPE nginx_rules_config_loads_total counter\n"
         "nginx_rules_config_loads_total %uA\n",
-        sh->c.connects, sh->c.reconnects, sh->c.noscript,
+        sh->c.connects, sh->c.reconnects, sh->c.noscript, sh->c.native,
         sh->c.calls, sh->c.call_items, sh->c.writes, sh->c.write_fallbacks,
         sh->c.compactions, sh->c.compactions_lost,
         (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,

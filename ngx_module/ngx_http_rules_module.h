@@ -177,10 +177,11 @@ void ngx_http_rules_metrics_key_over_limit(ngx_http_rules_main_conf_t *rmcf,
 /* in-flight events: +1 when sent, -1 when answered or abandoned */
 void ngx_http_rules_metrics_inflight(ngx_http_rules_main_conf_t *rmcf,
     ngx_int_t delta);
-/* Redis (re)connections, NOSCRIPT reloads: copied from the worker */
+/* Redis (re)connections, NOSCRIPT reloads, RULES.STORE calls: copied
+ * from the worker */
 void ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t connects_delta, ngx_uint_t reconnects_delta,
-    ngx_uint_t noscript_delta);
+    ngx_uint_t noscript_delta, ngx_uint_t native_delta);
 
 /* a Redis call sent, or what its reply did (deltas) */
 void ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,

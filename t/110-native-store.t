@@ -299,6 +299,17 @@ like(RulesNginx::error_log($ngx),
      qr/connected \(states stored with RULES\.STORE\)/,
      'the log says which way states are stored');
 
+sub metrics {
+    my ($ngx) = @_;
+    my (undef, undef, $body) = RulesNginx::get($ngx->{port}, '/metrics');
+    my %m = $body =~ /^(nginx_rules_redis_(?:native_)?calls_total) (\d+)$/mg;
+    return ($m{nginx_rules_redis_native_calls_total} // -1,
+            $m{nginx_rules_redis_calls_total} // -1);
+}
+my ($native1, $calls1) = metrics($ngx);
+cmp_ok($native1, '>=', 4, "nginx_rules_redis_native_calls_total: $native1");
+is($native1, $calls1, 'every call was a RULES.STORE');
+
 # the module unloaded under nginx: the call goes again as EVAL, the next
 # ones as EVALSHA, and nothing is lost
 is(RulesNginx::redis_call($r, 'MODULE', 'UNLOAD', 'rules'), 'OK',
@@ -309,6 +320,9 @@ cmp_ok($c2->{eval} - $c1->{eval}, '>=', 1, 'the first call again as EVAL');
 cmp_ok($c2->{evalsha} - $c1->{evalsha}, '>=', 3, 'EVALSHA from then on');
 like(RulesNginx::error_log($ngx), qr/RULES\.STORE refused .*using the script/,
      'the switch is logged');
+my ($native2, $calls2) = metrics($ngx);
+cmp_ok($native2 - $native1, '<=', 1, 'no RULES.STORE after the refusal');
+cmp_ok($calls2 - $calls1, '>=', 4, 'the calls went on');
 RulesNginx::stop_nginx($ngx);
 
 is(RulesNginx::redis_call($r, 'MODULE', 'LOAD', $module), 'OK',
@@ -321,6 +335,7 @@ is_deeply(run_events($ngx, 3), $expected, 'rules_redis_native off: results');
 my $c4 = calls();
 is($c4->{store}, $c3->{store}, 'no RULES.STORE');
 cmp_ok($c4->{evalsha} - $c3->{evalsha}, '>=', 4, 'EVALSHA');
+is((metrics($ngx))[0], 0, 'nginx_rules_redis_native_calls_total 0');
 RulesNginx::stop_nginx($ngx);
 
 # ---- a replica without the module ------------------------------------
