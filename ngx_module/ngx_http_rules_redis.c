@@ -8,7 +8,9 @@
  * write.  The events are level-triggered: hiredis reads one buffer per
  * redisAsyncHandleRead(), so an edge-triggered event would stall with
  * replies left in the socket.  Commands from every request of an event
- * loop iteration go out in one write: pipelining for free.
+ * loop iteration go out in one write at the end of that iteration (the
+ * write event is posted, not registered, while the socket takes it all):
+ * pipelining for free.
  *
  * Life of a connection:
  *
@@ -128,6 +130,7 @@ struct ngx_http_rules_redis_s {
     unsigned                           noscript_logged:1;
     unsigned                           destroying:1;
     unsigned                           native:1;    /* RULES.STORE works */
+    unsigned                           writing:1;   /* in HandleWrite */
 
     ngx_str_t                          reason;      /* of the last close */
     const char                        *reason_fmt;  /* its kind */
@@ -1370,13 +1373,19 @@ ngx_http_rules_redis_read_handler(ngx_event_t *rev)
 static void
 ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 {
-    ngx_connection_t   *c;
-    redisAsyncContext  *ac;
+    ngx_connection_t        *c;
+    redisAsyncContext       *ac;
+    ngx_http_rules_redis_t  *rd;
 
     c = wev->data;
     ac = c->data;
+    rd = ac->data;
 
+    /* rd outlives the context, which this call may free */
+
+    rd->writing = 1;
     redisAsyncHandleWrite(ac);
+    rd->writing = 0;
 }
 
 
@@ -1421,12 +1430,34 @@ ngx_http_rules_redis_del_read(void *privdata)
 }
 
 
+/*
+ * A connected socket is almost always writable: the commands queued in a
+ * pass of the event loop are written at the end of that pass (the write
+ * event is posted), rather than registering the write event (two
+ * epoll_ctl per call) and writing in the next pass.  The write event is
+ * registered while connecting, and when that write could not write it
+ * all (hiredis asks again from inside it).
+ */
 static void
 ngx_http_rules_redis_add_write(void *privdata)
 {
     ngx_connection_t  *c = privdata;
 
+    redisAsyncContext       *ac;
+    ngx_http_rules_redis_t  *rd;
+
     if (c->write->active) {
+        return;
+    }
+
+    ac = c->data;
+    rd = ac->data;
+
+    if ((ac->c.flags & REDIS_CONNECTED) && !rd->writing) {
+        if (!c->write->posted) {
+            ngx_post_event(c->write, &ngx_posted_events);
+        }
+
         return;
     }
 
@@ -1444,6 +1475,10 @@ static void
 ngx_http_rules_redis_del_write(void *privdata)
 {
     ngx_connection_t  *c = privdata;
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
 
     if (!c->write->active) {
         return;
