@@ -341,16 +341,24 @@ RulesNginx::stop_nginx($ngx);
 # ---- a replica without the module ------------------------------------
 
 SKIP: {
-    skip "no $replay", 3 unless -x $replay;
+    skip "no $replay", 5 unless -x $replay;
 
+    # no 5 s wait for more replicas before the first full sync
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'repl-diskless-sync-delay',
+                           0);
     my $replica = RulesNginx::start_redis(
         args => ['--replicaof', '127.0.0.1', $port]);
     my $rr = RulesNginx::redis_conn($replica->{port});
-    for (1 .. 100) {
-        my $info = RulesNginx::redis_call($rr, 'INFO', 'replication');
-        last if $info =~ /master_link_status:up/;
+    my $link = '';
+    for (1 .. 300) {
+        $link = RulesNginx::redis_call($rr, 'INFO', 'replication');
+        last if $link =~ /master_link_status:up/
+                && RulesNginx::redis_call($r, 'INFO', 'replication')
+                   =~ /^slave0:.*state=online/m;
         sleep 0.1;
     }
+    like($link, qr/master_link_status:up/, 'the replica is in sync')
+        or diag($link);
 
     open my $rf, '>', "$FindBin::Bin/servroot-110-native/rules.json"
         or die;
@@ -371,14 +379,30 @@ SKIP: {
                . "--prefix repl: @$args $dir/events.jsonl > /dev/null") == 0
             or die "rules-replay failed";
     }
-    RulesNginx::redis_call($r, 'WAIT', 1, 5000);
+    # the replica has applied the master's whole stream (WAIT counts
+    # only this connection's writes; after a diskless full sync, the
+    # master streams once the replica's first REPLCONF ACK came)
+    my ($moff) = RulesNginx::redis_call($r, 'INFO', 'replication')
+                 =~ /master_repl_offset:(\d+)/;
+    my $roff = -1;
+    for (1 .. 300) {
+        ($roff) = RulesNginx::redis_call($rr, 'INFO', 'replication')
+                  =~ /slave_repl_offset:(\d+)/;
+        last if $roff >= $moff;
+        sleep 0.1;
+    }
+    cmp_ok($roff, '>=', $moff, "the replica applied the stream ($moff bytes)");
 
     my @keys = sort @{ RulesNginx::redis_call($r, 'KEYS', 'repl:*') };
     cmp_ok(scalar @keys, '>', 20, scalar(@keys) . ' state keys written');
-    my ($same, $ttl) = (0, 0);
+    my ($same, $ttl, $shown) = (0, 0, 0);
     for my $k (@keys) {
-        $same++ if (RulesNginx::redis_call($r, 'GET', $k) // '')
-                   eq (RulesNginx::redis_call($rr, 'GET', $k) // 'none');
+        my ($vm, $vr) = map { RulesNginx::redis_call($_, 'GET', $k) } $r, $rr;
+        if (($vm // '') eq ($vr // 'none')) {
+            $same++;
+        } elsif (++$shown <= 3) {
+            diag("$k: master " . show($vm) . ', replica ' . show($vr));
+        }
         my ($pm, $pr) = map { RulesNginx::redis_call($_, 'PTTL', $k) } $r, $rr;
         $ttl++ if $pm > 0 && $pr > 0 && abs($pm - $pr) < $tolerance;
     }
