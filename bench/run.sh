@@ -5,12 +5,13 @@
 # by the Lua script (EVALSHA) and by the rules Redis module (RULES.STORE,
 # modes ending in -n), driven by wrk on loopback, interleaved
 # (A B C D E A B C D E ...), medians of BENCH_RUNS runs.  Prints requests/s, p50,
-# p99, ratios to the baseline, Redis CPU per event and Redis round trips
-# per event, and draws latency under increasing load into
-# build/bench/latency.png.
+# p99, ratios to the baseline, Redis CPU per event, Redis round trips
+# per event and the nginx workers' CPU per request, and draws latency
+# under increasing load into build/bench/latency.png.
 #
 #   bench/run.sh                 (BENCH_SECS=10 BENCH_RUNS=3 BENCH_CONNS=50
 #                                 BENCH_WORKERS="1 2")
+#   BENCH_STEPS= bench/run.sh    the table only, no latency steps
 #   BENCH_CLUSTER=3 bench/run.sh  the same against a Redis Cluster of 3
 #                                 masters (bench/cluster.sh); Redis CPU is
 #                                 summed over the masters
@@ -23,6 +24,7 @@ secs=${BENCH_SECS:-10}
 runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
+state_cache=${BENCH_STATE_CACHE:-32m}
 module=$root/build/nginx/ngx_http_rules_module.so
 redis_module=$root/build/rules_redis_module.so
 
@@ -98,6 +100,7 @@ http {
     $redis_directive
     rules_redis_native $native;
     rules_redis_timeout 200ms;
+    rules_state_cache $state_cache;
     rules_key_prefix "bench:$(basename "$rules" .json):$native:";
     rules_file $rules;
     server {
@@ -133,6 +136,17 @@ redis_stat() {
         $f += $1 if /^cmdstat_(?:evalsha|rules\.store):.*failed_calls=(\d+)/;
         $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
         END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
+}
+
+# CPU seconds (user+sys) the nginx workers used so far
+nginx_cpu() {
+    local tck pids
+    tck=$(getconf CLK_TCK)
+    pids=$(pgrep -P "$nginx_pid" || true)
+    for p in $pids; do cat "/proc/$p/stat"; done | perl -ane '
+        # the fields after the command name (which may hold spaces)
+        s/^.*\) //; @f = split; $t += $f[11] + $f[12];
+        END { printf "%.2f\n", ($t // 0) / '"$tck"' }'
 }
 
 # wrk_run NAME PATH CONNS -> "rps p50_ms p99_ms requests"
@@ -171,19 +185,22 @@ for workers in $workers_list; do
             esac
             start_nginx "$workers" "$rules" "$native"
             read -r c0 u0 f0 cpu0 < <(redis_stat)
+            ncpu0=$(nginx_cpu)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
+            ncpu1=$(nginx_cpu)
             read -r c1 u1 f1 cpu1 < <(redis_stat)
             stop_nginx
             # columns: workers mode run req/s p50 p99, round trips per
             # event (1, plus a retry for each call refused with NOSCRIPT),
             # events per call, call usec per event, Redis CPU usec per
-            # event
-            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1)=@ARGV;
-                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
+            # event, nginx workers' CPU usec per request
+            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1,$n0,$n1)=@ARGV;
+                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
                     $dc ? 1 + $df / $dc : 0, $dc ? $n / $dc : 0, $n ? $du / $n : 0,
-                    $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0' \
+                    $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0, $n ? ($n1 - $n0) * 1e6 / $n : 0' \
                 "$workers" "$mode" "$r" "$rps" "$p50" "$p99" "$n" \
-                $((c1 - c0)) $((u1 - u0)) $((f1 - f0)) "$cpu0" "$cpu1" >> "$results"
+                $((c1 - c0)) $((u1 - u0)) $((f1 - f0)) "$cpu0" "$cpu1" "$ncpu0" "$ncpu1" \
+                >> "$results"
             printf '   run %s %-5s %9s req/s  p50 %7s ms  p99 %7s ms\n' "$r" "$mode" "$rps" "$p50" "$p99"
         done
     done
@@ -194,8 +211,8 @@ echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /pr
 echo "(spec/gen: states stored by the script, EVALSHA; spec-n/gen-n: by the"
 echo " rules Redis module, RULES.STORE; vs 5 rules: gen against spec,"
 echo " gen-n against spec-n)"
-printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
-    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev"
+printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req"
 for workers in $workers_list; do
     col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
@@ -207,18 +224,19 @@ for workers in $workers_list; do
             gen-n) vs=$(ratio "$rps" "$(col_of spec-n 4)") ;;
             *)     vs=- ;;
         esac
-        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f\n' "$workers" "$mode" \
+        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f\n' "$workers" "$mode" \
             "$rps" "$(ratio "$rps" "$base")" "$(col_of "$mode" 5)" "$(col_of "$mode" 6)" \
             "$(col_of "$mode" 7)" "$(col_of "$mode" 8)" "$vs" \
-            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)"
+            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)"
     done
 done
 
 # latency under increasing load: stepped connection counts, 1 worker
+steps=${BENCH_STEPS-"1 2 4 8 16 32 64"}
+[ -n "$steps" ] || exit 0     # BENCH_STEPS= : no latency steps
 echo
 lat_runs=${BENCH_LAT_RUNS:-$runs}
 echo "latency under load (1 worker, ${secs}s per step, medians of $lat_runs interleaved runs):"
-steps=${BENCH_STEPS:-"1 2 4 8 16 32 64"}
 : > "$out/latency.dat"
 for c in $steps; do
     : > "$out/latency-step.dat"

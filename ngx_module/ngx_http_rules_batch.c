@@ -246,6 +246,14 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
 }
 
 
+void
+ngx_http_rules_batch_prefetch(const u_char **keys, const size_t *lens,
+    size_t n)
+{
+    rules_cache_prefetch(ngx_http_rules_batcher.cache, keys, lens, n);
+}
+
+
 ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     const rules_keyop_t *ko, rules_str_t key, int64_t now)

@@ -13,6 +13,10 @@
 #include "ngx_http_rules_module.h"
 
 
+/* the keys of an event whose cached states are prefetched together */
+#define NGX_HTTP_RULES_PREFETCH  16
+
+
 /* One event: its key operations are answered one by one. */
 struct ngx_http_rules_cmd_s {
     ngx_http_rules_op_t          *op;
@@ -149,7 +153,11 @@ ngx_http_rules_handler(ngx_http_request_t *r)
         ctx->rules = rmcf->rules;
         ctx->rc = NGX_DECLINED;
 
-        if (rules_result_init(ctx->rules, &ctx->result) != 0) {
+        ctx->result.words = rules_result_words(ctx->rules);
+        ctx->result.matched = ngx_pcalloc(r->pool,
+                                          ngx_max(ctx->result.words, 1)
+                                          * sizeof(uint64_t));
+        if (ctx->result.matched == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
@@ -675,8 +683,9 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     rules_eventops_t *eo, int64_t now)
 {
     u_char         *p;
-    size_t          i, n, len;
+    size_t          i, n, m, len, lens[NGX_HTTP_RULES_PREFETCH];
     rules_str_t     key;
+    const u_char   *keys[NGX_HTTP_RULES_PREFETCH];
     rules_keyop_t  *ko;
 
     n = eo->nkeyops;
@@ -703,11 +712,25 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
                                                ko->key_value.len));
     }
 
-    p = ngx_pnalloc(r->pool, len);
+    /* the keys first, so that their cached states load side by side */
+
+    m = ngx_min(n, NGX_HTTP_RULES_PREFETCH);
+
+    p = ngx_pnalloc(r->pool, len * m);
     if (p == NULL) {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;
     }
+
+    for (i = 0; i < m; i++) {
+        ko = &eo->keyops[i];
+        keys[i] = p + i * len;
+        lens[i] = rules_state_key(ctx->rules, (char *) rmcf->key_prefix.data,
+                                  rmcf->key_prefix.len, ko->group,
+                                  ko->key_value, p + i * len);
+    }
+
+    ngx_http_rules_batch_prefetch(keys, lens, m);
 
     cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
     cmd->op->pending++;
@@ -719,10 +742,18 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
 
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
-        key.data = p;
-        key.len = rules_state_key(ctx->rules, (char *) rmcf->key_prefix.data,
-                                  rmcf->key_prefix.len, ko->group,
-                                  ko->key_value, p);
+
+        if (i < m) {
+            key.data = (u_char *) keys[i];
+            key.len = lens[i];
+
+        } else {
+            key.data = p;
+            key.len = rules_state_key(ctx->rules,
+                                      (char *) rmcf->key_prefix.data,
+                                      rmcf->key_prefix.len, ko->group,
+                                      ko->key_value, p);
+        }
 
         if (ngx_http_rules_batch_add(cmd, ko->group, ko, key, now)
             != NGX_OK)
@@ -979,7 +1010,7 @@ ngx_http_rules_cleanup(void *data)
         ctx->op = NULL;
     }
 
-    rules_result_free(&ctx->result);
+    /* ctx->result is in the request's pool */
 }
 
 

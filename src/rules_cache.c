@@ -1,6 +1,22 @@
 /*
- * The folded-state cache: a chained hash table of entries that each hold
- * their key and state inline, on a doubly linked LRU list.
+ * The folded-state cache: an open-addressing hash table (linear probing,
+ * each slot holding the key's hash and the entry) of entries that hold
+ * their key and state inline, evicted by CLOCK over the order in which
+ * they were stored.
+ *
+ * Every event looks up a few random keys of a large cache, so a lookup
+ * is bound by memory latency: it reads the slot and the entry, and a hit
+ * sets the entry's reference bit, where a list-ordered LRU would also
+ * touch the two neighbours it unlinks from (two more cache misses).
+ * rules_cache_prefetch() lets a caller start the loads of all the keys
+ * of an event at once.
+ *
+ * Eviction: the ring holds the entries in the order they were stored
+ * (a replaced entry goes to the back).  The oldest is evicted when its
+ * reference bit is clear; when it is set, the bit is cleared and the
+ * entry goes to the back (a second chance).  So an entry that was not
+ * looked up since it was stored goes first, oldest first, and an entry
+ * looked up since stays for one more round.
  */
 
 #include <stdlib.h>
@@ -10,36 +26,43 @@
 #include "rules_cache.h"
 
 
-typedef struct rules_centry_s  rules_centry_t;
-
-struct rules_centry_s {
-    rules_centry_t  *hnext;       /* hash chain */
-    rules_centry_t  *prev;        /* LRU: towards the most recent */
-    rules_centry_t  *next;        /* LRU: towards the least recent */
+typedef struct {
     uint64_t         hash;
+    size_t           key_len;
+    size_t           state_len;
+    size_t           size;        /* allocated, this header included */
+    size_t           ring;        /* position in the ring */
     double           gen;
     double           stamp;
     size_t           length;
     size_t           logged;
-    size_t           key_len;
-    size_t           state_len;
-    size_t           size;        /* allocated, this header included */
+    unsigned         ref;         /* looked up since the last sweep */
     unsigned char    data[];      /* key, then state */
-};
+} rules_centry_t;
+
+
+typedef struct {
+    uint64_t         hash;
+    rules_centry_t  *e;           /* NULL: free */
+} rules_cslot_t;
 
 
 struct rules_cache_s {
-    rules_centry_t **buckets;
-    size_t           nbuckets;
+    rules_cslot_t   *slots;
+    size_t           mask;        /* slots - 1 */
     size_t           entries;
     size_t           bytes;
     size_t           max_bytes;
-    rules_centry_t  *head;        /* most recent */
-    rules_centry_t  *tail;        /* least recent */
+
+    /* the ring: entries by the time they were stored, NULL: a hole */
+    rules_centry_t **ring;
+    size_t           ring_mask;   /* ring size - 1 */
+    size_t           head;        /* the oldest, counted from the start */
+    size_t           tail;        /* where the next one goes */
 };
 
 
-#define RULES_CENTRY_SIZE(kl, sl)  (sizeof(rules_centry_t) + (kl) + (sl))
+#define RULES_CACHE_MIN_SLOTS  1024
 
 
 rules_cache_t *
@@ -53,10 +76,14 @@ rules_cache_create(size_t max_bytes)
     }
 
     c->max_bytes = max_bytes;
-    c->nbuckets = 1024;
-    c->buckets = calloc(c->nbuckets, sizeof(rules_centry_t *));
+    c->mask = RULES_CACHE_MIN_SLOTS - 1;
+    c->slots = calloc(RULES_CACHE_MIN_SLOTS, sizeof(rules_cslot_t));
+    c->ring_mask = RULES_CACHE_MIN_SLOTS - 1;
+    c->ring = calloc(RULES_CACHE_MIN_SLOTS, sizeof(rules_centry_t *));
 
-    if (c->buckets == NULL) {
+    if (c->slots == NULL || c->ring == NULL) {
+        free(c->slots);
+        free(c->ring);
         free(c);
         return NULL;
     }
@@ -65,32 +92,63 @@ rules_cache_create(size_t max_bytes)
 }
 
 
-static void
-rules_cache_unlink(rules_cache_t *c, rules_centry_t *e)
+static rules_cslot_t *
+rules_cache_find(const rules_cache_t *c, const unsigned char *key,
+    size_t key_len, uint64_t hash)
 {
-    rules_centry_t  **pp;
+    size_t           i;
+    rules_cslot_t   *s;
+    rules_centry_t  *e;
 
-    for (pp = &c->buckets[e->hash & (c->nbuckets - 1)]; *pp != e;
-         pp = &(*pp)->hnext)
-    {
-        /* void */
+    for (i = hash & c->mask; ; i = (i + 1) & c->mask) {
+        s = &c->slots[i];
+        e = s->e;
+
+        if (e == NULL) {
+            return NULL;
+        }
+
+        if (s->hash == hash && e->key_len == key_len
+            && memcmp(e->data, key, key_len) == 0)
+        {
+            return s;
+        }
+    }
+}
+
+
+/* Frees a slot; the entries after it that belong before it move back. */
+static void
+rules_cache_slot_free(rules_cache_t *c, rules_cslot_t *s)
+{
+    size_t  i, j, home;
+
+    i = s - c->slots;
+
+    for (j = (i + 1) & c->mask; c->slots[j].e; j = (j + 1) & c->mask) {
+        home = c->slots[j].hash & c->mask;
+
+        /* j's entry may fill i when its home is not in (i, j] */
+
+        if (((j - home) & c->mask) >= ((j - i) & c->mask)) {
+            c->slots[i] = c->slots[j];
+            i = j;
+        }
     }
 
-    *pp = e->hnext;
+    c->slots[i].e = NULL;
+    c->slots[i].hash = 0;
+}
 
-    if (e->prev) {
-        e->prev->next = e->next;
 
-    } else {
-        c->head = e->next;
-    }
+static void
+rules_cache_remove(rules_cache_t *c, rules_cslot_t *s)
+{
+    rules_centry_t  *e;
 
-    if (e->next) {
-        e->next->prev = e->prev;
-
-    } else {
-        c->tail = e->prev;
-    }
+    e = s->e;
+    rules_cache_slot_free(c, s);
+    c->ring[e->ring & c->ring_mask] = NULL;
 
     c->entries--;
     c->bytes -= e->size;
@@ -98,85 +156,163 @@ rules_cache_unlink(rules_cache_t *c, rules_centry_t *e)
 }
 
 
-static rules_centry_t *
-rules_cache_find(const rules_cache_t *c, const unsigned char *key,
-    size_t key_len, uint64_t hash)
+/* Makes room for one more entry in the ring; -1 on memory exhaustion. */
+static int
+rules_cache_ring_room(rules_cache_t *c)
 {
-    rules_centry_t  *e;
+    size_t            i, n, size;
+    rules_centry_t  **ring, *e;
 
-    for (e = c->buckets[hash & (c->nbuckets - 1)]; e; e = e->hnext) {
-        if (e->hash == hash && e->key_len == key_len
-            && memcmp(e->data, key, key_len) == 0)
-        {
-            return e;
+    /* the holes left by removals at the front go first */
+
+    while (c->head != c->tail && c->ring[c->head & c->ring_mask] == NULL) {
+        c->head++;
+    }
+
+    size = c->ring_mask + 1;
+
+    if (c->tail - c->head < size) {
+        return 0;
+    }
+
+    /* full: copy the live entries, in order, into a ring twice as large
+     * when more than half of it is live */
+
+    if (c->entries > size / 2) {
+        size *= 2;
+    }
+
+    ring = calloc(size, sizeof(rules_centry_t *));
+    if (ring == NULL) {
+        return -1;
+    }
+
+    for (n = 0, i = c->head; i != c->tail; i++) {
+        e = c->ring[i & c->ring_mask];
+
+        if (e) {
+            e->ring = n;
+            ring[n++] = e;
         }
     }
 
-    return NULL;
+    free(c->ring);
+    c->ring = ring;
+    c->ring_mask = size - 1;
+    c->head = 0;
+    c->tail = n;
+
+    return 0;
 }
 
 
 static void
-rules_cache_to_front(rules_cache_t *c, rules_centry_t *e)
+rules_cache_ring_push(rules_cache_t *c, rules_centry_t *e)
 {
-    if (c->head == e) {
+    e->ring = c->tail;
+    c->ring[c->tail & c->ring_mask] = e;
+    c->tail++;
+}
+
+
+/* Evicts entries, oldest unreferenced first, until size more bytes fit. */
+static int
+rules_cache_evict(rules_cache_t *c, size_t size)
+{
+    size_t           i;
+    rules_centry_t  *e;
+
+    while (c->entries && c->bytes + size > c->max_bytes) {
+        i = c->head++ & c->ring_mask;
+        e = c->ring[i];
+
+        if (e == NULL) {
+            continue;
+        }
+
+        c->ring[i] = NULL;
+
+        if (e->ref) {
+            /* a second chance, at the back: the ring has room, as a
+             * slot was just freed at its front */
+            e->ref = 0;
+            rules_cache_ring_push(c, e);
+            continue;
+        }
+
+        rules_cache_remove(c, rules_cache_find(c, e->data, e->key_len,
+                                               e->hash));
+    }
+
+    return 0;
+}
+
+
+static int
+rules_cache_grow(rules_cache_t *c)
+{
+    size_t           i, j, n;
+    rules_cslot_t   *slots, *old;
+
+    n = (c->mask + 1) * 2;
+    slots = calloc(n, sizeof(rules_cslot_t));
+
+    if (slots == NULL) {
+        return -1;
+    }
+
+    old = c->slots;
+
+    for (i = 0; i <= c->mask; i++) {
+        if (old[i].e == NULL) {
+            continue;
+        }
+
+        for (j = old[i].hash & (n - 1); slots[j].e; j = (j + 1) & (n - 1)) {
+            /* void */
+        }
+
+        slots[j] = old[i];
+    }
+
+    free(old);
+    c->slots = slots;
+    c->mask = n - 1;
+
+    return 0;
+}
+
+
+void
+rules_cache_prefetch(rules_cache_t *c, const unsigned char **keys,
+    const size_t *lens, size_t n)
+{
+    size_t          i;
+    uint64_t        hash[RULES_CACHE_PREFETCH_MAX];
+    rules_cslot_t  *s;
+
+    if (c == NULL || c->entries == 0) {
         return;
     }
 
-    /* out of the list */
-
-    if (e->prev) {
-        e->prev->next = e->next;
+    if (n > RULES_CACHE_PREFETCH_MAX) {
+        n = RULES_CACHE_PREFETCH_MAX;
     }
 
-    if (e->next) {
-        e->next->prev = e->prev;
+    /* the slots of all the keys, then the entries they point at */
 
-    } else {
-        c->tail = e->prev;
+    for (i = 0; i < n; i++) {
+        hash[i] = rules_hash64(keys[i], lens[i], 0);
+        __builtin_prefetch(&c->slots[hash[i] & c->mask]);
     }
 
-    /* in at the front */
+    for (i = 0; i < n; i++) {
+        s = &c->slots[hash[i] & c->mask];
 
-    e->prev = NULL;
-    e->next = c->head;
-
-    if (c->head) {
-        c->head->prev = e;
-    }
-
-    c->head = e;
-
-    if (c->tail == NULL) {
-        c->tail = e;
-    }
-}
-
-
-static void
-rules_cache_grow(rules_cache_t *c)
-{
-    size_t            i, n;
-    rules_centry_t  **b, *e, *next;
-
-    n = c->nbuckets * 2;
-    b = calloc(n, sizeof(rules_centry_t *));
-
-    if (b == NULL) {
-        return;     /* longer chains, still correct */
-    }
-
-    for (i = 0; i < c->nbuckets; i++) {
-        for (e = c->buckets[i]; e; e = next) {
-            next = e->hnext;
-            e->hnext = b[e->hash & (n - 1)];
-            b[e->hash & (n - 1)] = e;
+        if (s->e) {
+            __builtin_prefetch(s->e);
         }
     }
-
-    free(c->buckets);
-    c->buckets = b;
-    c->nbuckets = n;
 }
 
 
@@ -185,19 +321,21 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
     double *gen, size_t *length, double *stamp, size_t *logged,
     rules_str_t *state)
 {
+    rules_cslot_t   *s;
     rules_centry_t  *e;
 
     if (c == NULL || c->entries == 0) {
         return 0;
     }
 
-    e = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
+    s = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
 
-    if (e == NULL) {
+    if (s == NULL) {
         return 0;
     }
 
-    rules_cache_to_front(c, e);
+    e = s->e;
+    e->ref = 1;
 
     *gen = e->gen;
     *length = e->length;
@@ -215,20 +353,22 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     double gen, size_t length, double stamp, size_t logged,
     const unsigned char *state, size_t state_len)
 {
-    size_t           size;
+    size_t           size, i;
     uint64_t         hash;
-    rules_centry_t  *e, **b;
+    rules_cslot_t   *s;
+    rules_centry_t  *e;
 
     if (c == NULL) {
         return 0;
     }
 
     hash = rules_hash64(key, key_len, 0);
-    e = rules_cache_find(c, key, key_len, hash);
-    size = RULES_CENTRY_SIZE(key_len, state_len);
+    s = rules_cache_find(c, key, key_len, hash);
+    size = sizeof(rules_centry_t) + key_len + state_len;
 
-    if (e && size <= e->size && size >= e->size / 2) {
+    if (s && size <= s->e->size && size >= s->e->size / 2) {
         /* the next state of a key mostly fits where the last one was */
+        e = s->e;
         e->gen = gen;
         e->stamp = stamp;
         e->logged = logged;
@@ -239,13 +379,11 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
             memmove(e->data + key_len, state, state_len);
         }
 
-        rules_cache_to_front(c, e);
-
         return 0;
     }
 
-    if (e) {
-        rules_cache_unlink(c, e);
+    if (s) {
+        rules_cache_remove(c, s);
     }
 
     /* room to grow a little in place */
@@ -255,8 +393,14 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
         return 0;   /* too big to be worth it, or no cache at all */
     }
 
-    while (c->tail && c->bytes + size > c->max_bytes) {
-        rules_cache_unlink(c, c->tail);
+    rules_cache_evict(c, size);
+
+    if ((c->entries + 1) * 2 > c->mask + 1 && rules_cache_grow(c) != 0) {
+        return -1;
+    }
+
+    if (rules_cache_ring_room(c) != 0) {
+        return -1;
     }
 
     e = malloc(size);
@@ -272,32 +416,20 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     e->key_len = key_len;
     e->state_len = state_len;
     e->size = size;
+    e->ref = 0;
     memcpy(e->data, key, key_len);
 
     if (state_len) {
         memcpy(e->data + key_len, state, state_len);
     }
 
-    if (c->entries >= c->nbuckets) {
-        rules_cache_grow(c);
+    for (i = hash & c->mask; c->slots[i].e; i = (i + 1) & c->mask) {
+        /* void */
     }
 
-    b = &c->buckets[hash & (c->nbuckets - 1)];
-    e->hnext = *b;
-    *b = e;
-
-    e->prev = NULL;
-    e->next = c->head;
-
-    if (c->head) {
-        c->head->prev = e;
-    }
-
-    c->head = e;
-
-    if (c->tail == NULL) {
-        c->tail = e;
-    }
+    c->slots[i].hash = hash;
+    c->slots[i].e = e;
+    rules_cache_ring_push(c, e);
 
     c->entries++;
     c->bytes += size;
@@ -309,16 +441,16 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
 void
 rules_cache_del(rules_cache_t *c, const unsigned char *key, size_t key_len)
 {
-    rules_centry_t  *e;
+    rules_cslot_t  *s;
 
     if (c == NULL || c->entries == 0) {
         return;
     }
 
-    e = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
+    s = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
 
-    if (e) {
-        rules_cache_unlink(c, e);
+    if (s) {
+        rules_cache_remove(c, s);
     }
 }
 
@@ -340,17 +472,17 @@ rules_cache_bytes(const rules_cache_t *c)
 void
 rules_cache_free(rules_cache_t *c)
 {
-    rules_centry_t  *e, *next;
+    size_t  i;
 
     if (c == NULL) {
         return;
     }
 
-    for (e = c->head; e; e = next) {
-        next = e->next;
-        free(e);
+    for (i = 0; i <= c->mask; i++) {
+        free(c->slots[i].e);
     }
 
-    free(c->buckets);
+    free(c->slots);
+    free(c->ring);
     free(c);
 }

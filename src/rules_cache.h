@@ -1,10 +1,12 @@
 /*
  * A process-local cache of folded key states: key -> (gen, length,
- * TTL stamp, log entries in the value, state), least recently used first out, bounded in bytes.  It lets a
- * writer that saw a key last compute the key's next state itself and
- * replace the stored value in one step when the value is still the one
- * it saw (rules_log.h, "write" items); any other writer's change makes
- * that check fail, so a stale entry costs a fallback, never a wrong state.
+ * TTL stamp, log entries in the value, state), bounded in bytes; the
+ * entries not looked up since they were stored go first, oldest first
+ * (CLOCK, rules_cache.c).  It lets a writer that saw a key last compute
+ * the key's next state itself and replace the stored value in one step
+ * when the value is still the one it saw (rules_log.h, "write" items);
+ * any other writer's change makes that check fail, so a stale entry
+ * costs a fallback, never a wrong state.
  */
 
 #ifndef RULES_CACHE_H
@@ -27,6 +29,16 @@ void rules_cache_free(rules_cache_t *c);
 int rules_cache_get(rules_cache_t *c, const unsigned char *key,
     size_t key_len, double *gen, size_t *length, double *stamp,
     size_t *logged, rules_str_t *state);
+
+/*
+ * Starts loading what looking up these keys will read (at most
+ * RULES_CACHE_PREFETCH_MAX), so that the cache misses of an event's keys
+ * overlap instead of following each other.  Changes nothing.
+ */
+#define RULES_CACHE_PREFETCH_MAX  16
+
+void rules_cache_prefetch(rules_cache_t *c, const unsigned char **keys,
+    const size_t *lens, size_t n);
 
 /* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
 int rules_cache_put(rules_cache_t *c, const unsigned char *key,

@@ -248,6 +248,8 @@ typedef struct {
 } rules_result_t;
 
 int rules_result_init(const rules_set_t *rs, rules_result_t *res);
+/* words of a result's bitmap, for a caller that allocates it itself */
+size_t rules_result_words(const rules_set_t *rs);
 void rules_result_clear(rules_result_t *res);
 void rules_result_free(rules_result_t *res);
 int rules_result_add_digests(const rules_set_t *rs, rules_result_t *res,

@@ -330,10 +330,17 @@ rules_state_key(const rules_set_t *rs, const char *prefix,
 /* ---- results ------------------------------------------------------- */
 
 
+size_t
+rules_result_words(const rules_set_t *rs)
+{
+    return (rs->nrules + 63) / 64;
+}
+
+
 int
 rules_result_init(const rules_set_t *rs, rules_result_t *res)
 {
-    res->words = (rs->nrules + 63) / 64;
+    res->words = rules_result_words(rs);
     res->matched = calloc(res->words ? res->words : 1, sizeof(uint64_t));
 
     return res->matched ? 0 : -1;

@@ -1,7 +1,9 @@
 /*
  * The folded-state cache (src/rules_cache.c): lookups, replacement,
- * deletion, the byte bound with least-recently-used eviction, and a
- * random run against a simple model.
+ * deletion, the byte bound with CLOCK eviction (the entries not looked up
+ * since they were stored go first, oldest first), growth and deletion in
+ * a large table, prefetching, and random runs against a simple model,
+ * without and with eviction.
  */
 
 #include <stdio.h>
@@ -53,7 +55,7 @@ main(void)
     rules_cache_t  *c;
     rules_str_t     st;
     double          gen;
-    size_t          length, i, bad, size;
+    size_t          length, i, bad, size, over, hits;
     long            clock;
     char            key[32], state[64];
     model_t         m[MODEL_KEYS];
@@ -174,6 +176,113 @@ main(void)
     }
 
     is_int(rules_cache_entries(c), size, "and so does the entry count");
+    rules_cache_free(c);
+
+    /* the same under a small bound: a hit is never stale */
+
+    c = rules_cache_create(8192);
+    memset(m, 0, sizeof(m));
+    bad = 0;
+    over = 0;
+    hits = 0;
+
+    for (i = 0; i < 200000; i++) {
+        size_t  k = (size_t) rand() % MODEL_KEYS;
+        int     op = rand() % 4;
+
+        snprintf(key, sizeof(key), "key:%zu", k);
+        clock++;
+
+        if (op <= 1) {
+            snprintf(state, sizeof(state), "s%zu-%ld%.*s", k, clock,
+                     (int) (clock % 40), "........................................");
+            put(c, key, (double) clock, (size_t) clock, state);
+            m[k].present = 1;
+            m[k].gen = (double) clock;
+            m[k].length = (size_t) clock;
+            strcpy(m[k].state, state);
+            m[k].state_len = strlen(state);
+
+        } else if (op == 2) {
+            rules_cache_del(c, (const unsigned char *) key, strlen(key));
+            m[k].present = 0;
+
+        } else {
+            int hit = get(c, key, &gen, &length, &st);
+
+            hits += hit;
+
+            if (hit && (!m[k].present || gen != m[k].gen
+                        || length != m[k].length
+                        || st.len != m[k].state_len
+                        || memcmp(st.data, m[k].state, st.len) != 0))
+            {
+                bad++;
+            }
+        }
+
+        over += rules_cache_bytes(c) > 8192;
+    }
+
+    is_int(bad, 0, "with eviction, every hit is the latest put");
+    is_int(over, 0, "and the bytes stay within the bound");
+    ok(hits > 1000 && rules_cache_entries(c) > 10,
+       "and the cache still holds keys (%zu hits, %zu entries)", hits,
+       rules_cache_entries(c));
+    rules_cache_free(c);
+
+    /* a large table: growth, then deletion of every other key */
+
+    c = rules_cache_create(64 << 20);
+
+    for (i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "user:%zu", i);
+        snprintf(state, sizeof(state), "v%zu", i);
+        put(c, key, (double) i, i, state);
+    }
+
+    for (i = 1; i < 20000; i += 2) {
+        snprintf(key, sizeof(key), "user:%zu", i);
+        rules_cache_del(c, (const unsigned char *) key, strlen(key));
+    }
+
+    for (i = 0, bad = 0; i < 20000; i++) {
+        int hit;
+
+        snprintf(key, sizeof(key), "user:%zu", i);
+        snprintf(state, sizeof(state), "v%zu", i);
+        hit = get(c, key, &gen, &length, &st);
+
+        if (hit != (i % 2 == 0)
+            || (hit && (gen != (double) i || st.len != strlen(state)
+                        || memcmp(st.data, state, st.len) != 0)))
+        {
+            bad++;
+        }
+    }
+
+    is_int(bad, 0, "20000 keys, half deleted: the rest all found");
+    is_int(rules_cache_entries(c), 10000, "10000 entries left");
+
+    {
+        const unsigned char  *keys[3];
+        size_t                lens[3];
+
+        keys[0] = (const unsigned char *) "user:0";
+        keys[1] = (const unsigned char *) "user:1";
+        keys[2] = (const unsigned char *) "nobody";
+
+        for (i = 0; i < 3; i++) {
+            lens[i] = strlen((const char *) keys[i]);
+        }
+
+        rules_cache_prefetch(c, keys, lens, 3);
+        rules_cache_prefetch(NULL, keys, lens, 3);
+    }
+
+    ok(get(c, "user:0", &gen, &length, &st) && gen == 0
+       && !get(c, "user:1", &gen, &length, &st),
+       "prefetching changes nothing");
     rules_cache_free(c);
 
     return done_testing();
