@@ -87,6 +87,15 @@ struct rules_set_s {
     rules_strmap_t         ids;         /* id -> rule index */
     rules_strmap_t         digests;     /* digest bytes -> rule index */
 
+    /*
+     * The same for lookups, with the digests inline (a state's every
+     * record is looked up): open addressing on the digest's low bits,
+     * which are uniform (a hash of the rule's definition).
+     */
+    uint64_t              *digest_keys;
+    unsigned              *digest_vals; /* rule index + 1, 0: free */
+    size_t                 digest_mask;
+
     char                   digest_hex[17];
 
     pcre2_match_context   *match_ctx;

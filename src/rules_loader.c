@@ -36,6 +36,7 @@ static int rules_load_duration(rules_loader_t *ld, json_t *rule,
 static int rules_field(rules_loader_t *ld, const char *name, size_t len,
     unsigned *index);
 static int rules_build_groups(rules_set_t *rs);
+static int rules_build_digest_table(rules_set_t *rs);
 
 
 static void
@@ -182,6 +183,8 @@ rules_free(rules_set_t *rs)
     rules_strmap_free(&rs->fields);
     rules_strmap_free(&rs->ids);
     rules_strmap_free(&rs->digests);
+    free(rs->digest_keys);
+    free(rs->digest_vals);
 
     if (rs->match_data) {
         pcre2_match_data_free(rs->match_data);
@@ -311,7 +314,7 @@ rules_load_root(json_t *root, const char *name, const char *text,
         }
     }
 
-    if (rules_build_groups(rs) != 0) {
+    if (rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0) {
         rules_file_error(&ld, "out of memory");
         goto failed;
     }
@@ -1501,13 +1504,55 @@ rules_find_id(const rules_set_t *rs, const char *id, size_t len)
 }
 
 
+static int
+rules_build_digest_table(rules_set_t *rs)
+{
+    size_t    i, j, size;
+
+    for (size = 16; size < rs->nrules * 2; size *= 2) { /* void */ }
+
+    rs->digest_keys = calloc(size, sizeof(uint64_t));
+    rs->digest_vals = calloc(size, sizeof(unsigned));
+
+    if (rs->digest_keys == NULL || rs->digest_vals == NULL) {
+        return -1;
+    }
+
+    rs->digest_mask = size - 1;
+
+    for (i = 0; i < rs->nrules; i++) {
+        for (j = rs->rules[i].digest & rs->digest_mask;
+             rs->digest_vals[j];
+             j = (j + 1) & rs->digest_mask)
+        {
+            /* void */
+        }
+
+        rs->digest_keys[j] = rs->rules[i].digest;
+        rs->digest_vals[j] = (unsigned) i + 1;
+    }
+
+    return 0;
+}
+
+
 const rules_rule_t *
 rules_find_digest(const rules_set_t *rs, const unsigned char digest[8])
 {
-    unsigned  v;
+    size_t    j;
+    uint64_t  d;
 
-    if (rules_strmap_get(&rs->digests, digest, 8, &v)) {
-        return &rs->rules[v];
+    d = (uint64_t) digest[0] << 56 | (uint64_t) digest[1] << 48
+        | (uint64_t) digest[2] << 40 | (uint64_t) digest[3] << 32
+        | (uint64_t) digest[4] << 24 | (uint64_t) digest[5] << 16
+        | (uint64_t) digest[6] << 8 | (uint64_t) digest[7];
+
+    for (j = d & rs->digest_mask; rs->digest_vals[j];
+         j = (j + 1) & rs->digest_mask)
+    {
+        if (rs->digest_keys[j] == d) {
+            return &rs->rules[rs->digest_vals[j] - 1];
+        }
     }
 
     return NULL;

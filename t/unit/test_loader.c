@@ -203,6 +203,18 @@ main(void)
     ok(rules_find_digest(rs, rules_rule(rs, 2)->digest_bytes)
        == rules_rule(rs, 2), "find by digest");
 
+    for (i = 0, k = 0; i < 5; i++) {
+        unsigned char  d[8];
+
+        k += rules_find_digest(rs, rules_rule(rs, i)->digest_bytes)
+             == rules_rule(rs, i);
+        memcpy(d, rules_rule(rs, i)->digest_bytes, 8);
+        d[i] ^= 0x10;
+        k += rules_find_digest(rs, d) == NULL;
+    }
+
+    is_int(k, 10, "every rule found by its digest, no other digest found");
+
     for (i = 0; i < 5; i++) {
         for (k = i + 1; k < 5; k++) {
             ok(rules_rule(rs, i)->digest != rules_rule(rs, k)->digest,
