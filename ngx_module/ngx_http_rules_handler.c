@@ -773,12 +773,10 @@ void
 ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
     const u_char *digests, size_t len, ngx_int_t rc)
 {
-    size_t                       i, k;
-    ngx_uint_t                   matched;
+    size_t                       i;
     rules_set_t                 *rs;
     ngx_http_rules_op_t         *op;
     ngx_http_rules_ctx_t        *ctx;
-    const rules_group_t         *g;
     ngx_http_rules_main_conf_t  *rmcf;
 
     op = cmd->op;
@@ -806,13 +804,8 @@ ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
                                    ngx_http_rules_event_result.matched[i];
             }
 
-            g = rules_group(rs, group);
-
-            for (k = 0; k < g->nrules; k++) {
-                matched = rules_result_is_set(&ngx_http_rules_event_result,
-                                              g->rules[k]);
-                ngx_http_rules_metrics_rule(rmcf, g->rules[k], matched);
-            }
+            ngx_http_rules_metrics_group(rmcf, rules_group(rs, group),
+                                         &ngx_http_rules_event_result);
         }
     }
 

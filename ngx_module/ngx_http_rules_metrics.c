@@ -597,26 +597,36 @@ ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
 
 
 void
-ngx_http_rules_metrics_rule(ngx_http_rules_main_conf_t *rmcf,
-    ngx_uint_t rule, ngx_uint_t matched)
+ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
+    const rules_group_t *g, const rules_result_t *matched)
 {
+    size_t                          k;
+    ngx_uint_t                      rule;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_metrics_slot_t  *slot;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
-    /* the worker's own rule set indexes the slots found for it */
-
-    if (m == NULL || rule >= m->nrules) {
+    if (m == NULL) {
         return;
     }
 
-    slot = m->slots[rule];
+    for (k = 0; k < g->nrules; k++) {
+        rule = g->rules[k];
 
-    (void) ngx_atomic_fetch_add(&slot->evaluated, 1);
+        /* the worker's own rule set indexes the slots found for it */
 
-    if (matched) {
-        (void) ngx_atomic_fetch_add(&slot->matched, 1);
+        if (rule >= m->nrules) {
+            continue;
+        }
+
+        slot = m->slots[rule];
+
+        (void) ngx_atomic_fetch_add(&slot->evaluated, 1);
+
+        if (matched->matched[rule / 64] & ((uint64_t) 1 << (rule % 64))) {
+            (void) ngx_atomic_fetch_add(&slot->matched, 1);
+        }
     }
 }
 

@@ -165,9 +165,12 @@ char *ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 /* one event, by final status */
 void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t status);
-/* rule i was evaluated for an event (its key had a value), and matched */
-void ngx_http_rules_metrics_rule(ngx_http_rules_main_conf_t *rmcf,
-    ngx_uint_t rule, ngx_uint_t matched);
+/*
+ * the rules of group g were evaluated for an event (its key had a value),
+ * and those set in matched matched
+ */
+void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
+    const rules_group_t *g, const rules_result_t *matched);
 /* one Redis round trip, in microseconds */
 void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
     ngx_msec_int_t usec);
