@@ -32,6 +32,12 @@
 #define RULES_DEFAULT_VALUE_MAX  4096    /* bytes of any field value */
 #define RULES_REGEX_MATCH_LIMIT  100000  /* PCRE2 match limit */
 #define RULES_REGEX_DEPTH_LIMIT  1000    /* PCRE2 depth limit */
+#define RULES_INDEX_MIN_RULES    64      /* rules from which an event
+                                            evaluates only the rules its
+                                            field values can touch */
+#define RULES_INDEX_MAX_PAIRS    256     /* (field, value) pairs indexed
+                                            per rule; more: always
+                                            evaluated */
 
 #define RULES_ERR_LEN            512
 
@@ -134,6 +140,15 @@ const rules_rule_t *rules_find_id(const rules_set_t *rs, const char *id,
     size_t len);
 const rules_rule_t *rules_find_digest(const rules_set_t *rs,
     const unsigned char digest[8]);
+
+/*
+ * The condition index (rules_index.c): on by default from
+ * RULES_INDEX_MIN_RULES rules; the results are the same either way (the
+ * tests compare them).  rules_index_always() is the number of rules
+ * evaluated for every event, whatever its values.
+ */
+void rules_set_indexing(rules_set_t *rs, int on);
+size_t rules_index_always(const rules_set_t *rs);
 
 /* Digest of the whole file (hex), and the engine's counters. */
 const char *rules_file_digest(const rules_set_t *rs);

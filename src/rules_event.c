@@ -199,8 +199,9 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     const rules_rule_t   *r;
     const rules_group_t  *g;
     const rules_str_t    *key;
+    const uint64_t       *cand;
     rules_keyop_t        *ko;
-    size_t                i, j, start, before;
+    size_t                i, j, k, start, before;
 
     eo->nkeyops = 0;
     eo->buf_len = 0;
@@ -227,6 +228,9 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         eo->keyops_size = rs->ngroups;
     }
 
+    /* a large set evaluates only the rules the values can touch */
+    cand = rs->index.use ? rules_index_candidates(rs, values) : NULL;
+
     for (i = 0; i < rs->ngroups; i++) {
         g = &rs->groups[i];
         key = &values[g->key_field];
@@ -245,7 +249,14 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         strict = 0;
 
         for (j = 0; j < g->nrules; j++) {
-            r = &rs->rules[g->rules[j]];
+            k = g->rules[j];
+            r = &rs->rules[k];
+            strict |= r->strict_mask;
+
+            if (cand && !((cand[k / 64] >> (k % 64)) & 1)) {
+                continue;       /* its conditions cannot hold */
+            }
+
             before = eo->buf_len;
 
             if (rules_event_entry(rs, r, values, eo) != 0) {
@@ -255,8 +266,6 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
             if (eo->buf_len != before && r->ttl > ttl) {
                 ttl = r->ttl;
             }
-
-            strict |= r->strict_mask;
         }
 
         ko = &eo->keyops[eo->nkeyops++];

@@ -71,6 +71,42 @@ struct rules_cond_s {
 };
 
 
+/* ---- the condition index (rules_index.c) --------------------------- */
+
+typedef struct {
+    unsigned          *rules;      /* rule indices, ascending */
+    size_t             n;
+    size_t             size;
+} rules_posting_t;
+
+
+typedef struct {
+    unsigned           field;
+    rules_strmap_t     values;     /* value -> posting index */
+} rules_index_field_t;
+
+
+typedef struct {
+    rules_index_field_t  *fields;
+    size_t                nfields;
+    rules_posting_t      *postings;
+    size_t                npostings;
+    size_t                postings_size;
+    uint64_t             *always;   /* rules evaluated for every event */
+    size_t                nalways;
+    uint64_t             *cand;     /* an event's candidates */
+    size_t                words;
+    int                   use;
+} rules_index_t;
+
+
+int rules_index_build(rules_set_t *rs);
+void rules_index_free(rules_index_t *ix);
+/* the rules an event can touch, a bitmap valid until the next call */
+const uint64_t *rules_index_candidates(rules_set_t *rs,
+    const rules_str_t *values);
+
+
 /* ---- the rule set -------------------------------------------------- */
 
 struct rules_set_s {
@@ -97,6 +133,8 @@ struct rules_set_s {
     size_t                 digest_mask;
 
     char                   digest_hex[17];
+
+    rules_index_t          index;
 
     pcre2_match_context   *match_ctx;
     pcre2_match_data      *match_data;

@@ -185,6 +185,7 @@ rules_free(rules_set_t *rs)
     rules_strmap_free(&rs->digests);
     free(rs->digest_keys);
     free(rs->digest_vals);
+    rules_index_free(&rs->index);
 
     if (rs->match_data) {
         pcre2_match_data_free(rs->match_data);
@@ -314,7 +315,9 @@ rules_load_root(json_t *root, const char *name, const char *text,
         }
     }
 
-    if (rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0) {
+    if (rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
+        || rules_index_build(rs) != 0)
+    {
         rules_file_error(&ld, "out of memory");
         goto failed;
     }

@@ -3,7 +3,10 @@
 # in-memory engine, and every event's matched set is compared.  Rounds 4
 # and 5 run without the state cache (rules_state_cache 0) and with a
 # second writer (rules-replay --redis, on the same keys) taking every
-# other run of events, so that nginx's cached states go stale.
+# other run of events, so that nginx's cached states go stale.  Round 6
+# has 100 rules, so that nginx evaluates each event through the
+# condition index (from 64 rules), and rules-replay runs without it
+# (--no-index).
 
 use strict;
 use warnings;
@@ -11,6 +14,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Temp qw(tempdir);
+use JSON::PP;
 use RulesGen;
 use RulesNginx;
 
@@ -27,11 +31,27 @@ sub uri_escape {
     return $s;
 }
 
-for my $round (1 .. 5) {
+# n rules with distinct definitions (a file may not hold two)
+sub distinct_rules {
+    my ($gen, $n) = @_;
+    my (%seen, @out);
+    my $json = JSON::PP->new->canonical;
+    for my $r (@{ $gen->rules(3 * $n)->{rules} }) {
+        my %def = %$r;
+        delete $def{id};
+        next if $seen{ $json->encode(\%def) }++;
+        $r->{id} = 'r' . (@out + 1);
+        push @out, $r;
+        last if @out == $n;
+    }
+    return { rules => \@out };
+}
+
+for my $round (1 .. 6) {
     my $cache = $round == 4 ? 'rules_state_cache 0;' : '';
     my $other_writer = $round == 5;
     my $gen = RulesGen->new(7000 + $round);
-    my $rules = $gen->rules(6);
+    my $rules = $round == 6 ? distinct_rules($gen, 100) : $gen->rules(6);
     my $events = $gen->events(150);
     my $rules_json = RulesGen::json($rules);
 
@@ -43,7 +63,7 @@ for my $round (1 .. 5) {
     close $rf;
 
     open my $fh, '-|', $replay, '--rules', "$dir/rules.json",
-        "$dir/events.jsonl" or die;
+        ($round == 6 ? ('--no-index') : ()), "$dir/events.jsonl" or die;
     my @expected = map { /"matched":\[([^\]]*)\]/ ? $1 : 'BAD' } <$fh>;
     close $fh;
     s/"//g for @expected;

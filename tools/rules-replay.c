@@ -113,7 +113,7 @@ usage(void)
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "
         "[--writers N] [--extend-min BYTES]\n"
-        "                    [--no-native]\n"
+        "                    [--no-native] [--no-index]\n"
         "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
@@ -1253,6 +1253,7 @@ main(int argc, char **argv)
         { "writers", required_argument, NULL, 'w' },
         { "extend-min", required_argument, NULL, 'e' },
         { "no-native", no_argument, NULL, 'N' },
+        { "no-index", no_argument, NULL, 'I' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1266,7 +1267,7 @@ main(int argc, char **argv)
     ssize_t      len;
     FILE        *in;
     long         db;
-    int          c, rc;
+    int          c, rc, no_index;
     size_t       cache_size, writers, i;
 
     rules = NULL;
@@ -1279,6 +1280,7 @@ main(int argc, char **argv)
     cache_size = 64 * 1024 * 1024;
     writers = 1;
     db = 0;
+    no_index = 0;
 
     memset(&rp, 0, sizeof(rp));
     rp.prefix = REPLAY_DEFAULT_PREFIX;
@@ -1302,6 +1304,7 @@ main(int argc, char **argv)
         case 'w': writers = strtoul(optarg, NULL, 10); break;
         case 'e': rp.work.extend_min = strtoul(optarg, NULL, 10); break;
         case 'N': rp.native = -1; break;
+        case 'I': no_index = 1; break;
         default: usage();
         }
     }
@@ -1321,6 +1324,10 @@ main(int argc, char **argv)
     if (rp.rs == NULL) {
         fprintf(stderr, "rules-replay: %s\n", err);
         return 1;
+    }
+
+    if (no_index) {
+        rules_set_indexing(rp.rs, 0);
     }
 
     rp.work.known = rp.rs;

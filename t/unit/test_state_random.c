@@ -6,7 +6,10 @@
  * (equal times and out-of-order times included).
  *
  * Conditions are evaluated by the engine in both (they have their own
- * tests); this compares what the state machines make of them.
+ * tests); this compares what the state machines make of them.  Every
+ * event's ops are also built with the condition index (rules_index.c)
+ * and without it: they must be the same, byte for byte, and the index
+ * is on for the comparison with the brute force.
  *
  *   RULES_RANDOM_SEED=n RULES_RANDOM_ITERS=n build/unit/test_state_random
  */
@@ -390,7 +393,8 @@ run_round(unsigned long long seed, int nrules, int nevents)
     static history_t   hist[MAXRULES][2][2];   /* rule, key field, value */
     char               err[RULES_ERR_LEN], key[128], got[512], want[512];
     rules_limits_t     limits = { 256, 4096 };
-    rules_eventops_t   eo;
+    rules_eventops_t   eo, eo_ref;
+    rules_event_rc_t   rc, rc_ref;
     rules_result_t     res;
     rules_buf_t        out, matched, tmp, *st;
     size_t             i, k;
@@ -413,6 +417,7 @@ run_round(unsigned long long seed, int nrules, int nevents)
     bev = ev;
     memset(hist, 0, sizeof(hist));
     memset(&eo, 0, sizeof(eo));
+    memset(&eo_ref, 0, sizeof(eo_ref));
     memset(&out, 0, sizeof(out));
     memset(&matched, 0, sizeof(matched));
     rules_result_init(brs, &res);
@@ -431,13 +436,41 @@ run_round(unsigned long long seed, int nrules, int nevents)
     for (e = 0; e < nevents && ok_round; e++) {
         values_of(brs, &ev[e], bvals[e]);
 
-        /* the engine */
+        /* the engine, with the condition index and without: the same ops */
+
+        rules_set_indexing(brs, 0);
+        rc_ref = rules_event_build(brs, &limits, bvals[e], ev[e].t, &eo_ref);
+        rules_set_indexing(brs, 1);
+        rc = rules_event_build(brs, &limits, bvals[e], ev[e].t, &eo);
+
+        if (rc != rc_ref || eo.nkeyops != eo_ref.nkeyops) {
+            printf("# seed %llu: event %d: the index changes the ops\n",
+                   seed, e);
+            ok_round = 0;
+            break;
+        }
+
+        for (k = 0; k < eo.nkeyops; k++) {
+            const rules_keyop_t  *a = &eo.keyops[k], *b = &eo_ref.keyops[k];
+
+            if (a->group != b->group || a->op_len != b->op_len
+                || a->ttl != b->ttl || a->writes != b->writes
+                || a->key_value.len != b->key_value.len
+                || (a->op_len && memcmp(a->op, b->op, a->op_len) != 0))
+            {
+                printf("# seed %llu: event %d: the index changes op %zu\n",
+                       seed, e, k);
+                ok_round = 0;
+            }
+        }
+
+        if (!ok_round) {
+            break;
+        }
 
         rules_result_clear(&res);
 
-        if (rules_event_build(brs, &limits, bvals[e], ev[e].t, &eo)
-            == RULES_EVENT_OK)
-        {
+        if (rc == RULES_EVENT_OK) {
             for (k = 0; k < eo.nkeyops; k++) {
                 size_t klen = rules_state_key(brs, "", 0, eo.keyops[k].group,
                                               eo.keyops[k].key_value,
@@ -530,6 +563,7 @@ run_round(unsigned long long seed, int nrules, int nevents)
     rules_buf_free(&out);
     rules_buf_free(&matched);
     rules_eventops_free(&eo);
+    rules_eventops_free(&eo_ref);
     rules_result_free(&res);
     rules_free(brs);
 

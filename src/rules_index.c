@@ -1,0 +1,453 @@
+/*
+ * The condition index: which rules an event can touch, so that a large
+ * rule set evaluates only those.
+ *
+ * A rule is touched when its "touch condition" holds: "where" (count,
+ * distinct), "trigger" or "cancel" (absence), any step's "where"
+ * (sequence).  At load time each rule gets a set of (field, value) pairs
+ * such that the touch condition can only hold when the event's field
+ * has one of those values exactly:
+ *
+ *     eq       the pair itself
+ *     in       one pair per string of the list
+ *     all      the smallest set among its members that have one
+ *     any      the union of its members' sets (none if one has none)
+ *     others   none (not, ne, prefix, numbers, exists, ...)
+ *
+ * A rule without such a set (or with a regex anywhere, so that the
+ * regex limit counter sees the same evaluations) is always a candidate.
+ * An event's candidates are the rules always evaluated plus those listed
+ * under its field values; the others are not touched, exactly as if
+ * their conditions had been evaluated (rules_event_build() keeps the
+ * file order and everything else the same).
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_internal.h"
+
+
+typedef struct {
+    unsigned           field;
+    rules_str_t        value;
+} rules_pair_t;
+
+
+typedef struct {
+    rules_pair_t      *p;
+    size_t             n;
+    size_t             size;
+} rules_pairs_t;
+
+
+static int
+rules_pairs_add(rules_pairs_t *ps, unsigned field, const unsigned char *data,
+    size_t len)
+{
+    rules_pair_t  *p;
+    size_t         size;
+
+    if (ps->n == ps->size) {
+        size = ps->size ? ps->size * 2 : 8;
+        p = realloc(ps->p, size * sizeof(rules_pair_t));
+
+        if (p == NULL) {
+            return -1;
+        }
+
+        ps->p = p;
+        ps->size = size;
+    }
+
+    ps->p[ps->n].field = field;
+    ps->p[ps->n].value.data = data;
+    ps->p[ps->n].value.len = len;
+    ps->n++;
+
+    return 0;
+}
+
+
+static int
+rules_cond_has_regex(const rules_cond_t *c)
+{
+    size_t  i;
+
+    if (c == NULL) {
+        return 0;
+    }
+
+    if (c->op == RULES_OP_REGEX) {
+        return 1;
+    }
+
+    for (i = 0; i < c->nsub; i++) {
+        if (rules_cond_has_regex(c->sub[i])) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Appends c's necessary pairs to out: 1 when c has a set (possibly
+ * empty: c never holds), 0 when it has none, -1 on memory exhaustion.
+ */
+static int
+rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
+{
+    int            rc, best_rc;
+    size_t         i, start;
+    rules_pairs_t  sub, best;
+
+    switch (c->op) {
+
+    case RULES_OP_EQ:
+        /* an empty value never equals: eq "" never holds */
+        if (c->str.len && rules_pairs_add(out, c->field, c->str.data,
+                                          c->str.len) != 0)
+        {
+            return -1;
+        }
+
+        return 1;
+
+    case RULES_OP_IN:
+        for (i = 0; i <= c->set->mask; i++) {
+            if (c->set->keys[i].data != NULL && c->set->keys[i].len
+                && rules_pairs_add(out, c->field, c->set->keys[i].data,
+                                   c->set->keys[i].len) != 0)
+            {
+                return -1;
+            }
+        }
+
+        return 1;
+
+    case RULES_OP_ALL:
+        memset(&best, 0, sizeof(rules_pairs_t));
+        best_rc = 0;
+
+        for (i = 0; i < c->nsub; i++) {
+            memset(&sub, 0, sizeof(rules_pairs_t));
+            rc = rules_cond_pairs(c->sub[i], &sub);
+
+            if (rc < 0) {
+                free(sub.p);
+                free(best.p);
+                return -1;
+            }
+
+            if (rc == 1 && (best_rc == 0 || sub.n < best.n)) {
+                free(best.p);
+                best = sub;
+                best_rc = 1;
+
+            } else {
+                free(sub.p);
+            }
+        }
+
+        for (i = 0; best_rc && i < best.n; i++) {
+            if (rules_pairs_add(out, best.p[i].field, best.p[i].value.data,
+                                best.p[i].value.len) != 0)
+            {
+                free(best.p);
+                return -1;
+            }
+        }
+
+        free(best.p);
+
+        return best_rc;
+
+    case RULES_OP_ANY:
+        start = out->n;
+
+        for (i = 0; i < c->nsub; i++) {
+            rc = rules_cond_pairs(c->sub[i], out);
+
+            if (rc != 1) {
+                out->n = start;
+                return rc;
+            }
+        }
+
+        return 1;
+
+    default:
+        return 0;
+    }
+}
+
+
+/* The rule's pairs: 1 (set), 0 (always a candidate), -1 (no memory). */
+static int
+rules_rule_pairs(const rules_rule_t *r, rules_pairs_t *out)
+{
+    int       rc;
+    unsigned  i;
+
+    switch (r->type) {
+
+    case RULES_TYPE_COUNT:
+    case RULES_TYPE_DISTINCT:
+        if (r->where == NULL || rules_cond_has_regex(r->where)) {
+            return 0;
+        }
+
+        return rules_cond_pairs(r->where, out);
+
+    case RULES_TYPE_ABSENCE:
+        if (rules_cond_has_regex(r->trigger)
+            || rules_cond_has_regex(r->cancel))
+        {
+            return 0;
+        }
+
+        rc = rules_cond_pairs(r->trigger, out);
+
+        if (rc != 1) {
+            return rc;
+        }
+
+        return rules_cond_pairs(r->cancel, out);
+
+    case RULES_TYPE_SEQUENCE:
+        for (i = 0; i < r->nsteps; i++) {
+            if (rules_cond_has_regex(r->steps[i])) {
+                return 0;
+            }
+        }
+
+        for (i = 0; i < r->nsteps; i++) {
+            rc = rules_cond_pairs(r->steps[i], out);
+
+            if (rc != 1) {
+                return rc;
+            }
+        }
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
+static rules_index_field_t *
+rules_index_field(rules_index_t *ix, unsigned field)
+{
+    size_t                i;
+    rules_index_field_t  *f;
+
+    for (i = 0; i < ix->nfields; i++) {
+        if (ix->fields[i].field == field) {
+            return &ix->fields[i];
+        }
+    }
+
+    f = realloc(ix->fields, (ix->nfields + 1) * sizeof(rules_index_field_t));
+    if (f == NULL) {
+        return NULL;
+    }
+
+    ix->fields = f;
+    f = &ix->fields[ix->nfields];
+    memset(f, 0, sizeof(rules_index_field_t));
+    f->field = field;
+
+    if (rules_strmap_init(&f->values, 16) != 0) {
+        return NULL;
+    }
+
+    ix->nfields++;
+
+    return f;
+}
+
+
+static int
+rules_index_add(rules_index_t *ix, unsigned field, rules_str_t value,
+    unsigned rule)
+{
+    int                   rc;
+    unsigned              pi, *rules;
+    size_t                size;
+    rules_posting_t      *p;
+    rules_index_field_t  *f;
+
+    f = rules_index_field(ix, field);
+    if (f == NULL) {
+        return -1;
+    }
+
+    if (!rules_strmap_get(&f->values, value.data, value.len, &pi)) {
+        if (ix->npostings == ix->postings_size) {
+            size = ix->postings_size ? ix->postings_size * 2 : 64;
+            p = realloc(ix->postings, size * sizeof(rules_posting_t));
+
+            if (p == NULL) {
+                return -1;
+            }
+
+            ix->postings = p;
+            ix->postings_size = size;
+        }
+
+        pi = (unsigned) ix->npostings;
+        rc = rules_strmap_put(&f->values, value.data, value.len, pi);
+
+        if (rc < 0) {
+            return -1;
+        }
+
+        memset(&ix->postings[pi], 0, sizeof(rules_posting_t));
+        ix->npostings++;
+    }
+
+    p = &ix->postings[pi];
+
+    if (p->n && p->rules[p->n - 1] == rule) {
+        return 0;       /* the rule names the value twice */
+    }
+
+    if (p->n == p->size) {
+        size = p->size ? p->size * 2 : 4;
+        rules = realloc(p->rules, size * sizeof(unsigned));
+
+        if (rules == NULL) {
+            return -1;
+        }
+
+        p->rules = rules;
+        p->size = size;
+    }
+
+    p->rules[p->n++] = rule;
+
+    return 0;
+}
+
+
+int
+rules_index_build(rules_set_t *rs)
+{
+    int             rc;
+    size_t          i, k;
+    rules_pairs_t   ps;
+    rules_index_t  *ix = &rs->index;
+
+    ix->words = (rs->nrules + 63) / 64;
+    ix->always = calloc(ix->words ? ix->words : 1, sizeof(uint64_t));
+    ix->cand = calloc(ix->words ? ix->words : 1, sizeof(uint64_t));
+
+    if (ix->always == NULL || ix->cand == NULL) {
+        return -1;
+    }
+
+    memset(&ps, 0, sizeof(rules_pairs_t));
+
+    for (i = 0; i < rs->nrules; i++) {
+        ps.n = 0;
+        rc = rules_rule_pairs(&rs->rules[i], &ps);
+
+        if (rc < 0) {
+            free(ps.p);
+            return -1;
+        }
+
+        if (rc == 0 || ps.n > RULES_INDEX_MAX_PAIRS) {
+            ix->always[i / 64] |= (uint64_t) 1 << (i % 64);
+            ix->nalways++;
+            continue;
+        }
+
+        for (k = 0; k < ps.n; k++) {
+            if (rules_index_add(ix, ps.p[k].field, ps.p[k].value,
+                                (unsigned) i) != 0)
+            {
+                free(ps.p);
+                return -1;
+            }
+        }
+    }
+
+    free(ps.p);
+
+    ix->use = rs->nrules >= RULES_INDEX_MIN_RULES;
+
+    return 0;
+}
+
+
+void
+rules_index_free(rules_index_t *ix)
+{
+    size_t  i;
+
+    for (i = 0; i < ix->nfields; i++) {
+        rules_strmap_free(&ix->fields[i].values);
+    }
+
+    for (i = 0; i < ix->npostings; i++) {
+        free(ix->postings[i].rules);
+    }
+
+    free(ix->fields);
+    free(ix->postings);
+    free(ix->always);
+    free(ix->cand);
+    memset(ix, 0, sizeof(rules_index_t));
+}
+
+
+const uint64_t *
+rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
+{
+    size_t                 i, k;
+    unsigned               pi, rule;
+    const rules_str_t     *v;
+    rules_posting_t       *p;
+    rules_index_t         *ix = &rs->index;
+    rules_index_field_t   *f;
+
+    memcpy(ix->cand, ix->always, ix->words * sizeof(uint64_t));
+
+    for (i = 0; i < ix->nfields; i++) {
+        f = &ix->fields[i];
+        v = &values[f->field];
+
+        if (v->len == 0
+            || !rules_strmap_get(&f->values, v->data, v->len, &pi))
+        {
+            continue;
+        }
+
+        p = &ix->postings[pi];
+
+        for (k = 0; k < p->n; k++) {
+            rule = p->rules[k];
+            ix->cand[rule / 64] |= (uint64_t) 1 << (rule % 64);
+        }
+    }
+
+    return ix->cand;
+}
+
+
+void
+rules_set_indexing(rules_set_t *rs, int on)
+{
+    rs->index.use = on ? 1 : 0;
+}
+
+
+size_t
+rules_index_always(const rules_set_t *rs)
+{
+    return rs->index.nalways;
+}
