@@ -10,6 +10,8 @@
  *
  *     eq       the pair itself
  *     in       one pair per string of the list
+ *     prefix   the pair "starts with", looked up with the event's value
+ *              cut at each prefix length the field has
  *     all      the smallest set among its members that have one
  *     any      the union of its members' sets (none if one has none)
  *     others   none (not, ne, prefix, numbers, exists, ...)
@@ -30,6 +32,7 @@
 
 typedef struct {
     unsigned           field;
+    unsigned           prefix;     /* the value starts with it */
     rules_str_t        value;
 } rules_pair_t;
 
@@ -42,8 +45,8 @@ typedef struct {
 
 
 static int
-rules_pairs_add(rules_pairs_t *ps, unsigned field, const unsigned char *data,
-    size_t len)
+rules_pairs_add(rules_pairs_t *ps, unsigned field, unsigned prefix,
+    const unsigned char *data, size_t len)
 {
     rules_pair_t  *p;
     size_t         size;
@@ -61,6 +64,7 @@ rules_pairs_add(rules_pairs_t *ps, unsigned field, const unsigned char *data,
     }
 
     ps->p[ps->n].field = field;
+    ps->p[ps->n].prefix = prefix;
     ps->p[ps->n].value.data = data;
     ps->p[ps->n].value.len = len;
     ps->n++;
@@ -107,7 +111,7 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
 
     case RULES_OP_EQ:
         /* an empty value never equals: eq "" never holds */
-        if (c->str.len && rules_pairs_add(out, c->field, c->str.data,
+        if (c->str.len && rules_pairs_add(out, c->field, 0, c->str.data,
                                           c->str.len) != 0)
         {
             return -1;
@@ -115,10 +119,19 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
 
         return 1;
 
+    case RULES_OP_PREFIX:
+        /* "" prefixes every value: no set */
+        if (c->str.len == 0) {
+            return 0;
+        }
+
+        return rules_pairs_add(out, c->field, 1, c->str.data, c->str.len)
+               == 0 ? 1 : -1;
+
     case RULES_OP_IN:
         for (i = 0; i <= c->set->mask; i++) {
             if (c->set->keys[i].data != NULL && c->set->keys[i].len
-                && rules_pairs_add(out, c->field, c->set->keys[i].data,
+                && rules_pairs_add(out, c->field, 0, c->set->keys[i].data,
                                    c->set->keys[i].len) != 0)
             {
                 return -1;
@@ -152,8 +165,9 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
         }
 
         for (i = 0; best_rc && i < best.n; i++) {
-            if (rules_pairs_add(out, best.p[i].field, best.p[i].value.data,
-                                best.p[i].value.len) != 0)
+            if (rules_pairs_add(out, best.p[i].field, best.p[i].prefix,
+                                best.p[i].value.data, best.p[i].value.len)
+                != 0)
             {
                 free(best.p);
                 return -1;
@@ -260,7 +274,10 @@ rules_index_field(rules_index_t *ix, unsigned field)
     memset(f, 0, sizeof(rules_index_field_t));
     f->field = field;
 
-    if (rules_strmap_init(&f->values, 16) != 0) {
+    if (rules_strmap_init(&f->values, 16) != 0
+        || rules_strmap_init(&f->prefixes, 16) != 0)
+    {
+        rules_strmap_free(&f->values);
         return NULL;
     }
 
@@ -271,21 +288,43 @@ rules_index_field(rules_index_t *ix, unsigned field)
 
 
 static int
-rules_index_add(rules_index_t *ix, unsigned field, rules_str_t value,
-    unsigned rule)
+rules_index_add(rules_index_t *ix, const rules_pair_t *pair, unsigned rule)
 {
     int                   rc;
     unsigned              pi, *rules;
-    size_t                size;
+    size_t                size, i, *lens;
+    rules_str_t           value;
+    rules_strmap_t       *map;
     rules_posting_t      *p;
     rules_index_field_t  *f;
 
-    f = rules_index_field(ix, field);
+    f = rules_index_field(ix, pair->field);
     if (f == NULL) {
         return -1;
     }
 
-    if (!rules_strmap_get(&f->values, value.data, value.len, &pi)) {
+    value = pair->value;
+    map = pair->prefix ? &f->prefixes : &f->values;
+
+    if (pair->prefix) {
+        /* the event's value is looked up cut at each prefix length */
+
+        for (i = 0; i < f->nlens && f->lens[i] != value.len; i++) {
+            /* void */
+        }
+
+        if (i == f->nlens) {
+            lens = realloc(f->lens, (f->nlens + 1) * sizeof(size_t));
+            if (lens == NULL) {
+                return -1;
+            }
+
+            f->lens = lens;
+            f->lens[f->nlens++] = value.len;
+        }
+    }
+
+    if (!rules_strmap_get(map, value.data, value.len, &pi)) {
         if (ix->npostings == ix->postings_size) {
             size = ix->postings_size ? ix->postings_size * 2 : 64;
             p = realloc(ix->postings, size * sizeof(rules_posting_t));
@@ -299,7 +338,7 @@ rules_index_add(rules_index_t *ix, unsigned field, rules_str_t value,
         }
 
         pi = (unsigned) ix->npostings;
-        rc = rules_strmap_put(&f->values, value.data, value.len, pi);
+        rc = rules_strmap_put(map, value.data, value.len, pi);
 
         if (rc < 0) {
             return -1;
@@ -367,8 +406,7 @@ rules_index_build(rules_set_t *rs)
         }
 
         for (k = 0; k < ps.n; k++) {
-            if (rules_index_add(ix, ps.p[k].field, ps.p[k].value,
-                                (unsigned) i) != 0)
+            if (rules_index_add(ix, &ps.p[k], (unsigned) i) != 0)
             {
                 free(ps.p);
                 return -1;
@@ -391,6 +429,8 @@ rules_index_free(rules_index_t *ix)
 
     for (i = 0; i < ix->nfields; i++) {
         rules_strmap_free(&ix->fields[i].values);
+        rules_strmap_free(&ix->fields[i].prefixes);
+        free(ix->fields[i].lens);
     }
 
     for (i = 0; i < ix->npostings; i++) {
@@ -405,13 +445,25 @@ rules_index_free(rules_index_t *ix)
 }
 
 
+static void
+rules_index_mark(rules_index_t *ix, const rules_posting_t *p)
+{
+    size_t    k;
+    unsigned  rule;
+
+    for (k = 0; k < p->n; k++) {
+        rule = p->rules[k];
+        ix->cand[rule / 64] |= (uint64_t) 1 << (rule % 64);
+    }
+}
+
+
 const uint64_t *
 rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
 {
-    size_t                 i, k;
-    unsigned               pi, rule;
+    size_t                 i, l;
+    unsigned               pi;
     const rules_str_t     *v;
-    rules_posting_t       *p;
     rules_index_t         *ix = &rs->index;
     rules_index_field_t   *f;
 
@@ -421,17 +473,20 @@ rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
         f = &ix->fields[i];
         v = &values[f->field];
 
-        if (v->len == 0
-            || !rules_strmap_get(&f->values, v->data, v->len, &pi))
-        {
+        if (v->len == 0) {
             continue;
         }
 
-        p = &ix->postings[pi];
+        if (rules_strmap_get(&f->values, v->data, v->len, &pi)) {
+            rules_index_mark(ix, &ix->postings[pi]);
+        }
 
-        for (k = 0; k < p->n; k++) {
-            rule = p->rules[k];
-            ix->cand[rule / 64] |= (uint64_t) 1 << (rule % 64);
+        for (l = 0; l < f->nlens; l++) {
+            if (f->lens[l] <= v->len
+                && rules_strmap_get(&f->prefixes, v->data, f->lens[l], &pi))
+            {
+                rules_index_mark(ix, &ix->postings[pi]);
+            }
         }
     }
 

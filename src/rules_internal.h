@@ -83,6 +83,9 @@ typedef struct {
 typedef struct {
     unsigned           field;
     rules_strmap_t     values;     /* value -> posting index */
+    rules_strmap_t     prefixes;   /* prefix -> posting index */
+    size_t            *lens;       /* the prefixes' distinct lengths */
+    size_t             nlens;
 } rules_index_field_t;
 
 
