@@ -403,15 +403,38 @@ rules_result_is_set(const rules_result_t *res, size_t rule)
 }
 
 
+/* The next matched rule from *i on (file order); 0 when there is none. */
+static int
+rules_result_next(const rules_set_t *rs, const rules_result_t *res,
+    size_t *i)
+{
+    size_t    w;
+    uint64_t  bits;
+
+    for (w = *i / 64; w < res->words; w++) {
+        bits = res->matched[w];
+
+        if (w == *i / 64) {
+            bits &= ~(uint64_t) 0 << (*i % 64);
+        }
+
+        if (bits) {
+            *i = w * 64 + (size_t) __builtin_ctzll(bits);
+            return *i < rs->nrules;
+        }
+    }
+
+    return 0;
+}
+
+
 int
 rules_result_fraud(const rules_set_t *rs, const rules_result_t *res)
 {
     size_t  i;
 
-    for (i = 0; i < rs->nrules; i++) {
-        if (rs->rules[i].kind == RULES_KIND_FRAUD
-            && rules_result_is_set(res, i))
-        {
+    for (i = 0; rules_result_next(rs, res, &i); i++) {
+        if (rs->rules[i].kind == RULES_KIND_FRAUD) {
             return 1;
         }
     }
@@ -428,11 +451,7 @@ rules_result_ids(const rules_set_t *rs, const rules_result_t *res,
 
     n = 0;
 
-    for (i = 0; i < rs->nrules; i++) {
-        if (!rules_result_is_set(res, i)) {
-            continue;
-        }
-
+    for (i = 0; rules_result_next(rs, res, &i); i++) {
         if (n) {
             if (n < size) {
                 out[n] = ',';

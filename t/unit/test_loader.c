@@ -142,6 +142,61 @@ static const char spec_rules[] =
 "]}";
 
 
+/* Matched ids and the fraud flag, with the bitmap over three words. */
+static void
+results_over_words(void)
+{
+    char            *json, err[RULES_ERR_LEN], ids[256];
+    size_t           i, len, n;
+    rules_set_t     *rs;
+    rules_result_t   res;
+    static const size_t  set[] = { 0, 63, 64, 127, 129 };
+
+    json = malloc(130 * 160 + 32);
+    len = sprintf(json, "{\"rules\":[");
+
+    for (i = 0; i < 130; i++) {
+        len += sprintf(json + len, "%s{\"id\":\"a%zu\",\"kind\":\"%s\","
+                       "\"key\":\"uid\",\"type\":\"count\",\"min\":%zu,"
+                       "\"within\":\"1h\"}", i ? "," : "", i,
+                       i == 100 ? "fraud" : "segment", i + 1);
+    }
+
+    sprintf(json + len, "]}");
+    rs = rules_load_buffer(json, strlen(json), "130", err, sizeof(err));
+    free(json);
+    ok(rs != NULL, "130 rules load");
+
+    if (rs == NULL) {
+        printf("# %s\n", err);
+        return;
+    }
+
+    rules_result_init(rs, &res);
+
+    for (i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+        res.matched[set[i] / 64] |= (uint64_t) 1 << (set[i] % 64);
+    }
+
+    n = rules_result_ids(rs, &res, ids, sizeof(ids));
+    ids[n < sizeof(ids) ? n : sizeof(ids) - 1] = '\0';
+    is_str(ids, "a0,a63,a64,a127,a129", "matched ids across words, in "
+           "file order");
+    is_int(rules_result_ids(rs, &res, ids, 4), n,
+           "a short buffer: the length needed");
+    ok(!rules_result_fraud(rs, &res), "no fraud rule matched");
+
+    res.matched[100 / 64] |= (uint64_t) 1 << (100 % 64);
+    ok(rules_result_fraud(rs, &res), "fraud rule a100 matched");
+
+    rules_result_clear(&res);
+    is_int(rules_result_ids(rs, &res, ids, sizeof(ids)), 0, "none matched");
+
+    rules_result_free(&res);
+    rules_free(rs);
+}
+
+
 int
 main(void)
 {
@@ -239,6 +294,8 @@ main(void)
        "the rules that did not change keep theirs");
     rules_free(rs2);
     rules_free(rs);
+
+    results_over_words();
 
     return done_testing();
 }
