@@ -203,8 +203,12 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
         snprintf(dev, sizeof(dev), "d%u", rnd(NDEVICES));
         snprintf(prod, sizeof(prod), "P%u", rnd(50));
 
-#define SET(f, s)  if ((f) >= 0) { vals[f].data = (const unsigned char *) (s); \
-                                   vals[f].len = strlen(s); }
+/* s once: it may be a random pick */
+#define SET(f, s)  do { const char *s_ = (s);                               \
+                        if ((f) >= 0) {                                     \
+                            vals[f].data = (const unsigned char *) s_;      \
+                            vals[f].len = strlen(s_);                       \
+                        } } while (0)
         SET(fu, uid);
         SET(fi, ip);
         SET(fd, dev);
