@@ -1,5 +1,6 @@
 /*
- * A 64-bit string hash and a read-mostly open-addressing string table.
+ * A 64-bit string hash, a read-mostly open-addressing string table, and
+ * the growth of the engine's arrays.
  */
 
 #include <stdlib.h>
@@ -203,4 +204,30 @@ rules_strmap_free(rules_strmap_t *m)
     m->keys = NULL;
     m->vals = NULL;
     m->n = 0;
+}
+
+
+int
+rules_grow(void *arrayp, size_t *size, size_t n, size_t elem, size_t first)
+{
+    void    *a;
+    size_t   ns;
+
+    if (n < *size) {
+        return 0;
+    }
+
+    ns = *size ? *size * 2 : first;
+
+    memcpy(&a, arrayp, sizeof(void *));
+    a = realloc(a, ns * elem);
+
+    if (a == NULL) {
+        return -1;
+    }
+
+    memcpy(arrayp, &a, sizeof(void *));
+    *size = ns;
+
+    return 0;
 }

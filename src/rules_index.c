@@ -48,19 +48,8 @@ static int
 rules_pairs_add(rules_pairs_t *ps, unsigned field, unsigned prefix,
     const unsigned char *data, size_t len)
 {
-    rules_pair_t  *p;
-    size_t         size;
-
-    if (ps->n == ps->size) {
-        size = ps->size ? ps->size * 2 : 8;
-        p = realloc(ps->p, size * sizeof(rules_pair_t));
-
-        if (p == NULL) {
-            return -1;
-        }
-
-        ps->p = p;
-        ps->size = size;
+    if (rules_grow(&ps->p, &ps->size, ps->n, sizeof(rules_pair_t), 8) != 0) {
+        return -1;
     }
 
     ps->p[ps->n].field = field;
@@ -264,12 +253,13 @@ rules_index_field(rules_index_t *ix, unsigned field)
         }
     }
 
-    f = realloc(ix->fields, (ix->nfields + 1) * sizeof(rules_index_field_t));
-    if (f == NULL) {
+    if (rules_grow(&ix->fields, &ix->fields_size, ix->nfields,
+                   sizeof(rules_index_field_t), 8)
+        != 0)
+    {
         return NULL;
     }
 
-    ix->fields = f;
     f = &ix->fields[ix->nfields];
     memset(f, 0, sizeof(rules_index_field_t));
     f->field = field;
@@ -291,8 +281,8 @@ static int
 rules_index_add(rules_index_t *ix, const rules_pair_t *pair, unsigned rule)
 {
     int                   rc;
-    unsigned              pi, *rules;
-    size_t                size, i, *lens;
+    unsigned              pi;
+    size_t                i;
     rules_str_t           value;
     rules_strmap_t       *map;
     rules_posting_t      *p;
@@ -314,27 +304,23 @@ rules_index_add(rules_index_t *ix, const rules_pair_t *pair, unsigned rule)
         }
 
         if (i == f->nlens) {
-            lens = realloc(f->lens, (f->nlens + 1) * sizeof(size_t));
-            if (lens == NULL) {
+            if (rules_grow(&f->lens, &f->lens_size, f->nlens, sizeof(size_t),
+                           4)
+                != 0)
+            {
                 return -1;
             }
 
-            f->lens = lens;
             f->lens[f->nlens++] = value.len;
         }
     }
 
     if (!rules_strmap_get(map, value.data, value.len, &pi)) {
-        if (ix->npostings == ix->postings_size) {
-            size = ix->postings_size ? ix->postings_size * 2 : 64;
-            p = realloc(ix->postings, size * sizeof(rules_posting_t));
-
-            if (p == NULL) {
-                return -1;
-            }
-
-            ix->postings = p;
-            ix->postings_size = size;
+        if (rules_grow(&ix->postings, &ix->postings_size, ix->npostings,
+                       sizeof(rules_posting_t), 64)
+            != 0)
+        {
+            return -1;
         }
 
         pi = (unsigned) ix->npostings;
@@ -354,16 +340,8 @@ rules_index_add(rules_index_t *ix, const rules_pair_t *pair, unsigned rule)
         return 0;       /* the rule names the value twice */
     }
 
-    if (p->n == p->size) {
-        size = p->size ? p->size * 2 : 4;
-        rules = realloc(p->rules, size * sizeof(unsigned));
-
-        if (rules == NULL) {
-            return -1;
-        }
-
-        p->rules = rules;
-        p->size = size;
+    if (rules_grow(&p->rules, &p->size, p->n, sizeof(unsigned), 4) != 0) {
+        return -1;
     }
 
     p->rules[p->n++] = rule;

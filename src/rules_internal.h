@@ -16,6 +16,15 @@
 uint64_t rules_hash64(const void *p, size_t len, uint64_t seed);
 
 /*
+ * Room for element n of a growable array: arrayp points at the array's
+ * pointer, *size is its capacity in elements of elem bytes.  When n is
+ * past it, the array is reallocated at twice the size (first, for an
+ * empty one).  -1 on memory exhaustion, the array as it was.
+ */
+int rules_grow(void *arrayp, size_t *size, size_t n, size_t elem,
+    size_t first);
+
+/*
  * An open-addressing table of byte strings, each mapped to an unsigned
  * value.  Built at load time, read-only afterwards.
  */
@@ -86,12 +95,14 @@ typedef struct {
     rules_strmap_t     prefixes;   /* prefix -> posting index */
     size_t            *lens;       /* the prefixes' distinct lengths */
     size_t             nlens;
+    size_t             lens_size;
 } rules_index_field_t;
 
 
 typedef struct {
     rules_index_field_t  *fields;
     size_t                nfields;
+    size_t                fields_size;
     rules_posting_t      *postings;
     size_t                npostings;
     size_t                postings_size;

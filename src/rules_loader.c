@@ -96,19 +96,13 @@ rules_file_error(rules_loader_t *ld, const char *fmt, ...)
 void *
 rules_set_alloc(rules_set_t *rs, size_t size)
 {
-    void   **a, *p;
-    size_t   n;
+    void  *p;
 
-    if (rs->nallocs == rs->allocs_size) {
-        n = rs->allocs_size ? rs->allocs_size * 2 : 64;
-        a = realloc(rs->allocs, n * sizeof(void *));
-
-        if (a == NULL) {
-            return NULL;
-        }
-
-        rs->allocs = a;
-        rs->allocs_size = n;
+    if (rules_grow(&rs->allocs, &rs->allocs_size, rs->nallocs,
+                   sizeof(void *), 64)
+        != 0)
+    {
+        return NULL;
     }
 
     p = calloc(1, size ? size : 1);
@@ -144,19 +138,11 @@ rules_set_strdup(rules_set_t *rs, const char *s, size_t len)
 int
 rules_set_track_cond(rules_set_t *rs, rules_cond_t *c)
 {
-    rules_cond_t  **a;
-    size_t          n;
-
-    if (rs->nowners == rs->owners_size) {
-        n = rs->owners_size ? rs->owners_size * 2 : 16;
-        a = realloc(rs->owners, n * sizeof(rules_cond_t *));
-
-        if (a == NULL) {
-            return -1;
-        }
-
-        rs->owners = a;
-        rs->owners_size = n;
+    if (rules_grow(&rs->owners, &rs->owners_size, rs->nowners,
+                   sizeof(rules_cond_t *), 16)
+        != 0)
+    {
+        return -1;
     }
 
     rs->owners[rs->nowners++] = c;
