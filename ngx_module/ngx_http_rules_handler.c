@@ -154,9 +154,8 @@ ngx_http_rules_handler(ngx_http_request_t *r)
         ctx->rc = NGX_DECLINED;
 
         ctx->result.words = rules_result_words(ctx->rules);
-        ctx->result.matched = ngx_pcalloc(r->pool,
-                                          ngx_max(ctx->result.words, 1)
-                                          * sizeof(uint64_t));
+        ctx->result.matched = ngx_pcalloc(r->pool, ctx->result.words
+                                                   * sizeof(uint64_t));
         if (ctx->result.matched == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }

@@ -624,7 +624,7 @@ ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
 
         (void) ngx_atomic_fetch_add(&slot->evaluated, 1);
 
-        if (matched->matched[rule / 64] & ((uint64_t) 1 << (rule % 64))) {
+        if (rules_result_is_set(matched, rule)) {
             (void) ngx_atomic_fetch_add(&slot->matched, 1);
         }
     }

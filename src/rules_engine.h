@@ -263,7 +263,7 @@ typedef struct {
 } rules_result_t;
 
 int rules_result_init(const rules_set_t *rs, rules_result_t *res);
-/* words of a result's bitmap, for a caller that allocates it itself */
+/* words of a result's bitmap (at least 1), for a caller that allocates it */
 size_t rules_result_words(const rules_set_t *rs);
 void rules_result_clear(rules_result_t *res);
 void rules_result_free(rules_result_t *res);

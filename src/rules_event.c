@@ -199,7 +199,7 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     const rules_rule_t   *r;
     const rules_group_t  *g;
     const rules_str_t    *key;
-    const uint64_t       *cand;
+    const rules_result_t *cand;
     rules_keyop_t        *ko;
     size_t                i, j, k, start, before;
 
@@ -253,7 +253,7 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
             r = &rs->rules[k];
             strict |= r->strict_mask;
 
-            if (cand && !((cand[k / 64] >> (k % 64)) & 1)) {
+            if (cand && !rules_result_is_set(cand, k)) {
                 continue;       /* its conditions cannot hold */
             }
 
@@ -342,7 +342,8 @@ rules_state_key(const rules_set_t *rs, const char *prefix,
 size_t
 rules_result_words(const rules_set_t *rs)
 {
-    return (rs->nrules + 63) / 64;
+    /* one word at least: no rule still gets a bitmap */
+    return rs->nrules ? (rs->nrules + 63) / 64 : 1;
 }
 
 
@@ -350,7 +351,7 @@ int
 rules_result_init(const rules_set_t *rs, rules_result_t *res)
 {
     res->words = rules_result_words(rs);
-    res->matched = calloc(res->words ? res->words : 1, sizeof(uint64_t));
+    res->matched = calloc(res->words, sizeof(uint64_t));
 
     return res->matched ? 0 : -1;
 }
@@ -387,7 +388,7 @@ rules_result_add_digests(const rules_set_t *rs, rules_result_t *res,
         r = rules_find_digest(rs, digests + i);
 
         if (r) {
-            res->matched[r->index / 64] |= (uint64_t) 1 << (r->index % 64);
+            rules_result_set(res, r->index);
         }
     }
 

@@ -358,11 +358,9 @@ rules_index_build(rules_set_t *rs)
     rules_pairs_t   ps;
     rules_index_t  *ix = &rs->index;
 
-    ix->words = (rs->nrules + 63) / 64;
-    ix->always = calloc(ix->words ? ix->words : 1, sizeof(uint64_t));
-    ix->cand = calloc(ix->words ? ix->words : 1, sizeof(uint64_t));
-
-    if (ix->always == NULL || ix->cand == NULL) {
+    if (rules_result_init(rs, &ix->always) != 0
+        || rules_result_init(rs, &ix->cand) != 0)
+    {
         return -1;
     }
 
@@ -378,7 +376,7 @@ rules_index_build(rules_set_t *rs)
         }
 
         if (rc == 0 || ps.n > RULES_INDEX_MAX_PAIRS) {
-            ix->always[i / 64] |= (uint64_t) 1 << (i % 64);
+            rules_result_set(&ix->always, i);
             ix->nalways++;
             continue;
         }
@@ -417,8 +415,8 @@ rules_index_free(rules_index_t *ix)
 
     free(ix->fields);
     free(ix->postings);
-    free(ix->always);
-    free(ix->cand);
+    rules_result_free(&ix->always);
+    rules_result_free(&ix->cand);
     memset(ix, 0, sizeof(rules_index_t));
 }
 
@@ -426,17 +424,15 @@ rules_index_free(rules_index_t *ix)
 static void
 rules_index_mark(rules_index_t *ix, const rules_posting_t *p)
 {
-    size_t    k;
-    unsigned  rule;
+    size_t  k;
 
     for (k = 0; k < p->n; k++) {
-        rule = p->rules[k];
-        ix->cand[rule / 64] |= (uint64_t) 1 << (rule % 64);
+        rules_result_set(&ix->cand, p->rules[k]);
     }
 }
 
 
-const uint64_t *
+const rules_result_t *
 rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
 {
     size_t                 i, l;
@@ -445,7 +441,8 @@ rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
     rules_index_t         *ix = &rs->index;
     rules_index_field_t   *f;
 
-    memcpy(ix->cand, ix->always, ix->words * sizeof(uint64_t));
+    memcpy(ix->cand.matched, ix->always.matched,
+           ix->always.words * sizeof(uint64_t));
 
     for (i = 0; i < ix->nfields; i++) {
         f = &ix->fields[i];
@@ -468,7 +465,7 @@ rules_index_candidates(rules_set_t *rs, const rules_str_t *values)
         }
     }
 
-    return ix->cand;
+    return &ix->cand;
 }
 
 

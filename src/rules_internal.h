@@ -80,6 +80,15 @@ struct rules_cond_s {
 };
 
 
+/* ---- results (rules_event.c) --------------------------------------- */
+
+static inline void
+rules_result_set(rules_result_t *res, size_t rule)
+{
+    res->matched[rule / 64] |= (uint64_t) 1 << (rule % 64);
+}
+
+
 /* ---- the condition index (rules_index.c) --------------------------- */
 
 typedef struct {
@@ -106,18 +115,17 @@ typedef struct {
     rules_posting_t      *postings;
     size_t                npostings;
     size_t                postings_size;
-    uint64_t             *always;   /* rules evaluated for every event */
+    rules_result_t        always;   /* rules evaluated for every event */
     size_t                nalways;
-    uint64_t             *cand;     /* an event's candidates */
-    size_t                words;
+    rules_result_t        cand;     /* an event's candidates */
     int                   use;
 } rules_index_t;
 
 
 int rules_index_build(rules_set_t *rs);
 void rules_index_free(rules_index_t *ix);
-/* the rules an event can touch, a bitmap valid until the next call */
-const uint64_t *rules_index_candidates(rules_set_t *rs,
+/* the rules an event can touch, valid until the next call */
+const rules_result_t *rules_index_candidates(rules_set_t *rs,
     const rules_str_t *values);
 
 
