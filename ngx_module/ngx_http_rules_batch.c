@@ -247,10 +247,9 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
 
 
 void
-ngx_http_rules_batch_prefetch(const u_char **keys, const size_t *lens,
-    size_t n)
+ngx_http_rules_batch_prefetch(const rules_str_t *keys, size_t n)
 {
-    rules_cache_prefetch(ngx_http_rules_batcher.cache, keys, lens, n);
+    rules_cache_prefetch(ngx_http_rules_batcher.cache, keys, n);
 }
 
 

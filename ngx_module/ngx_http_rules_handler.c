@@ -13,10 +13,6 @@
 #include "ngx_http_rules_module.h"
 
 
-/* the keys of an event whose cached states are prefetched together */
-#define NGX_HTTP_RULES_PREFETCH  16
-
-
 /* One event: its key operations are answered one by one. */
 struct ngx_http_rules_cmd_s {
     ngx_http_rules_op_t          *op;
@@ -682,9 +678,8 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     rules_eventops_t *eo, int64_t now)
 {
     u_char         *p;
-    size_t          i, n, m, len, lens[NGX_HTTP_RULES_PREFETCH];
-    rules_str_t     key;
-    const u_char   *keys[NGX_HTTP_RULES_PREFETCH];
+    size_t          i, n, len;
+    rules_str_t    *keys;
     rules_keyop_t  *ko;
 
     n = eo->nkeyops;
@@ -713,23 +708,24 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
 
     /* the keys first, so that their cached states load side by side */
 
-    m = ngx_min(n, NGX_HTTP_RULES_PREFETCH);
+    p = ngx_pnalloc(r->pool, len * n);
+    keys = ngx_palloc(r->pool, n * sizeof(rules_str_t));
 
-    p = ngx_pnalloc(r->pool, len * m);
-    if (p == NULL) {
+    if (p == NULL || keys == NULL) {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;
     }
 
-    for (i = 0; i < m; i++) {
+    for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
-        keys[i] = p + i * len;
-        lens[i] = rules_state_key(ctx->rules, (char *) rmcf->key_prefix.data,
-                                  rmcf->key_prefix.len, ko->group,
-                                  ko->key_value, p + i * len);
+        keys[i].data = p + i * len;
+        keys[i].len = rules_state_key(ctx->rules,
+                                      (char *) rmcf->key_prefix.data,
+                                      rmcf->key_prefix.len, ko->group,
+                                      ko->key_value, p + i * len);
     }
 
-    ngx_http_rules_batch_prefetch(keys, lens, m);
+    ngx_http_rules_batch_prefetch(keys, n);
 
     cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
     cmd->op->pending++;
@@ -742,19 +738,7 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
 
-        if (i < m) {
-            key.data = (u_char *) keys[i];
-            key.len = lens[i];
-
-        } else {
-            key.data = p;
-            key.len = rules_state_key(ctx->rules,
-                                      (char *) rmcf->key_prefix.data,
-                                      rmcf->key_prefix.len, ko->group,
-                                      ko->key_value, p);
-        }
-
-        if (ngx_http_rules_batch_add(cmd, ko->group, ko, key, now)
+        if (ngx_http_rules_batch_add(cmd, ko->group, ko, keys[i], now)
             != NGX_OK)
         {
             ngx_http_rules_item_reply(cmd, ko->group, NULL, 0, NGX_ERROR);

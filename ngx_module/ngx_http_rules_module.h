@@ -142,8 +142,7 @@ ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
 ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
     unsigned group, const rules_keyop_t *ko, rules_str_t key, int64_t now);
 /* starts loading the cached states of an event's keys, all at once */
-void ngx_http_rules_batch_prefetch(const u_char **keys, const size_t *lens,
-    size_t n);
+void ngx_http_rules_batch_prefetch(const rules_str_t *keys, size_t n);
 void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */

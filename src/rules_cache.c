@@ -284,8 +284,7 @@ rules_cache_grow(rules_cache_t *c)
 
 
 void
-rules_cache_prefetch(rules_cache_t *c, const unsigned char **keys,
-    const size_t *lens, size_t n)
+rules_cache_prefetch(rules_cache_t *c, const rules_str_t *keys, size_t n)
 {
     size_t          i;
     uint64_t        hash[RULES_CACHE_PREFETCH_MAX];
@@ -302,7 +301,7 @@ rules_cache_prefetch(rules_cache_t *c, const unsigned char **keys,
     /* the slots of all the keys, then the entries they point at */
 
     for (i = 0; i < n; i++) {
-        hash[i] = rules_hash64(keys[i], lens[i], 0);
+        hash[i] = rules_hash64(keys[i].data, keys[i].len, 0);
         __builtin_prefetch(&c->slots[hash[i] & c->mask]);
     }
 

@@ -37,8 +37,8 @@ int rules_cache_get(rules_cache_t *c, const unsigned char *key,
  */
 #define RULES_CACHE_PREFETCH_MAX  16
 
-void rules_cache_prefetch(rules_cache_t *c, const unsigned char **keys,
-    const size_t *lens, size_t n);
+void rules_cache_prefetch(rules_cache_t *c, const rules_str_t *keys,
+    size_t n);
 
 /* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
 int rules_cache_put(rules_cache_t *c, const unsigned char *key,

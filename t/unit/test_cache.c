@@ -265,19 +265,18 @@ main(void)
     is_int(rules_cache_entries(c), 10000, "10000 entries left");
 
     {
-        const unsigned char  *keys[3];
-        size_t                lens[3];
+        rules_str_t  keys[3];
 
-        keys[0] = (const unsigned char *) "user:0";
-        keys[1] = (const unsigned char *) "user:1";
-        keys[2] = (const unsigned char *) "nobody";
+        keys[0].data = (const unsigned char *) "user:0";
+        keys[1].data = (const unsigned char *) "user:1";
+        keys[2].data = (const unsigned char *) "nobody";
 
         for (i = 0; i < 3; i++) {
-            lens[i] = strlen((const char *) keys[i]);
+            keys[i].len = strlen((const char *) keys[i].data);
         }
 
-        rules_cache_prefetch(c, keys, lens, 3);
-        rules_cache_prefetch(NULL, keys, lens, 3);
+        rules_cache_prefetch(c, keys, 3);
+        rules_cache_prefetch(NULL, keys, 3);
     }
 
     ok(get(c, "user:0", &gen, &length, &st) && gen == 0
