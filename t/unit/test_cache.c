@@ -23,8 +23,15 @@ typedef struct {
     size_t   length;
     size_t   state_len;
     char     state[64];
-    long     used;            /* last touch, for the LRU order */
 } model_t;
+
+
+typedef struct {
+    size_t   bad;             /* hits (or misses) the model disagrees with */
+    size_t   over;            /* operations after which bytes > bound */
+    size_t   hits;
+    size_t   present;         /* keys the model holds at the end */
+} run_t;
 
 
 static int
@@ -49,16 +56,84 @@ put(rules_cache_t *c, const char *key, double gen, size_t length,
 }
 
 
+/*
+ * 200000 random puts (half), deletions and lookups on MODEL_KEYS keys,
+ * against a model.  A hit must be the key's latest put; a miss of a key
+ * the model has counts as bad too unless the cache evicts (bound > 0).
+ */
+static run_t
+run_model(rules_cache_t *c, size_t bound)
+{
+    size_t    i, k, length;
+    long      clock;
+    double    gen;
+    char      key[32], state[64];
+    int       hit;
+    run_t     run;
+    model_t   m[MODEL_KEYS];
+    rules_str_t  st;
+
+    memset(m, 0, sizeof(m));
+    memset(&run, 0, sizeof(run));
+
+    for (clock = 1; clock <= 200000; clock++) {
+        k = (size_t) rand() % MODEL_KEYS;
+        snprintf(key, sizeof(key), "key:%zu", k);
+
+        switch (rand() % 4) {
+
+        case 0:
+        case 1:
+            snprintf(state, sizeof(state), "s%zu-%ld%.*s", k, clock,
+                     (int) (clock % 40),
+                     "........................................");
+            put(c, key, (double) clock, (size_t) clock, state);
+            m[k].present = 1;
+            m[k].gen = (double) clock;
+            m[k].length = (size_t) clock;
+            strcpy(m[k].state, state);
+            m[k].state_len = strlen(state);
+            break;
+
+        case 2:
+            rules_cache_del(c, (const unsigned char *) key, strlen(key));
+            m[k].present = 0;
+            break;
+
+        default:
+            hit = get(c, key, &gen, &length, &st);
+            run.hits += hit;
+
+            if (hit ? (!m[k].present || gen != m[k].gen
+                       || length != m[k].length
+                       || st.len != m[k].state_len
+                       || memcmp(st.data, m[k].state, st.len) != 0)
+                    : (m[k].present && bound == 0))
+            {
+                run.bad++;
+            }
+        }
+
+        run.over += bound && rules_cache_bytes(c) > bound;
+    }
+
+    for (i = 0; i < MODEL_KEYS; i++) {
+        run.present += m[i].present;
+    }
+
+    return run;
+}
+
+
 int
 main(void)
 {
     rules_cache_t  *c;
     rules_str_t     st;
     double          gen;
-    size_t          length, i, bad, size, over, hits;
-    long            clock;
+    size_t          length, i, bad, size;
     char            key[32], state[64];
-    model_t         m[MODEL_KEYS];
+    run_t           run;
 
     c = rules_cache_create(1 << 20);
     ok(c != NULL, "created");
@@ -130,104 +205,21 @@ main(void)
 
     /* random operations against a model, with no eviction */
 
-    c = rules_cache_create(64 << 20);
-    memset(m, 0, sizeof(m));
     srand(42);
-    bad = 0;
-    clock = 0;
-
-    for (i = 0; i < 200000; i++) {
-        size_t  k = (size_t) rand() % MODEL_KEYS;
-        int     op = rand() % 3;
-
-        snprintf(key, sizeof(key), "key:%zu", k);
-        clock++;
-
-        if (op == 0) {
-            snprintf(state, sizeof(state), "s%zu-%ld", k, clock);
-            put(c, key, (double) clock, (size_t) clock, state);
-            m[k].present = 1;
-            m[k].gen = (double) clock;
-            m[k].length = (size_t) clock;
-            strcpy(m[k].state, state);
-            m[k].state_len = strlen(state);
-
-        } else if (op == 1) {
-            rules_cache_del(c, (const unsigned char *) key, strlen(key));
-            m[k].present = 0;
-
-        } else {
-            int hit = get(c, key, &gen, &length, &st);
-
-            if (hit != m[k].present
-                || (hit && (gen != m[k].gen || length != m[k].length
-                            || st.len != m[k].state_len
-                            || memcmp(st.data, m[k].state, st.len) != 0)))
-            {
-                bad++;
-            }
-        }
-    }
-
-    is_int(bad, 0, "200000 random operations agree with the model");
-
-    for (i = 0, size = 0; i < MODEL_KEYS; i++) {
-        size += m[i].present;
-    }
-
-    is_int(rules_cache_entries(c), size, "and so does the entry count");
+    c = rules_cache_create(64 << 20);
+    run = run_model(c, 0);
+    is_int(run.bad, 0, "200000 random operations agree with the model");
+    is_int(rules_cache_entries(c), run.present, "and so does the entry count");
     rules_cache_free(c);
 
     /* the same under a small bound: a hit is never stale */
 
     c = rules_cache_create(8192);
-    memset(m, 0, sizeof(m));
-    bad = 0;
-    over = 0;
-    hits = 0;
-
-    for (i = 0; i < 200000; i++) {
-        size_t  k = (size_t) rand() % MODEL_KEYS;
-        int     op = rand() % 4;
-
-        snprintf(key, sizeof(key), "key:%zu", k);
-        clock++;
-
-        if (op <= 1) {
-            snprintf(state, sizeof(state), "s%zu-%ld%.*s", k, clock,
-                     (int) (clock % 40), "........................................");
-            put(c, key, (double) clock, (size_t) clock, state);
-            m[k].present = 1;
-            m[k].gen = (double) clock;
-            m[k].length = (size_t) clock;
-            strcpy(m[k].state, state);
-            m[k].state_len = strlen(state);
-
-        } else if (op == 2) {
-            rules_cache_del(c, (const unsigned char *) key, strlen(key));
-            m[k].present = 0;
-
-        } else {
-            int hit = get(c, key, &gen, &length, &st);
-
-            hits += hit;
-
-            if (hit && (!m[k].present || gen != m[k].gen
-                        || length != m[k].length
-                        || st.len != m[k].state_len
-                        || memcmp(st.data, m[k].state, st.len) != 0))
-            {
-                bad++;
-            }
-        }
-
-        over += rules_cache_bytes(c) > 8192;
-    }
-
-    is_int(bad, 0, "with eviction, every hit is the latest put");
-    is_int(over, 0, "and the bytes stay within the bound");
-    ok(hits > 1000 && rules_cache_entries(c) > 10,
-       "and the cache still holds keys (%zu hits, %zu entries)", hits,
+    run = run_model(c, 8192);
+    is_int(run.bad, 0, "with eviction, every hit is the latest put");
+    is_int(run.over, 0, "and the bytes stay within the bound");
+    ok(run.hits > 1000 && rules_cache_entries(c) > 10,
+       "and the cache still holds keys (%zu hits, %zu entries)", run.hits,
        rules_cache_entries(c));
     rules_cache_free(c);
 
