@@ -191,53 +191,54 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
 static int
 rules_rule_pairs(const rules_rule_t *r, rules_pairs_t *out)
 {
-    int       rc;
-    unsigned  i;
+    int                  rc;
+    size_t               i, n;
+    rules_cond_t        *own[2];
+    rules_cond_t *const *conds;
+
+    /* the touch condition: any of conds */
 
     switch (r->type) {
 
     case RULES_TYPE_COUNT:
     case RULES_TYPE_DISTINCT:
-        if (r->where == NULL || rules_cond_has_regex(r->where)) {
-            return 0;
+        if (r->where == NULL) {
+            return 0;           /* every event */
         }
 
-        return rules_cond_pairs(r->where, out);
+        own[0] = r->where;
+        conds = own;
+        n = 1;
+        break;
 
     case RULES_TYPE_ABSENCE:
-        if (rules_cond_has_regex(r->trigger)
-            || rules_cond_has_regex(r->cancel))
-        {
+        own[0] = r->trigger;
+        own[1] = r->cancel;
+        conds = own;
+        n = 2;
+        break;
+
+    default:
+        conds = r->steps;
+        n = r->nsteps;
+        break;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (rules_cond_has_regex(conds[i])) {
             return 0;
         }
+    }
 
-        rc = rules_cond_pairs(r->trigger, out);
+    for (i = 0; i < n; i++) {
+        rc = rules_cond_pairs(conds[i], out);
 
         if (rc != 1) {
             return rc;
         }
-
-        return rules_cond_pairs(r->cancel, out);
-
-    case RULES_TYPE_SEQUENCE:
-        for (i = 0; i < r->nsteps; i++) {
-            if (rules_cond_has_regex(r->steps[i])) {
-                return 0;
-            }
-        }
-
-        for (i = 0; i < r->nsteps; i++) {
-            rc = rules_cond_pairs(r->steps[i], out);
-
-            if (rc != 1) {
-                return rc;
-            }
-        }
-
-        return 1;
     }
 
-    return 0;
+    return 1;
 }
 
 
