@@ -175,7 +175,8 @@ results_over_words(void)
     rules_result_init(rs, &res);
 
     for (i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
-        res.matched[set[i] / 64] |= (uint64_t) 1 << (set[i] % 64);
+        rules_result_add_digests(rs, &res, rules_rule(rs, set[i])->digest_bytes,
+                                 8);
     }
 
     n = rules_result_ids(rs, &res, ids, sizeof(ids));
@@ -186,7 +187,7 @@ results_over_words(void)
            "a short buffer: the length needed");
     ok(!rules_result_fraud(rs, &res), "no fraud rule matched");
 
-    res.matched[100 / 64] |= (uint64_t) 1 << (100 % 64);
+    rules_result_add_digests(rs, &res, rules_rule(rs, 100)->digest_bytes, 8);
     ok(rules_result_fraud(rs, &res), "fraud rule a100 matched");
 
     rules_result_clear(&res);
