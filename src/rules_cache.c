@@ -216,7 +216,7 @@ rules_cache_ring_push(rules_cache_t *c, rules_centry_t *e)
 
 
 /* Evicts entries, oldest unreferenced first, until size more bytes fit. */
-static int
+static void
 rules_cache_evict(rules_cache_t *c, size_t size)
 {
     size_t           i;
@@ -243,8 +243,6 @@ rules_cache_evict(rules_cache_t *c, size_t size)
         rules_cache_remove(c, rules_cache_find(c, e->data, e->key_len,
                                                e->hash));
     }
-
-    return 0;
 }
 
 
