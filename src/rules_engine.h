@@ -103,6 +103,8 @@ typedef struct {
     unsigned           key_field;
     unsigned          *rules;
     size_t             nrules;
+    uint32_t           strict_mask;      /* OR of its rules': nonzero when
+                                            every event breaks chains */
 } rules_group_t;
 
 

@@ -195,7 +195,6 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     const rules_str_t *values, int64_t now, rules_eventops_t *eo)
 {
     int64_t               ttl;
-    unsigned              strict;
     const rules_rule_t   *r;
     const rules_group_t  *g;
     const rules_str_t    *key;
@@ -246,17 +245,15 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
 
         start = eo->buf_len;
         ttl = 0;
-        strict = 0;
 
         for (j = 0; j < g->nrules; j++) {
             k = g->rules[j];
-            r = &rs->rules[k];
-            strict |= r->strict_mask;
 
             if (cand && !rules_result_is_set(cand, k)) {
                 continue;       /* its conditions cannot hold */
             }
 
+            r = &rs->rules[k];
             before = eo->buf_len;
 
             if (rules_event_entry(rs, r, values, eo) != 0) {
@@ -274,7 +271,7 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         ko->op_off = start;
         ko->op_len = eo->buf_len - start;
         ko->ttl = ttl;
-        ko->writes = (ko->op_len || strict) ? 1 : 0;
+        ko->writes = (ko->op_len || g->strict_mask) ? 1 : 0;
     }
 
     /* the buffer may have moved while it grew */

@@ -1418,6 +1418,7 @@ rules_build_groups(rules_set_t *rs)
     for (i = 0; i < rs->nrules; i++) {
         grp = &rs->groups[rs->rules[i].group];
         grp->rules[grp->nrules++] = (unsigned) i;
+        grp->strict_mask |= rs->rules[i].strict_mask;
     }
 
     return 0;
