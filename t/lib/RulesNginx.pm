@@ -230,7 +230,16 @@ _EOC_
     push @Started, ['nginx', "$prefix/logs/nginx.pid"];
     wait_port($port, 5 * RulesMemcheck::slowdown())
         or die "nginx is not listening on $port";
-    return { port => $port, prefix => $prefix, bin => $bin };
+
+    # the master listens before it forks: its workers may not exist yet
+    my $ngx = { port => $port, prefix => $prefix, bin => $bin };
+    my $deadline = time + 5 * RulesMemcheck::slowdown();
+    while (time < $deadline) {
+        my @w = worker_pids($ngx);
+        last if @w >= $workers;
+        sleep 0.02;
+    }
+    return $ngx;
 }
 
 # The command that runs nginx with the prefix and more arguments (-t):
