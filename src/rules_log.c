@@ -92,8 +92,47 @@ rules_log_next(const unsigned char **p, const unsigned char *end,
 }
 
 
-/* Applies one op to w->state, the result becomes w->state. */
+/* w->parsed, made on first use. */
+static rules_state_work_t *
+rules_log_parsed(rules_log_work_t *w)
+{
+    if (w->parsed == NULL) {
+        w->parsed = rules_state_work_create();
+    }
+
+    return w->parsed;
+}
+
+
+/*
+ * w->state (the bytes of a value's snapshot, or of a value that is not
+ * R2) parsed into w->parsed; a state that does not parse becomes empty.
+ */
 static int
+rules_log_load(rules_log_work_t *w)
+{
+    int  rc;
+
+    if (rules_log_parsed(w) == NULL) {
+        return -1;
+    }
+
+    rc = rules_state_work_load(w->parsed, w->state->data, w->state->len);
+
+    if (rc == 1) {
+        w->state->len = 0;
+        rc = 0;
+    }
+
+    return rc;
+}
+
+
+/*
+ * Applies one op to w->state, the result becomes w->state; a malformed
+ * op (or no memory for it) leaves the state as it was.
+ */
+static void
 rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
     int64_t now, int64_t wall, rules_buf_t *matched)
 {
@@ -103,27 +142,12 @@ rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
 
     out = (w->state == &w->a) ? &w->b : &w->a;
 
-    if (rules_state_apply_known(w->state->data, w->state->len, op, op_len,
-                                now, wall, w->known, out, &changed, &pttl,
-                                matched)
-        != 0)
+    if (rules_state_work_apply(w->parsed, op, op_len, now, wall, w->known,
+                               out, &changed, &pttl, matched)
+        == 0)
     {
-        /*
-         * A malformed op (or no memory): the state stays as it was, or
-         * becomes empty when it is what did not parse.
-         */
-        if (w->state->len
-            && rules_state_validate(w->state->data, w->state->len) != 0)
-        {
-            w->state->len = 0;
-        }
-
-        return 0;
+        w->state = out;
     }
-
-    w->state = out;
-
-    return 0;
 }
 
 
@@ -150,7 +174,9 @@ rules_log_fold(const unsigned char *value, size_t value_len,
         info->gen = v.gen;
         info->length = value_len;
 
-        if (rules_buf_append(&w->a, v.snap, v.snap_len) != 0) {
+        if (rules_buf_append(&w->a, v.snap, v.snap_len) != 0
+            || rules_log_load(w) != 0)
+        {
             return -1;
         }
 
@@ -170,19 +196,15 @@ rules_log_fold(const unsigned char *value, size_t value_len,
             }
 
             w->scratch.len = 0;
-
-            if (rules_log_apply(w, eop, eop_len, enow, ewall, &w->scratch)
-                != 0)
-            {
-                return -1;
-            }
-
+            rules_log_apply(w, eop, eop_len, enow, ewall, &w->scratch);
             info->entries++;
         }
 
     } else {
         /* none, or not R2: the script makes it the snapshot of a new one */
-        if (value && rules_buf_append(&w->a, value, value_len) != 0) {
+        if ((value && rules_buf_append(&w->a, value, value_len) != 0)
+            || rules_log_load(w) != 0)
+        {
             return -1;
         }
 
@@ -194,13 +216,7 @@ rules_log_fold(const unsigned char *value, size_t value_len,
     }
 
     if (op == NULL) {
-        /* the stored state as it is, or none when it does not parse */
-        if (w->state->len
-            && rules_state_validate(w->state->data, w->state->len) != 0)
-        {
-            w->state->len = 0;
-        }
-
+        /* the stored state as it is (none when it does not parse) */
         return 0;
     }
 
@@ -210,7 +226,9 @@ rules_log_fold(const unsigned char *value, size_t value_len,
         info->entries++;
     }
 
-    return rules_log_apply(w, op, op_len, now, wall, matched);
+    rules_log_apply(w, op, op_len, now, wall, matched);
+
+    return 0;
 }
 
 
@@ -263,6 +281,8 @@ rules_log_work_free(rules_log_work_t *w)
     rules_buf_free(&w->a);
     rules_buf_free(&w->b);
     rules_buf_free(&w->scratch);
+    rules_state_work_free(w->parsed);
+    w->parsed = NULL;
     w->state = NULL;
 }
 
@@ -336,12 +356,18 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     w->state = out;
     matched->len = 0;
 
-    if (rules_state_apply_known(cached.data, cached.len, ko->op, ko->op_len,
-                                now, wall, w->known, out, &changed, &pttl,
-                                matched)
-        != 0)
+    if (rules_log_parsed(w) == NULL) {
+        return -1;
+    }
+
+    /* a cached state that does not parse is taken as none */
+
+    if (rules_state_work_load(w->parsed, cached.data, cached.len) < 0
+        || rules_state_work_apply(w->parsed, ko->op, ko->op_len, now, wall,
+                                  w->known, out, &changed, &pttl, matched)
+           != 0)
     {
-        /* a cached state that does not parse: ask for the value */
+        /* a malformed op, or no memory: ask for the value */
         rules_cache_del(cache, key, key_len);
         item->kind = RULES_ITEM_APPEND;
         matched->len = 0;

@@ -149,6 +149,7 @@ typedef struct {
     rules_buf_t        b;
     rules_buf_t        scratch;
     rules_buf_t       *state;
+    rules_state_work_t *parsed;   /* state, parsed (made when needed) */
     const rules_set_t *known;     /* the rules in use: the records of
                                      others are dropped; NULL: kept */
     size_t             extend_min; /* 0: RULES_LOG_EXTEND_MIN */

@@ -25,7 +25,10 @@ typedef struct {
     double                until;
     const unsigned char  *payload;
     size_t                plen;
+    size_t                off;        /* in the state being written */
     int                   entry;      /* the entry touching it, or -1 */
+    int                   known;      /* the rule set has its digest: 1,
+                                         0, or -1 when not looked up */
 } rules_record_t;
 
 
@@ -194,6 +197,7 @@ rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
         r->plen = rules_get_u16(s + off + 33);
         r->payload = s + off + RULES_RECORD_HEADER_LEN;
         r->entry = -1;
+        r->known = -1;
 
         if (len - off - RULES_RECORD_HEADER_LEN < r->plen
             || rules_payload_check(r->type, r->payload, r->plen) != r->plen)
@@ -744,14 +748,118 @@ rules_break_chains(const rules_record_t *r, rules_buf_t *out)
 }
 
 
-int
-rules_state_apply(const unsigned char *state, size_t state_len,
-    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
-    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched)
+/* ---- a state held parsed across operations --------------------------- */
+
+
+struct rules_state_work_s {
+    rules_record_t  *recs;       /* the state's records */
+    rules_record_t  *next;       /* the next state's, being written */
+    size_t           nrecs;
+    size_t           recs_size;  /* of both */
+    rules_entry_t   *ents;
+    size_t           ents_size;
+    int             *head;       /* pairing: a hash of the entries */
+    size_t           head_size;
+    int             *chain;      /* the entries of one digest, in order */
+    size_t           chain_size;
+};
+
+
+rules_state_work_t *
+rules_state_work_create(void)
 {
-    return rules_state_apply_known(state, state_len, op, op_len, now_ms,
-                                   wall_ms, NULL, out, changed, pttl,
-                                   matched);
+    return calloc(1, sizeof(rules_state_work_t));
+}
+
+
+void
+rules_state_work_free(rules_state_work_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+
+    free(w->recs);
+    free(w->next);
+    free(w->ents);
+    free(w->head);
+    free(w->chain);
+    free(w);
+}
+
+
+/* Makes *a hold at least n elements of elem bytes. */
+static int
+rules_work_fit(void *arrayp, size_t *size, size_t n, size_t elem)
+{
+    void    *a;
+    size_t   ns;
+
+    if (n <= *size) {
+        return 0;
+    }
+
+    for (ns = *size ? *size : 32; ns < n; ns *= 2) { /* void */ }
+
+    memcpy(&a, arrayp, sizeof(void *));
+    a = realloc(a, ns * elem);
+
+    if (a == NULL) {
+        return -1;
+    }
+
+    memcpy(arrayp, &a, sizeof(void *));
+    *size = ns;
+
+    return 0;
+}
+
+
+/* Both record arrays hold n records. */
+static int
+rules_work_fit_recs(rules_state_work_t *w, size_t n)
+{
+    size_t  size;
+
+    size = w->recs_size;
+
+    if (rules_work_fit(&w->recs, &size, n, sizeof(rules_record_t)) != 0) {
+        return -1;
+    }
+
+    if (rules_work_fit(&w->next, &w->recs_size, n, sizeof(rules_record_t))
+        != 0)
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
+int
+rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len)
+{
+    int  nr;
+
+    w->nrecs = 0;
+
+    if (rules_work_fit_recs(w, state_len / RULES_RECORD_HEADER_LEN + 1)
+        != 0)
+    {
+        return -1;
+    }
+
+    nr = rules_parse_state(state, state_len, w->recs, w->recs_size);
+
+    if (nr < 0) {
+        return 1;
+    }
+
+    w->nrecs = (size_t) nr;
+
+    return 0;
 }
 
 
@@ -764,11 +872,21 @@ rules_state_apply(const unsigned char *state, size_t state_len,
  * record.
  */
 static int
-rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
+rules_pair_entries(rules_state_work_t *w, int ne)
 {
-    int        i, j, *head, *next, heads_local[64], next_local[32];
-    size_t     size, h, mask;
-    uint64_t   d;
+    int              i, j, nr, *head, *chain;
+    size_t           size, h, mask;
+    uint64_t         d;
+    rules_record_t  *recs;
+    rules_entry_t   *ents;
+
+    recs = w->recs;
+    nr = (int) w->nrecs;
+    ents = w->ents;
+
+    for (j = 0; j < nr; j++) {
+        recs[j].entry = -1;
+    }
 
     if ((size_t) nr * (size_t) ne <= 64) {
         for (i = 0; i < ne; i++) {
@@ -788,21 +906,17 @@ rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
 
     for (size = 16; size < (size_t) ne * 2; size <<= 1) { /* void */ }
 
-    mask = size - 1;
-    head = size <= 64 ? heads_local : malloc(size * sizeof(int));
-    next = ne <= 32 ? next_local : malloc((size_t) ne * sizeof(int));
-
-    if (head == NULL || next == NULL) {
-        if (head && head != heads_local) {
-            free(head);
-        }
-
-        if (next && next != next_local) {
-            free(next);
-        }
-
+    if (rules_work_fit(&w->head, &w->head_size, size, sizeof(int)) != 0
+        || rules_work_fit(&w->chain, &w->chain_size, (size_t) ne,
+                          sizeof(int))
+           != 0)
+    {
         return -1;
     }
+
+    mask = size - 1;
+    head = w->head;
+    chain = w->chain;
 
     for (h = 0; h < size; h++) {
         head[h] = -1;
@@ -819,7 +933,7 @@ rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
              h = (h + 1) & mask)
         { /* void */ }
 
-        next[i] = head[h];
+        chain[i] = head[h];
         head[h] = i;
     }
 
@@ -832,7 +946,7 @@ rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
              h = (h + 1) & mask)
         { /* void */ }
 
-        for (i = head[h]; i >= 0 && ents[i].record >= 0; i = next[i]) {
+        for (i = head[h]; i >= 0 && ents[i].record >= 0; i = chain[i]) {
             /* void */
         }
 
@@ -842,30 +956,55 @@ rules_pair_entries(rules_record_t *recs, int nr, rules_entry_t *ents, int ne)
         }
     }
 
-    if (head != heads_local) {
-        free(head);
-    }
-
-    if (next != next_local) {
-        free(next);
-    }
-
     return 0;
 }
 
 
-int
-rules_state_apply_known(const unsigned char *state, size_t state_len,
-    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
-    const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
-    rules_buf_t *matched)
+/*
+ * The next state's record written at out + at (by this code: its
+ * header needs no checks); known is the rule set's verdict on its
+ * digest, when looked up already.
+ */
+static void
+rules_work_wrote(rules_state_work_t *w, size_t n, const rules_buf_t *out,
+    size_t at, int known)
 {
-    rules_record_t  *recs, recs_local[32];
-    rules_entry_t   *ents, ents_local[32];
-    size_t           maxr, maxe, i, j;
-    int              nr, ne, rc;
-    double           now, wall, expire, max_expire;
-    size_t           start;
+    rules_record_t       *r;
+    const unsigned char  *s;
+
+    r = &w->next[n];
+    s = out->data + at;
+    r->off = at;
+    r->type = s[8];
+    r->expire = rules_get_f64(s + 9);
+    r->from = rules_get_f64(s + 17);
+    r->until = rules_get_f64(s + 25);
+    r->plen = rules_get_u16(s + 33);
+    r->len = RULES_RECORD_HEADER_LEN + r->plen;
+    r->known = known;
+}
+
+
+/* A record of the state that goes to the next one as it is. */
+static void
+rules_work_kept(rules_state_work_t *w, size_t n, const rules_record_t *r,
+    size_t at)
+{
+    w->next[n] = *r;
+    w->next[n].off = at;
+}
+
+
+int
+rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
+    size_t op_len, int64_t now_ms, int64_t wall_ms, const rules_set_t *known,
+    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched)
+{
+    size_t                i, j, n, at, start, run_len;
+    int                   ne, rc, k;
+    double                now, wall, expire, max_expire;
+    rules_record_t       *r, *recs, *tmp;
+    const unsigned char  *run;
 
     now = (double) now_ms;
     wall = (double) wall_ms;
@@ -873,72 +1012,104 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
     *changed = 0;
     *pttl = 0;
 
-    maxr = state_len / RULES_RECORD_HEADER_LEN + 1;
-    maxe = op_len / 17 + 1;
-
-    /* the usual small states and ops need no allocation */
-
-    recs = maxr <= 32 ? recs_local : malloc(maxr * sizeof(rules_record_t));
-    ents = maxe <= 32 ? ents_local : malloc(maxe * sizeof(rules_entry_t));
-
-    if (recs == NULL || ents == NULL) {
-        rc = -1;
-        goto done;
+    if (rules_work_fit(&w->ents, &w->ents_size, op_len / 17 + 1,
+                       sizeof(rules_entry_t))
+        != 0)
+    {
+        return -1;
     }
 
-    ne = rules_parse_op(op, op_len, ents, maxe);
+    ne = rules_parse_op(op, op_len, w->ents, w->ents_size);
 
-    if (ne < 0) {
-        rc = -1;
-        goto done;
+    if (ne < 0
+        || rules_work_fit_recs(w, w->nrecs + (size_t) ne) != 0
+        || rules_pair_entries(w, ne) != 0)
+    {
+        return -1;
     }
 
-    nr = rules_parse_state(state, state_len, recs, maxr);
-
-    if (nr < 0) {
-        /* not ours or damaged: start afresh */
-        nr = 0;
-        *changed = 1;
-    }
-
-    if (rules_pair_entries(recs, nr, ents, ne) != 0) {
-        rc = -1;
-        goto done;
-    }
+    recs = w->recs;
 
     rc = rules_buf_append(out, RULES_STATE_MAGIC, RULES_STATE_MAGIC_LEN);
     start = out->len;
     max_expire = 0;
+    n = 0;
 
-    for (j = 0; rc == 0 && j < (size_t) nr; j++) {
-        if (recs[j].expire <= wall
-            || (known && recs[j].entry < 0
-                && rules_find_digest(known, recs[j].digest) == NULL))
-        {
-            /* expired, or a rule that is no more (removed or edited) */
+    /* records kept as they are, contiguous in the state, go in one copy */
+    run = NULL;
+    run_len = 0;
+
+    for (j = 0; rc == 0 && j < w->nrecs; j++) {
+        r = &recs[j];
+
+        if (r->expire <= wall) {
             *changed = 1;
             continue;
         }
 
-        if (recs[j].entry >= 0) {
-            *changed = 1;
-            rc = rules_apply_entry(&ents[recs[j].entry], &recs[j], now, wall,
-                                   out, matched);
-            expire = wall + ents[recs[j].entry].ttl;
-
-        } else {
-            expire = recs[j].expire;
-
-            if (recs[j].type == RULES_TYPE_SEQUENCE && recs[j].payload[9]) {
-                *changed = 1;
-                rc = rules_break_chains(&recs[j], out);
-
-            } else {
-                rc = rules_buf_append(out, recs[j].p, recs[j].len);
+        if (known && r->entry < 0) {
+            if (r->known < 0) {
+                r->known = (rules_find_digest(known, r->digest) != NULL);
             }
 
-            if (rc == 0 && recs[j].from <= now && now < recs[j].until) {
-                rc = rules_buf_append(matched, recs[j].digest, 8);
+            if (!r->known) {
+                /* a rule that is no more (removed or edited) */
+                *changed = 1;
+                continue;
+            }
+        }
+
+        if (r->entry < 0
+            && !(r->type == RULES_TYPE_SEQUENCE && r->payload[9]))
+        {
+            if (run_len == 0 || run + run_len != r->p) {
+                if (run_len) {
+                    rc = rules_buf_append(out, run, run_len);
+                }
+
+                run = r->p;
+                run_len = 0;
+            }
+
+            rules_work_kept(w, n++, r, out->len + run_len);
+            run_len += r->len;
+            expire = r->expire;
+
+            if (rc == 0 && r->from <= now && now < r->until) {
+                rc = rules_buf_append(matched, r->digest, 8);
+            }
+
+        } else {
+            if (run_len) {
+                rc = rules_buf_append(out, run, run_len);
+                run_len = 0;
+
+                if (rc != 0) {
+                    break;
+                }
+            }
+
+            *changed = 1;
+            at = out->len;
+
+            if (r->entry >= 0) {
+                rc = rules_apply_entry(&w->ents[r->entry], r, now, wall, out,
+                                       matched);
+                expire = wall + w->ents[r->entry].ttl;
+
+            } else {
+                /* an untouched sequence whose strict chains this event
+                 * breaks */
+                rc = rules_break_chains(r, out);
+                expire = r->expire;
+
+                if (rc == 0 && r->from <= now && now < r->until) {
+                    rc = rules_buf_append(matched, r->digest, 8);
+                }
+            }
+
+            if (rc == 0) {
+                rules_work_wrote(w, n++, out, at, r->known);
             }
         }
 
@@ -947,32 +1118,46 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
         }
     }
 
-    for (i = 0; rc == 0 && i < (size_t) ne; i++) {
-        if (ents[i].record >= 0 && recs[ents[i].record].expire > wall) {
+    if (rc == 0 && run_len) {
+        rc = rules_buf_append(out, run, run_len);
+    }
+
+    for (k = 0; rc == 0 && k < ne; k++) {
+        if (w->ents[k].record >= 0 && recs[w->ents[k].record].expire > wall) {
             continue;
         }
 
         *changed = 1;
-        rc = rules_apply_entry(&ents[i], NULL, now, wall, out, matched);
+        at = out->len;
+        rc = rules_apply_entry(&w->ents[k], NULL, now, wall, out, matched);
 
-        if (wall + ents[i].ttl > max_expire) {
-            max_expire = wall + ents[i].ttl;
+        if (rc == 0) {
+            rules_work_wrote(w, n++, out, at, -1);
+        }
+
+        if (wall + w->ents[k].ttl > max_expire) {
+            max_expire = wall + w->ents[k].ttl;
         }
     }
 
-done:
-
-    if (recs && recs != recs_local) {
-        free(recs);
-    }
-
-    if (ents && ents != ents_local) {
-        free(ents);
-    }
-
     if (rc != 0) {
+        /* w still holds the state it held */
         return -1;
     }
+
+    /* w holds the new state: its records point into out */
+
+    for (i = 0; i < n; i++) {
+        r = &w->next[i];
+        r->p = out->data + r->off;
+        r->digest = r->p;
+        r->payload = r->p + RULES_RECORD_HEADER_LEN;
+    }
+
+    tmp = w->recs;
+    w->recs = w->next;
+    w->next = tmp;
+    w->nrecs = n;
 
     if (out->len == start) {
         out->len = 0;
@@ -992,4 +1177,48 @@ done:
     }
 
     return 0;
+}
+
+
+int
+rules_state_apply(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
+    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched)
+{
+    return rules_state_apply_known(state, state_len, op, op_len, now_ms,
+                                   wall_ms, NULL, out, changed, pttl,
+                                   matched);
+}
+
+
+int
+rules_state_apply_known(const unsigned char *state, size_t state_len,
+    const unsigned char *op, size_t op_len, int64_t now_ms, int64_t wall_ms,
+    const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
+    rules_buf_t *matched)
+{
+    int                  rc, bad;
+    rules_state_work_t  *w;
+
+    w = rules_state_work_create();
+    if (w == NULL) {
+        return -1;
+    }
+
+    rc = -1;
+    bad = rules_state_work_load(w, state, state_len);
+
+    if (bad >= 0) {
+        rc = rules_state_work_apply(w, op, op_len, now_ms, wall_ms, known,
+                                    out, changed, pttl, matched);
+
+        if (rc == 0 && bad) {
+            /* not ours or damaged: started afresh */
+            *changed = 1;
+        }
+    }
+
+    rules_state_work_free(w);
+
+    return rc;
 }

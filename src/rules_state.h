@@ -98,6 +98,32 @@ int rules_state_apply_known(const unsigned char *state, size_t state_len,
     const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
     rules_buf_t *matched);
 
+/*
+ * A state held parsed from one operation to the next, as a fold applies
+ * a log: each operation costs the records it touches plus a copy of the
+ * others, not a parse and a check of the whole state.
+ *
+ * rules_state_work_load() takes a state (state_len 0: none); it returns
+ * 0, 1 when the state does not parse (w then holds no state: a caller
+ * starts afresh), -1 on memory exhaustion.  The records point into
+ * state, which must stay as it is while w uses it.
+ *
+ * rules_state_work_apply() applies one operation to w's state, as
+ * rules_state_apply_known() does; w then holds the new state, in *out
+ * (which must not be the buffer w's state is in, and must stay as it is
+ * while w uses it).  On -1 (a malformed op, no memory) w holds the state
+ * it held.
+ */
+typedef struct rules_state_work_s  rules_state_work_t;
+
+rules_state_work_t *rules_state_work_create(void);
+void rules_state_work_free(rules_state_work_t *w);
+int rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len);
+int rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
+    size_t op_len, int64_t now, int64_t wall, const rules_set_t *known,
+    rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched);
+
 /* Checks a state blob's structure; 0 when well-formed. */
 int rules_state_validate(const unsigned char *state, size_t state_len);
 

@@ -11,6 +11,14 @@
  * and without it: they must be the same, byte for byte, and the index
  * is on for the comparison with the brute force.
  *
+ * The same ops, with their own wall clocks (so that records expire), are
+ * also logged per key the way Redis keeps them (an R2 value: a snapshot
+ * and the entries since) and folded from time to time: the fold, which
+ * parses the snapshot once for the whole log, must give the state and
+ * the matches that applying the ops one by one gives, byte for byte, with
+ * every rule known, none checked, or only another rule file's known (so
+ * that every record not touched is dropped).
+ *
  *   RULES_RANDOM_SEED=n RULES_RANDOM_ITERS=n build/unit/test_state_random
  */
 
@@ -19,7 +27,8 @@
 #include <string.h>
 
 #include "rules_engine.h"
-#include "rules_state.h"
+#include "rules_internal.h"
+#include "rules_log.h"
 #include "tap.h"
 
 
@@ -361,27 +370,179 @@ brute_matched(const rules_rule_t *r, history_t *h, int64_t now)
 typedef struct {
     char          key[128];
     rules_buf_t   state;
+    rules_buf_t   fstate;   /* the ops applied one by one, with walls */
+    rules_buf_t   snap;     /* fstate when the log was last folded */
+    rules_buf_t   log;      /* the entries since */
+    int           nlog;
 } slot_t;
 
 static slot_t  slots[64];
 static int     nslots;
 
 
-static rules_buf_t *
-state_of(const char *key)
+static slot_t *
+slot_of(const char *key)
 {
     int  i;
 
     for (i = 0; i < nslots; i++) {
         if (strcmp(slots[i].key, key) == 0) {
-            return &slots[i].state;
+            return &slots[i];
         }
     }
 
+    memset(&slots[nslots], 0, sizeof(slot_t));
     snprintf(slots[nslots].key, sizeof(slots[nslots].key), "%s", key);
-    memset(&slots[nslots].state, 0, sizeof(rules_buf_t));
 
-    return &slots[nslots++].state;
+    return &slots[nslots++];
+}
+
+
+/* ---- the log fold against the ops applied one by one ----------------- */
+
+static unsigned long long  frng;
+
+
+static unsigned
+frnd(unsigned n)
+{
+    frng = frng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (unsigned) ((frng >> 33) % n);
+}
+
+
+static int
+buf_same(const rules_buf_t *a, const rules_buf_t *b)
+{
+    return a->len == b->len
+           && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
+}
+
+
+static int
+buf_set(rules_buf_t *b, const rules_buf_t *from)
+{
+    b->len = 0;
+    return rules_buf_append(b, from->data, from->len);
+}
+
+
+/* The slot's R2 value: its snapshot and its log. */
+static int
+fold_value(const slot_t *sl, rules_buf_t *v)
+{
+    unsigned char  h[RULES_VALUE_HEADER_LEN];
+
+    memcpy(h, RULES_VALUE_MAGIC, 2);
+    rules_put_f64(h + 2, 7.0);
+    rules_put_f64(h + 10, 0.0);
+    rules_put_u32(h + 18, (uint32_t) sl->snap.len);
+
+    v->len = 0;
+
+    return rules_buf_append(v, h, sizeof(h))
+           || rules_buf_append(v, sl->snap.data, sl->snap.len)
+           || rules_buf_append(v, sl->log.data, sl->log.len);
+}
+
+
+/*
+ * Applies op to the slot one by one, and either logs it or folds the log
+ * (with op as the event's own, or before it); 0 when the fold and the
+ * ops one by one differ.
+ */
+static int
+fold_check(unsigned long long seed, slot_t *sl, const rules_keyop_t *ko,
+    int64_t now, int64_t wall, const rules_set_t *known,
+    rules_log_work_t *w)
+{
+    static rules_buf_t  out, m1, m2, v;
+    unsigned char       h[20];
+    int                 changed, with_op;
+    int64_t             pttl;
+    rules_log_info_t    info;
+
+    with_op = sl->nlog > 0 && frnd(4) == 0;
+    m2.len = 0;
+
+    if (rules_state_apply_known(sl->fstate.data, sl->fstate.len, ko->op,
+                                ko->op_len, now, wall, known, &out, &changed,
+                                &pttl, &m2)
+        != 0)
+    {
+        printf("# seed %llu: rules_state_apply_known failed\n", seed);
+        return 0;
+    }
+
+    if (with_op) {
+        m1.len = 0;
+        w->known = known;
+
+        if (fold_value(sl, &v) != 0
+            || rules_log_fold(v.data, v.len, ko->op, ko->op_len, now, wall,
+                              1, 0, w, &m1, &info)
+               != 0)
+        {
+            printf("# seed %llu: fold failed\n", seed);
+            return 0;
+        }
+
+        if (!buf_same(w->state, &out) || !buf_same(&m1, &m2))
+        {
+            printf("# seed %llu: a log of %d entries and an op: the fold "
+                   "differs (state %zu/%zu bytes, matched %zu/%zu)\n",
+                   seed, sl->nlog, w->state->len, out.len, m1.len, m2.len);
+            return 0;
+        }
+    }
+
+    if (buf_set(&sl->fstate, &out) != 0) {
+        return 0;
+    }
+
+    if (with_op) {
+        sl->nlog = 0;
+        sl->log.len = 0;
+        return buf_set(&sl->snap, &sl->fstate) == 0;
+    }
+
+    rules_put_f64(h, (double) wall);
+    rules_put_f64(h + 8, (double) now);
+    rules_put_u32(h + 16, (uint32_t) ko->op_len);
+
+    if (rules_buf_append(&sl->log, h, sizeof(h)) != 0
+        || rules_buf_append(&sl->log, ko->op, ko->op_len) != 0)
+    {
+        return 0;
+    }
+
+    if (++sl->nlog < 1 + (int) frnd(10)) {
+        return 1;
+    }
+
+    w->known = known;
+
+    if (fold_value(sl, &v) != 0
+        || rules_log_fold(v.data, v.len, NULL, 0, 0, 0, 0, 0, w, &m1, &info)
+           != 0)
+    {
+        printf("# seed %llu: fold failed\n", seed);
+        return 0;
+    }
+
+    if (!buf_same(w->state, &sl->fstate)
+        || info.entries != (size_t) sl->nlog)
+    {
+        printf("# seed %llu: a log of %d entries: the fold differs "
+               "(state %zu/%zu bytes)\n", seed, sl->nlog, w->state->len,
+               sl->fstate.len);
+        return 0;
+    }
+
+    sl->nlog = 0;
+    sl->log.len = 0;
+
+    return buf_set(&sl->snap, &sl->fstate) == 0;
 }
 
 
@@ -402,6 +563,11 @@ run_round(unsigned long long seed, int nrules, int nevents)
     int64_t            pttl;
     const rules_rule_t *r;
     history_t          *h;
+    rules_set_t        *other;
+    const rules_set_t  *known;
+    slot_t             *sl;
+    static char         other_json[65536];
+    rules_log_work_t    work;
 
     rng = seed;
     gen_rules(json, sizeof(json), nrules);
@@ -413,6 +579,22 @@ run_round(unsigned long long seed, int nrules, int nevents)
         printf("# seed %llu: generated rules do not load: %s\n", seed, err);
         return 0;
     }
+
+    /* for the fold: the rules known, none, or another file's */
+
+    frng = seed;
+    gen_rules(other_json, sizeof(other_json), 1 + (int) frnd(MAXRULES));
+    other = rules_load_buffer(other_json, strlen(other_json), "other", err,
+                              sizeof(err));
+
+    if (other == NULL) {
+        printf("# seed %llu: generated rules do not load: %s\n", seed, err);
+        rules_free(brs);
+        return 0;
+    }
+
+    known = frnd(3) == 0 ? NULL : frnd(2) ? brs : other;
+    memset(&work, 0, sizeof(work));
 
     bev = ev;
     memset(hist, 0, sizeof(hist));
@@ -476,7 +658,8 @@ run_round(unsigned long long seed, int nrules, int nevents)
                                               eo.keyops[k].key_value,
                                               (unsigned char *) key);
                 key[klen] = '\0';
-                st = state_of(key);
+                sl = slot_of(key);
+                st = &sl->state;
                 matched.len = 0;
 
                 if (rules_state_apply(st->data, st->len, eo.keyops[k].op,
@@ -491,6 +674,13 @@ run_round(unsigned long long seed, int nrules, int nevents)
                     tmp = *st;
                     *st = out;
                     out = tmp;
+                }
+
+                if (!fold_check(seed, sl, &eo.keyops[k], ev[e].t,
+                                WALL + ev[e].t + (int64_t) frnd(7) - 3,
+                                known, &work))
+                {
+                    ok_round = 0;
                 }
 
                 rules_result_add_digests(brs, &res, matched.data,
@@ -558,7 +748,13 @@ run_round(unsigned long long seed, int nrules, int nevents)
 
     for (p = 0; p < nslots; p++) {
         rules_buf_free(&slots[p].state);
+        rules_buf_free(&slots[p].fstate);
+        rules_buf_free(&slots[p].snap);
+        rules_buf_free(&slots[p].log);
     }
+
+    rules_log_work_free(&work);
+    rules_free(other);
 
     rules_buf_free(&out);
     rules_buf_free(&matched);
@@ -596,7 +792,9 @@ main(void)
     }
 
     is_int(passed, iters, "%d random rule files and streams: the state "
-           "machines agree with the brute force on every event", iters);
+           "machines agree with the brute force on every event, and the "
+           "logs of their ops fold to the states the ops make one by one",
+           iters);
 
     return done_testing();
 }
