@@ -170,6 +170,7 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
     rules_limits_t      limits = { 256, 4096 };
     rules_eventops_t    eo;
     rules_buf_t         out, matched, tmp, *st;
+    rules_state_work_t *sw;
     rules_str_t        *vals;
     unsigned char       key[160];
     char                uid[16], ip[16], dev[16], prod[8];
@@ -180,6 +181,13 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
 
     memset(&eo, 0, sizeof(eo));
     memset(&out, 0, sizeof(out));
+
+    sw = rules_state_work_create();
+    if (sw == NULL) {
+        fprintf(stderr, "no memory\n");
+        exit(1);
+    }
+
     memset(&matched, 0, sizeof(matched));
 
     nf = rules_nfields(rs);
@@ -229,9 +237,17 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
             st = state_of(key, klen);
             matched.len = 0;
 
-            rules_state_apply(st->data, st->len, eo.keyops[k].op,
-                              eo.keyops[k].op_len, now, now, &out, &changed,
-                              &pttl, &matched);
+            /* as the module does: the state parsed into a work it keeps */
+
+            if (rules_state_work_load(sw, st->data, st->len) < 0
+                || rules_state_work_apply(sw, eo.keyops[k].op,
+                                          eo.keyops[k].op_len, now, now,
+                                          NULL, &out, &changed, &pttl,
+                                          &matched)
+                   != 0)
+            {
+                continue;
+            }
 
             if (changed) {
                 tmp = *st;
@@ -245,6 +261,7 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
 
     rules_buf_free(&out);
     rules_buf_free(&matched);
+    rules_state_work_free(sw);
     rules_eventops_free(&eo);
     free(vals);
 
