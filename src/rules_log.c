@@ -460,38 +460,33 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
         return -1;
     }
 
-    if (!info.r2 || info.damaged) {
-        rules_cache_del(cache, key.data, key.len);
-
-    } else if (rules_cache_put(cache, key.data, key.len, info.gen,
-                               info.length, 0, info.entries,
-                               w->state->data, w->state->len)
-               != 0)
-    {
-        return -1;
-    }
-
-    if (rules_log_wants_compaction(&info)) {
-        memset(compact, 0, sizeof(rules_item_t));
-        compact->kind = RULES_ITEM_COMPACT;
-        compact->gen = info.gen;
-        compact->length = (double) info.length;
-        compact->newgen = rules_log_newgen();
-        compact->state = w->state->data;
-        compact->state_len = w->state->len;
-
-        /* optimistic, as for a write: a tail appended since fails it */
-
-        if (rules_cache_put(cache, key.data, key.len, compact->newgen,
-                            RULES_VALUE_HEADER_LEN + w->state->len, 0, 0,
-                            w->state->data, w->state->len)
-            != 0)
-        {
-            return -1;
+    if (!rules_log_wants_compaction(&info)) {
+        if (!info.r2 || info.damaged) {
+            rules_cache_del(cache, key.data, key.len);
+            return 0;
         }
+
+        return rules_cache_put(cache, key.data, key.len, info.gen,
+                               info.length, 0, info.entries,
+                               w->state->data, w->state->len);
     }
 
-    return 0;
+    memset(compact, 0, sizeof(rules_item_t));
+    compact->kind = RULES_ITEM_COMPACT;
+    compact->gen = info.gen;
+    compact->length = (double) info.length;
+    compact->newgen = rules_log_newgen();
+    compact->state = w->state->data;
+    compact->state_len = w->state->len;
+
+    /*
+     * The cache takes the compacted value at once (optimistic, as for a
+     * write: a tail appended since fails the compaction).
+     */
+
+    return rules_cache_put(cache, key.data, key.len, compact->newgen,
+                           RULES_VALUE_HEADER_LEN + w->state->len, 0, 0,
+                           w->state->data, w->state->len);
 }
 
 
