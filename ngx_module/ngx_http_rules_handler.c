@@ -28,6 +28,7 @@ struct ngx_http_rules_cmd_s {
  * op->ctx == NULL and only feed the metrics.
  */
 struct ngx_http_rules_op_s {
+    ngx_http_rules_op_t          *next;       /* in the free list */
     ngx_http_rules_ctx_t         *ctx;
     ngx_http_rules_main_conf_t   *rmcf;
     rules_set_t                  *rules;
@@ -63,6 +64,8 @@ static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_timeout(ngx_event_t *ev);
 static void ngx_http_rules_body_handler(ngx_http_request_t *r);
 static void ngx_http_rules_cleanup(void *data);
+static ngx_http_rules_op_t *ngx_http_rules_op_alloc(size_t ncmds,
+    ngx_log_t *log);
 static void ngx_http_rules_op_free(ngx_http_rules_op_t *op);
 static ngx_int_t ngx_http_rules_parse_time(ngx_http_request_t *r,
     ngx_str_t *s, int64_t *out);
@@ -225,7 +228,7 @@ ngx_http_rules_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 {
-    size_t                       i, nf, size, sent;
+    size_t                       i, nf, sent;
     int64_t                      now;
     ngx_int_t                    rc;
     ngx_time_t                  *tp;
@@ -308,10 +311,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         }
     }
 
-    size = sizeof(ngx_http_rules_op_t)
-           + ev.nevents * sizeof(ngx_http_rules_cmd_t);
-
-    op = ngx_alloc(size, r->connection->log);
+    op = ngx_http_rules_op_alloc(ev.nevents, r->connection->log);
     if (op == NULL) {
         if (ev.json_used) {
             rules_json_events_free(&ev.json);
@@ -990,9 +990,48 @@ ngx_http_rules_cleanup(void *data)
 }
 
 
+/*
+ * An op outlives its request when the request ends first, so it is not in
+ * the request's pool; the ops of one event, most requests, are kept for
+ * reuse (at most NGX_HTTP_RULES_FREE_OPS of them).
+ */
+
+#define NGX_HTTP_RULES_FREE_OPS  256
+
+static ngx_http_rules_op_t  *ngx_http_rules_free_ops;
+static ngx_uint_t            ngx_http_rules_nfree_ops;
+
+
+static ngx_http_rules_op_t *
+ngx_http_rules_op_alloc(size_t ncmds, ngx_log_t *log)
+{
+    ngx_http_rules_op_t  *op;
+
+    if (ncmds == 1 && ngx_http_rules_free_ops) {
+        op = ngx_http_rules_free_ops;
+        ngx_http_rules_free_ops = op->next;
+        ngx_http_rules_nfree_ops--;
+
+        return op;
+    }
+
+    return ngx_alloc(sizeof(ngx_http_rules_op_t)
+                     + ncmds * sizeof(ngx_http_rules_cmd_t), log);
+}
+
+
 static void
 ngx_http_rules_op_free(ngx_http_rules_op_t *op)
 {
+    if (op->ncmds == 1
+        && ngx_http_rules_nfree_ops < NGX_HTTP_RULES_FREE_OPS)
+    {
+        op->next = ngx_http_rules_free_ops;
+        ngx_http_rules_free_ops = op;
+        ngx_http_rules_nfree_ops++;
+        return;
+    }
+
     ngx_free(op);
 }
 
@@ -1008,6 +1047,16 @@ ngx_http_rules_worker_init(rules_set_t *rs)
 void
 ngx_http_rules_worker_exit(void)
 {
+    ngx_http_rules_op_t  *op;
+
     rules_result_free(&ngx_http_rules_event_result);
     rules_eventops_free(&ngx_http_rules_eo);
+
+    while (ngx_http_rules_free_ops) {
+        op = ngx_http_rules_free_ops;
+        ngx_http_rules_free_ops = op->next;
+        ngx_free(op);
+    }
+
+    ngx_http_rules_nfree_ops = 0;
 }
