@@ -4,11 +4,11 @@
  * The engine loads a rule file (SPEC.md section 2), evaluates the rule
  * conditions of one event, and turns the event into one "key operation"
  * per key group (rules sharing a key field).  A key operation is applied
- * to the key's state blob either in process (rules_state_apply(), used by
- * rules-replay's dry run and the tests) or inside Redis by the Lua script
- * in rules_script.c (used by the module and rules-replay --redis).  Both
- * implement the same state machines over the same binary format
- * (rules_state.h documents it).
+ * to the key's state blob in process, always (rules_state_apply(), or
+ * rules_state_work_apply() on a state held parsed; rules_state.h
+ * documents the format): Redis only stores the states and the logs of
+ * the operations applied since (rules_log.h), through the script in
+ * rules_script.c or the rules Redis module.
  */
 
 #ifndef RULES_ENGINE_H

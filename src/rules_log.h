@@ -5,8 +5,9 @@
  * Redis does not run the state machines: it keeps, per state key, a
  * snapshot and the log of the operations applied since, and the script
  * only appends.  The reader (the module, rules-replay --redis) folds the
- * log over the snapshot with rules_state_apply(), the same code as the
- * in-process engine, and now and then writes the folded state back as
+ * log over the snapshot, parsed once (rules_state_work_apply(), the same
+ * code as the in-process engine, one entry after the other), and now and
+ * then writes the folded state back as
  * the new snapshot (a compaction, guarded by the value's generation).
  * One event costs Redis a GET and an APPEND per state key, whatever the
  * number of rules.
