@@ -286,6 +286,8 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
         return;
     }
 
+    ac->c.reader->fn = &ngx_http_rules_reply_functions;
+
     if (conf->unix_path.len == 0 && redisEnableKeepAlive(&ac->c) != REDIS_OK)
     {
         /* not fatal: only an idle connection through a NAT may suffer */

@@ -136,4 +136,13 @@ ngx_http_rules_redis_stats_t *ngx_http_rules_redis_stats(
  */
 void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd);
 
+/*
+ * The reply objects of the module's connections, recycled through a
+ * per-worker free list (ngx_http_rules_reply.c); freed at worker exit.
+ */
+extern redisReplyObjectFunctions  ngx_http_rules_reply_functions;
+
+void ngx_http_rules_reply_exit(void);
+
+
 #endif /* NGX_HTTP_RULES_REDIS_H */

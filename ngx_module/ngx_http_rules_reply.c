@@ -1,0 +1,200 @@
+/*
+ * hiredis' reply objects, recycled: the reader makes one redisReply per
+ * element of a reply (an EVALSHA or RULES.STORE call of ten events
+ * answers with an array of thirty-odd), and hiredis frees each reply
+ * tree right after its callback.  With its default functions that is a
+ * calloc and a free per element, a few percent of a worker with
+ * SPEC.md's rules; here the structures go back to a per-worker free list
+ * (at most NGX_HTTP_RULES_REPLY_FREE of them) instead.  Strings and
+ * element vectors are allocated as hiredis allocates them.
+ *
+ * The objects are hiredis' own redisReply, filled as its default
+ * functions fill them (read.h documents the reader's interface), so the
+ * module reads replies as before.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_rules_redis.h"
+
+
+#define NGX_HTTP_RULES_REPLY_FREE  4096
+
+
+static redisReply  *ngx_http_rules_reply_free_list;
+static ngx_uint_t   ngx_http_rules_reply_nfree;
+
+
+static void *ngx_http_rules_reply_string(const redisReadTask *task,
+    char *str, size_t len);
+static void *ngx_http_rules_reply_array(const redisReadTask *task,
+    int elements);
+static void *ngx_http_rules_reply_integer(const redisReadTask *task,
+    long long value);
+static void *ngx_http_rules_reply_nil(const redisReadTask *task);
+static void ngx_http_rules_reply_free(void *obj);
+
+
+redisReplyObjectFunctions  ngx_http_rules_reply_functions = {
+    ngx_http_rules_reply_string,
+    ngx_http_rules_reply_array,
+    ngx_http_rules_reply_integer,
+    ngx_http_rules_reply_nil,
+    ngx_http_rules_reply_free
+};
+
+
+/* A zeroed reply of the task's type, linked into its parent array. */
+static redisReply *
+ngx_http_rules_reply_create(const redisReadTask *task, int type)
+{
+    redisReply  *r, *parent;
+
+    r = ngx_http_rules_reply_free_list;
+
+    if (r) {
+        /* the free list is chained through the element field */
+        ngx_http_rules_reply_free_list = (redisReply *) r->element;
+        ngx_http_rules_reply_nfree--;
+
+    } else {
+        r = malloc(sizeof(redisReply));
+        if (r == NULL) {
+            return NULL;
+        }
+    }
+
+    ngx_memzero(r, sizeof(redisReply));
+    r->type = type;
+
+    if (task->parent) {
+        parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+
+    return r;
+}
+
+
+static void *
+ngx_http_rules_reply_string(const redisReadTask *task, char *str, size_t len)
+{
+    char        *buf;
+    redisReply  *r;
+
+    buf = malloc(len + 1);
+    if (buf == NULL) {
+        return NULL;
+    }
+
+    r = ngx_http_rules_reply_create(task, task->type);
+    if (r == NULL) {
+        free(buf);
+        return NULL;
+    }
+
+    ngx_memcpy(buf, str, len);
+    buf[len] = '\0';
+    r->str = buf;
+    r->len = len;
+
+    return r;
+}
+
+
+static void *
+ngx_http_rules_reply_array(const redisReadTask *task, int elements)
+{
+    redisReply  **element;
+    redisReply   *r;
+
+    element = NULL;
+
+    if (elements > 0) {
+        element = calloc((size_t) elements, sizeof(redisReply *));
+        if (element == NULL) {
+            return NULL;
+        }
+    }
+
+    r = ngx_http_rules_reply_create(task, REDIS_REPLY_ARRAY);
+    if (r == NULL) {
+        free(element);
+        return NULL;
+    }
+
+    r->element = element;
+    r->elements = (size_t) (elements > 0 ? elements : 0);
+
+    return r;
+}
+
+
+static void *
+ngx_http_rules_reply_integer(const redisReadTask *task, long long value)
+{
+    redisReply  *r;
+
+    r = ngx_http_rules_reply_create(task, REDIS_REPLY_INTEGER);
+    if (r == NULL) {
+        return NULL;
+    }
+
+    r->integer = value;
+
+    return r;
+}
+
+
+static void *
+ngx_http_rules_reply_nil(const redisReadTask *task)
+{
+    return ngx_http_rules_reply_create(task, REDIS_REPLY_NIL);
+}
+
+
+/* A reply and, for an array, its elements (hiredis frees trees only). */
+static void
+ngx_http_rules_reply_free(void *obj)
+{
+    size_t       i;
+    redisReply  *r = obj;
+
+    if (r == NULL) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (i = 0; i < r->elements; i++) {
+            ngx_http_rules_reply_free(r->element[i]);
+        }
+    }
+
+    free(r->element);
+    free(r->str);
+
+    if (ngx_http_rules_reply_nfree >= NGX_HTTP_RULES_REPLY_FREE) {
+        free(r);
+        return;
+    }
+
+    r->element = (redisReply **) ngx_http_rules_reply_free_list;
+    ngx_http_rules_reply_free_list = r;
+    ngx_http_rules_reply_nfree++;
+}
+
+
+void
+ngx_http_rules_reply_exit(void)
+{
+    redisReply  *r;
+
+    while (ngx_http_rules_reply_free_list) {
+        r = ngx_http_rules_reply_free_list;
+        ngx_http_rules_reply_free_list = (redisReply *) r->element;
+        free(r);
+    }
+
+    ngx_http_rules_reply_nfree = 0;
+}
