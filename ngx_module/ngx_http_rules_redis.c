@@ -51,6 +51,13 @@
 
 #define NGX_HTTP_RULES_REDIS_FREE_MAX    128    /* command blocks kept */
 #define NGX_HTTP_RULES_REDIS_BLOCK       256    /* their size unit */
+
+/* room for a command's head: *<argc>, RULES.STORE (or EVALSHA), the SHA1 */
+#define NGX_HTTP_RULES_REDIS_HEAD        96
+
+/* an argument of len bytes in the protocol's form */
+#define NGX_HTTP_RULES_REDIS_ARG_LEN(len)                                     \
+    (sizeof("$" CRLF CRLF) - 1 + NGX_SIZE_T_LEN + (len))
 #define NGX_HTTP_RULES_REDIS_REASON_LEN  256
 
 
@@ -73,8 +80,10 @@ typedef struct ngx_http_rules_redis_cmd_s  ngx_http_rules_redis_cmd_t;
 
 /*
  * One command, allocated in one block with its arguments (kept for the
- * EVAL retry after NOSCRIPT): the struct, argv[argc], argvlen[argc], then
- * the bytes of the caller's arguments.
+ * EVAL retry after NOSCRIPT): the struct, room for the head of the
+ * command (its length, and for a script call its name and the script's
+ * SHA1), then the caller's arguments in the protocol's form, so that
+ * hiredis only copies the command into its output buffer.
  */
 struct ngx_http_rules_redis_cmd_s {
     ngx_http_rules_redis_t            *rd;
@@ -82,8 +91,8 @@ struct ngx_http_rules_redis_cmd_s {
     void                              *data;
     ngx_http_rules_redis_cmd_t        *next;        /* in the free list */
     size_t                             size;        /* of the block */
-    const char                       **argv;
-    size_t                            *argvlen;
+    u_char                            *args;        /* the arguments */
+    size_t                             args_len;
     int                                argc;        /* with EVALSHA, sha */
     unsigned                           retried:1;
     unsigned                           asking:1;    /* ASKING first */
@@ -173,6 +182,10 @@ static void ngx_http_rules_redis_asking_reply(redisAsyncContext *ac,
     void *r, void *privdata);
 static void ngx_http_rules_redis_done(ngx_http_rules_redis_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc);
+static u_char *ngx_http_rules_redis_arg(u_char *p, const char *arg,
+    size_t len);
+static ngx_int_t ngx_http_rules_redis_send_formatted(
+    ngx_http_rules_redis_t *rd, ngx_http_rules_redis_cmd_t *cmd);
 static ngx_http_rules_redis_cmd_t *ngx_http_rules_redis_cmd_alloc(
     ngx_http_rules_redis_t *rd, size_t size);
 static void ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
@@ -679,15 +692,15 @@ ngx_http_rules_redis_command(ngx_http_rules_redis_t *rd, int argc,
 
 
 /*
- * One command: EVALSHA <sha> argv... (evalsha) or argv as given, copied
- * into one block, preceded by ASKING when asked to.
+ * One command: EVALSHA <sha> argv... (evalsha) or argv as given, put in
+ * the protocol's form into one block, preceded by ASKING when asked to.
  */
 static ngx_int_t
 ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     ngx_uint_t evalsha, int argc, const char **argv, const size_t *argvlen,
     ngx_http_rules_redis_handler_pt handler, void *data)
 {
-    int                          i, n, first;
+    int                          i;
     u_char                      *p;
     size_t                       size;
     ngx_http_rules_redis_cmd_t  *cmd;
@@ -709,14 +722,11 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
         return NGX_DECLINED;
     }
 
-    first = evalsha ? 2 : 0;
-    n = argc + first;
-
-    size = sizeof(ngx_http_rules_redis_cmd_t)
-           + n * (sizeof(const char *) + sizeof(size_t));
+    /* and a NUL: hiredis looks for the command's name with strchr() */
+    size = sizeof(ngx_http_rules_redis_cmd_t) + NGX_HTTP_RULES_REDIS_HEAD + 1;
 
     for (i = 0; i < argc; i++) {
-        size += argvlen[i];
+        size += NGX_HTTP_RULES_REDIS_ARG_LEN(argvlen[i]);
     }
 
     cmd = ngx_http_rules_redis_cmd_alloc(rd, size);
@@ -727,34 +737,21 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     cmd->rd = rd;
     cmd->handler = handler;
     cmd->data = data;
-    cmd->argc = n;
+    cmd->argc = argc + (evalsha ? 2 : 0);
     cmd->retried = 0;
     cmd->asking = (flags & NGX_HTTP_RULES_REDIS_ASKING) ? 1 : 0;
     cmd->raw = evalsha ? 0 : 1;
     cmd->native = (evalsha && rd->native) ? 1 : 0;
-    cmd->argv = (const char **) (cmd + 1);
-    cmd->argvlen = (size_t *) (cmd->argv + n);
+    cmd->args = (u_char *) (cmd + 1) + NGX_HTTP_RULES_REDIS_HEAD;
 
-    if (cmd->native) {
-        cmd->argv[0] = "RULES.STORE";
-        cmd->argvlen[0] = sizeof("RULES.STORE") - 1;
-        cmd->argv[1] = rd->sha1;
-        cmd->argvlen[1] = 40;
-
-    } else if (evalsha) {
-        cmd->argv[0] = "EVALSHA";
-        cmd->argvlen[0] = sizeof("EVALSHA") - 1;
-        cmd->argv[1] = rd->sha1;
-        cmd->argvlen[1] = 40;
-    }
-
-    p = (u_char *) (cmd->argvlen + n);
+    p = cmd->args;
 
     for (i = 0; i < argc; i++) {
-        cmd->argv[first + i] = (const char *) p;
-        cmd->argvlen[first + i] = argvlen[i];
-        p = ngx_cpymem(p, argv[i], argvlen[i]);
+        p = ngx_http_rules_redis_arg(p, argv[i], argvlen[i]);
     }
+
+    cmd->args_len = p - cmd->args;
+    *p = '\0';
 
     if (ngx_http_rules_redis_send(rd, cmd) != NGX_OK) {
         ngx_http_rules_redis_cmd_free(rd, cmd);
@@ -792,12 +789,9 @@ ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
         rd->waiting++;
     }
 
-    /* argv and lengths: binary safe, never a format string */
+    /* the protocol's form: binary safe, never a format string */
 
-    if (redisAsyncCommandArgv(rd->ac, ngx_http_rules_redis_reply, cmd,
-                              cmd->argc, cmd->argv, cmd->argvlen)
-        != REDIS_OK)
-    {
+    if (ngx_http_rules_redis_send_formatted(rd, cmd) != NGX_OK) {
         /* an ASKING queued alone is harmless: its reply is counted */
         return NGX_ERROR;
     }
@@ -883,10 +877,6 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
         cmd->retried = 1;
         cmd->native = 0;
-        cmd->argv[0] = "EVAL";
-        cmd->argvlen[0] = sizeof("EVAL") - 1;
-        cmd->argv[1] = rd->script;
-        cmd->argvlen[1] = rd->script_len;
 
         if (!rd->closing && ngx_http_rules_redis_send(rd, cmd) == NGX_OK) {
             return;
@@ -919,10 +909,6 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                           "sending it again", &rd->conf->addr_text);
         }
 
-        cmd->argv[0] = "EVAL";
-        cmd->argvlen[0] = sizeof("EVAL") - 1;
-        cmd->argv[1] = rd->script;
-        cmd->argvlen[1] = rd->script_len;
 
         if (!rd->closing && ngx_http_rules_redis_send(rd, cmd) == NGX_OK) {
             return;
@@ -1280,6 +1266,97 @@ ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd)
     }
 
     ngx_free(rd);
+}
+
+
+/* One argument in the protocol's form: $<length> CRLF <bytes> CRLF. */
+static u_char *
+ngx_http_rules_redis_arg(u_char *p, const char *arg, size_t len)
+{
+    *p++ = '$';
+    p = ngx_sprintf(p, "%uz" CRLF, len);
+    p = ngx_cpymem(p, arg, len);
+    *p++ = CR;
+    *p++ = LF;
+
+    return p;
+}
+
+
+/*
+ * Sends the command: its head (the number of arguments; for a script
+ * call, EVALSHA or RULES.STORE and the script's SHA1, or, retried, EVAL
+ * and the script) written right before its arguments, the whole in one
+ * piece that hiredis copies into its output buffer (NUL-terminated, as
+ * its own formatting leaves it).  The script does not fit in the room
+ * left for the head: a retry is put together apart.
+ */
+static ngx_int_t
+ngx_http_rules_redis_send_formatted(ngx_http_rules_redis_t *rd,
+    ngx_http_rules_redis_cmd_t *cmd)
+{
+    int          rc;
+    size_t       len, head_len;
+    u_char      *p, *buf, head[NGX_HTTP_RULES_REDIS_HEAD];
+    const char  *name, *arg;
+    size_t       name_len, arg_len;
+
+    p = ngx_sprintf(head, "*%d" CRLF, cmd->argc);
+
+    if (!cmd->raw && !cmd->retried) {
+        if (cmd->native) {
+            name = "RULES.STORE";
+            name_len = sizeof("RULES.STORE") - 1;
+
+        } else {
+            name = "EVALSHA";
+            name_len = sizeof("EVALSHA") - 1;
+        }
+
+        p = ngx_http_rules_redis_arg(p, name, name_len);
+        p = ngx_http_rules_redis_arg(p, rd->sha1, 40);
+    }
+
+    head_len = p - head;
+    buf = NULL;
+
+    if (!cmd->raw && cmd->retried) {
+        /* EVAL <script> <the same arguments> */
+
+        name = "EVAL";
+        name_len = sizeof("EVAL") - 1;
+        arg = rd->script;
+        arg_len = rd->script_len;
+
+        len = head_len + NGX_HTTP_RULES_REDIS_ARG_LEN(name_len)
+              + NGX_HTTP_RULES_REDIS_ARG_LEN(arg_len) + cmd->args_len + 1;
+
+        buf = ngx_alloc(len, rd->log);
+        if (buf == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(buf, head, head_len);
+        p = ngx_http_rules_redis_arg(p, name, name_len);
+        p = ngx_http_rules_redis_arg(p, arg, arg_len);
+        p = ngx_cpymem(p, cmd->args, cmd->args_len);
+        *p = '\0';
+
+        rc = redisAsyncFormattedCommand(rd->ac, ngx_http_rules_redis_reply,
+                                        cmd, (const char *) buf,
+                                        p - buf);
+        ngx_free(buf);
+
+    } else {
+        p = cmd->args - head_len;
+        ngx_memcpy(p, head, head_len);
+
+        rc = redisAsyncFormattedCommand(rd->ac, ngx_http_rules_redis_reply,
+                                        cmd, (const char *) p,
+                                        head_len + cmd->args_len);
+    }
+
+    return rc == REDIS_OK ? NGX_OK : NGX_ERROR;
 }
 
 
