@@ -399,10 +399,22 @@ static ngx_int_t
 ngx_http_rules_field_value(ngx_http_request_t *r, ngx_http_rules_field_t *f,
     rules_str_t *out)
 {
-    u_char     *dst, *src;
-    ngx_str_t   value;
+    u_char                     *dst, *src;
+    ngx_str_t                   value;
+    ngx_http_variable_value_t  *vv;
 
-    if (ngx_http_complex_value(r, &f->value, &value) != NGX_OK) {
+    if (f->var_index != NGX_ERROR) {
+        vv = ngx_http_get_flushed_variable(r, f->var_index);
+
+        if (vv == NULL || vv->not_found) {
+            ngx_str_null(&value);
+
+        } else {
+            value.data = vv->data;
+            value.len = vv->len;
+        }
+
+    } else if (ngx_http_complex_value(r, &f->value, &value) != NGX_OK) {
         return NGX_ERROR;
     }
 

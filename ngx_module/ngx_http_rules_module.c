@@ -805,7 +805,8 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_rules_loc_conf_t *rlcf = conf;
 
-    ngx_str_t                         *value;
+    u_char                             ch;
+    ngx_str_t                         *value, name;
     ngx_uint_t                         i;
     ngx_http_rules_field_t            *f;
     ngx_http_compile_complex_value_t   ccv;
@@ -856,6 +857,46 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return NGX_CONF_ERROR;
+    }
+
+    /*
+     * A value that is one variable ("$arg_uid", "${arg_uid}") is read
+     * as that variable (flushed, as a complex value flushes it): a
+     * complex value evaluates it twice, its length then its bytes, and
+     * $arg_ variables are not cached: each is a scan of the query string.
+     */
+
+    f->var_index = NGX_ERROR;
+    name = value[2];
+
+    if (name.len > 1 && name.data[0] == '$') {
+        name.data++;
+        name.len--;
+
+        if (name.len > 2 && name.data[0] == '{'
+            && name.data[name.len - 1] == '}')
+        {
+            name.data++;
+            name.len -= 2;
+        }
+
+        for (i = 0; i < name.len; i++) {
+            ch = name.data[i];
+
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+                  || (ch >= '0' && ch <= '9') || ch == '_'))
+            {
+                break;
+            }
+        }
+
+        if (i == name.len) {
+            f->var_index = ngx_http_get_variable_index(cf, &name);
+
+            if (f->var_index == NGX_ERROR) {
+                return NGX_CONF_ERROR;
+            }
+        }
     }
 
     return NGX_CONF_OK;

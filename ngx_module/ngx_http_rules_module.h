@@ -70,6 +70,9 @@ typedef struct {
     ngx_uint_t                    decode;         /* $arg_: percent-decode */
     ngx_str_t                     name;
     ngx_http_complex_value_t      value;
+    ngx_int_t                     var_index;      /* the value is one
+                                                     variable: its index,
+                                                     read once; else -1 */
 } ngx_http_rules_field_t;
 
 

@@ -391,3 +391,29 @@ longer than rules_max_value_length 16
 ]
 --- response_body eval
 ["target\n", "target\n", "target\n"]
+
+
+
+=== TEST 16: a field made of several variables, one in braces, and an unset one
+--- config
+    location = /px {
+        rules on;
+        rules_field uid  "${arg_site}:$arg_uid";
+        rules_field type ${arg_e};
+        rules_field ip   "$arg_none";
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        empty_gif;
+    }
+--- request eval
+[
+  "GET /px?uid=t050-16&site=a&e=page&ts=1000",
+  "GET /px?uid=t050-16&site=b&e=page&ts=2000",
+  "GET /px?uid=t050-16&site=a&e=%70age&ts=3000",
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+  "X-Rules: [visited_twice_week]",
+]
