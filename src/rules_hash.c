@@ -217,7 +217,7 @@ rules_grow(void *arrayp, size_t *size, size_t n, size_t elem, size_t first)
         return 0;
     }
 
-    ns = *size ? *size * 2 : first;
+    for (ns = *size ? *size * 2 : first; ns <= n; ns *= 2) { /* void */ }
 
     memcpy(&a, arrayp, sizeof(void *));
     a = realloc(a, ns * elem);

@@ -19,7 +19,8 @@ uint64_t rules_hash64(const void *p, size_t len, uint64_t seed);
  * Room for element n of a growable array: arrayp points at the array's
  * pointer, *size is its capacity in elements of elem bytes.  When n is
  * past it, the array is reallocated at twice the size (first, for an
- * empty one).  -1 on memory exhaustion, the array as it was.
+ * empty one), doubled again until n fits.  -1 on memory exhaustion, the
+ * array as it was.
  */
 int rules_grow(void *arrayp, size_t *size, size_t n, size_t elem,
     size_t first);

@@ -788,30 +788,11 @@ rules_state_work_free(rules_state_work_t *w)
 }
 
 
-/* Makes *a hold at least n elements of elem bytes. */
+/* Makes the array at arrayp hold at least n elements of elem bytes. */
 static int
 rules_work_fit(void *arrayp, size_t *size, size_t n, size_t elem)
 {
-    void    *a;
-    size_t   ns;
-
-    if (n <= *size) {
-        return 0;
-    }
-
-    for (ns = *size ? *size : 32; ns < n; ns *= 2) { /* void */ }
-
-    memcpy(&a, arrayp, sizeof(void *));
-    a = realloc(a, ns * elem);
-
-    if (a == NULL) {
-        return -1;
-    }
-
-    memcpy(arrayp, &a, sizeof(void *));
-    *size = ns;
-
-    return 0;
+    return n ? rules_grow(arrayp, size, n - 1, elem, 32) : 0;
 }
 
 
