@@ -12,6 +12,9 @@
 #   bench/run.sh                 (BENCH_SECS=10 BENCH_RUNS=3 BENCH_CONNS=50
 #                                 BENCH_WORKERS="1 2")
 #   BENCH_STEPS= bench/run.sh    the table only, no latency steps
+#   BENCH_WARMUP=40 bench/run.sh  each run's nginx first serves 40 s of
+#                                 the same load, not measured (a state
+#                                 cache filled as on a live server)
 #   BENCH_CLUSTER=3 bench/run.sh  the same against a Redis Cluster of 3
 #                                 masters (bench/cluster.sh); Redis CPU is
 #                                 summed over the masters
@@ -25,6 +28,7 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
 state_cache=${BENCH_STATE_CACHE:-32m}
+warmup=${BENCH_WARMUP:-0}
 module=$root/build/nginx/ngx_http_rules_module.so
 redis_module=$root/build/rules_redis_module.so
 
@@ -184,6 +188,9 @@ for workers in $workers_list; do
                 gen*)  rules=$out/rules-1000.json; path=/px ;;
             esac
             start_nginx "$workers" "$rules" "$native"
+            if [ "$warmup" -gt 0 ]; then
+                secs=$warmup wrk_run "$mode" "$path" "$conns" > /dev/null
+            fi
             read -r c0 u0 f0 cpu0 < <(redis_stat)
             ncpu0=$(nginx_cpu)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
