@@ -239,12 +239,11 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
 
             /* as the module does: the state parsed into a work it keeps */
 
-            if (rules_state_work_load(sw, st->data, st->len) < 0
-                || rules_state_work_apply(sw, eo.keyops[k].op,
-                                          eo.keyops[k].op_len, now, now,
-                                          NULL, &out, &changed, &pttl,
-                                          &matched)
-                   != 0)
+            if (rules_state_apply_work(sw, st->data, st->len,
+                                       eo.keyops[k].op, eo.keyops[k].op_len,
+                                       now, now, NULL, &out, &changed, &pttl,
+                                       &matched)
+                != 0)
             {
                 continue;
             }

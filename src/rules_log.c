@@ -362,10 +362,10 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
 
     /* a cached state that does not parse is taken as none */
 
-    if (rules_state_work_load(w->parsed, cached.data, cached.len) < 0
-        || rules_state_work_apply(w->parsed, ko->op, ko->op_len, now, wall,
-                                  w->known, out, &changed, &pttl, matched)
-           != 0)
+    if (rules_state_apply_work(w->parsed, cached.data, cached.len, ko->op,
+                               ko->op_len, now, wall, w->known, out, &changed,
+                               &pttl, matched)
+        != 0)
     {
         /* a malformed op, or no memory: ask for the value */
         rules_cache_del(cache, key, key_len);

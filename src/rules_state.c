@@ -1056,10 +1056,6 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
             run_len += r->len;
             expire = r->expire;
 
-            if (rc == 0 && r->from <= now && now < r->until) {
-                rc = rules_buf_append(matched, r->digest, 8);
-            }
-
         } else {
             if (run_len) {
                 rc = rules_buf_append(out, run, run_len);
@@ -1083,15 +1079,17 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
                  * breaks */
                 rc = rules_break_chains(r, out);
                 expire = r->expire;
-
-                if (rc == 0 && r->from <= now && now < r->until) {
-                    rc = rules_buf_append(matched, r->digest, 8);
-                }
             }
 
             if (rc == 0) {
                 rules_work_wrote(w, n++, out, at, r->known);
             }
+        }
+
+        /* an untouched record is matched by its interval */
+
+        if (rc == 0 && r->entry < 0 && r->from <= now && now < r->until) {
+            rc = rules_buf_append(matched, r->digest, 8);
         }
 
         if (expire > max_expire) {
@@ -1178,7 +1176,7 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
     const rules_set_t *known, rules_buf_t *out, int *changed, int64_t *pttl,
     rules_buf_t *matched)
 {
-    int                  rc, bad;
+    int                  rc;
     rules_state_work_t  *w;
 
     w = rules_state_work_create();
@@ -1186,20 +1184,36 @@ rules_state_apply_known(const unsigned char *state, size_t state_len,
         return -1;
     }
 
-    rc = -1;
-    bad = rules_state_work_load(w, state, state_len);
-
-    if (bad >= 0) {
-        rc = rules_state_work_apply(w, op, op_len, now_ms, wall_ms, known,
-                                    out, changed, pttl, matched);
-
-        if (rc == 0 && bad) {
-            /* not ours or damaged: started afresh */
-            *changed = 1;
-        }
-    }
+    rc = rules_state_apply_work(w, state, state_len, op, op_len, now_ms,
+                                wall_ms, known, out, changed, pttl, matched);
 
     rules_state_work_free(w);
+
+    return rc;
+}
+
+
+int
+rules_state_apply_work(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len, const unsigned char *op, size_t op_len, int64_t now_ms,
+    int64_t wall_ms, const rules_set_t *known, rules_buf_t *out, int *changed,
+    int64_t *pttl, rules_buf_t *matched)
+{
+    int  rc, bad;
+
+    bad = rules_state_work_load(w, state, state_len);
+
+    if (bad < 0) {
+        return -1;
+    }
+
+    rc = rules_state_work_apply(w, op, op_len, now_ms, wall_ms, known, out,
+                                changed, pttl, matched);
+
+    if (rc == 0 && bad) {
+        /* not ours or damaged: started afresh */
+        *changed = 1;
+    }
 
     return rc;
 }

@@ -124,6 +124,16 @@ int rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
     size_t op_len, int64_t now, int64_t wall, const rules_set_t *known,
     rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched);
 
+/*
+ * rules_state_apply_known() on w's arrays, which it keeps (no allocation
+ * once they have grown): the state loaded, then the op applied; w then
+ * holds the new state, in *out.
+ */
+int rules_state_apply_work(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len, const unsigned char *op, size_t op_len, int64_t now,
+    int64_t wall, const rules_set_t *known, rules_buf_t *out, int *changed,
+    int64_t *pttl, rules_buf_t *matched);
+
 /* Checks a state blob's structure; 0 when well-formed. */
 int rules_state_validate(const unsigned char *state, size_t state_len);
 

@@ -92,6 +92,7 @@ typedef struct {
     rules_batch_t      batch;      /* the call being built */
     rules_batch_t      next;       /* compactions for the next call */
     rules_log_work_t   work;
+    rules_state_work_t *parsed;    /* the in-memory store's applies */
     rules_cache_t     *cache;      /* folded states, as the module's */
     replay_reply_t    *replies;    /* of the last call(s), per item */
     redisReply       **owners;     /* the replies to free */
@@ -248,11 +249,11 @@ apply_memory(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         e = store_get(rp, rp->keys + offs[i], lens[i]);
         rp->matched.len = 0;
 
-        if (rules_state_apply_known(e->state.data, e->state.len,
-                                    rp->eo.keyops[i].op,
-                                    rp->eo.keyops[i].op_len, now, wall_ms(),
-                                    rp->rs, &rp->out, &changed, &pttl,
-                                    &rp->matched)
+        if (rules_state_apply_work(rp->parsed, e->state.data, e->state.len,
+                                   rp->eo.keyops[i].op,
+                                   rp->eo.keyops[i].op_len, now, wall_ms(),
+                                   rp->rs, &rp->out, &changed, &pttl,
+                                   &rp->matched)
             != 0)
         {
             fprintf(stderr, "rules-replay: cannot apply an event\n");
@@ -1331,6 +1332,12 @@ main(int argc, char **argv)
     }
 
     rp.work.known = rp.rs;
+    rp.parsed = rules_state_work_create();
+
+    if (rp.parsed == NULL) {
+        fprintf(stderr, "rules-replay: no memory\n");
+        return 1;
+    }
 
     if (optind < argc) {
         in = fopen(argv[optind], "r");
@@ -1462,6 +1469,7 @@ main(int argc, char **argv)
     rules_batch_free(&rp.batch);
     rules_batch_free(&rp.next);
     rules_log_work_free(&rp.work);
+    rules_state_work_free(rp.parsed);
     for (i = 0; i < rp.ncaches; i++) {
         rules_cache_free(rp.caches[i]);
     }
