@@ -42,14 +42,23 @@ static const char *field_names[NFIELDS] = { "uid", "ip", "a", "b", "c",
 static const char *alpha[] = { "x", "y", "z", "xy", "" };
 static const char *nums[] = { "1", "2", "3", "-1", "x", "" };
 
-static unsigned long long  rng;
+static unsigned long long  rng;    /* the rules and events */
+static unsigned long long  frng;   /* the fold check's own draws */
+
+
+/* 0 .. n-1 from the linear congruential stream *state */
+static unsigned
+rnd_of(unsigned long long *state, unsigned n)
+{
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (unsigned) ((*state >> 33) % n);
+}
 
 
 static unsigned
 rnd(unsigned n)
 {
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (unsigned) ((rng >> 33) % n);
+    return rnd_of(&rng, n);
 }
 
 
@@ -400,14 +409,10 @@ slot_of(const char *key)
 
 /* ---- the log fold against the ops applied one by one ----------------- */
 
-static unsigned long long  frng;
-
-
 static unsigned
 frnd(unsigned n)
 {
-    frng = frng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (unsigned) ((frng >> 33) % n);
+    return rnd_of(&frng, n);
 }
 
 
