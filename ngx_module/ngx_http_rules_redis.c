@@ -909,7 +909,6 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                           "sending it again", &rd->conf->addr_text);
         }
 
-
         if (!rd->closing && ngx_http_rules_redis_send(rd, cmd) == NGX_OK) {
             return;
         }
@@ -1316,41 +1315,28 @@ static ngx_int_t
 ngx_http_rules_redis_send_formatted(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd)
 {
-    int          rc;
-    size_t       len, head_len;
-    u_char      *p, *buf, head[NGX_HTTP_RULES_REDIS_HEAD];
-    const char  *name, *arg;
-    size_t       name_len, arg_len;
+    int      rc;
+    size_t   len, head_len;
+    u_char  *p, *buf, head[NGX_HTTP_RULES_REDIS_HEAD];
 
     p = ngx_sprintf(head, "*%d" CRLF, cmd->argc);
 
     if (!cmd->raw && !cmd->retried) {
-        if (cmd->native) {
-            name = "RULES.STORE";
-            name_len = sizeof("RULES.STORE") - 1;
-
-        } else {
-            name = "EVALSHA";
-            name_len = sizeof("EVALSHA") - 1;
-        }
-
-        p = ngx_http_rules_redis_arg(p, name, name_len);
+        p = cmd->native
+            ? ngx_http_rules_redis_arg(p, "RULES.STORE",
+                                       sizeof("RULES.STORE") - 1)
+            : ngx_http_rules_redis_arg(p, "EVALSHA", sizeof("EVALSHA") - 1);
         p = ngx_http_rules_redis_arg(p, rd->sha1, 40);
     }
 
     head_len = p - head;
-    buf = NULL;
 
     if (!cmd->raw && cmd->retried) {
         /* EVAL <script> <the same arguments> */
 
-        name = "EVAL";
-        name_len = sizeof("EVAL") - 1;
-        arg = rd->script;
-        arg_len = rd->script_len;
-
-        len = head_len + NGX_HTTP_RULES_REDIS_ARG_LEN(name_len)
-              + NGX_HTTP_RULES_REDIS_ARG_LEN(arg_len) + cmd->args_len + 1;
+        len = head_len + NGX_HTTP_RULES_REDIS_ARG_LEN(sizeof("EVAL") - 1)
+              + NGX_HTTP_RULES_REDIS_ARG_LEN(rd->script_len) + cmd->args_len
+              + 1;
 
         buf = ngx_alloc(len, rd->log);
         if (buf == NULL) {
@@ -1358,8 +1344,8 @@ ngx_http_rules_redis_send_formatted(ngx_http_rules_redis_t *rd,
         }
 
         p = ngx_cpymem(buf, head, head_len);
-        p = ngx_http_rules_redis_arg(p, name, name_len);
-        p = ngx_http_rules_redis_arg(p, arg, arg_len);
+        p = ngx_http_rules_redis_arg(p, "EVAL", sizeof("EVAL") - 1);
+        p = ngx_http_rules_redis_arg(p, rd->script, rd->script_len);
         p = ngx_cpymem(p, cmd->args, cmd->args_len);
         *p = '\0';
 
