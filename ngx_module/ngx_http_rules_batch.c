@@ -60,6 +60,7 @@ typedef struct {
     rules_log_work_t              work;
     rules_buf_t                   matched;
     rules_cache_t                *cache;      /* folded states */
+    ngx_http_rules_batch_stats_t  lookups;    /* of it, not counted yet */
     time_t                        error_logged;
     ngx_uint_t                    errors_unlogged;
 } ngx_http_rules_batcher_t;
@@ -273,6 +274,20 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
         return NGX_ERROR;
     }
 
+    switch (ri.lookup) {
+
+    case RULES_LOOKUP_HIT:
+        bt->lookups.cache_hits++;
+        break;
+
+    case RULES_LOOKUP_MISS:
+        bt->lookups.cache_misses++;
+        break;
+
+    default: /* RULES_LOOKUP_NONE */
+        break;
+    }
+
     return ngx_http_rules_batch_queue(cmd, group, key, &ri,
                                       RULES_ITEM_COMPUTED(ri.kind)
                                       ? &bt->matched : NULL);
@@ -363,7 +378,9 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
         return;
     }
 
-    ngx_memzero(&d, sizeof(ngx_http_rules_batch_stats_t));
+    d = ngx_http_rules_batcher.lookups;
+    ngx_memzero(&ngx_http_rules_batcher.lookups,
+                sizeof(ngx_http_rules_batch_stats_t));
     d.calls = 1;
     d.items = rules_batch_items(&batch->b);
     ngx_http_rules_metrics_batch(rmcf, &d);

@@ -67,6 +67,8 @@ typedef struct {
     ngx_atomic_t                        write_fallbacks;
     ngx_atomic_t                        compactions;
     ngx_atomic_t                        compactions_lost;
+    ngx_atomic_t                        cache_hits;
+    ngx_atomic_t                        cache_misses;
     ngx_atomic_t                        worker_starts;
     ngx_atomic_t                        config_loads;
     ngx_atomic_t                        cluster_moved;
@@ -788,7 +790,8 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
 
 
 /* The engine and the Redis connection count per process: push deltas. */
-/* A Redis call sent, or its reply's writes and compactions. */
+/* A Redis call sent (and the state cache lookups of its items), or its
+ * reply's writes and compactions. */
 void
 ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,
     ngx_http_rules_batch_stats_t *d)
@@ -813,6 +816,8 @@ ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,
     ngx_http_rules_metrics_add(write_fallbacks, write_fallbacks);
     ngx_http_rules_metrics_add(compactions, compactions);
     ngx_http_rules_metrics_add(compactions_lost, compactions_lost);
+    ngx_http_rules_metrics_add(cache_hits, cache_hits);
+    ngx_http_rules_metrics_add(cache_misses, cache_misses);
 
 #undef ngx_http_rules_metrics_add
 }
@@ -1006,7 +1011,7 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     ngx_http_rules_metrics_sync_engine(rmcf);
 
     /*
-     * The fixed text is under 6K with every number at its longest; a
+     * The fixed text is under 7K with every number at its longest; a
      * per-rule line under 160 bytes besides the id.
      */
 
@@ -1150,6 +1155,12 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "another writer made moot, or that failed.\n"
         "# TYPE nginx_rules_state_compactions_lost_total counter\n"
         "nginx_rules_state_compactions_lost_total %uA\n"
+        "# HELP nginx_rules_state_cache_lookups_total Lookups of the keys "
+        "events write in the workers' state caches: hit (the worker "
+        "computes the state) or miss (the event is appended).\n"
+        "# TYPE nginx_rules_state_cache_lookups_total counter\n"
+        "nginx_rules_state_cache_lookups_total{result=\"hit\"} %uA\n"
+        "nginx_rules_state_cache_lookups_total{result=\"miss\"} %uA\n"
         "# HELP nginx_rules_inflight_events Events waiting for Redis.\n"
         "# TYPE nginx_rules_inflight_events gauge\n"
         "nginx_rules_inflight_events %A\n"
@@ -1163,7 +1174,8 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         "nginx_rules_config_loads_total %uA\n",
         sh->c.connects, sh->c.reconnects, sh->c.noscript, sh->c.native,
         sh->c.calls, sh->c.call_items, sh->c.writes, sh->c.write_fallbacks,
-        sh->c.compactions, sh->c.compactions_lost,
+        sh->c.compactions, sh->c.compactions_lost, sh->c.cache_hits,
+        sh->c.cache_misses,
         (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,
         sh->c.config_loads);
 

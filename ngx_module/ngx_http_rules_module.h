@@ -137,6 +137,8 @@ typedef struct {
     ngx_uint_t                    writes;         /* states written whole */
     ngx_uint_t                    write_fallbacks; /* value had changed:
                                                      appended instead */
+    ngx_uint_t                    cache_hits;     /* state cache lookups */
+    ngx_uint_t                    cache_misses;
 } ngx_http_rules_batch_stats_t;
 
 ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,

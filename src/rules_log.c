@@ -334,21 +334,26 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         return 0;
     }
 
-    if (rules_cache_get(cache, key, key_len, &gen, &length, &stamp, &logged,
-                        &cached))
+    if (!rules_cache_get(cache, key, key_len, &gen, &length, &stamp,
+                         &logged, &cached))
     {
-        item->kind = RULES_ITEM_WRITE;
-        item->gen = gen;
-        item->length = (double) length;
-
-    } else {
-        /* a guess that the key has no value: right for new keys */
-        item->kind = RULES_ITEM_CREATE;
-        cached.data = NULL;
-        cached.len = 0;
-        stamp = 0;
-        logged = 0;
+        /*
+         * Not cached: the event is appended, and the value before it
+         * comes back to fold.  A state computed here from no state would
+         * be right for a new key only; for a key stored already (evicted
+         * from the cache, or written before this worker started) it
+         * would be computed, sent and refused for nothing.
+         */
+        item->kind = RULES_ITEM_APPEND;
+        item->lookup = RULES_LOOKUP_MISS;
+        matched->len = 0;
+        return 0;
     }
+
+    item->kind = RULES_ITEM_WRITE;
+    item->lookup = RULES_LOOKUP_HIT;
+    item->gen = gen;
+    item->length = (double) length;
 
     /* the next state, computed here */
 
@@ -383,7 +388,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         pttl = 1;
     }
 
-    if (item->kind == RULES_ITEM_WRITE && stamp >= (double) (wall + pttl)) {
+    if (stamp >= (double) (wall + pttl)) {
         item->pttl = 0;
 
     } else {
@@ -398,9 +403,8 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
      * rewritten, until its log is due for folding.
      */
 
-    if (item->kind == RULES_ITEM_WRITE
-        && RULES_VALUE_HEADER_LEN + out->len
-           >= (w->extend_min ? w->extend_min : RULES_LOG_EXTEND_MIN)
+    if (RULES_VALUE_HEADER_LEN + out->len
+        >= (w->extend_min ? w->extend_min : RULES_LOG_EXTEND_MIN)
         && logged + 1 < RULES_LOG_COMPACT_ENTRIES)
     {
         item->kind = RULES_ITEM_EXTEND;

@@ -71,6 +71,10 @@
  *                the new value is the body applied to no state, stored
  *                with SET ... NX GET; when the key existed, nothing was
  *                set and the item is an append (the reply is the value).
+ *                Writers since 2026-12-03 send an append for a key they
+ *                have not cached (most are stored already: evicted, or
+ *                written before the worker started); Redis still takes
+ *                create from the writers of earlier versions.
  *
  * The reply is an array: Redis' wall time (ms), then one element per
  * item.  Items are applied in order; an item sees the items before it.
@@ -116,9 +120,18 @@ typedef enum {
 #define RULES_LOG_EXTEND_MIN     1024
 
 
+/* What the state cache answered for a writing item (rules_log_plan). */
+typedef enum {
+    RULES_LOOKUP_NONE = 0,            /* not looked up: a read */
+    RULES_LOOKUP_HIT,                 /* cached: write or extend */
+    RULES_LOOKUP_MISS                 /* not cached: append */
+} rules_lookup_t;
+
+
 /* One item of a call. */
 typedef struct {
     rules_item_kind_t     kind;
+    rules_lookup_t        lookup;
     int64_t               now;
     int64_t               wall;       /* extend: the writer's clock */
     double                ttl;        /* of the op's rules */
@@ -179,13 +192,15 @@ double rules_log_newgen(void);
 typedef struct rules_cache_s  rules_cache_t;
 
 /*
- * The item for an event's key operation ko on key: a write when the
- * cache holds the key, else a create (the new state is computed from
- * the cached one, or from none, with wall the local clock; its matched
- * digests are in *matched and count if the reply is 1; the cache takes
- * the new state at once, so that the key's next event chains on it), or
- * a read when the operation writes nothing.  item->state points into w until
- * the next call: add the item to the batch first.  -1: no memory.
+ * The item for an event's key operation ko on key: a write (or an
+ * extend) when the cache holds the key (the new state is computed from
+ * the cached one, with wall the local clock; its matched digests are in
+ * *matched and count if the reply is 1; the cache takes the new state at
+ * once, so that the key's next event chains on it), else an append (the
+ * value comes back to fold), or a read when the operation writes
+ * nothing; item->lookup says whether the cache held the key.
+ * item->state points into w until the next call: add the item to the
+ * batch first.  -1: no memory.
  */
 int rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     size_t key_len, const rules_keyop_t *ko, int64_t now, int64_t wall,

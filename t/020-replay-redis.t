@@ -3,7 +3,8 @@
 # states back, src/rules_log.c) give the same result for every event of
 # many random rule files and streams, with each writer mode: one writer
 # that caches the states it wrote (the module's fast path: writes), no
-# cache (appends, reads and compactions), three writers taking turns
+# cache (appends, reads and compactions), a 1 KB cache that evicts all
+# the time (writes and appends), three writers taking turns
 # (writes that find the value changed by another and fall back), and the
 # same two with every cached state extended rather than rewritten.
 
@@ -49,6 +50,7 @@ for my $round (1 .. $rounds) {
     is(scalar @$mem, scalar @$events, "round $round: one line per event");
 
   for my $mode (['cached'], ['uncached', '--cache', 0],
+                ['evicting', '--cache', 1024],
                 ['3 writers', '--writers', 3],
                 ['extending', '--extend-min', 1],
                 ['3 writers extending', '--writers', 3, '--extend-min', 1]) {

@@ -170,6 +170,14 @@ is($s->{'nginx_rules_redis_calls_total{}'}, $count,
    'calls_total counts them too');
 cmp_ok($s->{'nginx_rules_redis_call_items_total{}'}, '>=', $N + $with_device,
        'their items: at least one per event and state key');
+# every event writes its uid's state but a click (no rule of the uid
+# takes clicks: a read), and its device's when it has one
+my %lookup = map { $_ => $s->{"nginx_rules_state_cache_lookups_total{result=\"$_\"}"} }
+             qw(hit miss);
+is($lookup{hit} + $lookup{miss}, $N - $N / 5 + $with_device,
+   'state cache lookups: one per event and key written');
+ok($lookup{hit} > 0 && $lookup{miss} > 0, 'hits and misses')
+    or diag(explain(\%lookup));
 is($s->{'nginx_rules_redis_round_trip_seconds_bucket{le="+Inf"}'}, $count,
    'the +Inf bucket equals the count');
 my @le = map { $s->{"nginx_rules_redis_round_trip_seconds_bucket{le=\"$_\"}"} }

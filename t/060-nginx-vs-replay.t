@@ -6,7 +6,9 @@
 # other run of events, so that nginx's cached states go stale.  Round 6
 # has 100 rules, so that nginx evaluates each event through the
 # condition index (from 64 rules), and rules-replay runs without it
-# (--no-index).
+# (--no-index).  Round 7 runs with a 1 KB state cache, which evicts all
+# the time (the events of keys not cached are appended), and the metrics
+# count its hits and misses.
 
 use strict;
 use warnings;
@@ -47,8 +49,9 @@ sub distinct_rules {
     return { rules => \@out };
 }
 
-for my $round (1 .. 6) {
-    my $cache = $round == 4 ? 'rules_state_cache 0;' : '';
+for my $round (1 .. 7) {
+    my $cache = $round == 4 ? 'rules_state_cache 0;'
+              : $round == 7 ? 'rules_state_cache 1k;' : '';
     my $other_writer = $round == 5;
     my $gen = RulesGen->new(7000 + $round);
     my $rules = $round == 6 ? distinct_rules($gen, 100) : $gen->rules(6);
@@ -122,6 +125,14 @@ for my $round (1 .. 6) {
         or diag(explain($statuses));
     ok($statuses->{replay}, "round $round: the other writer took events")
         if $other_writer;
+    if ($round == 7) {
+        my (undef, undef, $m) = RulesNginx::get($ngx->{port}, '/metrics');
+        my %lookups = ($m // '') =~
+            /^nginx_rules_state_cache_lookups_total\{result="(\w+)"\} (\d+)$/mg;
+        ok(($lookups{miss} // 0) > 0 && ($lookups{hit} // 0) > 0,
+           "round $round: the small cache hit and missed")
+            or diag(explain(\%lookups));
+    }
     unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
            "round $round: no alert in the error log");
     RulesNginx::stop_nginx($ngx);
