@@ -21,6 +21,11 @@ my %served = map { $_ => 1 } qw(
     nginx_rules_worker_starts_total nginx_rules_config_loads_total
     nginx_rules_worker_processes nginx_rules_info
     nginx_rules_rules_loaded_timestamp_seconds
+    nginx_rules_redis_calls_total nginx_rules_redis_call_items_total
+    nginx_rules_redis_native_calls_total nginx_rules_state_writes_total
+    nginx_rules_state_write_fallbacks_total nginx_rules_state_compactions_total
+    nginx_rules_state_compactions_lost_total
+    nginx_rules_state_cache_lookups_total
 );
 
 SKIP: {
