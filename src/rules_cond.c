@@ -115,15 +115,41 @@ rules_memmem(const unsigned char *h, size_t hlen, const unsigned char *n,
 }
 
 
+static int rules_cond_compute(rules_set_t *rs, const rules_cond_t *c,
+    const rules_str_t *values);
+static int rules_cond_leaf(rules_set_t *rs, const rules_cond_t *c,
+    const rules_str_t *values);
+
+
 int
 rules_cond_eval(rules_set_t *rs, const rules_cond_t *c,
     const rules_str_t *values)
 {
-    const rules_str_t  *v;
-    double              d;
-    size_t              i;
-    unsigned            dummy;
-    int                 rc;
+    size_t  i;
+
+    /* a condition that other rules have too: evaluated once per event */
+
+    if (c->memo && rs->memo_event) {
+        i = c->memo - 1;
+
+        if (rs->memo_gen[i] != rs->memo_event) {
+            rs->memo_val[i] = (unsigned char) rules_cond_compute(rs, c,
+                                                                 values);
+            rs->memo_gen[i] = rs->memo_event;
+        }
+
+        return rs->memo_val[i];
+    }
+
+    return rules_cond_compute(rs, c, values);
+}
+
+
+static int
+rules_cond_compute(rules_set_t *rs, const rules_cond_t *c,
+    const rules_str_t *values)
+{
+    size_t  i;
 
     switch (c->op) {
 
@@ -149,8 +175,19 @@ rules_cond_eval(rules_set_t *rs, const rules_cond_t *c,
         return !rules_cond_eval(rs, c->sub[0], values);
 
     default:
-        break;
+        return rules_cond_leaf(rs, c, values);
     }
+}
+
+
+static int
+rules_cond_leaf(rules_set_t *rs, const rules_cond_t *c,
+    const rules_str_t *values)
+{
+    const rules_str_t  *v;
+    double              d;
+    unsigned            dummy;
+    int                 rc;
 
     v = &values[c->field];
 

@@ -230,6 +230,15 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     /* a large set evaluates only the rules the values can touch */
     cand = rs->index.use ? rules_index_candidates(rs, values) : NULL;
 
+    /* the event's number for the memo of shared conditions */
+
+    if (++rs->memo_events == 0) {
+        memset(rs->memo_gen, 0, (rs->nmemo + 1) * sizeof(uint32_t));
+        rs->memo_events = 1;
+    }
+
+    rs->memo_event = rs->memo_events;
+
     for (i = 0; i < rs->ngroups; i++) {
         g = &rs->groups[i];
         key = &values[g->key_field];
@@ -257,6 +266,7 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
             before = eo->buf_len;
 
             if (rules_event_entry(rs, r, values, eo) != 0) {
+                rs->memo_event = 0;
                 return RULES_EVENT_INVALID;
             }
 
@@ -273,6 +283,8 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         ko->ttl = ttl;
         ko->writes = (ko->op_len || g->strict_mask) ? 1 : 0;
     }
+
+    rs->memo_event = 0;
 
     /* the buffer may have moved while it grew */
 

@@ -78,6 +78,9 @@ struct rules_cond_s {
     pcre2_code        *re;         /* regex */
     rules_cond_t     **sub;        /* all, any, not */
     size_t             nsub;
+    unsigned           memo;       /* 1 + its place in the set's memo,
+                                      shared by the conditions written
+                                      the same; 0: none (a regex in it) */
 };
 
 
@@ -158,6 +161,21 @@ struct rules_set_s {
     char                   digest_hex[17];
 
     rules_index_t          index;
+
+    /*
+     * Conditions written the same (their JSON, keys sorted) in several
+     * places share one result per event: while rules_event_build runs
+     * (memo_event not 0), a condition's result is kept with the event's
+     * number and read back by its other places.  Conditions with a regex
+     * are not shared (each evaluation counts toward the match limit
+     * statistics).
+     */
+    rules_strmap_t         conds;       /* canonical JSON -> memo + 1 */
+    size_t                 nmemo;
+    uint32_t              *memo_gen;    /* the event a result is of */
+    unsigned char         *memo_val;
+    uint32_t               memo_event;  /* 0: no memo in use */
+    uint32_t               memo_events; /* events numbered so far */
 
     pcre2_match_context   *match_ctx;
     pcre2_match_data      *match_data;

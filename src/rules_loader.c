@@ -31,6 +31,8 @@ static void rules_loader_error(rules_loader_t *ld, const char *member,
 static int rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i);
 static rules_cond_t *rules_load_cond(rules_loader_t *ld, json_t *j,
     const char *path, unsigned depth);
+static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
+    const char *path);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
 static int rules_field(rules_loader_t *ld, const char *name, size_t len,
@@ -169,6 +171,7 @@ rules_free(rules_set_t *rs)
     rules_strmap_free(&rs->fields);
     rules_strmap_free(&rs->ids);
     rules_strmap_free(&rs->digests);
+    rules_strmap_free(&rs->conds);
     free(rs->digest_keys);
     free(rs->digest_vals);
     rules_index_free(&rs->index);
@@ -207,7 +210,8 @@ rules_set_create(void)
 
     if (rules_strmap_init(&rs->fields, 16) != 0
         || rules_strmap_init(&rs->ids, 16) != 0
-        || rules_strmap_init(&rs->digests, 16) != 0)
+        || rules_strmap_init(&rs->digests, 16) != 0
+        || rules_strmap_init(&rs->conds, 16) != 0)
     {
         rules_free(rs);
         return NULL;
@@ -301,7 +305,11 @@ rules_load_root(json_t *root, const char *name, const char *text,
         }
     }
 
-    if (rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
+    rs->memo_gen = rules_set_alloc(rs, (rs->nmemo + 1) * sizeof(uint32_t));
+    rs->memo_val = rules_set_alloc(rs, rs->nmemo + 1);
+
+    if (rs->memo_gen == NULL || rs->memo_val == NULL
+        || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
         || rules_index_build(rs) != 0)
     {
         rules_file_error(&ld, "out of memory");
@@ -1050,7 +1058,13 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
         c->nsub = 1;
         c->sub[0] = rules_load_cond(ld, v, subpath, depth + 1);
 
-        return c->sub[0] ? c : NULL;
+        if (c->sub[0] == NULL
+            || (c->sub[0]->memo && rules_memo_cond(ld, c, j, path) != 0))
+        {
+            return NULL;
+        }
+
+        return c;
     }
 
     snprintf(subpath, sizeof(subpath), "%s.%s", path, name);
@@ -1076,6 +1090,14 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
         if (c->sub[k] == NULL) {
             return NULL;
         }
+    }
+
+    /* shared when nothing in it is a regex */
+
+    for (k = 0; k < c->nsub && c->sub[k]->memo; k++) { /* void */ }
+
+    if (k == c->nsub && rules_memo_cond(ld, c, j, path) != 0) {
+        return NULL;
     }
 
     return c;
@@ -1366,7 +1388,62 @@ rules_load_cond(rules_loader_t *ld, json_t *j, const char *path,
         break;
     }
 
+    if (op != RULES_OP_REGEX && rules_memo_cond(ld, c, j, path) != 0) {
+        return NULL;
+    }
+
     return c;
+}
+
+
+/*
+ * Gives a condition without a regex its place in the set's memo, shared
+ * with every condition of the same JSON (members sorted): such
+ * conditions have the same result for an event.
+ */
+static int
+rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
+    const char *path)
+{
+    int            rc;
+    char          *text, *key;
+    size_t         len;
+    unsigned       memo;
+    rules_set_t   *rs;
+
+    rs = ld->rs;
+
+    text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    if (text == NULL) {
+        rules_loader_error(ld, path, "out of memory");
+        return -1;
+    }
+
+    len = strlen(text);
+
+    if (rules_strmap_get(&rs->conds, (const unsigned char *) text, len,
+                         &memo))
+    {
+        free(text);
+        c->memo = memo;
+        return 0;
+    }
+
+    key = rules_set_strdup(rs, text, len);
+    free(text);
+
+    rc = key ? rules_strmap_put(&rs->conds, (const unsigned char *) key,
+                                len, (unsigned) rs->nmemo + 1)
+             : -1;
+
+    if (rc < 0) {
+        rules_loader_error(ld, path, "out of memory");
+        return -1;
+    }
+
+    c->memo = (unsigned) ++rs->nmemo;
+
+    return 0;
 }
 
 
