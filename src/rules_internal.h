@@ -170,7 +170,8 @@ struct rules_set_s {
      * are not shared (each evaluation counts toward the match limit
      * statistics).
      */
-    rules_strmap_t         conds;       /* canonical JSON -> memo + 1 */
+    rules_strmap_t         conds;       /* canonical JSON -> memo + 1,
+                                           while loading */
     size_t                 nmemo;
     uint32_t              *memo_gen;    /* the event a result is of */
     unsigned char         *memo_val;

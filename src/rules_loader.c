@@ -33,6 +33,7 @@ static rules_cond_t *rules_load_cond(rules_loader_t *ld, json_t *j,
     const char *path, unsigned depth);
 static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
     const char *path);
+static void rules_memo_done(rules_set_t *rs);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
 static int rules_field(rules_loader_t *ld, const char *name, size_t len,
@@ -171,7 +172,7 @@ rules_free(rules_set_t *rs)
     rules_strmap_free(&rs->fields);
     rules_strmap_free(&rs->ids);
     rules_strmap_free(&rs->digests);
-    rules_strmap_free(&rs->conds);
+    rules_memo_done(rs);
     free(rs->digest_keys);
     free(rs->digest_vals);
     rules_index_free(&rs->index);
@@ -305,6 +306,7 @@ rules_load_root(json_t *root, const char *name, const char *text,
         }
     }
 
+    rules_memo_done(rs);
     rs->memo_gen = rules_set_alloc(rs, (rs->nmemo + 1) * sizeof(uint32_t));
     rs->memo_val = rules_set_alloc(rs, rs->nmemo + 1);
 
@@ -1406,7 +1408,7 @@ rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
     const char *path)
 {
     int            rc;
-    char          *text, *key;
+    char          *text;
     size_t         len;
     unsigned       memo;
     rules_set_t   *rs;
@@ -1429,14 +1431,13 @@ rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
         return 0;
     }
 
-    key = rules_set_strdup(rs, text, len);
-    free(text);
+    /* the map keeps the text until rules_memo_done() */
 
-    rc = key ? rules_strmap_put(&rs->conds, (const unsigned char *) key,
-                                len, (unsigned) rs->nmemo + 1)
-             : -1;
+    rc = rules_strmap_put(&rs->conds, (const unsigned char *) text, len,
+                          (unsigned) rs->nmemo + 1);
 
     if (rc < 0) {
+        free(text);
         rules_loader_error(ld, path, "out of memory");
         return -1;
     }
@@ -1444,6 +1445,22 @@ rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
     c->memo = (unsigned) ++rs->nmemo;
 
     return 0;
+}
+
+
+/* The texts of the shared conditions are only needed while loading. */
+static void
+rules_memo_done(rules_set_t *rs)
+{
+    size_t  i;
+
+    if (rs->conds.keys) {
+        for (i = 0; i <= rs->conds.mask; i++) {
+            free((void *) rs->conds.keys[i].data);
+        }
+    }
+
+    rules_strmap_free(&rs->conds);
 }
 
 
