@@ -31,8 +31,9 @@ static void rules_loader_error(rules_loader_t *ld, const char *member,
 static int rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i);
 static rules_cond_t *rules_load_cond(rules_loader_t *ld, json_t *j,
     const char *path, unsigned depth);
-static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
+static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, char *text,
     const char *path);
+static char *rules_memo_text(const rules_cond_t *c, const char *name);
 static void rules_memo_done(rules_set_t *rs);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
@@ -1061,7 +1062,9 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
         c->sub[0] = rules_load_cond(ld, v, subpath, depth + 1);
 
         if (c->sub[0] == NULL
-            || (c->sub[0]->memo && rules_memo_cond(ld, c, j, path) != 0))
+            || (c->sub[0]->memo
+                && rules_memo_cond(ld, c, rules_memo_text(c, name), path)
+                   != 0))
         {
             return NULL;
         }
@@ -1098,7 +1101,9 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
 
     for (k = 0; k < c->nsub && c->sub[k]->memo; k++) { /* void */ }
 
-    if (k == c->nsub && rules_memo_cond(ld, c, j, path) != 0) {
+    if (k == c->nsub
+        && rules_memo_cond(ld, c, rules_memo_text(c, name), path) != 0)
+    {
         return NULL;
     }
 
@@ -1390,7 +1395,11 @@ rules_load_cond(rules_loader_t *ld, json_t *j, const char *path,
         break;
     }
 
-    if (op != RULES_OP_REGEX && rules_memo_cond(ld, c, j, path) != 0) {
+    if (op != RULES_OP_REGEX
+        && rules_memo_cond(ld, c, json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS),
+                           path)
+           != 0)
+    {
         return NULL;
     }
 
@@ -1400,22 +1409,21 @@ rules_load_cond(rules_loader_t *ld, json_t *j, const char *path,
 
 /*
  * Gives a condition without a regex its place in the set's memo, shared
- * with every condition of the same JSON (members sorted): such
- * conditions have the same result for an event.
+ * with every condition of the same text (malloc'd, taken): a leaf's JSON
+ * (members sorted), or a combinator's name and its members' places, as
+ * "all(3,7)".  Such conditions have the same result for an event.
  */
 static int
-rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
+rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, char *text,
     const char *path)
 {
     int            rc;
-    char          *text;
     size_t         len;
     unsigned       memo;
     rules_set_t   *rs;
 
     rs = ld->rs;
 
-    text = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     if (text == NULL) {
         rules_loader_error(ld, path, "out of memory");
         return -1;
@@ -1445,6 +1453,30 @@ rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, json_t *j,
     c->memo = (unsigned) ++rs->nmemo;
 
     return 0;
+}
+
+
+/* A combinator's memo text, from its members' places (all have one). */
+static char *
+rules_memo_text(const rules_cond_t *c, const char *name)
+{
+    char    *text, *p;
+    size_t   k;
+
+    /* "name(" and up to 10 digits and a comma or ")" a member */
+
+    text = malloc(strlen(name) + 2 + c->nsub * 11 + 1);
+    if (text == NULL) {
+        return NULL;
+    }
+
+    p = text + sprintf(text, "%s(", name);
+
+    for (k = 0; k < c->nsub; k++) {
+        p += sprintf(p, "%u%c", c->sub[k]->memo, k + 1 < c->nsub ? ',' : ')');
+    }
+
+    return text;
 }
 
 
