@@ -670,8 +670,7 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
         }
     }
 
-    if ((item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE
-         || item->kind == RULES_ITEM_CREATE)
+    if ((item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE)
         && rules_buf_append(&b->data, item->state, item->state_len) != 0)
     {
         return -1;
@@ -734,9 +733,7 @@ rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
         item->op_len = split - RULES_BODY_HEADER_LEN;
     }
 
-    if (item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE
-        || item->kind == RULES_ITEM_CREATE)
-    {
+    if (item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE) {
         item->state = arg + split;
         item->state_len = b->arg_len[2 * i + 1] - split;
     }

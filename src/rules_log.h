@@ -101,20 +101,19 @@
 #define RULES_BATCH_MAX_BYTES    (1024 * 1024)
 
 
+/* the kinds this writer sends (create, kind 5, only Redis still takes) */
 typedef enum {
     RULES_ITEM_APPEND = 1,
     RULES_ITEM_READ = 2,
     RULES_ITEM_COMPACT = 3,
     RULES_ITEM_WRITE = 4,
-    RULES_ITEM_CREATE = 5,
     RULES_ITEM_EXTEND = 6
 } rules_item_kind_t;
 
 
-/* write and create: the state was computed by the writer */
+/* write and extend: the state was computed by the writer */
 #define RULES_ITEM_COMPUTED(kind)                                          \
-    ((kind) == RULES_ITEM_WRITE || (kind) == RULES_ITEM_CREATE             \
-     || (kind) == RULES_ITEM_EXTEND)
+    ((kind) == RULES_ITEM_WRITE || (kind) == RULES_ITEM_EXTEND)
 
 /* a cached state whose value is longer is extended, not rewritten */
 #define RULES_LOG_EXTEND_MIN     1024
