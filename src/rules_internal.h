@@ -164,11 +164,11 @@ struct rules_set_s {
 
     /*
      * Conditions written the same (a leaf's JSON, keys sorted; a
-     * combinator's members) in several places share one result per event: while rules_event_build runs
-     * (memo_event not 0), a condition's result is kept with the event's
-     * number and read back by its other places.  Conditions with a regex
-     * are not shared (each evaluation counts toward the match limit
-     * statistics).
+     * combinator's members) in several places share one result per
+     * event: while rules_event_build runs (memo_event not 0), a
+     * condition's result is kept with the event's number and read back by
+     * its other places.  Conditions with a regex are not shared (each
+     * evaluation counts toward the match limit statistics).
      */
     rules_strmap_t         conds;       /* memo text -> memo + 1, while
                                            loading */
