@@ -465,9 +465,9 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             d.writes++;
 
             if (it->cmd) {
-                ngx_http_rules_item_reply(it->cmd, it->group,
-                                          batch->matched.data + it->matched,
-                                          it->nmatched, NGX_OK);
+                ngx_http_rules_item_result(it->cmd, it->group,
+                                           batch->matched.data + it->matched,
+                                           it->nmatched, NGX_OK);
             }
 
             continue;
@@ -477,8 +477,8 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             rules_cache_del(bt->cache, key.data, key.len);
 
             if (it->cmd) {
-                ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
-                                          NGX_ERROR);
+                ngx_http_rules_item_result(it->cmd, it->group, NULL, 0,
+                                           NGX_ERROR);
             }
 
             continue;
@@ -499,8 +499,8 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
                           "rules: no memory to fold a key's state");
 
             if (it->cmd) {
-                ngx_http_rules_item_reply(it->cmd, it->group, NULL, 0,
-                                          NGX_ERROR);
+                ngx_http_rules_item_result(it->cmd, it->group, NULL, 0,
+                                           NGX_ERROR);
             }
 
             continue;
@@ -513,15 +513,28 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
             d.compactions_lost++;
         }
 
-        /* may run the request's phases, which may queue new items */
-
         if (it->cmd) {
-            ngx_http_rules_item_reply(it->cmd, it->group, bt->matched.data,
-                                      bt->matched.len, NGX_OK);
+            ngx_http_rules_item_result(it->cmd, it->group,
+                                       bt->matched.data, bt->matched.len,
+                                       NGX_OK);
         }
     }
 
+    ngx_http_rules_metrics_flush(rmcf);
     ngx_http_rules_metrics_batch(rmcf, &d);
+
+    /*
+     * Then the events are answered: this may run their requests' phases,
+     * which may queue new items (into other batches).
+     */
+
+    for (i = 0; i < n; i++) {
+        it = &batch->items[i];
+
+        if (it->cmd) {
+            ngx_http_rules_item_done(it->cmd);
+        }
+    }
 
     ngx_http_rules_batch_release(batch);
 }

@@ -768,8 +768,59 @@ void
 ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
     const u_char *digests, size_t len, ngx_int_t rc)
 {
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = cmd->op->rmcf;
+
+    ngx_http_rules_item_result(cmd, group, digests, len, rc);
+    ngx_http_rules_metrics_flush(rmcf);
+    ngx_http_rules_item_done(cmd);
+}
+
+
+void
+ngx_http_rules_item_result(ngx_http_rules_cmd_t *cmd, unsigned group,
+    const u_char *digests, size_t len, ngx_int_t rc)
+{
     size_t                       i;
     rules_set_t                 *rs;
+    ngx_http_rules_op_t         *op;
+    ngx_http_rules_ctx_t        *ctx;
+
+    op = cmd->op;
+    ctx = op->ctx;
+    rs = op->rules;
+
+    if (rc != NGX_OK) {
+        cmd->failed = 1;
+        return;
+    }
+
+    if (group == (unsigned) -1 || cmd->failed || ctx == NULL) {
+        return;
+    }
+
+    rules_result_clear(&ngx_http_rules_event_result);
+    (void) rules_result_add_digests(rs, &ngx_http_rules_event_result,
+                                    digests, len);
+
+    /*
+     * An answer that reaches its request counts in the per-rule metrics;
+     * one that comes after the deadline was counted as a timeout.
+     */
+
+    for (i = 0; i < ctx->result.words; i++) {
+        ctx->result.matched[i] |= ngx_http_rules_event_result.matched[i];
+    }
+
+    ngx_http_rules_metrics_group(op->rmcf, group,
+                                 &ngx_http_rules_event_result);
+}
+
+
+void
+ngx_http_rules_item_done(ngx_http_rules_cmd_t *cmd)
+{
     ngx_http_rules_op_t         *op;
     ngx_http_rules_ctx_t        *ctx;
     ngx_http_rules_main_conf_t  *rmcf;
@@ -777,32 +828,6 @@ ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
     op = cmd->op;
     ctx = op->ctx;
     rmcf = op->rmcf;
-    rs = op->rules;
-
-    if (rc != NGX_OK) {
-        cmd->failed = 1;
-
-    } else if (group != (unsigned) -1 && !cmd->failed) {
-        rules_result_clear(&ngx_http_rules_event_result);
-        (void) rules_result_add_digests(rs, &ngx_http_rules_event_result,
-                                        digests, len);
-
-        /*
-         * An answer that reaches its request counts in the per-rule
-         * metrics; one that comes after the deadline was counted as a
-         * timeout.
-         */
-
-        if (ctx) {
-            for (i = 0; i < ctx->result.words; i++) {
-                ctx->result.matched[i] |=
-                                   ngx_http_rules_event_result.matched[i];
-            }
-
-            ngx_http_rules_metrics_group(rmcf, rules_group(rs, group),
-                                         &ngx_http_rules_event_result);
-        }
-    }
 
     if (--cmd->items) {
         return;

@@ -103,6 +103,15 @@ struct ngx_http_rules_metrics_s {
     ngx_uint_t                          gen;
     ngx_uint_t                          nrules;
     ngx_http_rules_metrics_slot_t     **slots;    /* by rule, file order */
+
+    /*
+     * This worker's evaluations not added to the slots yet, by key group
+     * (ngx_http_rules_metrics_flush()), and the groups that have some.
+     */
+    ngx_uint_t                          ngroups;
+    ngx_uint_t                         *pending;
+    ngx_uint_t                         *dirty;
+    ngx_uint_t                          ndirty;
 };
 
 
@@ -195,6 +204,16 @@ ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     m->slots = ngx_pcalloc(cf->pool, (n ? n : 1)
                                      * sizeof(ngx_http_rules_metrics_slot_t *));
     if (m->slots == NULL) {
+        return NGX_ERROR;
+    }
+
+    m->ngroups = rmcf->rules ? rules_ngroups(rmcf->rules) : 0;
+
+    m->pending = ngx_pcalloc(cf->pool, (m->ngroups ? m->ngroups : 1)
+                                       * sizeof(ngx_uint_t));
+    m->dirty = ngx_pcalloc(cf->pool, (m->ngroups ? m->ngroups : 1)
+                                     * sizeof(ngx_uint_t));
+    if (m->pending == NULL || m->dirty == NULL) {
         return NGX_ERROR;
     }
 
@@ -600,12 +619,55 @@ ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
 
 void
 ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
-    const rules_group_t *g, const rules_result_t *matched)
+    unsigned group, const rules_result_t *matched)
 {
-    size_t                          k;
+    size_t                          w;
+    uint64_t                        bits;
     ngx_uint_t                      rule;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_metrics_slot_t  *slot;
+
+    m = ngx_http_rules_metrics_ctx(rmcf);
+
+    if (m == NULL || group >= m->ngroups) {
+        return;
+    }
+
+    /* the evaluations wait for ngx_http_rules_metrics_flush() */
+
+    if (m->pending[group]++ == 0) {
+        m->dirty[m->ndirty++] = group;
+    }
+
+    /* the matches, few, are added at once: a bit may not be the group's */
+
+    for (w = 0; w < matched->words; w++) {
+        for (bits = matched->matched[w]; bits; bits &= bits - 1) {
+            rule = w * 64 + (ngx_uint_t) __builtin_ctzll(bits);
+
+            /* the worker's own rule set indexes the slots found for it */
+
+            if (rule >= m->nrules
+                || rules_rule(rmcf->rules, rule)->group != group)
+            {
+                continue;
+            }
+
+            slot = m->slots[rule];
+
+            (void) ngx_atomic_fetch_add(&slot->matched, 1);
+        }
+    }
+}
+
+
+void
+ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
+{
+    size_t                          k;
+    ngx_uint_t                      i, rule, n;
+    const rules_group_t            *g;
+    ngx_http_rules_metrics_t       *m;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
@@ -613,23 +675,22 @@ ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
         return;
     }
 
-    for (k = 0; k < g->nrules; k++) {
-        rule = g->rules[k];
+    for (i = 0; i < m->ndirty; i++) {
+        g = rules_group(rmcf->rules, m->dirty[i]);
+        n = m->pending[m->dirty[i]];
+        m->pending[m->dirty[i]] = 0;
 
-        /* the worker's own rule set indexes the slots found for it */
+        for (k = 0; k < g->nrules; k++) {
+            rule = g->rules[k];
 
-        if (rule >= m->nrules) {
-            continue;
-        }
-
-        slot = m->slots[rule];
-
-        (void) ngx_atomic_fetch_add(&slot->evaluated, 1);
-
-        if (rules_result_is_set(matched, rule)) {
-            (void) ngx_atomic_fetch_add(&slot->matched, 1);
+            if (rule < m->nrules) {
+                (void) ngx_atomic_fetch_add(&m->slots[rule]->evaluated,
+                                            (ngx_atomic_int_t) n);
+            }
         }
     }
+
+    m->ndirty = 0;
 }
 
 

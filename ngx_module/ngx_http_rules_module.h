@@ -127,6 +127,15 @@ void ngx_http_rules_worker_exit(void);
  */
 void ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
     const u_char *digests, size_t len, ngx_int_t rc);
+/*
+ * The same in two steps, for the items of one Redis reply: first every
+ * item's result, then ngx_http_rules_metrics_flush(), then every item
+ * done (the event's last one answers its request).  Between the first
+ * and the last step no request runs, so every context stays.
+ */
+void ngx_http_rules_item_result(ngx_http_rules_cmd_t *cmd, unsigned group,
+    const u_char *digests, size_t len, ngx_int_t rc);
+void ngx_http_rules_item_done(ngx_http_rules_cmd_t *cmd);
 
 /* ngx_http_rules_batch.c */
 typedef struct {
@@ -170,11 +179,15 @@ char *ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t status);
 /*
- * the rules of group g were evaluated for an event (its key had a value),
- * and those set in matched matched
+ * the rules of a key group were evaluated for an event (its key had a
+ * value), and those of them set in matched matched; the evaluations are
+ * added to the shared counters by ngx_http_rules_metrics_flush(), called
+ * before the event's request is answered, once for all the events of a
+ * Redis reply: one atomic add per rule and reply, not per rule and event
  */
 void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
-    const rules_group_t *g, const rules_result_t *matched);
+    unsigned group, const rules_result_t *matched);
+void ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf);
 /* one Redis round trip, in microseconds */
 void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
     ngx_msec_int_t usec);
