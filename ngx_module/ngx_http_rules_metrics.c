@@ -3,7 +3,11 @@
  * worker, served by "rules_metrics" in the Prometheus text format.
  *
  * The zone holds the global counters and one slot per rule, identified by
- * the rule's id and digest.  Each configuration cycle builds, in its own
+ * the rule's id and digest.  A worker adds its per-rule evaluation counts
+ * once per Redis reply, per key group, before it answers the reply's
+ * events (ngx_http_rules_metrics_flush()): an atomic add per rule and
+ * reply rather than per rule and event, which with 1000 rules was 5 % of
+ * a worker's time.  Each configuration cycle builds, in its own
  * memory, an index from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
