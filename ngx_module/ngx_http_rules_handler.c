@@ -782,10 +782,10 @@ void
 ngx_http_rules_item_result(ngx_http_rules_cmd_t *cmd, unsigned group,
     const u_char *digests, size_t len, ngx_int_t rc)
 {
-    size_t                       i;
-    rules_set_t                 *rs;
-    ngx_http_rules_op_t         *op;
-    ngx_http_rules_ctx_t        *ctx;
+    size_t                 i;
+    rules_set_t           *rs;
+    ngx_http_rules_op_t   *op;
+    ngx_http_rules_ctx_t  *ctx;
 
     op = cmd->op;
     ctx = op->ctx;

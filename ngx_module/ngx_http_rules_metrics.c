@@ -668,10 +668,10 @@ ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
 void
 ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
 {
-    size_t                          k;
-    ngx_uint_t                      i, rule, n;
-    const rules_group_t            *g;
-    ngx_http_rules_metrics_t       *m;
+    size_t                     k;
+    ngx_uint_t                 i, rule, n;
+    const rules_group_t       *g;
+    ngx_http_rules_metrics_t  *m;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 

@@ -130,8 +130,11 @@ void ngx_http_rules_item_reply(ngx_http_rules_cmd_t *cmd, unsigned group,
 /*
  * The same in two steps, for the items of one Redis reply: first every
  * item's result, then ngx_http_rules_metrics_flush(), then every item
- * done (the event's last one answers its request).  Between the first
- * and the last step no request runs, so every context stays.
+ * done (the event's last one answers its request).  No event of the
+ * reply is answered before the last step: its op stays, and a request
+ * that goes away meanwhile (another batch failed at once, and an answer
+ * closed their shared connection) has op->ctx cleared, which every step
+ * reads again.
  */
 void ngx_http_rules_item_result(ngx_http_rules_cmd_t *cmd, unsigned group,
     const u_char *digests, size_t len, ngx_int_t rc);
