@@ -33,6 +33,8 @@ static rules_cond_t *rules_load_cond(rules_loader_t *ld, json_t *j,
     const char *path, unsigned depth);
 static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, char *text,
     const char *path);
+static int rules_memo_combinator(rules_loader_t *ld, rules_cond_t *c,
+    const char *name, const char *path);
 static char *rules_memo_text(const rules_cond_t *c, const char *name);
 static void rules_memo_done(rules_set_t *rs);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
@@ -1062,9 +1064,7 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
         c->sub[0] = rules_load_cond(ld, v, subpath, depth + 1);
 
         if (c->sub[0] == NULL
-            || (c->sub[0]->memo
-                && rules_memo_cond(ld, c, rules_memo_text(c, name), path)
-                   != 0))
+            || rules_memo_combinator(ld, c, name, path) != 0)
         {
             return NULL;
         }
@@ -1097,13 +1097,7 @@ rules_load_combinator(rules_loader_t *ld, json_t *j, rules_op_t op,
         }
     }
 
-    /* shared when nothing in it is a regex */
-
-    for (k = 0; k < c->nsub && c->sub[k]->memo; k++) { /* void */ }
-
-    if (k == c->nsub
-        && rules_memo_cond(ld, c, rules_memo_text(c, name), path) != 0)
-    {
+    if (rules_memo_combinator(ld, c, name, path) != 0) {
         return NULL;
     }
 
@@ -1453,6 +1447,23 @@ rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, char *text,
     c->memo = (unsigned) ++rs->nmemo;
 
     return 0;
+}
+
+
+/* A combinator is shared when nothing in it is a regex. */
+static int
+rules_memo_combinator(rules_loader_t *ld, rules_cond_t *c, const char *name,
+    const char *path)
+{
+    size_t  k;
+
+    for (k = 0; k < c->nsub; k++) {
+        if (c->sub[k]->memo == 0) {
+            return 0;
+        }
+    }
+
+    return rules_memo_cond(ld, c, rules_memo_text(c, name), path);
 }
 
 
