@@ -393,6 +393,25 @@ rules_index_build(rules_set_t *rs)
 
     free(ps.p);
 
+    /* the rules of each key group, to take its candidates word by word */
+
+    ix->groups = calloc(rs->ngroups ? rs->ngroups : 1, sizeof(rules_result_t));
+    if (ix->groups == NULL) {
+        return -1;
+    }
+
+    ix->ngroups = rs->ngroups;
+
+    for (i = 0; i < rs->ngroups; i++) {
+        if (rules_result_init(rs, &ix->groups[i]) != 0) {
+            return -1;
+        }
+    }
+
+    for (i = 0; i < rs->nrules; i++) {
+        rules_result_set(&ix->groups[rs->rules[i].group], i);
+    }
+
     ix->use = rs->nrules >= RULES_INDEX_MIN_RULES;
 
     return 0;
@@ -418,6 +437,12 @@ rules_index_free(rules_index_t *ix)
     free(ix->postings);
     rules_result_free(&ix->always);
     rules_result_free(&ix->cand);
+
+    for (i = 0; i < ix->ngroups; i++) {
+        rules_result_free(&ix->groups[i]);
+    }
+
+    free(ix->groups);
     memset(ix, 0, sizeof(rules_index_t));
 }
 
