@@ -1,9 +1,11 @@
 /*
  * The worker's batcher: the key operations of every event a worker
  * evaluates in one pass of its event loop go to Redis in one EVALSHA,
- * sent from a posted event once the pass has handled its I/O.  Every
- * event still waits exactly one round trip, and Redis pays the call's
- * fixed cost and its read and write once for many events.
+ * sent from a posted event once the pass has handled its I/O; a call
+ * that fills up (RULES_BATCH_MAX_ITEMS) is sent and written at once, so
+ * that Redis works on it while the pass goes on.  Every event still
+ * waits exactly one round trip, and Redis pays the call's fixed cost and
+ * its read and write once for many events.
  *
  * Each item's reply (the key's value before the append) is folded here
  * with the engine (src/rules_log.h) into the event's matched rules; a
@@ -171,10 +173,12 @@ static ngx_int_t
 ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     rules_str_t key, const rules_item_t *ri, const rules_buf_t *matched)
 {
-    long                       item;
-    ngx_http_rules_item_t     *it;
-    ngx_http_rules_batch_t    *batch;
-    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+    long                         item;
+    ngx_uint_t                   slot;
+    ngx_http_rules_item_t       *it;
+    ngx_http_rules_batch_t      *batch;
+    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
+    ngx_http_rules_main_conf_t  *rmcf;
 
     batch = ngx_http_rules_batch_current(bt->nslots > 1
                                          ? rules_key_slot(key.data, key.len)
@@ -233,9 +237,25 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     if (rules_batch_items(&batch->b) >= RULES_BATCH_MAX_ITEMS
         || rules_batch_bytes(&batch->b) >= RULES_BATCH_MAX_BYTES)
     {
-        bt->cur[batch->slot] = NULL;
+        /*
+         * a full call goes out now, not at the end of the pass: Redis
+         * works on it while this pass evaluates the next events
+         */
+
+        slot = batch->slot;
+        rmcf = batch->rmcf;
+
+        bt->cur[slot] = NULL;
         ngx_queue_remove(&batch->queue);
         ngx_http_rules_batch_send(batch);
+
+        if (rmcf->cluster) {
+            ngx_http_rules_cluster_write_now(rmcf->cluster, slot);
+
+        } else if (rmcf->redis) {
+            ngx_http_rules_redis_write_now(rmcf->redis);
+        }
+
         return NGX_OK;
     }
 

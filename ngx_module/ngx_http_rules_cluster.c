@@ -1124,6 +1124,20 @@ ngx_http_rules_cluster_failure(ngx_http_rules_cluster_t *cl,
 }
 
 
+void
+ngx_http_rules_cluster_write_now(ngx_http_rules_cluster_t *cl,
+    ngx_uint_t slot)
+{
+    ngx_http_rules_cluster_node_t  *node;
+
+    node = cl->slots[slot];
+
+    if (node != NULL && node->rd != NULL) {
+        ngx_http_rules_redis_write_now(node->rd);
+    }
+}
+
+
 ngx_http_rules_cluster_stats_t *
 ngx_http_rules_cluster_stats(ngx_http_rules_cluster_t *cl)
 {

@@ -75,6 +75,13 @@ ngx_int_t ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl,
     int argc, const char **argv, const size_t *argvlen,
     ngx_http_rules_redis_handler_pt handler, void *data);
 
+/*
+ * ngx_http_rules_redis_write_now() on the connection of the master of
+ * slot, when it has one.
+ */
+void ngx_http_rules_cluster_write_now(ngx_http_rules_cluster_t *cl,
+    ngx_uint_t slot);
+
 ngx_http_rules_cluster_stats_t *ngx_http_rules_cluster_stats(
     ngx_http_rules_cluster_t *cl);
 

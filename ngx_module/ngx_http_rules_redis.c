@@ -1475,6 +1475,28 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 }
 
 
+void
+ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd)
+{
+    ngx_connection_t  *c;
+
+    if (rd->ac == NULL || rd->writing) {
+        return;
+    }
+
+    c = rd->ac->ev.data;
+
+    /* posted: connected, and not waiting for the socket to drain */
+
+    if (c == NULL || !c->write->posted) {
+        return;
+    }
+
+    ngx_delete_posted_event(c->write);
+    ngx_http_rules_redis_write_handler(c->write);
+}
+
+
 /*
  * Level-triggered on every event method (NGX_LEVEL_EVENT: no EPOLLET, no
  * EV_CLEAR).  With one-shot methods (event ports) the event is inactive

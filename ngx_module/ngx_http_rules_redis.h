@@ -100,6 +100,16 @@ ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_handler_pt handler, void *data);
 
 /*
+ * Writes the commands queued so far now rather than at the end of the
+ * event loop's pass (the write event posted when a command is queued),
+ * so that Redis starts on them while the worker goes on.  Nothing when
+ * no write is pending or the socket is not ready.  A write that fails
+ * closes the connection: the handlers of its commands are then called
+ * before this returns.
+ */
+void ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd);
+
+/*
  * The same, with flags: NGX_HTTP_RULES_REDIS_ASKING sends ASKING right
  * before the command, in the same write (a Redis Cluster ASK
  * redirection; again before the EVAL of a NOSCRIPT retry).

@@ -230,3 +230,35 @@ my $body = "{\"uid\": \"t051-15\", \"pad\": \"" . ("x" x 5000) . "\", \"ts\": 1}
 X-Status: invalid
 --- error_log
 is over rules_max_body_size 4096
+
+
+
+=== TEST 16: more events than one call holds: the calls split at 30 items, and Redis applies them in order
+The uid of the last event was seen by the first, two calls before.
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_max_body_size 8k;
+        rules_max_events 40;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+    location = /metrics { rules_metrics; }
+--- request eval
+my @ev = map { "{\"uid\": \"t051-16-$_\", \"ip\": \"192.0.2.$_\", \"type\": \""
+               . ($_ == 0 ? "page" : "view") . "\", \"ts\": " . (1000 + $_) . "}" }
+         0 .. 33;
+push @ev, "{\"uid\": \"t051-16-0\", \"ip\": \"192.0.2.99\", \"type\": \"page\", \"ts\": 2000}";
+["POST /events\n[" . CORE::join(",", @ev) . "]", "GET /metrics"]
+--- error_code eval
+[204, 200]
+--- response_headers eval
+["X-Status: ok\nX-Rules: [twice]", ""]
+--- response_body_like eval
+["^\$",
+ qr/\A(?=.*^nginx_rules_redis_calls_total(?:\{\})? 3$)(?=.*^nginx_rules_redis_call_items_total(?:\{\})? 70$)/ms]
+--- no_error_log
+[error]
