@@ -1132,7 +1132,7 @@ ngx_http_rules_cluster_write_now(ngx_http_rules_cluster_t *cl,
 
     node = cl->slots[slot];
 
-    if (node != NULL && node->rd != NULL) {
+    if (node != NULL) {
         ngx_http_rules_redis_write_now(node->rd);
     }
 }

@@ -10,7 +10,8 @@
  * replies left in the socket.  Commands from every request of an event
  * loop iteration go out in one write at the end of that iteration (the
  * write event is posted, not registered, while the socket takes it all):
- * pipelining for free.
+ * pipelining for free.  A call that fills up is written at once instead
+ * (ngx_http_rules_redis_write_now()).
  *
  * Life of a connection:
  *
@@ -1475,25 +1476,39 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 }
 
 
+/*
+ * Only the socket write (redisBufferWrite() never frees the context, and
+ * this may run inside a reply's callback, when the call it fills is a
+ * compaction): an error, or what the socket did not take, is left to the
+ * posted write event at the end of the pass.
+ */
 void
 ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd)
 {
-    ngx_connection_t  *c;
+    int                 done;
+    ngx_connection_t   *c;
+    redisAsyncContext  *ac;
 
-    if (rd->ac == NULL || rd->writing) {
+    ac = rd->ac;
+
+    if (ac == NULL || rd->writing || rd->closing
+        || !(ac->c.flags & REDIS_CONNECTED)
+        || (ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
+    {
         return;
     }
 
-    c = rd->ac->ev.data;
-
-    /* posted: connected, and not waiting for the socket to drain */
+    c = ac->ev.data;
 
     if (c == NULL || !c->write->posted) {
         return;
     }
 
-    ngx_delete_posted_event(c->write);
-    ngx_http_rules_redis_write_handler(c->write);
+    if (redisBufferWrite(&ac->c, &done) == REDIS_OK && done) {
+        /* as redisAsyncHandleWrite() after a whole write */
+        ngx_delete_posted_event(c->write);
+        ngx_http_rules_redis_add_read(c);
+    }
 }
 
 
@@ -1541,8 +1556,9 @@ ngx_http_rules_redis_del_read(void *privdata)
 /*
  * A connected socket is almost always writable: the commands queued in a
  * pass of the event loop are written at the end of that pass (the write
- * event is posted), rather than registering the write event (two
- * epoll_ctl per call) and writing in the next pass.  The write event is
+ * event is posted; a full call is written before, by
+ * ngx_http_rules_redis_write_now()), rather than registering the write
+ * event (two epoll_ctl per call) and writing in the next pass.  The write event is
  * registered while connecting, and when that write could not write it
  * all (hiredis asks again from inside it).
  */

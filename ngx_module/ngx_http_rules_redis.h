@@ -103,9 +103,10 @@ ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
  * Writes the commands queued so far now rather than at the end of the
  * event loop's pass (the write event posted when a command is queued),
  * so that Redis starts on them while the worker goes on.  Nothing when
- * no write is pending or the socket is not ready.  A write that fails
- * closes the connection: the handlers of its commands are then called
- * before this returns.
+ * no write is pending or the connection is not up.  Never calls a
+ * handler, so it may be called from anywhere, a reply's handler
+ * included: a write error, or what the socket did not take, is dealt
+ * with by the posted write event at the end of the pass.
  */
 void ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd);
 
