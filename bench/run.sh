@@ -6,8 +6,8 @@
 # modes ending in -n), driven by wrk on loopback, interleaved
 # (A B C D E A B C D E ...), medians of BENCH_RUNS runs.  Prints requests/s, p50,
 # p99, ratios to the baseline, Redis CPU per event, Redis round trips
-# per event, the nginx workers' CPU per request and their state caches'
-# hit ratio, and draws latency
+# per event, the nginx workers' CPU per request, their state caches'
+# hit ratio and the machine's idle CPU per request, and draws latency
 # under increasing load into build/bench/latency.png.
 #
 #   bench/run.sh                 (BENCH_SECS=10 BENCH_RUNS=3 BENCH_CONNS=50
@@ -154,6 +154,14 @@ nginx_cpu() {
         END { printf "%.2f\n", ($t // 0) / '"$tck"' }'
 }
 
+# the machine's idle CPU seconds so far (idle + iowait, every core): the
+# time nobody could run, waiting on someone else (a mode that makes
+# nginx and Redis take turns shows it, whatever each one's CPU)
+idle_cpu() {
+    awk -v t="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f\n", ($5 + $6) / t }' \
+        /proc/stat
+}
+
 # the state caches' lookups so far, over the workers: "hits misses"
 cache_stat() {
     curl -sS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null | perl -ne '
@@ -203,7 +211,9 @@ for workers in $workers_list; do
             read -r c0 u0 f0 cpu0 < <(redis_stat)
             read -r h0 m0 < <(cache_stat)
             ncpu0=$(nginx_cpu)
+            idle0=$(idle_cpu)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
+            idle1=$(idle_cpu)
             ncpu1=$(nginx_cpu)
             read -r h1 m1 < <(cache_stat)
             read -r c1 u1 f1 cpu1 < <(redis_stat)
@@ -212,15 +222,17 @@ for workers in $workers_list; do
             # event (1, plus a retry for each call refused with NOSCRIPT),
             # events per call, call usec per event, Redis CPU usec per
             # event, nginx workers' CPU usec per request, state cache
-            # hits in % of its lookups (-1: no lookup)
-            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1,$n0,$n1,$dh,$dm)=@ARGV;
-                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f %.2f %.1f\n", $w, $m, $r, $rps, $p50, $p99,
+            # hits in % of its lookups (-1: no lookup), the machine's
+            # idle CPU usec per request
+            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1,$n0,$n1,$dh,$dm,$i0,$i1)=@ARGV;
+                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f %.2f %.1f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
                     $dc ? 1 + $df / $dc : 0, $dc ? $n / $dc : 0, $n ? $du / $n : 0,
                     $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0, $n ? ($n1 - $n0) * 1e6 / $n : 0,
-                    $dh + $dm ? 100 * $dh / ($dh + $dm) : -1' \
+                    $dh + $dm ? 100 * $dh / ($dh + $dm) : -1,
+                    $n ? ($i1 - $i0) * 1e6 / $n : 0' \
                 "$workers" "$mode" "$r" "$rps" "$p50" "$p99" "$n" \
                 $((c1 - c0)) $((u1 - u0)) $((f1 - f0)) "$cpu0" "$cpu1" "$ncpu0" "$ncpu1" \
-                $((h1 - h0)) $((m1 - m0)) >> "$results"
+                $((h1 - h0)) $((m1 - m0)) "$idle0" "$idle1" >> "$results"
             printf '   run %s %-5s %9s req/s  p50 %7s ms  p99 %7s ms\n' "$r" "$mode" "$rps" "$p50" "$p99"
         done
     done
@@ -231,8 +243,8 @@ echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /pr
 echo "(spec/gen: states stored by the script, EVALSHA; spec-n/gen-n: by the"
 echo " rules Redis module, RULES.STORE; vs 5 rules: gen against spec,"
 echo " gen-n against spec-n)"
-printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
-    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req" "cache hit"
+printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req" "cache hit" "idle us/req"
 for workers in $workers_list; do
     col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
@@ -246,10 +258,11 @@ for workers in $workers_list; do
         esac
         hit=$(col_of "$mode" 12)
         case $hit in -*) hit=- ;; *) hit="$hit %" ;; esac
-        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f %10s\n' "$workers" "$mode" \
+        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f %10s %12.1f\n' "$workers" "$mode" \
             "$rps" "$(ratio "$rps" "$base")" "$(col_of "$mode" 5)" "$(col_of "$mode" 6)" \
             "$(col_of "$mode" 7)" "$(col_of "$mode" 8)" "$vs" \
-            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)" "$hit"
+            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)" "$hit" \
+            "$(col_of "$mode" 13)"
     done
 done
 
