@@ -1558,9 +1558,9 @@ ngx_http_rules_redis_del_read(void *privdata)
  * pass of the event loop are written at the end of that pass (the write
  * event is posted; a full call is written before, by
  * ngx_http_rules_redis_write_now()), rather than registering the write
- * event (two epoll_ctl per call) and writing in the next pass.  The write event is
- * registered while connecting, and when that write could not write it
- * all (hiredis asks again from inside it).
+ * event (two epoll_ctl per call) and writing in the next pass.  The
+ * write event is registered while connecting, and when that write could
+ * not write it all (hiredis asks again from inside it).
  */
 static void
 ngx_http_rules_redis_add_write(void *privdata)

@@ -162,32 +162,6 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
 }
 
 
-/*
- * rules_event_entry() for rule k, and *ttl raised to the rule's when it
- * wrote an entry.
- */
-static int
-rules_event_rule(rules_set_t *rs, size_t k, const rules_str_t *values,
-    rules_eventops_t *eo, int64_t *ttl)
-{
-    size_t               before;
-    const rules_rule_t  *r;
-
-    r = &rs->rules[k];
-    before = eo->buf_len;
-
-    if (rules_event_entry(rs, r, values, eo) != 0) {
-        return -1;
-    }
-
-    if (eo->buf_len != before && r->ttl > *ttl) {
-        *ttl = r->ttl;
-    }
-
-    return 0;
-}
-
-
 rules_event_rc_t
 rules_event_validate(const rules_set_t *rs, const rules_limits_t *limits,
     const rules_str_t *values, int64_t now)
@@ -222,12 +196,12 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
 {
     int64_t               ttl;
     uint64_t              bits;
-    const uint64_t       *gm;
+    const rules_rule_t   *r;
     const rules_group_t  *g;
     const rules_str_t    *key;
-    const rules_result_t *cand;
+    const rules_result_t *cand, *gr;
     rules_keyop_t        *ko;
-    size_t                i, j, k, w, start;
+    size_t                i, w, start, before;
 
     eo->nkeyops = 0;
     eo->buf_len = 0;
@@ -282,35 +256,29 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         start = eo->buf_len;
         ttl = 0;
 
-        if (cand) {
-            /*
-             * only the rules whose conditions can hold: the bits set in
-             * both the candidates and the group's rules, lowest (first
-             * in the file) first, as the group lists them
-             */
+        /*
+         * the group's rules, lowest bit (first in the file) first, as the
+         * group lists them; with the index, only the candidates (the
+         * rules whose conditions can hold)
+         */
 
-            gm = rs->index.groups[i].matched;
+        gr = &rs->index.groups[i];
 
-            for (w = 0; w < cand->words; w++) {
-                bits = cand->matched[w] & gm[w];
+        for (w = 0; w < gr->words; w++) {
+            bits = cand ? gr->matched[w] & cand->matched[w] : gr->matched[w];
 
-                while (bits) {
-                    k = w * 64 + (size_t) __builtin_ctzll(bits);
-                    bits &= bits - 1;
+            while (bits) {
+                r = &rs->rules[w * 64 + (size_t) __builtin_ctzll(bits)];
+                bits &= bits - 1;
+                before = eo->buf_len;
 
-                    if (rules_event_rule(rs, k, values, eo, &ttl) != 0) {
-                        rs->memo_event = 0;
-                        return RULES_EVENT_INVALID;
-                    }
-                }
-            }
-
-        } else {
-            for (j = 0; j < g->nrules; j++) {
-                if (rules_event_rule(rs, g->rules[j], values, eo, &ttl) != 0)
-                {
+                if (rules_event_entry(rs, r, values, eo) != 0) {
                     rs->memo_event = 0;
                     return RULES_EVENT_INVALID;
+                }
+
+                if (eo->buf_len != before && r->ttl > ttl) {
+                    ttl = r->ttl;
                 }
             }
         }

@@ -393,7 +393,10 @@ rules_index_build(rules_set_t *rs)
 
     free(ps.p);
 
-    /* the rules of each key group, to take its candidates word by word */
+    /*
+     * the rules of each key group, as bitmaps: an event walks its group's
+     * word by word, masked by its candidates when the index is on
+     */
 
     ix->groups = calloc(rs->ngroups ? rs->ngroups : 1, sizeof(rules_result_t));
     if (ix->groups == NULL) {

@@ -122,7 +122,9 @@ typedef struct {
     rules_result_t        always;   /* rules evaluated for every event */
     size_t                nalways;
     rules_result_t        cand;     /* an event's candidates */
-    rules_result_t       *groups;   /* per key group: its rules */
+    rules_result_t       *groups;   /* per key group: its rules, which
+                                       rules_event_build() walks (with
+                                       the index on or off) */
     size_t                ngroups;
     int                   use;
 } rules_index_t;
