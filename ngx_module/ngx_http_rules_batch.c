@@ -268,15 +268,22 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
 
 
 void
-ngx_http_rules_batch_prefetch(const rules_str_t *keys, size_t n)
+ngx_http_rules_batch_prefetch(const uint64_t *hashes, size_t n,
+    ngx_uint_t stage)
 {
-    rules_cache_prefetch(ngx_http_rules_batcher.cache, keys, n);
+    if (stage == 0) {
+        rules_cache_prefetch_slots(ngx_http_rules_batcher.cache, hashes, n);
+
+    } else {
+        rules_cache_prefetch_entries(ngx_http_rules_batcher.cache, hashes,
+                                     n);
+    }
 }
 
 
 ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
-    const rules_keyop_t *ko, rules_str_t key, int64_t now)
+    const rules_keyop_t *ko, rules_str_t key, uint64_t key_hash, int64_t now)
 {
     ngx_time_t                *tp;
     rules_item_t               ri;
@@ -284,7 +291,7 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
 
     tp = ngx_timeofday();
 
-    if (rules_log_plan(bt->cache, key.data, key.len, ko, now,
+    if (rules_log_plan(bt->cache, key.data, key.len, key_hash, ko, now,
                        (int64_t) tp->sec * 1000 + tp->msec, &bt->work,
                        &bt->matched, &ri)
         != 0)

@@ -11,6 +11,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_rules_module.h"
+#include "rules_cache.h"
 
 
 /* One event: its key operations are answered one by one. */
@@ -48,6 +49,17 @@ typedef struct {
 } ngx_http_rules_events_t;
 
 
+/* An event's state keys, by key group. */
+typedef struct {
+    rules_str_t                  *keys;     /* len 0: the group has no
+                                               usable key value */
+    uint64_t                     *hashes;   /* rules_cache_hash() */
+    uint64_t                     *present;  /* the hashes of those there
+                                               are, for prefetching */
+    size_t                        npresent;
+} ngx_http_rules_keys_t;
+
+
 static ngx_int_t ngx_http_rules_evaluate(ngx_http_request_t *r,
     ngx_http_rules_ctx_t *ctx);
 static ngx_int_t ngx_http_rules_query_event(ngx_http_request_t *r,
@@ -56,9 +68,12 @@ static ngx_int_t ngx_http_rules_query_event(ngx_http_request_t *r,
 static ngx_int_t ngx_http_rules_body_events(ngx_http_request_t *r,
     ngx_http_rules_loc_conf_t *rlcf, rules_set_t *rs,
     ngx_http_rules_events_t *ev);
-static ngx_int_t ngx_http_rules_send(ngx_http_request_t *r,
-    ngx_http_rules_ctx_t *ctx, ngx_http_rules_main_conf_t *rmcf,
-    ngx_http_rules_cmd_t *cmd, rules_eventops_t *eo, int64_t now);
+static ngx_int_t ngx_http_rules_event_keys(ngx_http_request_t *r,
+    rules_set_t *rs, ngx_http_rules_main_conf_t *rmcf,
+    const rules_str_t *values, ngx_http_rules_keys_t *k);
+static ngx_int_t ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
+    rules_eventops_t *eo, ngx_http_rules_keys_t *k, int64_t now);
 static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_timeout(ngx_event_t *ev);
@@ -228,7 +243,7 @@ ngx_http_rules_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 {
-    size_t                       i, nf, sent;
+    size_t                       i, nf, ng, sent;
     int64_t                      now;
     ngx_int_t                    rc;
     ngx_time_t                  *tp;
@@ -236,6 +251,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
     rules_event_rc_t             erc;
     ngx_http_rules_op_t         *op;
     ngx_http_rules_cmd_t        *cmd;
+    ngx_http_rules_keys_t        keys;
     ngx_http_rules_events_t      ev;
     ngx_http_rules_loc_conf_t   *rlcf;
     ngx_http_rules_main_conf_t  *rmcf;
@@ -311,7 +327,13 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         }
     }
 
-    op = ngx_http_rules_op_alloc(ev.nevents, r->connection->log);
+    ng = rules_ngroups(rs);
+    keys.keys = ngx_palloc(r->pool, ng * sizeof(rules_str_t));
+    keys.hashes = ngx_palloc(r->pool, 2 * ng * sizeof(uint64_t));
+
+    op = (keys.keys && keys.hashes)
+         ? ngx_http_rules_op_alloc(ev.nevents, r->connection->log) : NULL;
+
     if (op == NULL) {
         if (ev.json_used) {
             rules_json_events_free(&ev.json);
@@ -338,10 +360,20 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 
     ctx->op = op;
     sent = 0;
+    keys.present = keys.hashes + ng;
 
     for (i = 0; i < ev.nevents; i++) {
         now = ev.ts[i];
         cmd = &op->cmds[i];
+
+        /* the keys' cache slots load while the conditions are evaluated */
+
+        if (ngx_http_rules_event_keys(r, rs, rmcf, ev.values + i * nf, &keys)
+            != NGX_OK)
+        {
+            cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+            continue;
+        }
 
         erc = rules_event_build(rs, &rmcf->limits, ev.values + i * nf, now,
                                 &ngx_http_rules_eo);
@@ -360,7 +392,8 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
             continue;
         }
 
-        if (ngx_http_rules_send(r, ctx, rmcf, cmd, &ngx_http_rules_eo, now)
+        if (ngx_http_rules_send(ctx, rmcf, cmd, &ngx_http_rules_eo, &keys,
+                                now)
             == NGX_OK)
         {
             sent++;
@@ -684,14 +717,68 @@ ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
  * Queues the event's key operations into the worker's next Redis call;
  * NGX_ERROR (the event failed) when Redis is not ready or too busy.
  */
+/*
+ * The state keys of an event's key groups, as rules_event_build() takes
+ * them (a key value that is not empty and not over rules_max_key_length),
+ * hashed; their state cache slots start loading.
+ */
 static ngx_int_t
-ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
-    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
-    rules_eventops_t *eo, int64_t now)
+ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
+    ngx_http_rules_main_conf_t *rmcf, const rules_str_t *values,
+    ngx_http_rules_keys_t *k)
 {
-    u_char         *p;
-    size_t          i, n, len;
-    rules_str_t    *keys;
+    u_char             *p;
+    size_t              g, ng, len;
+    const rules_str_t  *v;
+
+    ng = rules_ngroups(rs);
+    len = 0;
+
+    for (g = 0; g < ng; g++) {
+        v = &values[rules_group(rs, g)->key_field];
+
+        if (v->len && v->len <= rmcf->limits.key_max) {
+            len += rules_state_key_len(rs, rmcf->key_prefix.len, g, v->len);
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    k->npresent = 0;
+
+    for (g = 0; g < ng; g++) {
+        v = &values[rules_group(rs, g)->key_field];
+
+        if (v->len == 0 || v->len > rmcf->limits.key_max) {
+            k->keys[g].len = 0;
+            continue;
+        }
+
+        k->keys[g].data = p;
+        k->keys[g].len = rules_state_key(rs, (char *) rmcf->key_prefix.data,
+                                         rmcf->key_prefix.len, (unsigned) g,
+                                         *v, p);
+        p += k->keys[g].len;
+
+        k->hashes[g] = rules_cache_hash(k->keys[g].data, k->keys[g].len);
+        k->present[k->npresent++] = k->hashes[g];
+    }
+
+    ngx_http_rules_batch_prefetch(k->present, k->npresent, 0);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
+    rules_eventops_t *eo, ngx_http_rules_keys_t *k, int64_t now)
+{
+    size_t          i, n;
     rules_keyop_t  *ko;
 
     n = eo->nkeyops;
@@ -708,36 +795,9 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    len = 0;
+    /* the slots have arrived: now the entries they point at */
 
-    for (i = 0; i < n; i++) {
-        ko = &eo->keyops[i];
-        len = ngx_max(len, rules_state_key_len(ctx->rules,
-                                               rmcf->key_prefix.len,
-                                               ko->group,
-                                               ko->key_value.len));
-    }
-
-    /* the keys first, so that their cached states load side by side */
-
-    p = ngx_pnalloc(r->pool, len * n);
-    keys = ngx_palloc(r->pool, n * sizeof(rules_str_t));
-
-    if (p == NULL || keys == NULL) {
-        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < n; i++) {
-        ko = &eo->keyops[i];
-        keys[i].data = p + i * len;
-        keys[i].len = rules_state_key(ctx->rules,
-                                      (char *) rmcf->key_prefix.data,
-                                      rmcf->key_prefix.len, ko->group,
-                                      ko->key_value, p + i * len);
-    }
-
-    ngx_http_rules_batch_prefetch(keys, n);
+    ngx_http_rules_batch_prefetch(k->present, k->npresent, 1);
 
     cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
     cmd->op->pending++;
@@ -750,7 +810,8 @@ ngx_http_rules_send(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx,
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
 
-        if (ngx_http_rules_batch_add(cmd, ko->group, ko, keys[i], now)
+        if (ngx_http_rules_batch_add(cmd, ko->group, ko, k->keys[ko->group],
+                                     k->hashes[ko->group], now)
             != NGX_OK)
         {
             ngx_http_rules_item_reply(cmd, ko->group, NULL, 0, NGX_ERROR);

@@ -157,9 +157,14 @@ ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
     ngx_log_t *log);
 /* queues a key operation into the worker's next call to Redis */
 ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
-    unsigned group, const rules_keyop_t *ko, rules_str_t key, int64_t now);
-/* starts loading the cached states of an event's keys, all at once */
-void ngx_http_rules_batch_prefetch(const rules_str_t *keys, size_t n);
+    unsigned group, const rules_keyop_t *ko, rules_str_t key,
+    uint64_t key_hash, int64_t now);
+/*
+ * starts loading the cached states of an event's keys (by their hashes),
+ * all at once: stage 0 their slots, stage 1 (later) their entries
+ */
+void ngx_http_rules_batch_prefetch(const uint64_t *hashes, size_t n,
+    ngx_uint_t stage);
 void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */

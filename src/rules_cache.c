@@ -8,8 +8,9 @@
  * is bound by memory latency: it reads the slot and the entry, and a hit
  * sets the entry's reference bit, where a list-ordered LRU would also
  * touch the two neighbours it unlinks from (two more cache misses).
- * rules_cache_prefetch() lets a caller start the loads of all the keys
- * of an event at once.
+ * rules_cache_prefetch_slots() and rules_cache_prefetch_entries() let a
+ * caller start the loads of all the keys of an event at once, and do
+ * other work while they run.
  *
  * Eviction: the ring holds the entries in the order they were stored
  * (a replaced entry goes to the back).  The oldest is evicted when its
@@ -281,33 +282,53 @@ rules_cache_grow(rules_cache_t *c)
 }
 
 
-void
-rules_cache_prefetch(rules_cache_t *c, const rules_str_t *keys, size_t n)
+uint64_t
+rules_cache_hash(const unsigned char *key, size_t key_len)
 {
-    size_t          i;
-    uint64_t        hash[RULES_CACHE_PREFETCH_MAX];
+    return rules_hash64(key, key_len, 0);
+}
+
+
+void
+rules_cache_prefetch_slots(rules_cache_t *c, const uint64_t *hash, size_t n)
+{
+    size_t  i;
+
+    if (c == NULL || c->entries == 0) {
+        return;
+    }
+
+    for (i = 0; i < n; i++) {
+        __builtin_prefetch(&c->slots[hash[i] & c->mask]);
+    }
+}
+
+
+void
+rules_cache_prefetch_entries(rules_cache_t *c, const uint64_t *hash,
+    size_t n)
+{
+    size_t          i, line;
     rules_cslot_t  *s;
 
     if (c == NULL || c->entries == 0) {
         return;
     }
 
-    if (n > RULES_CACHE_PREFETCH_MAX) {
-        n = RULES_CACHE_PREFETCH_MAX;
-    }
-
-    /* the slots of all the keys, then the entries they point at */
-
-    for (i = 0; i < n; i++) {
-        hash[i] = rules_hash64(keys[i].data, keys[i].len, 0);
-        __builtin_prefetch(&c->slots[hash[i] & c->mask]);
-    }
+    /*
+     * The first slot of each key's probe (where it is, nearly always)
+     * and the lines a lookup and a state read touch: the header, the
+     * key, the state's start.  A prefetch past the entry's end is
+     * harmless (it never faults).
+     */
 
     for (i = 0; i < n; i++) {
         s = &c->slots[hash[i] & c->mask];
 
-        if (s->e) {
-            __builtin_prefetch(s->e);
+        if (s->e && s->hash == hash[i]) {
+            for (line = 0; line < RULES_CACHE_PREFETCH_LINES; line++) {
+                __builtin_prefetch((char *) s->e + 64 * line);
+            }
         }
     }
 }
@@ -315,7 +336,7 @@ rules_cache_prefetch(rules_cache_t *c, const rules_str_t *keys, size_t n)
 
 int
 rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
-    double *gen, size_t *length, double *stamp, size_t *logged,
+    uint64_t hash, double *gen, size_t *length, double *stamp, size_t *logged,
     rules_str_t *state)
 {
     rules_cslot_t   *s;
@@ -325,7 +346,7 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
         return 0;
     }
 
-    s = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
+    s = rules_cache_find(c, key, key_len, hash);
 
     if (s == NULL) {
         return 0;
@@ -347,11 +368,10 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
 
 int
 rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
-    double gen, size_t length, double stamp, size_t logged,
+    uint64_t hash, double gen, size_t length, double stamp, size_t logged,
     const unsigned char *state, size_t state_len)
 {
     size_t           size, i;
-    uint64_t         hash;
     rules_cslot_t   *s;
     rules_centry_t  *e;
 
@@ -359,7 +379,6 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
         return 0;
     }
 
-    hash = rules_hash64(key, key_len, 0);
     s = rules_cache_find(c, key, key_len, hash);
     size = sizeof(rules_centry_t) + key_len + state_len;
 

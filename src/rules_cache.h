@@ -22,28 +22,36 @@ typedef struct rules_cache_s  rules_cache_t;
 rules_cache_t *rules_cache_create(size_t max_bytes);
 void rules_cache_free(rules_cache_t *c);
 
+/* The hash the calls below take with a key. */
+uint64_t rules_cache_hash(const unsigned char *key, size_t key_len);
+
 /*
  * 1 and the entry when the key is cached (the state pointer is valid
- * until the next put or del); 0 otherwise.
+ * until the next put or del); 0 otherwise.  hash: rules_cache_hash() of
+ * the key.
  */
 int rules_cache_get(rules_cache_t *c, const unsigned char *key,
-    size_t key_len, double *gen, size_t *length, double *stamp,
-    size_t *logged, rules_str_t *state);
+    size_t key_len, uint64_t hash, double *gen, size_t *length,
+    double *stamp, size_t *logged, rules_str_t *state);
 
 /*
- * Starts loading what looking up these keys will read (at most
- * RULES_CACHE_PREFETCH_MAX), so that the cache misses of an event's keys
- * overlap instead of following each other.  Changes nothing.
+ * Start loading what looking up these keys (by their hashes) reads, so
+ * that the cache misses of an event's keys overlap instead of following
+ * each other: first the slots, then, once those have had time to
+ * arrive, the entries they point at (RULES_CACHE_PREFETCH_LINES lines
+ * of each).  Neither changes anything; the second reads the slots.
  */
-#define RULES_CACHE_PREFETCH_MAX  16
+#define RULES_CACHE_PREFETCH_LINES  4
 
-void rules_cache_prefetch(rules_cache_t *c, const rules_str_t *keys,
+void rules_cache_prefetch_slots(rules_cache_t *c, const uint64_t *hash,
+    size_t n);
+void rules_cache_prefetch_entries(rules_cache_t *c, const uint64_t *hash,
     size_t n);
 
 /* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
 int rules_cache_put(rules_cache_t *c, const unsigned char *key,
-    size_t key_len, double gen, size_t length, double stamp, size_t logged,
-    const unsigned char *state, size_t state_len);
+    size_t key_len, uint64_t hash, double gen, size_t length, double stamp,
+    size_t logged, const unsigned char *state, size_t state_len);
 
 void rules_cache_del(rules_cache_t *c, const unsigned char *key,
     size_t key_len);

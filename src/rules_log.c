@@ -312,8 +312,9 @@ rules_log_newgen(void)
 
 int
 rules_log_plan(rules_cache_t *cache, const unsigned char *key,
-    size_t key_len, const rules_keyop_t *ko, int64_t now, int64_t wall,
-    rules_log_work_t *w, rules_buf_t *matched, rules_item_t *item)
+    size_t key_len, uint64_t key_hash, const rules_keyop_t *ko, int64_t now,
+    int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
+    rules_item_t *item)
 {
     int           changed;
     double        gen, stamp;
@@ -328,14 +329,15 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     item->op = ko->op;
     item->op_len = ko->op_len;
     item->newgen = rules_log_newgen();
+    item->key_hash = key_hash;
 
     if (!ko->writes) {
         item->kind = RULES_ITEM_READ;
         return 0;
     }
 
-    if (!rules_cache_get(cache, key, key_len, &gen, &length, &stamp,
-                         &logged, &cached))
+    if (!rules_cache_get(cache, key, key_len, key_hash, &gen, &length,
+                         &stamp, &logged, &cached))
     {
         /*
          * Not cached: the event is appended, and the value before it
@@ -411,8 +413,8 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         item->wall = wall;        /* the stamp is wall + pttl */
         length += RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN + ko->op_len;
 
-        return rules_cache_put(cache, key, key_len, gen, length, stamp,
-                               logged + 1, out->data, out->len);
+        return rules_cache_put(cache, key, key_len, key_hash, gen, length,
+                               stamp, logged + 1, out->data, out->len);
     }
 
     v = &w->b;
@@ -438,8 +440,8 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
 
     /* optimistic: the next event of the key chains on it */
 
-    return rules_cache_put(cache, key, key_len, item->newgen, v->len, stamp,
-                           0, out->data, out->len);
+    return rules_cache_put(cache, key, key_len, key_hash, item->newgen,
+                           v->len, stamp, 0, out->data, out->len);
 }
 
 
@@ -450,6 +452,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
     rules_item_t *compact)
 {
     int               appended;
+    uint64_t          hash;
     rules_log_info_t  info;
 
     compact->kind = 0;
@@ -464,18 +467,21 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
         return -1;
     }
 
+    hash = rules_cache_hash(key.data, key.len);
+
     if (!rules_log_wants_compaction(&info)) {
         if (!info.r2 || info.damaged) {
             rules_cache_del(cache, key.data, key.len);
             return 0;
         }
 
-        return rules_cache_put(cache, key.data, key.len, info.gen,
+        return rules_cache_put(cache, key.data, key.len, hash, info.gen,
                                info.length, 0, info.entries,
                                w->state->data, w->state->len);
     }
 
     memset(compact, 0, sizeof(rules_item_t));
+    compact->key_hash = hash;
     compact->kind = RULES_ITEM_COMPACT;
     compact->gen = info.gen;
     compact->length = (double) info.length;
@@ -488,7 +494,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
      * write: a tail appended since fails the compaction).
      */
 
-    return rules_cache_put(cache, key.data, key.len, compact->newgen,
+    return rules_cache_put(cache, key.data, key.len, hash, compact->newgen,
                            RULES_VALUE_HEADER_LEN + w->state->len, 0, 0,
                            w->state->data, w->state->len);
 }
@@ -539,7 +545,7 @@ rules_batch_rehash(rules_batch_t *b, size_t size)
     }
 
     for (i = 0; i < b->nkeys; i++) {
-        h = rules_hash64(b->data.data + b->key_off[i], b->key_len[i], 0);
+        h = rules_cache_hash(b->data.data + b->key_off[i], b->key_len[i]);
 
         for (h &= size - 1; t[h]; h = (h + 1) & (size - 1)) { /* void */ }
 
@@ -557,10 +563,9 @@ rules_batch_rehash(rules_batch_t *b, size_t size)
 /* The 1-based index of the key in KEYS, added when new; 0: no memory. */
 static size_t
 rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
-    size_t key_len)
+    size_t key_len, uint64_t hash)
 {
-    size_t    h, i, off;
-    uint64_t  hash;
+    size_t  h, i, off;
 
     if (2 * (b->nkeys + 1) > b->table_size
         && rules_batch_rehash(b, b->table_size ? b->table_size * 2 : 64)
@@ -569,7 +574,9 @@ rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
         return 0;
     }
 
-    hash = rules_hash64(key, key_len, 0);
+    if (hash == 0) {
+        hash = rules_cache_hash(key, key_len);
+    }
 
     for (h = hash & (b->table_size - 1); b->table[h];
          h = (h + 1) & (b->table_size - 1))
@@ -614,7 +621,7 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
         return -1;
     }
 
-    k = rules_batch_key_index(b, key, key_len);
+    k = rules_batch_key_index(b, key, key_len, item->key_hash);
 
     if (k == 0
         || rules_batch_grow(&b->arg_off, &b->arg_len, &b->args_size,

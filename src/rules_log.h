@@ -151,6 +151,8 @@ typedef struct {
     size_t                op_len;
     const unsigned char  *state;      /* compact, write */
     size_t                state_len;
+    uint64_t              key_hash;   /* rules_cache_hash() of the key;
+                                         0: not known (computed) */
 } rules_item_t;
 
 
@@ -205,13 +207,15 @@ typedef struct rules_cache_s  rules_cache_t;
  * *matched and count if the reply is 1; the cache takes the new state at
  * once, so that the key's next event chains on it), else an append (the
  * value comes back to fold), or a read when the operation writes
- * nothing; item->lookup says whether the cache held the key.
+ * nothing; item->lookup says whether the cache held the key.  key_hash:
+ * rules_cache_hash() of the key.
  * item->state points into w until the next call: add the item to the
  * batch first.  -1: no memory.
  */
 int rules_log_plan(rules_cache_t *cache, const unsigned char *key,
-    size_t key_len, const rules_keyop_t *ko, int64_t now, int64_t wall,
-    rules_log_work_t *w, rules_buf_t *matched, rules_item_t *item);
+    size_t key_len, uint64_t key_hash, const rules_keyop_t *ko, int64_t now,
+    int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
+    rules_item_t *item);
 
 /*
  * A reply to an event's item that is a value (a write's fallback, an

@@ -331,6 +331,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 
     for (i = 0; i < n; i++) {
         if (rules_log_plan(rp->cache, rp->keys + offs[i], lens[i],
+                           rules_cache_hash(rp->keys + offs[i], lens[i]),
                            &rp->eo.keyops[i], now, wall_ms(), &rp->work,
                            &saved[i], &item)
             != 0

@@ -41,8 +41,10 @@ get(rules_cache_t *c, const char *key, double *gen, size_t *length,
     double  stamp;
     size_t  logged;
 
-    return rules_cache_get(c, (const unsigned char *) key, strlen(key), gen,
-                           length, &stamp, &logged, state);
+    return rules_cache_get(c, (const unsigned char *) key, strlen(key),
+                           rules_cache_hash((const unsigned char *) key,
+                                            strlen(key)),
+                           gen, length, &stamp, &logged, state);
 }
 
 
@@ -50,8 +52,10 @@ static int
 put(rules_cache_t *c, const char *key, double gen, size_t length,
     const char *state)
 {
-    return rules_cache_put(c, (const unsigned char *) key, strlen(key), gen,
-                           length, 0, 0, (const unsigned char *) state,
+    return rules_cache_put(c, (const unsigned char *) key, strlen(key),
+                           rules_cache_hash((const unsigned char *) key,
+                                            strlen(key)),
+                           gen, length, 0, 0, (const unsigned char *) state,
                            strlen(state));
 }
 
@@ -257,18 +261,18 @@ main(void)
     is_int(rules_cache_entries(c), 10000, "10000 entries left");
 
     {
-        rules_str_t  keys[3];
-
-        keys[0].data = (const unsigned char *) "user:0";
-        keys[1].data = (const unsigned char *) "user:1";
-        keys[2].data = (const unsigned char *) "nobody";
+        uint64_t     h[3];
+        const char  *keys[3] = { "user:0", "user:1", "nobody" };
 
         for (i = 0; i < 3; i++) {
-            keys[i].len = strlen((const char *) keys[i].data);
+            h[i] = rules_cache_hash((const unsigned char *) keys[i],
+                                    strlen(keys[i]));
         }
 
-        rules_cache_prefetch(c, keys, 3);
-        rules_cache_prefetch(NULL, keys, 3);
+        rules_cache_prefetch_slots(c, h, 3);
+        rules_cache_prefetch_entries(c, h, 3);
+        rules_cache_prefetch_slots(NULL, h, 3);
+        rules_cache_prefetch_entries(NULL, h, 3);
     }
 
     ok(get(c, "user:0", &gen, &length, &st) && gen == 0
