@@ -714,10 +714,6 @@ ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
 
 
 /*
- * Queues the event's key operations into the worker's next Redis call;
- * NGX_ERROR (the event failed) when Redis is not ready or too busy.
- */
-/*
  * The state keys of an event's key groups, as rules_event_build() takes
  * them (a key value that is not empty and not over rules_max_key_length),
  * hashed; their state cache slots start loading.
@@ -738,7 +734,8 @@ ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
         v = &values[rules_group(rs, g)->key_field];
 
         if (v->len && v->len <= rmcf->limits.key_max) {
-            len += rules_state_key_len(rs, rmcf->key_prefix.len, g, v->len);
+            len += rules_state_key_len(rs, rmcf->key_prefix.len,
+                                       (unsigned) g, v->len);
         }
     }
 
@@ -773,6 +770,10 @@ ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
 }
 
 
+/*
+ * Queues the event's key operations into the worker's next Redis call;
+ * NGX_ERROR (the event failed) when Redis is not ready or too busy.
+ */
 static ngx_int_t
 ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
@@ -810,9 +811,13 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     for (i = 0; i < n; i++) {
         ko = &eo->keyops[i];
 
-        if (ngx_http_rules_batch_add(cmd, ko->group, ko, k->keys[ko->group],
-                                     k->hashes[ko->group], now)
-            != NGX_OK)
+        /* a key operation always has its group's key (event_keys) */
+
+        if (k->keys[ko->group].len == 0
+            || ngx_http_rules_batch_add(cmd, ko->group, ko,
+                                        k->keys[ko->group],
+                                        k->hashes[ko->group], now)
+               != NGX_OK)
         {
             ngx_http_rules_item_reply(cmd, ko->group, NULL, 0, NGX_ERROR);
         }

@@ -22,7 +22,7 @@ typedef struct rules_cache_s  rules_cache_t;
 rules_cache_t *rules_cache_create(size_t max_bytes);
 void rules_cache_free(rules_cache_t *c);
 
-/* The hash the calls below take with a key. */
+/* The hash the calls below take with a key (always this function's). */
 uint64_t rules_cache_hash(const unsigned char *key, size_t key_len);
 
 /*
