@@ -267,6 +267,40 @@ for workers in $workers_list; do
 done
 
 # latency under increasing load: stepped connection counts, 1 worker
+# The same ratios run by run, each against its own run's reference (the
+# table's are medians over medians): how far the VM's noise moves them.
+echo
+echo "ratios run by run (spec, spec-n: against that run's empty_gif; gen, gen-n:"
+echo " against that run's spec, spec-n), and their median:"
+for workers in $workers_list; do
+    for mode in $modes; do
+        case $mode in
+            base)  continue ;;
+            spec*) ref=base ;;
+            gen)   ref=spec ;;
+            gen-n) ref=spec-n ;;
+        esac
+        awk -v w="$workers" -v m="$mode" -v ref="$ref" '
+            $1 == w && $2 == m   { rps[$3] = $4 }
+            $1 == w && $2 == ref { base[$3] = $4 }
+            END {
+                n = 0
+                for (r = 1; r in rps; r++) {
+                    if (!(r in base) || base[r] == 0) continue
+                    v[++n] = rps[r] / base[r]
+                    line = line sprintf(" %.2f", v[n])
+                }
+                if (n == 0) exit
+                for (i = 1; i <= n; i++)        # insertion sort, n is small
+                    for (j = i; j > 1 && v[j - 1] > v[j]; j--) {
+                        t = v[j]; v[j] = v[j - 1]; v[j - 1] = t
+                    }
+                med = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+                printf "%-8s %-7s vs %-7s%s   median %.2f\n", w, m, ref, line, med
+            }' "$results"
+    done
+done
+
 steps=${BENCH_STEPS-"1 2 4 8 16 32 64"}
 [ -n "$steps" ] || exit 0     # BENCH_STEPS= : no latency steps
 echo
