@@ -280,5 +280,51 @@ main(void)
        "prefetching changes nothing");
     rules_cache_free(c);
 
+    /*
+     * Nor does it count as a lookup for eviction: an entry that was only
+     * prefetched goes first, as one never looked up; one looked up gets
+     * its second chance.  A cache of ten entries, eight stored, one of
+     * them prefetched (pass 0) or looked up (pass 1), then eight more.
+     */
+    {
+        int        pass, kept[2];
+        uint64_t   h;
+        size_t     one;
+
+        for (pass = 0; pass < 2; pass++) {
+            c = rules_cache_create(1 << 20);
+            put(c, "old:0", 1, 1, "state-0123456789");
+            one = rules_cache_bytes(c);
+            rules_cache_free(c);
+
+            c = rules_cache_create(10 * one + one / 2);
+
+            for (i = 0; i < 8; i++) {
+                snprintf(key, sizeof(key), "old:%zu", i);
+                put(c, key, 1, 1, "state-0123456789");
+            }
+
+            if (pass == 0) {
+                h = rules_cache_hash((const unsigned char *) "old:0", 5);
+                rules_cache_prefetch_slots(c, &h, 1);
+                rules_cache_prefetch_entries(c, &h, 1);
+
+            } else {
+                (void) get(c, "old:0", &gen, &length, &st);
+            }
+
+            for (i = 0; i < 8; i++) {
+                snprintf(key, sizeof(key), "new:%zu", i);
+                put(c, key, 1, 1, "state-0123456789");
+            }
+
+            kept[pass] = get(c, "old:0", &gen, &length, &st);
+            rules_cache_free(c);
+        }
+
+        ok(!kept[0] && kept[1], "a prefetched entry is evicted as one not "
+           "looked up; a looked-up one stays");
+    }
+
     return done_testing();
 }
