@@ -268,16 +268,16 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
 
 
 void
-ngx_http_rules_batch_prefetch(const uint64_t *hashes, size_t n,
-    ngx_uint_t stage)
+ngx_http_rules_batch_prefetch_slots(const uint64_t *hashes, size_t n)
 {
-    if (stage == 0) {
-        rules_cache_prefetch_slots(ngx_http_rules_batcher.cache, hashes, n);
+    rules_cache_prefetch_slots(ngx_http_rules_batcher.cache, hashes, n);
+}
 
-    } else {
-        rules_cache_prefetch_entries(ngx_http_rules_batcher.cache, hashes,
-                                     n);
-    }
+
+void
+ngx_http_rules_batch_prefetch_entries(const uint64_t *hashes, size_t n)
+{
+    rules_cache_prefetch_entries(ngx_http_rules_batcher.cache, hashes, n);
 }
 
 

@@ -714,9 +714,9 @@ ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
 
 
 /*
- * The state keys of an event's key groups, as rules_event_build() takes
- * them (a key value that is not empty and not over rules_max_key_length),
- * hashed; their state cache slots start loading.
+ * The state keys of an event's key groups, those rules_event_build()
+ * makes key operations for (rules_event_key()), hashed; their state
+ * cache slots start loading.
  */
 static ngx_int_t
 ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
@@ -731,9 +731,9 @@ ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
     len = 0;
 
     for (g = 0; g < ng; g++) {
-        v = &values[rules_group(rs, g)->key_field];
+        v = rules_event_key(rs, &rmcf->limits, values, g);
 
-        if (v->len && v->len <= rmcf->limits.key_max) {
+        if (v) {
             len += rules_state_key_len(rs, rmcf->key_prefix.len,
                                        (unsigned) g, v->len);
         }
@@ -747,9 +747,9 @@ ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
     k->npresent = 0;
 
     for (g = 0; g < ng; g++) {
-        v = &values[rules_group(rs, g)->key_field];
+        v = rules_event_key(rs, &rmcf->limits, values, g);
 
-        if (v->len == 0 || v->len > rmcf->limits.key_max) {
+        if (v == NULL) {
             k->keys[g].len = 0;
             continue;
         }
@@ -764,7 +764,7 @@ ngx_http_rules_event_keys(ngx_http_request_t *r, rules_set_t *rs,
         k->present[k->npresent++] = k->hashes[g];
     }
 
-    ngx_http_rules_batch_prefetch(k->present, k->npresent, 0);
+    ngx_http_rules_batch_prefetch_slots(k->present, k->npresent);
 
     return NGX_OK;
 }
@@ -798,7 +798,7 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
 
     /* the slots have arrived: now the entries they point at */
 
-    ngx_http_rules_batch_prefetch(k->present, k->npresent, 1);
+    ngx_http_rules_batch_prefetch_entries(k->present, k->npresent);
 
     cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
     cmd->op->pending++;

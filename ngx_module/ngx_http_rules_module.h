@@ -160,11 +160,12 @@ ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
     unsigned group, const rules_keyop_t *ko, rules_str_t key,
     uint64_t key_hash, int64_t now);
 /*
- * starts loading the cached states of an event's keys (by their hashes),
- * all at once: stage 0 their slots, stage 1 (later) their entries
+ * start loading the cached states of an event's keys (by their hashes),
+ * all at once: their slots, then (later) the entries they point at
  */
-void ngx_http_rules_batch_prefetch(const uint64_t *hashes, size_t n,
-    ngx_uint_t stage);
+void ngx_http_rules_batch_prefetch_slots(const uint64_t *hashes, size_t n);
+void ngx_http_rules_batch_prefetch_entries(const uint64_t *hashes,
+    size_t n);
 void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */

@@ -463,7 +463,7 @@ rules_cache_del(rules_cache_t *c, const unsigned char *key, size_t key_len)
         return;
     }
 
-    s = rules_cache_find(c, key, key_len, rules_hash64(key, key_len, 0));
+    s = rules_cache_find(c, key, key_len, rules_cache_hash(key, key_len));
 
     if (s) {
         rules_cache_remove(c, s);

@@ -231,6 +231,14 @@ rules_event_rc_t rules_event_build(rules_set_t *rs,
 void rules_eventops_free(rules_eventops_t *eo);
 
 /*
+ * The value of key group g's key field in an event when it is one
+ * rules_event_build() makes a key operation for (not empty, not longer
+ * than limits->key_max); NULL otherwise.
+ */
+const rules_str_t *rules_event_key(const rules_set_t *rs,
+    const rules_limits_t *limits, const rules_str_t *values, size_t g);
+
+/*
  * The Redis key of a key group and value:
  *     <prefix>{<field name>:<value>}
  * written into out (size at least rules_state_key_len()); the braces make

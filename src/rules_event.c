@@ -162,6 +162,18 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
 }
 
 
+const rules_str_t *
+rules_event_key(const rules_set_t *rs, const rules_limits_t *limits,
+    const rules_str_t *values, size_t g)
+{
+    const rules_str_t  *v;
+
+    v = &values[rs->groups[g].key_field];
+
+    return (v->len != 0 && v->len <= limits->key_max) ? v : NULL;
+}
+
+
 rules_event_rc_t
 rules_event_validate(const rules_set_t *rs, const rules_limits_t *limits,
     const rules_str_t *values, int64_t now)
@@ -242,14 +254,11 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
 
     for (i = 0; i < rs->ngroups; i++) {
         g = &rs->groups[i];
-        key = &values[g->key_field];
+        key = rules_event_key(rs, limits, values, i);
 
-        if (key->len == 0) {
-            continue;
-        }
-
-        if (key->len > limits->key_max) {
-            eo->over_limit++;
+        if (key == NULL) {
+            /* counted when it is there but too long */
+            eo->over_limit += (values[g->key_field].len != 0);
             continue;
         }
 
