@@ -54,7 +54,7 @@ FUZZ_CFLAGS := -g -O1 -Wall -Werror -fsanitize=fuzzer,address,undefined -Isrc
 DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
                 redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
                 curl gcc libc6-dev make perl valgrind clang \
-                libclang-rt-14-dev prometheus
+                libclang-rt-14-dev prometheus gdb
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
         asan clean script bench fuzz FORCE

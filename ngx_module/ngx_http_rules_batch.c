@@ -71,7 +71,13 @@ typedef struct {
 static ngx_str_t  ngx_http_rules_cluster_name = ngx_string("cluster");
 
 
-#define NGX_HTTP_RULES_BATCH_FREE_MAX  16
+/*
+ * Batches kept for the next calls: at most this many, each only when its
+ * buffer is at most this large (a call of large states grows it to
+ * hundreds of KB: kept, sixteen of them would hold MBs idle).
+ */
+#define NGX_HTTP_RULES_BATCH_FREE_MAX   16
+#define NGX_HTTP_RULES_BATCH_KEEP_SIZE  (64 * 1024)
 
 
 static ngx_http_rules_batcher_t  ngx_http_rules_batcher;
@@ -619,7 +625,9 @@ ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch)
 {
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    if (bt->nfree >= NGX_HTTP_RULES_BATCH_FREE_MAX || bt->rmcf == NULL) {
+    if (bt->nfree >= NGX_HTTP_RULES_BATCH_FREE_MAX || bt->rmcf == NULL
+        || batch->b.data.size > NGX_HTTP_RULES_BATCH_KEEP_SIZE)
+    {
         ngx_http_rules_batch_free(batch);
         return;
     }

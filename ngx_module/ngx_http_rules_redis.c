@@ -50,7 +50,13 @@
 #include "ngx_http_rules_redis.h"
 
 
-#define NGX_HTTP_RULES_REDIS_FREE_MAX    128    /* command blocks kept */
+/*
+ * Command blocks kept for the next commands: at most this many, and this
+ * many bytes in all (calls of large states are hundreds of KB: kept
+ * after a burst of them in flight, they would hold tens of MB idle).
+ */
+#define NGX_HTTP_RULES_REDIS_FREE_MAX    128
+#define NGX_HTTP_RULES_REDIS_FREE_BYTES  (1024 * 1024)
 #define NGX_HTTP_RULES_REDIS_BLOCK       256    /* their size unit */
 
 /* room for a command's head: *<argc>, RULES.STORE (or EVALSHA), the SHA1 */
@@ -131,6 +137,7 @@ struct ngx_http_rules_redis_s {
 
     ngx_http_rules_redis_cmd_t        *free;
     ngx_uint_t                         nfree;
+    size_t                             free_bytes;
 
     unsigned                           closing:1;   /* being freed */
     unsigned                           planned:1;   /* by us: reason set */
@@ -1378,6 +1385,7 @@ ngx_http_rules_redis_cmd_alloc(ngx_http_rules_redis_t *rd, size_t size)
     if (cmd) {
         rd->free = cmd->next;
         rd->nfree--;
+        rd->free_bytes -= cmd->size;
 
         if (cmd->size >= size) {
             return cmd;
@@ -1403,7 +1411,9 @@ static void
 ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd)
 {
-    if (rd->nfree >= NGX_HTTP_RULES_REDIS_FREE_MAX) {
+    if (rd->nfree >= NGX_HTTP_RULES_REDIS_FREE_MAX
+        || rd->free_bytes + cmd->size > NGX_HTTP_RULES_REDIS_FREE_BYTES)
+    {
         ngx_free(cmd);
         return;
     }
@@ -1411,6 +1421,7 @@ ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
     cmd->next = rd->free;
     rd->free = cmd;
     rd->nfree++;
+    rd->free_bytes += cmd->size;
 }
 
 
