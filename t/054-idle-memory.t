@@ -40,28 +40,16 @@ _EOC_
 my $redis = RulesNginx::start_redis();
 
 my $ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-054",
-    files   => { 'rules.json' => $rules },
-    http    => <<"_EOC_");
-    large_client_header_buffers 4 256k;
-    rules_redis 127.0.0.1:$redis->{port};
-    rules_redis_timeout 20s;
-    rules_state_cache 0;
-    rules_max_value_length 65535;
-    rules_key_prefix "t054:$$:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            rules_field v \$arg_v;
-            rules_field w \$arg_w;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+    prefix => "$FindBin::Bin/servroot-054",
+    files  => { 'rules.json' => $rules },
+    http   => RulesNginx::pixel_http(
+        store   => "rules_redis 127.0.0.1:$redis->{port};",
+        fields  => [qw(uid v w)],
+        timeout => '20s',
+        prefix  => "t054:$$:",
+        extra   => "large_client_header_buffers 4 256k;\n"
+                   . "    rules_state_cache 0;\n"
+                   . "    rules_max_value_length 65535;"));
 
 my ($worker) = RulesNginx::worker_pids($ngx);
 ok($worker, "a worker ($worker)");
@@ -83,7 +71,9 @@ sub request {
     my ($uid) = @_;
     my $v = substr("v$uid." x $VALUE, 0, $VALUE);
     my $w = substr("w$uid." x $VALUE, 0, $VALUE);
-    return "GET /px?uid=u$uid&v=$v&w=$w HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    my $ts = int(Time::HiRes::time() * 1000);
+    return "GET /px?uid=u$uid&ts=$ts&v=$v&w=$w HTTP/1.0\r\n"
+           . "Host: localhost\r\n\r\n";
 }
 
 sub status_of {
