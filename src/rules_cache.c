@@ -38,6 +38,8 @@ typedef struct {
     size_t           length;
     size_t           logged;
     unsigned         ref;         /* looked up since the last sweep */
+    unsigned         clean;       /* the state is the writer's own
+                                     (rules_cache_put()) */
     unsigned char    data[];      /* key, then state */
 } rules_centry_t;
 
@@ -337,7 +339,7 @@ rules_cache_prefetch_entries(rules_cache_t *c, const uint64_t *hash,
 int
 rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
     uint64_t hash, double *gen, size_t *length, double *stamp, size_t *logged,
-    rules_str_t *state)
+    int *clean, rules_str_t *state)
 {
     rules_cslot_t   *s;
     rules_centry_t  *e;
@@ -359,6 +361,7 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
     *length = e->length;
     *stamp = e->stamp;
     *logged = e->logged;
+    *clean = (int) e->clean;
     state->data = e->data + e->key_len;
     state->len = e->state_len;
 
@@ -369,7 +372,7 @@ rules_cache_get(rules_cache_t *c, const unsigned char *key, size_t key_len,
 int
 rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     uint64_t hash, double gen, size_t length, double stamp, size_t logged,
-    const unsigned char *state, size_t state_len)
+    int clean, const unsigned char *state, size_t state_len)
 {
     size_t           size, i;
     rules_cslot_t   *s;
@@ -388,6 +391,7 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
         e->gen = gen;
         e->stamp = stamp;
         e->logged = logged;
+        e->clean = (clean != 0);
         e->length = length;
         e->state_len = state_len;
 
@@ -428,6 +432,7 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
     e->gen = gen;
     e->stamp = stamp;
     e->logged = logged;
+    e->clean = (clean != 0);
     e->length = length;
     e->key_len = key_len;
     e->state_len = state_len;

@@ -28,11 +28,11 @@ uint64_t rules_cache_hash(const unsigned char *key, size_t key_len);
 /*
  * 1 and the entry when the key is cached (the state pointer is valid
  * until the next put or del); 0 otherwise.  hash: rules_cache_hash() of
- * the key.
+ * the key.  *clean is what the put said of the state.
  */
 int rules_cache_get(rules_cache_t *c, const unsigned char *key,
     size_t key_len, uint64_t hash, double *gen, size_t *length,
-    double *stamp, size_t *logged, rules_str_t *state);
+    double *stamp, size_t *logged, int *clean, rules_str_t *state);
 
 /*
  * Start loading what looking up these keys (by their hashes) reads, so
@@ -48,10 +48,16 @@ void rules_cache_prefetch_slots(rules_cache_t *c, const uint64_t *hash,
 void rules_cache_prefetch_entries(rules_cache_t *c, const uint64_t *hash,
     size_t n);
 
-/* Replaces the key's entry; -1 on memory exhaustion (the key is gone). */
+/*
+ * Replaces the key's entry; -1 on memory exhaustion (the key is gone).
+ * clean: the state is the writer's own, computed by the state machines
+ * under the rules the cache's user keeps (rules_log.c): well-formed,
+ * and holding no record of another rule set, so that its next use may
+ * skip both checks.
+ */
 int rules_cache_put(rules_cache_t *c, const unsigned char *key,
     size_t key_len, uint64_t hash, double gen, size_t length, double stamp,
-    size_t logged, const unsigned char *state, size_t state_len);
+    size_t logged, int clean, const unsigned char *state, size_t state_len);
 
 void rules_cache_del(rules_cache_t *c, const unsigned char *key,
     size_t key_len);

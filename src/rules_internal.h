@@ -292,4 +292,21 @@ rules_get_f64(const unsigned char *p)
     return d;
 }
 
+
+/*
+ * Two 8-byte rule digests are equal: one load and compare each, not a
+ * call (gcc calls memcmp for these, and the pairing of entries with
+ * records makes one per record and entry).
+ */
+static inline int
+rules_digest_eq(const unsigned char *a, const unsigned char *b)
+{
+    uint64_t  x, y;
+
+    __builtin_memcpy(&x, a, 8);
+    __builtin_memcpy(&y, b, 8);
+
+    return x == y;
+}
+
 #endif /* RULES_INTERNAL_H */

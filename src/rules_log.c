@@ -147,6 +147,7 @@ rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
         == 0)
     {
         w->state = out;
+        w->computed = 1;
     }
 }
 
@@ -168,6 +169,7 @@ rules_log_fold(const unsigned char *value, size_t value_len,
     w->a.len = 0;
     w->b.len = 0;
     w->state = &w->a;
+    w->computed = 0;
 
     if (rules_value_parse(value, value_len, &v)) {
         info->r2 = 1;
@@ -316,7 +318,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
     rules_item_t *item)
 {
-    int           changed;
+    int           changed, clean, rc;
     double        gen, stamp;
     size_t        length, logged;
     int64_t       pttl;
@@ -337,7 +339,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     }
 
     if (!rules_cache_get(cache, key, key_len, key_hash, &gen, &length,
-                         &stamp, &logged, &cached))
+                         &stamp, &logged, &clean, &cached))
     {
         /*
          * Not cached: the event is appended, and the value before it
@@ -367,13 +369,27 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         return -1;
     }
 
-    /* a cached state that does not parse is taken as none */
+    /*
+     * A clean state (computed here, under these rules) is not checked
+     * again; any other that does not parse is taken as none.
+     */
 
-    if (rules_state_apply_work(w->parsed, cached.data, cached.len, ko->op,
-                               ko->op_len, now, wall, w->known, out, &changed,
-                               &pttl, matched)
-        != 0)
-    {
+    if (clean && w->known) {
+        rc = rules_state_work_load_own(w->parsed, cached.data, cached.len);
+
+        if (rc == 0) {
+            rc = rules_state_work_apply(w->parsed, ko->op, ko->op_len, now,
+                                        wall, w->known, out, &changed, &pttl,
+                                        matched);
+        }
+
+    } else {
+        rc = rules_state_apply_work(w->parsed, cached.data, cached.len,
+                                    ko->op, ko->op_len, now, wall, w->known,
+                                    out, &changed, &pttl, matched);
+    }
+
+    if (rc != 0) {
         /* a malformed op, or no memory: ask for the value */
         rules_cache_del(cache, key, key_len);
         item->kind = RULES_ITEM_APPEND;
@@ -414,7 +430,8 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
         length += RULES_ENTRY_WALL_LEN + RULES_BODY_HEADER_LEN + ko->op_len;
 
         return rules_cache_put(cache, key, key_len, key_hash, gen, length,
-                               stamp, logged + 1, out->data, out->len);
+                               stamp, logged + 1, w->known != NULL,
+                               out->data, out->len);
     }
 
     v = &w->b;
@@ -441,7 +458,8 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     /* optimistic: the next event of the key chains on it */
 
     return rules_cache_put(cache, key, key_len, key_hash, item->newgen,
-                           v->len, stamp, 0, out->data, out->len);
+                           v->len, stamp, 0, w->known != NULL, out->data,
+                           out->len);
 }
 
 
@@ -451,7 +469,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
     int64_t wall, rules_log_work_t *w, rules_buf_t *matched,
     rules_item_t *compact)
 {
-    int               appended;
+    int               appended, clean;
     uint64_t          hash;
     rules_log_info_t  info;
 
@@ -469,6 +487,9 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
 
     hash = rules_cache_hash(key.data, key.len);
 
+    /* the fold's state is clean once an op was applied to it here */
+    clean = (w->known != NULL && w->computed);
+
     if (!rules_log_wants_compaction(&info)) {
         if (!info.r2 || info.damaged) {
             rules_cache_del(cache, key.data, key.len);
@@ -476,7 +497,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
         }
 
         return rules_cache_put(cache, key.data, key.len, hash, info.gen,
-                               info.length, 0, info.entries,
+                               info.length, 0, info.entries, clean,
                                w->state->data, w->state->len);
     }
 
@@ -496,7 +517,7 @@ rules_log_reply(rules_cache_t *cache, rules_str_t key,
 
     return rules_cache_put(cache, key.data, key.len, hash, compact->newgen,
                            RULES_VALUE_HEADER_LEN + w->state->len, 0, 0,
-                           w->state->data, w->state->len);
+                           clean, w->state->data, w->state->len);
 }
 
 

@@ -176,6 +176,7 @@ typedef struct {
     const rules_set_t *known;     /* the rules in use: the records of
                                      others are dropped; NULL: kept */
     size_t             extend_min; /* 0: RULES_LOG_EXTEND_MIN */
+    int                computed;  /* state is an op's result (a fold) */
 } rules_log_work_t;
 
 void rules_log_work_free(rules_log_work_t *w);

@@ -161,10 +161,14 @@ rules_payload_check(unsigned type, const unsigned char *p, size_t plen)
 }
 
 
-/* Returns the number of records, or -1 when the state is malformed. */
+/*
+ * Returns the number of records, or -1 when the state is malformed.
+ * own: the state is the writer's own (rules_state_work_load_own()): the
+ * records' payloads are not checked again, and each is known.
+ */
 static int
 rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
-    size_t max)
+    size_t max, int own)
 {
     size_t           off, n;
     rules_record_t  *r;
@@ -197,10 +201,12 @@ rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
         r->plen = rules_get_u16(s + off + 33);
         r->payload = s + off + RULES_RECORD_HEADER_LEN;
         r->entry = -1;
-        r->known = -1;
+        r->known = own ? 1 : -1;
 
         if (len - off - RULES_RECORD_HEADER_LEN < r->plen
-            || rules_payload_check(r->type, r->payload, r->plen) != r->plen)
+            || (!own
+                && rules_payload_check(r->type, r->payload, r->plen)
+                   != r->plen))
         {
             return -1;
         }
@@ -228,7 +234,7 @@ rules_state_validate(const unsigned char *state, size_t state_len)
         return -1;
     }
 
-    n = rules_parse_state(state, state_len, recs, max);
+    n = rules_parse_state(state, state_len, recs, max, 0);
     free(recs);
 
     return n < 0 ? -1 : 0;
@@ -818,9 +824,9 @@ rules_work_fit_recs(rules_state_work_t *w, size_t n)
 }
 
 
-int
-rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
-    size_t state_len)
+static int
+rules_work_load(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len, int own)
 {
     int  nr;
 
@@ -832,7 +838,7 @@ rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
         return -1;
     }
 
-    nr = rules_parse_state(state, state_len, w->recs, w->recs_size);
+    nr = rules_parse_state(state, state_len, w->recs, w->recs_size, own);
 
     if (nr < 0) {
         return 1;
@@ -841,6 +847,22 @@ rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
     w->nrecs = (size_t) nr;
 
     return 0;
+}
+
+
+int
+rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len)
+{
+    return rules_work_load(w, state, state_len, 0);
+}
+
+
+int
+rules_state_work_load_own(rules_state_work_t *w, const unsigned char *state,
+    size_t state_len)
+{
+    return rules_work_load(w, state, state_len, 1);
 }
 
 
@@ -873,7 +895,7 @@ rules_pair_entries(rules_state_work_t *w, int ne)
         for (i = 0; i < ne; i++) {
             for (j = 0; j < nr; j++) {
                 if (recs[j].entry < 0
-                    && memcmp(recs[j].digest, ents[i].digest, 8) == 0)
+                    && rules_digest_eq(recs[j].digest, ents[i].digest))
                 {
                     recs[j].entry = i;
                     ents[i].record = j;
@@ -910,7 +932,7 @@ rules_pair_entries(rules_state_work_t *w, int ne)
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
              head[h] >= 0
-             && memcmp(ents[head[h]].digest, ents[i].digest, 8) != 0;
+             && !rules_digest_eq(ents[head[h]].digest, ents[i].digest);
              h = (h + 1) & mask)
         { /* void */ }
 
@@ -923,7 +945,7 @@ rules_pair_entries(rules_state_work_t *w, int ne)
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
              head[h] >= 0
-             && memcmp(ents[head[h]].digest, recs[j].digest, 8) != 0;
+             && !rules_digest_eq(ents[head[h]].digest, recs[j].digest);
              h = (h + 1) & mask)
         { /* void */ }
 

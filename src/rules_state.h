@@ -120,6 +120,14 @@ rules_state_work_t *rules_state_work_create(void);
 void rules_state_work_free(rules_state_work_t *w);
 int rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
     size_t state_len);
+/*
+ * rules_state_work_load() of a state that this code wrote under the rule
+ * set it is given next (a state cache's clean entry): the records are
+ * taken as well-formed and known, not checked again.
+ */
+int rules_state_work_load_own(rules_state_work_t *w,
+    const unsigned char *state, size_t state_len);
+
 int rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
     size_t op_len, int64_t now, int64_t wall, const rules_set_t *known,
     rules_buf_t *out, int *changed, int64_t *pttl, rules_buf_t *matched);

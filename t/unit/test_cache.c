@@ -38,13 +38,22 @@ static int
 get(rules_cache_t *c, const char *key, double *gen, size_t *length,
     rules_str_t *state)
 {
+    int     hit, clean;
     double  stamp;
     size_t  logged;
 
-    return rules_cache_get(c, (const unsigned char *) key, strlen(key),
-                           rules_cache_hash((const unsigned char *) key,
-                                            strlen(key)),
-                           gen, length, &stamp, &logged, state);
+    hit = rules_cache_get(c, (const unsigned char *) key, strlen(key),
+                          rules_cache_hash((const unsigned char *) key,
+                                           strlen(key)),
+                          gen, length, &stamp, &logged, &clean, state);
+
+    /* put() says clean for odd lengths: the flag comes back with them */
+
+    if (hit && clean != (int) (*length & 1)) {
+        *gen = -1;
+    }
+
+    return hit;
 }
 
 
@@ -55,8 +64,8 @@ put(rules_cache_t *c, const char *key, double gen, size_t length,
     return rules_cache_put(c, (const unsigned char *) key, strlen(key),
                            rules_cache_hash((const unsigned char *) key,
                                             strlen(key)),
-                           gen, length, 0, 0, (const unsigned char *) state,
-                           strlen(state));
+                           gen, length, 0, 0, (int) (length & 1),
+                           (const unsigned char *) state, strlen(state));
 }
 
 
