@@ -370,23 +370,17 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
     }
 
     /*
-     * A clean state (computed here, under these rules) is not checked
-     * again; any other that does not parse is taken as none.
+     * A clean state (computed here, under these rules) is loaded without
+     * checking it again; any other that does not parse is taken as none.
      */
 
-    if (clean && w->known) {
-        rc = rules_state_work_load_own(w->parsed, cached.data, cached.len);
+    rc = (clean && w->known)
+         ? rules_state_work_load_own(w->parsed, cached.data, cached.len)
+         : rules_state_work_load(w->parsed, cached.data, cached.len);
 
-        if (rc == 0) {
-            rc = rules_state_work_apply(w->parsed, ko->op, ko->op_len, now,
-                                        wall, w->known, out, &changed, &pttl,
-                                        matched);
-        }
-
-    } else {
-        rc = rules_state_apply_work(w->parsed, cached.data, cached.len,
-                                    ko->op, ko->op_len, now, wall, w->known,
-                                    out, &changed, &pttl, matched);
+    if (rc >= 0) {
+        rc = rules_state_work_apply(w->parsed, ko->op, ko->op_len, now, wall,
+                                    w->known, out, &changed, &pttl, matched);
     }
 
     if (rc != 0) {
