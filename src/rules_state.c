@@ -757,6 +757,13 @@ rules_break_chains(const rules_record_t *r, rules_buf_t *out)
 /* ---- a state held parsed across operations --------------------------- */
 
 
+/* A slot of the pairing's hash: a digest and its first entry (-1: none). */
+typedef struct {
+    uint64_t         digest;
+    int              head;
+} rules_pair_slot_t;
+
+
 struct rules_state_work_s {
     rules_record_t  *recs;       /* the state's records */
     rules_record_t  *next;       /* the next state's, being written */
@@ -764,8 +771,8 @@ struct rules_state_work_s {
     size_t           recs_size;  /* of both */
     rules_entry_t   *ents;
     size_t           ents_size;
-    int             *head;       /* pairing: a hash of the entries */
-    size_t           head_size;
+    rules_pair_slot_t    *slots;      /* pairing: a hash of the entries */
+    size_t           slots_size;
     int             *chain;      /* the entries of one digest, in order */
     size_t           chain_size;
 };
@@ -788,7 +795,7 @@ rules_state_work_free(rules_state_work_t *w)
     free(w->recs);
     free(w->next);
     free(w->ents);
-    free(w->head);
+    free(w->slots);
     free(w->chain);
     free(w);
 }
@@ -877,9 +884,10 @@ rules_state_work_load_own(rules_state_work_t *w, const unsigned char *state,
 static int
 rules_pair_entries(rules_state_work_t *w, int ne)
 {
-    int              i, j, nr, *head, *chain;
+    int              i, j, nr, *chain;
     size_t           size, h, mask;
     uint64_t         d;
+    rules_pair_slot_t    *slots;
     rules_record_t  *recs;
     rules_entry_t   *ents;
 
@@ -907,9 +915,17 @@ rules_pair_entries(rules_state_work_t *w, int ne)
         return 0;
     }
 
-    for (size = 16; size < (size_t) ne * 2; size <<= 1) { /* void */ }
+    /*
+     * At most a quarter full, the digests in the slots: a record whose
+     * rule the op does not touch (most of them) is told so by a probe or
+     * two, without reading the entries.
+     */
 
-    if (rules_work_fit(&w->head, &w->head_size, size, sizeof(int)) != 0
+    for (size = 16; size < (size_t) ne * 4; size <<= 1) { /* void */ }
+
+    if (rules_work_fit(&w->slots, &w->slots_size, size,
+                       sizeof(rules_pair_slot_t))
+        != 0
         || rules_work_fit(&w->chain, &w->chain_size, (size_t) ne,
                           sizeof(int))
            != 0)
@@ -918,11 +934,11 @@ rules_pair_entries(rules_state_work_t *w, int ne)
     }
 
     mask = size - 1;
-    head = w->head;
+    slots = w->slots;
     chain = w->chain;
 
     for (h = 0; h < size; h++) {
-        head[h] = -1;
+        slots[h].head = -1;
     }
 
     /* chains in entry order: inserted from the last entry to the first */
@@ -931,25 +947,25 @@ rules_pair_entries(rules_state_work_t *w, int ne)
         memcpy(&d, ents[i].digest, 8);
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
-             head[h] >= 0
-             && !rules_digest_eq(ents[head[h]].digest, ents[i].digest);
+             slots[h].head >= 0 && slots[h].digest != d;
              h = (h + 1) & mask)
         { /* void */ }
 
-        chain[i] = head[h];
-        head[h] = i;
+        slots[h].digest = d;
+        chain[i] = slots[h].head;
+        slots[h].head = i;
     }
 
     for (j = 0; j < nr; j++) {
         memcpy(&d, recs[j].digest, 8);
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
-             head[h] >= 0
-             && !rules_digest_eq(ents[head[h]].digest, recs[j].digest);
+             slots[h].head >= 0 && slots[h].digest != d;
              h = (h + 1) & mask)
         { /* void */ }
 
-        for (i = head[h]; i >= 0 && ents[i].record >= 0; i = chain[i]) {
+        for (i = slots[h].head; i >= 0 && ents[i].record >= 0; i = chain[i])
+        {
             /* void */
         }
 
