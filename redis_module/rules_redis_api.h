@@ -29,10 +29,33 @@
 
 #define RM_NO_EXPIRE             (-1)
 
+#define RM_CTX_FLAGS_AOF         (1 << 6)
+
+#define RM_CMDFILTER_NOSELF      (1 << 0)
+
+#define RM_EVENT_ROLE_CHANGED    0
+#define RM_EVENT_LOADING         3
+#define RM_EVENT_CRON_LOOP       8
+
 
 typedef struct RedisModuleCtx     RedisModuleCtx;
 typedef struct RedisModuleKey     RedisModuleKey;
 typedef struct RedisModuleString  RedisModuleString;
+typedef struct RedisModuleServerInfoData  RedisModuleServerInfoData;
+typedef struct RedisModuleCommandFilterCtx  RedisModuleCommandFilterCtx;
+typedef struct RedisModuleCommandFilter  RedisModuleCommandFilter;
+typedef struct RedisModuleInfoCtx  RedisModuleInfoCtx;
+
+typedef struct {
+    unsigned long long  id;
+    unsigned long long  dataver;
+} rules_rm_event_t;
+
+typedef void (*rules_rm_filter_pt)(RedisModuleCommandFilterCtx *fctx);
+typedef void (*rules_rm_event_pt)(RedisModuleCtx *ctx, rules_rm_event_t eid,
+    unsigned long long subevent, void *data);
+typedef void (*rules_rm_info_pt)(RedisModuleInfoCtx *ctx,
+    int for_crash_report);
 
 typedef int (*rules_rm_cmd_pt)(RedisModuleCtx *ctx, RedisModuleString **argv,
     int argc);
@@ -75,6 +98,24 @@ typedef struct {
 
     int (*replicate)(RedisModuleCtx *ctx, const char *cmd, const char *fmt,
         ...);
+    int (*get_context_flags)(RedisModuleCtx *ctx);
+    RedisModuleServerInfoData *(*get_server_info)(RedisModuleCtx *ctx,
+        const char *section);
+    long long (*server_info_get_field_signed)(
+        RedisModuleServerInfoData *data, const char *field, int *out_err);
+    void (*free_server_info)(RedisModuleCtx *ctx,
+        RedisModuleServerInfoData *data);
+    RedisModuleCommandFilter *(*register_command_filter)(RedisModuleCtx *ctx,
+        rules_rm_filter_pt filter, int flags);
+    int (*command_filter_args_count)(RedisModuleCommandFilterCtx *fctx);
+    RedisModuleString *(*command_filter_arg_get)(
+        RedisModuleCommandFilterCtx *fctx, int pos);
+    int (*subscribe_to_server_event)(RedisModuleCtx *ctx,
+        rules_rm_event_t event, rules_rm_event_pt callback);
+    int (*register_info_func)(RedisModuleCtx *ctx, rules_rm_info_pt cb);
+    int (*info_add_section)(RedisModuleInfoCtx *ctx, const char *name);
+    int (*info_add_field_long_long)(RedisModuleInfoCtx *ctx,
+        const char *field, long long value);
 
     void *(*alloc)(size_t bytes);
     void *(*realloc)(void *ptr, size_t bytes);

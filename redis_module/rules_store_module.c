@@ -18,7 +18,9 @@
  * argument is checked before any key changes (an error changes nothing);
  * an expiry is set as an absolute time (the script's PX wall + n); the
  * effects reach replicas and the AOF as plain commands (SET ... PXAT,
- * APPEND, SETRANGE, PEXPIREAT, DEL), so replicas need no module.
+ * APPEND, SETRANGE, PEXPIREAT, DEL), so replicas need no module; they
+ * are not built at all when Redis would drop them (no AOF, no replica,
+ * no backlog: rules_store_repl.c).
  */
 
 #include <math.h>
@@ -28,6 +30,7 @@
 #include <strings.h>
 
 #include "rules_redis_api.h"
+#include "rules_store_repl.h"
 
 
 #define RS_MODULE_NAME       "rules"
@@ -70,6 +73,8 @@ typedef struct {
     RedisModuleKey     *key;
     long long           wall;
     int                 replied;     /* the item's reply element is out */
+    int                 replicate;   /* effects to replicate: 1, 0, or -1
+                                        when not asked yet */
 } rs_call_t;
 
 
@@ -192,11 +197,28 @@ rs_value(rs_call_t *c, size_t *len, int *foreign)
 }
 
 
+/* Whether the effect to come goes to RM_Replicate() (rules_store_repl.c) */
+static int
+rs_replicating(rs_call_t *c)
+{
+    if (c->replicate < 0) {
+        c->replicate = rs_repl_needed(c->ctx);
+    }
+
+    rs_repl_count(c->replicate);
+
+    return c->replicate;
+}
+
+
 static void
 rs_expire_at(rs_call_t *c, long long at)
 {
     rm.set_abs_expire(c->key, at);
-    rm.replicate(c->ctx, "PEXPIREAT", "sl", c->name, at);
+
+    if (rs_replicating(c)) {
+        rm.replicate(c->ctx, "PEXPIREAT", "sl", c->name, at);
+    }
 }
 
 
@@ -247,14 +269,20 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
 
     if (at >= 0) {
         rm.set_abs_expire(c->key, at);
-        rm.replicate(c->ctx, "SET", "sbcl", c->name, v, len, "PXAT", at);
+
+        if (rs_replicating(c)) {
+            rm.replicate(c->ctx, "SET", "sbcl", c->name, v, len, "PXAT",
+                         at);
+        }
 
     } else {
         if (keep != RM_NO_EXPIRE) {
             rm.set_abs_expire(c->key, keep);
         }
 
-        rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
+        if (rs_replicating(c)) {
+            rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
+        }
     }
 
     return RM_OK;
@@ -286,8 +314,10 @@ rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
     memcpy(p + cur, head, head_len);
     memcpy(p + cur + head_len, body, body_len);
 
-    rm.replicate(c->ctx, "APPEND", "sb", c->name, p + cur,
-                 head_len + body_len);
+    if (rs_replicating(c)) {
+        rm.replicate(c->ctx, "APPEND", "sb", c->name, p + cur,
+                     head_len + body_len);
+    }
 
     return p;
 }
@@ -297,8 +327,11 @@ static void
 rs_set_stamp(rs_call_t *c, char *value, double stamp)
 {
     rs_put_d(value + 10, stamp);
-    rm.replicate(c->ctx, "SETRANGE", "slb", c->name, (long long) 10,
-                 value + 10, (size_t) 8);
+
+    if (rs_replicating(c)) {
+        rm.replicate(c->ctx, "SETRANGE", "slb", c->name, (long long) 10,
+                     value + 10, (size_t) 8);
+    }
 }
 
 
@@ -508,7 +541,10 @@ rs_item_compact(rs_call_t *c, const rs_item_t *it)
 
     if (it->arg_len == 0 && tail == 0) {
         rm.delete_key(c->key);
-        rm.replicate(c->ctx, "DEL", "s", c->name);
+
+        if (rs_replicating(c)) {
+            rm.replicate(c->ctx, "DEL", "s", c->name);
+        }
         rs_reply_int(c, 1);
         return RM_OK;
     }
@@ -740,6 +776,7 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
     c.ctx = ctx;
     c.wall = rm.milliseconds();
+    c.replicate = -1;
 
     rm.reply_with_array(ctx, (long) n + 1);
     rm.reply_with_long_long(ctx, c.wall);
@@ -788,7 +825,8 @@ RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
     if (rm.create_command(ctx, "rules.store", rs_store_command,
                           "write deny-oom getkeys-api", 0, 0, 0)
-        != RM_OK)
+        != RM_OK
+        || rs_repl_init(ctx) != RM_OK)
     {
         return RM_ERR;
     }

@@ -7,7 +7,9 @@
 # end to end: it finds the module and stores with it, stores with the
 # script when told to (rules_redis_native off), and goes on with the
 # script when the module is unloaded under it.  And a replica without
-# the module gets the same values as its master (effects replication).
+# the module gets the same values as its master (effects replication),
+# whether written before it came (the module then builds no effects),
+# while it was there, or while its link was down; an AOF gets them all.
 
 use strict;
 use warnings;
@@ -15,6 +17,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
+use File::Temp ();
 use RulesNginx;
 
 my $module = $ENV{RULES_REDIS_MODULE}
@@ -338,10 +341,111 @@ cmp_ok($c4->{evalsha} - $c3->{evalsha}, '>=', 4, 'EVALSHA');
 is((metrics($ngx))[0], 0, 'nginx_rules_redis_native_calls_total 0');
 RulesNginx::stop_nginx($ngx);
 
-# ---- a replica without the module ------------------------------------
+# ---- effects: skipped with nowhere to go, a replica without the module
+
+# rules_* fields of INFO rules (the module's effect counters)
+sub rules_info {
+    my ($conn) = @_;
+    my %f = RulesNginx::redis_call($conn, 'INFO', 'rules')
+            =~ /^rules_(\w+):(\d+)/mg;
+    return \%f;
+}
+
+sub wait_info {
+    my ($conn, $field, $want) = @_;
+    for (1 .. 100) {
+        return 1 if (rules_info($conn)->{$field} // -1) == $want;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# the master's stream applied by the replica (WAIT counts only this
+# connection's writes; after a diskless full sync, the master streams
+# once the replica's first REPLCONF ACK came)
+sub wait_stream {
+    my ($master, $replica) = @_;
+    my ($moff) = RulesNginx::redis_call($master, 'INFO', 'replication')
+                 =~ /master_repl_offset:(\d+)/;
+    my $roff = -1;
+    for (1 .. 300) {
+        ($roff) = (RulesNginx::redis_call($replica, 'INFO', 'replication')
+                   // '') =~ /slave_repl_offset:(\d+)/;
+        return 1 if defined $roff && $roff >= $moff;
+        sleep 0.1;
+    }
+    diag("replica offset " . ($roff // 'none') . ", master's $moff");
+    return 0;
+}
+
+sub wait_link {
+    my ($master, $replica) = @_;
+    my $link = '';
+    for (1 .. 300) {
+        $link = RulesNginx::redis_call($replica, 'INFO', 'replication') // '';
+        return 1 if $link =~ /master_link_status:up/
+                    && RulesNginx::redis_call($master, 'INFO', 'replication')
+                       =~ /^slave0:.*state=online/m;
+        sleep 0.1;
+    }
+    diag($link);
+    return 0;
+}
+
+# the keys matching pattern hold the same values and TTLs on a and b
+sub same_keys {
+    my ($a, $b, $pattern, $name) = @_;
+    my @keys = sort @{ RulesNginx::redis_call($a, 'KEYS', $pattern) };
+    cmp_ok(scalar @keys, '>', 20, "$name: " . scalar(@keys) . ' state keys');
+    my ($same, $ttl, $shown) = (0, 0, 0);
+    for my $k (@keys) {
+        my ($va, $vb) = map { RulesNginx::redis_call($_, 'GET', $k) } $a, $b;
+        if (($va // '') eq ($vb // 'none')) {
+            $same++;
+        } elsif (++$shown <= 3) {
+            diag("$k: " . show($va) . ' / ' . show($vb));
+        }
+        my ($pa, $pb) = map { RulesNginx::redis_call($_, 'PTTL', $k) } $a, $b;
+        $ttl++ if $pa > 0 && $pb > 0 && abs($pa - $pb) < $tolerance;
+    }
+    is($same, scalar @keys, "$name: the same values");
+    is($ttl, scalar @keys, "$name: the same TTLs");
+}
 
 SKIP: {
-    skip "no $replay", 5 unless -x $replay;
+    skip "no $replay", 26 unless -x $replay;
+
+    my $dir = "$FindBin::Bin/servroot-110-native";
+    open my $rf, '>', "$dir/rules.json" or die;
+    print $rf $rules;
+    close $rf;
+    my $events = join '', map {
+        sprintf qq({"uid":"u%d","ip":"i%d","ts":%d}\n),
+                $_ % 17, $_ % 5, 1000 * $_
+    } 1 .. 600;
+    open my $ef, '>', "$dir/events.jsonl" or die;
+    print $ef $events;
+    close $ef;
+
+    my $replay_into = sub {
+        my ($p, $prefix, @args) = @_;
+        system("$replay --rules $dir/rules.json --redis 127.0.0.1:$p "
+               . "--prefix $prefix @args $dir/events.jsonl > /dev/null") == 0
+            or die "rules-replay failed";
+    };
+
+    # no replica, no backlog, no AOF: Redis would drop the effects, the
+    # module does not build them
+    ok(wait_info($r, 'replication_known_off', 1),
+       'no replica and no backlog: replication known off');
+    my $i0 = rules_info($r);
+    $replay_into->($port, 'early:');
+    my $i1 = rules_info($r);
+    cmp_ok($i1->{effects_skipped} - $i0->{effects_skipped}, '>', 100,
+           'effects skipped: ' . ($i1->{effects_skipped}
+                                  - $i0->{effects_skipped}));
+    is($i1->{effects_replicated}, $i0->{effects_replicated},
+       'none replicated');
 
     # no 5 s wait for more replicas before the first full sync
     RulesNginx::redis_call($r, 'CONFIG', 'SET', 'repl-diskless-sync-delay',
@@ -349,65 +453,76 @@ SKIP: {
     my $replica = RulesNginx::start_redis(
         args => ['--replicaof', '127.0.0.1', $port]);
     my $rr = RulesNginx::redis_conn($replica->{port});
-    my $link = '';
-    for (1 .. 300) {
-        $link = RulesNginx::redis_call($rr, 'INFO', 'replication');
-        last if $link =~ /master_link_status:up/
-                && RulesNginx::redis_call($r, 'INFO', 'replication')
-                   =~ /^slave0:.*state=online/m;
-        sleep 0.1;
-    }
-    like($link, qr/master_link_status:up/, 'the replica is in sync')
-        or diag($link);
+    ok(wait_link($r, $rr), 'the replica is in sync');
+    is(rules_info($r)->{replication_known_off}, 0,
+       'a replica: replication on');
 
-    open my $rf, '>', "$FindBin::Bin/servroot-110-native/rules.json"
-        or die;
-    print $rf $rules;
-    close $rf;
-    my $events = join '', map {
-        sprintf qq({"uid":"u%d","ip":"i%d","ts":%d}\n),
-                $_ % 17, $_ % 5, 1000 * $_
-    } 1 .. 600;
-    my $dir = "$FindBin::Bin/servroot-110-native";
-    open my $ef, '>', "$dir/events.jsonl" or die;
-    print $ef $events;
-    close $ef;
     for my $args ([], ['--cache', 1_000_000], ['--writers', 3],
                   ['--writers', 3, '--extend-min', 1])
     {
-        system("$replay --rules $dir/rules.json --redis 127.0.0.1:$port "
-               . "--prefix repl: @$args $dir/events.jsonl > /dev/null") == 0
-            or die "rules-replay failed";
+        $replay_into->($port, 'repl:', @$args);
     }
-    # the replica has applied the master's whole stream (WAIT counts
-    # only this connection's writes; after a diskless full sync, the
-    # master streams once the replica's first REPLCONF ACK came)
-    my ($moff) = RulesNginx::redis_call($r, 'INFO', 'replication')
-                 =~ /master_repl_offset:(\d+)/;
-    my $roff = -1;
-    for (1 .. 300) {
-        ($roff) = RulesNginx::redis_call($rr, 'INFO', 'replication')
-                  =~ /slave_repl_offset:(\d+)/;
-        last if $roff >= $moff;
-        sleep 0.1;
-    }
-    cmp_ok($roff, '>=', $moff, "the replica applied the stream ($moff bytes)");
+    my $i2 = rules_info($r);
+    is($i2->{effects_skipped}, $i1->{effects_skipped},
+       'with a replica: none skipped');
+    cmp_ok($i2->{effects_replicated}, '>', $i1->{effects_replicated},
+           'effects replicated');
+    ok(wait_stream($r, $rr), 'the replica applied the stream');
+    same_keys($r, $rr, 'early:*', 'written before the replica (full sync)');
+    same_keys($r, $rr, 'repl:*', 'written with the replica');
 
-    my @keys = sort @{ RulesNginx::redis_call($r, 'KEYS', 'repl:*') };
-    cmp_ok(scalar @keys, '>', 20, scalar(@keys) . ' state keys written');
-    my ($same, $ttl, $shown) = (0, 0, 0);
-    for my $k (@keys) {
-        my ($vm, $vr) = map { RulesNginx::redis_call($_, 'GET', $k) } $r, $rr;
-        if (($vm // '') eq ($vr // 'none')) {
-            $same++;
-        } elsif (++$shown <= 3) {
-            diag("$k: master " . show($vm) . ', replica ' . show($vr));
-        }
-        my ($pm, $pr) = map { RulesNginx::redis_call($_, 'PTTL', $k) } $r, $rr;
-        $ttl++ if $pm > 0 && $pr > 0 && abs($pm - $pr) < $tolerance;
+    # the link breaks; writes meanwhile reach the replica through the
+    # backlog (a partial resync): they must be in it
+    my ($partial0) = RulesNginx::redis_call($r, 'INFO', 'stats')
+                     =~ /sync_partial_ok:(\d+)/;
+    RulesNginx::redis_call($r, 'CLIENT', 'KILL', 'TYPE', 'replica');
+    $replay_into->($port, 'gap:');
+    ok(wait_link($r, $rr), 'the replica is back');
+    my ($partial1) = RulesNginx::redis_call($r, 'INFO', 'stats')
+                     =~ /sync_partial_ok:(\d+)/;
+    cmp_ok($partial1, '>', $partial0, 'by a partial resync');
+    ok(wait_stream($r, $rr), 'the replica applied the stream');
+    same_keys($r, $rr, 'gap:*', 'written while the link was down');
+
+    # the replica gone, the backlog stays (repl-backlog-ttl): a replica
+    # may resume from it, so effects still go to it
+    RulesNginx::stop_pid($replica->{pid});
+    sleep 0.5;
+    my $i3 = rules_info($r);
+    $replay_into->($port, 'late:');
+    my $i4 = rules_info($r);
+    is($i4->{replication_known_off}, 0, 'a backlog: replication on');
+    is($i4->{effects_skipped}, $i3->{effects_skipped},
+       'with a backlog: none skipped');
+
+    # the AOF: every effect goes to it, and a restart from it gives the
+    # same values
+    my $aof_dir = File::Temp::tempdir('rules-aof-XXXXXX', TMPDIR => 1,
+                                      CLEANUP => 1);
+    my @aof_args = ('--loadmodule', $module, '--appendonly', 'yes',
+                    '--appendfsync', 'always', '--dir', $aof_dir);
+    my $aof = RulesNginx::start_redis(args => \@aof_args);
+    my $ra = RulesNginx::redis_conn($aof->{port});
+    sleep 0.5;
+    $replay_into->($aof->{port}, 'aof:');
+    my $i5 = rules_info($ra);
+    is($i5->{effects_skipped}, 0, 'with the AOF: none skipped');
+    cmp_ok($i5->{effects_replicated}, '>', 100, 'effects to the AOF');
+    my %before = map { $_ => RulesNginx::redis_call($ra, 'GET', $_) }
+                 @{ RulesNginx::redis_call($ra, 'KEYS', 'aof:*') };
+    close $ra;
+    RulesNginx::stop_pid($aof->{pid});
+    $aof = RulesNginx::start_redis(port => $aof->{port}, args => \@aof_args);
+    $ra = RulesNginx::redis_conn($aof->{port});
+    my $back = 0;
+    for my $k (keys %before) {
+        $back++ if (RulesNginx::redis_call($ra, 'GET', $k) // '')
+                   eq $before{$k};
     }
-    is($same, scalar @keys, 'the replica holds the same values');
-    is($ttl, scalar @keys, 'with the same TTLs');
+    cmp_ok(scalar keys %before, '>', 20,
+           scalar(keys %before) . ' keys before the restart');
+    is($back, scalar keys %before, 'the same values after a restart from '
+                                   . 'the AOF');
 }
 
 done_testing();
