@@ -514,6 +514,11 @@ SKIP: {
     RulesNginx::stop_pid($aof->{pid});
     $aof = RulesNginx::start_redis(port => $aof->{port}, args => \@aof_args);
     $ra = RulesNginx::redis_conn($aof->{port});
+    for (1 .. 300) {    # it answers LOADING until the AOF is read
+        last if (RulesNginx::redis_call($ra, 'INFO', 'persistence') // '')
+                =~ /^loading:0/m;
+        sleep 0.1;
+    }
     my $back = 0;
     for my $k (keys %before) {
         $back++ if (RulesNginx::redis_call($ra, 'GET', $k) // '')
