@@ -37,6 +37,8 @@
 #define RM_EVENT_LOADING         3
 #define RM_EVENT_CRON_LOOP       8
 
+#define RM_REPLY_ARRAY           3
+
 
 typedef struct RedisModuleCtx     RedisModuleCtx;
 typedef struct RedisModuleKey     RedisModuleKey;
@@ -45,6 +47,7 @@ typedef struct RedisModuleServerInfoData  RedisModuleServerInfoData;
 typedef struct RedisModuleCommandFilterCtx  RedisModuleCommandFilterCtx;
 typedef struct RedisModuleCommandFilter  RedisModuleCommandFilter;
 typedef struct RedisModuleInfoCtx  RedisModuleInfoCtx;
+typedef struct RedisModuleCallReply  RedisModuleCallReply;
 
 typedef struct {
     unsigned long long  id;
@@ -98,7 +101,15 @@ typedef struct {
 
     int (*replicate)(RedisModuleCtx *ctx, const char *cmd, const char *fmt,
         ...);
+    int (*replicate_verbatim)(RedisModuleCtx *ctx);
     int (*get_context_flags)(RedisModuleCtx *ctx);
+    RedisModuleCallReply *(*call)(RedisModuleCtx *ctx, const char *cmd,
+        const char *fmt, ...);
+    int (*call_reply_type)(RedisModuleCallReply *reply);
+    size_t (*call_reply_length)(RedisModuleCallReply *reply);
+    RedisModuleCallReply *(*call_reply_array_element)(
+        RedisModuleCallReply *reply, size_t idx);
+    void (*free_call_reply)(RedisModuleCallReply *reply);
     RedisModuleServerInfoData *(*get_server_info)(RedisModuleCtx *ctx,
         const char *section);
     long long (*server_info_get_field_signed)(

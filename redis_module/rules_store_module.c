@@ -197,7 +197,13 @@ rs_value(rs_call_t *c, size_t *len, int *foreign)
 }
 
 
-/* Whether the effect to come goes to RM_Replicate() (rules_store_repl.c) */
+/*
+ * Whether the effect to come goes to RM_Replicate() (rules_store_repl.c).
+ * When not, it is still counted as a change (for the RDB save points and
+ * rdb_changes_since_last_save, as RM_Replicate() counts it): by
+ * RM_ReplicateVerbatim(), which Redis drops, without a copy, when
+ * nothing receives it.
+ */
 static int
 rs_replicating(rs_call_t *c)
 {
@@ -206,6 +212,10 @@ rs_replicating(rs_call_t *c)
     }
 
     rs_repl_count(c->replicate);
+
+    if (!c->replicate) {
+        rm.replicate_verbatim(c->ctx);
+    }
 
     return c->replicate;
 }

@@ -413,7 +413,7 @@ sub same_keys {
 }
 
 SKIP: {
-    skip "no $replay", 26 unless -x $replay;
+    skip "no $replay", 36 unless -x $replay;
 
     my $dir = "$FindBin::Bin/servroot-110-native";
     open my $rf, '>', "$dir/rules.json" or die;
@@ -438,14 +438,22 @@ SKIP: {
     # module does not build them
     ok(wait_info($r, 'replication_known_off', 1),
        'no replica and no backlog: replication known off');
+    my $changes = sub {
+        (RulesNginx::redis_call($_[0], 'INFO', 'persistence') // '')
+            =~ /rdb_changes_since_last_save:(\d+)/;
+        return $1 // -1;
+    };
     my $i0 = rules_info($r);
+    my $d0 = $changes->($r);
     $replay_into->($port, 'early:');
     my $i1 = rules_info($r);
-    cmp_ok($i1->{effects_skipped} - $i0->{effects_skipped}, '>', 100,
-           'effects skipped: ' . ($i1->{effects_skipped}
-                                  - $i0->{effects_skipped}));
+    my $skipped = $i1->{effects_skipped} - $i0->{effects_skipped};
+    cmp_ok($skipped, '>', 100, "effects skipped: $skipped");
     is($i1->{effects_replicated}, $i0->{effects_replicated},
        'none replicated');
+    # (the RDB save points count changes: a skipped effect is one)
+    cmp_ok($changes->($r) - $d0, '>=', $skipped,
+           'each skipped effect counted as a change');
 
     # no 5 s wait for more replicas before the first full sync
     RulesNginx::redis_call($r, 'CONFIG', 'SET', 'repl-diskless-sync-delay',
@@ -494,6 +502,49 @@ SKIP: {
     is($i4->{replication_known_off}, 0, 'a backlog: replication on');
     is($i4->{effects_skipped}, $i3->{effects_skipped},
        'with a backlog: none skipped');
+
+    # a Redis of its own, replication known off: the AOF switched on at
+    # run time gets every effect; made a replica, then a master again, it
+    # keeps the backlog its sync made: replication stays on
+    my $solo = RulesNginx::start_redis(args => ['--loadmodule', $module]);
+    my $rs = RulesNginx::redis_conn($solo->{port});
+    ok(wait_info($rs, 'replication_known_off', 1), 'alone: known off');
+    RulesNginx::redis_call($rs, 'CONFIG', 'SET', 'appendonly', 'yes');
+    my $s0 = rules_info($rs);
+    $replay_into->($solo->{port}, 'aofrt:');
+    my $s1 = rules_info($rs);
+    is($s1->{effects_skipped}, $s0->{effects_skipped},
+       'AOF switched on: none skipped');
+    cmp_ok($s1->{effects_replicated}, '>', $s0->{effects_replicated},
+           'AOF switched on: effects to it');
+    RulesNginx::redis_call($rs, 'CONFIG', 'SET', 'appendonly', 'no');
+    RulesNginx::redis_call($rs, 'REPLICAOF', '127.0.0.1', $port);
+    is(rules_info($rs)->{replication_known_off}, 0,
+       'made a replica: replication on at once');
+    ok(wait_link($r, $rs), 'it synced');
+    RulesNginx::redis_call($rs, 'REPLICAOF', 'NO', 'ONE');
+    sleep 0.5;
+    my $s2 = rules_info($rs);
+    is($s2->{replication_known_off}, 0,
+       'a master again, with a backlog: replication on');
+    $replay_into->($solo->{port}, 'promoted:');
+    is(rules_info($rs)->{effects_skipped}, $s2->{effects_skipped},
+       'a master again: none skipped');
+    close $rs;
+    RulesNginx::stop_pid($solo->{pid});
+
+    # PSYNC renamed: the filter would not see a sync, so never off
+    my $renamed = RulesNginx::start_redis(
+        args => ['--loadmodule', $module, '--rename-command', 'PSYNC',
+                 'XPSYNC']);
+    my $rn = RulesNginx::redis_conn($renamed->{port});
+    sleep 0.5;
+    $replay_into->($renamed->{port}, 'renamed:');
+    my $n1 = rules_info($rn);
+    is($n1->{replication_known_off}, 0, 'PSYNC renamed: never known off');
+    is($n1->{effects_skipped}, 0, 'PSYNC renamed: none skipped');
+    close $rn;
+    RulesNginx::stop_pid($renamed->{pid});
 
     # the AOF: every effect goes to it, and a restart from it gives the
     # same values
