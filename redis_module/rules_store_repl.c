@@ -5,8 +5,9 @@
  * nothing would receive it: no AOF, and neither a replica nor a
  * replication backlog (shouldPropagate() in server.c).  RM_Replicate()
  * still looks the command up by name and copies its arguments first:
- * with SPEC.md's rules, about a sixth of Redis' CPU per event.  RULES.STORE
- * skips it in the same case, and only when that case is known for sure:
+ * with SPEC.md's rules, about a sixth of Redis' CPU per event.
+ * RULES.STORE skips it in the same case, and only when that case is
+ * known for sure:
  *
  *   - the AOF: RM_GetContextFlags(), asked at every command (cheap);
  *   - replicas and the backlog: INFO replication (connected_slaves,
