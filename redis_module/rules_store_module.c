@@ -555,6 +555,7 @@ rs_item_compact(rs_call_t *c, const rs_item_t *it)
         if (rs_replicating(c)) {
             rm.replicate(c->ctx, "DEL", "s", c->name);
         }
+
         rs_reply_int(c, 1);
         return RM_OK;
     }

@@ -765,16 +765,16 @@ typedef struct {
 
 
 struct rules_state_work_s {
-    rules_record_t  *recs;       /* the state's records */
-    rules_record_t  *next;       /* the next state's, being written */
-    size_t           nrecs;
-    size_t           recs_size;  /* of both */
-    rules_entry_t   *ents;
-    size_t           ents_size;
-    rules_pair_slot_t    *slots;      /* pairing: a hash of the entries */
-    size_t           slots_size;
-    int             *chain;      /* the entries of one digest, in order */
-    size_t           chain_size;
+    rules_record_t     *recs;       /* the state's records */
+    rules_record_t     *next;       /* the next state's, being written */
+    size_t              nrecs;
+    size_t              recs_size;  /* of both */
+    rules_entry_t      *ents;
+    size_t              ents_size;
+    rules_pair_slot_t  *slots;      /* pairing: a hash of the entries */
+    size_t              slots_size;
+    int                *chain;      /* the entries of one digest, in order */
+    size_t              chain_size;
 };
 
 
@@ -884,12 +884,12 @@ rules_state_work_load_own(rules_state_work_t *w, const unsigned char *state,
 static int
 rules_pair_entries(rules_state_work_t *w, int ne)
 {
-    int              i, j, nr, *chain;
-    size_t           size, h, mask;
-    uint64_t         d;
-    rules_pair_slot_t    *slots;
-    rules_record_t  *recs;
-    rules_entry_t   *ents;
+    int                 i, j, nr, *chain;
+    size_t              size, h, mask;
+    uint64_t            d;
+    rules_pair_slot_t  *slots;
+    rules_record_t     *recs;
+    rules_entry_t      *ents;
 
     recs = w->recs;
     nr = (int) w->nrecs;
