@@ -14,6 +14,9 @@
 #define RULES_RECORD_HEADER_LEN  (8 + 1 + 8 + 8 + 8 + 2)
 #define RULES_NONE               (-1.0)
 
+/* rules_apply_entry(): the updated record holds nothing */
+#define RULES_RECORD_NONE        1
+
 
 typedef struct {
     const unsigned char  *p;          /* the whole record */
@@ -678,6 +681,49 @@ rules_finish_header(rules_buf_t *out, size_t at, double from, double until)
 }
 
 
+/*
+ * A sequence with no partial match and no completion, an absence
+ * cancelled: a payload that means what no record means.  Such records
+ * are not written (writers before 2026-12-04 wrote them: they are read as
+ * they are, and go at their rule's next update).
+ */
+static int
+rules_record_holds_nothing(const rules_entry_t *e, const unsigned char *p)
+{
+    unsigned  n, i;
+
+    switch (e->type) {
+
+    case RULES_TYPE_ABSENCE:
+        return p[0] == 0;
+
+    case RULES_TYPE_SEQUENCE:
+        n = p[0];
+
+        if (rules_get_f64(p + 1) >= 0) {
+            return 0;
+        }
+
+        for (i = 0; i + 1 < n; i++) {
+            if (rules_get_f64(p + 10 + 8 * i) >= 0) {
+                return 0;
+            }
+        }
+
+        return 1;
+
+    default:
+        return 0;
+    }
+}
+
+
+/*
+ * Writes entry e's record updated from r (NULL: none) and appends its
+ * digest to *matched when it matches.  Returns 0, RULES_RECORD_NONE when
+ * the updated record holds nothing (nothing written), -1 on memory
+ * exhaustion.
+ */
 static int
 rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
     double now, double wall, rules_buf_t *out, rules_buf_t *matched)
@@ -719,6 +765,14 @@ rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
 
     if (rc != 0) {
         return -1;
+    }
+
+    if (rules_record_holds_nothing(e, out->data + at + RULES_RECORD_HEADER_LEN)
+        && !completed)
+    {
+        /* the same as no record: not written */
+        out->len = at;
+        return RULES_RECORD_NONE;
     }
 
     rules_finish_header(out, at, from, until);
@@ -1119,7 +1173,12 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
                 expire = r->expire;
             }
 
-            if (rc == 0) {
+            if (rc == RULES_RECORD_NONE) {
+                /* the record goes */
+                rc = 0;
+                expire = 0;
+
+            } else if (rc == 0) {
                 rules_work_wrote(w, n++, out, at, r->known);
             }
         }
@@ -1144,9 +1203,16 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
             continue;
         }
 
-        *changed = 1;
         at = out->len;
         rc = rules_apply_entry(&w->ents[k], NULL, now, wall, out, matched);
+
+        if (rc == RULES_RECORD_NONE) {
+            /* no record, as before */
+            rc = 0;
+            continue;
+        }
+
+        *changed = 1;
 
         if (rc == 0) {
             rules_work_wrote(w, n++, out, at, -1);

@@ -40,11 +40,16 @@
  * step i, F[i] the same among partial matches whose step-i event is the
  * key's previous event (needed by strict steps); tc the last completion.
  *
- * Applying an operation (the same in C and Lua):
+ * Applying an operation:
  *   1. Records whose expire <= wall are dropped.
  *   2. Each entry replaces its rule's record by the updated one (a new
  *      record when there was none); each other sequence record with a
- *      non-empty F gets F cleared (the event breaks strict chains).
+ *      non-empty F gets F cleared (the event breaks strict chains).  An
+ *      updated record that holds nothing (a sequence with no completion
+ *      and no partial match, an absence cancelled) means what no record
+ *      means: it is not written, and the rule's record, if any, goes.
+ *      (Writers before 2026-12-04 wrote them; a reader keeps them until
+ *      their rule's next update.)
  *   3. The reply lists the digests of the matched records, in record
  *      order.  The state is written back only when it changed, with
  *      PEXPIRE max(expire) - wall; an empty state deletes the key.
