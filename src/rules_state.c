@@ -719,6 +719,28 @@ rules_record_holds_nothing(const rules_entry_t *e, const unsigned char *p)
 
 
 /*
+ * Entry e, applied to no record, makes one that holds nothing: a cancel,
+ * or a sequence's later steps only (a purchase touches every sequence
+ * that ends with one; most have no partial match to complete).
+ */
+static int
+rules_entry_makes_nothing(const rules_entry_t *e)
+{
+    switch (e->type) {
+
+    case RULES_TYPE_ABSENCE:
+        return e->params[0] == RULES_ACTION_CANCEL;
+
+    case RULES_TYPE_SEQUENCE:
+        return !(rules_get_u32(e->params + 21) & 1);
+
+    default:
+        return 0;
+    }
+}
+
+
+/*
  * Writes entry e's record updated from r (NULL: none) and appends its
  * digest to *matched when it matches.  Returns 0, RULES_RECORD_NONE when
  * the updated record holds nothing (nothing written), -1 on memory
@@ -734,6 +756,10 @@ rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
 
     if (r && r->type != e->type) {
         r = NULL;
+    }
+
+    if (r == NULL && rules_entry_makes_nothing(e)) {
+        return RULES_RECORD_NONE;
     }
 
     if (rules_write_header(out, e->digest, e->type, wall + e->ttl, &at)
