@@ -24,6 +24,7 @@
 #define RULES_MAX_FIELDS         256     /* distinct field names in a file */
 #define RULES_MAX_STEPS          32      /* steps of a sequence rule */
 #define RULES_MAX_MIN            1000    /* "min" of count and distinct */
+#define RULES_SHARE_MAX_MEMBERS  1024    /* rules sharing a distinct record */
 #define RULES_MAX_IN_ENTRIES     1000000 /* strings of one "in" list */
 #define RULES_MAX_COND_DEPTH     32      /* nesting of all/any/not */
 #define RULES_MAX_DURATION_MS    (366LL * 86400 * 1000)  /* 366d */
@@ -95,6 +96,13 @@ typedef struct {
     uint64_t           digest;           /* of the rule's definition */
     unsigned char      digest_bytes[8];  /* big-endian digest */
     char               digest_hex[17];
+
+    /*
+     * distinct: the rules of one key that differ only in id, kind and
+     * min share one record (rules_state.h), the share's
+     */
+    uint64_t           share_key;        /* digest without those */
+    int                share;            /* index in the set; -1: none */
 } rules_rule_t;
 
 
@@ -142,6 +150,8 @@ const rules_rule_t *rules_find_id(const rules_set_t *rs, const char *id,
     size_t len);
 const rules_rule_t *rules_find_digest(const rules_set_t *rs,
     const unsigned char digest[8]);
+/* A record's digest is a rule's or a shared record's of the set: 1, else 0. */
+int rules_known_digest(const rules_set_t *rs, const unsigned char digest[8]);
 
 /*
  * The condition index (rules_index.c): on by default from

@@ -55,6 +55,38 @@ rules_entry_header(unsigned char *p, const rules_rule_t *r)
 
 
 /*
+ * The entry of a shared distinct record (rules_state.h): the value, and
+ * the digest and min of each rule sharing it.
+ */
+static int
+rules_event_shared(const rules_share_t *sh, const rules_rule_t *r,
+    const rules_str_t *dv, rules_eventops_t *eo)
+{
+    unsigned char  *p;
+
+    if (rules_eo_reserve(eo, RULES_ENTRY_HEADER_LEN + 10 + dv->len
+                             + sh->members_len)
+        != 0)
+    {
+        return -1;
+    }
+
+    p = eo->buf + eo->buf_len;
+    memcpy(p, sh->digest, 8);
+    p[8] = RULES_RECORD_SHARED;
+    rules_put_f64(p + 9, (double) r->ttl);
+    p += RULES_ENTRY_HEADER_LEN;
+    rules_put_f64(p, (double) r->within);
+    rules_put_u16(p + 8, (unsigned) dv->len);
+    memcpy(p + 10, dv->data, dv->len);
+    memcpy(p + 10 + dv->len, sh->members, sh->members_len);
+    eo->buf_len = p + 10 + dv->len + sh->members_len - eo->buf;
+
+    return 0;
+}
+
+
+/*
  * Appends the rule's entry when the event touches the rule.  Returns -1
  * on memory exhaustion.
  */
@@ -86,12 +118,21 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         return 0;
 
     case RULES_TYPE_DISTINCT:
+        if (r->share >= 0 && rs->shares[r->share].leader != r->index) {
+            /* its shared record's first rule writes the entry */
+            return 0;
+        }
+
         dv = &values[r->distinct_field];
 
         if (dv->len == 0
             || (r->where && !rules_cond_eval(rs, r->where, values)))
         {
             return 0;
+        }
+
+        if (r->share >= 0) {
+            return rules_event_shared(&rs->shares[r->share], r, dv, eo);
         }
 
         if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN + dv->len) != 0) {

@@ -139,6 +139,22 @@ const rules_result_t *rules_index_candidates(rules_set_t *rs,
 
 /* ---- the rule set -------------------------------------------------- */
 
+/*
+ * A record shared by distinct rules of one key that differ only in id,
+ * kind and min (rules_state.h, RULES_RECORD_SHARED): its digest, and the
+ * members part of its entries, made once.
+ */
+typedef struct {
+    unsigned char          digest[8];
+    unsigned               leader;      /* the first rule, which writes
+                                           the entry */
+    unsigned               nmembers;
+    unsigned char         *members;     /* n(H), then digest(8) min(H)
+                                           each */
+    size_t                 members_len;
+} rules_share_t;
+
+
 struct rules_set_s {
     rules_rule_t          *rules;
     size_t                 nrules;
@@ -163,6 +179,10 @@ struct rules_set_s {
     size_t                 digest_mask;
 
     char                   digest_hex[17];
+
+    rules_share_t         *shares;
+    size_t                 nshares;
+    rules_strmap_t         share_digests; /* digest bytes -> share index */
 
     rules_index_t          index;
 

@@ -13,6 +13,7 @@
 
 
 #define RULES_DIGEST_SALT  "ngx_http_rules_module state v1\n"
+#define RULES_SHARE_SALT   "ngx_http_rules_module shared distinct v1\n"
 #define RULES_PATH_LEN     256
 
 
@@ -43,6 +44,7 @@ static int rules_field(rules_loader_t *ld, const char *name, size_t len,
     unsigned *index);
 static int rules_build_groups(rules_set_t *rs);
 static int rules_build_digest_table(rules_set_t *rs);
+static int rules_build_shares(rules_set_t *rs);
 
 
 static void
@@ -175,6 +177,7 @@ rules_free(rules_set_t *rs)
     rules_strmap_free(&rs->fields);
     rules_strmap_free(&rs->ids);
     rules_strmap_free(&rs->digests);
+    rules_strmap_free(&rs->share_digests);
     rules_memo_done(rs);
     free(rs->digest_keys);
     free(rs->digest_vals);
@@ -215,6 +218,7 @@ rules_set_create(void)
     if (rules_strmap_init(&rs->fields, 16) != 0
         || rules_strmap_init(&rs->ids, 16) != 0
         || rules_strmap_init(&rs->digests, 16) != 0
+        || rules_strmap_init(&rs->share_digests, 16) != 0
         || rules_strmap_init(&rs->conds, 16) != 0)
     {
         rules_free(rs);
@@ -315,7 +319,7 @@ rules_load_root(json_t *root, const char *name, const char *text,
 
     if (rs->memo_gen == NULL || rs->memo_val == NULL
         || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
-        || rules_index_build(rs) != 0)
+        || rules_build_shares(rs) != 0 || rules_index_build(rs) != 0)
     {
         rules_file_error(&ld, "out of memory");
         goto failed;
@@ -535,7 +539,7 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
 {
     rules_set_t   *rs;
     rules_rule_t  *r;
-    json_t        *j, *steps, *step, *sj;
+    json_t        *j, *steps, *step, *sj, *copy;
     const char    *member, *s, **members;
     char           path[RULES_PATH_LEN];
     char          *dump;
@@ -862,6 +866,38 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
                            "rule \"%s\"", rs->rules[idx].id);
         return -1;
     }
+
+    r->share = -1;
+
+    if (r->type != RULES_TYPE_DISTINCT) {
+        return 0;
+    }
+
+    /* the rules that differ only in these share one record */
+
+    copy = json_copy(rule);
+
+    if (copy == NULL) {
+        rules_loader_error(ld, NULL, "out of memory");
+        return -1;
+    }
+
+    (void) json_object_del(copy, "id");
+    (void) json_object_del(copy, "kind");
+    (void) json_object_del(copy, "min");
+    dump = json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(copy);
+
+    if (dump == NULL) {
+        rules_loader_error(ld, NULL, "out of memory");
+        return -1;
+    }
+
+    r->share_key = rules_hash64(dump, strlen(dump),
+                                rules_hash64(RULES_SHARE_SALT,
+                                             sizeof(RULES_SHARE_SALT) - 1,
+                                             0));
+    free(dump);
 
     return 0;
 }
@@ -1628,6 +1664,120 @@ rules_find_id(const rules_set_t *rs, const char *id, size_t len)
     }
 
     return NULL;
+}
+
+
+/*
+ * The shared records of the distinct rules: one per share key (key,
+ * where, field and within), in file order, of at most
+ * RULES_SHARE_MAX_MEMBERS rules (a share key's further rules start
+ * another).  A rule set's reload keeps each unchanged rule in the record
+ * it was in.
+ */
+static int
+rules_build_shares(rules_set_t *rs)
+{
+    size_t          i, nd;
+    unsigned        idx, chunk;
+    uint64_t        d;
+    unsigned char   c[4], *p;
+    rules_rule_t   *r;
+    rules_share_t  *sh;
+    int             k, rc;
+
+    nd = 0;
+
+    for (i = 0; i < rs->nrules; i++) {
+        nd += (rs->rules[i].type == RULES_TYPE_DISTINCT);
+    }
+
+    if (nd == 0) {
+        return 0;
+    }
+
+    rs->shares = rules_set_alloc(rs, nd * sizeof(rules_share_t));
+
+    if (rs->shares == NULL) {
+        return -1;
+    }
+
+    for (i = 0; i < rs->nrules; i++) {
+        r = &rs->rules[i];
+
+        if (r->type != RULES_TYPE_DISTINCT) {
+            continue;
+        }
+
+        for (chunk = 0; /* void */; chunk++) {
+            rules_put_u32(c, chunk);
+            d = rules_hash64(c, 4, r->share_key);
+            sh = &rs->shares[rs->nshares];
+
+            for (k = 0; k < 8; k++) {
+                sh->digest[k] = (unsigned char) (d >> (56 - 8 * k));
+            }
+
+            if (rules_strmap_get(&rs->share_digests, sh->digest, 8, &idx)) {
+                if (rs->shares[idx].nmembers == RULES_SHARE_MAX_MEMBERS) {
+                    continue;
+                }
+
+                r->share = (int) idx;
+                rs->shares[idx].nmembers++;
+                break;
+            }
+
+            rc = rules_strmap_put(&rs->share_digests, sh->digest, 8,
+                                  (unsigned) rs->nshares);
+
+            if (rc < 0) {
+                return -1;
+            }
+
+            sh->leader = (unsigned) i;
+            sh->nmembers = 1;
+            r->share = (int) rs->nshares++;
+            break;
+        }
+    }
+
+    for (i = 0; i < rs->nshares; i++) {
+        sh = &rs->shares[i];
+        sh->members_len = 2 + 10 * (size_t) sh->nmembers;
+        sh->members = rules_set_alloc(rs, sh->members_len);
+
+        if (sh->members == NULL) {
+            return -1;
+        }
+
+        rules_put_u16(sh->members, sh->nmembers);
+        sh->nmembers = 0;
+    }
+
+    for (i = 0; i < rs->nrules; i++) {
+        r = &rs->rules[i];
+
+        if (r->share < 0) {
+            continue;
+        }
+
+        sh = &rs->shares[r->share];
+        p = sh->members + 2 + 10 * (size_t) sh->nmembers++;
+        memcpy(p, r->digest_bytes, 8);
+        rules_put_u16(p + 8, r->min);
+    }
+
+    return 0;
+}
+
+
+int
+rules_known_digest(const rules_set_t *rs, const unsigned char digest[8])
+{
+    unsigned  idx;
+
+    return rules_find_digest(rs, digest) != NULL
+           || rules_strmap_get(&rs->share_digests, digest, 8, &idx);
 }
 
 

@@ -141,6 +141,15 @@ rules_payload_check(unsigned type, const unsigned char *p, size_t plen)
 
         return off;
 
+    case RULES_RECORD_SHARED:
+        off = rules_payload_check(RULES_TYPE_DISTINCT, p, plen);
+
+        if (off == (size_t) -1 || off + 2 > plen) {
+            return (size_t) -1;
+        }
+
+        return off + 2 + 24 * (size_t) rules_get_u16(p + off);
+
     case RULES_TYPE_ABSENCE:
         return 9;
 
@@ -247,6 +256,8 @@ rules_state_validate(const unsigned char *state, size_t state_len)
 static size_t
 rules_entry_params_len(unsigned type, const unsigned char *p, size_t avail)
 {
+    size_t  vlen;
+
     switch (type) {
 
     case RULES_TYPE_COUNT:
@@ -265,9 +276,48 @@ rules_entry_params_len(unsigned type, const unsigned char *p, size_t avail)
     case RULES_TYPE_SEQUENCE:
         return 25;
 
+    case RULES_RECORD_SHARED:
+        if (avail < 10) {
+            return (size_t) -1;
+        }
+
+        vlen = rules_get_u16(p + 8);
+
+        if (avail < 12 + vlen) {
+            return (size_t) -1;
+        }
+
+        return 12 + vlen + 10 * (size_t) rules_get_u16(p + 10 + vlen);
+
     default:
         return (size_t) -1;
     }
+}
+
+
+/* A shared entry's rules: 1 to RULES_SHARE_MAX_MEMBERS, each min valid. */
+static int
+rules_shared_entry_check(const unsigned char *params)
+{
+    const unsigned char  *em;
+    unsigned              n, i, m;
+
+    em = params + 10 + rules_get_u16(params + 8);
+    n = rules_get_u16(em);
+
+    if (n < 1 || n > RULES_SHARE_MAX_MEMBERS) {
+        return -1;
+    }
+
+    for (i = 0; i < n; i++) {
+        m = rules_get_u16(em + 2 + 10 * i + 8);
+
+        if (m < 1 || m > RULES_MAX_MIN) {
+            return -1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -306,7 +356,14 @@ rules_parse_op(const unsigned char *op, size_t len, rules_entry_t *ents,
         }
 
         if ((e->type == RULES_TYPE_COUNT || e->type == RULES_TYPE_DISTINCT)
-            && rules_get_u16(e->params) == 0)
+            && (rules_get_u16(e->params) == 0
+                || rules_get_u16(e->params) > RULES_MAX_MIN))
+        {
+            return -1;
+        }
+
+        if (e->type == RULES_RECORD_SHARED
+            && rules_shared_entry_check(e->params) != 0)
         {
             return -1;
         }
@@ -387,57 +444,61 @@ rules_apply_count(const rules_entry_t *e, const rules_record_t *r,
 }
 
 
+/*
+ * A distinct list (n(H), then n times t(d) vlen(H) value, by last-seen
+ * time descending; q: its values, NULL: none) with value seen at now,
+ * written at the end of out: at most max values, and at most budget
+ * bytes of them (the oldest beyond are dropped: a record's payload is
+ * 16-bit).  The times written go to ts.  Returns the number written, -1
+ * on memory exhaustion.
+ */
 static int
-rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
-    double now, rules_buf_t *out, double *from, double *until)
+rules_distinct_values(const unsigned char *q, unsigned n,
+    const unsigned char *value, size_t vlen, double now, unsigned max,
+    size_t budget, rules_buf_t *out, double *ts)
 {
-    unsigned              min, n, k, i;
-    double                within, t, tnew, tk;
-    const unsigned char  *value, *q, *found;
-    size_t                vlen, qlen, start;
+    unsigned              k, i;
+    double                t, tnew;
+    const unsigned char  *p, *found;
+    size_t                qlen, start, plen, end;
     int                   placed;
-
-    min = rules_get_u16(e->params);
-    within = rules_get_f64(e->params + 2);
-    vlen = rules_get_u16(e->params + 10);
-    value = e->params + 12;
-    n = r ? rules_get_u16(r->payload) : 0;
 
     /* the value's previous last-seen time, if it is kept */
 
     tnew = now;
     found = NULL;
-    q = r ? r->payload + 2 : NULL;
+    plen = 0;
 
-    for (i = 0; i < n; i++) {
-        qlen = rules_get_u16(q + 8);
+    for (i = 0, p = q; i < n; i++) {
+        qlen = rules_get_u16(p + 8);
 
-        if (qlen == vlen && memcmp(q + 10, value, vlen) == 0) {
-            t = rules_get_f64(q);
+        if (found == NULL && qlen == vlen && memcmp(p + 10, value, vlen) == 0)
+        {
+            t = rules_get_f64(p);
 
             if (t > tnew) {
                 tnew = t;
             }
 
-            found = q;
-            break;
+            found = p;
         }
 
-        q += 10 + qlen;
+        p += 10 + qlen;
     }
 
-    if (rules_buf_reserve(out, 2 + (r ? r->plen : 0) + 10 + vlen) != 0) {
+    plen = p - q;
+
+    if (rules_buf_reserve(out, 2 + plen + 10 + vlen) != 0) {
         return -1;
     }
 
     start = out->len;
+    end = start + 2 + budget;
     out->len += 2;
     k = 0;
     placed = 0;
-    tk = 0;
-    q = r ? r->payload + 2 : NULL;
 
-    for (i = 0; i <= n && k < min; i++) {
+    for (i = 0; i <= n && k < max; i++) {
         if (i < n) {
             qlen = rules_get_u16(q + 8);
             t = rules_get_f64(q);
@@ -448,15 +509,18 @@ rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
         }
 
         if (!placed && (i == n || tnew >= t)) {
+            if (out->len + 10 + vlen > end) {
+                break;
+            }
+
             rules_put_f64(out->data + out->len, tnew);
             rules_put_u16(out->data + out->len + 8, (unsigned) vlen);
             memcpy(out->data + out->len + 10, value, vlen);
             out->len += 10 + vlen;
-            tk = tnew;
-            k++;
+            ts[k++] = tnew;
             placed = 1;
 
-            if (k == min) {
+            if (k == max) {
                 break;
             }
         }
@@ -466,10 +530,13 @@ rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
         }
 
         if (q != found) {
+            if (out->len + 10 + qlen > end) {
+                break;
+            }
+
             memcpy(out->data + out->len, q, 10 + qlen);
             out->len += 10 + qlen;
-            tk = t;
-            k++;
+            ts[k++] = t;
         }
 
         q += 10 + qlen;
@@ -477,14 +544,178 @@ rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
 
     rules_put_u16(out->data + start, k);
 
-    if (k >= min) {
+    return (int) k;
+}
+
+
+static int
+rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until)
+{
+    unsigned  min;
+    double    within, ts[RULES_MAX_MIN];
+    int       k;
+
+    min = rules_get_u16(e->params);
+    within = rules_get_f64(e->params + 2);
+
+    k = rules_distinct_values(r ? r->payload + 2 : NULL,
+                              r ? rules_get_u16(r->payload) : 0,
+                              e->params + 12, rules_get_u16(e->params + 10),
+                              now, min, RULES_RECORD_MAX_PAYLOAD - 2, out,
+                              ts);
+    if (k < 0) {
+        return -1;
+    }
+
+    if ((unsigned) k >= min) {
         *from = RULES_NONE;
-        *until = tk + within;
+        *until = ts[min - 1] + within;
 
     } else {
         *from = 0;
         *until = 0;
     }
+
+    return 0;
+}
+
+
+/* A shared distinct record's rules (24 bytes each), and their number. */
+static const unsigned char *
+rules_shared_members(const unsigned char *payload, unsigned *n)
+{
+    const unsigned char  *q;
+    unsigned              i, nv;
+
+    nv = rules_get_u16(payload);
+    q = payload + 2;
+
+    for (i = 0; i < nv; i++) {
+        q += 10 + rules_get_u16(q + 8);
+    }
+
+    *n = rules_get_u16(q);
+
+    return q + 2;
+}
+
+
+/* The rules of an untouched shared record matched at now. */
+static int
+rules_shared_matched(const rules_record_t *r, double now,
+    rules_buf_t *matched)
+{
+    const unsigned char  *rm;
+    unsigned              n, i;
+
+    rm = rules_shared_members(r->payload, &n);
+
+    for (i = 0; i < n; i++, rm += 24) {
+        if (now < rules_get_f64(rm + 16)
+            && rules_buf_append(matched, rm, 8) != 0)
+        {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * A shared distinct record: the list kept for the largest min of the
+ * rules sharing it, then each rule's digest, the time since which it
+ * counts (RULES_NONE: since the record began; a rule that joins a record
+ * later, added or edited, counts from its first event: it starts fresh),
+ * and its matched interval's end (0: not matched; the start is always
+ * RULES_NONE).  The rules matched are appended to *matched; the
+ * record's interval spans theirs.
+ */
+static int
+rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
+    double now, rules_buf_t *out, double *from, double *until,
+    rules_buf_t *matched)
+{
+    unsigned              nm, rn, j, i, c, m, max;
+    double                within, join, u, ts[RULES_MAX_MIN];
+    const unsigned char  *em, *rm, *d;
+    unsigned char        *p;
+    size_t                vlen;
+    int                   k;
+
+    within = rules_get_f64(e->params);
+    vlen = rules_get_u16(e->params + 8);
+    em = e->params + 10 + vlen;
+    nm = rules_get_u16(em);
+    em += 2;
+    max = 1;
+
+    for (j = 0; j < nm; j++) {
+        m = rules_get_u16(em + 10 * j + 8);
+
+        if (m > max) {
+            max = m;
+        }
+    }
+
+    /* the record's rules, after its values */
+
+    rn = 0;
+    rm = r ? rules_shared_members(r->payload, &rn) : NULL;
+
+    k = rules_distinct_values(r ? r->payload + 2 : NULL,
+                              r ? rules_get_u16(r->payload) : 0,
+                              e->params + 10, vlen, now, max,
+                              RULES_RECORD_MAX_PAYLOAD - 4 - 24 * (size_t) nm,
+                              out, ts);
+    if (k < 0 || rules_buf_reserve(out, 2 + 24 * (size_t) nm) != 0) {
+        return -1;
+    }
+
+    p = out->data + out->len;
+    rules_put_u16(p, nm);
+    p += 2;
+    out->len += 2 + 24 * (size_t) nm;
+    *until = 0;
+    c = 0;
+
+    for (j = 0; j < nm; j++, em += 10) {
+        d = em;
+        m = rules_get_u16(em + 8);
+
+        /* its place in the record: mostly the same order */
+
+        join = r ? (double) now : RULES_NONE;
+
+        for (i = 0; i < rn; i++) {
+            if (rules_digest_eq(rm + 24 * ((c + i) % rn), d)) {
+                c = (c + i) % rn;
+                join = rules_get_f64(rm + 24 * c + 8);
+                c = (c + 1) % rn;
+                break;
+            }
+        }
+
+        u = ((unsigned) k >= m && ts[m - 1] >= join) ? ts[m - 1] + within
+                                                     : 0;
+        memcpy(p, d, 8);
+        rules_put_f64(p + 8, join);
+        rules_put_f64(p + 16, u);
+        p += 24;
+
+        if (now < u) {
+            if (rules_buf_append(matched, d, 8) != 0) {
+                return -1;
+            }
+        }
+
+        if (u > *until) {
+            *until = u;
+        }
+    }
+
+    *from = *until > 0 ? RULES_NONE : 0;
 
     return 0;
 }
@@ -784,6 +1015,10 @@ rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
         rc = rules_apply_absence(e, r, now, out, &from, &until);
         break;
 
+    case RULES_RECORD_SHARED:
+        rc = rules_apply_shared(e, r, now, out, &from, &until, matched);
+        break;
+
     default:
         rc = rules_apply_sequence(e, r, now, out, &from, &until, &completed);
         break;
@@ -802,6 +1037,11 @@ rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
     }
 
     rules_finish_header(out, at, from, until);
+
+    if (e->type == RULES_RECORD_SHARED) {
+        /* its rules' matches are appended already */
+        return 0;
+    }
 
     if (completed || (from <= now && now < until)) {
         return rules_buf_append(matched, e->digest, 8);
@@ -1148,7 +1388,7 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
 
         if (known && r->entry < 0) {
             if (r->known < 0) {
-                r->known = (rules_find_digest(known, r->digest) != NULL);
+                r->known = rules_known_digest(known, r->digest);
             }
 
             if (!r->known) {
@@ -1212,7 +1452,9 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
         /* an untouched record is matched by its interval */
 
         if (rc == 0 && r->entry < 0 && r->from <= now && now < r->until) {
-            rc = rules_buf_append(matched, r->digest, 8);
+            rc = (r->type == RULES_RECORD_SHARED)
+                 ? rules_shared_matched(r, now, matched)
+                 : rules_buf_append(matched, r->digest, 8);
         }
 
         if (expire > max_expire) {

@@ -16,10 +16,19 @@
  *     distinct : min(H) within(d) vlen(H) value        -- add the value
  *     absence  : action(B: 1 cancel, 2 trigger) after(d) within(d)
  *     sequence : nsteps(B) strict(I) within(d) hold(d) mask(I)
+ *     shared   : within(d) vlen(H) value m(H) then m times (digest(8)
+ *                min(H))                   -- type 5: add the value
  *
  * A count or distinct rule is touched when its "where" holds (distinct:
  * and the field has a value), an absence rule when "cancel" or "trigger"
  * holds, a sequence rule when at least one step's "where" holds.
+ *
+ * Distinct rules are written as shared entries (since 2026-12-04): the
+ * distinct rules of a key that differ only in id, kind and min share one
+ * record (at most RULES_SHARE_MAX_MEMBERS of them), named by a digest of
+ * their definition without those members; the entry, written once for
+ * all of them, lists each rule's digest and min.  Type 2 entries are
+ * still read (logs written before).
  *
  * State (the Redis string value of the key): "R1" then records:
  *
@@ -31,10 +40,22 @@
  *     absence  : armed(B) t_arm(d)
  *     sequence : nsteps(B) tc(d) fresh(B) then S[1..nsteps-1](d) then
  *                F[1..nsteps-1](d)
+ *     shared   : a distinct payload, kept for the largest min of its
+ *                rules, then m(H) and m times (digest(8) join(d)
+ *                until(d)): each rule's digest, the time since which it
+ *                counts (-1: since the record began; a rule that joins
+ *                the record later, added or edited, counts from its
+ *                first event there, as a fresh record would) and the end
+ *                of its matched interval (0: not matched; it starts at
+ *                -1).  The record's from/until span its rules'.
+ *
+ * A distinct payload holds at most RULES_RECORD_MAX_PAYLOAD bytes (the
+ * payload length is 16-bit): the oldest values beyond are dropped.
  *
  * expire is the wall-clock ms after which the record is dropped (set to
  * wall + ttl when the record is written).  The record is matched at time
- * now iff from <= now < until, or (sequence) it completed on this event.
+ * now iff from <= now < until, or (sequence) it completed on this event;
+ * a shared record's rule iff now < its until.
  *
  * Sequence: S[i] is the latest start time of a partial match that reached
  * step i, F[i] the same among partial matches whose step-i event is the
@@ -50,8 +71,8 @@
  *      means: it is not written, and the rule's record, if any, goes.
  *      (Writers before 2026-12-04 wrote them; a reader keeps them until
  *      their rule's next update.)
- *   3. The reply lists the digests of the matched records, in record
- *      order.  The state is written back only when it changed, with
+ *   3. The reply lists the digests of the matched records (of a shared
+ *      record: of its matched rules), in record order.  The state is written back only when it changed, with
  *      PEXPIRE max(expire) - wall; an empty state deletes the key.
  *   New records are appended after the kept ones, in entry order.
  */
@@ -64,6 +85,12 @@
 
 #define RULES_STATE_MAGIC      "R1"
 #define RULES_STATE_MAGIC_LEN  2
+
+/* a record (and entry) type besides the rule types: a shared distinct */
+#define RULES_RECORD_SHARED    5
+
+/* a record's payload length is 16-bit */
+#define RULES_RECORD_MAX_PAYLOAD  65535
 
 #define RULES_ACTION_CANCEL    1
 #define RULES_ACTION_TRIGGER   2

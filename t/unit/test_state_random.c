@@ -120,11 +120,12 @@ gen_cond(char *p, size_t size, int depth)
 static void
 gen_rules(char *out, size_t size, int n)
 {
-    char    c1[1200], c2[1200], steps[6000];
+    char    c1[1200], c2[1200], steps[6000], shared[1400];
     size_t  len, sl;
     int     i, k, nsteps, type;
 
     len = snprintf(out, size, "{\"rules\":[");
+    shared[0] = '\0';
 
     for (i = 0; i < n; i++) {
         type = 1 + rnd(4);
@@ -134,8 +135,20 @@ gen_rules(char *out, size_t size, int n)
                         rnd(3) ? "uid" : "ip");
 
         switch (type) {
-        case RULES_TYPE_COUNT:
         case RULES_TYPE_DISTINCT:
+            if (shared[0] && rnd(2)) {
+                /* differs from an earlier one only in min (and id, kind):
+                 * they share a record */
+                len += snprintf(out + len, size - len,
+                                ",\"type\":\"distinct\",\"min\":%u%s",
+                                1 + rnd(4), shared);
+                break;
+            }
+
+            /* fall through */
+
+        case RULES_TYPE_COUNT:
+            sl = len;
             len += snprintf(out + len, size - len,
                             ",\"type\":\"%s\",\"min\":%u,\"within\":\"%ums\"",
                             type == RULES_TYPE_COUNT ? "count" : "distinct",
@@ -147,6 +160,11 @@ gen_rules(char *out, size_t size, int n)
             if (rnd(3)) {
                 gen_cond(c1, sizeof(c1), 0);
                 len += snprintf(out + len, size - len, ",\"where\":%s", c1);
+            }
+            if (type == RULES_TYPE_DISTINCT) {
+                /* the members after min, for a later rule to share */
+                snprintf(shared, sizeof(shared), "%s",
+                         strchr(strstr(out + sl, "\"min\":"), ','));
             }
             break;
 

@@ -37,24 +37,35 @@ static rules_eventops_t   eo;
 static rules_buf_t        state, out, matched;
 static int                changed;
 
+static const char *records(void);
+
 
 /* The event's one key op applied to state; 0 on success. */
 static int
-event(const char *type, int64_t now)
+event_path(const char *type, const char *path, int64_t now)
 {
     rules_limits_t   limits = { 256, 4096 };
     rules_str_t      vals[8];
     rules_buf_t      tmp;
     int64_t          pttl;
-    int              fu, ft;
+    int              fu, ft, fp;
 
     memset(vals, 0, sizeof(vals));
     fu = rules_field_index(rs, "uid", 3);
     ft = rules_field_index(rs, "type", 4);
+    fp = rules_field_index(rs, "path", 4);
     vals[fu].data = (const unsigned char *) "u1";
     vals[fu].len = 2;
-    vals[ft].data = (const unsigned char *) type;
-    vals[ft].len = strlen(type);
+
+    if (ft >= 0) {
+        vals[ft].data = (const unsigned char *) type;
+        vals[ft].len = strlen(type);
+    }
+
+    if (fp >= 0 && path) {
+        vals[fp].data = (const unsigned char *) path;
+        vals[fp].len = strlen(path);
+    }
 
     if (rules_event_build(rs, &limits, vals, now, &eo) != RULES_EVENT_OK
         || eo.nkeyops != 1)
@@ -82,6 +93,152 @@ event(const char *type, int64_t now)
 }
 
 
+static int
+event(const char *type, int64_t now)
+{
+    return event_path(type, NULL, now);
+}
+
+
+/* The ids of the rules matched by the last event, in file order. */
+static const char *
+matched_ids(void)
+{
+    static char          buf[64];
+    const rules_rule_t  *r;
+    size_t               i, j, n;
+
+    n = 0;
+
+    for (i = 0; i < rules_count(rs); i++) {
+        r = rules_rule(rs, i);
+
+        for (j = 0; j < matched.len; j += 8) {
+            if (memcmp(matched.data + j, r->digest_bytes, 8) == 0
+                && n + 2 < sizeof(buf))
+            {
+                buf[n++] = r->id[0];
+                break;
+            }
+        }
+    }
+
+    buf[n] = '\0';
+
+    return buf;
+}
+
+
+static rules_set_t *
+load(const char *json)
+{
+    char  err[RULES_ERR_LEN];
+
+    rules_set_t *set = rules_load_buffer(json, strlen(json), "records", err,
+                                         sizeof(err));
+    if (set == NULL) {
+        printf("# %s\n", err);
+    }
+
+    return set;
+}
+
+
+/*
+ * Distinct rules that differ only in id, kind and min share one record;
+ * a rule that joins it later (added, or edited: a new digest) counts
+ * from its first event, as a fresh record would.
+ */
+static void
+shared_records(void)
+{
+    rules_set_t  *first, *second;
+
+#define DISTINCT(id, kind, min)                                             \
+    "{\"id\":\"" id "\",\"kind\":\"" kind "\",\"key\":\"uid\","              \
+    "\"type\":\"distinct\",\"field\":\"path\",\"min\":" min ","               \
+    "\"within\":\"1h\"}"
+
+    first = load("{\"rules\":[" DISTINCT("a", "segment", "2") ","
+                  DISTINCT("c", "fraud", "3") "]}");
+    second = load("{\"rules\":[" DISTINCT("a", "segment", "2") ","
+                  DISTINCT("b", "segment", "2") ","
+                  DISTINCT("c", "fraud", "3") "]}");
+    ok(first && second, "distinct rule files load");
+
+    if (first == NULL || second == NULL) {
+        rules_free(first);
+        rules_free(second);
+        return;
+    }
+
+    rs = first;
+    state.len = 0;
+    ok(event_path("x", "/1", 1000) == 0 && event_path("x", "/2", 2000) == 0,
+       "two paths applied");
+    is_str(records(), "S", "rules a and c: one shared record");
+    is_str(matched_ids(), "a", "a (min 2) matched, c (min 3) not");
+
+    /* a reload adds b, which differs from a in its id only */
+
+    rs = second;
+    ok(event_path("x", "/3", 3000) == 0, "a third path applied");
+    is_str(records(), "S", "rules a, b and c: still one record");
+    is_str(matched_ids(), "ac", "a and c matched on the record's history; "
+           "b, added, counts from its first event: not yet");
+    ok(event_path("x", "/4", 4000) == 0, "a fourth path applied");
+    is_str(matched_ids(), "abc", "b matched on its own two paths");
+    ok(event_path("x", "/4", 3700000) == 0, "the fourth path again, an "
+           "hour on");
+    is_str(matched_ids(), "", "each window holds one path: none matched");
+
+    rs = NULL;
+    rules_free(first);
+    rules_free(second);
+}
+
+
+/* A distinct record's values beyond 64 KB: the oldest dropped. */
+static void
+large_values(void)
+{
+    char   path[4001];
+    int    i, rc;
+
+    rs = load("{\"rules\":[" DISTINCT("a", "segment", "20") "]}");
+    ok(rs != NULL, "a distinct rule with min 20 loads");
+
+    if (rs == NULL) {
+        return;
+    }
+
+    state.len = 0;
+    rc = 0;
+    memset(path, 'v', sizeof(path) - 1);
+    path[sizeof(path) - 1] = '\0';
+
+    for (i = 0; i < 20; i++) {
+        path[0] = (char) ('A' + i);
+        rc |= event_path("x", path, 1000 + i);
+        rc |= rules_state_validate(state.data, state.len);
+    }
+
+    ok(rc == 0, "20 values of 4000 bytes applied, the state well-formed "
+       "after each");
+    ok(state.len > 60000 && state.len < 65536 + 64,
+       "the state holds as many as fit in 64 KB (%zu bytes)", state.len);
+    is_str(matched_ids(), "", "min 20 of them do not fit: not matched");
+
+    path[0] = 'T';
+    ok(event_path("x", path, 2000) == 0, "the latest value again");
+    ok(rules_state_validate(state.data, state.len) == 0,
+       "still well-formed");
+
+    rules_free(rs);
+    rs = NULL;
+}
+
+
 /* The records of the state: digests of "seq" (s) and "abs" (a), in order. */
 static const char *
 records(void)
@@ -97,7 +254,7 @@ records(void)
 
     while (state.len && p + 35 <= end && n + 1 < sizeof(buf)) {
         r = rules_find_digest(rs, p);
-        buf[n++] = r ? r->id[0] : '?';
+        buf[n++] = p[8] == RULES_RECORD_SHARED ? 'S' : r ? r->id[0] : '?';
         p += 35 + (p[33] | p[34] << 8);
     }
 
@@ -204,11 +361,14 @@ main(void)
     is_int(state.len, 0, "the record goes, and the key with it");
     is_int(matched.len, 0, "nothing matched");
 
+    rules_free(rs);
+    shared_records();
+    large_values();
+
     rules_buf_free(&state);
     rules_buf_free(&out);
     rules_buf_free(&matched);
     rules_eventops_free(&eo);
-    rules_free(rs);
 
     return done_testing();
 }
