@@ -148,7 +148,13 @@ rules_payload_check(unsigned type, const unsigned char *p, size_t plen)
             return (size_t) -1;
         }
 
-        return off + 2 + 24 * (size_t) rules_get_u16(p + off);
+        off += 2 + 16 * (size_t) rules_get_u16(p + off);
+
+        if (off + 2 > plen) {
+            return (size_t) -1;
+        }
+
+        return off + 2 + 16 * (size_t) rules_get_u16(p + off);
 
     case RULES_TYPE_ABSENCE:
         return 9;
@@ -581,9 +587,14 @@ rules_apply_distinct(const rules_entry_t *e, const rules_record_t *r,
 }
 
 
-/* A shared distinct record's rules (24 bytes each), and their number. */
+/*
+ * A shared distinct record's rules (digest(8) until(d) each) and their
+ * number; with joins not NULL, its joins (digest(8) join(d) each) and
+ * their number.
+ */
 static const unsigned char *
-rules_shared_members(const unsigned char *payload, unsigned *n)
+rules_shared_members(const unsigned char *payload, unsigned *n,
+    const unsigned char **joins, unsigned *nj)
 {
     const unsigned char  *q;
     unsigned              i, nv;
@@ -597,6 +608,11 @@ rules_shared_members(const unsigned char *payload, unsigned *n)
 
     *n = rules_get_u16(q);
 
+    if (joins) {
+        *joins = q + 2 + 16 * (size_t) *n + 2;
+        *nj = rules_get_u16(*joins - 2);
+    }
+
     return q + 2;
 }
 
@@ -609,10 +625,10 @@ rules_shared_matched(const rules_record_t *r, double now,
     const unsigned char  *rm;
     unsigned              n, i;
 
-    rm = rules_shared_members(r->payload, &n);
+    rm = rules_shared_members(r->payload, &n, NULL, NULL);
 
-    for (i = 0; i < n; i++, rm += 24) {
-        if (now < rules_get_f64(rm + 16)
+    for (i = 0; i < n; i++, rm += 16) {
+        if (now < rules_get_f64(rm + 8)
             && rules_buf_append(matched, rm, 8) != 0)
         {
             return -1;
@@ -624,25 +640,50 @@ rules_shared_matched(const rules_record_t *r, double now,
 
 
 /*
+ * The index of digest d among n items of size bytes at base, looked for
+ * from *c on (the next one is mostly the one after the last found); -1:
+ * not there.
+ */
+static int
+rules_shared_find(const unsigned char *base, unsigned n, size_t size,
+    const unsigned char *d, unsigned *c)
+{
+    unsigned  i, at;
+
+    for (i = 0; i < n; i++) {
+        at = (*c + i) % n;
+
+        if (rules_digest_eq(base + size * at, d)) {
+            *c = (at + 1) % n;
+            return (int) at;
+        }
+    }
+
+    return -1;
+}
+
+
+/*
  * A shared distinct record: the list kept for the largest min of the
- * rules sharing it, then each rule's digest, the time since which it
- * counts (RULES_NONE: since the record began; a rule that joins a record
- * later, added or edited, counts from its first event: it starts fresh),
- * and its matched interval's end (0: not matched; the start is always
- * RULES_NONE).  The rules matched are appended to *matched; the
- * record's interval spans theirs.
+ * rules sharing it, then each rule's digest and the end of its matched
+ * interval (0: not matched; the start is always RULES_NONE), then the
+ * joins: the rules that joined the record after it began (added, or
+ * edited) count only the values seen since their first event there, as a
+ * fresh record would hold; a join goes once no older value is left.
+ * The rules matched are appended to *matched; the record's interval
+ * spans theirs.
  */
 static int
 rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     double now, rules_buf_t *out, double *from, double *until,
     rules_buf_t *matched)
 {
-    unsigned              nm, rn, j, i, c, m, max;
-    double                within, join, u, ts[RULES_MAX_MIN];
-    const unsigned char  *em, *rm, *d;
-    unsigned char        *p;
+    unsigned              nm, rn, rj, nj, j, m, max, c, cj;
+    double                within, join, u, oldest, ts[RULES_MAX_MIN];
+    const unsigned char  *em, *rm, *rjoins, *d;
+    unsigned char        *p, *pj;
     size_t                vlen;
-    int                   k;
+    int                   k, at;
 
     within = rules_get_f64(e->params);
     vlen = rules_get_u16(e->params + 8);
@@ -659,55 +700,73 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
         }
     }
 
-    /* the record's rules, after its values */
-
     rn = 0;
-    rm = r ? rules_shared_members(r->payload, &rn) : NULL;
+    rj = 0;
+    rjoins = NULL;
+    rm = r ? rules_shared_members(r->payload, &rn, &rjoins, &rj) : NULL;
 
     k = rules_distinct_values(r ? r->payload + 2 : NULL,
                               r ? rules_get_u16(r->payload) : 0,
                               e->params + 10, vlen, now, max,
-                              RULES_RECORD_MAX_PAYLOAD - 4 - 24 * (size_t) nm,
+                              RULES_RECORD_MAX_PAYLOAD - 6
+                              - 32 * (size_t) nm,
                               out, ts);
-    if (k < 0 || rules_buf_reserve(out, 2 + 24 * (size_t) nm) != 0) {
+
+    if (k < 0 || rules_buf_reserve(out, 4 + 32 * (size_t) nm) != 0) {
         return -1;
     }
+
+    oldest = k ? ts[k - 1] : RULES_NONE;
+
+    /* the joins are written after the members, then moved up */
 
     p = out->data + out->len;
     rules_put_u16(p, nm);
     p += 2;
-    out->len += 2 + 24 * (size_t) nm;
+    pj = p + 16 * (size_t) nm + 2;
+    nj = 0;
     *until = 0;
     c = 0;
+    cj = 0;
 
     for (j = 0; j < nm; j++, em += 10) {
         d = em;
         m = rules_get_u16(em + 8);
 
-        /* its place in the record: mostly the same order */
+        join = RULES_NONE;
 
-        join = r ? (double) now : RULES_NONE;
+        if (rm && rules_shared_find(rm, rn, 16, d, &c) < 0) {
+            /* joins now */
+            join = now;
 
-        for (i = 0; i < rn; i++) {
-            if (rules_digest_eq(rm + 24 * ((c + i) % rn), d)) {
-                c = (c + i) % rn;
-                join = rules_get_f64(rm + 24 * c + 8);
-                c = (c + 1) % rn;
-                break;
+        } else if (rj) {
+            at = rules_shared_find(rjoins, rj, 16, d, &cj);
+
+            if (at >= 0) {
+                join = rules_get_f64(rjoins + 16 * (size_t) at + 8);
             }
+        }
+
+        if (join >= 0 && oldest >= join) {
+            /* no value seen before it is left */
+            join = RULES_NONE;
+        }
+
+        if (join >= 0) {
+            memcpy(pj, d, 8);
+            rules_put_f64(pj + 8, join);
+            pj += 16;
+            nj++;
         }
 
         u = ((unsigned) k >= m && ts[m - 1] >= join) ? ts[m - 1] + within
                                                      : 0;
         memcpy(p, d, 8);
-        rules_put_f64(p + 8, join);
-        rules_put_f64(p + 16, u);
-        p += 24;
+        rules_put_f64(p + 8, u);
+        p += 16;
 
-        if (now < u) {
-            if (rules_buf_append(matched, d, 8) != 0) {
-                return -1;
-            }
+        if (now < u && rules_buf_append(matched, d, 8) != 0) {
+            return -1;
         }
 
         if (u > *until) {
@@ -715,6 +774,8 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
         }
     }
 
+    rules_put_u16(p, nj);
+    out->len = pj - out->data;
     *from = *until > 0 ? RULES_NONE : 0;
 
     return 0;

@@ -41,13 +41,15 @@
  *     sequence : nsteps(B) tc(d) fresh(B) then S[1..nsteps-1](d) then
  *                F[1..nsteps-1](d)
  *     shared   : a distinct payload, kept for the largest min of its
- *                rules, then m(H) and m times (digest(8) join(d)
- *                until(d)): each rule's digest, the time since which it
- *                counts (-1: since the record began; a rule that joins
- *                the record later, added or edited, counts from its
- *                first event there, as a fresh record would) and the end
- *                of its matched interval (0: not matched; it starts at
- *                -1).  The record's from/until span its rules'.
+ *                rules, then m(H) and m times (digest(8) until(d)): each
+ *                rule's digest and the end of its matched interval (0:
+ *                not matched; it starts at -1), then j(H) and j times
+ *                (digest(8) join(d)): the rules that joined the record
+ *                after it began (added, or edited) count only the values
+ *                last seen at or after their join time (their first
+ *                event there), as a fresh record would; a join goes once
+ *                no older value is left.  The record's from/until span
+ *                its rules'.
  *
  * A distinct payload holds at most RULES_RECORD_MAX_PAYLOAD bytes (the
  * payload length is 16-bit): the oldest values beyond are dropped.
