@@ -290,6 +290,9 @@ bench(const char *name, const char *json, int nev, int runs, int index)
         rules_set_indexing(rs, index);
     }
 
+    /* as bench/run.sh's nginx: rules_shared_distinct on */
+    rules_set_sharing(rs, 1);
+
     for (r = 0; r < runs; r++) {
         for (i = 0; i < NSLOTS; i++) {
             rules_buf_free(&slots[i].state);

@@ -29,6 +29,8 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
 state_cache=${BENCH_STATE_CACHE:-32m}
+# rules_shared_distinct (on: what a new installation should use)
+shared_distinct=${BENCH_SHARED_DISTINCT:-on}
 warmup=${BENCH_WARMUP:-0}
 module=$root/build/nginx/ngx_http_rules_module.so
 redis_module=$root/build/rules_redis_module.so
@@ -106,7 +108,8 @@ http {
     rules_redis_native $native;
     rules_redis_timeout 200ms;
     rules_state_cache $state_cache;
-    rules_key_prefix "bench:$(basename "$rules" .json):$native:";
+    rules_shared_distinct $shared_distinct;
+    rules_key_prefix "bench:$(basename "$rules" .json):$native:$shared_distinct:";
     rules_file $rules;
     server {
         listen 127.0.0.1:$port;

@@ -113,6 +113,13 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       offsetof(ngx_http_rules_main_conf_t, redis_conf.native),
       NULL },
 
+    { ngx_string("rules_shared_distinct"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_rules_main_conf_t, shared_distinct),
+      NULL },
+
     { ngx_string("rules_key_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -309,6 +316,7 @@ ngx_http_rules_create_main_conf(ngx_conf_t *cf)
     rmcf->limits.key_max = NGX_CONF_UNSET_SIZE;
     rmcf->limits.value_max = NGX_CONF_UNSET_SIZE;
     rmcf->state_cache_size = NGX_CONF_UNSET_SIZE;
+    rmcf->shared_distinct = NGX_CONF_UNSET;
 
     return rmcf;
 }
@@ -330,6 +338,7 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
                              RULES_DEFAULT_VALUE_MAX);
     ngx_conf_init_size_value(rmcf->state_cache_size,
                              NGX_HTTP_RULES_STATE_CACHE_SIZE);
+    ngx_conf_init_value(rmcf->shared_distinct, 0);
 
     rmcf->redis_conf.reply_timeout = ngx_max(NGX_HTTP_RULES_REPLY_TIMEOUT,
                                              rmcf->timeout);
@@ -347,6 +356,8 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (rmcf->rules) {
+        rules_set_sharing(rmcf->rules, (int) rmcf->shared_distinct);
+
         if (ngx_http_rules_metrics_zone(cf, rmcf,
                                         NGX_HTTP_RULES_METRICS_ZONE_SIZE)
             != NGX_OK)

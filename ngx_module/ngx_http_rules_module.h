@@ -56,6 +56,7 @@ typedef struct {
     ngx_str_t                     key_prefix;
     rules_limits_t                limits;
     size_t                        state_cache_size;
+    ngx_flag_t                    shared_distinct;
 
     ngx_shm_zone_t               *metrics_zone;
 

@@ -160,6 +160,14 @@ int rules_known_digest(const rules_set_t *rs, const unsigned char digest[8]);
  * evaluated for every event, whatever its values.
  */
 void rules_set_indexing(rules_set_t *rs, int on);
+
+/*
+ * Shared distinct records (rules_state.h): off by default, as versions
+ * before 2026-12-04 cannot read their entries (turn them on once every
+ * writer and reader of the Redis runs this version).  Records of both
+ * kinds are read either way.
+ */
+void rules_set_sharing(rules_set_t *rs, int on);
 size_t rules_index_always(const rules_set_t *rs);
 
 /* Digest of the whole file (hex), and the engine's counters. */

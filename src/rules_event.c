@@ -118,7 +118,9 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         return 0;
 
     case RULES_TYPE_DISTINCT:
-        if (r->share >= 0 && rs->shares[r->share].leader != r->index) {
+        if (rs->share_on && r->share >= 0
+            && rs->shares[r->share].leader != r->index)
+        {
             /* its shared record's first rule writes the entry */
             return 0;
         }
@@ -131,7 +133,7 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
             return 0;
         }
 
-        if (r->share >= 0) {
+        if (rs->share_on && r->share >= 0) {
             return rules_event_shared(&rs->shares[r->share], r, dv, eo);
         }
 

@@ -182,6 +182,8 @@ struct rules_set_s {
 
     rules_share_t         *shares;
     size_t                 nshares;
+    int                    share_on;    /* distinct rules write shared
+                                           entries */
     rules_strmap_t         share_digests; /* digest bytes -> share index */
 
     rules_index_t          index;

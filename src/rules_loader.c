@@ -1771,6 +1771,13 @@ rules_build_shares(rules_set_t *rs)
 }
 
 
+void
+rules_set_sharing(rules_set_t *rs, int on)
+{
+    rs->share_on = on;
+}
+
+
 int
 rules_known_digest(const rules_set_t *rs, const unsigned char digest[8])
 {

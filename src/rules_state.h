@@ -23,7 +23,8 @@
  * and the field has a value), an absence rule when "cancel" or "trigger"
  * holds, a sequence rule when at least one step's "where" holds.
  *
- * Distinct rules are written as shared entries (since 2026-12-04): the
+ * With sharing on (rules_set_sharing(), rules_shared_distinct; since
+ * 2026-12-04), distinct rules are written as shared entries: the
  * distinct rules of a key that differ only in id, kind and min share one
  * record (at most RULES_SHARE_MAX_MEMBERS of them), named by a digest of
  * their definition without those members; the entry, written once for

@@ -397,3 +397,61 @@ value must be between 1 and 65535
 [204, 204, 204, 204]
 --- no_error_log
 [error]
+
+
+
+=== TEST 24: rules_shared_distinct takes on or off
+--- http_config
+    rules_shared_distinct sometimes;
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+invalid value "sometimes" in "rules_shared_distinct" directive
+
+
+
+=== TEST 25: rules_shared_distinct on: distinct rules that differ only in min share a record, each matched on its own min
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_key_prefix "t030-25:";
+    rules_redis_timeout 5s;
+    rules_shared_distinct on;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field device $arg_d;
+        rules_field uid $arg_uid;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "two_users", "kind": "segment", "key": "device",
+   "type": "distinct", "field": "uid", "min": 2, "within": "1h"},
+  {"id": "three_users", "kind": "fraud", "key": "device",
+   "type": "distinct", "field": "uid", "min": 3, "within": "1h"}
+]}
+--- request eval
+[
+  "GET /px?d=t030-25&uid=a&ts=1000",
+  "GET /px?d=t030-25&uid=b&ts=2000",
+  "GET /px?d=t030-25&uid=b&ts=2500",
+  "GET /px?d=t030-25&uid=c&ts=3000",
+  "GET /px?d=t030-25&uid=c&ts=" . (1500 + 3600000),
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: [two_users]",
+  "X-Rules: [two_users]",
+  "X-Rules: [two_users,three_users]",
+  "X-Rules: [two_users]",
+]
+--- error_code eval
+[204, 204, 204, 204, 204]
+--- no_error_log
+[error]

@@ -8,7 +8,10 @@
 # condition index (from 64 rules), and rules-replay runs without it
 # (--no-index).  Round 7 runs with a 1 KB state cache, which evicts all
 # the time (the events of keys not cached are appended), and the metrics
-# count its hits and misses.
+# count its hits and misses.  Rounds 8 and 9 turn rules_shared_distinct
+# on (rules-replay --shared-distinct), with distinct rules that differ
+# only in min, id and kind (they share a record); round 9 without the
+# state cache and with a second writer, as round 5.
 
 use strict;
 use warnings;
@@ -49,12 +52,69 @@ sub distinct_rules {
     return { rules => \@out };
 }
 
-for my $round (1 .. 7) {
-    my $cache = $round == 4 ? 'rules_state_cache 0;'
+# each distinct rule, and copies of it that differ in min, id and kind
+sub with_shared {
+    my ($gen) = @_;
+    my ($set, @out);
+    do {
+        $set = $gen->rules(8);
+    } until grep { $_->{type} eq 'distinct' } @{ $set->{rules} };
+    for my $r (@{ $set->{rules} }) {
+        push @out, $r;
+        next unless $r->{type} eq 'distinct';
+        for my $k (1 .. 2) {
+            my %copy = %$r;
+            $copy{id} = "$r->{id}_s$k";
+            $copy{kind} = $gen->rand_int(2) ? 'fraud' : 'segment';
+            $copy{min} = 1 + $gen->rand_int(4);
+            push @out, \%copy;
+        }
+    }
+    return { rules => \@out };
+}
+
+# The record types (rules_state.h) of the states stored under a prefix,
+# their logs folded (rules-replay --state), and how many of each.
+sub stored_types {
+    my ($set, $prefix) = @_;
+    my (%types, @keys);
+    my $cursor = 0;
+    do {
+        my $r = RulesNginx::redis_call($redis_port, 'SCAN', $cursor,
+                                       'MATCH', "$prefix*", 'COUNT', 1000);
+        $cursor = $r->[0];
+        push @keys, @{ $r->[1] };
+    } while ($cursor ne '0');
+    open my $rf, '>', "$dir/state-rules.json" or die;
+    print $rf RulesGen::json($set);
+    close $rf;
+    for my $key (@keys) {
+        open my $st, '-|', $replay, '--rules', "$dir/state-rules.json",
+            '--redis', "127.0.0.1:$redis_port", '--state', $key or die;
+        binmode $st;
+        local $/;
+        my $state = <$st> // '';
+        close $st;
+        my $off = 2;
+        while ($off + 35 <= length $state) {
+            $types{ ord substr($state, $off + 8, 1) }++;
+            $off += 35 + unpack('v', substr($state, $off + 33, 2));
+        }
+    }
+    return \%types;
+}
+
+for my $round (1 .. 9) {
+    my $cache = ($round == 4 || $round == 9) ? 'rules_state_cache 0;'
               : $round == 7 ? 'rules_state_cache 1k;' : '';
-    my $other_writer = $round == 5;
+    my $shared = $round >= 8;
+    $cache .= ' rules_shared_distinct on;' if $shared;
+    my @shared_opt = $shared ? ('--shared-distinct') : ();
+    my $other_writer = $round == 5 || $round == 9;
     my $gen = RulesGen->new(7000 + $round);
-    my $rules = $round == 6 ? distinct_rules($gen, 100) : $gen->rules(6);
+    my $rules = $round == 6 ? distinct_rules($gen, 100)
+              : $shared ? with_shared($gen)
+              : $gen->rules(6);
     my $events = $gen->events(150);
     my $rules_json = RulesGen::json($rules);
 
@@ -65,7 +125,7 @@ for my $round (1 .. 7) {
     print $rf $rules_json;
     close $rf;
 
-    open my $fh, '-|', $replay, '--rules', "$dir/rules.json",
+    open my $fh, '-|', $replay, '--rules', "$dir/rules.json", @shared_opt,
         ($round == 6 ? ('--no-index') : ()), "$dir/events.jsonl" or die;
     my @expected = map { /"matched":\[([^\]]*)\]/ ? $1 : 'BAD' } <$fh>;
     close $fh;
@@ -95,7 +155,7 @@ for my $round (1 .. 7) {
             print $one RulesGen::json($e), "\n";
             close $one;
             open my $rp, '-|', $replay, '--rules', "$dir/rules.json",
-                '--redis', "127.0.0.1:$redis_port",
+                @shared_opt, '--redis', "127.0.0.1:$redis_port",
                 '--prefix', "t060:$$:$round:", "$dir/one.jsonl" or die;
             my $line = <$rp> // '';
             close $rp;
@@ -132,6 +192,17 @@ for my $round (1 .. 7) {
         ok(($lookups{miss} // 0) > 0 && ($lookups{hit} // 0) > 0,
            "round $round: the small cache hit and missed")
             or diag(explain(\%lookups));
+    }
+    my $records = stored_types($rules, "t060:$$:$round:");
+    if ($shared) {
+        ok($records->{5} && !$records->{2},
+           "round $round: the distinct rules' states are shared records")
+            or diag(explain($records));
+    } elsif (grep { $_->{type} eq 'distinct' } @{ $rules->{rules} }) {
+        ok($records->{2} && !$records->{5},
+           "round $round: rules_shared_distinct off (the default): a "
+           . "record per distinct rule")
+            or diag(explain($records));
     }
     unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
            "round $round: no alert in the error log");

@@ -114,7 +114,8 @@ usage(void)
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "
         "[--writers N] [--extend-min BYTES]\n"
-        "                    [--no-native] [--no-index]\n"
+        "                    [--no-native] [--no-index] "
+        "[--shared-distinct]\n"
         "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
@@ -1256,6 +1257,7 @@ main(int argc, char **argv)
         { "extend-min", required_argument, NULL, 'e' },
         { "no-native", no_argument, NULL, 'N' },
         { "no-index", no_argument, NULL, 'I' },
+        { "shared-distinct", no_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -1269,7 +1271,7 @@ main(int argc, char **argv)
     ssize_t      len;
     FILE        *in;
     long         db;
-    int          c, rc, no_index;
+    int          c, rc, no_index, shared;
     size_t       cache_size, writers, i;
 
     rules = NULL;
@@ -1283,6 +1285,7 @@ main(int argc, char **argv)
     writers = 1;
     db = 0;
     no_index = 0;
+    shared = 0;
 
     memset(&rp, 0, sizeof(rp));
     rp.prefix = REPLAY_DEFAULT_PREFIX;
@@ -1307,6 +1310,7 @@ main(int argc, char **argv)
         case 'e': rp.work.extend_min = strtoul(optarg, NULL, 10); break;
         case 'N': rp.native = -1; break;
         case 'I': no_index = 1; break;
+        case 'S': shared = 1; break;
         default: usage();
         }
     }
@@ -1327,6 +1331,8 @@ main(int argc, char **argv)
         fprintf(stderr, "rules-replay: %s\n", err);
         return 1;
     }
+
+    rules_set_sharing(rp.rs, shared);
 
     if (no_index) {
         rules_set_indexing(rp.rs, 0);

@@ -617,6 +617,9 @@ run_round(unsigned long long seed, int nrules, int nevents)
     }
 
     known = frnd(3) == 0 ? NULL : frnd(2) ? brs : other;
+
+    /* distinct rules with shared records, or each with its own */
+    rules_set_sharing(brs, (int) frnd(4) != 0);
     memset(&work, 0, sizeof(work));
 
     bev = ev;

@@ -172,6 +172,9 @@ shared_records(void)
         return;
     }
 
+    rules_set_sharing(first, 1);
+    rules_set_sharing(second, 1);
+
     rs = first;
     state.len = 0;
     ok(event_path("x", "/1", 1000) == 0 && event_path("x", "/2", 2000) == 0,
@@ -200,7 +203,7 @@ shared_records(void)
 
 /* A distinct record's values beyond 64 KB: the oldest dropped. */
 static void
-large_values(void)
+large_values(int share)
 {
     char   path[4001];
     int    i, rc;
@@ -211,6 +214,8 @@ large_values(void)
     if (rs == NULL) {
         return;
     }
+
+    rules_set_sharing(rs, share);
 
     state.len = 0;
     rc = 0;
@@ -363,7 +368,8 @@ main(void)
 
     rules_free(rs);
     shared_records();
-    large_values();
+    large_values(0);
+    large_values(1);
 
     rules_buf_free(&state);
     rules_buf_free(&out);
