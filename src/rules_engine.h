@@ -24,7 +24,7 @@
 #define RULES_MAX_FIELDS         256     /* distinct field names in a file */
 #define RULES_MAX_STEPS          32      /* steps of a sequence rule */
 #define RULES_MAX_MIN            1000    /* "min" of count and distinct */
-#define RULES_SHARE_MAX_MEMBERS  1024    /* rules sharing a distinct record */
+#define RULES_SHARE_MAX_MEMBERS  256     /* rules sharing a distinct record */
 #define RULES_MAX_IN_ENTRIES     1000000 /* strings of one "in" list */
 #define RULES_MAX_COND_DEPTH     32      /* nesting of all/any/not */
 #define RULES_MAX_DURATION_MS    (366LL * 86400 * 1000)  /* 366d */

@@ -1671,8 +1671,9 @@ rules_find_id(const rules_set_t *rs, const char *id, size_t len)
  * The shared records of the distinct rules: one per share key (key,
  * where, field and within), in file order, of at most
  * RULES_SHARE_MAX_MEMBERS rules (a share key's further rules start
- * another).  A rule set's reload keeps each unchanged rule in the record
- * it was in.
+ * another).  A reload keeps each unchanged rule in the record it was in,
+ * unless a share key with more than RULES_SHARE_MAX_MEMBERS rules gains
+ * or loses one before it (the rule then moves, and starts fresh).
  */
 static int
 rules_build_shares(rules_set_t *rs)

@@ -514,11 +514,11 @@ rules_distinct_values(const unsigned char *q, unsigned n,
             t = 0;
         }
 
-        if (!placed && (i == n || tnew >= t)) {
-            if (out->len + 10 + vlen > end) {
-                break;
-            }
+        if (!placed && (i == n || tnew >= t) && out->len + 10 + vlen > end) {
+            /* the value does not fit: the others are kept without it */
+            placed = 1;
 
+        } else if (!placed && (i == n || tnew >= t)) {
             rules_put_f64(out->data + out->len, tnew);
             rules_put_u16(out->data + out->len + 8, (unsigned) vlen);
             memcpy(out->data + out->len + 10, value, vlen);
@@ -668,8 +668,10 @@ rules_shared_find(const unsigned char *base, unsigned n, size_t size,
  * rules sharing it, then each rule's digest and the end of its matched
  * interval (0: not matched; the start is always RULES_NONE), then the
  * joins: the rules that joined the record after it began (added, or
- * edited) count only the values seen since their first event there, as a
- * fresh record would hold; a join goes once no older value is left.
+ * edited) count only the values last seen at or after their join time
+ * (their first event's, or just after the record's latest value: every
+ * value from before the join is older), as a fresh record would hold; a
+ * join goes once no older value is left.
  * The rules matched are appended to *matched; the record's interval
  * spans theirs.
  */
@@ -679,7 +681,8 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     rules_buf_t *matched)
 {
     unsigned              nm, rn, rj, nj, j, m, max, c, cj;
-    double                within, join, u, oldest, ts[RULES_MAX_MIN];
+    double                within, u, oldest, newest, ts[RULES_MAX_MIN];
+    double                joins[RULES_SHARE_MAX_MEMBERS];
     const unsigned char  *em, *rm, *rjoins, *d;
     unsigned char        *p, *pj;
     size_t                vlen;
@@ -690,35 +693,62 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     em = e->params + 10 + vlen;
     nm = rules_get_u16(em);
     em += 2;
-    max = 1;
-
-    for (j = 0; j < nm; j++) {
-        m = rules_get_u16(em + 10 * j + 8);
-
-        if (m > max) {
-            max = m;
-        }
-    }
 
     rn = 0;
     rj = 0;
     rjoins = NULL;
     rm = r ? rules_shared_members(r->payload, &rn, &rjoins, &rj) : NULL;
 
+    /* the record's latest value: a rule joining now counts after it */
+    newest = (r && rules_get_u16(r->payload)) ? rules_get_f64(r->payload + 2)
+                                               : RULES_NONE;
+
+    /* each rule's join time (RULES_NONE: none), and the largest min */
+
+    max = 1;
+    nj = 0;
+    c = 0;
+    cj = 0;
+
+    for (j = 0; j < nm; j++) {
+        d = em + 10 * j;
+        m = rules_get_u16(d + 8);
+
+        if (m > max) {
+            max = m;
+        }
+
+        joins[j] = RULES_NONE;
+
+        if (rm && rules_shared_find(rm, rn, 16, d, &c) < 0) {
+            /* joins now */
+            joins[j] = newest >= now ? newest + 1 : now;
+
+        } else if (rj) {
+            at = rules_shared_find(rjoins, rj, 16, d, &cj);
+
+            if (at >= 0) {
+                joins[j] = rules_get_f64(rjoins + 16 * (size_t) at + 8);
+            }
+        }
+
+        nj += (joins[j] >= 0);
+    }
+
     k = rules_distinct_values(r ? r->payload + 2 : NULL,
                               r ? rules_get_u16(r->payload) : 0,
                               e->params + 10, vlen, now, max,
                               RULES_RECORD_MAX_PAYLOAD - 6
-                              - 32 * (size_t) nm,
+                              - 16 * (size_t) (nm + nj),
                               out, ts);
 
-    if (k < 0 || rules_buf_reserve(out, 4 + 32 * (size_t) nm) != 0) {
+    if (k < 0 || rules_buf_reserve(out, 4 + 16 * (size_t) (nm + nj)) != 0) {
         return -1;
     }
 
     oldest = k ? ts[k - 1] : RULES_NONE;
 
-    /* the joins are written after the members, then moved up */
+    /* the members, then the joins */
 
     p = out->data + out->len;
     rules_put_u16(p, nm);
@@ -726,41 +756,25 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     pj = p + 16 * (size_t) nm + 2;
     nj = 0;
     *until = 0;
-    c = 0;
-    cj = 0;
 
     for (j = 0; j < nm; j++, em += 10) {
         d = em;
         m = rules_get_u16(em + 8);
 
-        join = RULES_NONE;
-
-        if (rm && rules_shared_find(rm, rn, 16, d, &c) < 0) {
-            /* joins now */
-            join = now;
-
-        } else if (rj) {
-            at = rules_shared_find(rjoins, rj, 16, d, &cj);
-
-            if (at >= 0) {
-                join = rules_get_f64(rjoins + 16 * (size_t) at + 8);
-            }
-        }
-
-        if (join >= 0 && oldest >= join) {
+        if (joins[j] >= 0 && oldest >= joins[j]) {
             /* no value seen before it is left */
-            join = RULES_NONE;
+            joins[j] = RULES_NONE;
         }
 
-        if (join >= 0) {
+        if (joins[j] >= 0) {
             memcpy(pj, d, 8);
-            rules_put_f64(pj + 8, join);
+            rules_put_f64(pj + 8, joins[j]);
             pj += 16;
             nj++;
         }
 
-        u = ((unsigned) k >= m && ts[m - 1] >= join) ? ts[m - 1] + within
-                                                     : 0;
+        u = ((unsigned) k >= m && ts[m - 1] >= joins[j])
+            ? ts[m - 1] + within : 0;
         memcpy(p, d, 8);
         rules_put_f64(p + 8, u);
         p += 16;

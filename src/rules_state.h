@@ -47,9 +47,10 @@
  *                not matched; it starts at -1), then j(H) and j times
  *                (digest(8) join(d)): the rules that joined the record
  *                after it began (added, or edited) count only the values
- *                last seen at or after their join time (their first
- *                event there), as a fresh record would; a join goes once
- *                no older value is left.  The record's from/until span
+ *                last seen at or after their join time (the time of
+ *                their first event there, or the record's latest value's
+ *                + 1 ms when that is not earlier), as a fresh record
+ *                would; a join goes once no older value is left.  The record's from/until span
  *                its rules'.
  *
  * A distinct payload holds at most RULES_RECORD_MAX_PAYLOAD bytes (the

@@ -36,6 +36,7 @@ static rules_set_t       *rs;
 static rules_eventops_t   eo;
 static rules_buf_t        state, out, matched;
 static int                changed;
+static size_t             value_max = 4096;
 
 static const char *records(void);
 
@@ -44,7 +45,7 @@ static const char *records(void);
 static int
 event_path(const char *type, const char *path, int64_t now)
 {
-    rules_limits_t   limits = { 256, 4096 };
+    rules_limits_t   limits = { 256, value_max };
     rules_str_t      vals[8];
     rules_buf_t      tmp;
     int64_t          pttl;
@@ -195,6 +196,18 @@ shared_records(void)
            "hour on");
     is_str(matched_ids(), "", "each window holds one path: none matched");
 
+    /* a rule that joins on an event older than the record's values */
+
+    rs = first;
+    state.len = 0;
+    ok(event_path("x", "/1", 5000) == 0 && event_path("x", "/2", 6000) == 0,
+       "two paths at 5 and 6 s");
+    rs = second;
+    ok(event_path("x", "/3", 1000) == 0, "a third path, at 1 s, after b "
+       "is added");
+    is_str(matched_ids(), "ac", "b counts from after the record's latest "
+           "value: not matched on the history from before it");
+
     rs = NULL;
     rules_free(first);
     rules_free(second);
@@ -205,7 +218,7 @@ shared_records(void)
 static void
 large_values(int share)
 {
-    char   path[4001];
+    char   path[4001], *big;
     int    i, rc;
 
     rs = load("{\"rules\":[" DISTINCT("a", "segment", "20") "]}");
@@ -238,6 +251,37 @@ large_values(int share)
     ok(event_path("x", path, 2000) == 0, "the latest value again");
     ok(rules_state_validate(state.data, state.len) == 0,
        "still well-formed");
+
+    rules_free(rs);
+
+    /* a value that cannot fit at all: the others are kept */
+
+    rs = load("{\"rules\":[" DISTINCT("a", "segment", "2") "]}");
+    ok(rs != NULL, "a distinct rule with min 2 loads");
+
+    if (rs == NULL) {
+        return;
+    }
+
+    rules_set_sharing(rs, share);
+    state.len = 0;
+    value_max = 65535;
+    big = malloc(65531);
+
+    if (big) {
+        memset(big, 'w', 65530);
+        big[65530] = '\0';
+    }
+
+    ok(big && event_path("x", "/a", 1000) == 0
+       && event_path("x", "/b", 2000) == 0, "two short values");
+    is_str(matched_ids(), "a", "matched");
+    ok(big && event_path("x", big, 3000) == 0, "a value of 65530 bytes");
+    is_str(matched_ids(), "a", "still matched: the value that cannot be "
+           "kept is not, the others are");
+    ok(rules_state_validate(state.data, state.len) == 0, "well-formed");
+    free(big);
+    value_max = 4096;
 
     rules_free(rs);
     rs = NULL;
