@@ -214,6 +214,25 @@ shared_records(void)
 }
 
 
+/* A file of one rule, its distinct records shared or not. */
+static rules_set_t *
+load_distinct(const char *rule, int share)
+{
+    char          json[512];
+    rules_set_t  *set;
+
+    snprintf(json, sizeof(json), "{\"rules\":[%s]}", rule);
+    set = load(json);
+    ok(set != NULL, "%s loads", rule);
+
+    if (set) {
+        rules_set_sharing(set, share);
+    }
+
+    return set;
+}
+
+
 /* A distinct record's values beyond 64 KB: the oldest dropped. */
 static void
 large_values(int share)
@@ -221,14 +240,11 @@ large_values(int share)
     char   path[4001], *big;
     int    i, rc;
 
-    rs = load("{\"rules\":[" DISTINCT("a", "segment", "20") "]}");
-    ok(rs != NULL, "a distinct rule with min 20 loads");
+    rs = load_distinct(DISTINCT("a", "segment", "20"), share);
 
     if (rs == NULL) {
         return;
     }
-
-    rules_set_sharing(rs, share);
 
     state.len = 0;
     rc = 0;
@@ -256,14 +272,12 @@ large_values(int share)
 
     /* a value that cannot fit at all: the others are kept */
 
-    rs = load("{\"rules\":[" DISTINCT("a", "segment", "2") "]}");
-    ok(rs != NULL, "a distinct rule with min 2 loads");
+    rs = load_distinct(DISTINCT("a", "segment", "2"), share);
 
     if (rs == NULL) {
         return;
     }
 
-    rules_set_sharing(rs, share);
     state.len = 0;
     value_max = 65535;
     big = malloc(65531);
