@@ -94,10 +94,11 @@ static int
 rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
     const rules_str_t *values, rules_eventops_t *eo)
 {
-    unsigned char      *p;
-    const rules_str_t  *dv;
-    uint32_t            mask;
-    unsigned            i, action;
+    unsigned char        *p;
+    const rules_str_t    *dv;
+    const rules_share_t  *sh;
+    uint32_t              mask;
+    unsigned              i, action;
 
     switch (r->type) {
 
@@ -118,9 +119,9 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         return 0;
 
     case RULES_TYPE_DISTINCT:
-        if (rs->share_on && r->share >= 0
-            && rs->shares[r->share].leader != r->index)
-        {
+        sh = (rs->share_on && r->share >= 0) ? &rs->shares[r->share] : NULL;
+
+        if (sh && sh->leader != r->index) {
             /* its shared record's first rule writes the entry */
             return 0;
         }
@@ -133,8 +134,8 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
             return 0;
         }
 
-        if (rs->share_on && r->share >= 0) {
-            return rules_event_shared(&rs->shares[r->share], r, dv, eo);
+        if (sh) {
+            return rules_event_shared(sh, r, dv, eo);
         }
 
         if (rules_eo_reserve(eo, RULES_ENTRY_MAX_LEN + dv->len) != 0) {

@@ -45,6 +45,7 @@ static int rules_field(rules_loader_t *ld, const char *name, size_t len,
 static int rules_build_groups(rules_set_t *rs);
 static int rules_build_digest_table(rules_set_t *rs);
 static int rules_build_shares(rules_set_t *rs);
+static void rules_digest_bytes(uint64_t d, unsigned char out[8]);
 
 
 static void
@@ -846,9 +847,7 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
                                           sizeof(RULES_DIGEST_SALT) - 1, 0));
     free(dump);
 
-    for (k = 0; k < 8; k++) {
-        r->digest_bytes[k] = (unsigned char) (r->digest >> (56 - 8 * k));
-    }
+    rules_digest_bytes(r->digest, r->digest_bytes);
 
     snprintf(r->digest_hex, sizeof(r->digest_hex), "%016llx",
              (unsigned long long) r->digest);
@@ -1667,6 +1666,18 @@ rules_find_id(const rules_set_t *rs, const char *id, size_t len)
 }
 
 
+/* A 64-bit digest as the 8 big-endian bytes states name it by. */
+static void
+rules_digest_bytes(uint64_t d, unsigned char out[8])
+{
+    int  k;
+
+    for (k = 0; k < 8; k++) {
+        out[k] = (unsigned char) (d >> (56 - 8 * k));
+    }
+}
+
+
 /*
  * The shared records of the distinct rules: one per share key (key,
  * where, field and within), in file order, of at most
@@ -1684,7 +1695,7 @@ rules_build_shares(rules_set_t *rs)
     unsigned char   c[4], *p;
     rules_rule_t   *r;
     rules_share_t  *sh;
-    int             k, rc;
+    int             rc;
 
     nd = 0;
 
@@ -1713,10 +1724,7 @@ rules_build_shares(rules_set_t *rs)
             rules_put_u32(c, chunk);
             d = rules_hash64(c, 4, r->share_key);
             sh = &rs->shares[rs->nshares];
-
-            for (k = 0; k < 8; k++) {
-                sh->digest[k] = (unsigned char) (d >> (56 - 8 * k));
-            }
+            rules_digest_bytes(d, sh->digest);
 
             if (rules_strmap_get(&rs->share_digests, sh->digest, 8, &idx)) {
                 if (rs->shares[idx].nmembers == RULES_SHARE_MAX_MEMBERS) {
@@ -1752,7 +1760,7 @@ rules_build_shares(rules_set_t *rs)
         }
 
         rules_put_u16(sh->members, sh->nmembers);
-        sh->nmembers = 0;
+        sh->nmembers = 0;       /* counted again as the members are put */
     }
 
     for (i = 0; i < rs->nrules; i++) {

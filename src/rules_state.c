@@ -473,7 +473,6 @@ rules_distinct_values(const unsigned char *q, unsigned n,
 
     tnew = now;
     found = NULL;
-    plen = 0;
 
     for (i = 0, p = q; i < n; i++) {
         qlen = rules_get_u16(p + 8);
@@ -514,20 +513,21 @@ rules_distinct_values(const unsigned char *q, unsigned n,
             t = 0;
         }
 
-        if (!placed && (i == n || tnew >= t) && out->len + 10 + vlen > end) {
-            /* the value does not fit: the others are kept without it */
+        if (!placed && (i == n || tnew >= t)) {
             placed = 1;
 
-        } else if (!placed && (i == n || tnew >= t)) {
-            rules_put_f64(out->data + out->len, tnew);
-            rules_put_u16(out->data + out->len + 8, (unsigned) vlen);
-            memcpy(out->data + out->len + 10, value, vlen);
-            out->len += 10 + vlen;
-            ts[k++] = tnew;
-            placed = 1;
+            /* a value that does not fit is not kept; the others are */
 
-            if (k == max) {
-                break;
+            if (out->len + 10 + vlen <= end) {
+                rules_put_f64(out->data + out->len, tnew);
+                rules_put_u16(out->data + out->len + 8, (unsigned) vlen);
+                memcpy(out->data + out->len + 10, value, vlen);
+                out->len += 10 + vlen;
+                ts[k++] = tnew;
+
+                if (k == max) {
+                    break;
+                }
             }
         }
 
