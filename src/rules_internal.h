@@ -180,6 +180,9 @@ struct rules_set_s {
 
     char                   digest_hex[17];
 
+    /* the fraud rules, a bit each (rules_result_fraud()) */
+    uint64_t              *fraud;
+
     rules_share_t         *shares;
     size_t                 nshares;
     int                    share_on;    /* distinct rules write shared

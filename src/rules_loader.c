@@ -317,8 +317,17 @@ rules_load_root(json_t *root, const char *name, const char *text,
     rules_memo_done(rs);
     rs->memo_gen = rules_set_alloc(rs, (rs->nmemo + 1) * sizeof(uint32_t));
     rs->memo_val = rules_set_alloc(rs, rs->nmemo + 1);
+    rs->fraud = rules_set_alloc(rs, (rs->nrules / 64 + 1) * sizeof(uint64_t));
 
-    if (rs->memo_gen == NULL || rs->memo_val == NULL
+    if (rs->fraud) {
+        for (i = 0; i < rs->nrules; i++) {
+            if (rs->rules[i].kind == RULES_KIND_FRAUD) {
+                rs->fraud[i / 64] |= (uint64_t) 1 << (i % 64);
+            }
+        }
+    }
+
+    if (rs->memo_gen == NULL || rs->memo_val == NULL || rs->fraud == NULL
         || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
         || rules_build_shares(rs) != 0 || rules_index_build(rs) != 0)
     {

@@ -197,8 +197,8 @@ rules_log_fold(const unsigned char *value, size_t value_len,
                 break;
             }
 
-            w->scratch.len = 0;
-            rules_log_apply(w, eop, eop_len, enow, ewall, &w->scratch);
+            /* an entry before the event's own: its matches are not asked */
+            rules_log_apply(w, eop, eop_len, enow, ewall, NULL);
             info->entries++;
         }
 
@@ -282,7 +282,6 @@ rules_log_work_free(rules_log_work_t *w)
 {
     rules_buf_free(&w->a);
     rules_buf_free(&w->b);
-    rules_buf_free(&w->scratch);
     rules_state_work_free(w->parsed);
     w->parsed = NULL;
     w->state = NULL;

@@ -170,7 +170,6 @@ typedef struct {
 typedef struct {
     rules_buf_t        a;
     rules_buf_t        b;
-    rules_buf_t        scratch;
     rules_buf_t       *state;
     rules_state_work_t *parsed;   /* state, parsed (made when needed) */
     const rules_set_t *known;     /* the rules in use: the records of

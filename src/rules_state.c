@@ -779,7 +779,7 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
         rules_put_f64(p + 8, u);
         p += 16;
 
-        if (now < u && rules_buf_append(matched, d, 8) != 0) {
+        if (matched && now < u && rules_buf_append(matched, d, 8) != 0) {
             return -1;
         }
 
@@ -1118,7 +1118,7 @@ rules_apply_entry(const rules_entry_t *e, const rules_record_t *r,
         return 0;
     }
 
-    if (completed || (from <= now && now < until)) {
+    if (matched && (completed || (from <= now && now < until))) {
         return rules_buf_append(matched, e->digest, 8);
     }
 
@@ -1526,7 +1526,9 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
 
         /* an untouched record is matched by its interval */
 
-        if (rc == 0 && r->entry < 0 && r->from <= now && now < r->until) {
+        if (rc == 0 && matched && r->entry < 0 && r->from <= now
+            && now < r->until)
+        {
             rc = (r->type == RULES_RECORD_SHARED)
                  ? rules_shared_matched(r, now, matched)
                  : rules_buf_append(matched, r->digest, 8);

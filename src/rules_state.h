@@ -116,7 +116,8 @@ void rules_buf_free(rules_buf_t *b);
  * Apply one key operation to a state.  state/state_len is the current
  * state (state_len == 0: no state).  On success returns 0, writes the
  * new state into *out (out->len == 0: delete the key), sets *changed,
- * *pttl (ms, for PEXPIRE) and appends the matched digests to *matched.
+ * *pttl (ms, for PEXPIRE) and appends the matched digests to *matched
+ * (NULL: the matches are not asked for, and not computed).
  * Returns -1 on a malformed state or op (the state is then treated as
  * empty by the caller) or on memory exhaustion.
  */
