@@ -5,7 +5,12 @@
  * tree right after its callback.  With its default functions that is a
  * calloc and a free per element, a few percent of a worker with
  * SPEC.md's rules; here the structures go back to a per-worker free list
- * (at most NGX_HTTP_RULES_REPLY_FREE of them) instead.  Strings and
+ * (at most NGX_HTTP_RULES_REPLY_FREE of them) instead.  So do the
+ * strings' buffers, by size class (powers of two from 64 bytes to
+ * 64 KB, at most NGX_HTTP_RULES_REPLY_STR_BYTES bytes kept per class):
+ * with large rule sets each call brings back a state value of a few
+ * kilobytes per key not cached, and malloc and free of those were 3-4 %
+ * of a worker with the benchmark's 1000 rules.  Longer strings and the
  * element vectors are allocated as hiredis allocates them.
  *
  * The objects are hiredis' own redisReply, filled as its default
@@ -19,11 +24,22 @@
 #include "ngx_http_rules_redis.h"
 
 
-#define NGX_HTTP_RULES_REPLY_FREE  4096
+#define NGX_HTTP_RULES_REPLY_FREE       4096
+
+/* string buffers: classes of 2^6 .. 2^16 bytes */
+#define NGX_HTTP_RULES_REPLY_STR_SHIFT  6
+#define NGX_HTTP_RULES_REPLY_STR_CLASSES  11
+#define NGX_HTTP_RULES_REPLY_STR_BYTES  (512 * 1024)
 
 
 static redisReply  *ngx_http_rules_reply_free_list;
 static ngx_uint_t   ngx_http_rules_reply_nfree;
+
+/* free buffers of each class, chained through their first bytes */
+static void        *ngx_http_rules_reply_str_free[
+                        NGX_HTTP_RULES_REPLY_STR_CLASSES];
+static size_t       ngx_http_rules_reply_str_kept[
+                        NGX_HTTP_RULES_REPLY_STR_CLASSES];
 
 
 static void *ngx_http_rules_reply_string(const redisReadTask *task,
@@ -34,6 +50,9 @@ static void *ngx_http_rules_reply_integer(const redisReadTask *task,
     long long value);
 static void *ngx_http_rules_reply_nil(const redisReadTask *task);
 static void ngx_http_rules_reply_free(void *obj);
+static ngx_int_t ngx_http_rules_reply_str_class(size_t size);
+static char *ngx_http_rules_reply_str_alloc(size_t size);
+static void ngx_http_rules_reply_str_free_buf(char *buf, size_t size);
 
 
 redisReplyObjectFunctions  ngx_http_rules_reply_functions = {
@@ -83,14 +102,14 @@ ngx_http_rules_reply_string(const redisReadTask *task, char *str, size_t len)
     char        *buf;
     redisReply  *r;
 
-    buf = malloc(len + 1);
+    buf = ngx_http_rules_reply_str_alloc(len + 1);
     if (buf == NULL) {
         return NULL;
     }
 
     r = ngx_http_rules_reply_create(task, task->type);
     if (r == NULL) {
-        free(buf);
+        ngx_http_rules_reply_str_free_buf(buf, len + 1);
         return NULL;
     }
 
@@ -172,7 +191,10 @@ ngx_http_rules_reply_free(void *obj)
     }
 
     free(r->element);
-    free(r->str);
+
+    if (r->str) {
+        ngx_http_rules_reply_str_free_buf(r->str, r->len + 1);
+    }
 
     if (ngx_http_rules_reply_nfree >= NGX_HTTP_RULES_REPLY_FREE) {
         free(r);
@@ -185,10 +207,98 @@ ngx_http_rules_reply_free(void *obj)
 }
 
 
+/* The class of a buffer of size bytes; -1: none (malloc and free). */
+static ngx_int_t
+ngx_http_rules_reply_str_class(size_t size)
+{
+    ngx_int_t  c;
+
+    if (size > ((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT
+                               + NGX_HTTP_RULES_REPLY_STR_CLASSES - 1)))
+    {
+        return -1;
+    }
+
+    for (c = 0; size > ((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c));
+         c++)
+    {
+        /* void */
+    }
+
+    return c;
+}
+
+
+static char *
+ngx_http_rules_reply_str_alloc(size_t size)
+{
+    void       *buf;
+    ngx_int_t   c;
+
+    c = ngx_http_rules_reply_str_class(size);
+
+    if (c < 0) {
+        return malloc(size);
+    }
+
+    buf = ngx_http_rules_reply_str_free[c];
+
+    if (buf) {
+        ngx_http_rules_reply_str_free[c] = *(void **) buf;
+        ngx_http_rules_reply_str_kept[c] -=
+                           (size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c);
+        return buf;
+    }
+
+    return malloc((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c));
+}
+
+
+/* A buffer from ngx_http_rules_reply_str_alloc(size), kept or freed. */
+static void
+ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
+{
+    size_t     csize;
+    ngx_int_t  c;
+
+    c = ngx_http_rules_reply_str_class(size);
+
+    if (c < 0) {
+        free(buf);
+        return;
+    }
+
+    csize = (size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c);
+
+    if (ngx_http_rules_reply_str_kept[c] + csize
+        > NGX_HTTP_RULES_REPLY_STR_BYTES)
+    {
+        free(buf);
+        return;
+    }
+
+    *(void **) buf = ngx_http_rules_reply_str_free[c];
+    ngx_http_rules_reply_str_free[c] = buf;
+    ngx_http_rules_reply_str_kept[c] += csize;
+}
+
+
 void
 ngx_http_rules_reply_exit(void)
 {
+    void        *buf;
+    ngx_uint_t   c;
     redisReply  *r;
+
+    for (c = 0; c < NGX_HTTP_RULES_REPLY_STR_CLASSES; c++) {
+        while (ngx_http_rules_reply_str_free[c]) {
+            buf = ngx_http_rules_reply_str_free[c];
+            ngx_http_rules_reply_str_free[c] = *(void **) buf;
+            free(buf);
+        }
+
+        ngx_http_rules_reply_str_kept[c] = 0;
+    }
 
     while (ngx_http_rules_reply_free_list) {
         r = ngx_http_rules_reply_free_list;
