@@ -520,7 +520,7 @@ size_t
 rules_result_ids(const rules_set_t *rs, const rules_result_t *res,
     char *out, size_t size)
 {
-    size_t  i, n;
+    size_t  i, n, len;
 
     n = 0;
 
@@ -533,11 +533,13 @@ rules_result_ids(const rules_set_t *rs, const rules_result_t *res,
             n++;
         }
 
-        if (n + rs->rules[i].id_len <= size) {
-            memcpy(out + n, rs->rules[i].id, rs->rules[i].id_len);
+        len = rs->id_off[i + 1] - rs->id_off[i];
+
+        if (n + len <= size) {
+            memcpy(out + n, rs->id_text + rs->id_off[i], len);
         }
 
-        n += rs->rules[i].id_len;
+        n += len;
     }
 
     return n;

@@ -183,6 +183,14 @@ struct rules_set_s {
     /* the fraud rules, a bit each (rules_result_fraud()) */
     uint64_t              *fraud;
 
+    /*
+     * The ids one after the other, rule i's at id_off[i] up to
+     * id_off[i + 1]: rules_result_ids() reads about 100 of them per
+     * event with 1000 rules, a cache line or two each in the rules.
+     */
+    char                  *id_text;
+    uint32_t              *id_off;
+
     rules_share_t         *shares;
     size_t                 nshares;
     int                    share_on;    /* distinct rules write shared

@@ -319,15 +319,24 @@ rules_load_root(json_t *root, const char *name, const char *text,
     rs->memo_val = rules_set_alloc(rs, rs->nmemo + 1);
     rs->fraud = rules_set_alloc(rs, (rs->nrules / 64 + 1) * sizeof(uint64_t));
 
-    if (rs->fraud) {
+    rs->id_text = rules_set_alloc(rs, rs->nrules * RULES_ID_MAX_LEN);
+    rs->id_off = rules_set_alloc(rs, (rs->nrules + 1) * sizeof(uint32_t));
+
+    if (rs->fraud && rs->id_text && rs->id_off) {
         for (i = 0; i < rs->nrules; i++) {
             if (rs->rules[i].kind == RULES_KIND_FRAUD) {
                 rs->fraud[i / 64] |= (uint64_t) 1 << (i % 64);
             }
+
+            memcpy(rs->id_text + rs->id_off[i], rs->rules[i].id,
+                   rs->rules[i].id_len);
+            rs->id_off[i + 1] = rs->id_off[i]
+                                + (uint32_t) rs->rules[i].id_len;
         }
     }
 
     if (rs->memo_gen == NULL || rs->memo_val == NULL || rs->fraud == NULL
+        || rs->id_text == NULL || rs->id_off == NULL
         || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
         || rules_build_shares(rs) != 0 || rules_index_build(rs) != 0)
     {
