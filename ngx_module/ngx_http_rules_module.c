@@ -1090,4 +1090,5 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
     ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();
     ngx_http_rules_reply_exit();
+    ngx_http_rules_variables_exit();
 }

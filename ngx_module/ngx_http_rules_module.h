@@ -171,6 +171,7 @@ void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */
 ngx_int_t ngx_http_rules_add_variables(ngx_conf_t *cf);
+void ngx_http_rules_variables_exit(void);
 ngx_int_t ngx_http_rules_check_variables(ngx_conf_t *cf,
     ngx_http_rules_main_conf_t *rmcf);
 const char *ngx_http_rules_status_name(ngx_uint_t status);
@@ -190,10 +191,11 @@ void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
     ngx_uint_t status);
 /*
  * the rules of a key group were evaluated for an event (its key had a
- * value), and those of them set in matched matched; the evaluations are
+ * value), and those of them set in matched matched; the counts are
  * added to the shared counters by ngx_http_rules_metrics_flush(), called
  * before the event's request is answered, once for all the events of a
  * Redis reply: one atomic add per rule and reply, not per rule and event
+ * (and per rule matched in the reply, not per match)
  */
 void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched);

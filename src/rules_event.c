@@ -474,31 +474,6 @@ rules_result_is_set(const rules_result_t *res, size_t rule)
 }
 
 
-/* The next matched rule from *i on (file order); 0 when there is none. */
-static int
-rules_result_next(const rules_set_t *rs, const rules_result_t *res,
-    size_t *i)
-{
-    size_t    w;
-    uint64_t  bits;
-
-    for (w = *i / 64; w < res->words; w++) {
-        bits = res->matched[w];
-
-        if (w == *i / 64) {
-            bits &= ~(uint64_t) 0 << (*i % 64);
-        }
-
-        if (bits) {
-            *i = w * 64 + (size_t) __builtin_ctzll(bits);
-            return *i < rs->nrules;
-        }
-    }
-
-    return 0;
-}
-
-
 int
 rules_result_fraud(const rules_set_t *rs, const rules_result_t *res)
 {
@@ -520,26 +495,35 @@ size_t
 rules_result_ids(const rules_set_t *rs, const rules_result_t *res,
     char *out, size_t size)
 {
-    size_t  i, n, len;
+    size_t    w, i, n, len;
+    uint64_t  bits;
 
     n = 0;
 
-    for (i = 0; rules_result_next(rs, res, &i); i++) {
-        if (n) {
-            if (n < size) {
-                out[n] = ',';
+    for (w = 0; w < res->words; w++) {
+        for (bits = res->matched[w]; bits; bits &= bits - 1) {
+            i = w * 64 + (size_t) __builtin_ctzll(bits);
+
+            if (i >= rs->nrules) {
+                return n;
             }
 
-            n++;
+            if (n) {
+                if (n < size) {
+                    out[n] = ',';
+                }
+
+                n++;
+            }
+
+            len = rs->id_off[i + 1] - rs->id_off[i];
+
+            if (n + len <= size) {
+                memcpy(out + n, rs->id_text + rs->id_off[i], len);
+            }
+
+            n += len;
         }
-
-        len = rs->id_off[i + 1] - rs->id_off[i];
-
-        if (n + len <= size) {
-            memcpy(out + n, rs->id_text + rs->id_off[i], len);
-        }
-
-        n += len;
     }
 
     return n;
