@@ -3,13 +3,21 @@
  * worker, served by "rules_metrics" in the Prometheus text format.
  *
  * The zone holds the global counters and one slot per rule, identified by
- * the rule's id and digest.  A worker adds its per-rule evaluation counts
- * once per Redis reply, per key group, before it answers the reply's
- * events (ngx_http_rules_metrics_flush()): an atomic add per rule and
- * reply rather than per rule and event, which with 1000 rules was 5 % of
- * a worker's time.  Its match counts too, per rule matched in the reply
- * (with 1000 rules, about 100 match per event, most of them in each of
- * the reply's events: an add per match was 2-3 % of a worker).  Each configuration cycle builds, in its own
+ * the rule's id and digest.  A worker keeps its per-rule evaluation
+ * counts, per key group, and its match counts, per rule, and adds them to
+ * the slots (ngx_http_rules_metrics_flush(), called with each Redis reply
+ * before its events are answered) at most once per
+ * NGX_HTTP_RULES_METRICS_FLUSH_MSEC: at once when its last addition is
+ * older, else from a timer that fires after that (and when the worker
+ * exits).  An atomic add per rule and event was 5 % of a worker's time
+ * with 1000 rules; one per rule and reply still 4-5 % (groups of 333
+ * rules, about 100 of them matched per event).  A worker whose counts
+ * wait for the timer is counted in the zone ("deferring"): a scrape adds
+ * its own worker's counts, then waits (NGX_HTTP_RULES_METRICS_WAIT_MSEC
+ * at a time, NGX_HTTP_RULES_METRICS_WAIT_TRIES times at most) until no
+ * worker defers, so that every event answered before the scrape is in
+ * it; under steady load, where some worker always defers, the scrape is
+ * served after the longest wait, at most a millisecond behind.  Each configuration cycle builds, in its own
  * memory, an index from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
@@ -34,6 +42,13 @@
 
 
 #define NGX_HTTP_RULES_METRICS_BUCKETS  13
+
+/* a worker adds its per-rule counts at most this often (ms) */
+#define NGX_HTTP_RULES_METRICS_FLUSH_MSEC   1
+/* a scrape waits for the workers that defer theirs: 1 ms at a time, and
+ * 100 ms at most */
+#define NGX_HTTP_RULES_METRICS_WAIT_MSEC    1
+#define NGX_HTTP_RULES_METRICS_WAIT_TRIES   100
 
 /* a zone written by another layout of these structures is not read */
 #define NGX_HTTP_RULES_METRICS_MAGIC                                         \
@@ -91,6 +106,9 @@ typedef struct {
     /* events of this zone's workers waiting for Redis: not copied */
     ngx_atomic_t                        inflight;
 
+    /* workers whose per-rule counts wait for their timer: not copied */
+    ngx_atomic_t                        deferring;
+
     /* written by the master (zone init) under the pool's mutex */
     ngx_uint_t                          generation;   /* latest cycle */
     ngx_queue_t                         slots;
@@ -122,7 +140,21 @@ struct ngx_http_rules_metrics_s {
     ngx_uint_t                         *pending_matched;
     ngx_uint_t                         *dirty_matched;
     ngx_uint_t                          ndirty_matched;
+
+    /* when they were last added; the timer that adds them later, and
+     * whether it is counted in sh->deferring */
+    ngx_msec_t                          last_flush;
+    ngx_event_t                         flush_ev;
+    ngx_uint_t                          deferred;
 };
+
+
+/* a scrape waiting for the workers that defer their counts */
+typedef struct {
+    ngx_event_t                         ev;
+    ngx_http_request_t                 *r;
+    ngx_uint_t                          tries;
+} ngx_http_rules_metrics_wait_t;
 
 
 static ngx_int_t ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone,
@@ -137,6 +169,10 @@ static ngx_http_rules_metrics_slot_t *ngx_http_rules_metrics_slot_alloc(
     ngx_http_rules_metrics_t *m, ngx_log_t *log);
 static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
     ngx_http_rules_main_conf_t *rmcf);
+static void ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m);
+static void ngx_http_rules_metrics_flush_handler(ngx_event_t *ev);
+static void ngx_http_rules_metrics_wait_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_rules_metrics_send(ngx_http_request_t *r);
 static ngx_int_t ngx_http_rules_metrics_handler(ngx_http_request_t *r);
 static void ngx_http_rules_metrics_sync_cluster(
     ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_metrics_shm_t *sh);
@@ -233,6 +269,11 @@ ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     {
         return NGX_ERROR;
     }
+
+    m->flush_ev.handler = ngx_http_rules_metrics_flush_handler;
+    m->flush_ev.data = m;
+    m->flush_ev.log = &cf->cycle->new_log;
+    m->flush_ev.cancelable = 1;
 
     rmcf->metrics_zone = ngx_shared_memory_add(cf,
                                           &ngx_http_rules_metrics_zone_name,
@@ -680,19 +721,68 @@ ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
 void
 ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
 {
-    size_t                     k;
-    ngx_uint_t                 i, rule, n;
-    const rules_group_t       *g;
     ngx_http_rules_metrics_t  *m;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
-    if (m == NULL) {
+    if (m == NULL || (m->ndirty == 0 && m->ndirty_matched == 0)) {
         return;
     }
 
+    if (ngx_current_msec - m->last_flush
+        >= NGX_HTTP_RULES_METRICS_FLUSH_MSEC)
+    {
+        ngx_http_rules_metrics_add(m);
+        return;
+    }
+
+    if (!m->deferred) {
+        m->deferred = 1;
+        (void) ngx_atomic_fetch_add(&m->sh->deferring, 1);
+    }
+
+    if (!m->flush_ev.timer_set) {
+        ngx_add_timer(&m->flush_ev, NGX_HTTP_RULES_METRICS_FLUSH_MSEC);
+    }
+}
+
+
+void
+ngx_http_rules_metrics_flush_now(ngx_http_rules_main_conf_t *rmcf)
+{
+    ngx_http_rules_metrics_t  *m;
+
+    m = ngx_http_rules_metrics_ctx(rmcf);
+
+    if (m) {
+        ngx_http_rules_metrics_add(m);
+    }
+}
+
+
+static void
+ngx_http_rules_metrics_flush_handler(ngx_event_t *ev)
+{
+    ngx_http_rules_metrics_add(ev->data);
+}
+
+
+/* The worker's per-rule counts added to the slots, now. */
+static void
+ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m)
+{
+    size_t                 k;
+    ngx_uint_t             i, rule, n;
+    const rules_group_t   *g;
+
+    m->last_flush = ngx_current_msec;
+
+    if (m->flush_ev.timer_set) {
+        ngx_del_timer(&m->flush_ev);
+    }
+
     for (i = 0; i < m->ndirty; i++) {
-        g = rules_group(rmcf->rules, m->dirty[i]);
+        g = rules_group(m->rmcf->rules, m->dirty[i]);
         n = m->pending[m->dirty[i]];
         m->pending[m->dirty[i]] = 0;
 
@@ -733,6 +823,11 @@ ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
     }
 
     m->ndirty_matched = 0;
+
+    if (m->deferred) {
+        m->deferred = 0;
+        (void) ngx_atomic_fetch_add(&m->sh->deferring, -1);
+    }
 }
 
 
@@ -1086,6 +1181,88 @@ ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
 static ngx_int_t
 ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 {
+    ngx_int_t                       rc;
+    ngx_http_rules_metrics_t       *m;
+    ngx_http_rules_main_conf_t     *rmcf;
+    ngx_http_rules_metrics_wait_t  *w;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
+    m = ngx_http_rules_metrics_ctx(rmcf);
+
+    if (m == NULL) {
+        return ngx_http_rules_metrics_send(r);
+    }
+
+    ngx_http_rules_metrics_add(m);
+
+    if (m->sh->deferring == 0) {
+        return ngx_http_rules_metrics_send(r);
+    }
+
+    /* other workers' counts wait for their timers: so does the scrape */
+
+    w = ngx_pcalloc(r->pool, sizeof(ngx_http_rules_metrics_wait_t));
+    if (w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    w->r = r;
+    w->ev.handler = ngx_http_rules_metrics_wait_handler;
+    w->ev.data = w;
+    w->ev.log = r->connection->log;
+
+    ngx_add_timer(&w->ev, NGX_HTTP_RULES_METRICS_WAIT_MSEC);
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_rules_metrics_wait_handler(ngx_event_t *ev)
+{
+    ngx_connection_t               *c;
+    ngx_http_request_t             *r;
+    ngx_http_rules_metrics_t       *m;
+    ngx_http_rules_metrics_wait_t  *w;
+
+    w = ev->data;
+    r = w->r;
+    c = r->connection;
+
+    m = ngx_http_rules_metrics_ctx(
+            ngx_http_get_module_main_conf(r, ngx_http_rules_module));
+
+    if (m) {
+        /* this worker's own, deferred since */
+        ngx_http_rules_metrics_add(m);
+
+        if (m->sh->deferring && ++w->tries < NGX_HTTP_RULES_METRICS_WAIT_TRIES)
+        {
+            ngx_add_timer(ev, NGX_HTTP_RULES_METRICS_WAIT_MSEC);
+            return;
+        }
+    }
+
+    ngx_http_finalize_request(r, ngx_http_rules_metrics_send(r));
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* The metrics, rendered and sent. */
+static ngx_int_t
+ngx_http_rules_metrics_send(ngx_http_request_t *r)
+{
     u_char                         *p, *last;
     size_t                          size;
     ngx_int_t                       rc;
@@ -1097,16 +1274,6 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
     ngx_http_rules_metrics_shm_t   *sh;
-
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
-    }
-
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
-    }
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
     m = ngx_http_rules_metrics_ctx(rmcf);

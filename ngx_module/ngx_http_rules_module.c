@@ -1087,6 +1087,9 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         rmcf->redis = NULL;
     }
 
+    /* the per-rule counts of the answers, not added yet */
+    ngx_http_rules_metrics_flush_now(rmcf);
+
     ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();
     ngx_http_rules_reply_exit();

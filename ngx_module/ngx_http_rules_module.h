@@ -194,12 +194,15 @@ void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
  * value), and those of them set in matched matched; the counts are
  * added to the shared counters by ngx_http_rules_metrics_flush(), called
  * before the event's request is answered, once for all the events of a
- * Redis reply: one atomic add per rule and reply, not per rule and event
- * (and per rule matched in the reply, not per match)
+ * Redis reply, and at most once a millisecond (a timer adds the rest; a
+ * scrape waits for it): one atomic add per rule and flush, not per rule
+ * and event; ngx_http_rules_metrics_flush_now() adds them at once (the
+ * worker exits)
  */
 void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched);
 void ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf);
+void ngx_http_rules_metrics_flush_now(ngx_http_rules_main_conf_t *rmcf);
 /* one Redis round trip, in microseconds */
 void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
     ngx_msec_int_t usec);

@@ -222,6 +222,36 @@ is($s2->{'nginx_rules_config_loads_total{}'}, 2,
    'configuration loads: the start and the reload');
 is($s2->{'nginx_rules_worker_processes{}'}, 2, 'worker_processes: 2');
 
+# ---- counts a worker defers: a scrape waits for them ----------------------
+# Events pipelined on one connection are answered by one worker less than
+# a millisecond apart: the per-rule counts of the later ones wait for that
+# worker's timer.  A scrape sent at once, on another connection (to either
+# worker), still counts every event answered before it.
+my $TWICE = 'nginx_rules_rule_evaluated_total{rule="twice",kind="segment",type="count"}';
+my $total = $s2->{$TWICE};
+my ($short, $answered) = (0, 0);
+for my $round (1 .. 20) {
+    my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
+        or die "connect: $!";
+    my $req = '';
+    for my $k (1 .. 7) {
+        $req .= "GET /px?uid=p$round-$k&e=page&ts=" . (5000 + $k)
+              . " HTTP/1.1\r\nHost: localhost\r\n"
+              . ($k == 7 ? "Connection: close\r\n" : '') . "\r\n";
+    }
+    print $c $req;
+    my $resp = do { local $/; <$c> } // '';
+    close $c;
+    my $n = () = $resp =~ m{^HTTP/1\.1 204}mg;
+    $answered += $n;
+    $total += $n;
+    my (undef, undef, $body) = RulesNginx::get($ngx->{port}, '/metrics');
+    my ($v) = ($body // '') =~ /^\Q$TWICE\E (\d+)$/m;
+    $short++ unless defined $v && $v == $total;
+}
+is($answered, 140, '20 rounds of 7 pipelined events answered');
+is($short, 0, 'a scrape at once after them counts them all, every round');
+
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');
 RulesNginx::stop_nginx($ngx);
