@@ -29,7 +29,7 @@
 /* string buffers: classes of 2^6 .. 2^16 bytes */
 #define NGX_HTTP_RULES_REPLY_STR_SHIFT  6
 #define NGX_HTTP_RULES_REPLY_STR_CLASSES  11
-#define NGX_HTTP_RULES_REPLY_STR_BYTES  (512 * 1024)
+#define NGX_HTTP_RULES_REPLY_STR_BYTES  (128 * 1024)
 
 
 static redisReply  *ngx_http_rules_reply_free_list;
