@@ -13,11 +13,12 @@
  * with 1000 rules; one per rule and reply still 4-5 % (groups of 333
  * rules, about 100 of them matched per event).  A worker whose counts
  * wait for the timer is counted in the zone ("deferring"): a scrape adds
- * its own worker's counts, then waits (NGX_HTTP_RULES_METRICS_WAIT_MSEC
- * at a time, NGX_HTTP_RULES_METRICS_WAIT_TRIES times at most) until no
- * worker defers, so that every event answered before the scrape is in
- * it; under steady load, where some worker always defers, the scrape is
- * served after the longest wait, at most a millisecond behind.  Each configuration cycle builds, in its own
+ * its own worker's counts, then waits (checking every
+ * NGX_HTTP_RULES_METRICS_WAIT_MSEC, NGX_HTTP_RULES_METRICS_WAIT_MAX ms at
+ * most) until no worker defers, so that every event answered before the
+ * scrape is in it; under steady load, where some worker always defers,
+ * the scrape is served after the longest wait, at most a millisecond
+ * behind.  Each configuration cycle builds, in its own
  * memory, an index from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
@@ -45,10 +46,11 @@
 
 /* a worker adds its per-rule counts at most this often (ms) */
 #define NGX_HTTP_RULES_METRICS_FLUSH_MSEC   1
-/* a scrape waits for the workers that defer theirs: 1 ms at a time, and
- * 100 ms at most */
+/* a scrape waits for the workers that defer theirs: it checks every
+ * millisecond, for 100 ms at most (timer_resolution may space the checks
+ * out; the bound is in time, not in checks) */
 #define NGX_HTTP_RULES_METRICS_WAIT_MSEC    1
-#define NGX_HTTP_RULES_METRICS_WAIT_TRIES   100
+#define NGX_HTTP_RULES_METRICS_WAIT_MAX     100
 
 /* a zone written by another layout of these structures is not read */
 #define NGX_HTTP_RULES_METRICS_MAGIC                                         \
@@ -153,7 +155,7 @@ struct ngx_http_rules_metrics_s {
 typedef struct {
     ngx_event_t                         ev;
     ngx_http_request_t                 *r;
-    ngx_uint_t                          tries;
+    ngx_msec_t                          start;
 } ngx_http_rules_metrics_wait_t;
 
 
@@ -172,6 +174,7 @@ static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
 static void ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m);
 static void ngx_http_rules_metrics_flush_handler(ngx_event_t *ev);
 static void ngx_http_rules_metrics_wait_handler(ngx_event_t *ev);
+static void ngx_http_rules_metrics_wait_cleanup(void *data);
 static ngx_int_t ngx_http_rules_metrics_send(ngx_http_request_t *r);
 static ngx_int_t ngx_http_rules_metrics_handler(ngx_http_request_t *r);
 static void ngx_http_rules_metrics_sync_cluster(
@@ -1182,6 +1185,7 @@ static ngx_int_t
 ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 {
     ngx_int_t                       rc;
+    ngx_pool_cleanup_t             *cln;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
     ngx_http_rules_metrics_wait_t  *w;
@@ -1216,7 +1220,22 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /*
+     * the request may be freed while it waits (a terminated request: a
+     * broken chunked body being discarded, worker_shutdown_timeout): the
+     * timer goes with its pool
+     */
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_rules_metrics_wait_cleanup;
+    cln->data = w;
+
     w->r = r;
+    w->start = ngx_current_msec;
     w->ev.handler = ngx_http_rules_metrics_wait_handler;
     w->ev.data = w;
     w->ev.log = r->connection->log;
@@ -1225,6 +1244,17 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     r->main->count++;
 
     return NGX_DONE;
+}
+
+
+static void
+ngx_http_rules_metrics_wait_cleanup(void *data)
+{
+    ngx_http_rules_metrics_wait_t  *w = data;
+
+    if (w->ev.timer_set) {
+        ngx_del_timer(&w->ev);
+    }
 }
 
 
@@ -1240,6 +1270,8 @@ ngx_http_rules_metrics_wait_handler(ngx_event_t *ev)
     r = w->r;
     c = r->connection;
 
+    ngx_http_set_log_request(c->log, r);
+
     m = ngx_http_rules_metrics_ctx(
             ngx_http_get_module_main_conf(r, ngx_http_rules_module));
 
@@ -1247,7 +1279,8 @@ ngx_http_rules_metrics_wait_handler(ngx_event_t *ev)
         /* this worker's own, deferred since */
         ngx_http_rules_metrics_add(m);
 
-        if (m->sh->deferring && ++w->tries < NGX_HTTP_RULES_METRICS_WAIT_TRIES)
+        if (m->sh->deferring
+            && ngx_current_msec - w->start < NGX_HTTP_RULES_METRICS_WAIT_MAX)
         {
             ngx_add_timer(ev, NGX_HTTP_RULES_METRICS_WAIT_MSEC);
             return;

@@ -252,6 +252,85 @@ for my $round (1 .. 20) {
 is($answered, 140, '20 rounds of 7 pipelined events answered');
 is($short, 0, 'a scrape at once after them counts them all, every round');
 
+# A scrape freed while it waits.  One worker answers a steady stream of
+# pipelined events, so its counts often wait for its timer; it is stopped
+# (SIGSTOP) until a scrape, served by the other worker, takes the whole
+# wait (100 ms): the stopped worker's counts are waiting.  Then scrapes
+# with a chunked body are sent and broken by an invalid chunk while they
+# wait: nginx terminates such a request (its pool freed) and the scrape's
+# wait must go with it (under make test-asan a use after free is
+# reported).  No worker may die, and scraping must still work.
+my @before = RulesNginx::worker_pids($ngx);
+my $load = fork();
+die "fork: $!" unless defined $load;
+if ($load == 0) {
+    my $end = Time::HiRes::time() + 8;
+    my ($k, $c) = (0, undef);
+    while (Time::HiRes::time() < $end) {
+        # a new connection when nginx closes one (keepalive_requests)
+        $c //= IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
+            or POSIX::_exit(1);
+        my $req = '';
+        for (1 .. 20) {
+            $k++;
+            $req .= "GET /px?uid=load$k&e=page&ts=" . (9000 + $k)
+                  . " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        }
+        print $c $req;
+        my ($got, $buf) = (0, '');
+        while ($got < 20) {
+            my $n = sysread($c, my $b, 65536);
+            if (!$n) {
+                undef $c;
+                last;
+            }
+            $buf .= $b;
+            $got = () = $buf =~ m{HTTP/1\.1 \d}g;
+        }
+    }
+    POSIX::_exit(0);
+}
+sleep 0.2;
+my ($stuck, $broken_waiting) = (0, 0);
+TRY: for my $try (1 .. 40) {
+    for my $w (@before) {
+        kill 'STOP', $w;
+        # two scrapes in a row take the whole wait (not a hiccup)
+        my $slow = 0;
+        for (1 .. 2) {
+            my $t0 = Time::HiRes::time();
+            RulesNginx::get($ngx->{port}, '/metrics');
+            $slow++ if Time::HiRes::time() - $t0 >= 0.08;
+        }
+        if ($slow == 2) {
+            $stuck = 1;
+            for (1 .. 5) {
+                my $c = IO::Socket::INET->new(
+                    PeerAddr => "127.0.0.1:$ngx->{port}") or die "connect: $!";
+                print $c "GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+                       . "Transfer-Encoding: chunked\r\n\r\n";
+                sleep 0.02;
+                # no answer yet: it waits
+                my $rin = '';
+                vec($rin, fileno($c), 1) = 1;
+                $broken_waiting++ unless select(my $rout = $rin, undef, undef, 0);
+                print $c "zz\r\n";
+                my $resp = do { local $/; <$c> } // '';
+                close $c;
+            }
+        }
+        kill 'CONT', $w;
+        last TRY if $stuck;
+    }
+}
+kill 'KILL', $load;
+waitpid $load, 0;
+ok($stuck, 'a stopped worker with counts waiting makes a scrape wait 100 ms');
+cmp_ok($broken_waiting, '>', 0, 'scrapes broken while they waited');
+is_deeply([RulesNginx::worker_pids($ngx)], \@before, 'no worker died');
+my ($st_after) = RulesNginx::get($ngx->{port}, '/metrics');
+is($st_after, 200, 'and a scrape after them is served');
+
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');
 RulesNginx::stop_nginx($ngx);
