@@ -789,22 +789,6 @@ ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m)
         n = m->pending[m->dirty[i]];
         m->pending[m->dirty[i]] = 0;
 
-        /*
-         * each slot is a cache line of its own, seldom in the cache: all
-         * of them are asked for first, so that the locked additions below
-         * do not wait for memory one after the other (with 1000 rules,
-         * this flush was 3 % of a worker)
-         */
-
-        for (k = 0; k < g->nrules; k++) {
-            rule = g->rules[k];
-
-            if (rule < m->nrules) {
-                /* the counters are in the slot's first line */
-                __builtin_prefetch(m->slots[rule], 1);
-            }
-        }
-
         for (k = 0; k < g->nrules; k++) {
             rule = g->rules[k];
 

@@ -30,6 +30,9 @@
 #define NGX_HTTP_RULES_REPLY_STR_SHIFT  6
 #define NGX_HTTP_RULES_REPLY_STR_CLASSES  11
 #define NGX_HTTP_RULES_REPLY_STR_BYTES  (128 * 1024)
+/* the size of class c's buffers */
+#define NGX_HTTP_RULES_REPLY_STR_SIZE(c)                                     \
+    ((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + (c)))
 
 
 static redisReply  *ngx_http_rules_reply_free_list;
@@ -213,17 +216,13 @@ ngx_http_rules_reply_str_class(size_t size)
 {
     ngx_int_t  c;
 
-    if (size > ((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT
-                               + NGX_HTTP_RULES_REPLY_STR_CLASSES - 1)))
+    if (size > NGX_HTTP_RULES_REPLY_STR_SIZE(NGX_HTTP_RULES_REPLY_STR_CLASSES
+                                             - 1))
     {
         return -1;
     }
 
-    for (c = 0; size > ((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c));
-         c++)
-    {
-        /* void */
-    }
+    for (c = 0; size > NGX_HTTP_RULES_REPLY_STR_SIZE(c); c++) { /* void */ }
 
     return c;
 }
@@ -245,12 +244,11 @@ ngx_http_rules_reply_str_alloc(size_t size)
 
     if (buf) {
         ngx_http_rules_reply_str_free[c] = *(void **) buf;
-        ngx_http_rules_reply_str_kept[c] -=
-                           (size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c);
+        ngx_http_rules_reply_str_kept[c] -= NGX_HTTP_RULES_REPLY_STR_SIZE(c);
         return buf;
     }
 
-    return malloc((size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c));
+    return malloc(NGX_HTTP_RULES_REPLY_STR_SIZE(c));
 }
 
 
@@ -268,7 +266,7 @@ ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
         return;
     }
 
-    csize = (size_t) 1 << (NGX_HTTP_RULES_REPLY_STR_SHIFT + c);
+    csize = NGX_HTTP_RULES_REPLY_STR_SIZE(c);
 
     if (ngx_http_rules_reply_str_kept[c] + csize
         > NGX_HTTP_RULES_REPLY_STR_BYTES)

@@ -42,6 +42,7 @@ static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
 static int rules_field(rules_loader_t *ld, const char *name, size_t len,
     unsigned *index);
+static int rules_build_result_tables(rules_set_t *rs);
 static int rules_build_groups(rules_set_t *rs);
 static int rules_build_digest_table(rules_set_t *rs);
 static int rules_build_shares(rules_set_t *rs);
@@ -317,26 +318,9 @@ rules_load_root(json_t *root, const char *name, const char *text,
     rules_memo_done(rs);
     rs->memo_gen = rules_set_alloc(rs, (rs->nmemo + 1) * sizeof(uint32_t));
     rs->memo_val = rules_set_alloc(rs, rs->nmemo + 1);
-    rs->fraud = rules_set_alloc(rs, (rs->nrules / 64 + 1) * sizeof(uint64_t));
 
-    rs->id_text = rules_set_alloc(rs, rs->nrules * RULES_ID_MAX_LEN);
-    rs->id_off = rules_set_alloc(rs, (rs->nrules + 1) * sizeof(uint32_t));
-
-    if (rs->fraud && rs->id_text && rs->id_off) {
-        for (i = 0; i < rs->nrules; i++) {
-            if (rs->rules[i].kind == RULES_KIND_FRAUD) {
-                rs->fraud[i / 64] |= (uint64_t) 1 << (i % 64);
-            }
-
-            memcpy(rs->id_text + rs->id_off[i], rs->rules[i].id,
-                   rs->rules[i].id_len);
-            rs->id_off[i + 1] = rs->id_off[i]
-                                + (uint32_t) rs->rules[i].id_len;
-        }
-    }
-
-    if (rs->memo_gen == NULL || rs->memo_val == NULL || rs->fraud == NULL
-        || rs->id_text == NULL || rs->id_off == NULL
+    if (rs->memo_gen == NULL || rs->memo_val == NULL
+        || rules_build_result_tables(rs) != 0
         || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
         || rules_build_shares(rs) != 0 || rules_index_build(rs) != 0)
     {
@@ -1561,6 +1545,38 @@ rules_memo_done(rules_set_t *rs)
 
 
 /* ---- groups and accessors ------------------------------------------ */
+
+
+/*
+ * What reading a result needs, apart from the rules: the fraud rules as
+ * a mask (rules_result_fraud()), and the ids one after the other
+ * (rules_result_ids()).
+ */
+static int
+rules_build_result_tables(rules_set_t *rs)
+{
+    size_t  i;
+
+    rs->fraud = rules_set_alloc(rs, (rs->nrules / 64 + 1) * sizeof(uint64_t));
+    rs->id_text = rules_set_alloc(rs, rs->nrules * RULES_ID_MAX_LEN);
+    rs->id_off = rules_set_alloc(rs, (rs->nrules + 1) * sizeof(uint32_t));
+
+    if (rs->fraud == NULL || rs->id_text == NULL || rs->id_off == NULL) {
+        return -1;
+    }
+
+    for (i = 0; i < rs->nrules; i++) {
+        if (rs->rules[i].kind == RULES_KIND_FRAUD) {
+            rs->fraud[i / 64] |= (uint64_t) 1 << (i % 64);
+        }
+
+        memcpy(rs->id_text + rs->id_off[i], rs->rules[i].id,
+               rs->rules[i].id_len);
+        rs->id_off[i + 1] = rs->id_off[i] + (uint32_t) rs->rules[i].id_len;
+    }
+
+    return 0;
+}
 
 
 static int
