@@ -76,7 +76,11 @@ static ngx_int_t ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     rules_eventops_t *eo, ngx_http_rules_keys_t *k, int64_t now);
 static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
-static void ngx_http_rules_timeout(ngx_event_t *ev);
+static void ngx_http_rules_wait(ngx_http_rules_ctx_t *ctx,
+    ngx_msec_t timeout);
+static void ngx_http_rules_unwait(ngx_http_rules_ctx_t *ctx);
+static void ngx_http_rules_deadline_handler(ngx_event_t *ev);
+static void ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_body_handler(ngx_http_request_t *r);
 static void ngx_http_rules_cleanup(void *data);
 static ngx_http_rules_op_t *ngx_http_rules_op_alloc(size_t ncmds,
@@ -89,6 +93,16 @@ static ngx_int_t ngx_http_rules_parse_time(ngx_http_request_t *r,
 /* per worker, reused by every event */
 static rules_eventops_t  ngx_http_rules_eo;
 static rules_result_t    ngx_http_rules_event_result;
+
+/*
+ * The requests waiting for Redis, oldest first, and one timer for the
+ * oldest: every wait lasts rules_redis_timeout (a main-level directive),
+ * so the deadlines come in the order the requests started waiting, and a
+ * wait costs a queue insertion and removal instead of a timer of its own
+ * (two tree operations per request).
+ */
+static ngx_queue_t       ngx_http_rules_waiting;
+static ngx_event_t       ngx_http_rules_deadline;
 
 
 /*
@@ -413,10 +427,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 
     /* wait for the replies, at most rules_redis_timeout */
 
-    ctx->timer.handler = ngx_http_rules_timeout;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
-    ngx_add_timer(&ctx->timer, rmcf->timeout);
+    ngx_http_rules_wait(ctx, rmcf->timeout);
 
     /* the rewrite phase checker stops the phases on NGX_DONE */
 
@@ -927,13 +938,69 @@ ngx_http_rules_item_done(ngx_http_rules_cmd_t *cmd)
 
 
 static void
-ngx_http_rules_timeout(ngx_event_t *ev)
+ngx_http_rules_wait(ngx_http_rules_ctx_t *ctx, ngx_msec_t timeout)
 {
-    ngx_uint_t             i;
-    ngx_http_rules_op_t   *op;
+    ctx->deadline = ngx_current_msec + timeout;
+    ngx_queue_insert_tail(&ngx_http_rules_waiting, &ctx->queue);
+    ctx->queued = 1;
+
+    if (!ngx_http_rules_deadline.timer_set) {
+        ngx_add_timer(&ngx_http_rules_deadline, timeout);
+    }
+}
+
+
+static void
+ngx_http_rules_unwait(ngx_http_rules_ctx_t *ctx)
+{
+    if (!ctx->queued) {
+        return;
+    }
+
+    ngx_queue_remove(&ctx->queue);
+    ctx->queued = 0;
+
+    /* an idle worker keeps no timer: it would hold a graceful exit */
+
+    if (ngx_queue_empty(&ngx_http_rules_waiting)
+        && ngx_http_rules_deadline.timer_set)
+    {
+        ngx_del_timer(&ngx_http_rules_deadline);
+    }
+}
+
+
+/* The oldest waits are over: each request goes on without its replies. */
+static void
+ngx_http_rules_deadline_handler(ngx_event_t *ev)
+{
+    ngx_queue_t           *q;
+    ngx_msec_int_t         left;
     ngx_http_rules_ctx_t  *ctx;
 
-    ctx = ev->data;
+    while (!ngx_queue_empty(&ngx_http_rules_waiting)) {
+        q = ngx_queue_head(&ngx_http_rules_waiting);
+        ctx = ngx_queue_data(q, ngx_http_rules_ctx_t, queue);
+
+        left = (ngx_msec_int_t) (ctx->deadline - ngx_current_msec);
+
+        if (left > 0) {
+            ngx_add_timer(ev, (ngx_msec_t) left);
+            return;
+        }
+
+        /* finishing it takes it off the queue */
+        ngx_http_rules_timeout(ctx);
+    }
+}
+
+
+static void
+ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx)
+{
+    ngx_uint_t            i;
+    ngx_http_rules_op_t  *op;
+
     op = ctx->op;
 
     if (op) {
@@ -970,9 +1037,7 @@ ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx)
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
     op = ctx->op;
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
+    ngx_http_rules_unwait(ctx);
 
     if (op) {
         ngx_memzero(counts, sizeof(counts));
@@ -1062,9 +1127,7 @@ ngx_http_rules_cleanup(void *data)
     ngx_http_rules_op_t         *op;
     ngx_http_rules_main_conf_t  *rmcf;
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
+    ngx_http_rules_unwait(ctx);
 
     op = ctx->op;
 
@@ -1140,8 +1203,15 @@ ngx_http_rules_op_free(ngx_http_rules_op_t *op)
 
 
 ngx_int_t
-ngx_http_rules_worker_init(rules_set_t *rs)
+ngx_http_rules_worker_init(rules_set_t *rs, ngx_log_t *log)
 {
+    ngx_queue_init(&ngx_http_rules_waiting);
+
+    /* the timer's debug messages read data as a connection: no NULL */
+    ngx_http_rules_deadline.data = &ngx_http_rules_deadline;
+    ngx_http_rules_deadline.handler = ngx_http_rules_deadline_handler;
+    ngx_http_rules_deadline.log = log;
+
     return rules_result_init(rs, &ngx_http_rules_event_result) == 0
            ? NGX_OK : NGX_ERROR;
 }

@@ -1038,7 +1038,7 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (ngx_http_rules_worker_init(rmcf->rules) != NGX_OK) {
+    if (ngx_http_rules_worker_init(rmcf->rules, cycle->log) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -99,7 +99,8 @@ typedef struct {
     ngx_http_request_t           *request;
     rules_set_t                  *rules;
     ngx_http_rules_op_t          *op;             /* awaiting replies */
-    ngx_event_t                   timer;
+    ngx_queue_t                   queue;          /* in the waiting queue */
+    ngx_msec_t                    deadline;       /* of the wait */
     rules_result_t                result;
     ngx_uint_t                    status;         /* ngx_http_rules_status_e */
     ngx_uint_t                    fraud;
@@ -107,6 +108,7 @@ typedef struct {
     ngx_str_t                     matched;        /* built on first use */
     unsigned                      matched_built:1;
     unsigned                      waiting:1;
+    unsigned                      queued:1;
     unsigned                      done:1;
     unsigned                      body_requested:1;
     unsigned                      body_read:1;
@@ -119,7 +121,7 @@ extern ngx_module_t  ngx_http_rules_module;
 /* ngx_http_rules_handler.c */
 ngx_int_t ngx_http_rules_handler(ngx_http_request_t *r);
 ngx_http_rules_ctx_t *ngx_http_rules_get_ctx(ngx_http_request_t *r);
-ngx_int_t ngx_http_rules_worker_init(rules_set_t *rs);
+ngx_int_t ngx_http_rules_worker_init(rules_set_t *rs, ngx_log_t *log);
 void ngx_http_rules_worker_exit(void);
 /*
  * The reply to one of an event's key operations: the matched digests

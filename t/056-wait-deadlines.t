@@ -1,0 +1,192 @@
+# Each request that waits for Redis has its own deadline
+# (rules_redis_timeout from the moment it started waiting), though a
+# worker keeps one timer for all of them (the oldest wait's): a later
+# request is not answered at an earlier one's deadline, a request that
+# leaves does not take the others' deadlines with it, and a worker with
+# nothing waiting keeps no timer that would hold a graceful exit.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Socket::INET;
+use Time::HiRes qw(time sleep);
+use RulesNginx;
+
+my $slow = RulesMemcheck::slowdown();
+
+my $rules = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "7d"}
+]}
+_EOC_
+
+sub http_body {
+    my ($redis_port, $timeout) = @_;
+    return <<"_EOC_";
+    rules_redis 127.0.0.1:$redis_port;
+    rules_redis_timeout $timeout;
+    rules_key_prefix "t056:$$:";
+    rules_file ../html/rules.json;
+    server {
+        listen 127.0.0.1:\$PORT;
+        location = /px {
+            rules on;
+            rules_field uid \$arg_uid;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+    }
+_EOC_
+}
+
+# sends a request on a new connection; returns the socket
+sub send_px {
+    my ($port, $uid) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+        or die "connect: $!";
+    print $s "GET /px?uid=$uid HTTP/1.0\r\nHost: t\r\n\r\n";
+    return $s;
+}
+
+# reads the whole response; returns (status line's code, X-Status,
+# seconds since $since)
+sub read_px {
+    my ($s, $since) = @_;
+    local $/;
+    my $resp = <$s> // '';
+    my $at = time - $since;
+    my ($code) = $resp =~ m{^HTTP/1\.\d (\d+)};
+    my ($st) = $resp =~ /^X-Status: (\S+)/mi;
+    return ($code // 0, $st // '', $at);
+}
+
+
+# A redis-server stopped with SIGSTOP: calls are accepted, never answered.
+# Each case has an nginx of its own: after a second without a reply the
+# worker gives the connection up (and the waiting events fail with
+# status error), so a case stays well within that second.
+my $paused = RulesNginx::start_redis();
+kill 'STOP', $paused->{pid};
+
+my $ngx;
+my $errors = '';
+
+sub paused_nginx {
+    if ($ngx) {
+        $errors .= RulesNginx::error_log($ngx);
+        RulesNginx::stop_nginx($ngx);
+    }
+    $ngx = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-056",
+        files  => { 'rules.json' => $rules },
+        http   => http_body($paused->{port}, '400ms'));
+}
+
+my $late = 0.4 + 0.5 * $slow;
+
+# two waits 200 ms apart: each ends at its own deadline
+
+{
+    paused_nginx();
+    my $t0 = time;
+    my $a = send_px($ngx->{port}, 'a');
+    sleep 0.2;
+    my $t1 = time;
+    my $b = send_px($ngx->{port}, 'b');
+
+    my ($ca, $sa, $ta) = read_px($a, $t0);
+    my ($cb, $sb, $tb) = read_px($b, $t1);
+
+    is("$ca $sa", '204 timeout', 'first wait: answered, status timeout');
+    is("$cb $sb", '204 timeout', 'second wait: answered, status timeout');
+    cmp_ok($ta, '>=', 0.35, "first answered at its deadline ($ta s)");
+    cmp_ok($ta, '<', $late, "first not late ($ta s)");
+    cmp_ok($tb, '>=', 0.35,
+           "second answered at its own deadline, not the first's ($tb s)");
+    cmp_ok($tb, '<', $late, "second not late ($tb s)");
+}
+
+# the oldest wait leaves (its client closes): the next one still ends at
+# its deadline
+
+{
+    paused_nginx();
+    my $a = send_px($ngx->{port}, 'c');
+    sleep 0.1;
+    my $t1 = time;
+    my $b = send_px($ngx->{port}, 'd');
+    sleep 0.1;
+    close $a;
+
+    my ($cb, $sb, $tb) = read_px($b, $t1);
+
+    is("$cb $sb", '204 timeout', 'after the oldest left: answered, timeout');
+    cmp_ok($tb, '>=', 0.35, "at its own deadline ($tb s)");
+    cmp_ok($tb, '<', $late, "not late ($tb s)");
+}
+
+# waits started one after the other: every one answered, none before its
+# deadline
+
+{
+    paused_nginx();
+    my @w;
+    for my $i (1 .. 10) {
+        push @w, [send_px($ngx->{port}, "m$i"), time];
+        sleep 0.03;
+    }
+
+    my ($ok, $early, $slow_ones) = (0, 0, 0);
+    for my $w (@w) {
+        my ($c, $st, $t) = read_px(@$w);
+        $ok++ if $c == 204 && $st eq 'timeout';
+        $early++ if $t < 0.35;
+        $slow_ones++ if $t >= $late;
+    }
+
+    is($ok, 10, '10 staggered waits: all answered, status timeout');
+    is($early, 0, 'none before its deadline');
+    is($slow_ones, 0, 'none late');
+}
+
+$errors .= RulesNginx::error_log($ngx);
+unlike($errors, qr/\[(alert|crit|emerg)\]/, 'no alert in the error logs');
+unlike($errors, qr/no reply for/, 'no case outlasted the connection');
+RulesNginx::stop_nginx($ngx);
+kill 'CONT', $paused->{pid};
+
+# a live Redis and a long timeout: once its request is answered, a worker
+# has no timer left and quits at once on a graceful stop
+
+my $live = RulesNginx::start_redis();
+$ngx = RulesNginx::start_nginx(
+    prefix => "$FindBin::Bin/servroot-056b",
+    files  => { 'rules.json' => $rules },
+    http   => http_body($live->{port}, '60s'));
+
+{
+    my $s = send_px($ngx->{port}, 'e');
+    my ($c, $st) = read_px($s, time);
+    close $s;
+    is("$c $st", '204 ok', 'live Redis: answered, status ok');
+
+    my $pid = RulesNginx::nginx_pid($ngx);
+    my $t0 = time;
+    kill 'QUIT', $pid;
+    my $gone;
+    for (1 .. 200 * $slow) {
+        $gone = !kill(0, $pid);
+        last if $gone;
+        sleep 0.05;
+    }
+    my $took = time - $t0;
+    ok($gone, 'graceful stop: nginx is gone');
+    cmp_ok($took, '<', 3 * $slow,
+           "within seconds, not the 60 s timeout ($took s)");
+    RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
+}
+
+done_testing();
