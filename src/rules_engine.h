@@ -82,6 +82,7 @@ typedef struct {
     unsigned           group;            /* key group index */
     unsigned           distinct_field;   /* distinct: field index */
     int                share;            /* index in the set; -1: none */
+    size_t             index;            /* position in the file */
     unsigned           min;              /* count, distinct */
     unsigned           nsteps;
     uint32_t           strict_mask;      /* bit i: steps[i] is strict */
@@ -89,6 +90,11 @@ typedef struct {
     rules_cond_t      *where;            /* count, distinct; NULL: all */
     rules_cond_t      *trigger;          /* absence */
     rules_cond_t      *cancel;           /* absence */
+
+    /* the conditions' memo places (rules_cond_t.memo), read from here */
+    unsigned           where_memo;
+    unsigned           trigger_memo;
+    unsigned           cancel_memo;
 
     int64_t            within;           /* ms */
     int64_t            after;            /* ms, absence */
@@ -104,9 +110,9 @@ typedef struct {
      */
     uint64_t           share_key;        /* digest without those */
 
+    unsigned           step_memo[RULES_MAX_STEPS];
     rules_cond_t      *steps[RULES_MAX_STEPS];  /* sequence */
 
-    size_t             index;            /* position in the file */
     size_t             id_len;
     char               id[RULES_ID_MAX_LEN + 1];
     char               digest_hex[17];

@@ -103,7 +103,9 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
     switch (r->type) {
 
     case RULES_TYPE_COUNT:
-        if (r->where && !rules_cond_eval(rs, r->where, values)) {
+        if (r->where
+            && !rules_cond_eval_memo(rs, r->where, r->where_memo, values))
+        {
             return 0;
         }
 
@@ -129,7 +131,9 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         dv = &values[r->distinct_field];
 
         if (dv->len == 0
-            || (r->where && !rules_cond_eval(rs, r->where, values)))
+            || (r->where
+                && !rules_cond_eval_memo(rs, r->where, r->where_memo,
+                                         values)))
         {
             return 0;
         }
@@ -152,10 +156,12 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         return 0;
 
     case RULES_TYPE_ABSENCE:
-        if (rules_cond_eval(rs, r->cancel, values)) {
+        if (rules_cond_eval_memo(rs, r->cancel, r->cancel_memo, values)) {
             action = RULES_ACTION_CANCEL;
 
-        } else if (rules_cond_eval(rs, r->trigger, values)) {
+        } else if (rules_cond_eval_memo(rs, r->trigger, r->trigger_memo,
+                                        values))
+        {
             action = RULES_ACTION_TRIGGER;
 
         } else {
@@ -178,7 +184,7 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         mask = 0;
 
         for (i = 0; i < r->nsteps; i++) {
-            if (rules_cond_eval(rs, r->steps[i], values)) {
+            if (rules_cond_eval_memo(rs, r->steps[i], r->step_memo[i], values)) {
                 mask |= (uint32_t) 1 << i;
             }
         }

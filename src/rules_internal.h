@@ -233,6 +233,24 @@ struct rules_set_s {
 };
 
 
+/*
+ * rules_cond_eval() of one of a rule's conditions, given its memo place
+ * as the rule holds it: a condition that another rule of the event has
+ * evaluated already is not read at all (among hundreds of rules, the
+ * rule is in the cache, its condition seldom is).
+ */
+static inline int
+rules_cond_eval_memo(rules_set_t *rs, const rules_cond_t *c, unsigned memo,
+    const rules_str_t *values)
+{
+    if (memo && rs->memo_event && rs->memo_gen[memo - 1] == rs->memo_event) {
+        return rs->memo_val[memo - 1];
+    }
+
+    return rules_cond_eval(rs, c, values);
+}
+
+
 void *rules_set_alloc(rules_set_t *rs, size_t size);
 char *rules_set_strdup(rules_set_t *rs, const char *s, size_t len);
 int rules_set_track_cond(rules_set_t *rs, rules_cond_t *c);

@@ -38,6 +38,7 @@ static int rules_memo_combinator(rules_loader_t *ld, rules_cond_t *c,
     const char *name, const char *path);
 static char *rules_memo_text(const rules_cond_t *c, const char *name);
 static void rules_memo_done(rules_set_t *rs);
+static int rules_build_memo_places(rules_set_t *rs);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
 static int rules_field(rules_loader_t *ld, const char *name, size_t len,
@@ -321,6 +322,7 @@ rules_load_root(json_t *root, const char *name, const char *text,
 
     if (rs->memo_gen == NULL || rs->memo_val == NULL
         || rules_build_result_tables(rs) != 0
+        || rules_build_memo_places(rs) != 0
         || rules_build_groups(rs) != 0 || rules_build_digest_table(rs) != 0
         || rules_build_shares(rs) != 0 || rules_index_build(rs) != 0)
     {
@@ -1545,6 +1547,29 @@ rules_memo_done(rules_set_t *rs)
 
 
 /* ---- groups and accessors ------------------------------------------ */
+
+
+/* Each rule holds its conditions' memo places (rules_cond_eval_memo()). */
+static int
+rules_build_memo_places(rules_set_t *rs)
+{
+    size_t         i, k;
+    rules_rule_t  *r;
+
+    for (i = 0; i < rs->nrules; i++) {
+        r = &rs->rules[i];
+
+        r->where_memo = r->where ? r->where->memo : 0;
+        r->trigger_memo = r->trigger ? r->trigger->memo : 0;
+        r->cancel_memo = r->cancel ? r->cancel->memo : 0;
+
+        for (k = 0; k < r->nsteps; k++) {
+            r->step_memo[k] = r->steps[k] ? r->steps[k]->memo : 0;
+        }
+    }
+
+    return 0;
+}
 
 
 /*
