@@ -258,7 +258,7 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
 {
     int64_t               ttl;
     uint64_t              bits;
-    const rules_rule_t   *r;
+    const rules_rule_t   *r, *next;
     const rules_group_t  *g;
     const rules_str_t    *key;
     const rules_result_t *cand, *gr;
@@ -330,6 +330,15 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
                 r = &rs->rules[w * 64 + (size_t) __builtin_ctzll(bits)];
                 bits &= bits - 1;
                 before = eo->buf_len;
+
+                /* the next candidate's first two lines, while this one
+                 * is evaluated */
+
+                if (bits) {
+                    next = &rs->rules[w * 64 + (size_t) __builtin_ctzll(bits)];
+                    __builtin_prefetch(next);
+                    __builtin_prefetch((const char *) next + 64);
+                }
 
                 if (rules_event_entry(rs, r, values, eo) != 0) {
                     rs->memo_event = 0;
