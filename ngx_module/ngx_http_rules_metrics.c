@@ -682,14 +682,20 @@ void
 ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched)
 {
-    size_t                     w;
+    size_t                     w, words;
     uint64_t                   bits;
     ngx_uint_t                 rule;
+    const uint64_t            *mask;
     ngx_http_rules_metrics_t  *m;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
     if (m == NULL || group >= m->ngroups) {
+        return;
+    }
+
+    mask = rules_group_mask(rmcf->rules, group);
+    if (mask == NULL) {
         return;
     }
 
@@ -699,17 +705,18 @@ ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
         m->dirty[m->ndirty++] = group;
     }
 
-    /* the matches wait as well: a bit may not be the group's */
+    /* the matches wait as well, the group's only (a bit may be another
+     * group's) */
 
-    for (w = 0; w < matched->words; w++) {
-        for (bits = matched->matched[w]; bits; bits &= bits - 1) {
+    words = ngx_min(matched->words, rules_result_words(rmcf->rules));
+
+    for (w = 0; w < words; w++) {
+        for (bits = matched->matched[w] & mask[w]; bits; bits &= bits - 1) {
             rule = w * 64 + (ngx_uint_t) __builtin_ctzll(bits);
 
             /* the worker's own rule set indexes the slots found for it */
 
-            if (rule >= m->nrules
-                || rules_rule(rmcf->rules, rule)->group != group)
-            {
+            if (rule >= m->nrules) {
                 continue;
             }
 

@@ -151,6 +151,8 @@ size_t rules_count(const rules_set_t *rs);
 const rules_rule_t *rules_rule(const rules_set_t *rs, size_t i);
 size_t rules_ngroups(const rules_set_t *rs);
 const rules_group_t *rules_group(const rules_set_t *rs, size_t g);
+/* group g's rules as bits, rules_result_words() words; NULL: no group */
+const uint64_t *rules_group_mask(const rules_set_t *rs, size_t g);
 
 /* Field names referenced by the rules, indexed 0 .. nfields-1. */
 size_t rules_nfields(const rules_set_t *rs);

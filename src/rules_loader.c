@@ -1684,6 +1684,13 @@ rules_group(const rules_set_t *rs, size_t g)
 }
 
 
+const uint64_t *
+rules_group_mask(const rules_set_t *rs, size_t g)
+{
+    return g < rs->index.ngroups ? rs->index.groups[g].matched : NULL;
+}
+
+
 size_t
 rules_nfields(const rules_set_t *rs)
 {
