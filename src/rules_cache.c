@@ -62,14 +62,6 @@ struct rules_cache_s {
     size_t           ring_mask;   /* ring size - 1 */
     size_t           head;        /* the oldest, counted from the start */
     size_t           tail;        /* where the next one goes */
-
-    /*
-     * the last entry evicted or replaced, not freed: the next entry of
-     * about its size takes its memory (a miss stores a new state and
-     * evicts an old one of about the same size: a free() and a malloc()
-     * of a few KB each, 1.3 % of a worker with 1000 rules)
-     */
-    rules_centry_t  *spare;
 };
 
 
@@ -163,9 +155,7 @@ rules_cache_remove(rules_cache_t *c, rules_cslot_t *s)
 
     c->entries--;
     c->bytes -= e->size;
-
-    free(c->spare);
-    c->spare = e;
+    free(e);
 }
 
 
@@ -423,32 +413,19 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
         return 0;   /* too big to be worth it, or no cache at all */
     }
 
-    /* the spare, taken before the eviction puts another one there */
-
-    e = c->spare;
-
-    if (e && size <= e->size && size >= e->size / 2) {
-        c->spare = NULL;
-        size = e->size;
-
-    } else {
-        e = NULL;
-    }
-
     rules_cache_evict(c, size);
 
-    if (((c->entries + 1) * 2 > c->mask + 1 && rules_cache_grow(c) != 0)
-        || rules_cache_ring_room(c) != 0)
-    {
-        free(e);
+    if ((c->entries + 1) * 2 > c->mask + 1 && rules_cache_grow(c) != 0) {
         return -1;
     }
 
+    if (rules_cache_ring_room(c) != 0) {
+        return -1;
+    }
+
+    e = malloc(size);
     if (e == NULL) {
-        e = malloc(size);
-        if (e == NULL) {
-            return -1;
-        }
+        return -1;
     }
 
     e->hash = hash;
@@ -526,7 +503,6 @@ rules_cache_free(rules_cache_t *c)
         free(c->slots[i].e);
     }
 
-    free(c->spare);
     free(c->slots);
     free(c->ring);
     free(c);
