@@ -236,6 +236,58 @@ main(void)
        rules_cache_entries(c));
     rules_cache_free(c);
 
+    /*
+     * small and large states in turn under a tight bound (the large ones
+     * evict several small ones, the small ones fill the holes): each
+     * read back, then every one still there
+     */
+
+    {
+        char    sbuf[1024], kbuf[32];
+        size_t  len, bad = 0, over = 0, kept = 0, j;
+
+        c = rules_cache_create(4096);
+
+        for (j = 0; j < 400; j++) {
+            len = (j % 5 == 4) ? 800 : 100 + (j % 4) * 60;
+            snprintf(kbuf, sizeof(kbuf), "k%zu", j);
+            memset(sbuf, 'a' + (int) (j % 26), len);
+            sbuf[len] = '\0';
+            put(c, kbuf, (double) j, j, sbuf);
+
+            if (!get(c, kbuf, &gen, &length, &st) || st.len != len
+                || memcmp(st.data, sbuf, len) != 0)
+            {
+                bad++;
+            }
+
+            over += rules_cache_bytes(c) > 4096;
+        }
+
+        for (j = 0; j < 400; j++) {
+            snprintf(kbuf, sizeof(kbuf), "k%zu", j);
+
+            if (!get(c, kbuf, &gen, &length, &st)) {
+                continue;
+            }
+
+            kept++;
+            len = (j % 5 == 4) ? 800 : 100 + (j % 4) * 60;
+
+            if (length != j || st.len != len || st.data[0] != 'a' + j % 26
+                || st.data[len - 1] != 'a' + j % 26)
+            {
+                bad++;
+            }
+        }
+
+        is_int(bad, 0, "states of 100 to 800 bytes in turn: each reads back "
+               "whole");
+        is_int(over, 0, "and the bytes stay within the bound");
+        ok(kept > 3, "and the last ones are kept (%zu)", kept);
+        rules_cache_free(c);
+    }
+
     /* a large table: growth, then deletion of every other key */
 
     c = rules_cache_create(64 << 20);
