@@ -60,6 +60,13 @@ typedef struct {
 } ngx_http_rules_keys_t;
 
 
+/* a field's $arg_ value found by ngx_http_rules_scan_args() */
+typedef struct {
+    ngx_str_t                     value;         /* data NULL: absent */
+    ngx_uint_t                    scanned;       /* 0: read as usual */
+} ngx_http_rules_arg_t;
+
+
 static ngx_int_t ngx_http_rules_evaluate(ngx_http_request_t *r,
     ngx_http_rules_ctx_t *ctx);
 static ngx_int_t ngx_http_rules_query_event(ngx_http_request_t *r,
@@ -88,6 +95,10 @@ static ngx_http_rules_op_t *ngx_http_rules_op_alloc(size_t ncmds,
 static void ngx_http_rules_op_free(ngx_http_rules_op_t *op);
 static ngx_int_t ngx_http_rules_parse_time(ngx_http_request_t *r,
     ngx_str_t *s, int64_t *out);
+static ngx_http_rules_arg_t *ngx_http_rules_scan_args(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf);
+static ngx_int_t ngx_http_rules_field_value(ngx_http_request_t *r,
+    ngx_http_rules_field_t *f, ngx_http_rules_arg_t *arg, rules_str_t *out);
 
 
 /* per worker, reused by every event */
@@ -439,15 +450,100 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
 }
 
 
+/*
+ * The values of the fields that are one $arg_ variable, in one pass over
+ * the query string (the variable scans it once per name): for each, the
+ * first argument "name=value", the name compared ignoring case, as
+ * ngx_http_arg() finds it.  Not for a name that "set" made a variable of
+ * its own (then it is not the argument).  NULL: no such field.
+ */
+static ngx_http_rules_arg_t *
+ngx_http_rules_scan_args(ngx_http_request_t *r,
+    ngx_http_rules_loc_conf_t *rlcf)
+{
+    u_char                     *p, *last, *amp, *eq;
+    size_t                      len;
+    ngx_uint_t                  i, n, left;
+    ngx_http_variable_t        *v;
+    ngx_http_rules_arg_t       *args;
+    ngx_http_rules_field_t     *f;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (rlcf->fields == NULL || r->args.len == 0) {
+        return NULL;
+    }
+
+    n = rlcf->fields->nelts;
+    f = rlcf->fields->elts;
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+    v = cmcf->variables.elts;
+    args = NULL;
+    left = 0;
+
+    for (i = 0; i < n; i++) {
+        if (f[i].arg.len == 0
+            || !(v[f[i].var_index].flags & NGX_HTTP_VAR_PREFIX))
+        {
+            continue;
+        }
+
+        if (args == NULL) {
+            args = ngx_pcalloc(r->pool, n * sizeof(ngx_http_rules_arg_t));
+            if (args == NULL) {
+                return NULL;
+            }
+        }
+
+        args[i].scanned = 1;
+        left++;
+    }
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    while (p < last && left) {
+        amp = ngx_strlchr(p, last, '&');
+        if (amp == NULL) {
+            amp = last;
+        }
+
+        eq = ngx_strlchr(p, amp, '=');
+
+        if (eq) {
+            len = eq - p;
+
+            for (i = 0; i < n; i++) {
+                if (args[i].scanned && args[i].value.data == NULL
+                    && f[i].arg.len == len
+                    && ngx_strncasecmp(p, f[i].arg.data, len) == 0)
+                {
+                    args[i].value.data = eq + 1;
+                    args[i].value.len = amp - eq - 1;
+                    left--;
+                }
+            }
+        }
+
+        p = amp + 1;
+    }
+
+    return args;
+}
+
+
 static ngx_int_t
 ngx_http_rules_field_value(ngx_http_request_t *r, ngx_http_rules_field_t *f,
-    rules_str_t *out)
+    ngx_http_rules_arg_t *arg, rules_str_t *out)
 {
     u_char                     *dst, *src;
     ngx_str_t                   value;
     ngx_http_variable_value_t  *vv;
 
-    if (f->var_index != NGX_ERROR) {
+    if (arg && arg->scanned) {
+        value = arg->value;
+
+    } else if (f->var_index != NGX_ERROR) {
         vv = ngx_http_get_flushed_variable(r, f->var_index);
 
         if (vv == NULL || vv->not_found) {
@@ -492,6 +588,7 @@ ngx_http_rules_query_event(ngx_http_request_t *r,
     ngx_str_t                s;
     ngx_uint_t               i;
     rules_str_t              v;
+    ngx_http_rules_arg_t    *args;
     ngx_http_rules_field_t  *f;
 
     nf = rules_nfields(rs);
@@ -507,13 +604,16 @@ ngx_http_rules_query_event(ngx_http_request_t *r,
     ev->ts[0] = -1;
 
     f = rlcf->fields ? rlcf->fields->elts : NULL;
+    args = ngx_http_rules_scan_args(r, rlcf);
 
     for (i = 0; f && i < rlcf->fields->nelts; i++) {
         if (f[i].field < 0 && (ngx_int_t) i != rlcf->time_field) {
             continue;
         }
 
-        if (ngx_http_rules_field_value(r, &f[i], &v) != NGX_OK) {
+        if (ngx_http_rules_field_value(r, &f[i], args ? &args[i] : NULL, &v)
+            != NGX_OK)
+        {
             return NGX_ERROR;
         }
 
@@ -567,6 +667,7 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
     ngx_chain_t             *cl;
     rules_str_t              v;
     rules_json_rc_t          jrc;
+    ngx_http_rules_arg_t    *args;
     ngx_http_rules_field_t  *f;
     char                     err[RULES_ERR_LEN];
     int64_t                  ts;
@@ -673,13 +774,16 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
     }
 
     f = rlcf->fields->elts;
+    args = ngx_http_rules_scan_args(r, rlcf);
 
     for (i = 0; i < rlcf->fields->nelts; i++) {
         if (f[i].field < 0) {
             continue;
         }
 
-        if (ngx_http_rules_field_value(r, &f[i], &v) != NGX_OK) {
+        if (ngx_http_rules_field_value(r, &f[i], args ? &args[i] : NULL, &v)
+            != NGX_OK)
+        {
             return NGX_ERROR;
         }
 

@@ -855,6 +855,7 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     f->name = value[1];
     f->field = -1;
+    ngx_str_null(&f->arg);
 
     /* query arguments are matched percent-decoded */
     f->decode = (ngx_strstrn(value[2].data, "$arg_", 5 - 1) != NULL
@@ -906,6 +907,18 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             if (f->var_index == NGX_ERROR) {
                 return NGX_CONF_ERROR;
+            }
+
+            if (name.len > 4
+                && ngx_strncasecmp(name.data, (u_char *) "arg_", 4) == 0)
+            {
+                f->arg.len = name.len - 4;
+                f->arg.data = ngx_pnalloc(cf->pool, f->arg.len);
+                if (f->arg.data == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+
+                ngx_strlow(f->arg.data, name.data + 4, f->arg.len);
             }
         }
     }

@@ -74,6 +74,10 @@ typedef struct {
     ngx_int_t                     var_index;      /* the value is one
                                                      variable: its index,
                                                      read once; else -1 */
+    ngx_str_t                     arg;            /* that variable is
+                                                     $arg_<arg> (lowercase):
+                                                     read with the others
+                                                     in one pass */
 } ngx_http_rules_field_t;
 
 

@@ -417,3 +417,52 @@ longer than rules_max_value_length 16
   "X-Rules: []",
   "X-Rules: [visited_twice_week]",
 ]
+
+
+
+=== TEST 17: $arg_ fields read as nginx reads $arg_: the first of repeated arguments, names in any case, an argument without "=" or with a longer name skipped
+--- request eval
+[
+  "GET /px?uid=t050-17&e=click&e=page&ts=1000",
+  "GET /px?UID=t050-17&E=page&Ts=2000",
+  "GET /px?uid=t050-17&e&xe=click&e=page&ts=3000",
+  "GET /px?uid=t050-17b&e=&e=page&ts=4000",
+  "GET /px?uid=t050-17b&e=page&ts=5000",
+]
+--- response_headers eval
+[
+  "X-Rules: []\nX-Status: ok",
+  "X-Rules: []\nX-Status: ok",
+  "X-Rules: [visited_twice_week]\nX-Status: ok",
+  "X-Rules: []\nX-Status: ok",
+  "X-Rules: []\nX-Status: ok",
+]
+
+
+
+=== TEST 18: a variable named like an argument but made by map is that variable, not the argument
+--- http_config eval
+$::HttpConfig . <<'_EOC_';
+    map $arg_other $arg_e {
+        default click;
+    }
+_EOC_
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        empty_gif;
+    }
+--- request eval
+[
+  "GET /px?uid=t050-18&e=page&ts=1000",
+  "GET /px?uid=t050-18&e=page&ts=2000",
+]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: []",
+]
