@@ -25,21 +25,11 @@ _EOC_
 
 sub http_body {
     my ($redis_port, $timeout) = @_;
-    return <<"_EOC_";
-    rules_redis 127.0.0.1:$redis_port;
-    rules_redis_timeout $timeout;
-    rules_key_prefix "t056:$$:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+    return RulesNginx::pixel_http(
+        store   => "rules_redis 127.0.0.1:$redis_port;",
+        timeout => $timeout,
+        prefix  => "t056:$$:",
+        fields  => ['uid']);
 }
 
 # sends a request on a new connection; returns the socket
@@ -47,20 +37,19 @@ sub send_px {
     my ($port, $uid) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
         or die "connect: $!";
-    print $s "GET /px?uid=$uid HTTP/1.0\r\nHost: t\r\n\r\n";
+    print $s "GET /px?uid=$uid&ts=1000 HTTP/1.0\r\nHost: t\r\n\r\n";
     return $s;
 }
 
-# reads the whole response; returns (status line's code, X-Status,
-# seconds since $since)
+# reads the whole response; returns (status, X-Status, seconds since
+# $since)
 sub read_px {
     my ($s, $since) = @_;
     local $/;
     my $resp = <$s> // '';
     my $at = time - $since;
-    my ($code) = $resp =~ m{^HTTP/1\.\d (\d+)};
-    my ($st) = $resp =~ /^X-Status: (\S+)/mi;
-    return ($code // 0, $st // '', $at);
+    my ($code, $h) = RulesNginx::parse_response($resp);
+    return ($code, $h->{'x-status'} // '', $at);
 }
 
 
