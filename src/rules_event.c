@@ -184,7 +184,9 @@ rules_event_entry(rules_set_t *rs, const rules_rule_t *r,
         mask = 0;
 
         for (i = 0; i < r->nsteps; i++) {
-            if (rules_cond_eval_memo(rs, r->steps[i], r->step_memo[i], values)) {
+            if (rules_cond_eval_memo(rs, r->steps[i], r->step_memo[i],
+                                     values))
+            {
                 mask |= (uint32_t) 1 << i;
             }
         }
