@@ -454,8 +454,9 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
  * The values of the fields that are one $arg_ variable, in one pass over
  * the query string (the variable scans it once per name): for each, the
  * first argument "name=value", the name compared ignoring case, as
- * ngx_http_arg() finds it.  Not for a name that "set" made a variable of
- * its own (then it is not the argument).  NULL: no such field.
+ * ngx_http_arg() finds it.  Not for a variable of that name that another
+ * module makes (map, js_set: the variable is then not the argument's
+ * prefix variable), read as before.  NULL: no such field.
  */
 static ngx_http_rules_arg_t *
 ngx_http_rules_scan_args(ngx_http_request_t *r,
