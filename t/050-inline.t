@@ -447,15 +447,6 @@ $::HttpConfig . <<'_EOC_';
         default click;
     }
 _EOC_
---- config
-    location = /px {
-        rules on;
-        rules_field uid $arg_uid;
-        rules_field type $arg_e;
-        rules_time $arg_ts;
-        add_header X-Rules "[$rules_matched]" always;
-        empty_gif;
-    }
 --- request eval
 [
   "GET /px?uid=t050-18&e=page&ts=1000",
