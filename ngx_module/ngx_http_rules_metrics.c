@@ -11,14 +11,17 @@
  * older, else from a timer that fires after that (and when the worker
  * exits).  An atomic add per rule and event was 5 % of a worker's time
  * with 1000 rules; one per rule and reply still 4-5 % (groups of 333
- * rules, about 100 of them matched per event).  A worker whose counts
- * wait for the timer is counted in the zone ("deferring"): a scrape adds
- * its own worker's counts, then waits (checking every
- * NGX_HTTP_RULES_METRICS_WAIT_MSEC, NGX_HTTP_RULES_METRICS_WAIT_MAX ms at
- * most) until no worker defers, so that every event answered before the
- * scrape is in it; under steady load, where some worker always defers,
- * the scrape is served after the longest wait, at most a millisecond
- * behind.  Each configuration cycle builds, in its own
+ * rules, about 100 of them matched per event).  A worker holds a slot in
+ * the zone (its pid) where it writes since when its counts wait for the
+ * timer: a scrape adds its own worker's counts, then waits (checking
+ * every NGX_HTTP_RULES_METRICS_WAIT_MSEC, NGX_HTTP_RULES_METRICS_WAIT_MAX
+ * ms at most) until no worker holds counts that waited from before the
+ * scrape arrived, so that every event answered before it is in it; the
+ * counts deferred since do not hold it (under load the workers keep
+ * deferring new ones), nor those of a worker that died (its pid is gone).  A
+ * worker without a slot (more than NGX_HTTP_RULES_METRICS_DEFER_SLOTS
+ * running at once) adds its counts with every reply.  Each configuration
+ * cycle builds, in its own
  * memory, an index from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
@@ -51,6 +54,11 @@
  * out; the bound is in time, not in checks) */
 #define NGX_HTTP_RULES_METRICS_WAIT_MSEC    1
 #define NGX_HTTP_RULES_METRICS_WAIT_MAX     100
+/* workers (old and new ones during a reload) that may defer their counts */
+#define NGX_HTTP_RULES_METRICS_DEFER_SLOTS  256
+/* a worker whose counts have waited this long (ms) may have died with
+ * them: a scrape checks its pid */
+#define NGX_HTTP_RULES_METRICS_DEFER_STALE  10
 
 /* a zone written by another layout of these structures is not read */
 #define NGX_HTTP_RULES_METRICS_MAGIC                                         \
@@ -67,6 +75,14 @@ typedef struct {
     ngx_atomic_t                        matched;
     u_char                              id[RULES_ID_MAX_LEN + 1];
 } ngx_http_rules_metrics_slot_t;
+
+
+/* a worker's deferred per-rule counts: since when (monotonic ms; 0:
+ * none waiting), and who (0: a free slot) */
+typedef struct {
+    ngx_atomic_t                        pid;
+    ngx_atomic_t                        since;
+} ngx_http_rules_metrics_defer_t;
 
 
 /* the counters that a new zone copies from the previous one */
@@ -108,8 +124,10 @@ typedef struct {
     /* events of this zone's workers waiting for Redis: not copied */
     ngx_atomic_t                        inflight;
 
-    /* workers whose per-rule counts wait for their timer: not copied */
-    ngx_atomic_t                        deferring;
+    /* the workers whose per-rule counts may wait for their timer: not
+     * copied */
+    ngx_http_rules_metrics_defer_t      defer[
+                                           NGX_HTTP_RULES_METRICS_DEFER_SLOTS];
 
     /* written by the master (zone init) under the pool's mutex */
     ngx_uint_t                          generation;   /* latest cycle */
@@ -144,10 +162,12 @@ struct ngx_http_rules_metrics_s {
     ngx_uint_t                          ndirty_matched;
 
     /* when they were last added; the timer that adds them later, and
-     * whether it is counted in sh->deferring */
+     * whether they wait for it; this worker's slot (NULL: none, they
+     * never wait) */
     ngx_msec_t                          last_flush;
     ngx_event_t                         flush_ev;
     ngx_uint_t                          deferred;
+    ngx_http_rules_metrics_defer_t     *defer;
 };
 
 
@@ -156,6 +176,7 @@ typedef struct {
     ngx_event_t                         ev;
     ngx_http_request_t                 *r;
     ngx_msec_t                          start;
+    ngx_msec_t                          arrived;   /* monotonic ms */
 } ngx_http_rules_metrics_wait_t;
 
 
@@ -172,6 +193,10 @@ static ngx_http_rules_metrics_slot_t *ngx_http_rules_metrics_slot_alloc(
 static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
     ngx_http_rules_main_conf_t *rmcf);
 static void ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m);
+static void ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m);
+static ngx_msec_t ngx_http_rules_metrics_clock(void);
+static ngx_uint_t ngx_http_rules_metrics_deferred(
+    ngx_http_rules_metrics_shm_t *sh, ngx_msec_t arrived);
 static void ngx_http_rules_metrics_flush_handler(ngx_event_t *ev);
 static void ngx_http_rules_metrics_wait_handler(ngx_event_t *ev);
 static void ngx_http_rules_metrics_wait_cleanup(void *data);
@@ -739,8 +764,9 @@ ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
         return;
     }
 
-    if (ngx_current_msec - m->last_flush
-        >= NGX_HTTP_RULES_METRICS_FLUSH_MSEC)
+    if (m->defer == NULL
+        || ngx_current_msec - m->last_flush
+           >= NGX_HTTP_RULES_METRICS_FLUSH_MSEC)
     {
         ngx_http_rules_metrics_add(m);
         return;
@@ -748,7 +774,7 @@ ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
 
     if (!m->deferred) {
         m->deferred = 1;
-        (void) ngx_atomic_fetch_add(&m->sh->deferring, 1);
+        m->defer->since = ngx_http_rules_metrics_clock();
     }
 
     if (!m->flush_ev.timer_set) {
@@ -757,16 +783,90 @@ ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf)
 }
 
 
+/* exit_process: the counts not added yet, and the slot given back */
 void
-ngx_http_rules_metrics_flush_now(ngx_http_rules_main_conf_t *rmcf)
+ngx_http_rules_metrics_worker_exit(ngx_http_rules_main_conf_t *rmcf)
 {
     ngx_http_rules_metrics_t  *m;
 
     m = ngx_http_rules_metrics_ctx(rmcf);
 
-    if (m) {
-        ngx_http_rules_metrics_add(m);
+    if (m == NULL) {
+        return;
     }
+
+    ngx_http_rules_metrics_add(m);
+
+    if (m->defer) {
+        (void) ngx_atomic_cmp_set(&m->defer->pid, (ngx_atomic_uint_t) ngx_pid,
+                                  0);
+        m->defer = NULL;
+    }
+}
+
+
+/* CLOCK_MONOTONIC in ms, read now (the time of a scrape's arrival, and of
+ * a deferral, across workers) */
+static ngx_msec_t
+ngx_http_rules_metrics_clock(void)
+{
+    ngx_msec_t       ms;
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    ms = (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+
+    return ms ? ms : 1;
+}
+
+
+/*
+ * Whether a worker holds per-rule counts that have waited since before a
+ * scrape arrived (or in its millisecond).  Counts deferred later are of
+ * events answered after it; a worker whose counts have waited for more
+ * than NGX_HTTP_RULES_METRICS_DEFER_STALE ms while its timer should have
+ * added them after one is checked: if it died, they died with it.
+ */
+static ngx_uint_t
+ngx_http_rules_metrics_deferred(ngx_http_rules_metrics_shm_t *sh,
+    ngx_msec_t arrived)
+{
+    ngx_uint_t                       i;
+    ngx_msec_t                       since, now;
+    ngx_atomic_uint_t                pid;
+    ngx_http_rules_metrics_defer_t  *d;
+
+    now = 0;
+
+    for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
+        d = &sh->defer[i];
+        since = d->since;
+
+        if (since == 0 || since > arrived) {
+            continue;
+        }
+
+        pid = d->pid;
+
+        if (pid == 0) {
+            continue;
+        }
+
+        if (now == 0) {
+            now = ngx_http_rules_metrics_clock();
+        }
+
+        if (now - since > NGX_HTTP_RULES_METRICS_DEFER_STALE
+            && kill((ngx_pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH)
+        {
+            continue;
+        }
+
+        return 1;
+    }
+
+    return 0;
 }
 
 
@@ -819,8 +919,10 @@ ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m)
     m->ndirty_matched = 0;
 
     if (m->deferred) {
+        /* after the adds: a scrape that sees none waiting sees them */
+        ngx_memory_barrier();
         m->deferred = 0;
-        (void) ngx_atomic_fetch_add(&m->sh->deferring, -1);
+        m->defer->since = 0;
     }
 }
 
@@ -944,6 +1046,47 @@ ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
 
 
 /*
+ * A slot for this worker's deferred counts: a free one, else one whose
+ * worker died (killed, crashed: it never gave it back).  None left: the
+ * worker adds its counts with every reply.
+ */
+static void
+ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m)
+{
+    ngx_uint_t                       i, pass;
+    ngx_atomic_uint_t                pid;
+    ngx_http_rules_metrics_defer_t  *d;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
+            d = &m->sh->defer[i];
+            pid = d->pid;
+
+            if (pass == 0 ? pid != 0
+                          : pid != (ngx_atomic_uint_t) ngx_pid
+                            && (kill((ngx_pid_t) pid, 0) == 0
+                                || ngx_errno != NGX_ESRCH))
+            {
+                continue;
+            }
+
+            if (ngx_atomic_cmp_set(&d->pid, pid, (ngx_atomic_uint_t) ngx_pid))
+            {
+                d->since = 0;
+                m->defer = d;
+                return;
+            }
+        }
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "rules metrics: more than %d workers defer their per-rule "
+                  "counts, this one adds them with every Redis reply",
+                  NGX_HTTP_RULES_METRICS_DEFER_SLOTS);
+}
+
+
+/*
  * init_process: counts the start, and marks this cycle as running; the
  * first worker of a cycle counts a configuration load (the start or a
  * reload), so that worker starts beyond worker_processes per load are
@@ -965,6 +1108,8 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
     sh = m->sh;
 
     (void) ngx_atomic_fetch_add(&sh->c.worker_starts, 1);
+
+    ngx_http_rules_metrics_defer_claim(m);
 
     for ( ;; ) {
         live = sh->live;
@@ -1176,6 +1321,7 @@ static ngx_int_t
 ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 {
     ngx_int_t                       rc;
+    ngx_msec_t                      arrived;
     ngx_pool_cleanup_t             *cln;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
@@ -1200,7 +1346,9 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 
     ngx_http_rules_metrics_add(m);
 
-    if (m->sh->deferring == 0) {
+    arrived = ngx_http_rules_metrics_clock();
+
+    if (!ngx_http_rules_metrics_deferred(m->sh, arrived)) {
         return ngx_http_rules_metrics_send(r);
     }
 
@@ -1227,6 +1375,7 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
 
     w->r = r;
     w->start = ngx_current_msec;
+    w->arrived = arrived;
     w->ev.handler = ngx_http_rules_metrics_wait_handler;
     w->ev.data = w;
     w->ev.log = r->connection->log;
@@ -1270,7 +1419,7 @@ ngx_http_rules_metrics_wait_handler(ngx_event_t *ev)
         /* this worker's own, deferred since */
         ngx_http_rules_metrics_add(m);
 
-        if (m->sh->deferring
+        if (ngx_http_rules_metrics_deferred(m->sh, w->arrived)
             && ngx_current_msec - w->start < NGX_HTTP_RULES_METRICS_WAIT_MAX)
         {
             ngx_add_timer(ev, NGX_HTTP_RULES_METRICS_WAIT_MSEC);

@@ -1085,7 +1085,12 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
 
     rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
 
-    if (rmcf == NULL || (rmcf->redis == NULL && rmcf->cluster == NULL)) {
+    if (rmcf == NULL) {
+        return;
+    }
+
+    if (rmcf->redis == NULL && rmcf->cluster == NULL) {
+        ngx_http_rules_metrics_worker_exit(rmcf);
         return;
     }
 
@@ -1100,8 +1105,9 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         rmcf->redis = NULL;
     }
 
-    /* the per-rule counts of the answers, not added yet */
-    ngx_http_rules_metrics_flush_now(rmcf);
+    /* the per-rule counts of the answers, not added yet; the worker's
+     * slot in the metrics zone */
+    ngx_http_rules_metrics_worker_exit(rmcf);
 
     ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();

@@ -202,13 +202,13 @@ void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
  * before the event's request is answered, once for all the events of a
  * Redis reply, and at most once a millisecond (a timer adds the rest; a
  * scrape waits for it): one atomic add per rule and flush, not per rule
- * and event; ngx_http_rules_metrics_flush_now() adds them at once (the
+ * and event; ngx_http_rules_metrics_worker_exit() adds them at once (the
  * worker exits)
  */
 void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched);
 void ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf);
-void ngx_http_rules_metrics_flush_now(ngx_http_rules_main_conf_t *rmcf);
+void ngx_http_rules_metrics_worker_exit(ngx_http_rules_main_conf_t *rmcf);
 /* one Redis round trip, in microseconds */
 void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
     ngx_msec_int_t usec);

@@ -261,48 +261,14 @@ is($short, 0, 'a scrape at once after them counts them all, every round');
 # wait must go with it (under make test-asan a use after free is
 # reported).  No worker may die, and scraping must still work.
 my @before = RulesNginx::worker_pids($ngx);
-my $load = fork();
-die "fork: $!" unless defined $load;
-if ($load == 0) {
-    my $end = Time::HiRes::time() + 8;
-    my ($k, $c) = (0, undef);
-    while (Time::HiRes::time() < $end) {
-        # a new connection when nginx closes one (keepalive_requests)
-        $c //= IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
-            or POSIX::_exit(1);
-        my $req = '';
-        for (1 .. 20) {
-            $k++;
-            $req .= "GET /px?uid=load$k&e=page&ts=" . (9000 + $k)
-                  . " HTTP/1.1\r\nHost: localhost\r\n\r\n";
-        }
-        print $c $req;
-        my ($got, $buf) = (0, '');
-        while ($got < 20) {
-            my $n = sysread($c, my $b, 65536);
-            if (!$n) {
-                undef $c;
-                last;
-            }
-            $buf .= $b;
-            $got = () = $buf =~ m{HTTP/1\.1 \d}g;
-        }
-    }
-    POSIX::_exit(0);
-}
+my $load = start_load($ngx->{port}, 8, 'load');
 sleep 0.2;
 my ($stuck, $broken_waiting) = (0, 0);
 TRY: for my $try (1 .. 40) {
     for my $w (@before) {
         kill 'STOP', $w;
         # two scrapes in a row take the whole wait (not a hiccup)
-        my $slow = 0;
-        for (1 .. 2) {
-            my $t0 = Time::HiRes::time();
-            RulesNginx::get($ngx->{port}, '/metrics');
-            $slow++ if Time::HiRes::time() - $t0 >= 0.08;
-        }
-        if ($slow == 2) {
+        if (slow_scrapes(2) == 2) {
             $stuck = 1;
             for (1 .. 5) {
                 my $c = IO::Socket::INET->new(
@@ -333,5 +299,89 @@ is($st_after, 200, 'and a scrape after them is served');
 
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');
+
+# ---- a worker killed with counts waiting holds no scrape after it ---------
+# A worker stopped under load, its counts waiting (two scrapes take the
+# whole wait), is killed; its counts die with it: the scrapes after it,
+# once the master has started another worker, do not wait for them.
+my $victim;
+$load = start_load($ngx->{port}, 8, 'kill');
+sleep 0.2;
+VICTIM: for my $try (1 .. 40) {
+    for my $w (RulesNginx::worker_pids($ngx)) {
+        kill 'STOP', $w;
+        if (slow_scrapes(2) == 2) {
+            kill 'KILL', $w;
+            $victim = $w;
+            last VICTIM;
+        }
+        kill 'CONT', $w;
+    }
+}
+kill 'KILL', $load;
+waitpid $load, 0;
+ok($victim, 'a worker stopped with counts waiting, then killed');
+my @now;
+for (1 .. 100) {
+    @now = RulesNginx::worker_pids($ngx);
+    last if @now == 2 && !grep { $_ == ($victim // 0) } @now;
+    sleep 0.05;
+}
+is(scalar(grep { $_ != ($victim // 0) } @now), 2,
+   'the master started another worker');
+is(slow_scrapes(5), 0, 'no scrape after it waits for its counts');
+my @alerts = RulesNginx::error_log($ngx) =~ /^.*\[(?:alert|crit|emerg)\].*$/mg;
+is_deeply([grep { !/exited on signal 9/ } @alerts], [],
+          'no alert in the error log but the killed worker\'s exit');
+
 RulesNginx::stop_nginx($ngx);
 done_testing();
+
+
+# A steady stream of pipelined events (20 at a time, uid TAG<n>) for SECS
+# seconds, from a child process; its pid.
+sub start_load {
+    my ($port, $secs, $tag) = @_;
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    return $pid if $pid;
+
+    my $end = Time::HiRes::time() + $secs;
+    my ($k, $c) = (0, undef);
+    while (Time::HiRes::time() < $end) {
+        # a new connection when nginx closes one (keepalive_requests)
+        $c //= IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+            or POSIX::_exit(1);
+        my $req = '';
+        for (1 .. 20) {
+            $k++;
+            $req .= "GET /px?uid=$tag$k&e=page&ts=" . (9000 + $k)
+                  . " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        }
+        print $c $req;
+        my ($got, $buf) = (0, '');
+        while ($got < 20) {
+            my $n = sysread($c, my $b, 65536);
+            if (!$n) {
+                undef $c;
+                last;
+            }
+            $buf .= $b;
+            $got = () = $buf =~ m{HTTP/1\.1 \d}g;
+        }
+    }
+    POSIX::_exit(0);
+}
+
+
+# Of N scrapes in a row, how many took the whole wait (80 ms or more).
+sub slow_scrapes {
+    my ($n) = @_;
+    my $slow = 0;
+    for (1 .. $n) {
+        my $t0 = Time::HiRes::time();
+        RulesNginx::get($ngx->{port}, '/metrics');
+        $slow++ if Time::HiRes::time() - $t0 >= 0.08;
+    }
+    return $slow;
+}
