@@ -18,11 +18,11 @@
  * ms at most) until no worker holds counts that waited from before the
  * scrape arrived, so that every event answered before it is in it; the
  * counts deferred since do not hold it (under load the workers keep
- * deferring new ones), nor those of a worker that died (its pid is gone).  A
- * worker without a slot (more than NGX_HTTP_RULES_METRICS_DEFER_SLOTS
- * running at once) adds its counts with every reply.  Each configuration
- * cycle builds, in its own
- * memory, an index from its rules (file order) to their slots: a rule
+ * deferring new ones), nor those of a worker that died (its pid is gone:
+ * its slot is freed).  A worker without a slot (all
+ * NGX_HTTP_RULES_METRICS_DEFER_SLOTS held) adds its counts with every
+ * reply.  Each configuration cycle builds, in its own memory, an index
+ * from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
  * is lost while the old workers finish their requests; an edited rule
@@ -195,6 +195,10 @@ static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
 static void ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m);
 static void ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m);
 static ngx_msec_t ngx_http_rules_metrics_clock(void);
+static ngx_uint_t ngx_http_rules_metrics_dead(ngx_atomic_uint_t pid);
+static void ngx_http_rules_metrics_defer_free(
+    ngx_http_rules_metrics_defer_t *d, ngx_atomic_uint_t pid,
+    ngx_atomic_uint_t since);
 static ngx_uint_t ngx_http_rules_metrics_deferred(
     ngx_http_rules_metrics_shm_t *sh, ngx_msec_t arrived);
 static void ngx_http_rules_metrics_flush_handler(ngx_event_t *ev);
@@ -811,11 +815,19 @@ static ngx_msec_t
 ngx_http_rules_metrics_clock(void)
 {
     ngx_msec_t       ms;
+#if (NGX_HAVE_CLOCK_MONOTONIC)
     struct timespec  ts;
 
     (void) clock_gettime(CLOCK_MONOTONIC, &ts);
 
     ms = (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+#else
+    struct timeval   tv;
+
+    ngx_gettimeofday(&tv);
+
+    ms = (ngx_msec_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+#endif
 
     return ms ? ms : 1;
 }
@@ -826,7 +838,8 @@ ngx_http_rules_metrics_clock(void)
  * scrape arrived (or in its millisecond).  Counts deferred later are of
  * events answered after it; a worker whose counts have waited for more
  * than NGX_HTTP_RULES_METRICS_DEFER_STALE ms while its timer should have
- * added them after one is checked: if it died, they died with it.
+ * added them after one is checked: if it died, they died with it, and
+ * its slot is freed.
  */
 static ngx_uint_t
 ngx_http_rules_metrics_deferred(ngx_http_rules_metrics_shm_t *sh,
@@ -843,13 +856,7 @@ ngx_http_rules_metrics_deferred(ngx_http_rules_metrics_shm_t *sh,
         d = &sh->defer[i];
         since = d->since;
 
-        if (since == 0 || since > arrived) {
-            continue;
-        }
-
-        pid = d->pid;
-
-        if (pid == 0) {
+        if (since == 0 || (ngx_msec_int_t) (since - arrived) > 0) {
             continue;
         }
 
@@ -857,16 +864,48 @@ ngx_http_rules_metrics_deferred(ngx_http_rules_metrics_shm_t *sh,
             now = ngx_http_rules_metrics_clock();
         }
 
+        pid = d->pid;
+
         if (now - since > NGX_HTTP_RULES_METRICS_DEFER_STALE
-            && kill((ngx_pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH)
+            && ngx_http_rules_metrics_dead(pid))
         {
+            ngx_http_rules_metrics_defer_free(d, pid, since);
             continue;
         }
 
         return 1;
     }
 
+    /* no count waits: the counters read next hold every one added */
+    ngx_memory_barrier();
+
     return 0;
+}
+
+
+/* Whether the process that held a slot is gone (0: a free slot). */
+static ngx_uint_t
+ngx_http_rules_metrics_dead(ngx_atomic_uint_t pid)
+{
+    return pid == 0
+           || (kill((ngx_pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH);
+}
+
+
+/*
+ * A dead worker's slot freed, as read (pid, since): a worker that took
+ * it meanwhile, and the time its counts wait since, are left alone.
+ */
+static void
+ngx_http_rules_metrics_defer_free(ngx_http_rules_metrics_defer_t *d,
+    ngx_atomic_uint_t pid, ngx_atomic_uint_t since)
+{
+    if (pid == 0) {
+        return;
+    }
+
+    (void) ngx_atomic_cmp_set(&d->since, since, 0);
+    (void) ngx_atomic_cmp_set(&d->pid, pid, 0);
 }
 
 
@@ -1046,43 +1085,46 @@ ngx_http_rules_metrics_redis(ngx_http_rules_main_conf_t *rmcf,
 
 
 /*
- * A slot for this worker's deferred counts: a free one, else one whose
- * worker died (killed, crashed: it never gave it back).  None left: the
- * worker adds its counts with every reply.
+ * A slot for this worker's deferred counts: the first one free.  The
+ * slots of workers that died (killed, crashed: they never gave theirs
+ * back) are freed on the way, and so is one that holds this pid (a dead
+ * worker's, the pid reused), whose counts a scrape would otherwise wait
+ * for while this worker lives.  None left: the worker adds its counts
+ * with every reply.
  */
 static void
 ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m)
 {
-    ngx_uint_t                       i, pass;
-    ngx_atomic_uint_t                pid;
+    ngx_uint_t                       i;
+    ngx_atomic_uint_t                pid, self, since;
     ngx_http_rules_metrics_defer_t  *d;
 
-    for (pass = 0; pass < 2; pass++) {
-        for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
-            d = &m->sh->defer[i];
+    self = (ngx_atomic_uint_t) ngx_pid;
+
+    for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
+        d = &m->sh->defer[i];
+        since = d->since;
+        pid = d->pid;
+
+        if (pid == self || (pid && ngx_http_rules_metrics_dead(pid))) {
+            ngx_http_rules_metrics_defer_free(d, pid, since);
             pid = d->pid;
+        }
 
-            if (pass == 0 ? pid != 0
-                          : pid != (ngx_atomic_uint_t) ngx_pid
-                            && (kill((ngx_pid_t) pid, 0) == 0
-                                || ngx_errno != NGX_ESRCH))
-            {
-                continue;
-            }
-
-            if (ngx_atomic_cmp_set(&d->pid, pid, (ngx_atomic_uint_t) ngx_pid))
-            {
-                d->since = 0;
-                m->defer = d;
-                return;
-            }
+        if (pid == 0 && m->defer == NULL
+            && ngx_atomic_cmp_set(&d->pid, 0, self))
+        {
+            d->since = 0;
+            m->defer = d;
         }
     }
 
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                  "rules metrics: more than %d workers defer their per-rule "
-                  "counts, this one adds them with every Redis reply",
-                  NGX_HTTP_RULES_METRICS_DEFER_SLOTS);
+    if (m->defer == NULL) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "rules metrics: all %d slots of the zone are held, "
+                      "this worker adds its per-rule counts with every "
+                      "Redis reply", NGX_HTTP_RULES_METRICS_DEFER_SLOTS);
+    }
 }
 
 
@@ -1109,7 +1151,13 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
 
     (void) ngx_atomic_fetch_add(&sh->c.worker_starts, 1);
 
-    ngx_http_rules_metrics_defer_claim(m);
+    /* the cache manager and loader exit without exit_process */
+
+    if (ngx_process == NGX_PROCESS_WORKER
+        || ngx_process == NGX_PROCESS_SINGLE)
+    {
+        ngx_http_rules_metrics_defer_claim(m);
+    }
 
     for ( ;; ) {
         live = sh->live;
