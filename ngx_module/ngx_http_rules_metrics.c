@@ -175,7 +175,6 @@ struct ngx_http_rules_metrics_s {
 typedef struct {
     ngx_event_t                         ev;
     ngx_http_request_t                 *r;
-    ngx_msec_t                          start;
     ngx_msec_t                          arrived;   /* monotonic ms */
 } ngx_http_rules_metrics_wait_t;
 
@@ -1422,7 +1421,6 @@ ngx_http_rules_metrics_handler(ngx_http_request_t *r)
     cln->data = w;
 
     w->r = r;
-    w->start = ngx_current_msec;
     w->arrived = arrived;
     w->ev.handler = ngx_http_rules_metrics_wait_handler;
     w->ev.data = w;
@@ -1468,7 +1466,8 @@ ngx_http_rules_metrics_wait_handler(ngx_event_t *ev)
         ngx_http_rules_metrics_add(m);
 
         if (ngx_http_rules_metrics_deferred(m->sh, w->arrived)
-            && ngx_current_msec - w->start < NGX_HTTP_RULES_METRICS_WAIT_MAX)
+            && ngx_http_rules_metrics_clock() - w->arrived
+               < NGX_HTTP_RULES_METRICS_WAIT_MAX)
         {
             ngx_add_timer(ev, NGX_HTTP_RULES_METRICS_WAIT_MSEC);
             return;
