@@ -115,6 +115,13 @@ static rules_result_t    ngx_http_rules_event_result;
 static ngx_queue_t       ngx_http_rules_waiting;
 static ngx_event_t       ngx_http_rules_deadline;
 
+/*
+ * The worker's events whose Redis replies have not all come (an event
+ * answered at its deadline still holds its operations until then):
+ * rules_redis_max_inflight bounds it.
+ */
+static ngx_uint_t        ngx_http_rules_events_inflight;
+
 
 /*
  * The context survives internal redirects (which clear module contexts)
@@ -900,13 +907,18 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
 
     n = eo->nkeyops;
 
+    if (ngx_http_rules_events_inflight >= rmcf->redis_conf.max_inflight) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "rules: %ui events waiting for Redis, refused",
+                       ngx_http_rules_events_inflight);
+        cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+        return NGX_ERROR;
+    }
+
     /* a cluster's nodes are checked when the calls go out */
 
     if (rmcf->cluster == NULL
-        && (rmcf->redis == NULL
-            || !ngx_http_rules_redis_ready(rmcf->redis)
-            || ngx_http_rules_redis_inflight(rmcf->redis)
-               >= rmcf->redis_conf.max_inflight))
+        && (rmcf->redis == NULL || !ngx_http_rules_redis_ready(rmcf->redis)))
     {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;
@@ -918,6 +930,7 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
 
     cmd->status = NGX_HTTP_RULES_STATUS_NONE;   /* awaiting the replies */
     cmd->op->pending++;
+    ngx_http_rules_events_inflight++;
     ngx_http_rules_metrics_inflight(rmcf, 1);
 
     /* items are counted first: a failure may answer them at once */
@@ -1020,6 +1033,7 @@ ngx_http_rules_item_done(ngx_http_rules_cmd_t *cmd)
     cmd->status = cmd->failed ? NGX_HTTP_RULES_STATUS_ERROR
                               : NGX_HTTP_RULES_STATUS_OK;
     op->pending--;
+    ngx_http_rules_events_inflight--;
     ngx_http_rules_metrics_inflight(rmcf, -1);
 
     if (ctx == NULL) {

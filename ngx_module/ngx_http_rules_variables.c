@@ -33,9 +33,9 @@ static ngx_int_t ngx_http_rules_match_variable(ngx_http_request_t *r,
 
 
 /*
- * Not cacheable: their value changes when the preaccess phase completes,
- * and a variable read earlier (say, by "set" in the rewrite phase) must
- * not pin the value before the evaluation.
+ * Not cacheable: their value changes once the event is evaluated (at the
+ * start of the rewrite phase, then again when Redis answers), and a
+ * variable read earlier must not pin the value before the evaluation.
  */
 static ngx_http_variable_t  ngx_http_rules_vars[] = {
 

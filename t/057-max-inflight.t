@@ -1,0 +1,134 @@
+# rules_redis_max_inflight bounds the events a worker has waiting for
+# Redis, however many calls carry them: with Redis stopped, a JSON body
+# of five events under a bound of three has three waiting (answered at
+# their deadline) and two failing at once, the next event fails at once
+# as well while the three are still unanswered by Redis, and once Redis
+# answers them events are taken again.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Socket::INET;
+use Time::HiRes qw(time sleep);
+use RulesNginx;
+
+my $slow = RulesMemcheck::slowdown();
+
+my $rules = <<'_EOC_';
+{"rules": [
+  {"id": "seen", "kind": "segment", "key": "uid", "type": "count",
+   "min": 1, "within": "7d"}
+]}
+_EOC_
+
+# A redis-server stopped with SIGSTOP: calls are accepted, never answered
+# until it goes on.  The worker gives a connection up after a second
+# without a reply: the stopped part stays well within it.
+my $redis = RulesNginx::start_redis();
+
+my $ngx = RulesNginx::start_nginx(
+    prefix => "$FindBin::Bin/servroot-057",
+    files  => { 'rules.json' => $rules },
+    http   => <<"_EOC_");
+    rules_redis 127.0.0.1:$redis->{port};
+    rules_redis_timeout 200ms;
+    rules_redis_max_inflight 3;
+    rules_key_prefix "t057:$$:";
+    rules_file ../html/rules.json;
+    server {
+        listen 127.0.0.1:\$PORT;
+        location = /ev {
+            rules on;
+            rules_body json;
+            rules_time ts;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+        location = /px {
+            rules on;
+            rules_time \$arg_ts;
+            rules_field uid \$arg_uid;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+        location = /metrics { rules_metrics; }
+    }
+_EOC_
+
+sub post_events {
+    my ($body) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
+        or die "connect: $!";
+    print $s "POST /ev HTTP/1.0\r\nHost: t\r\nContent-Type: application/json"
+        . "\r\nContent-Length: " . length($body) . "\r\n\r\n$body";
+    local $/;
+    my $resp = <$s> // '';
+    my ($code, $h) = RulesNginx::parse_response($resp);
+    return ($code, $h->{'x-status'} // '');
+}
+
+sub get_event {
+    my ($uid) = @_;
+    my ($code, $h) = RulesNginx::get($ngx->{port}, "/px?uid=$uid&ts=1000");
+    return ($code, $h->{'x-status'} // '');
+}
+
+sub metric {
+    my ($name) = @_;
+    my ($code, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
+    my ($v) = $body =~ /^\Q$name\E (\S+)$/m;
+    return $v // -1;
+}
+
+# a live Redis first: the bound does not get in the way of events
+# answered one after the other
+is(join(' ', get_event('warm')), '204 ok', 'live Redis: ok');
+
+my $err0 = metric('nginx_rules_events_total{status="error"}');
+my $tmo0 = metric('nginx_rules_events_total{status="timeout"}');
+
+kill 'STOP', $redis->{pid};
+
+my $body = '[' . join(',', map { qq({"uid":"b$_","ts":1000}) } 1 .. 5) . ']';
+my $t0 = time;
+my ($code, $status) = post_events($body);
+my $took = time - $t0;
+
+is("$code $status", '204 timeout',
+   'five events in one body, Redis stopped: answered, status timeout');
+cmp_ok($took, '>=', 0.15, "at the deadline of those waiting ($took s)");
+
+is(metric('nginx_rules_inflight_events'), 3,
+   'three events wait for Redis: the bound, not the five of the one call');
+is(metric('nginx_rules_events_total{status="error"}') - $err0, 2,
+   'the two events beyond the bound failed (error)');
+is(metric('nginx_rules_events_total{status="timeout"}') - $tmo0, 3,
+   'the three waiting ones ended at their deadline (timeout)');
+
+$t0 = time;
+my @next = get_event('c1');
+$took = time - $t0;
+is("@next", '204 error', 'the next event, three still waiting: error');
+cmp_ok($took, '<', 0.15 * $slow, "at once, not at a deadline ($took s)");
+
+kill 'CONT', $redis->{pid};
+
+# Redis answers the three: their room is free again
+my $back = '';
+for (1 .. 100 * $slow) {
+    $back = join ' ', get_event('d1');
+    last if $back eq '204 ok';
+    sleep 0.05;
+}
+is($back, '204 ok', 'Redis answering again: events taken');
+is(metric('nginx_rules_inflight_events'), 0, 'nothing waits any more');
+
+my $errors = RulesNginx::error_log($ngx);
+unlike($errors, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
+unlike($errors, qr/no reply for/, 'Redis was stopped for less than a second');
+RulesNginx::stop_nginx($ngx);
+RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
+
+done_testing();
