@@ -321,9 +321,17 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
         break;
     }
 
-    return ngx_http_rules_batch_queue(cmd, group, key, &ri,
-                                      RULES_ITEM_COMPUTED(ri.kind)
-                                      ? &bt->matched : NULL);
+    if (ngx_http_rules_batch_queue(cmd, group, key, &ri,
+                                   RULES_ITEM_COMPUTED(ri.kind)
+                                   ? &bt->matched : NULL)
+        != NGX_OK)
+    {
+        /* the cache took a state that will not be sent */
+        rules_cache_del(bt->cache, key.data, key.len);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
