@@ -112,7 +112,7 @@ struct ngx_http_rules_cluster_s {
 static ngx_http_rules_cluster_node_t *ngx_http_rules_cluster_node(
     ngx_http_rules_cluster_t *cl, u_char *host, size_t len, in_port_t port);
 static void ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
-    ngx_http_rules_cluster_node_t *node);
+    ngx_http_rules_cluster_node_t *node, const char *reason);
 static ngx_uint_t ngx_http_rules_cluster_numeric(u_char *host, size_t len);
 static void ngx_http_rules_cluster_plan_refresh(ngx_http_rules_cluster_t *cl);
 static void ngx_http_rules_cluster_refresh(ngx_event_t *ev);
@@ -256,7 +256,7 @@ ngx_http_rules_cluster_node(ngx_http_rules_cluster_t *cl, u_char *host,
 /* Never from a hiredis callback: the node's pending commands fail now. */
 static void
 ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
-    ngx_http_rules_cluster_node_t *node)
+    ngx_http_rules_cluster_node_t *node, const char *reason)
 {
     ngx_uint_t                       i;
     ngx_http_rules_redis_stats_t    *st;
@@ -290,7 +290,7 @@ ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
     cl->gone.noscript += st->noscript;
     cl->gone.native += st->native;
 
-    ngx_http_rules_redis_destroy(node->rd);
+    ngx_http_rules_redis_destroy(node->rd, reason);
 
     ngx_free(node);
 }
@@ -721,7 +721,7 @@ ngx_http_rules_cluster_gc(ngx_event_t *ev)
                       "rules redis cluster: closing %s: it serves no slot",
                       node->addr);
 
-        ngx_http_rules_cluster_node_free(cl, node);
+        ngx_http_rules_cluster_node_free(cl, node, "it serves no slot");
     }
 
     if (left) {
@@ -1181,7 +1181,7 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
     /* pending commands: handlers called with NGX_ERROR, right now */
 
     while (cl->nodes) {
-        ngx_http_rules_cluster_node_free(cl, cl->nodes);
+        ngx_http_rules_cluster_node_free(cl, cl->nodes, "worker exiting");
     }
 
     ngx_free(cl);

@@ -1101,7 +1101,7 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         rmcf->cluster = NULL;
 
     } else {
-        ngx_http_rules_redis_destroy(rmcf->redis);
+        ngx_http_rules_redis_destroy(rmcf->redis, "worker exiting");
         rmcf->redis = NULL;
     }
 

@@ -37,8 +37,8 @@
  * hiredis 0.14 specifics relied upon here: it has no connect timeout
  * (connect_timer does it); the disconnect callback runs only for contexts
  * that were connected, so the end of a context is taken from the cleanup
- * hook, which always runs; the connect callback runs before the context
- * is marked connected and outside hiredis' "in callback" guard, so the
+ * hook, which always runs; the connect callback runs outside hiredis'
+ * "in callback" guard (after the context is marked connected), so the
  * context must not be freed from it; redisAsyncFree() from a reply
  * callback is deferred until that callback returns.
  */
@@ -782,6 +782,7 @@ static ngx_int_t
 ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd)
 {
+    ngx_int_t   rc;
     ngx_uint_t  waiting;
 
     waiting = rd->waiting;
@@ -799,14 +800,16 @@ ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
 
     /* the protocol's form: binary safe, never a format string */
 
-    if (ngx_http_rules_redis_send_formatted(rd, cmd) != NGX_OK) {
-        /* an ASKING queued alone is harmless: its reply is counted */
-        return NGX_ERROR;
+    rc = ngx_http_rules_redis_send_formatted(rd, cmd);
+
+    if (rc == NGX_OK) {
+        rd->waiting++;
     }
 
-    rd->waiting++;
+    /* an ASKING queued alone is harmless: its reply is counted, and
+     * watched like any other */
 
-    if (waiting == 0) {
+    if (waiting == 0 && rd->waiting) {
         /* the reply watchdog counts from the first command waiting */
 
         rd->last_reply = ngx_current_msec;
@@ -816,7 +819,7 @@ ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
         }
     }
 
-    return NGX_OK;
+    return rc;
 }
 
 
@@ -1241,7 +1244,7 @@ ngx_http_rules_redis_stats(ngx_http_rules_redis_t *rd)
 
 
 void
-ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd)
+ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd, const char *reason)
 {
     ngx_http_rules_redis_cmd_t  *cmd;
 
@@ -1253,7 +1256,7 @@ ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd)
 
     if (rd->ac) {
         /* pending commands: handlers called with NGX_ERROR, right now */
-        ngx_http_rules_redis_fail(rd, "worker exiting");
+        ngx_http_rules_redis_fail(rd, "%s", reason);
     }
 
     /* the cleanup hook has run: nothing refers to rd any more */

@@ -145,7 +145,8 @@ ngx_http_rules_redis_stats_t *ngx_http_rules_redis_stats(
  * keep an exiting worker alive: a graceful shutdown waits only for the
  * requests.  No reconnection is attempted once the worker is exiting.
  */
-void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd);
+void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd,
+    const char *reason);
 
 /*
  * The reply objects of the module's connections, recycled through a
