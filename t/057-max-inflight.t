@@ -31,30 +31,20 @@ my $redis = RulesNginx::start_redis();
 my $ngx = RulesNginx::start_nginx(
     prefix => "$FindBin::Bin/servroot-057",
     files  => { 'rules.json' => $rules },
-    http   => <<"_EOC_");
-    rules_redis 127.0.0.1:$redis->{port};
-    rules_redis_timeout 200ms;
-    rules_redis_max_inflight 3;
-    rules_key_prefix "t057:$$:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
+    http   => RulesNginx::pixel_http(
+        store     => "rules_redis 127.0.0.1:$redis->{port};",
+        timeout   => '200ms',
+        prefix    => "t057:$$:",
+        fields    => ['uid'],
+        extra     => 'rules_redis_max_inflight 3;',
+        locations => <<'_EOC_'));
         location = /ev {
             rules on;
             rules_body json;
             rules_time ts;
-            add_header X-Status \$rules_status always;
+            add_header X-Status $rules_status always;
             return 204;
         }
-        location = /px {
-            rules on;
-            rules_time \$arg_ts;
-            rules_field uid \$arg_uid;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-        location = /metrics { rules_metrics; }
-    }
 _EOC_
 
 sub post_events {
@@ -76,10 +66,7 @@ sub get_event {
 }
 
 sub metric {
-    my ($name) = @_;
-    my ($code, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
-    my ($v) = $body =~ /^\Q$name\E (\S+)$/m;
-    return $v // -1;
+    return RulesNginx::metric($ngx, @_) // -1;
 }
 
 # a live Redis first: the bound does not get in the way of events

@@ -285,12 +285,6 @@ sub idle_usage {
     return ($n, RulesNginx::rss_kb($pid) // 0);
 }
 
-sub metric {
-    my ($ngx, $name) = @_;
-    my (undef, undef, $body) = RulesNginx::get($ngx->{port}, '/metrics');
-    return $body =~ /^\Q$name\E (\S+)$/m ? $1 : undef;
-}
-
 # ---- round 1: every fault once, under load -----------------------------
 
 my @ports = map { $_->{port} } @ngx;
@@ -355,9 +349,10 @@ for my $i (0, 1) {
 }
 
 for my $i (0, 1) {
-    is(metric($ngx[$i], 'nginx_rules_inflight_events'), 0,
+    is(RulesNginx::metric($ngx[$i], 'nginx_rules_inflight_events'), 0,
        "$names[$i]: no event left in flight");
-    cmp_ok(metric($ngx[$i], 'nginx_rules_redis_reconnects_total') // 0,
+    cmp_ok(RulesNginx::metric($ngx[$i],
+                              'nginx_rules_redis_reconnects_total') // 0,
            '>', 0, "$names[$i]: reconnections counted");
     is_deeply([RulesNginx::worker_pids($ngx[$i])], $workers{ $names[$i] },
               "$names[$i]: the same worker process throughout");

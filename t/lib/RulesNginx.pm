@@ -292,13 +292,15 @@ sub error_log {
 # One HTTP/1.0 GET; returns (status, \%headers, body).
 # The http block of a pixel endpoint, /px: every field from the query
 # string ($arg_<name>), the time from ts, X-Rules and X-Status headers,
-# 204; and /metrics.  store: the rules_redis or rules_redis_cluster line.
+# 204; and /metrics.  store: the rules_redis or rules_redis_cluster line;
+# extra: more of the http block; locations: more of the server.
 sub pixel_http {
     my (%o) = @_;
     my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
                                  @{ $o{fields} };
     my $timeout = $o{timeout} // '2s';
     my $extra = $o{extra} // '';
+    my $locations = $o{locations} // '';
     return <<"_EOC_";
     $o{store}
     rules_redis_timeout $timeout;
@@ -316,8 +318,17 @@ sub pixel_http {
             return 204;
         }
         location = /metrics { rules_metrics; }
+        $locations
     }
 _EOC_
+}
+
+# A sample's value from the nginx's /metrics (name with its labels, as
+# printed), undef when there is none.
+sub metric {
+    my ($ngx, $name) = @_;
+    my (undef, undef, $body) = get($ngx->{port}, '/metrics');
+    return $body =~ /^\Q$name\E (\S+)$/m ? $1 : undef;
 }
 
 
