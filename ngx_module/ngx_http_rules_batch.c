@@ -16,7 +16,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <time.h>
 
 #include "ngx_http_rules_module.h"
 #include "rules_log.h"
@@ -89,17 +88,6 @@ static void ngx_http_rules_batch_reply(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch);
 static void ngx_http_rules_batch_release(ngx_http_rules_batch_t *batch);
-
-
-static uint64_t
-ngx_http_rules_batch_now_ns(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 
 ngx_int_t
@@ -397,7 +385,7 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
 
     rules_batch_argv(&batch->b, nbuf, batch->argv, batch->argvlen);
 
-    batch->start = ngx_http_rules_batch_now_ns();
+    batch->start = ngx_http_rules_metrics_now_ns();
 
     rc = NGX_DECLINED;
 
@@ -479,7 +467,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     }
 
     ngx_http_rules_metrics_round_trip(rmcf, (ngx_msec_int_t)
-                     ((ngx_http_rules_batch_now_ns() - batch->start) / 1000));
+                     ((ngx_http_rules_metrics_now_ns() - batch->start) / 1000));
 
     wall = (int64_t) reply->element[0]->integer;
 

@@ -808,25 +808,34 @@ ngx_http_rules_metrics_worker_exit(ngx_http_rules_main_conf_t *rmcf)
 }
 
 
-/* CLOCK_MONOTONIC in ms, read now (the time of a scrape's arrival, and of
- * a deferral, across workers) */
-static ngx_msec_t
-ngx_http_rules_metrics_clock(void)
+/* CLOCK_MONOTONIC in ns, read now (a call's round trip) */
+uint64_t
+ngx_http_rules_metrics_now_ns(void)
 {
-    ngx_msec_t       ms;
 #if (NGX_HAVE_CLOCK_MONOTONIC)
     struct timespec  ts;
 
     (void) clock_gettime(CLOCK_MONOTONIC, &ts);
 
-    ms = (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
 #else
     struct timeval   tv;
 
     ngx_gettimeofday(&tv);
 
-    ms = (ngx_msec_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    return (uint64_t) tv.tv_sec * 1000000000 + tv.tv_usec * 1000;
 #endif
+}
+
+
+/* The same clock in ms, never 0 (the time of a scrape's arrival, and of
+ * a deferral, across workers; 0 is "none") */
+static ngx_msec_t
+ngx_http_rules_metrics_clock(void)
+{
+    ngx_msec_t  ms;
+
+    ms = (ngx_msec_t) (ngx_http_rules_metrics_now_ns() / 1000000);
 
     return ms ? ms : 1;
 }

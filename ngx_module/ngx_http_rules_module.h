@@ -209,6 +209,8 @@ void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched);
 void ngx_http_rules_metrics_flush(ngx_http_rules_main_conf_t *rmcf);
 void ngx_http_rules_metrics_worker_exit(ngx_http_rules_main_conf_t *rmcf);
+/* the monotonic clock, in ns: round trips are timed with it */
+uint64_t ngx_http_rules_metrics_now_ns(void);
 /* one Redis round trip, in microseconds */
 void ngx_http_rules_metrics_round_trip(ngx_http_rules_main_conf_t *rmcf,
     ngx_msec_int_t usec);
