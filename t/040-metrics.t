@@ -263,35 +263,28 @@ is($short, 0, 'a scrape at once after them counts them all, every round');
 my @before = RulesNginx::worker_pids($ngx);
 my $load = start_load($ngx->{port}, 8, 'load');
 sleep 0.2;
-my ($stuck, $broken_waiting) = (0, 0);
-TRY: for my $try (1 .. 40) {
-    for my $w (@before) {
-        kill 'STOP', $w;
-        # two scrapes in a row take the whole wait (not a hiccup)
-        if (slow_scrapes(2) == 2) {
-            $stuck = 1;
-            for (1 .. 5) {
-                my $c = IO::Socket::INET->new(
-                    PeerAddr => "127.0.0.1:$ngx->{port}") or die "connect: $!";
-                print $c "GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
-                       . "Transfer-Encoding: chunked\r\n\r\n";
-                sleep 0.02;
-                # no answer yet: it waits
-                my $rin = '';
-                vec($rin, fileno($c), 1) = 1;
-                $broken_waiting++ unless select(my $rout = $rin, undef, undef, 0);
-                print $c "zz\r\n";
-                my $resp = do { local $/; <$c> } // '';
-                close $c;
-            }
-        }
-        kill 'CONT', $w;
-        last TRY if $stuck;
+my $broken_waiting = 0;
+my $stopped = stop_deferring_worker();
+if ($stopped) {
+    for (1 .. 5) {
+        my $c = IO::Socket::INET->new(
+            PeerAddr => "127.0.0.1:$ngx->{port}") or die "connect: $!";
+        print $c "GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+               . "Transfer-Encoding: chunked\r\n\r\n";
+        sleep 0.02;
+        # no answer yet: it waits
+        my $rin = '';
+        vec($rin, fileno($c), 1) = 1;
+        $broken_waiting++ unless select(my $rout = $rin, undef, undef, 0);
+        print $c "zz\r\n";
+        my $resp = do { local $/; <$c> } // '';
+        close $c;
     }
+    kill 'CONT', $stopped;
 }
 kill 'KILL', $load;
 waitpid $load, 0;
-ok($stuck, 'a stopped worker with counts waiting makes a scrape wait 100 ms');
+ok($stopped, 'a stopped worker with counts waiting makes a scrape wait 100 ms');
 cmp_ok($broken_waiting, '>', 0, 'scrapes broken while they waited');
 is_deeply([RulesNginx::worker_pids($ngx)], \@before, 'no worker died');
 my ($st_after) = RulesNginx::get($ngx->{port}, '/metrics');
@@ -370,33 +363,39 @@ sub start_load {
 }
 
 
-# Under load, stops the workers one after the other until one makes two
-# scrapes in a row take the whole wait (its counts wait), and kills it;
-# with REUSE, the next pid the system gives out is that worker's.
-# Returns its pid and that of the worker the master starts instead.
-sub kill_deferring_worker {
-    my ($reuse) = @_;
-    my ($victim, $next);
-    my $load = start_load($ngx->{port}, 8, "kill$reuse-");
-    sleep 0.2;
-    my @workers;
-    VICTIM: for my $try (1 .. 40) {
-        @workers = RulesNginx::worker_pids($ngx);
-        for my $w (@workers) {
+# Stops the workers one after the other until one makes two scrapes in a
+# row take the whole wait (its counts wait: not a hiccup); returns that
+# worker, left stopped (undef: none in 40 rounds).
+sub stop_deferring_worker {
+    for my $try (1 .. 40) {
+        for my $w (RulesNginx::worker_pids($ngx)) {
             kill 'STOP', $w;
-            if (slow_scrapes(2) == 2) {
-                if ($reuse) {
-                    open my $fh, '>', '/proc/sys/kernel/ns_last_pid'
-                        or die "ns_last_pid: $!";
-                    print $fh $w - 1;
-                    close $fh;
-                }
-                kill 'KILL', $w;
-                $victim = $w;
-                last VICTIM;
-            }
+            return $w if slow_scrapes(2) == 2;
             kill 'CONT', $w;
         }
+    }
+    return undef;
+}
+
+
+# Under load, stops a worker whose counts wait and kills it; with REUSE,
+# the next pid the system gives out is that worker's.  Returns its pid
+# and that of the worker the master starts instead.
+sub kill_deferring_worker {
+    my ($reuse) = @_;
+    my $next;
+    my $load = start_load($ngx->{port}, 8, "kill$reuse-");
+    sleep 0.2;
+    my $victim = stop_deferring_worker();
+    my @workers = RulesNginx::worker_pids($ngx);
+    if ($victim) {
+        if ($reuse) {
+            open my $fh, '>', '/proc/sys/kernel/ns_last_pid'
+                or die "ns_last_pid: $!";
+            print $fh $victim - 1;
+            close $fh;
+        }
+        kill 'KILL', $victim;
     }
     kill 'KILL', $load;
     waitpid $load, 0;
