@@ -21,7 +21,11 @@
  * deferring new ones), nor those of a worker that died (its pid is gone:
  * its slot is freed).  A worker without a slot (all
  * NGX_HTTP_RULES_METRICS_DEFER_SLOTS held) adds its counts with every
- * reply.  Each configuration cycle builds, in its own memory, an index
+ * reply.  The slot also holds the worker's events waiting for Redis (the
+ * nginx_rules_inflight_events gauge sums the live workers' and those of
+ * the workers without a slot): a worker killed with events waiting takes
+ * them with it instead of leaving them in the gauge.  Each configuration
+ * cycle builds, in its own memory, an index
  * from its rules (file order) to their slots: a rule
  * that stays across a reload keeps its slot, so the workers of the old
  * and of the new configuration count into the same counters and nothing
@@ -78,10 +82,12 @@ typedef struct {
 
 
 /* a worker's deferred per-rule counts: since when (monotonic ms; 0:
- * none waiting), and who (0: a free slot) */
+ * none waiting), and who (0: a free slot); and its events waiting for
+ * Redis, which go with the slot when the worker dies or exits */
 typedef struct {
     ngx_atomic_t                        pid;
     ngx_atomic_t                        since;
+    ngx_atomic_t                        inflight;
 } ngx_http_rules_metrics_defer_t;
 
 
@@ -121,7 +127,8 @@ typedef struct {
     uint64_t                            magic;
     ngx_http_rules_metrics_counters_t   c;
 
-    /* events of this zone's workers waiting for Redis: not copied */
+    /* events waiting for Redis of this zone's workers that hold no
+     * slot (the others count theirs in their slot): not copied */
     ngx_atomic_t                        inflight;
 
     /* the workers whose per-rule counts may wait for their timer: not
@@ -168,6 +175,10 @@ struct ngx_http_rules_metrics_s {
     ngx_event_t                         flush_ev;
     ngx_uint_t                          deferred;
     ngx_http_rules_metrics_defer_t     *defer;
+
+    /* this worker took a slot (and gave it back at exit: its events
+     * waiting for Redis are no longer counted anywhere) */
+    ngx_uint_t                          had_slot;
 };
 
 
@@ -801,6 +812,7 @@ ngx_http_rules_metrics_worker_exit(ngx_http_rules_main_conf_t *rmcf)
     ngx_http_rules_metrics_add(m);
 
     if (m->defer) {
+        m->defer->inflight = 0;
         (void) ngx_atomic_cmp_set(&m->defer->pid, (ngx_atomic_uint_t) ngx_pid,
                                   0);
         m->defer = NULL;
@@ -902,7 +914,9 @@ ngx_http_rules_metrics_dead(ngx_atomic_uint_t pid)
 
 /*
  * A dead worker's slot freed, as read (pid, since): a worker that took
- * it meanwhile, and the time its counts wait since, are left alone.
+ * it meanwhile, and the time its counts wait since, are left alone.  The
+ * dead worker's events waiting for Redis are not read any more (a free
+ * slot's are not), and the next holder sets the count to 0.
  */
 static void
 ngx_http_rules_metrics_defer_free(ngx_http_rules_metrics_defer_t *d,
@@ -1046,18 +1060,72 @@ ngx_http_rules_metrics_key_over_limit(ngx_http_rules_main_conf_t *rmcf,
 }
 
 
+/*
+ * A worker's events waiting for Redis are counted in its slot, which a
+ * worker that dies without giving it back (killed, crashed) loses with
+ * them: the gauge does not keep them.  A worker without a slot counts in
+ * the zone's counter.
+ */
 void
 ngx_http_rules_metrics_inflight(ngx_http_rules_main_conf_t *rmcf,
     ngx_int_t delta)
 {
-    ngx_http_rules_metrics_shm_t  *sh;
+    ngx_atomic_t              *n;
+    ngx_http_rules_metrics_t  *m;
 
-    sh = ngx_http_rules_metrics_sh(rmcf);
+    m = ngx_http_rules_metrics_ctx(rmcf);
 
-    if (sh) {
-        /* two's complement: adding -1 subtracts one */
-        (void) ngx_atomic_fetch_add(&sh->inflight, (ngx_atomic_int_t) delta);
+    if (m == NULL) {
+        return;
     }
+
+    if (m->defer) {
+        n = &m->defer->inflight;
+
+    } else if (!m->had_slot) {
+        n = &m->sh->inflight;
+
+    } else {
+        /* exiting: the slot went back with the count */
+        return;
+    }
+
+    /* two's complement: adding -1 subtracts one */
+    (void) ngx_atomic_fetch_add(n, (ngx_atomic_int_t) delta);
+}
+
+
+/* The events waiting for Redis: of the live workers with a slot, and of
+ * those without one. */
+static ngx_atomic_int_t
+ngx_http_rules_metrics_inflight_sum(ngx_http_rules_metrics_shm_t *sh)
+{
+    ngx_uint_t                       i;
+    ngx_atomic_int_t                 sum, n;
+    ngx_atomic_uint_t                pid;
+    ngx_http_rules_metrics_defer_t  *d;
+
+    sum = (ngx_atomic_int_t) sh->inflight;
+
+    for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
+        d = &sh->defer[i];
+        pid = d->pid;
+        n = (ngx_atomic_int_t) d->inflight;
+
+        if (pid == 0 || n == 0) {
+            continue;
+        }
+
+        if (ngx_http_rules_metrics_dead(pid)) {
+            /* killed, or crashed, with events waiting */
+            ngx_http_rules_metrics_defer_free(d, pid, d->since);
+            continue;
+        }
+
+        sum += n;
+    }
+
+    return sum;
 }
 
 
@@ -1123,7 +1191,9 @@ ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m)
             && ngx_atomic_cmp_set(&d->pid, 0, self))
         {
             d->since = 0;
+            d->inflight = 0;
             m->defer = d;
+            m->had_slot = 1;
         }
     }
 
@@ -1675,7 +1745,7 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
         sh->c.calls, sh->c.call_items, sh->c.writes, sh->c.write_fallbacks,
         sh->c.compactions, sh->c.compactions_lost, sh->c.cache_hits,
         sh->c.cache_misses,
-        (ngx_atomic_int_t) sh->inflight, sh->c.worker_starts,
+        ngx_http_rules_metrics_inflight_sum(sh), sh->c.worker_starts,
         sh->c.config_loads);
 
     if (rmcf->cluster_set) {

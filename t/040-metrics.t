@@ -402,23 +402,8 @@ sub kill_deferring_worker {
     return () unless $victim;
     # the other worker is still there; the new one is any other (the
     # killed one, until the master has reaped it, is a zombie)
-    my %old = map { $_ => 1 } grep { $_ != $victim } @workers;
-    for (1 .. 100) {
-        ($next) = grep { !$old{$_} && !zombie($_) }
-                       RulesNginx::worker_pids($ngx);
-        last if $next;
-        sleep 0.05;
-    }
+    $next = RulesNginx::new_worker($ngx, grep { $_ != $victim } @workers);
     return ($victim, $next);
-}
-
-
-sub zombie {
-    my ($pid) = @_;
-    open my $fh, '<', "/proc/$pid/stat" or return 1;
-    my $line = <$fh> // '';
-    close $fh;
-    return $line =~ /^\d+ \(.*\) Z /;
 }
 
 

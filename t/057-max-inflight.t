@@ -3,7 +3,9 @@
 # of five events under a bound of three has three waiting (answered at
 # their deadline) and two failing at once, the next event fails at once
 # as well while the three are still unanswered by Redis, and once Redis
-# answers them events are taken again.
+# answers them events are taken again.  The gauge of waiting events
+# counts the running workers': a worker killed with events waiting takes
+# them with it, the worker started instead counts its own.
 
 use strict;
 use warnings;
@@ -47,8 +49,11 @@ my $ngx = RulesNginx::start_nginx(
         }
 _EOC_
 
+# a JSON body of N events of uids TAG1..TAGN, posted
 sub post_events {
-    my ($body) = @_;
+    my ($tag, $n) = @_;
+    my $body = '['
+        . join(',', map { qq({"uid":"$tag$_","ts":1000}) } 1 .. $n) . ']';
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
         or die "connect: $!";
     print $s "POST /ev HTTP/1.0\r\nHost: t\r\nContent-Type: application/json"
@@ -78,9 +83,8 @@ my $tmo0 = metric('nginx_rules_events_total{status="timeout"}');
 
 kill 'STOP', $redis->{pid};
 
-my $body = '[' . join(',', map { qq({"uid":"b$_","ts":1000}) } 1 .. 5) . ']';
 my $t0 = time;
-my ($code, $status) = post_events($body);
+my ($code, $status) = post_events('b', 5);
 my $took = time - $t0;
 
 is("$code $status", '204 timeout',
@@ -112,9 +116,44 @@ for (1 .. 100 * $slow) {
 is($back, '204 ok', 'Redis answering again: events taken');
 is(metric('nginx_rules_inflight_events'), 0, 'nothing waits any more');
 
+# ---- a worker killed with events waiting -------------------------------
+
+my ($victim) = RulesNginx::worker_pids($ngx);
+
+kill 'STOP', $redis->{pid};
+is(join(' ', post_events('k', 3)), '204 timeout',
+   'Redis stopped again: three events answered at their deadline');
+is(metric('nginx_rules_inflight_events'), 3, 'the three wait for Redis');
+
+kill 'KILL', $victim;
+ok(RulesNginx::new_worker($ngx, $victim),
+   'the worker killed, the master started another');
+is(metric('nginx_rules_inflight_events'), 0,
+   'the killed worker\'s waiting events are not counted');
+
+# the new worker connects to the stopped Redis: its events wait too
+is(join(' ', post_events('n', 2)), '204 timeout',
+   'the new worker\'s two events answered at their deadline');
+is(metric('nginx_rules_inflight_events'), 2,
+   'the new worker\'s two waiting events are counted');
+
+kill 'CONT', $redis->{pid};
+
+my $left = -1;
+for (1 .. 100 * $slow) {
+    $left = metric('nginx_rules_inflight_events');
+    last if $left == 0;
+    sleep 0.05;
+}
+is($left, 0, 'Redis answering again: nothing waits');
+is(join(' ', get_event('e1')), '204 ok', 'events are taken');
+
 my $errors = RulesNginx::error_log($ngx);
-unlike($errors, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
-unlike($errors, qr/no reply for/, 'Redis was stopped for less than a second');
+my @alerts = $errors =~ /^.*\[(?:alert|crit|emerg)\].*$/mg;
+is_deeply([grep { !/exited on signal 9/ } @alerts], [],
+          'no alert in the error log but the killed worker\'s exit');
+unlike($errors, qr/no reply for/,
+       'Redis was stopped for less than a second at a time');
 RulesNginx::stop_nginx($ngx);
 RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
 

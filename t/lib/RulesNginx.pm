@@ -152,6 +152,30 @@ sub worker_pids {
     return sort { $a <=> $b } @w;
 }
 
+# Whether a process is gone, or a zombie (a killed worker until the
+# master has reaped it).
+sub zombie {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/stat" or return 1;
+    my $line = <$fh> // '';
+    close $fh;
+    return $line =~ /^\d+ \(.*\) Z /;
+}
+
+# A worker other than the pids given (one the master started after a
+# worker was killed), waiting up to 5 s for it; undef: none.
+sub new_worker {
+    my ($ngx, @not) = @_;
+    my %not = map { $_ => 1 } @not;
+    my $deadline = time + 5 * RulesMemcheck::slowdown();
+    while (time < $deadline) {
+        my ($w) = grep { !$not{$_} && !zombie($_) } worker_pids($ngx);
+        return $w if $w;
+        sleep 0.02;
+    }
+    return;
+}
+
 # Open descriptors and resident memory (kB) of a process.
 sub fd_count {
     my ($pid) = @_;
