@@ -313,7 +313,6 @@ sub error_log {
     return <$fh>;
 }
 
-# One HTTP/1.0 GET; returns (status, \%headers, body).
 # The http block of a pixel endpoint, /px: every field from the query
 # string ($arg_<name>), the time from ts, X-Rules and X-Status headers,
 # 204; and /metrics.  store: the rules_redis or rules_redis_cluster line;
@@ -355,7 +354,7 @@ sub metric {
     return $body =~ /^\Q$name\E (\S+)$/m ? $1 : undef;
 }
 
-
+# One HTTP/1.0 GET; returns (status, \%headers, body).
 sub get {
     my ($port, $uri, $timeout) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
