@@ -10,6 +10,7 @@ redis_ports=
 
 cluster_start() {
     local n=$1 i port bus first= first_bus= from to
+    redis_ports=
     for i in $(seq "$n"); do
         port=$(free_port)
         bus=$(free_port)
