@@ -35,6 +35,11 @@ state_cache=${BENCH_STATE_CACHE:-32m}
 # rules_shared_distinct (on: what a new installation should use)
 shared_distinct=${BENCH_SHARED_DISTINCT:-on}
 warmup=${BENCH_WARMUP:-0}
+lat_redis=${BENCH_LAT_REDIS:-fresh}
+case $lat_redis in
+    fresh|table) ;;
+    *) echo "bench: BENCH_LAT_REDIS is fresh or table, not \"$lat_redis\"" >&2; exit 1 ;;
+esac
 module=$root/build/nginx/ngx_http_rules_module.so
 redis_module=$root/build/rules_redis_module.so
 
@@ -325,13 +330,13 @@ steps=${BENCH_STEPS-"1 2 4 8 16 32 64"}
 [ -n "$steps" ] || exit 0     # BENCH_STEPS= : no latency steps
 echo
 # The steps measure the 5 rules: by default on a Redis of their own that
-# holds the 5 rules' states only (built by the steps themselves), not on
-# the table's, which also holds the 1000 rules' (760 MB). On the
+# holds the 5 rules' states only (built by a warm-up), not on the
+# table's, which also holds the 1000 rules' (760 MB). On the
 # paravirtualized machines of this project any process that size costs
 # the others milliseconds each time it wakes (bench/HISTORY.md,
 # 2026-12-05): an idle Redis of the table's size raises even empty_gif's
 # p99 from 0.12 ms to 1-2 ms. BENCH_LAT_REDIS=table keeps the table's.
-if [ "${BENCH_LAT_REDIS:-fresh}" = fresh ]; then
+if [ "$lat_redis" = fresh ]; then
     stop_redis
     start_redis
     # the 5 rules' states first, as the table's runs built them
