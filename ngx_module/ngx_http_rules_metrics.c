@@ -1102,13 +1102,17 @@ ngx_http_rules_metrics_inflight_sum(ngx_http_rules_metrics_shm_t *sh)
 {
     ngx_uint_t                       i;
     ngx_atomic_int_t                 sum, n;
-    ngx_atomic_uint_t                pid;
+    ngx_atomic_uint_t                pid, since;
     ngx_http_rules_metrics_defer_t  *d;
 
     sum = (ngx_atomic_int_t) sh->inflight;
 
     for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
         d = &sh->defer[i];
+
+        /* since before pid, as ngx_http_rules_metrics_defer_free()
+         * expects: read after, it could be a new holder's */
+        since = d->since;
         pid = d->pid;
         n = (ngx_atomic_int_t) d->inflight;
 
@@ -1118,7 +1122,7 @@ ngx_http_rules_metrics_inflight_sum(ngx_http_rules_metrics_shm_t *sh)
 
         if (ngx_http_rules_metrics_dead(pid)) {
             /* killed, or crashed, with events waiting */
-            ngx_http_rules_metrics_defer_free(d, pid, d->since);
+            ngx_http_rules_metrics_defer_free(d, pid, since);
             continue;
         }
 
