@@ -35,6 +35,7 @@ state_cache=${BENCH_STATE_CACHE:-32m}
 # rules_shared_distinct (on: what a new installation should use)
 shared_distinct=${BENCH_SHARED_DISTINCT:-on}
 warmup=${BENCH_WARMUP:-0}
+cluster=${BENCH_CLUSTER:-0}
 lat_redis=${BENCH_LAT_REDIS:-fresh}
 case $lat_redis in
     fresh|table) ;;
@@ -71,12 +72,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ "${BENCH_CLUSTER:-0}" -gt 0 ] && . bench/cluster.sh
+[ "$cluster" -gt 0 ] && . bench/cluster.sh
 
 # start_redis: a Redis (or a Redis Cluster) holding no state yet
 start_redis() {
-    if [ "${BENCH_CLUSTER:-0}" -gt 0 ]; then
-        cluster_start "$BENCH_CLUSTER"
+    if [ "$cluster" -gt 0 ]; then
+        cluster_start "$cluster"
         return
     fi
     redis_directive="rules_redis 127.0.0.1:$redis_port;"
@@ -92,7 +93,7 @@ start_redis() {
 }
 
 stop_redis() {
-    if [ "${BENCH_CLUSTER:-0}" -gt 0 ]; then
+    if [ "$cluster" -gt 0 ]; then
         cluster_stop
         return
     fi
