@@ -2,10 +2,13 @@
  * The worker's batcher: the key operations of every event a worker
  * evaluates in one pass of its event loop go to Redis in one EVALSHA,
  * sent from a posted event once the pass has handled its I/O; a call
- * that fills up (RULES_BATCH_MAX_ITEMS) is sent and written at once, so
- * that Redis works on it while the pass goes on.  Every event still
- * waits exactly one round trip, and Redis pays the call's fixed cost and
- * its read and write once for many events.
+ * that fills up (RULES_BATCH_MAX_ITEMS) is sent and written once the
+ * event being queued is complete (ngx_http_rules_batch_event_end()), so
+ * that Redis works on it while the pass goes on.  An event's key
+ * operations are never split over two calls: with one Redis, an event
+ * is applied whole or not at all.  Every event still waits exactly one
+ * round trip, and Redis pays the call's fixed cost and its read and
+ * write once for many events.
  *
  * Each item's reply (the key's value before the append) is folded here
  * with the engine (src/rules_log.h) into the event's matched rules; a
@@ -35,8 +38,9 @@ typedef struct {
 typedef struct ngx_http_rules_batch_s  ngx_http_rules_batch_t;
 
 struct ngx_http_rules_batch_s {
-    ngx_http_rules_batch_t       *next;       /* free list */
+    ngx_http_rules_batch_t       *next;       /* free list, or full list */
     ngx_queue_t                   queue;      /* being filled */
+    ngx_uint_t                    full;       /* in the full list */
     ngx_uint_t                    slot;       /* cluster: of its keys */
     ngx_http_rules_main_conf_t   *rmcf;
     rules_batch_t                 b;
@@ -57,6 +61,8 @@ typedef struct {
     ngx_queue_t                   filling;    /* those in cur */
     ngx_http_rules_batch_t       *free;
     ngx_uint_t                    nfree;
+    ngx_http_rules_batch_t       *full;       /* filled by the event being
+                                                 queued: sent at its end */
     ngx_event_t                   flush;
     rules_log_work_t              work;
     rules_buf_t                   matched;
@@ -84,6 +90,8 @@ static ngx_http_rules_batcher_t  ngx_http_rules_batcher;
 
 static void ngx_http_rules_batch_flush_handler(ngx_event_t *ev);
 static void ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch);
+static void ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch);
+static void ngx_http_rules_batch_full_clear(ngx_http_rules_batcher_t *bt);
 static void ngx_http_rules_batch_reply(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch);
@@ -161,18 +169,17 @@ ngx_http_rules_batch_current(ngx_uint_t slot)
 
 /*
  * Queues one item; the call goes out at the end of the event loop's pass,
- * or at once when the batch is full.
+ * or, when the batch is full, at once (a compaction: cmd NULL) or at the
+ * end of the item's event (ngx_http_rules_batch_event_end()).
  */
 static ngx_int_t
 ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     rules_str_t key, const rules_item_t *ri, const rules_buf_t *matched)
 {
-    long                         item;
-    ngx_uint_t                   slot;
-    ngx_http_rules_item_t       *it;
-    ngx_http_rules_batch_t      *batch;
-    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
-    ngx_http_rules_main_conf_t  *rmcf;
+    long                       item;
+    ngx_http_rules_item_t     *it;
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
     batch = ngx_http_rules_batch_current(bt->nslots > 1
                                          ? rules_key_slot(key.data, key.len)
@@ -231,26 +238,21 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     if (rules_batch_items(&batch->b) >= RULES_BATCH_MAX_ITEMS
         || rules_batch_bytes(&batch->b) >= RULES_BATCH_MAX_BYTES)
     {
-        /*
-         * a full call goes out now, not at the end of the pass: Redis
-         * works on it while this pass evaluates the next events
-         */
+        if (!batch->full) {
+            if (cmd == NULL) {
+                ngx_http_rules_batch_send_now(batch);
+                return NGX_OK;
+            }
 
-        slot = batch->slot;
-        rmcf = batch->rmcf;
+            /*
+             * the event's other items go into this call too: it may
+             * exceed the bounds by one event's items
+             */
 
-        bt->cur[slot] = NULL;
-        ngx_queue_remove(&batch->queue);
-        ngx_http_rules_batch_send(batch);
-
-        if (rmcf->cluster) {
-            ngx_http_rules_cluster_write_now(rmcf->cluster, slot);
-
-        } else if (rmcf->redis) {
-            ngx_http_rules_redis_write_now(rmcf->redis);
+            batch->full = 1;
+            batch->next = bt->full;
+            bt->full = batch;
         }
-
-        return NGX_OK;
     }
 
     if (!bt->flush.posted) {
@@ -258,6 +260,71 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A full call goes out now, not at the end of the pass: Redis works on it
+ * while this pass evaluates the next events.
+ */
+static void
+ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch)
+{
+    ngx_uint_t                   slot;
+    ngx_http_rules_main_conf_t  *rmcf;
+    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
+
+    /* the send may release the batch */
+
+    slot = batch->slot;
+    rmcf = batch->rmcf;
+
+    bt->cur[slot] = NULL;
+    ngx_queue_remove(&batch->queue);
+    ngx_http_rules_batch_send(batch);
+
+    if (rmcf->cluster) {
+        ngx_http_rules_cluster_write_now(rmcf->cluster, slot);
+
+    } else if (rmcf->redis) {
+        ngx_http_rules_redis_write_now(rmcf->redis);
+    }
+}
+
+
+void
+ngx_http_rules_batch_event_end(void)
+{
+    ngx_http_rules_batch_t    *batch;
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    /*
+     * A send that fails answers its events at once, which may queue (and
+     * end) other events: each batch is taken off the list before it goes.
+     */
+
+    while (bt->full) {
+        batch = bt->full;
+        bt->full = batch->next;
+        batch->next = NULL;
+        batch->full = 0;
+        ngx_http_rules_batch_send_now(batch);
+    }
+}
+
+
+/* The full list emptied: its batches go out with the others. */
+static void
+ngx_http_rules_batch_full_clear(ngx_http_rules_batcher_t *bt)
+{
+    ngx_http_rules_batch_t  *batch;
+
+    while (bt->full) {
+        batch = bt->full;
+        bt->full = batch->next;
+        batch->next = NULL;
+        batch->full = 0;
+    }
 }
 
 
@@ -329,6 +396,10 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
     ngx_queue_t               *q;
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = ev->data;
+
+    /* (the full list is empty but while an event is being queued) */
+
+    ngx_http_rules_batch_full_clear(bt);
 
     /*
      * A failed send answers its events at once; what that queues (a
@@ -649,6 +720,8 @@ ngx_http_rules_batch_exit(void)
     }
 
     bt->rmcf = NULL;
+
+    ngx_http_rules_batch_full_clear(bt);
 
     while (bt->cur && !ngx_queue_empty(&bt->filling)) {
         q = ngx_queue_head(&bt->filling);

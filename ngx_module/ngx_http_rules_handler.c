@@ -952,6 +952,8 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
         }
     }
 
+    ngx_http_rules_batch_event_end();
+
     /* the guard */
     ngx_http_rules_item_reply(cmd, (unsigned) -1, NULL, 0, NGX_OK);
 

@@ -167,6 +167,11 @@ ngx_int_t ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd,
     unsigned group, const rules_keyop_t *ko, rules_str_t key,
     uint64_t key_hash, int64_t now);
 /*
+ * after the last ngx_http_rules_batch_add() of an event: the calls it
+ * filled go out (an event's operations are never split over two calls)
+ */
+void ngx_http_rules_batch_event_end(void);
+/*
  * start loading the cached states of an event's keys (by their hashes),
  * all at once: their slots, then (later) the entries they point at
  */

@@ -99,11 +99,13 @@
 
 /*
  * A call that holds this many items (ten events with three state keys
- * each, as SPEC.md's rules have), or bytes, is sent and written at once
- * rather than at the end of the event loop's pass: Redis works on it
- * while the worker evaluates the pass's next events, instead of each
- * waiting for the other.  The README's benchmark section: 30 items
- * against 12, 21, 45 and 1024 (the cap before 2026-12-03).
+ * each, as SPEC.md's rules have), or bytes, is sent and written at once,
+ * rather than at the end of the event loop's pass, once the event that
+ * reached the bound is in it whole (an event is never split over two
+ * calls): Redis works on it while the worker evaluates the pass's next
+ * events, instead of each waiting for the other.  The README's
+ * benchmark section: 30 items against 12, 21, 45 and 1024 (the cap
+ * before 2026-12-03).
  */
 #define RULES_BATCH_MAX_ITEMS    30
 #define RULES_BATCH_MAX_BYTES    (1024 * 1024)

@@ -1,0 +1,1 @@
+../058-whole-events.t
