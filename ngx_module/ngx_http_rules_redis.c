@@ -67,6 +67,13 @@
     (sizeof("$" CRLF CRLF) - 1 + NGX_SIZE_T_LEN + (len))
 #define NGX_HTTP_RULES_REDIS_REASON_LEN  256
 
+/*
+ * A connection Redis closes with nothing pending after it lasted this
+ * long (Redis' idle "timeout") is made again at once, not after the
+ * back-off; sooner (a server or proxy that keeps closing them), after it.
+ */
+#define NGX_HTTP_RULES_IDLE_RECONNECT    1000   /* ms */
+
 
 typedef enum {
     NGX_HTTP_RULES_REDIS_IDLE = 0,          /* no context: backing off */
@@ -1130,6 +1137,29 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
         return;
     }
 
+    if (rd->established && rd->failed == 0 && !planned
+        && ngx_current_msec - rd->established_at
+           >= NGX_HTTP_RULES_IDLE_RECONNECT)
+    {
+        /*
+         * Closed by Redis with nothing pending, after it lasted: most
+         * likely its idle "timeout".  Nothing failed, and the next events
+         * should not: made again at once, the back-off left as it is.  If
+         * Redis is really gone, the attempt says so.
+         */
+
+        rd->established = 0;
+        rd->idle_close = 1;
+        rd->stats.reconnects++;
+
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "rules redis %V: connection closed while idle: %V, "
+                      "reconnecting", &rd->conf->addr_text, &rd->reason);
+
+        ngx_add_timer(&rd->reconnect_timer, 1);
+        return;
+    }
+
     /*
      * The back-off starts again from backoff_min after a connection that
      * lasted; one lost soon after it was made (a server or proxy that
@@ -1159,9 +1189,9 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
     if (rd->established && rd->failed == 0 && !planned) {
 
         /*
-         * Closed by Redis with nothing pending: most likely its idle
-         * "timeout".  Nothing failed; if Redis is really gone, the next
-         * attempt says so.
+         * Closed by Redis with nothing pending, soon after it was made
+         * (a server or proxy that keeps closing them): nothing failed,
+         * the back-off goes on.
          */
 
         rd->established = 0;

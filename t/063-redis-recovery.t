@@ -1,5 +1,6 @@
-# Redis killed and restarted, and its scripts flushed: events fail fast
-# while it is down, and updates resume with no manual step.
+# Redis killed and restarted, its scripts flushed, and an idle connection
+# closed by Redis: events fail fast while it is down, updates resume with
+# no manual step, and an idle close costs no event.
 
 use strict;
 use warnings;
@@ -80,6 +81,34 @@ is($line, "+OK\r\n", 'scripts flushed');
 is($r[0], 'ok', 'after SCRIPT FLUSH: status ok (NOSCRIPT recovered)');
 @r = px('uid=c&ts=3001');
 is_deeply([@r[0, 1]], ['ok', 'twice'], 'and the next event too');
+
+# Redis closes idle connections (its "timeout"): the worker makes its
+# own again at once, not after the back-off (100 ms), so an event right
+# after the close finds one
+sub idle_closes {
+    my @l = RulesNginx::error_log($ngx) =~ /closed while idle.*$/mg;
+    return @l;
+}
+my @before = idle_closes();
+is(RulesNginx::redis_cmd($port, 'CONFIG', 'SET', 'timeout', '2'), '+OK',
+   'Redis closes connections idle for 2 s');
+my $slow = RulesMemcheck::slowdown();
+my @closes;
+my $deadline = time + 10 * $slow;
+while (time < $deadline) {
+    @closes = idle_closes();
+    last if @closes > @before;
+    sleep 0.01;
+}
+cmp_ok(scalar @closes, '>', scalar @before,
+       'the worker\'s idle connection closed by Redis');
+sleep 0.03 * $slow;
+@r = px('uid=d&ts=4000');
+is($r[0], 'ok', 'an event 30 ms later: ok (connection made again at once)');
+like($closes[-1] // '', qr/: .*, reconnecting$/,
+     'logged: reconnecting at once');
+is(RulesNginx::redis_cmd($port, 'CONFIG', 'SET', 'timeout', '0'), '+OK',
+   'Redis\' idle timeout off again');
 
 my $log = RulesNginx::error_log($ngx);
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
