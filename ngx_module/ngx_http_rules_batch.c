@@ -91,7 +91,8 @@ static ngx_http_rules_batcher_t  ngx_http_rules_batcher;
 static void ngx_http_rules_batch_flush_handler(ngx_event_t *ev);
 static void ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch);
 static void ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch);
-static void ngx_http_rules_batch_full_clear(ngx_http_rules_batcher_t *bt);
+static ngx_http_rules_batch_t *ngx_http_rules_batch_full_pop(
+    ngx_http_rules_batcher_t *bt);
 static void ngx_http_rules_batch_reply(void *data, redisReply *reply,
     ngx_int_t rc);
 static void ngx_http_rules_batch_fail(ngx_http_rules_batch_t *batch);
@@ -292,6 +293,24 @@ ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch)
 }
 
 
+/* The next batch of the full list, taken off it; NULL: none. */
+static ngx_http_rules_batch_t *
+ngx_http_rules_batch_full_pop(ngx_http_rules_batcher_t *bt)
+{
+    ngx_http_rules_batch_t  *batch;
+
+    batch = bt->full;
+
+    if (batch) {
+        bt->full = batch->next;
+        batch->next = NULL;
+        batch->full = 0;
+    }
+
+    return batch;
+}
+
+
 void
 ngx_http_rules_batch_event_end(void)
 {
@@ -303,27 +322,8 @@ ngx_http_rules_batch_event_end(void)
      * end) other events: each batch is taken off the list before it goes.
      */
 
-    while (bt->full) {
-        batch = bt->full;
-        bt->full = batch->next;
-        batch->next = NULL;
-        batch->full = 0;
+    while ((batch = ngx_http_rules_batch_full_pop(bt)) != NULL) {
         ngx_http_rules_batch_send_now(batch);
-    }
-}
-
-
-/* The full list emptied: its batches go out with the others. */
-static void
-ngx_http_rules_batch_full_clear(ngx_http_rules_batcher_t *bt)
-{
-    ngx_http_rules_batch_t  *batch;
-
-    while (bt->full) {
-        batch = bt->full;
-        bt->full = batch->next;
-        batch->next = NULL;
-        batch->full = 0;
     }
 }
 
@@ -397,9 +397,12 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = ev->data;
 
-    /* (the full list is empty but while an event is being queued) */
+    /*
+     * (the full list is empty but while an event is being queued; its
+     * batches, all in filling, go out with the others)
+     */
 
-    ngx_http_rules_batch_full_clear(bt);
+    while (ngx_http_rules_batch_full_pop(bt)) { /* void */ }
 
     /*
      * A failed send answers its events at once; what that queues (a
@@ -721,7 +724,7 @@ ngx_http_rules_batch_exit(void)
 
     bt->rmcf = NULL;
 
-    ngx_http_rules_batch_full_clear(bt);
+    while (ngx_http_rules_batch_full_pop(bt)) { /* void */ }
 
     while (bt->cur && !ngx_queue_empty(&bt->filling)) {
         q = ngx_queue_head(&bt->filling);

@@ -1109,7 +1109,7 @@ static void
 ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 {
     ngx_msec_t   delay;
-    ngx_uint_t   level, planned;
+    ngx_uint_t   level, planned, idle, at_once;
 
     planned = rd->planned;
 
@@ -1137,71 +1137,69 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
         return;
     }
 
-    if (rd->established && rd->failed == 0 && !planned
-        && ngx_current_msec - rd->established_at
-           >= NGX_HTTP_RULES_IDLE_RECONNECT)
-    {
-        /*
-         * Closed by Redis with nothing pending, after it lasted: most
-         * likely its idle "timeout".  Nothing failed, and the next events
-         * should not: made again at once, the back-off left as it is.  If
-         * Redis is really gone, the attempt says so.
-         */
-
-        rd->established = 0;
-        rd->idle_close = 1;
-        rd->stats.reconnects++;
-
-        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
-                      "rules redis %V: connection closed while idle: %V, "
-                      "reconnecting", &rd->conf->addr_text, &rd->reason);
-
-        ngx_add_timer(&rd->reconnect_timer, 1);
-        return;
-    }
-
     /*
-     * The back-off starts again from backoff_min after a connection that
-     * lasted; one lost soon after it was made (a server or proxy that
-     * keeps closing them) goes on doubling it.
+     * Closed by Redis with nothing pending: most likely its idle
+     * "timeout", and nothing failed.  After a connection that lasted, it
+     * is made again at once, the back-off left as it is, so that the next
+     * events find one; soon after it was made (a server or proxy that
+     * keeps closing them), after the back-off.  If Redis is really gone,
+     * the attempt says so.
      */
 
-    if (rd->established
-        && ngx_current_msec - rd->established_at >= rd->backoff_max)
-    {
-        rd->backoff = rd->backoff_min;
-    }
+    idle = rd->established && rd->failed == 0 && !planned;
+    at_once = idle && ngx_current_msec - rd->established_at
+                      >= NGX_HTTP_RULES_IDLE_RECONNECT;
 
-    /* up to a quarter less: workers and hosts do not retry in step */
+    if (at_once) {
+        delay = 1;
 
-    delay = rd->backoff - (ngx_msec_t) ngx_random() % (rd->backoff / 4 + 1);
-
-    if (delay < rd->backoff_min) {
-        delay = rd->backoff_min;
-    }
-
-    rd->backoff *= 2;
-
-    if (rd->backoff > rd->backoff_max) {
-        rd->backoff = rd->backoff_max;
-    }
-
-    if (rd->established && rd->failed == 0 && !planned) {
+    } else {
 
         /*
-         * Closed by Redis with nothing pending, soon after it was made
-         * (a server or proxy that keeps closing them): nothing failed,
-         * the back-off goes on.
+         * The back-off starts again from backoff_min after a connection
+         * that lasted; one lost soon after it was made goes on doubling
+         * it.
          */
 
+        if (rd->established
+            && ngx_current_msec - rd->established_at >= rd->backoff_max)
+        {
+            rd->backoff = rd->backoff_min;
+        }
+
+        /* up to a quarter less: workers and hosts do not retry in step */
+
+        delay = rd->backoff
+                - (ngx_msec_t) ngx_random() % (rd->backoff / 4 + 1);
+
+        if (delay < rd->backoff_min) {
+            delay = rd->backoff_min;
+        }
+
+        rd->backoff *= 2;
+
+        if (rd->backoff > rd->backoff_max) {
+            rd->backoff = rd->backoff_max;
+        }
+    }
+
+    if (idle) {
         rd->established = 0;
         rd->idle_close = 1;
         rd->stats.reconnects++;
 
-        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
-                      "rules redis %V: connection closed while idle: %V, "
-                      "reconnecting in %M ms",
-                      &rd->conf->addr_text, &rd->reason, delay);
+        if (at_once) {
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "rules redis %V: connection closed while idle: "
+                          "%V, reconnecting",
+                          &rd->conf->addr_text, &rd->reason);
+
+        } else {
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "rules redis %V: connection closed while idle: "
+                          "%V, reconnecting in %M ms",
+                          &rd->conf->addr_text, &rd->reason, delay);
+        }
 
     } else if (rd->established) {
         rd->established = 0;
