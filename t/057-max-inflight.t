@@ -12,7 +12,6 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use RulesNginx;
 
@@ -54,13 +53,7 @@ sub post_events {
     my ($tag, $n) = @_;
     my $body = '['
         . join(',', map { qq({"uid":"$tag$_","ts":1000}) } 1 .. $n) . ']';
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
-        or die "connect: $!";
-    print $s "POST /ev HTTP/1.0\r\nHost: t\r\nContent-Type: application/json"
-        . "\r\nContent-Length: " . length($body) . "\r\n\r\n$body";
-    local $/;
-    my $resp = <$s> // '';
-    my ($code, $h) = RulesNginx::parse_response($resp);
+    my ($code, $h) = RulesNginx::post_json($ngx->{port}, '/ev', $body);
     return ($code, $h->{'x-status'} // '');
 }
 

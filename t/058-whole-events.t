@@ -14,7 +14,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Select;
-use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use RulesNginx;
 
@@ -67,14 +66,7 @@ sub post_body {
         push @ev, "$e}";
     }
     my $body = '[' . join(',', @ev) . ']';
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}",
-                                  Timeout => 5)
-        or die "connect: $!";
-    print $s "POST /ev HTTP/1.0\r\nHost: t\r\nContent-Type: application/json"
-        . "\r\nContent-Length: " . length($body) . "\r\n\r\n$body";
-    local $/;
-    my $resp = <$s> // '';
-    my ($code, $h) = RulesNginx::parse_response($resp);
+    my ($code, $h) = RulesNginx::post_json($ngx->{port}, '/ev', $body);
     return "$code " . ($h->{'x-status'} // '');
 }
 

@@ -367,6 +367,21 @@ sub get {
     return parse_response($resp);
 }
 
+# One HTTP/1.0 POST of a JSON body; returns (status, \%headers, body).
+sub post_json {
+    my ($port, $uri, $json, $timeout) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
+                                  Timeout => $timeout // 5)
+        or return (0, {}, "connect: $!");
+    print $s "POST $uri HTTP/1.0\r\nHost: localhost\r\n"
+        . "Content-Type: application/json\r\n"
+        . "Content-Length: " . length($json) . "\r\n\r\n$json";
+    local $/;
+    my $resp = <$s> // '';
+    close $s;
+    return parse_response($resp);
+}
+
 sub parse_response {
     my ($resp) = @_;
     my ($head, $body) = split /\r\n\r\n/, $resp, 2;
