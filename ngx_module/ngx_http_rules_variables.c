@@ -88,11 +88,14 @@ ngx_http_rules_add_variables(ngx_conf_t *cf)
 /*
  * Every $rules_match_<id> the configuration uses must name a rule of the
  * rules file: a typo fails "nginx -t" instead of reading "0" forever.
+ * nginx lowercases variable names, so the id is found with case ignored,
+ * and refused when two ids of the file differ only in case.
  */
 ngx_int_t
 ngx_http_rules_check_variables(ngx_conf_t *cf,
     ngx_http_rules_main_conf_t *rmcf)
 {
+    int                         ambiguous;
     size_t                      plen;
     ngx_uint_t                  i;
     ngx_http_variable_t        *v;
@@ -118,16 +121,28 @@ ngx_http_rules_check_variables(ngx_conf_t *cf,
             return NGX_ERROR;
         }
 
-        if (rules_find_id(rmcf->rules, (char *) v[i].name.data + plen,
-                          v[i].name.len - plen)
-            == NULL)
+        if (rules_find_id_nocase(rmcf->rules, (char *) v[i].name.data + plen,
+                                 v[i].name.len - plen, &ambiguous)
+            != NULL)
         {
+            continue;
+        }
+
+        if (ambiguous) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "variable \"$%V\": no rule \"%*s\" in \"%V\"",
-                          &v[i].name, v[i].name.len - plen,
-                          v[i].name.data + plen, &rmcf->rules_file);
+                          "variable \"$%V\": rule ids in \"%V\" differ "
+                          "only in case from \"%*s\", and nginx variable "
+                          "names ignore case",
+                          &v[i].name, &rmcf->rules_file,
+                          v[i].name.len - plen, v[i].name.data + plen);
             return NGX_ERROR;
         }
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "variable \"$%V\": no rule \"%*s\" in \"%V\"",
+                      &v[i].name, v[i].name.len - plen,
+                      v[i].name.data + plen, &rmcf->rules_file);
+        return NGX_ERROR;
     }
 
     return NGX_OK;
@@ -298,6 +313,7 @@ ngx_http_rules_match_variable(ngx_http_request_t *r,
 {
     ngx_str_t *name = (ngx_str_t *) data;
 
+    int                    ambiguous;
     size_t                 plen;
     const rules_rule_t    *rule;
     ngx_http_rules_ctx_t  *ctx;
@@ -307,8 +323,8 @@ ngx_http_rules_match_variable(ngx_http_request_t *r,
     rule = NULL;
 
     if (ctx && name->len > plen) {
-        rule = rules_find_id(ctx->rules, (char *) name->data + plen,
-                             name->len - plen);
+        rule = rules_find_id_nocase(ctx->rules, (char *) name->data + plen,
+                                    name->len - plen, &ambiguous);
     }
 
     v->valid = 1;

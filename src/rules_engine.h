@@ -163,6 +163,13 @@ int rules_field_index(const rules_set_t *rs, const char *name, size_t len);
 /* Rule lookup by id or by state digest; NULL when absent. */
 const rules_rule_t *rules_find_id(const rules_set_t *rs, const char *id,
     size_t len);
+/*
+ * The same by id with case ignored (nginx lowercases variable names);
+ * NULL when absent, or when ids that differ only in case share it
+ * (*ambiguous set to 1).
+ */
+const rules_rule_t *rules_find_id_nocase(const rules_set_t *rs,
+    const char *id, size_t len, int *ambiguous);
 const rules_rule_t *rules_find_digest(const rules_set_t *rs,
     const unsigned char digest[8]);
 /* A record's digest is a rule's or a shared record's of the set: 1, else 0. */

@@ -170,6 +170,33 @@ rules_strmap_put(rules_strmap_t *m, const unsigned char *key, size_t len,
 
 
 int
+rules_strmap_set(rules_strmap_t *m, const unsigned char *key, size_t len,
+    unsigned val)
+{
+    size_t  i;
+
+    if (m->keys == NULL) {
+        return 0;
+    }
+
+    i = rules_hash64(key, len, m->seed) & m->mask;
+
+    while (m->keys[i].data != NULL) {
+        if (m->keys[i].len == len
+            && (len == 0 || memcmp(m->keys[i].data, key, len) == 0))
+        {
+            m->vals[i] = val;
+            return 1;
+        }
+
+        i = (i + 1) & m->mask;
+    }
+
+    return 0;
+}
+
+
+int
 rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
     size_t len, unsigned *val)
 {

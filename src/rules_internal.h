@@ -29,6 +29,9 @@ int rules_grow(void *arrayp, size_t *size, size_t n, size_t elem,
  * An open-addressing table of byte strings, each mapped to an unsigned
  * value.  Built at load time, read-only afterwards.
  */
+/* ids_nocase's value for ids that differ only in case */
+#define RULES_ID_AMBIGUOUS  0xffffffffu
+
 typedef struct {
     rules_str_t       *keys;       /* data == NULL: empty slot */
     unsigned          *vals;
@@ -40,6 +43,9 @@ typedef struct {
 int rules_strmap_init(rules_strmap_t *m, size_t expected);
 /* Returns 1 if inserted, 0 if the key was already there, -1 on ENOMEM. */
 int rules_strmap_put(rules_strmap_t *m, const unsigned char *key,
+    size_t len, unsigned val);
+/* Replaces the value of a key already there: 1, else 0. */
+int rules_strmap_set(rules_strmap_t *m, const unsigned char *key,
     size_t len, unsigned val);
 /* Returns 1 and sets *val when found. */
 int rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
@@ -167,6 +173,8 @@ struct rules_set_s {
     size_t                 ngroups;
 
     rules_strmap_t         ids;         /* id -> rule index */
+    rules_strmap_t         ids_nocase;  /* lowercased id -> rule index, or
+                                           RULES_ID_AMBIGUOUS */
     rules_strmap_t         digests;     /* digest bytes -> rule index */
 
     /*

@@ -2,6 +2,7 @@
  * Loading and strict validation of a rule file (SPEC.md section 2).
  */
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -179,6 +180,7 @@ rules_free(rules_set_t *rs)
 
     rules_strmap_free(&rs->fields);
     rules_strmap_free(&rs->ids);
+    rules_strmap_free(&rs->ids_nocase);
     rules_strmap_free(&rs->digests);
     rules_strmap_free(&rs->share_digests);
     rules_memo_done(rs);
@@ -207,6 +209,44 @@ rules_free(rules_set_t *rs)
 }
 
 
+/*
+ * nginx lowercases variable names, so $rules_match_<id> finds its rule
+ * by the lowercased id; two ids that differ only in case share a key
+ * marked ambiguous.
+ */
+static int
+rules_put_id_nocase(rules_set_t *rs, const rules_rule_t *r, size_t i)
+{
+    int     rc;
+    char   *low;
+    size_t  k;
+
+    low = rules_set_alloc(rs, r->id_len + 1);
+
+    if (low == NULL) {
+        return -1;
+    }
+
+    for (k = 0; k < r->id_len; k++) {
+        low[k] = (char) tolower((unsigned char) r->id[k]);
+    }
+
+    rc = rules_strmap_put(&rs->ids_nocase, (const unsigned char *) low,
+                          r->id_len, (unsigned) i);
+
+    if (rc < 0) {
+        return -1;
+    }
+
+    if (rc == 0) {
+        (void) rules_strmap_set(&rs->ids_nocase, (const unsigned char *) low,
+                                r->id_len, RULES_ID_AMBIGUOUS);
+    }
+
+    return 0;
+}
+
+
 static rules_set_t *
 rules_set_create(void)
 {
@@ -220,6 +260,7 @@ rules_set_create(void)
 
     if (rules_strmap_init(&rs->fields, 16) != 0
         || rules_strmap_init(&rs->ids, 16) != 0
+        || rules_strmap_init(&rs->ids_nocase, 16) != 0
         || rules_strmap_init(&rs->digests, 16) != 0
         || rules_strmap_init(&rs->share_digests, 16) != 0
         || rules_strmap_init(&rs->conds, 16) != 0)
@@ -593,6 +634,11 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
 
     if (rc == 0) {
         rules_loader_error(ld, "id", "duplicate id \"%s\"", r->id);
+        return -1;
+    }
+
+    if (rules_put_id_nocase(rs, r, i) != 0) {
+        rules_loader_error(ld, NULL, "out of memory");
         return -1;
     }
 
@@ -1729,6 +1775,39 @@ rules_find_id(const rules_set_t *rs, const char *id, size_t len)
     }
 
     return NULL;
+}
+
+
+const rules_rule_t *
+rules_find_id_nocase(const rules_set_t *rs, const char *id, size_t len,
+    int *ambiguous)
+{
+    char      low[RULES_ID_MAX_LEN];
+    size_t    k;
+    unsigned  v;
+
+    *ambiguous = 0;
+
+    if (len == 0 || len > RULES_ID_MAX_LEN) {
+        return NULL;
+    }
+
+    for (k = 0; k < len; k++) {
+        low[k] = (char) tolower((unsigned char) id[k]);
+    }
+
+    if (!rules_strmap_get(&rs->ids_nocase, (const unsigned char *) low, len,
+                          &v))
+    {
+        return NULL;
+    }
+
+    if (v == RULES_ID_AMBIGUOUS) {
+        *ambiguous = 1;
+        return NULL;
+    }
+
+    return &rs->rules[v];
 }
 
 

@@ -455,3 +455,24 @@ invalid value "sometimes" in "rules_shared_distinct" directive
 [204, 204, 204, 204, 204]
 --- no_error_log
 [error]
+
+
+
+=== TEST 26: $rules_match_<id> refused when two ids differ only in case (nginx variable names ignore case)
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        add_header X-M $rules_match_Twice;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "Twice", "kind": "segment", "key": "uid", "type": "count",
+            "min": 2, "within": "1s"},
+           {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+            "min": 2, "within": "1m"}]}
+--- must_die
+--- error_log eval
+qr/variable "\$rules_match_twice": rule ids in ".*rules\.json" differ only in case from "twice", and nginx variable names ignore case/

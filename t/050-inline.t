@@ -457,3 +457,40 @@ _EOC_
   "X-Rules: []",
   "X-Rules: []",
 ]
+
+
+
+=== TEST 19: $rules_match_<id> of ids with capitals: nginx lowercases variable names, the rule is found with case ignored
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "VisitedTwice", "kind": "segment", "key": "uid",
+   "type": "count", "min": 2, "within": "7d"},
+  {"id": "Once", "kind": "segment", "key": "uid",
+   "type": "count", "min": 1, "within": "7d"}
+]}
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Twice $rules_match_VisitedTwice always;
+        add_header X-Twice-Low $rules_match_visitedtwice always;
+        add_header X-Once $rules_match_ONCE always;
+        return 204;
+    }
+--- request eval
+[
+  "GET /px?uid=t050-19&ts=1000",
+  "GET /px?uid=t050-19&ts=2000",
+]
+--- response_headers eval
+[
+  "X-Rules: [Once]\nX-Twice: 0\nX-Twice-Low: 0\nX-Once: 1",
+  "X-Rules: [VisitedTwice,Once]\nX-Twice: 1\nX-Twice-Low: 1\nX-Once: 1",
+]
+--- error_code eval
+[204, 204]
+--- no_error_log
+[error]

@@ -142,6 +142,47 @@ static const char spec_rules[] =
 "]}";
 
 
+/* Ids found with case ignored, as nginx's lowercased variable names. */
+static void
+ids_without_case(void)
+{
+    int                  amb;
+    char                 err[RULES_ERR_LEN];
+    rules_set_t         *rs;
+    static const char    json[] =
+        "{\"rules\":["
+        "{\"id\":\"Twice\",\"kind\":\"segment\",\"key\":\"uid\","
+        "\"type\":\"count\",\"min\":2,\"within\":\"1h\"},"
+        "{\"id\":\"TWICE\",\"kind\":\"segment\",\"key\":\"uid\","
+        "\"type\":\"count\",\"min\":2,\"within\":\"1d\"},"
+        "{\"id\":\"OnceAWeek\",\"kind\":\"segment\",\"key\":\"uid\","
+        "\"type\":\"count\",\"min\":1,\"within\":\"7d\"}]}";
+
+    rs = rules_load_buffer(json, strlen(json), "case", err, sizeof(err));
+    ok(rs != NULL, "ids that differ only in case load");
+
+    if (rs == NULL) {
+        printf("# %s\n", err);
+        return;
+    }
+
+    ok(rules_find_id(rs, "Twice", 5) == rules_rule(rs, 0)
+       && rules_find_id(rs, "TWICE", 5) == rules_rule(rs, 1)
+       && rules_find_id(rs, "twice", 5) == NULL, "exact lookup keeps case");
+    ok(rules_find_id_nocase(rs, "onceaweek", 9, &amb) == rules_rule(rs, 2)
+       && !amb, "lowercased id found");
+    ok(rules_find_id_nocase(rs, "ONCEaweek", 9, &amb) == rules_rule(rs, 2),
+       "any case found");
+    ok(rules_find_id_nocase(rs, "twice", 5, &amb) == NULL && amb,
+       "two ids that differ only in case: ambiguous");
+    ok(rules_find_id_nocase(rs, "thrice", 6, &amb) == NULL && !amb,
+       "unknown id: absent, not ambiguous");
+    ok(rules_find_id_nocase(rs, "", 0, &amb) == NULL && !amb, "empty id");
+
+    rules_free(rs);
+}
+
+
 /* Matched ids and the fraud flag, with the bitmap over three words. */
 static void
 results_over_words(void)
@@ -297,6 +338,7 @@ main(void)
     rules_free(rs);
 
     results_over_words();
+    ids_without_case();
 
     return done_testing();
 }
