@@ -1211,10 +1211,11 @@ ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m)
 
 
 /*
- * init_process: counts the start, and marks this cycle as running; the
- * first worker of a cycle counts a configuration load (the start or a
- * reload), so that worker starts beyond worker_processes per load are
- * respawns after a crash.
+ * init_process of a worker (the cache manager and loader count nothing,
+ * and exit without exit_process): counts the start, claims a slot, and
+ * marks this cycle as running; the first worker of a cycle counts a
+ * configuration load (the start or a reload), so that worker starts
+ * beyond worker_processes per load are respawns after a crash.
  */
 void
 ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
@@ -1233,13 +1234,7 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
 
     (void) ngx_atomic_fetch_add(&sh->c.worker_starts, 1);
 
-    /* the cache manager and loader exit without exit_process */
-
-    if (ngx_process == NGX_PROCESS_WORKER
-        || ngx_process == NGX_PROCESS_SINGLE)
-    {
-        ngx_http_rules_metrics_defer_claim(m);
-    }
+    ngx_http_rules_metrics_defer_claim(m);
 
     for ( ;; ) {
         live = sh->live;

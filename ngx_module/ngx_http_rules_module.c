@@ -1038,6 +1038,17 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_rules_main_conf_t  *rmcf;
 
+    /*
+     * the cache manager and loader run init_process too: they serve no
+     * request, so they count nothing and connect to no Redis
+     */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
     rmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_rules_module);
 
     if (rmcf == NULL || rmcf->rules == NULL) {

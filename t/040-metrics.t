@@ -37,6 +37,9 @@ my $ngx = RulesNginx::start_nginx(
     rules_redis 127.0.0.1:$redis->{port};
     rules_redis_timeout 5s;
     rules_file ../html/rules.json;
+    # a cache manager process runs too: it counts no worker start and
+    # makes no Redis connection
+    proxy_cache_path cache keys_zone=t040:1m;
     server {
         listen 127.0.0.1:\$PORT;
         location = /px {
