@@ -126,7 +126,7 @@ static ngx_uint_t        ngx_http_rules_events_inflight;
 /*
  * The context survives internal redirects (which clear module contexts)
  * through its pool cleanup, so that an event is evaluated once per
- * request.
+ * request; one found that way is marked redirected.
  */
 ngx_http_rules_ctx_t *
 ngx_http_rules_get_ctx(ngx_http_request_t *r)
@@ -143,6 +143,7 @@ ngx_http_rules_get_ctx(ngx_http_request_t *r)
     for (cln = r->pool->cleanup; cln; cln = cln->next) {
         if (cln->handler == ngx_http_rules_cleanup) {
             ctx = cln->data;
+            ctx->redirected = 1;
             ngx_http_set_ctx(r, ctx, ngx_http_rules_module);
             return ctx;
         }
@@ -167,13 +168,23 @@ ngx_http_rules_handler(ngx_http_request_t *r)
 
     rlcf = ngx_http_get_module_loc_conf(r, ngx_http_rules_module);
 
-    if (!rlcf->enable) {
+    if (!rlcf->enable || (rlcf->fields == NULL && !rlcf->json_body)) {
+        /* no fields: "rules on" inherited by a location without any */
         return NGX_DECLINED;
     }
 
     ctx = ngx_http_rules_get_ctx(r);
 
     if (ctx) {
+        if (ctx->redirected) {
+            /*
+             * the event was answered (or its body failed) before this
+             * internal redirect: an error_page for the rejection status,
+             * a try_files fallback; this location serves its own answer
+             */
+            return NGX_DECLINED;
+        }
+
         if (ctx->done) {
             return ctx->rc;
         }

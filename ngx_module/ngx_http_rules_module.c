@@ -406,9 +406,14 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_rules_loc_conf_t *prev = parent;
     ngx_http_rules_loc_conf_t *conf = child;
 
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, set_here;
     ngx_http_rules_field_t      *f;
+    ngx_http_core_loc_conf_t    *clcf;
     ngx_http_rules_main_conf_t  *rmcf;
+
+    /* "rules on" in this location itself, not inherited */
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    set_here = (conf->enable != NGX_CONF_UNSET && clcf->name.len != 0);
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_uint_value(conf->on_error_closed, prev->on_error_closed,
@@ -457,6 +462,15 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->fields == NULL && !conf->json_body) {
+
+        if (!set_here) {
+            /*
+             * "rules on" of the server (or an enclosing location) is for
+             * the locations that have fields: this one is not evaluated
+             */
+            return NGX_CONF_OK;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"rules on\" needs at least one "
                            "\"rules_field\", or \"rules_body json\"");

@@ -116,6 +116,8 @@ typedef struct {
     unsigned                      done:1;
     unsigned                      body_requested:1;
     unsigned                      body_read:1;
+    unsigned                      redirected:1;   /* an internal redirect
+                                                     came after it */
 } ngx_http_rules_ctx_t;
 
 

@@ -494,3 +494,77 @@ _EOC_
 [204, 204]
 --- no_error_log
 [error]
+
+
+
+=== TEST 20: rules_reject_fraud with error_page: the error page's location, under the same "rules on", serves the page with the rejection status
+--- config
+    rules on;
+    rules_field uid $arg_uid;
+    rules_field ip  $arg_ip;
+    rules_time $arg_ts;
+    rules_reject_fraud 429;
+    error_page 429 /blocked;
+    location = /px {
+        empty_gif;
+    }
+    location = /blocked {
+        internal;
+        add_header X-Fraud $rules_fraud always;
+        add_header X-Rules "[$rules_matched]" always;
+        return 200 "blocked\n";
+    }
+--- request eval
+[
+  "GET /px?uid=x&ip=203.0.113.20&ts=1000",
+  "GET /px?uid=x&ip=203.0.113.20&ts=1001",
+  "GET /px?uid=x&ip=203.0.113.20&ts=1002",
+]
+--- error_code eval
+[200, 200, 429]
+--- response_body_like eval
+[
+  "^GIF89a",
+  "^GIF89a",
+  "^blocked\n\\z",
+]
+--- response_headers eval
+[
+  "!X-Fraud\n!X-Rules",
+  "!X-Fraud\n!X-Rules",
+  "X-Fraud: 1\nX-Rules: [ip_burst]",
+]
+
+
+
+=== TEST 21: "rules on" in the server block, fields in a location: that location is evaluated, one without fields is not
+--- config
+    rules on;
+    location = /px {
+        rules_field uid  $arg_uid;
+        rules_field type $arg_e;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status "[$rules_status]" always;
+        return 204;
+    }
+    location = /health {
+        add_header X-Status "[$rules_status]" always;
+        return 204;
+    }
+--- request eval
+[
+  "GET /px?uid=t050-21&e=page&ts=1000",
+  "GET /health?uid=t050-21&e=page&ts=1500",
+  "GET /px?uid=t050-21&e=page&ts=2000",
+]
+--- error_code eval
+[204, 204, 204]
+--- response_headers eval
+[
+  "X-Rules: []\nX-Status: [ok]",
+  "X-Status: []",
+  "X-Rules: [visited_twice_week]\nX-Status: [ok]",
+]
+--- no_error_log
+[error]

@@ -262,3 +262,32 @@ push @ev, "{\"uid\": \"t051-16-0\", \"ip\": \"192.0.2.99\", \"type\": \"page\", 
  qr/\A(?=.*^nginx_rules_redis_calls_total(?:\{\})? 3$)(?=.*^nginx_rules_redis_call_items_total(?:\{\})? 70$)/ms]
 --- no_error_log
 [error]
+
+
+
+=== TEST 17: a body nginx cannot read (invalid chunked encoding), with an error_page under the same "rules on": the error page answers
+--- config
+    rules on;
+    rules_body json;
+    rules_field ip $arg_ip;
+    error_page 400 /bad;
+    location = /events {
+        return 204;
+    }
+    location = /bad {
+        internal;
+        add_header X-Status "[$rules_status]" always;
+        return 200 "bad body\n";
+    }
+--- raw_request eval
+"POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+. "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+--- error_code: 400
+--- response_headers
+X-Status: []
+--- response_body
+bad body
+--- error_log
+client sent invalid chunked body
+--- no_error_log
+[alert]
