@@ -34,6 +34,7 @@ static char *ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_rules_check_limit(ngx_conf_t *cf, void *post,
     void *data);
 static void ngx_http_rules_cleanup_rules(void *data);
+static ngx_uint_t ngx_http_rules_prefix_has_tag(ngx_str_t *prefix);
 static ngx_int_t ngx_http_rules_init_process(ngx_cycle_t *cycle);
 static void ngx_http_rules_exit_process(ngx_cycle_t *cycle);
 
@@ -349,6 +350,17 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&rmcf->key_prefix, NGX_HTTP_RULES_DEFAULT_PREFIX);
     }
 
+    if (rmcf->cluster_set
+        && ngx_http_rules_prefix_has_tag(&rmcf->key_prefix))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"rules_key_prefix %V\" holds a hash tag "
+                           "(\"{...}\"): with \"rules_redis_cluster\" every "
+                           "key would be in its slot, on one master",
+                           &rmcf->key_prefix);
+        return NGX_CONF_ERROR;
+    }
+
     if (rmcf->timeout == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"rules_redis_timeout\" must be positive");
@@ -367,6 +379,28 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * Redis Cluster hashes the first "{...}" of a key with at least one byte
+ * inside: in the prefix, it would be every key's tag, not "{field:value}".
+ */
+static ngx_uint_t
+ngx_http_rules_prefix_has_tag(ngx_str_t *prefix)
+{
+    u_char  *open, *close, *last;
+
+    last = prefix->data + prefix->len;
+    open = ngx_strlchr(prefix->data, last, '{');
+
+    if (open == NULL) {
+        return 0;
+    }
+
+    close = ngx_strlchr(open + 1, last, '}');
+
+    return (close != NULL && close > open + 1);
 }
 
 

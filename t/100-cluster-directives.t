@@ -110,10 +110,11 @@ invalid parameter "password=" of "rules_redis_cluster"
 
 
 
-=== TEST 10: a full configuration is accepted; a seed that is not a cluster node fails events at once (fail-open) and says why
+=== TEST 10: a full configuration is accepted (a prefix with braces but no hash tag too); a seed that is not a cluster node fails events at once (fail-open) and says why
 --- http_config
     rules_redis_cluster 127.0.0.1:$TEST_NGINX_REDIS_PORT localhost:$TEST_NGINX_REDIS_PORT;
     rules_redis_timeout 100ms;
+    rules_key_prefix "t100{}:{";
     rules_file ../html/rules.json;
 --- config
     location = /px {
@@ -143,3 +144,15 @@ invalid parameter "password=" of "rules_redis_cluster"
 slot map refresh failed: CLUSTER SLOTS: ERR This instance has cluster support disabled
 --- no_error_log
 [alert]
+
+
+
+=== TEST 11: a rules_key_prefix with a hash tag would put every key in one slot
+--- http_config
+    rules_redis_cluster 127.0.0.1:7000;
+    rules_key_prefix "app{rules}:";
+--- config
+    location = /px { return 204; }
+--- must_die
+--- error_log
+"rules_key_prefix app{rules}:" holds a hash tag ("{...}"): with "rules_redis_cluster" every key would be in its slot, on one master
