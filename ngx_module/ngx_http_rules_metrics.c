@@ -88,6 +88,7 @@ typedef struct {
     ngx_atomic_t                        pid;
     ngx_atomic_t                        since;
     ngx_atomic_t                        inflight;
+    ngx_atomic_t                        gen;      /* the holder's cycle */
 } ngx_http_rules_metrics_defer_t;
 
 
@@ -205,6 +206,8 @@ static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
 static void ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m);
 static void ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m);
 static ngx_msec_t ngx_http_rules_metrics_clock(void);
+static ngx_uint_t ngx_http_rules_metrics_oldest(
+    ngx_http_rules_metrics_shm_t *sh, ngx_uint_t live);
 static ngx_uint_t ngx_http_rules_metrics_dead(ngx_atomic_uint_t pid);
 static void ngx_http_rules_metrics_defer_free(
     ngx_http_rules_metrics_defer_t *d, ngx_atomic_uint_t pid,
@@ -524,12 +527,14 @@ ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
 
     /*
      * Slots of rules that the running workers do not have: removed or
-     * edited before their configuration was loaded.  The workers of older
-     * cycles, the only ones that could still count into them, have had
-     * a whole reload to finish.
+     * edited before their configuration was loaded, and no worker of an
+     * older cycle still running (one finishing its requests, two reloads
+     * later) could count into them.
      */
 
-    (void) ngx_http_rules_metrics_drop(m, live);
+    (void) ngx_http_rules_metrics_drop(m,
+                                       ngx_http_rules_metrics_oldest(sh,
+                                                                     live));
 
     /* the rules that stay keep their slot */
 
@@ -605,6 +610,35 @@ done:
     ngx_shmtx_unlock(&m->shpool->mutex);
 
     return rc;
+}
+
+
+/*
+ * The oldest cycle with a running worker: live, or older for a worker
+ * still finishing its requests (one that holds a slot of the defer
+ * table; the workers beyond it are not seen).
+ */
+static ngx_uint_t
+ngx_http_rules_metrics_oldest(ngx_http_rules_metrics_shm_t *sh,
+    ngx_uint_t live)
+{
+    ngx_uint_t                       i, oldest;
+    ngx_atomic_uint_t                pid, gen;
+    ngx_http_rules_metrics_defer_t  *d;
+
+    oldest = live;
+
+    for (i = 0; i < NGX_HTTP_RULES_METRICS_DEFER_SLOTS; i++) {
+        d = &sh->defer[i];
+        pid = d->pid;
+        gen = d->gen;
+
+        if (pid != 0 && gen < oldest && !ngx_http_rules_metrics_dead(pid)) {
+            oldest = gen;
+        }
+    }
+
+    return oldest;
 }
 
 
@@ -1194,6 +1228,9 @@ ngx_http_rules_metrics_defer_claim(ngx_http_rules_metrics_t *m)
         if (pid == 0 && m->defer == NULL
             && ngx_atomic_cmp_set(&d->pid, 0, self))
         {
+            /* a reload that reads the previous holder's gen meanwhile
+             * takes an older one: it frees less, never too much */
+            d->gen = m->gen;
             d->since = 0;
             d->inflight = 0;
             m->defer = d;

@@ -284,6 +284,61 @@ $log = RulesNginx::error_log($ngx);
 unlike($log, qr/zone is full|not enough shared memory/,
        'the zone never fills: replaced rules are freed');
 
+# ---- a worker of an older configuration still counting two reloads later --
+# Rule x is edited by a reload while an old worker's event waits for a
+# paused Redis (x's former slot is that worker's alone); a second reload
+# adds rule y.  The old worker counts x in its own slot when Redis
+# answers: y, whose slot may take freed memory, must stay at 0.
+
+sub reload_and_wait {
+    my ($rules_text) = @_;
+    my $starts = metrics()->{'nginx_rules_worker_starts_total{}'};
+    write_file("$ngx->{prefix}/html/rules.json", $rules_text);
+    RulesNginx::reload_nginx($ngx);
+    return wait_metrics(sub {
+        ($_[0]{'nginx_rules_worker_starts_total{}'} // 0) >= $starts + 2 });
+}
+
+sub rule_x {
+    my ($within, $more) = @_;
+    return qq({"rules": [\n  {"id": "x", "kind": "segment", "key": "uid", )
+         . qq("type": "count", "min": 1, "within": "$within"})
+         . ($more // '') . "\n]}\n";
+}
+
+my $exited = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
+reload_and_wait(rule_x('1h'));
+for (1 .. 400) {
+    my $n = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
+    last if $n >= $exited + 2;
+    sleep 0.05;
+}
+my $Y = 'rule="y",kind="segment",type="count"';
+like(redis_cmd('CLIENT', 'PAUSE', '4000', 'ALL'), qr/^\+OK/, 'Redis paused');
+my $old = fork();
+die "fork: $!" unless defined $old;
+if ($old == 0) {
+    my ($st, $h) = RulesNginx::get($ngx->{port}, '/px?uid=old1&ts=1', 20);
+    POSIX::_exit($st == 204 && ($h->{'x-status'} // '') eq 'ok' ? 0 : 1);
+}
+$s = wait_metrics(sub { ($_[0]{'nginx_rules_inflight_events{}'} // 0) == 1 });
+is($s->{'nginx_rules_inflight_events{}'}, 1, 'an event waits for Redis');
+reload_and_wait(rule_x('2h'));
+$s = reload_and_wait(rule_x('2h', qq(,\n  {"id": "y", "kind": "segment", )
+    . qq("key": "uid", "type": "count", "min": 1, "within": "1h"})));
+# the scrape may still reach a worker that is being replaced
+$s = wait_metrics(sub { defined $_[0]{"nginx_rules_rule_evaluated_total{$Y}"} });
+is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 0, 'y: a new rule at 0');
+waitpid $old, 0;
+is($?, 0, 'the old worker answers its event, two reloads later');
+$s = wait_metrics(sub { ($_[0]{'nginx_rules_inflight_events{}'} // -1) == 0 });
+is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 0,
+   'y: still 0 (the old worker counted x in the slot it kept)');
+is($s->{"nginx_rules_rule_matched_total{$Y}"}, 0, 'y: matched 0');
+is(events(1), 1, 'one more event');
+$s = metrics();
+is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 1, 'y: counts its own');
+
 $log = RulesNginx::error_log($ngx);
 $log =~ s/^.*\[alert\].*exited on signal 9.*\n//mg;
 unlike($log, qr/\[(alert|crit)\]/, 'no alert in the error log');
