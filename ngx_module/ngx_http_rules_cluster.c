@@ -20,6 +20,13 @@
  *   ASK        the slot is being migrated and the key is already on the
  *              target: ASKING and the command go to the target's
  *              connection back to back; the map is not changed.
+ *   drain      when a slot changes master (MOVED, or a refresh while the
+ *              old one still serves slots) and the old master has
+ *              commands in flight, the slot's new commands are held, in
+ *              order, until the old master has answered all of those:
+ *              the ones that come back MOVED are sent again first, so a
+ *              key's commands reach the new master in the order they
+ *              were made.
  *   nodes      found or made by address; a node that serves no slot and
  *              has been idle for GC_IDLE ms is closed (a former master
  *              after a failover, a seed that is a replica), from a timer.
@@ -54,6 +61,11 @@ struct ngx_http_rules_cluster_node_s {
     ngx_http_rules_redis_conf_t        conf;    /* the template, and: */
     in_port_t                          port;
     ngx_uint_t                         slots;   /* served, in the map */
+    ngx_uint_t                         sent;    /* commands, ever */
+    ngx_uint_t                         answered;
+    ngx_uint_t                         drain_mark;  /* sent, at the last
+                                                       slot it lost */
+    ngx_uint_t                         draining;    /* slots held for it */
     ngx_msec_t                         last_used;
     u_char                             host[
                                          NGX_HTTP_RULES_CLUSTER_HOST_LEN + 1];
@@ -73,6 +85,7 @@ typedef struct {
     int                                argc;
     ngx_uint_t                         slot;
     ngx_uint_t                         redirects;
+    ngx_queue_t                        queue;   /* held while draining */
 } ngx_http_rules_cluster_cmd_t;
 
 
@@ -95,6 +108,8 @@ struct ngx_http_rules_cluster_s {
     ngx_msec_t                         failure_logged;
     ngx_uint_t                         failures_unlogged;
 
+    ngx_queue_t                        held;     /* commands, in order */
+
     ngx_http_rules_cluster_stats_t     stats;
     ngx_http_rules_redis_stats_t       gone;     /* of freed nodes */
 
@@ -106,6 +121,9 @@ struct ngx_http_rules_cluster_s {
     /* the master of each slot, or NULL; and a scratch map */
     ngx_http_rules_cluster_node_t     *slots[RULES_CLUSTER_SLOTS];
     ngx_http_rules_cluster_node_t     *next_slots[RULES_CLUSTER_SLOTS];
+
+    /* the former master a slot's new commands wait for, or NULL */
+    ngx_http_rules_cluster_node_t     *drain_from[RULES_CLUSTER_SLOTS];
 };
 
 
@@ -129,6 +147,12 @@ static ngx_int_t ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t flags);
 static void ngx_http_rules_cluster_reply(void *data, redisReply *reply,
     ngx_int_t rc);
+static void ngx_http_rules_cluster_answer(ngx_http_rules_cluster_cmd_t *cmd,
+    redisReply *reply, ngx_int_t rc);
+static void ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl,
+    ngx_uint_t slot, ngx_http_rules_cluster_node_t *old);
+static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_node_t *node);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
 static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
@@ -155,6 +179,7 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
     cl->script = script;
     cl->sha1 = script_sha1;
     cl->refresh_interval = NGX_HTTP_RULES_CLUSTER_REFRESH_MIN;
+    ngx_queue_init(&cl->held);
 
     /* cancelable: a graceful shutdown waits only for the requests */
 
@@ -291,6 +316,11 @@ ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
     cl->gone.native += st->native;
 
     ngx_http_rules_redis_destroy(node->rd, reason);
+
+    if (node->draining) {
+        /* its commands failed above: nothing left to wait for */
+        ngx_http_rules_cluster_release(cl, node);
+    }
 
     ngx_free(node);
 }
@@ -540,7 +570,7 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     long long                       start, end, port;
     ngx_uint_t                      s, changed, mapped, masters, level;
     redisReply                     *e, *m;
-    ngx_http_rules_cluster_node_t  *node, *from;
+    ngx_http_rules_cluster_node_t  *node, *old, *from;
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
@@ -621,17 +651,11 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         node->slots = 0;
     }
 
-    changed = 0;
     mapped = 0;
     masters = 0;
 
     for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
         node = cl->next_slots[s];
-
-        if (cl->slots[s] != node) {
-            changed++;
-            cl->slots[s] = node;
-        }
 
         if (node) {
             mapped++;
@@ -639,6 +663,29 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
             if (node->slots++ == 0) {
                 masters++;
             }
+        }
+    }
+
+    changed = 0;
+
+    for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
+        node = cl->next_slots[s];
+        old = cl->slots[s];
+
+        if (old == node) {
+            continue;
+        }
+
+        changed++;
+        cl->slots[s] = node;
+
+        if (old && old->slots) {
+            /*
+             * a master still (resharding, not a failover, whose old
+             * master's commands fail): its commands of the slot come
+             * back MOVED
+             */
+            ngx_http_rules_cluster_drain(cl, s, old);
         }
     }
 
@@ -806,7 +853,9 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
 
     node = cl->slots[slot];
 
-    if (node == NULL || !ngx_http_rules_redis_ready(node->rd)) {
+    if (cl->drain_from[slot] == NULL
+        && (node == NULL || !ngx_http_rules_redis_ready(node->rd)))
+    {
         /* no map yet, a slot not served, or its master unreachable */
         ngx_http_rules_cluster_plan_refresh(cl);
         return NGX_DECLINED;
@@ -841,6 +890,13 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
         p = ngx_cpymem(p, argv[i], argvlen[i]);
     }
 
+    if (cl->drain_from[slot]) {
+        /* after the commands the former master sends back */
+        cmd->node = NULL;
+        ngx_queue_insert_tail(&cl->held, &cmd->queue);
+        return NGX_OK;
+    }
+
     rc = ngx_http_rules_cluster_send(cmd, node, 0);
 
     if (rc != NGX_OK) {
@@ -863,6 +919,7 @@ ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
                                          ngx_http_rules_cluster_reply, cmd);
     if (rc == NGX_OK) {
         cmd->node = node;
+        node->sent++;
         node->last_used = ngx_current_msec;
     }
 
@@ -875,6 +932,27 @@ ngx_http_rules_cluster_reply(void *data, redisReply *reply, ngx_int_t rc)
 {
     ngx_http_rules_cluster_cmd_t *cmd = data;
 
+    ngx_http_rules_cluster_t       *cl;
+    ngx_http_rules_cluster_node_t  *node;
+
+    /* nodes are not freed from callbacks: node outlives the command */
+
+    cl = cmd->cluster;
+    node = cmd->node;
+    node->answered++;
+
+    ngx_http_rules_cluster_answer(cmd, reply, rc);
+
+    if (node->draining && node->answered >= node->drain_mark) {
+        ngx_http_rules_cluster_release(cl, node);
+    }
+}
+
+
+static void
+ngx_http_rules_cluster_answer(ngx_http_rules_cluster_cmd_t *cmd,
+    redisReply *reply, ngx_int_t rc)
+{
     ngx_http_rules_cluster_t  *cl;
 
     cl = cmd->cluster;
@@ -1002,6 +1080,11 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
 
         old = cl->slots[slot];
 
+        if (cmd->node != node) {
+            /* the commands it still has for the slot come back too */
+            ngx_http_rules_cluster_drain(cl, slot, cmd->node);
+        }
+
         if (old != node) {
             if (old) {
                 old->slots--;
@@ -1054,6 +1137,81 @@ invalid:
                                    reply->str);
 
     return NGX_ERROR;
+}
+
+
+/*
+ * The slot's new commands wait until old, which lost it, has answered
+ * the commands sent to it so far: those of the slot come back MOVED and
+ * are sent to the new master first.
+ */
+static void
+ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl, ngx_uint_t slot,
+    ngx_http_rules_cluster_node_t *old)
+{
+    if (old->answered == old->sent || cl->drain_from[slot] != NULL) {
+        return;
+    }
+
+    cl->drain_from[slot] = old;
+    old->draining++;
+    old->drain_mark = old->sent;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, cl->log, 0,
+                   "rules redis cluster: slot %ui waits for %ui commands "
+                   "of %s", slot, old->sent - old->answered, old->addr);
+}
+
+
+/*
+ * node has answered what it was sent before its last slot left (NULL:
+ * the worker exits, or every node is gone): the commands held for its
+ * slots go, in the order they were made, to the slots' masters now (or
+ * fail, as a command of a slot without a ready master does).
+ */
+static void
+ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_node_t *node)
+{
+    ngx_uint_t                      s;
+    ngx_queue_t                    *q, *next;
+    ngx_http_rules_cluster_cmd_t   *cmd;
+    ngx_http_rules_cluster_node_t  *master;
+
+    for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
+        if (cl->drain_from[s] && (node == NULL || cl->drain_from[s] == node))
+        {
+            cl->drain_from[s]->draining--;
+            cl->drain_from[s] = NULL;
+        }
+    }
+
+    for (q = ngx_queue_head(&cl->held);
+         q != ngx_queue_sentinel(&cl->held);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
+
+        if (cl->drain_from[cmd->slot]) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        master = cl->slots[cmd->slot];
+
+        if (cl->destroying || master == NULL
+            || !ngx_http_rules_redis_ready(master->rd)
+            || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
+        {
+            if (!cl->destroying) {
+                ngx_http_rules_cluster_plan_refresh(cl);
+            }
+
+            /* the handler may add commands, at the tail: next is kept */
+            ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
+        }
+    }
 }
 
 
@@ -1182,6 +1340,12 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
 
     while (cl->nodes) {
         ngx_http_rules_cluster_node_free(cl, cl->nodes, "worker exiting");
+    }
+
+    /* the commands held for a master that is gone now */
+
+    while (!ngx_queue_empty(&cl->held)) {
+        ngx_http_rules_cluster_release(cl, NULL);
     }
 
     ngx_free(cl);

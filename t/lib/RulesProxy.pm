@@ -17,6 +17,11 @@ package RulesProxy;
 # those received), or undef when nothing happened within 5 s (no reply in
 # flight).
 #
+# hold() makes the proxy keep what Redis sends (every read is one held
+# piece, logged "held <bytes>"); release($proxy, 'one') forwards the
+# oldest piece, release($proxy, 'all') forwards them all and stops
+# holding.  Each waits for the proxy's log line.
+#
 # A client whose Redis connection cannot be made is closed at once.  The
 # proxy is a forked process, stopped by RulesNginx's END (track_pid) or
 # by stop().
@@ -80,12 +85,53 @@ sub cut {
     return undef;
 }
 
+sub _signal_and_wait {
+    my ($proxy, $sig, $want) = @_;
+    my $before = () = _lines($proxy->{log});
+    kill $sig, $proxy->{pid};
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my @l = _lines($proxy->{log});
+        return $l[-1] if @l > $before && $l[-1] =~ $want;
+        sleep 0.01;
+    }
+    return undef;
+}
+
+sub hold {
+    my ($proxy) = @_;
+    return _signal_and_wait($proxy, 'WINCH', qr/^holding$/);
+}
+
+sub release {
+    my ($proxy, $what) = @_;
+    return _signal_and_wait($proxy, $what eq 'one' ? 'ALRM' : 'QUIT',
+                            qr/^released /);
+}
+
+# the pieces held so far
+sub held {
+    my ($proxy) = @_;
+    return scalar grep { /^held / } _lines($proxy->{log});
+}
+
+sub _log {
+    my ($log, $line) = @_;
+    open my $fh, '>>', $log or return;
+    print $fh "$line\n";
+    close $fh;
+}
+
 sub _run {
     my ($listen, $upstream, $log) = @_;
     my $armed = '';
+    my ($holding, $release, @held) = (0, '');
     local $SIG{USR1} = sub { $armed = 'rst' };
     local $SIG{USR2} = sub { $armed = 'fin' };
     local $SIG{HUP} = sub { $armed = 'junk' };
+    local $SIG{WINCH} = sub { $holding = 1; _log($log, 'holding') };
+    local $SIG{ALRM} = sub { $release = 'one' };
+    local $SIG{QUIT} = sub { $release = 'all' };
     local $SIG{PIPE} = 'IGNORE';
     local $SIG{TERM} = sub { POSIX::_exit(0) };
 
@@ -105,7 +151,29 @@ sub _run {
         }
     };
 
+    my $forward = sub {
+        my ($o, $buf) = @_;
+        my ($off, $n) = (0, length $buf);
+        while ($off < $n) {
+            my $w = syswrite $o, $buf, $n - $off, $off;
+            last unless defined $w;
+            $off += $w;
+        }
+        return $off == $n;
+    };
+
     while (1) {
+        if ($release) {
+            my @go = $release eq 'one' ? (shift @held) : splice @held;
+            $holding = 0 if $release eq 'all';
+            for (grep { defined } @go) {
+                my ($o, $buf) = @$_;
+                $forward->($o, $buf) if defined fileno $o;
+            }
+            _log($log, "released " . scalar(grep { defined } @go));
+            $release = '';
+        }
+
         for my $s ($sel->can_read(0.05)) {
             if ($s == $listen) {
                 my $c = $listen->accept or next;
@@ -128,6 +196,12 @@ sub _run {
             my $n = sysread $s, my $buf, 65536;
             if (!$n) {
                 $close_pair->($s);
+                next;
+            }
+
+            if ($holding && $is_up{ fileno $s }) {
+                push @held, [$o, $buf];
+                _log($log, "held $n");
                 next;
             }
 

@@ -1,0 +1,136 @@
+# One key's events keep their order when its slot moves to another
+# master (MOVED) while the old master still has some of them in flight.
+#
+# Master A is reached through a proxy (it announces the proxy's port to
+# the cluster) that can hold A's replies.  The slot of user U moves from
+# A to B; nginx's map still says A.  Event 1 (type a) and event 2 (type
+# b) go to A, whose MOVED replies the proxy holds.  Only the first is
+# let through: event 1 is sent again to B.  Event 3 (type c) comes now,
+# while event 2's MOVED is still on its way: it must wait for it, so
+# that B applies a, b, c and the sequence rule a -> b -> c matches on
+# event 3.  Sent straight to B, it would be applied before b (no match).
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use Time::HiRes qw(sleep time);
+use RulesGen;
+use RulesNginx;
+use RulesCluster;
+use RulesProxy;
+
+my $dir = tempdir(CLEANUP => 1);
+my $prefix = 't106:';
+my $cluster = RulesCluster->new(masters => 3, replicas => 0);
+my @ports = sort { $a <=> $b } keys %{ $cluster->masters };
+my ($a_port, $b_port, $c_port) = @ports;
+my $a_node = $cluster->node_by_port($a_port);
+
+# A, as the cluster (and nginx) sees it: the proxy's port
+my $proxy = RulesProxy::start(upstream => $a_port, log => "$dir/proxy.log");
+my $p_port = $proxy->{port};
+is($cluster->cli($a_port, 'CONFIG', 'SET', 'cluster-announce-bus-port',
+                 $a_node->{bus}), 'OK', 'A announces its own bus port');
+is($cluster->cli($a_port, 'CONFIG', 'SET', 'cluster-announce-port', $p_port),
+   'OK', "A announces the proxy's port $p_port");
+my $seen = 0;
+for (1 .. 100) {
+    $seen = !grep { $cluster->cli($_, 'CLUSTER', 'SLOTS') !~ /\b$p_port\b/ }
+                  $a_port, $b_port, $c_port;
+    last if $seen;
+    sleep 0.1;
+}
+ok($seen, 'every master names A by the proxy port');
+
+# a user whose state key is in a slot of A
+my ($uid, $slot);
+my %a_ranges;
+for my $i (0 .. 100000) {
+    my $s = RulesCluster::key_slot("$prefix\{uid:u$i}");
+    next unless ($cluster->slot_master($s) // 0) == $p_port;
+    ($uid, $slot) = ("u$i", $s);
+    last;
+}
+ok(defined $uid, "user $uid in slot $slot of A");
+
+my $rules = RulesGen::json({ rules => [
+    { id => 'abc', kind => 'segment', key => 'uid', type => 'sequence',
+      within => '1d', hold => '1d',
+      steps => [ { where => { field => 'type', eq => 'a' } },
+                 { where => { field => 'type', eq => 'b' } },
+                 { where => { field => 'type', eq => 'c' } } ] },
+] });
+
+my $ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-106",
+    workers => 1,
+    files   => { 'rules.json' => $rules },
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis_cluster 127.0.0.1:$b_port 127.0.0.1:$c_port;",
+        prefix  => $prefix,
+        timeout => '5s',
+        fields  => [qw(uid type)]));
+ok($cluster->wait_nginx_ready($ngx, 1), 'the worker has the map and its '
+                                        . 'connections (A through the proxy)');
+
+# the slot moves to B; nginx learns it from A's MOVED only
+my %id = map { $_ => $cluster->node_id($_) } @ports;
+for my $port ($b_port, $a_port, $c_port) {
+    $cluster->cli($port, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id{$b_port});
+}
+ok($cluster->wait_ok(20), "slot $slot now served by B");
+
+# events on their own connections, answered later
+sub send_event {
+    my ($type, $ts) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
+        or die "connect: $!";
+    print $s "GET /px?uid=$uid&type=$type&ts=$ts HTTP/1.0\r\n"
+           . "Host: localhost\r\n\r\n";
+    return $s;
+}
+
+sub answer {
+    my ($s) = @_;
+    local $/;
+    my $resp = <$s> // '';
+    close $s;
+    my ($st, $h) = RulesNginx::parse_response($resp);
+    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
+           . ']';
+}
+
+sub wait_held {
+    my ($n) = @_;
+    for (1 .. 500) {
+        return 1 if RulesProxy::held($proxy) >= $n;
+        sleep 0.01;
+    }
+    return 0;
+}
+
+ok(RulesProxy::hold($proxy), "the proxy holds A's replies");
+my $e1 = send_event('a', 1000);
+ok(wait_held(1), "event 1: A's MOVED held");
+my $e2 = send_event('b', 2000);
+ok(wait_held(2), "event 2: A's MOVED held");
+like(RulesProxy::release($proxy, 'one'), qr/^released 1$/,
+     "event 1's MOVED let through");
+is(answer($e1), '204 ok []', 'event 1: sent again to B, applied');
+my $e3 = send_event('c', 3000);
+sleep 0.3;
+like(RulesProxy::release($proxy, 'all'), qr/^released 1$/,
+     "event 2's MOVED let through");
+is(answer($e2), '204 ok []', 'event 2: sent again to B, applied');
+is(answer($e3), '204 ok [abc]',
+   'event 3 waited for event 2: B applied a, b, c (the sequence matched)');
+
+my $log = RulesNginx::error_log($ngx);
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
+RulesNginx::stop_nginx($ngx);
+RulesProxy::stop($proxy);
+done_testing();

@@ -1,0 +1,1 @@
+../106-cluster-order.t
