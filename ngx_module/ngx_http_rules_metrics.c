@@ -53,6 +53,9 @@
 
 /* a worker adds its per-rule counts at most this often (ms) */
 #define NGX_HTTP_RULES_METRICS_FLUSH_MSEC   1
+/* a worker's connection and engine counters reach the zone at least this
+ * often (ms), events or not */
+#define NGX_HTTP_RULES_METRICS_SYNC_MSEC    1000
 /* a scrape waits for the workers that defer theirs: it checks every
  * millisecond, for 100 ms at most (timer_resolution may space the checks
  * out; the bound is in time, not in checks) */
@@ -177,6 +180,9 @@ struct ngx_http_rules_metrics_s {
     ngx_uint_t                          deferred;
     ngx_http_rules_metrics_defer_t     *defer;
 
+    /* the timer that adds this worker's Redis and engine counters */
+    ngx_event_t                         sync_ev;
+
     /* this worker took a slot (and gave it back at exit: its events
      * waiting for Redis are no longer counted anywhere) */
     ngx_uint_t                          had_slot;
@@ -215,6 +221,7 @@ static void ngx_http_rules_metrics_defer_free(
 static ngx_uint_t ngx_http_rules_metrics_deferred(
     ngx_http_rules_metrics_shm_t *sh, ngx_msec_t arrived);
 static void ngx_http_rules_metrics_flush_handler(ngx_event_t *ev);
+static void ngx_http_rules_metrics_sync_handler(ngx_event_t *ev);
 static void ngx_http_rules_metrics_wait_handler(ngx_event_t *ev);
 static void ngx_http_rules_metrics_wait_cleanup(void *data);
 static ngx_int_t ngx_http_rules_metrics_send(ngx_http_request_t *r);
@@ -319,6 +326,11 @@ ngx_http_rules_metrics_zone(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     m->flush_ev.data = m;
     m->flush_ev.log = &cf->cycle->new_log;
     m->flush_ev.cancelable = 1;
+
+    m->sync_ev.handler = ngx_http_rules_metrics_sync_handler;
+    m->sync_ev.data = m;
+    m->sync_ev.log = &cf->cycle->new_log;
+    m->sync_ev.cancelable = 1;
 
     rmcf->metrics_zone = ngx_shared_memory_add(cf,
                                           &ngx_http_rules_metrics_zone_name,
@@ -972,6 +984,21 @@ ngx_http_rules_metrics_flush_handler(ngx_event_t *ev)
 }
 
 
+/*
+ * Events push the counters of their worker's connection (connections
+ * made and lost, ...); a worker without events (a Redis restart while
+ * it idles) pushes them from this timer.
+ */
+static void
+ngx_http_rules_metrics_sync_handler(ngx_event_t *ev)
+{
+    ngx_http_rules_metrics_t  *m = ev->data;
+
+    ngx_http_rules_metrics_sync_engine(m->rmcf);
+    ngx_add_timer(&m->sync_ev, NGX_HTTP_RULES_METRICS_SYNC_MSEC);
+}
+
+
 /* The worker's per-rule counts added to the slots, now. */
 static void
 ngx_http_rules_metrics_add(ngx_http_rules_metrics_t *m)
@@ -1272,6 +1299,7 @@ ngx_http_rules_metrics_worker_start(ngx_http_rules_main_conf_t *rmcf)
     (void) ngx_atomic_fetch_add(&sh->c.worker_starts, 1);
 
     ngx_http_rules_metrics_defer_claim(m);
+    ngx_add_timer(&m->sync_ev, NGX_HTTP_RULES_METRICS_SYNC_MSEC);
 
     for ( ;; ) {
         live = sh->live;

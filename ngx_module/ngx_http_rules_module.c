@@ -1148,6 +1148,9 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    /* the connection's counters since the last event or timer */
+    ngx_http_rules_metrics_sync_engine(rmcf);
+
     if (rmcf->redis == NULL && rmcf->cluster == NULL) {
         ngx_http_rules_metrics_worker_exit(rmcf);
         return;

@@ -105,6 +105,16 @@ sub metrics {
     return parse_metrics($body);
 }
 
+# before any event: each worker's connection is counted by its own timer
+# (not only by its events or the scrapes it serves); one scrape, after
+# both timers ran, sees both
+sleep 1.5;
+{
+    my ($t0, $s0, $e0) = metrics();
+    is($s0->{'nginx_rules_redis_connects_total{}'}, 2,
+       'idle workers: both connections counted');
+}
+
 my $dir = tempdir(CLEANUP => 1);
 my @pids;
 for my $c (0 .. $CLIENTS - 1) {
