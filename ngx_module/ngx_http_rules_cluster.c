@@ -63,15 +63,22 @@ struct ngx_http_rules_cluster_node_s {
     ngx_uint_t                         slots;   /* served, in the map */
     ngx_uint_t                         sent;    /* commands, ever */
     ngx_uint_t                         answered;
-    ngx_uint_t                         drain_mark;  /* sent, at the last
-                                                       slot it lost */
-    ngx_uint_t                         draining;    /* slots held for it */
+    ngx_queue_t                        drains;  /* slots it lost, by mark */
     ngx_msec_t                         last_used;
     u_char                             host[
                                          NGX_HTTP_RULES_CLUSTER_HOST_LEN + 1];
     u_char                             addr[
                                          NGX_HTTP_RULES_CLUSTER_HOST_LEN + 9];
 };
+
+
+/* a slot whose new commands wait until its former master has answered
+ * mark commands (its sent count when the slot left) */
+typedef struct {
+    ngx_queue_t                        queue;
+    ngx_uint_t                         slot;
+    ngx_uint_t                         mark;
+} ngx_http_rules_cluster_drain_t;
 
 
 /* one command, in one block with a copy of its arguments */
@@ -151,8 +158,10 @@ static void ngx_http_rules_cluster_answer(ngx_http_rules_cluster_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc);
 static void ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl,
     ngx_uint_t slot, ngx_http_rules_cluster_node_t *old);
+static void ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_node_t *node, ngx_uint_t all);
 static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl,
-    ngx_http_rules_cluster_node_t *node);
+    ngx_uint_t slot);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
 static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
@@ -240,6 +249,7 @@ ngx_http_rules_cluster_node(ngx_http_rules_cluster_t *cl, u_char *host,
 
     node->cluster = cl;
     node->port = port;
+    ngx_queue_init(&node->drains);
     node->last_used = ngx_current_msec;
 
     ngx_memcpy(node->host, host, len);
@@ -317,10 +327,8 @@ ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
 
     ngx_http_rules_redis_destroy(node->rd, reason);
 
-    if (node->draining) {
-        /* its commands failed above: nothing left to wait for */
-        ngx_http_rules_cluster_release(cl, node);
-    }
+    /* its commands failed above: nothing left to wait for */
+    ngx_http_rules_cluster_drained(cl, node, 1);
 
     ngx_free(node);
 }
@@ -943,8 +951,8 @@ ngx_http_rules_cluster_reply(void *data, redisReply *reply, ngx_int_t rc)
 
     ngx_http_rules_cluster_answer(cmd, reply, rc);
 
-    if (node->draining && node->answered >= node->drain_mark) {
-        ngx_http_rules_cluster_release(cl, node);
+    if (!ngx_queue_empty(&node->drains)) {
+        ngx_http_rules_cluster_drained(cl, node, 0);
     }
 }
 
@@ -1143,19 +1151,29 @@ invalid:
 /*
  * The slot's new commands wait until old, which lost it, has answered
  * the commands sent to it so far: those of the slot come back MOVED and
- * are sent to the new master first.
+ * are sent to the new master first.  Marks only grow: a node's drains
+ * are in mark order.
  */
 static void
 ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl, ngx_uint_t slot,
     ngx_http_rules_cluster_node_t *old)
 {
+    ngx_http_rules_cluster_drain_t  *d;
+
     if (old->answered == old->sent || cl->drain_from[slot] != NULL) {
         return;
     }
 
+    d = ngx_alloc(sizeof(ngx_http_rules_cluster_drain_t), cl->log);
+    if (d == NULL) {
+        /* the slot's order is not kept, its commands still go */
+        return;
+    }
+
+    d->slot = slot;
+    d->mark = old->sent;
+    ngx_queue_insert_tail(&old->drains, &d->queue);
     cl->drain_from[slot] = old;
-    old->draining++;
-    old->drain_mark = old->sent;
 
     ngx_log_debug3(NGX_LOG_DEBUG_EVENT, cl->log, 0,
                    "rules redis cluster: slot %ui waits for %ui commands "
@@ -1163,55 +1181,76 @@ ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl, ngx_uint_t slot,
 }
 
 
+/* The slots whose mark node has answered (all: node is going away). */
+static void
+ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_node_t *node, ngx_uint_t all)
+{
+    ngx_uint_t                       slot;
+    ngx_queue_t                     *q;
+    ngx_http_rules_cluster_drain_t  *d;
+
+    while (!ngx_queue_empty(&node->drains)) {
+        q = ngx_queue_head(&node->drains);
+        d = ngx_queue_data(q, ngx_http_rules_cluster_drain_t, queue);
+
+        if (!all && node->answered < d->mark) {
+            break;
+        }
+
+        ngx_queue_remove(q);
+        slot = d->slot;
+        ngx_free(d);
+
+        ngx_http_rules_cluster_release(cl, slot);
+    }
+}
+
+
 /*
- * node has answered what it was sent before its last slot left (NULL:
- * the worker exits, or every node is gone): the commands held for its
- * slots go, in the order they were made, to the slots' masters now (or
- * fail, as a command of a slot without a ready master does).
+ * The commands held for a slot go, in the order they were made, to its
+ * master now (or fail, as a command of a slot without a ready master
+ * does).  The slot stays held while they go: a command that a failure's
+ * handler makes for it is queued behind them, and sent in this walk.
  */
 static void
-ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl,
-    ngx_http_rules_cluster_node_t *node)
+ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl, ngx_uint_t slot)
 {
-    ngx_uint_t                      s;
+    ngx_uint_t                      found;
     ngx_queue_t                    *q, *next;
     ngx_http_rules_cluster_cmd_t   *cmd;
     ngx_http_rules_cluster_node_t  *master;
 
-    for (s = 0; s < RULES_CLUSTER_SLOTS; s++) {
-        if (cl->drain_from[s] && (node == NULL || cl->drain_from[s] == node))
+    do {
+        found = 0;
+
+        for (q = ngx_queue_head(&cl->held);
+             q != ngx_queue_sentinel(&cl->held);
+             q = next)
         {
-            cl->drain_from[s]->draining--;
-            cl->drain_from[s] = NULL;
-        }
-    }
+            next = ngx_queue_next(q);
+            cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
 
-    for (q = ngx_queue_head(&cl->held);
-         q != ngx_queue_sentinel(&cl->held);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
-
-        if (cl->drain_from[cmd->slot]) {
-            continue;
-        }
-
-        ngx_queue_remove(q);
-        master = cl->slots[cmd->slot];
-
-        if (cl->destroying || master == NULL
-            || !ngx_http_rules_redis_ready(master->rd)
-            || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
-        {
-            if (!cl->destroying) {
-                ngx_http_rules_cluster_plan_refresh(cl);
+            if (cmd->slot != slot) {
+                continue;
             }
 
-            /* the handler may add commands, at the tail: next is kept */
-            ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
+            found = 1;
+            ngx_queue_remove(q);
+            master = cl->slots[slot];
+
+            if (cl->destroying || master == NULL
+                || !ngx_http_rules_redis_ready(master->rd)
+                || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
+            {
+                ngx_http_rules_cluster_plan_refresh(cl);
+                ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
+            }
         }
-    }
+
+    } while (found);
+
+    cl->drain_from[slot] = NULL;
 }
 
 
@@ -1342,11 +1381,7 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
         ngx_http_rules_cluster_node_free(cl, cl->nodes, "worker exiting");
     }
 
-    /* the commands held for a master that is gone now */
-
-    while (!ngx_queue_empty(&cl->held)) {
-        ngx_http_rules_cluster_release(cl, NULL);
-    }
+    /* every node released its slots' commands (they failed) as it went */
 
     ngx_free(cl);
 }

@@ -143,7 +143,12 @@ ngx_http_rules_get_ctx(ngx_http_request_t *r)
     for (cln = r->pool->cleanup; cln; cln = cln->next) {
         if (cln->handler == ngx_http_rules_cleanup) {
             ctx = cln->data;
-            ctx->redirected = 1;
+
+            if (r == r->main) {
+                /* not a subrequest, which shares the main pool */
+                ctx->redirected = 1;
+            }
+
             ngx_http_set_ctx(r, ctx, ngx_http_rules_module);
             return ctx;
         }

@@ -389,18 +389,18 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
 static ngx_uint_t
 ngx_http_rules_prefix_has_tag(ngx_str_t *prefix)
 {
-    u_char  *open, *close, *last;
+    u_char  *lbrace, *rbrace, *last;
 
     last = prefix->data + prefix->len;
-    open = ngx_strlchr(prefix->data, last, '{');
+    lbrace = ngx_strlchr(prefix->data, last, '{');
 
-    if (open == NULL) {
+    if (lbrace == NULL) {
         return 0;
     }
 
-    close = ngx_strlchr(open + 1, last, '}');
+    rbrace = ngx_strlchr(lbrace + 1, last, '}');
 
-    return (close != NULL && close > open + 1);
+    return (rbrace != NULL && rbrace > lbrace + 1);
 }
 
 
