@@ -18,9 +18,11 @@ package RulesProxy;
 # flight).
 #
 # hold() makes the proxy keep what Redis sends (every read is one held
-# piece, logged "held <bytes>"); release($proxy, 'one') forwards the
-# oldest piece, release($proxy, 'all') forwards them all and stops
-# holding.  Each waits for the proxy's log line.
+# piece, logged "held <bytes>"; with start(hold_match => qr/.../), from
+# the first read that matches on a connection, the ones before go
+# through: a connection's replies keep their order); release($proxy, 'one')
+# forwards the oldest piece, release($proxy, 'all') forwards them all
+# and stops holding.  Each waits for the proxy's log line.
 #
 # A client whose Redis connection cannot be made is closed at once.  The
 # proxy is a forked process, stopped by RulesNginx's END (track_pid) or
@@ -49,7 +51,7 @@ sub start {
     my $pid = fork();
     die "fork: $!" unless defined $pid;
     if ($pid == 0) {
-        eval { _run($listen, $opt{upstream}, $log) };
+        eval { _run($listen, $opt{upstream}, $log, $opt{hold_match}) };
         POSIX::_exit(0);
     }
     close $listen;
@@ -91,8 +93,11 @@ sub _signal_and_wait {
     kill $sig, $proxy->{pid};
     my $deadline = time + 5;
     while (time < $deadline) {
+        # the line asked for, not necessarily the last one: replies that
+        # arrive meanwhile are logged as held
         my @l = _lines($proxy->{log});
-        return $l[-1] if @l > $before && $l[-1] =~ $want;
+        my ($line) = grep { $_ =~ $want } @l[$before .. $#l];
+        return $line if defined $line;
         sleep 0.01;
     }
     return undef;
@@ -123,7 +128,7 @@ sub _log {
 }
 
 sub _run {
-    my ($listen, $upstream, $log) = @_;
+    my ($listen, $upstream, $log, $hold_match) = @_;
     my $armed = '';
     my ($holding, $release, @held) = (0, '');
     local $SIG{USR1} = sub { $armed = 'rst' };
@@ -199,7 +204,10 @@ sub _run {
                 next;
             }
 
-            if ($holding && $is_up{ fileno $s }) {
+            if ($holding && $is_up{ fileno $s }
+                && (!$hold_match || $buf =~ $hold_match
+                    || grep { $_->[0] == $o } @held))
+            {
                 push @held, [$o, $buf];
                 _log($log, "held $n");
                 next;
