@@ -212,6 +212,7 @@ ngx_http_rules_handler(ngx_http_request_t *r)
         }
 
         ctx->request = r;
+        ctx->rlcf = rlcf;
         ctx->rules = rmcf->rules;
         ctx->rc = NGX_DECLINED;
 
@@ -1169,8 +1170,9 @@ ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx)
     ngx_http_rules_loc_conf_t   *rlcf;
     ngx_http_rules_main_conf_t  *rmcf;
 
+    /* the evaluating location's settings: the request may be elsewhere */
     r = ctx->request;
-    rlcf = ngx_http_get_module_loc_conf(r, ngx_http_rules_module);
+    rlcf = ctx->rlcf;
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
     op = ctx->op;
 
@@ -1247,6 +1249,16 @@ ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx)
     ctx->waiting = 0;
     r = ctx->request;
     c = r->connection;
+
+    if (ctx->redirected
+        || ngx_http_get_module_ctx(r, ngx_http_rules_module) != ctx)
+    {
+        /*
+         * an internal redirect while it waited: the client left and
+         * post_action took the request elsewhere, which runs on its own
+         */
+        return;
+    }
 
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);

@@ -101,6 +101,7 @@ typedef struct ngx_http_rules_cmd_s  ngx_http_rules_cmd_t;
 
 typedef struct {
     ngx_http_request_t           *request;
+    ngx_http_rules_loc_conf_t    *rlcf;           /* where it is evaluated */
     rules_set_t                  *rules;
     ngx_http_rules_op_t          *op;             /* awaiting replies */
     ngx_queue_t                   queue;          /* in the waiting queue */

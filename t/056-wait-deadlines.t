@@ -144,6 +144,53 @@ my $late = 0.4 + 0.5 * $slow;
 $errors .= RulesNginx::error_log($ngx);
 unlike($errors, qr/\[(alert|crit|emerg)\]/, 'no alert in the error logs');
 unlike($errors, qr/no reply for/, 'no case outlasted the connection');
+
+# a client that leaves while its event waits, with post_action: nginx
+# runs the post action (an internal redirect) at once; the deadline must
+# not run the request's phases again there (it restarted the post
+# action's proxying: the collector got a second request).  The collector
+# is this script, which counts connections and never answers.
+
+{
+    RulesNginx::stop_nginx($ngx);
+    my $collector = IO::Socket::INET->new(Listen => 8,
+                                          LocalAddr => '127.0.0.1',
+                                          LocalPort => 0, ReuseAddr => 1)
+        or die "listen: $!";
+    my $cport = $collector->sockport;
+    $ngx = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-056",
+        files  => { 'rules.json' => $rules },
+        http   => RulesNginx::pixel_http(
+            store     => "rules_redis 127.0.0.1:$paused->{port};",
+            timeout   => '400ms',
+            prefix    => "t056:$$:",
+            fields    => ['uid'],
+            locations => <<"_EOC_"));
+        post_action /collect;
+        location = /collect {
+            internal;
+            post_action off;
+            proxy_read_timeout 2s;
+            proxy_pass http://127.0.0.1:$cport/hit;
+        }
+_EOC_
+    my $s = send_px($ngx->{port}, 'pa');
+    sleep 0.1;
+    close $s;
+    # past the deadline (0.4 s), within the collector's 2 s
+    sleep 1.2 * $slow;
+    $collector->blocking(0);
+    my @conns;
+    while (my $c = $collector->accept) {
+        push @conns, $c;
+    }
+    is(scalar @conns, 1,
+       'post action after the client left: one request to the collector');
+    my $log = RulesNginx::error_log($ngx);
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'and no alert');
+}
+
 RulesNginx::stop_nginx($ngx);
 kill 'CONT', $paused->{pid};
 
