@@ -290,7 +290,12 @@ if ($stopped) {
         vec($rin, fileno($c), 1) = 1;
         $broken_waiting++ unless select(my $rout = $rin, undef, undef, 0);
         print $c "zz\r\n";
-        my $resp = do { local $/; <$c> } // '';
+        # the answer, unless the connection went to the stopped worker
+        # (then it waits for SIGCONT: not read here, not to hang)
+        vec($rin = '', fileno($c), 1) = 1;
+        if (select(my $rready = $rin, undef, undef, 3)) {
+            my $resp = do { local $/; <$c> } // '';
+        }
         close $c;
     }
     kill 'CONT', $stopped;

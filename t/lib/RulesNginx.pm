@@ -147,7 +147,15 @@ sub worker_pids {
         my $line = <$fh> // '';
         close $fh;
         # pid (comm) state ppid ...
-        push @w, $1 if $line =~ /^(\d+) \(.*\) \S+ (\d+) / && $2 == $master;
+        next unless $line =~ /^(\d+) \(.*\) \S+ (\d+) / && $2 == $master;
+        my $pid = $1;
+        # not the cache manager or loader (proxy_cache_path)
+        if (open my $cf, '<', "/proc/$pid/cmdline") {
+            my $cmd = <$cf> // '';
+            close $cf;
+            next if $cmd =~ /cache (manager|loader) process/;
+        }
+        push @w, $pid;
     }
     return sort { $a <=> $b } @w;
 }
