@@ -169,14 +169,15 @@ rules_strmap_put(rules_strmap_t *m, const unsigned char *key, size_t len,
 }
 
 
-int
-rules_strmap_set(rules_strmap_t *m, const unsigned char *key, size_t len,
-    unsigned val)
+/* The value slot of a key, or NULL when it is not there. */
+static unsigned *
+rules_strmap_find(const rules_strmap_t *m, const unsigned char *key,
+    size_t len)
 {
     size_t  i;
 
     if (m->keys == NULL) {
-        return 0;
+        return NULL;
     }
 
     i = rules_hash64(key, len, m->seed) & m->mask;
@@ -185,14 +186,31 @@ rules_strmap_set(rules_strmap_t *m, const unsigned char *key, size_t len,
         if (m->keys[i].len == len
             && (len == 0 || memcmp(m->keys[i].data, key, len) == 0))
         {
-            m->vals[i] = val;
-            return 1;
+            return &m->vals[i];
         }
 
         i = (i + 1) & m->mask;
     }
 
-    return 0;
+    return NULL;
+}
+
+
+int
+rules_strmap_set(rules_strmap_t *m, const unsigned char *key, size_t len,
+    unsigned val)
+{
+    unsigned  *v;
+
+    v = rules_strmap_find(m, key, len);
+
+    if (v == NULL) {
+        return 0;
+    }
+
+    *v = val;
+
+    return 1;
 }
 
 
@@ -200,26 +218,17 @@ int
 rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
     size_t len, unsigned *val)
 {
-    size_t  i;
+    unsigned  *v;
 
-    if (m->keys == NULL) {
+    v = rules_strmap_find(m, key, len);
+
+    if (v == NULL) {
         return 0;
     }
 
-    i = rules_hash64(key, len, m->seed) & m->mask;
+    *val = *v;
 
-    while (m->keys[i].data != NULL) {
-        if (m->keys[i].len == len
-            && (len == 0 || memcmp(m->keys[i].data, key, len) == 0))
-        {
-            *val = m->vals[i];
-            return 1;
-        }
-
-        i = (i + 1) & m->mask;
-    }
-
-    return 0;
+    return 1;
 }
 
 
