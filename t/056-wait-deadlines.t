@@ -35,9 +35,8 @@ sub http_body {
 # sends a request on a new connection; returns the socket
 sub send_px {
     my ($port, $uid) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+    my $s = RulesNginx::send_get($port, "/px?uid=$uid&ts=1000")
         or die "connect: $!";
-    print $s "GET /px?uid=$uid&ts=1000 HTTP/1.0\r\nHost: t\r\n\r\n";
     return $s;
 }
 
@@ -45,11 +44,8 @@ sub send_px {
 # $since)
 sub read_px {
     my ($s, $since) = @_;
-    local $/;
-    my $resp = <$s> // '';
-    my $at = time - $since;
-    my ($code, $h) = RulesNginx::parse_response($resp);
-    return ($code, $h->{'x-status'} // '', $at);
+    my ($code, $h) = RulesNginx::read_response($s);
+    return ($code, $h->{'x-status'} // '', time - $since);
 }
 
 

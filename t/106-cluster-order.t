@@ -16,7 +16,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Temp qw(tempdir);
-use IO::Socket::INET;
 use Time::HiRes qw(sleep time);
 use RulesGen;
 use RulesNginx;
@@ -90,19 +89,14 @@ ok($cluster->wait_ok(20), "slot $slot now served by B");
 # events on their own connections, answered later
 sub send_event {
     my ($type, $ts) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}")
+    my $s = RulesNginx::send_get($ngx->{port},
+                                 "/px?uid=$uid&type=$type&ts=$ts")
         or die "connect: $!";
-    print $s "GET /px?uid=$uid&type=$type&ts=$ts HTTP/1.0\r\n"
-           . "Host: localhost\r\n\r\n";
     return $s;
 }
 
 sub answer {
-    my ($s) = @_;
-    local $/;
-    my $resp = <$s> // '';
-    close $s;
-    my ($st, $h) = RulesNginx::parse_response($resp);
+    my ($st, $h) = RulesNginx::read_response(@_);
     return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
            . ']';
 }

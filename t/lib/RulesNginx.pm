@@ -365,10 +365,24 @@ sub metric {
 # One HTTP/1.0 GET; returns (status, \%headers, body).
 sub get {
     my ($port, $uri, $timeout) = @_;
+    my $s = send_get($port, $uri, $timeout) or return (0, {}, "connect: $!");
+    return read_response($s);
+}
+
+# A GET sent on a connection of its own, its answer read later
+# (read_response): the socket, or undef when the connection fails.
+sub send_get {
+    my ($port, $uri, $timeout) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
                                   Timeout => $timeout // 5)
-        or return (0, {}, "connect: $!");
+        or return;
     print $s "GET $uri HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    return $s;
+}
+
+# The whole answer on a socket, which is closed; (status, \%headers, body).
+sub read_response {
+    my ($s) = @_;
     local $/;
     my $resp = <$s> // '';
     close $s;

@@ -75,16 +75,8 @@ sub _lines {
 
 sub cut {
     my ($proxy, $how) = @_;
-    my $before = () = _lines($proxy->{log});
     my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP');
-    kill $sig{$how}, $proxy->{pid};
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        my @l = _lines($proxy->{log});
-        return $l[-1] if @l > $before;
-        sleep 0.01;
-    }
-    return undef;
+    return _signal_and_wait($proxy, $sig{$how}, qr/^$how /);
 }
 
 sub _signal_and_wait {
@@ -216,9 +208,7 @@ sub _run {
             if ($armed eq 'junk' && $is_up{ fileno $s }) {
                 # not a RESP type byte: a protocol error for the client
                 syswrite $o, "\@junk\r\n";
-                open my $fh, '>>', $log;
-                print $fh "junk 0/$n\n";
-                close $fh;
+                _log($log, "junk 0/$n");
                 $armed = '';
                 next;
             }
@@ -231,9 +221,7 @@ sub _run {
                     setsockopt($o, SOL_SOCKET, SO_LINGER,
                                pack('ii', 1, 0));
                 }
-                open my $fh, '>>', $log;
-                print $fh "$armed $half/$n\n";
-                close $fh;
+                _log($log, "$armed $half/$n");
                 $armed = '';
                 $close_pair->($s);
                 next;
