@@ -1260,6 +1260,12 @@ ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx)
         return;
     }
 
+    /*
+     * the wait's ngx_http_test_reading must not outlive it: the phases
+     * to come set their own (the upstream module leaves nginx's default
+     * in place with proxy_ignore_client_abort on), as limit_req does
+     */
+    r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);
     ngx_http_run_posted_requests(c);

@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Socket::INET;
+use IO::Select;
 use Time::HiRes qw(time sleep);
 use RulesNginx;
 
@@ -219,6 +220,65 @@ $ngx = RulesNginx::start_nginx(
     cmp_ok($took, '<', 3 * $slow,
            "within seconds, not the 60 s timeout ($took s)");
     RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
+}
+
+# after the wait, the request reads the client as nginx would have: with
+# proxy_ignore_client_abort on, a client that leaves once the event was
+# answered does not cut the proxied request (the wait's read handler,
+# left in place, finalized it with 499 and closed the upstream
+# connection).  The upstream is this script.
+
+{
+    my $upstream = IO::Socket::INET->new(Listen => 8,
+                                         LocalAddr => '127.0.0.1',
+                                         LocalPort => 0, ReuseAddr => 1)
+        or die "listen: $!";
+    my $uport = $upstream->sockport;
+    $ngx = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-056c",
+        files  => { 'rules.json' => $rules },
+        http   => RulesNginx::pixel_http(
+            store     => "rules_redis 127.0.0.1:$live->{port};",
+            timeout   => '2s',
+            prefix    => "t056:$$:",
+            fields    => ['uid'],
+            locations => <<"_EOC_"));
+        location = /up {
+            rules on;
+            rules_field uid \$arg_uid;
+            proxy_ignore_client_abort on;
+            proxy_read_timeout 5s;
+            proxy_pass http://127.0.0.1:$uport/hit;
+        }
+_EOC_
+    my $s = RulesNginx::send_get($ngx->{port}, '/up?uid=ica')
+        or die "connect: $!";
+    my $sel = IO::Select->new($upstream);
+    my $up = $sel->can_read(3 * $slow) ? $upstream->accept : undef;
+    ok($up, 'the event was answered and the request proxied');
+    my $req = '';
+    while ($up && $req !~ /\r\n\r\n/) {
+        last unless IO::Select->new($up)->can_read(2 * $slow);
+        last unless sysread($up, $req, 4096, length $req);
+    }
+    like($req, qr{^GET /hit\?uid=ica HTTP}, 'the upstream got the request');
+    close $s;
+    sleep 0.5 * $slow;
+    my $cut = 0;
+    if ($up && IO::Select->new($up)->can_read(0)) {
+        my $buf;
+        $cut = !sysread($up, $buf, 1);
+    }
+    ok(!$cut, 'proxy_ignore_client_abort: the client left, the upstream '
+              . 'connection stays');
+    print $up "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n" if $up;
+    close $up if $up;
+    sleep 0.2;
+    my $log = RulesNginx::error_log($ngx);
+    unlike($log, qr/prematurely closed connection while sending request/,
+           'nginx did not finalize it as a client abort');
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'and no alert');
+    RulesNginx::stop_nginx($ngx);
 }
 
 done_testing();
