@@ -476,3 +476,21 @@ invalid value "sometimes" in "rules_shared_distinct" directive
 --- must_die
 --- error_log eval
 qr/variable "\$rules_match_twice": rule ids in ".*rules\.json" differ only in case from "twice", and nginx variable names ignore case/
+
+
+
+=== TEST 27: a rule's key field name with ':' is refused (state keys are {field:value}: "a" = "b:c" and "a:b" = "c" would share one)
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "by_ab", "kind": "segment", "key": "a:b", "type": "count",
+   "min": 1, "within": "1s"}
+]}
+--- must_die
+--- error_log eval
+qr/rule #0 "by_ab": member "key": must not contain ':'/

@@ -114,6 +114,8 @@ static const struct {
       { "member \"after\": must be shorter than \"within\"", NULL } },
     { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
       { "member \"key\": must be a non-empty string", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"a:b\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "rule #1 \"bad\": member \"key\": must not contain ':' (state keys are {field:value})", NULL } },
     { NULL, { NULL } }
 };
 
