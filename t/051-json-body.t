@@ -291,3 +291,27 @@ bad body
 client sent invalid chunked body
 --- no_error_log
 [alert]
+
+
+
+=== TEST 18: a number is one text however the body writes it (100, 100.0, 1e2), so eq and distinct see one value
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "p100", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "price", "eq": "100"}, "min": 1, "within": "1h"},
+  {"id": "prices", "kind": "segment", "key": "uid", "type": "distinct",
+   "field": "price", "min": 2, "within": "1h"}
+]}
+--- request eval
+[
+  "POST /events\n{\"uid\": \"t051-18a\", \"price\": 100.0, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-18b\", \"price\": 1e2, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-18c\", \"price\": 100, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-18c\", \"price\": 100.0, \"ts\": 2000}",
+  "POST /events\n{\"uid\": \"t051-18c\", \"price\": 1E2, \"ts\": 3000}",
+  "POST /events\n{\"uid\": \"t051-18c\", \"price\": 2.5e-1, \"ts\": 4000}",
+]
+--- response_headers eval
+["X-Rules: [p100]", "X-Rules: [p100]", "X-Rules: [p100]", "X-Rules: [p100]",
+ "X-Rules: [p100]", "X-Rules: [p100,prices]"]
