@@ -6,6 +6,7 @@
 #define _GNU_SOURCE            /* memmem() */
 #endif
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,8 @@
  * SPEC.md's number grammar: an optional sign, digits with an optional
  * fraction (or a fraction alone), an optional exponent; nothing else, not
  * even spaces.  strtod() alone would accept hex, inf, nan and leading
- * spaces, so the text is checked first.
+ * spaces, so the text is checked first.  A text beyond the doubles'
+ * range ("1e400") is not a number either: it would read as infinity.
  */
 int
 rules_parse_number(const unsigned char *p, size_t len, double *out)
@@ -95,6 +97,10 @@ rules_parse_number(const unsigned char *p, size_t len, double *out)
 
     if (buf != stack) {
         free(buf);
+    }
+
+    if (isinf(d)) {
+        return 0;
     }
 
     *out = d;

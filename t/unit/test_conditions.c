@@ -99,10 +99,10 @@ static void
 test_numbers(void)
 {
     static const char *yes[] = { "12", "-3.5", ".5", "1e2", "+4", "0",
-                                 "1E-3", "5.", NULL };
+                                 "1E-3", "5.", "007", "1e-400", NULL };
     static const char *no[] = { "0x10", "inf", "nan", " 5", "5 ", "5abc",
                                 "", "-", ".", "e5", "1e", "1e+", "--1",
-                                "Infinity", "1,5", NULL };
+                                "Infinity", "1,5", "1e400", "-1e400", NULL };
     double       d;
     int          i;
 
