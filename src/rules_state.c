@@ -916,8 +916,15 @@ rules_apply_sequence(const rules_entry_t *e, const rules_record_t *r,
     }
 
     if (*completed) {
-        /* every partial match is discarded; this event starts nothing */
-        tc = now;
+        /*
+         * every partial match is discarded; this event starts nothing.
+         * tc is the latest completion time: a completion that arrives
+         * with an older time than an earlier one (out-of-order times)
+         * does not shorten the hold of that one.
+         */
+        if (now > tc) {
+            tc = now;
+        }
 
         for (i = 0; i + 1 < n; i++) {
             nS[i] = RULES_NONE;
