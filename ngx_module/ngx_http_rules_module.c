@@ -1167,11 +1167,13 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         rmcf->redis = NULL;
     }
 
+    /* calls never sent fail too, and count in the worker's slot */
+    ngx_http_rules_batch_exit();
+
     /* the per-rule counts of the answers, not added yet; the worker's
      * slot in the metrics zone */
     ngx_http_rules_metrics_worker_exit(rmcf);
 
-    ngx_http_rules_batch_exit();
     ngx_http_rules_worker_exit();
     ngx_http_rules_reply_exit();
     ngx_http_rules_variables_exit();
