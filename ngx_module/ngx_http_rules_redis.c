@@ -315,6 +315,7 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
     }
 
     ac->c.reader->fn = &ngx_http_rules_reply_functions;
+    ac->c.reader->privdata = ac;
 
     if (conf->unix_path.len == 0 && redisEnableKeepAlive(&ac->c) != REDIS_OK)
     {
@@ -1070,6 +1071,27 @@ ngx_http_rules_redis_fail(ngx_http_rules_redis_t *rd, const char *fmt, ...)
     rd->planned = 1;
 
     redisAsyncFree(rd->ac);
+}
+
+
+/*
+ * The reader met a reply no command waits for: the context is dropped
+ * (the reader fails), with this reason rather than hiredis' own.
+ */
+void
+ngx_http_rules_redis_stray_reply(redisAsyncContext *ac)
+{
+    ngx_http_rules_redis_t  *rd;
+
+    rd = ac->data;
+
+    if (rd == NULL || rd->ac != ac || rd->planned) {
+        return;
+    }
+
+    ngx_http_rules_redis_set_reason(rd, "a reply to no command (not a Redis "
+                                    "server, or a proxy out of step)");
+    rd->planned = 1;
 }
 
 

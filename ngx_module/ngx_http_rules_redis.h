@@ -154,6 +154,8 @@ void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd,
  */
 extern redisReplyObjectFunctions  ngx_http_rules_reply_functions;
 
+void ngx_http_rules_redis_stray_reply(redisAsyncContext *ac);
+
 void ngx_http_rules_reply_exit(void);
 
 

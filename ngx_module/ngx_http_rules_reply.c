@@ -71,7 +71,26 @@ redisReplyObjectFunctions  ngx_http_rules_reply_functions = {
 static redisReply *
 ngx_http_rules_reply_create(const redisReadTask *task, int type)
 {
-    redisReply  *r, *parent;
+    redisReply         *r, *parent;
+    redisAsyncContext  *ac;
+
+    /*
+     * A reply that no command waits for (a server that is not Redis, a
+     * proxy out of step): hiredis would assert, and the worker abort.
+     * An error reply it handles itself (it drops the connection with the
+     * error's text); any other fails the reader, so hiredis drops the
+     * connection, with the reason set here.  The reader's privdata is
+     * the context (ngx_http_rules_redis_connect()).
+     */
+
+    if (task->parent == NULL && type != REDIS_REPLY_ERROR) {
+        ac = task->privdata;
+
+        if (ac != NULL && ac->replies.head == NULL) {
+            ngx_http_rules_redis_stray_reply(ac);
+            return NULL;
+        }
+    }
 
     r = ngx_http_rules_reply_free_list;
 

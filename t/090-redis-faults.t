@@ -5,8 +5,9 @@
 # stopped (SIGSTOP/SIGCONT), paused (CLIENT PAUSE ... ALL), made slow
 # (DEBUG SLEEP), its clients are killed (CLIENT KILL TYPE normal) with
 # replies in flight, and the proxy resets or closes a connection in the
-# middle of a reply, or replaces a reply with bytes that are not RESP.
-# Asserted:
+# middle of a reply, replaces a reply with bytes that are not RESP, or
+# adds a reply to no command (hiredis asserts on one: the worker must
+# drop the connection instead).  Asserted:
 #
 #   - no worker dies (same worker PIDs, no "exited on signal", no alert);
 #   - every request is answered, and within rules_redis_timeout + 250 ms
@@ -226,6 +227,10 @@ my %fault = (
         my $r = RulesProxy::cut($proxy, 'junk');
         return $r ? "a reply replaced by junk ($r bytes)" : '';
     },
+    extra => sub {
+        my $r = RulesProxy::cut($proxy, 'extra');
+        return $r ? "a reply to no command after a reply ($r bytes)" : '';
+    },
 );
 
 sub inject {
@@ -304,6 +309,7 @@ inject('client_kill');
 inject('rst');
 inject('fin');
 inject('junk');
+inject('extra');
 inject('pause', 1500);
 inject('stop', 1.5);
 inject('kill', 1);
@@ -324,7 +330,7 @@ for my $i (0, 1) {
 # ---- repeated faults ------------------------------------------------------
 
 my @cycle = (['client_kill'], ['rst'], ['sleep'], ['fin'], ['stop', 0.6],
-             ['junk'], ['pause', 600], ['kill', 0.3]);
+             ['junk'], ['pause', 600], ['extra'], ['kill', 0.3]);
 $load = RulesLoad::start(%load, out => "$dir/load-2");
 my $t0 = time;
 for my $c (1 .. $CYCLES) {
@@ -363,6 +369,10 @@ for my $i (0, 1) {
         or diag(join "\n", grep { /\[(?:alert|crit|emerg)\]/ }
                            split /\n/, $log);
 }
+
+like(RulesNginx::error_log($ngx[1]),
+     qr/connection lost: a reply to no command \(not a Redis server, or a proxy out of step\)/,
+     'proxied: a reply to no command drops the connection, with that reason');
 
 RulesProxy::stop($proxy);
 RulesNginx::stop_nginx($_) for @ngx;

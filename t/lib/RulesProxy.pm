@@ -12,7 +12,9 @@ package RulesProxy;
 # client gets a truncated reply), then the client side is reset (rst:
 # SO_LINGER 0, the peer gets ECONNRESET) or closed (fin), and the Redis
 # side closed; or (junk) that data is replaced by bytes that are not
-# RESP and both sides are left open: the client must give up on its own.
+# RESP and both sides are left open: the client must give up on its own;
+# or (extra) that data is forwarded whole and followed by "+OK\r\n", a
+# reply to no command, both sides left open.
 # It returns the line the proxy logged ("rst 37/75": bytes forwarded of
 # those received), or undef when nothing happened within 5 s (no reply in
 # flight).
@@ -75,7 +77,8 @@ sub _lines {
 
 sub cut {
     my ($proxy, $how) = @_;
-    my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP');
+    my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
+               extra => 'TTIN');
     return _signal_and_wait($proxy, $sig{$how}, qr/^$how /);
 }
 
@@ -126,6 +129,7 @@ sub _run {
     local $SIG{USR1} = sub { $armed = 'rst' };
     local $SIG{USR2} = sub { $armed = 'fin' };
     local $SIG{HUP} = sub { $armed = 'junk' };
+    local $SIG{TTIN} = sub { $armed = 'extra' };
     local $SIG{WINCH} = sub { $holding = 1; _log($log, 'holding') };
     local $SIG{ALRM} = sub { $release = 'one' };
     local $SIG{QUIT} = sub { $release = 'all' };
@@ -209,6 +213,14 @@ sub _run {
                 # not a RESP type byte: a protocol error for the client
                 syswrite $o, "\@junk\r\n";
                 _log($log, "junk 0/$n");
+                $armed = '';
+                next;
+            }
+
+            if ($armed eq 'extra' && $is_up{ fileno $s }) {
+                # a reply to no command after the replies
+                $forward->($o, $buf . "+OK\r\n");
+                _log($log, "extra $n/$n");
                 $armed = '';
                 next;
             }
