@@ -827,27 +827,12 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_rules_parse_time(ngx_http_request_t *r, ngx_str_t *s, int64_t *out)
 {
-    size_t   i;
-    int64_t  v;
-
-    v = 0;
-
-    for (i = 0; i < s->len && i <= 16; i++) {
-        if (s->data[i] < '0' || s->data[i] > '9') {
-            break;
-        }
-
-        v = v * 10 + (s->data[i] - '0');
-    }
-
-    if (s->len == 0 || i != s->len || v > RULES_MAX_TS_MS) {
+    if (rules_parse_time(s->data, s->len, out) != 0) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "rules: event rejected: time \"%V\" is not a "
                       "non-negative integer of ms", s);
         return NGX_ERROR;
     }
-
-    *out = v;
 
     return NGX_OK;
 }

@@ -212,6 +212,13 @@ int rules_parse_number(const unsigned char *p, size_t len, double *out);
 
 /* ---- events -------------------------------------------------------- */
 
+/*
+ * An event time: decimal digits only (leading zeros allowed), 0 to
+ * RULES_MAX_TS_MS; returns 0 and sets *out when it is one, -1 when not.
+ * The module's rules_time, JSON bodies and rules-replay share it.
+ */
+int rules_parse_time(const unsigned char *p, size_t len, int64_t *out);
+
 typedef enum {
     RULES_EVENT_OK = 0,        /* at least one key operation */
     RULES_EVENT_SKIPPED,       /* no rule applied */

@@ -423,6 +423,47 @@ rules_state_key(const rules_set_t *rs, const char *prefix,
 }
 
 
+int
+rules_parse_time(const unsigned char *p, size_t len, int64_t *out)
+{
+    size_t   i, digits;
+    int64_t  v;
+
+    if (len == 0) {
+        return -1;
+    }
+
+    v = 0;
+    digits = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return -1;
+        }
+
+        if (v == 0 && p[i] == '0') {
+            continue;               /* leading zeros */
+        }
+
+        /* 2^53 - 1 has 16 digits: no overflow before the check */
+
+        if (++digits > 16) {
+            return -1;
+        }
+
+        v = v * 10 + (p[i] - '0');
+    }
+
+    if (v > RULES_MAX_TS_MS) {
+        return -1;
+    }
+
+    *out = v;
+
+    return 0;
+}
+
+
 /* ---- results ------------------------------------------------------- */
 
 

@@ -52,7 +52,7 @@ rules_json_time(json_t *j, int64_t *out)
 {
     const char  *s;
     int64_t      v;
-    size_t       i, len;
+    size_t       len;
 
     if (json_is_integer(j)) {
         v = json_integer_value(j);
@@ -72,27 +72,7 @@ rules_json_time(json_t *j, int64_t *out)
     s = json_string_value(j);
     len = json_string_length(j);
 
-    if (len == 0 || len > 16) {
-        return -1;
-    }
-
-    v = 0;
-
-    for (i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-
-        v = v * 10 + (s[i] - '0');
-    }
-
-    if (v > RULES_MAX_TS_MS) {
-        return -1;
-    }
-
-    *out = v;
-
-    return 0;
+    return rules_parse_time((const unsigned char *) s, len, out);
 }
 
 

@@ -204,15 +204,21 @@ X-Fraud: 0
   "GET /px?uid=t050-8&e=page&ts=-5",
   "GET /px?uid=t050-8&e=page&ts=12abc",
   "GET /px?uid=t050-8&e=page&ts=99999999999999999999",
+  "GET /px?uid=t050-8&e=page&ts=9007199254740992",
+  "GET /px?uid=t050-8z&e=page&ts=000000000000000000000000005",
+  "GET /px?uid=t050-8z&e=page&ts=0009007199254740991",
 ]
 --- response_headers eval
 [
   "X-Status: invalid\nX-Rules: []",
   "X-Status: invalid",
   "X-Status: invalid",
+  "X-Status: invalid",
+  "X-Status: ok",
+  "X-Status: ok",
 ]
 --- error_code eval
-[200, 200, 200]
+[200, 200, 200, 200, 200, 200]
 --- error_log
 time "-5" is not a non-negative integer of ms
 

@@ -315,3 +315,15 @@ client sent invalid chunked body
 --- response_headers eval
 ["X-Rules: [p100]", "X-Rules: [p100]", "X-Rules: [p100]", "X-Rules: [p100]",
  "X-Rules: [p100]", "X-Rules: [p100,prices]"]
+
+
+
+=== TEST 19: a time member as a string: leading zeros allowed, as in query mode; over 2^53-1 invalid
+--- request eval
+[
+  "POST /events\n{\"uid\": \"t051-19\", \"ts\": \"000000000000000000000000005\"}",
+  "POST /events\n{\"uid\": \"t051-19\", \"ts\": \"0009007199254740991\"}",
+  "POST /events\n{\"uid\": \"t051-19\", \"ts\": \"9007199254740992\"}",
+]
+--- response_headers eval
+["X-Status: ok", "X-Status: ok", "X-Status: invalid"]
