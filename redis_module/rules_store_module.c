@@ -40,6 +40,8 @@
 #define RS_META_LEN          47
 #define RS_WALL_LEN          8
 #define RS_VALUE_MAX         (512 * 1024 * 1024)   /* Redis' own limit */
+/* a stamp further ahead of Redis' clock is not one a writer set: moved */
+#define RS_STAMP_AHEAD_MAX   (2 * 366.0 * 86400 * 1000)
 
 #define RS_APPEND   1
 #define RS_READ     2
@@ -140,10 +142,25 @@ rs_get_u32(const char *p)
 }
 
 
+/*
+ * An R2 value, as the reader (rules_value_parse()) and the script (r2())
+ * see one: the magic, a whole header, a snapshot within the value, a gen
+ * that is a number and a finite stamp.  Anything else is foreign.
+ */
 static int
 rs_r2(const char *v, size_t len)
 {
-    return v != NULL && len >= RS_HEADER_LEN && v[0] == 'R' && v[1] == '2';
+    double  gen, stamp;
+
+    if (v == NULL || len < RS_HEADER_LEN || v[0] != 'R' || v[1] != '2') {
+        return 0;
+    }
+
+    gen = rs_get_d(v + 2);
+    stamp = rs_get_d(v + 10);
+
+    return rs_get_u32(v + 18) <= len - RS_HEADER_LEN
+           && !isnan(gen) && isfinite(stamp);
 }
 
 
@@ -372,7 +389,7 @@ rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
             return RM_ERR;
         }
 
-        if (need > stamp) {
+        if (need > stamp || stamp > (double) c->wall + RS_STAMP_AHEAD_MAX) {
             stamp = need + floor(ttl / 4);
             rs_set_stamp(c, p, stamp);
             rs_expire_at(c, (long long) stamp);
@@ -467,7 +484,8 @@ rs_item_write(rs_call_t *c, const rs_item_t *it)
     }
 
     if (it->kind == RS_CREATE ? v == NULL
-                              : rs_same(v, vlen, it, RS_HEADER_LEN))
+                              : rs_same(v, vlen, it, RS_HEADER_LEN)
+                                && rs_r2(v, vlen))
     {
         at = it->pttl > 0 ? c->wall + (long long) it->pttl : -1;
 

@@ -3,6 +3,7 @@
  * one EVALSHA of the state script.  rules_log.h documents the format.
  */
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,14 @@ rules_value_parse(const unsigned char *value, size_t len, rules_value_t *v)
     snap_len = rules_get_u32(value + 18);
 
     if (snap_len > len - RULES_VALUE_HEADER_LEN) {
+        return 0;
+    }
+
+    /* as the script's r2() and RULES.STORE's rs_r2(): else foreign */
+
+    if (isnan(rules_get_f64(value + 2))
+        || !isfinite(rules_get_f64(value + 10)))
+    {
         return 0;
     }
 

@@ -23,16 +23,25 @@ local function str(v)
   return v
 end
 
+-- an R2 value, as the reader and RULES.STORE see one: the magic, a whole
+-- header, a snapshot within the value, a gen that is a number and a
+-- finite stamp; anything else is foreign
+local huge = math.huge
 local function r2(v)
-  return v and #v >= 22 and sub(v, 1, 2) == 'R2'
+  if not v or #v < 22 or sub(v, 1, 2) ~= 'R2' then return false end
+  local gen, stamp, snaplen = unpack('<ddI4', v, 3)
+  return snaplen <= #v - 22 and gen == gen and stamp == stamp
+         and stamp ~= huge and stamp ~= -huge
 end
+-- a stamp further ahead of the clock is not one a writer set: moved
+local ahead = 2 * 366 * 86400 * 1000
 
 -- the value v plus an entry, as the key's new value
 local function append(key, v, ttl, newgen, body, set)
   local need = wall + ttl
   if r2(v) then
     local stamp = unpack('<d', v, 11)
-    if need > stamp then
+    if need > stamp or stamp > wall + ahead then
       stamp = need + floor(ttl / 4)
       if set then
         call('SET', key, sub(v, 1, 10) .. pack('<d', stamp) .. sub(v, 19)

@@ -136,6 +136,15 @@ sub show {
     return unpack('H*', $v);
 }
 
+my $nan = "\0\0\0\0\0\0\xf8\x7f";
+my @bad_r2 = (
+    'R2-D2 and C-3PO are droids from Star Wars',
+    'R2' . pack('d<', 5) . $nan . pack('V', 0),
+    'R2' . pack('d<d<V', 5, 9**9**9, 0),
+    'R2' . $nan . pack('d<V', now_ms() + 3_610_000, 0),
+    'R2' . pack('d<d<V', 5, 1e18, 0),
+);
+
 my ($calls, $diffs, %kinds) = (0, 0);
 my $steps = $ENV{RULES_NATIVE_STEPS} // 400;
 
@@ -143,18 +152,25 @@ STEP: for my $step (1 .. $steps) {
     my %values = map { $_ => RulesNginx::redis_call($r, 'GET', "s:$_") }
                  @pool;
 
-    # now and then, a value of another shape on both sides
+    # now and then, a value of another shape on both sides: another
+    # type, a foreign string, nothing, or one that starts as R2 values do
+    # and is not one (a snapshot past its end, a gen that is not a
+    # number, a stamp that is not finite), or an R2 value whose stamp is
+    # too far ahead to be a writer's
     if (rand(8) < 1) {
         my $k = $pool[int(rand(@pool))];
-        my $what = int(rand(3));
+        my $what = int(rand(3 + @bad_r2));
+        my $v = $what == 1 ? 'R1 legacy state'
+              : $what >= 3 ? $bad_r2[$what - 3]
+              : undef;
         for my $side ('s', 'm') {
             RulesNginx::redis_call($r, 'DEL', "$side:$k");
             RulesNginx::redis_call($r, 'HSET', "$side:$k", 'f', 'v')
                 if $what == 0;
-            RulesNginx::redis_call($r, 'SET', "$side:$k", 'R1 legacy state')
-                if $what == 1;
+            RulesNginx::redis_call($r, 'SET', "$side:$k", $v)
+                if defined $v;
         }
-        $values{$k} = $what == 1 ? 'R1 legacy state' : undef;
+        $values{$k} = $v;
     }
 
     my @items = map { item(\%values) } 1 .. 1 + int(rand(4));
@@ -291,6 +307,30 @@ sub wait_connected {
     }
 }
 
+# A state key holding a value that starts as R2 values do and is not one
+# (or one whose stamp no writer set): the events are evaluated on a state
+# of their own and the key gets a TTL.  (A snapshot past the value's end
+# made the reader and Redis disagree on what the value was: every write
+# was refused, nothing matched, and the key never expired.)
+sub bad_values {
+    my ($ngx, $store, $prefix) = @_;
+    for my $i (0 .. $#bad_r2) {
+        my $uid = "bad$i";
+        RulesNginx::redis_call($r, 'SET', "$prefix\{uid:$uid}", $bad_r2[$i]);
+        my @got;
+        for my $e (1 .. 3) {
+            my ($st, $h) = RulesNginx::get($ngx->{port},
+                                           "/px?uid=$uid&ts=" . (1000 * $e));
+            push @got, ($h->{'x-status'} // 'none') . ':'
+                       . ($h->{'x-rules'} // '');
+        }
+        is_deeply(\@got, ['ok:', 'ok:twice', 'ok:twice'],
+                  "$store, bad R2 value $i: the events count from nothing");
+        my $pttl = RulesNginx::redis_call($r, 'PTTL', "$prefix\{uid:$uid}");
+        cmp_ok($pttl, '>', 0, "$store, bad R2 value $i: the key has a TTL");
+    }
+}
+
 my $ngx = nginx_with('native', '');
 wait_connected($ngx);
 my $c0 = calls();
@@ -339,6 +379,12 @@ my $c4 = calls();
 is($c4->{store}, $c3->{store}, 'no RULES.STORE');
 cmp_ok($c4->{evalsha} - $c3->{evalsha}, '>=', 4, 'EVALSHA');
 is((metrics($ngx))[0], 0, 'nginx_rules_redis_native_calls_total 0');
+bad_values($ngx, 'script', 't110script:');
+RulesNginx::stop_nginx($ngx);
+
+$ngx = nginx_with('native', '');
+wait_connected($ngx);
+bad_values($ngx, 'module', 't110native:');
 RulesNginx::stop_nginx($ngx);
 
 # ---- effects: skipped with nowhere to go, a replica without the module
