@@ -67,6 +67,8 @@ typedef struct {
     rules_log_work_t              work;
     rules_buf_t                   matched;
     rules_cache_t                *cache;      /* folded states */
+    ngx_uint_t                    closes;     /* Redis connections closed
+                                                 before its entries */
     ngx_http_rules_batch_stats_t  lookups;    /* of it, not counted yet */
     time_t                        error_logged;
     ngx_uint_t                    errors_unlogged;
@@ -349,6 +351,16 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     ngx_time_t                *tp;
     rules_item_t               ri;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    if (bt->closes != ngx_http_rules_redis_closed_count()) {
+        /*
+         * a connection was lost: Redis may have restarted from an older
+         * snapshot or failed over, and hold other values of the cached
+         * gens and lengths; the keys are read again
+         */
+        bt->closes = ngx_http_rules_redis_closed_count();
+        rules_cache_clear(bt->cache);
+    }
 
     tp = ngx_timeofday();
 

@@ -166,6 +166,15 @@ struct ngx_http_rules_redis_s {
 };
 
 
+/*
+ * Connections of the worker closed so far, any reason: after one, what
+ * a writer cached may not be what Redis holds (a restart from an older
+ * snapshot, a failover to a replica that missed writes), and a value of
+ * the cached gen and length may be another one.
+ */
+static ngx_uint_t  ngx_http_rules_redis_closes;
+
+
 static void ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd);
 static ngx_int_t ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd,
     redisAsyncContext *ac);
@@ -1135,6 +1144,8 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 
     planned = rd->planned;
 
+    ngx_http_rules_redis_closes++;
+
     rd->ac = NULL;
     rd->state = NGX_HTTP_RULES_REDIS_IDLE;
     rd->closing = 0;
@@ -1276,6 +1287,13 @@ ngx_uint_t
 ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 {
     return rd->state == NGX_HTTP_RULES_REDIS_CONNECTED && !rd->closing;
+}
+
+
+ngx_uint_t
+ngx_http_rules_redis_closed_count(void)
+{
+    return ngx_http_rules_redis_closes;
 }
 
 

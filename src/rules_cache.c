@@ -491,6 +491,29 @@ rules_cache_bytes(const rules_cache_t *c)
 
 
 void
+rules_cache_clear(rules_cache_t *c)
+{
+    size_t  i;
+
+    if (c == NULL || c->entries == 0) {
+        return;
+    }
+
+    for (i = 0; i <= c->mask; i++) {
+        free(c->slots[i].e);
+    }
+
+    memset(c->slots, 0, (c->mask + 1) * sizeof(rules_cslot_t));
+    memset(c->ring, 0, (c->ring_mask + 1) * sizeof(rules_centry_t *));
+
+    c->entries = 0;
+    c->bytes = 0;
+    c->head = 0;
+    c->tail = 0;
+}
+
+
+void
 rules_cache_free(rules_cache_t *c)
 {
     size_t  i;

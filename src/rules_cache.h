@@ -62,6 +62,9 @@ int rules_cache_put(rules_cache_t *c, const unsigned char *key,
 void rules_cache_del(rules_cache_t *c, const unsigned char *key,
     size_t key_len);
 
+/* Drops every entry (the tables keep their sizes). */
+void rules_cache_clear(rules_cache_t *c);
+
 /* entries and bytes held, for metrics */
 size_t rules_cache_entries(const rules_cache_t *c);
 size_t rules_cache_bytes(const rules_cache_t *c);

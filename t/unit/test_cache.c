@@ -171,6 +171,22 @@ main(void)
     rules_cache_del(c, (const unsigned char *) "zz", 2);
     is_int(rules_cache_entries(c), 1, "deleting a missing key is harmless");
 
+    /* cleared: every key misses, and the cache takes new ones */
+
+    for (i = 0; i < 3000; i++) {
+        snprintf(key, sizeof(key), "c%zu", i);
+        put(c, key, (double) i, i, "0123456789");
+    }
+
+    rules_cache_clear(c);
+    is_int(rules_cache_entries(c), 0, "cleared: no entry");
+    is_int(rules_cache_bytes(c), 0, "cleared: no byte");
+    ok(!get(c, "c7", &gen, &length, &st) && !get(c, "e", &gen, &length, &st),
+       "cleared: the keys miss");
+    put(c, "c7", 9, 9, "again");
+    ok(get(c, "c7", &gen, &length, &st) && gen == 9 && st.len == 5,
+       "cleared: a put then hits");
+
     rules_cache_free(c);
 
     /* the bound: the least recently used go first */

@@ -1,0 +1,1 @@
+../067-redis-restart-cache.t
