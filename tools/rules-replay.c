@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,14 @@ typedef struct {
 } replay_t;
 
 
+/*
+ * The input line being replayed (0: none yet), named by the errors
+ * that end a run; after the last line, the compactions still due.
+ */
+static size_t  replay_lineno;
+static int     replay_at_end;
+
+
 static void
 usage(void)
 {
@@ -121,6 +130,29 @@ usage(void)
         "--state KEY\n"
         "                    (prints the key's state, its log folded)\n");
     exit(2);
+}
+
+
+/* "rules-replay: line N: ...": an error that ends the run */
+static void
+replay_error(const char *fmt, ...)
+{
+    va_list  args;
+
+    fputs("rules-replay: ", stderr);
+
+    if (replay_at_end) {
+        fputs("at the end of the input: ", stderr);
+
+    } else if (replay_lineno) {
+        fprintf(stderr, "line %zu: ", replay_lineno);
+    }
+
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+
+    fputc('\n', stderr);
 }
 
 
@@ -167,7 +199,7 @@ store_get(replay_t *rp, const unsigned char *key, size_t len)
     e = calloc(1, sizeof(replay_entry_t));
 
     if (e == NULL || (e->key = malloc(len ? len : 1)) == NULL) {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         exit(1);
     }
 
@@ -220,7 +252,7 @@ build_keys(replay_t *rp, size_t *offs, size_t *lens)
         rp->keys_size = total;
 
         if (rp->keys == NULL) {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             exit(1);
         }
     }
@@ -257,7 +289,7 @@ apply_memory(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
                                    &rp->matched)
             != 0)
         {
-            fprintf(stderr, "rules-replay: cannot apply an event\n");
+            replay_error("cannot apply an event");
             return -1;
         }
 
@@ -326,7 +358,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
 
     saved = calloc(n, sizeof(rules_buf_t));
     if (saved == NULL) {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         exit(1);
     }
 
@@ -340,7 +372,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
                                &item)
                < 0)
         {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             exit(1);
         }
     }
@@ -361,7 +393,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         }
 
         if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
-            fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+            replay_error("redis: unexpected reply");
             rc = -1;
             break;
         }
@@ -376,7 +408,7 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
                 && rules_batch_add(&rp->next, key.data, key.len, &compact)
                    < 0))
         {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             exit(1);
         }
 
@@ -418,7 +450,7 @@ call_batch(replay_t *rp, rules_batch_t *b)
     argvlen = malloc(argc * sizeof(size_t));
 
     if (argv == NULL || argvlen == NULL) {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         exit(1);
     }
 
@@ -472,13 +504,13 @@ again:
     free(argvlen);
 
     if (reply == NULL) {
-        fprintf(stderr, "rules-replay: redis: %s\n",
+        replay_error("redis: %s",
                 rp->redis ? rp->redis->errstr : "no answer");
         return NULL;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "rules-replay: redis: %s\n", reply->str);
+        replay_error("redis: %s", reply->str);
         freeReplyObject(reply);
         return NULL;
     }
@@ -487,7 +519,7 @@ again:
         || reply->elements != 1 + rules_batch_items(b)
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
     {
-        fprintf(stderr, "rules-replay: redis: unexpected reply\n");
+        replay_error("redis: unexpected reply");
         freeReplyObject(reply);
         return NULL;
     }
@@ -518,7 +550,7 @@ send_batch(replay_t *rp)
     rp->nowners = 0;
 
     if (rp->replies == NULL || rp->owners == NULL) {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         exit(1);
     }
 
@@ -546,7 +578,7 @@ send_batch(replay_t *rp)
         rules_batch_reset(&one);
 
         if (rules_batch_add(&one, key.data, key.len, &item) < 0) {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             exit(1);
         }
 
@@ -638,8 +670,7 @@ cluster_node(replay_t *rp, const char *host, size_t len, int port)
     }
 
     if (rp->nnodes == REPLAY_MAX_NODES) {
-        fprintf(stderr, "rules-replay: more than %d cluster nodes\n",
-                REPLAY_MAX_NODES);
+        replay_error("more than %d cluster nodes", REPLAY_MAX_NODES);
         return -1;
     }
 
@@ -676,7 +707,7 @@ redis_auth(redisContext *c, const char *user, const char *password)
                  : redisCommand(c, "AUTH %s", password);
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "rules-replay: redis AUTH failed: %s\n",
+        replay_error("redis AUTH failed: %s",
                 reply ? reply->str : c->errstr);
 
         if (reply) {
@@ -944,8 +975,8 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         freeReplyObject(reply);
     }
 
-    fprintf(stderr, "rules-replay: redis cluster: slot %u: no answer after "
-            "%d tries\n", slot, REPLAY_MAX_TRIES);
+    replay_error("redis cluster: slot %u: no answer after %d tries", slot,
+                 REPLAY_MAX_TRIES);
 
     return NULL;
 }
@@ -978,15 +1009,14 @@ cluster_start(replay_t *rp, const char *seeds)
         if (colon <= p || atoi(colon + 1) <= 0
             || cluster_node(rp, p, colon - p, atoi(colon + 1)) < 0)
         {
-            fprintf(stderr, "rules-replay: invalid --redis-cluster \"%s\": "
-                    "HOST:PORT[,HOST:PORT...]\n", seeds);
+            replay_error("invalid --redis-cluster \"%s\": "
+                         "HOST:PORT[,HOST:PORT...]", seeds);
             exit(2);
         }
     }
 
     if (cluster_refresh(rp) != 0) {
-        fprintf(stderr, "rules-replay: no slot map from the cluster "
-                "nodes %s\n", seeds);
+        replay_error("no slot map from the cluster nodes %s", seeds);
         exit(1);
     }
 }
@@ -1109,7 +1139,7 @@ replay_line(replay_t *rp, const char *line, size_t len,
     lens = malloc(n * sizeof(size_t));
 
     if (offs == NULL || lens == NULL) {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         exit(1);
     }
 
@@ -1151,8 +1181,8 @@ redis_connect(const char *addr, const char *user, const char *password,
         if (colon == NULL || (len = (size_t) (colon - addr)) == 0
             || len >= sizeof(host))
         {
-            fprintf(stderr, "rules-replay: invalid --redis \"%s\": "
-                    "HOST:PORT or unix:PATH\n", addr);
+            replay_error("invalid --redis \"%s\": HOST:PORT or unix:PATH",
+                         addr);
             exit(2);
         }
 
@@ -1162,7 +1192,7 @@ redis_connect(const char *addr, const char *user, const char *password,
     }
 
     if (c == NULL || c->err) {
-        fprintf(stderr, "rules-replay: cannot connect to redis %s: %s\n",
+        replay_error("cannot connect to redis %s: %s",
                 addr, c ? c->errstr : "out of memory");
         exit(1);
     }
@@ -1172,7 +1202,7 @@ redis_connect(const char *addr, const char *user, const char *password,
                      : redisCommand(c, "AUTH %s", password);
 
         if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            fprintf(stderr, "rules-replay: redis AUTH failed: %s\n",
+            replay_error("redis AUTH failed: %s",
                     reply ? reply->str : c->errstr);
             exit(1);
         }
@@ -1184,7 +1214,7 @@ redis_connect(const char *addr, const char *user, const char *password,
         reply = redisCommand(c, "SELECT %ld", db);
 
         if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            fprintf(stderr, "rules-replay: redis SELECT failed: %s\n",
+            replay_error("redis SELECT failed: %s",
                     reply ? reply->str : c->errstr);
             exit(1);
         }
@@ -1210,7 +1240,7 @@ print_state(replay_t *rp, const char *key)
     reply = redisCommand(rp->redis, "GET %s", key);
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        fprintf(stderr, "rules-replay: redis GET failed: %s\n",
+        replay_error("redis GET failed: %s",
                 reply ? reply->str : rp->redis->errstr);
         return 1;
     }
@@ -1223,7 +1253,7 @@ print_state(replay_t *rp, const char *key)
                            0, 0, 0, 0, &rp->work, NULL, &info)
             != 0)
         {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             return 1;
         }
 
@@ -1328,7 +1358,7 @@ main(int argc, char **argv)
     rp.rs = rules_load_file(rules, err, sizeof(err));
 
     if (rp.rs == NULL) {
-        fprintf(stderr, "rules-replay: %s\n", err);
+        replay_error("%s", err);
         return 1;
     }
 
@@ -1342,7 +1372,7 @@ main(int argc, char **argv)
     rp.parsed = rules_state_work_create();
 
     if (rp.parsed == NULL) {
-        fprintf(stderr, "rules-replay: no memory\n");
+        replay_error("no memory");
         return 1;
     }
 
@@ -1350,8 +1380,7 @@ main(int argc, char **argv)
         in = fopen(argv[optind], "r");
 
         if (in == NULL) {
-            fprintf(stderr, "rules-replay: %s: %s\n", argv[optind],
-                    strerror(errno));
+            replay_error("%s: %s", argv[optind], strerror(errno));
             return 1;
         }
 
@@ -1385,7 +1414,7 @@ main(int argc, char **argv)
         }
 
         if (rp.caches == NULL || i < rp.ncaches) {
-            fprintf(stderr, "rules-replay: out of memory\n");
+            replay_error("out of memory");
             return 1;
         }
     }
@@ -1402,7 +1431,7 @@ main(int argc, char **argv)
 
     if (cluster) {
         if (db) {
-            fprintf(stderr, "rules-replay: a Redis Cluster has no --db\n");
+            replay_error("a Redis Cluster has no --db");
             return 2;
         }
 
@@ -1420,7 +1449,7 @@ main(int argc, char **argv)
     if ((!redis && rp.buckets == NULL)
         || rules_result_init(rp.rs, &rp.res) != 0)
     {
-        fprintf(stderr, "rules-replay: out of memory\n");
+        replay_error("out of memory");
         return 1;
     }
 
@@ -1429,7 +1458,13 @@ main(int argc, char **argv)
     rc = 0;
 
     while ((len = getline(&line, &cap, in)) != -1) {
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+        replay_lineno++;
+
+        /* a blank line (JSON whitespace only) is no event */
+
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'
+                           || line[len - 1] == ' ' || line[len - 1] == '\t'))
+        {
             len--;
         }
 
@@ -1452,6 +1487,8 @@ main(int argc, char **argv)
     if (in != stdin) {
         fclose(in);
     }
+
+    replay_at_end = 1;
 
     if ((rp.redis || rp.cluster) && rc == 0 && flush_compactions(&rp) != 0) {
         rc = 1;

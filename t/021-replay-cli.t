@@ -1,0 +1,144 @@
+# rules-replay as a command-line tool: blank lines, the input line named
+# by the errors that end a run (a Redis that resets the connection
+# mid-stream).  Against a private redis-server (RulesNginx::start_redis),
+# which the tests cut off.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use File::Temp qw(tempdir);
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+use RulesNginx;
+
+my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+-x $replay or plan skip_all => "no $replay";
+
+my $dir = tempdir(CLEANUP => 1);
+
+open my $rf, '>', "$dir/rules.json" or die;
+print $rf '{"rules": [{ "id": "twice", "kind": "segment", "key": "uid", '
+    . '"type": "count", "where": {"field": "type", "eq": "page"}, '
+    . '"min": 2, "within": "7d" }]}';
+close $rf;
+
+my $page1 = '{"uid":"u1","type":"page","ts":1000}';
+my $page2 = '{"uid":"u1","type":"page","ts":2000}';
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<', $path or return '';
+    local $/;
+    my $s = <$fh>;
+    return $s // '';
+}
+
+# Waits for a child, killing it after $secs; its exit code, or undef
+# when it had to be killed.
+sub wait_child {
+    my ($pid, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        return $? >> 8 if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.02;
+    }
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
+    return undef;
+}
+
+# rules-replay ARGS with stdin from $opt{in} (a string) or $opt{stdin} (a
+# path); stdout to a file or $opt{stdout}.  Returns { rc, out, err,
+# secs }; rc is undef when it ran over 20 s.
+sub run_replay {
+    my ($opt, @args) = @_;
+    my $stdin = $opt->{stdin} // "$dir/stdin";
+    if (defined $opt->{in}) {
+        open my $fh, '>', $stdin or die;
+        print $fh $opt->{in};
+        close $fh;
+    }
+    my $start = time;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDIN, '<', $stdin or POSIX::_exit(126);
+        open STDOUT, '>', $opt->{stdout} // "$dir/stdout"
+            or POSIX::_exit(126);
+        open STDERR, '>', "$dir/stderr" or POSIX::_exit(126);
+        exec($replay, '--rules', "$dir/rules.json", @args)
+            or POSIX::_exit(127);
+    }
+    my $rc = wait_child($pid, 20);
+    return { rc => $rc, secs => time - $start,
+             out => $opt->{stdout} ? '' : slurp("$dir/stdout"),
+             err => slurp("$dir/stderr") };
+}
+
+# rules-replay ARGS reading a pipe: the lines of @$before, then once
+# Redis holds a state key of the prefix, $cut->(), then the lines of
+# @$after.  Returns { rc, out, err, secs }.
+sub run_cut {
+    my ($port, $prefix, $before, $cut, $after, @args) = @_;
+    pipe my $rd, my $wr or die "pipe: $!";
+    my $start = time;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        close $wr;
+        open STDIN, '<&', $rd or POSIX::_exit(126);
+        open STDOUT, '>', "$dir/stdout" or POSIX::_exit(126);
+        open STDERR, '>', "$dir/stderr" or POSIX::_exit(126);
+        exec($replay, '--rules', "$dir/rules.json",
+             '--redis', "127.0.0.1:$port", '--prefix', $prefix, @args)
+            or POSIX::_exit(127);
+    }
+    close $rd;
+    $wr->autoflush(1);
+    print $wr "$_\n" for @$before;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my $keys = RulesNginx::redis_call($port, 'KEYS', "$prefix*");
+        last if ref $keys eq 'ARRAY' && @$keys;
+        sleep 0.02;
+    }
+    $cut->();
+    local $SIG{PIPE} = 'IGNORE';
+    print $wr "$_\n" for @$after;
+    close $wr;
+    my $rc = wait_child($pid, 20);
+    return { rc => $rc, secs => time - $start,
+             out => slurp("$dir/stdout"), err => slurp("$dir/stderr") };
+}
+
+
+# blank lines: empty, or spaces and tabs only (also before a CR)
+
+my $r = run_replay({ in => "\n  \t \n\t\r\n$page1\n \n$page2\n" });
+is($r->{rc}, 0, 'blank lines: exit 0');
+is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
+   'blank lines: skipped, one result per event');
+is($r->{err}, '', 'blank lines: nothing on stderr');
+
+
+# a Redis that cuts the connection mid-stream: the error names the line
+
+SKIP: {
+    skip 'no redis-server', 3 unless grep { -x "$_/redis-server" }
+                                     split /:/, $ENV{PATH};
+
+    my $redis = RulesNginx::start_redis();
+    my $port = $redis->{port};
+
+    $r = run_cut($port, "cli:$$:reset:", ['', $page1, ''],
+                 sub { RulesNginx::redis_call($port, 'CLIENT', 'KILL',
+                                              'TYPE', 'normal') },
+                 [$page2]);
+    is($r->{rc}, 1, 'connection reset: exit 1');
+    like($r->{err}, qr/^rules-replay: line 4: redis: \S/,
+         'connection reset: the error names the input line');
+    is($r->{out}, qq({"matched":[]}\n), 'connection reset: the results '
+       . 'before it');
+}
+
+done_testing();
