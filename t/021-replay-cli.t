@@ -1,7 +1,7 @@
-# rules-replay as a command-line tool: blank lines, the input line named
-# by the errors that end a run (a Redis that resets the connection
-# mid-stream).  Against a private redis-server (RulesNginx::start_redis),
-# which the tests cut off.
+# rules-replay as a command-line tool: blank lines, lines with no event
+# ("[]"), the input line named by the errors that end a run (a Redis
+# that resets the connection mid-stream).  Against a private
+# redis-server (RulesNginx::start_redis), which the tests cut off.
 
 use strict;
 use warnings;
@@ -119,6 +119,34 @@ is($r->{rc}, 0, 'blank lines: exit 0');
 is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
    'blank lines: skipped, one result per event');
 is($r->{err}, '', 'blank lines: nothing on stderr');
+
+
+# a line with no event ("[]"): invalid, and nothing read past the
+# parser's arrays (under valgrind when it is installed)
+
+my @valgrind = grep { -x "$_/valgrind" } split /:/, $ENV{PATH};
+$r = run_replay({ in => "[]\n$page1\n [ ] \n" });
+is($r->{rc}, 0, '[]: exit 0');
+is($r->{out}, qq({"matched":[],"status":"invalid","error":"no event: a line )
+   . qq(holds one JSON object"}\n{"matched":[]}\n)
+   . qq({"matched":[],"status":"invalid","error":"no event: a line )
+   . qq(holds one JSON object"}\n),
+   '[]: an invalid result line, then the next event');
+
+SKIP: {
+    skip 'no valgrind', 1 unless @valgrind;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDIN, '<', "$dir/stdin" or POSIX::_exit(126);
+        open STDOUT, '>', '/dev/null' or POSIX::_exit(126);
+        open STDERR, '>', "$dir/valgrind" or POSIX::_exit(126);
+        exec("$valgrind[0]/valgrind", '-q', '--error-exitcode=99',
+             $replay, '--rules', "$dir/rules.json")
+            or POSIX::_exit(127);
+    }
+    is(wait_child($pid, 60), 0, '[]: no invalid read under valgrind')
+        or diag(slurp("$dir/valgrind"));
+}
 
 
 # a Redis that cuts the connection mid-stream: the error names the line

@@ -1118,6 +1118,14 @@ replay_line(replay_t *rp, const char *line, size_t len,
         return 0;
     }
 
+    if (ev.nevents != 1) {
+        /* "[]": no event, and no values to read */
+        print_result(rp, "invalid", "no event: a line holds one JSON "
+                     "object");
+        rules_json_events_free(&ev);
+        return 0;
+    }
+
     now = ev.ts[0] >= 0 ? ev.ts[0] : wall_ms();
 
     erc = rules_event_build(rp->rs, &rp->limits, ev.values, now, &rp->eo);
