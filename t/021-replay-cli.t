@@ -1,6 +1,6 @@
 # rules-replay as a command-line tool: blank lines, lines with no event
-# ("[]"), the input line named by the errors that end a run (a Redis
-# that resets the connection mid-stream).  Against a private
+# ("[]"), read and write errors, the input line named by the errors that
+# end a run (a Redis that resets the connection mid-stream).  Against a private
 # redis-server (RulesNginx::start_redis), which the tests cut off.
 
 use strict;
@@ -147,6 +147,35 @@ SKIP: {
     is(wait_child($pid, 60), 0, '[]: no invalid read under valgrind')
         or diag(slurp("$dir/valgrind"));
 }
+
+
+# read and write errors end the run with exit 1: stdout a full disk (a
+# few results, then enough to fill stdio's buffer), the input a directory
+
+SKIP: {
+    skip 'no /dev/full', 4 unless -c '/dev/full';
+
+    $r = run_replay({ in => "$page1\n$page2\n", stdout => '/dev/full' });
+    is($r->{rc}, 1, 'stdout /dev/full: exit 1');
+    my $at_end = 'rules-replay: at the end of the input';
+    like($r->{err}, qr/^$at_end: cannot write the results: \S/,
+         'stdout /dev/full: the error');
+
+    $r = run_replay({ in => "$page1\n" x 5000, stdout => '/dev/full' });
+    is($r->{rc}, 1, 'stdout /dev/full, 5000 lines: exit 1');
+    like($r->{err}, qr/^rules-replay: line \d+: cannot write the results/,
+         'stdout /dev/full, 5000 lines: stops at the line that failed');
+}
+
+$r = run_replay({}, $dir);
+is($r->{rc}, 1, 'a directory as EVENTS.jsonl: exit 1');
+like($r->{err}, qr/^rules-replay: line 1: cannot read \Q$dir\E: \S/,
+     'a directory as EVENTS.jsonl: the error');
+
+$r = run_replay({ stdin => $dir });
+is($r->{rc}, 1, 'a directory as stdin: exit 1');
+like($r->{err}, qr/^rules-replay: line 1: cannot read stdin: \S/,
+     'a directory as stdin: the error');
 
 
 # a Redis that cuts the connection mid-stream: the error names the line

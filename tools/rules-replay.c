@@ -1234,6 +1234,20 @@ redis_connect(const char *addr, const char *user, const char *password,
 }
 
 
+/* The results written so far are out (stdout a full disk, a closed pipe) */
+static int
+write_check(void)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout)) {
+        return 0;
+    }
+
+    replay_error("cannot write the results: %s", strerror(errno));
+
+    return 1;
+}
+
+
 /*
  * --state KEY: the key's stored state, its log folded (an R1 state,
  * rules_state.h), raw on stdout, with the records of every rule, in the
@@ -1271,7 +1285,7 @@ print_state(replay_t *rp, const char *key)
     freeReplyObject(reply);
     rules_log_work_free(&rp->work);
 
-    return 0;
+    return write_check();
 }
 
 
@@ -1308,8 +1322,9 @@ main(int argc, char **argv)
     size_t       cap;
     ssize_t      len;
     FILE        *in;
+    const char  *in_name;
     long         db;
-    int          c, rc, no_index, shared;
+    int          c, rc, no_index, shared, read_errno;
     size_t       cache_size, writers, i;
 
     rules = NULL;
@@ -1385,7 +1400,8 @@ main(int argc, char **argv)
     }
 
     if (optind < argc) {
-        in = fopen(argv[optind], "r");
+        in_name = argv[optind];
+        in = fopen(in_name, "r");
 
         if (in == NULL) {
             replay_error("%s: %s", argv[optind], strerror(errno));
@@ -1393,6 +1409,7 @@ main(int argc, char **argv)
         }
 
     } else {
+        in_name = "stdin";
         in = stdin;
     }
 
@@ -1487,6 +1504,29 @@ main(int argc, char **argv)
             rc = 1;
             break;
         }
+
+        /* a write error stops the run at once: the results are lost */
+
+        if (ferror(stdout)) {
+            replay_error("cannot write the results: %s", strerror(errno));
+            rc = 1;
+            break;
+        }
+    }
+
+    read_errno = errno;
+
+    if (rc == 0 && ferror(in)) {
+        /* the line that could not be read (a directory: line 1) */
+        replay_lineno++;
+        replay_error("cannot read %s: %s", in_name, strerror(read_errno));
+        rc = 1;
+    }
+
+    replay_at_end = 1;
+
+    if (rc == 0 && write_check() != 0) {
+        rc = 1;
     }
 
     fflush(stdout);
@@ -1495,8 +1535,6 @@ main(int argc, char **argv)
     if (in != stdin) {
         fclose(in);
     }
-
-    replay_at_end = 1;
 
     if ((rp.redis || rp.cluster) && rc == 0 && flush_compactions(&rp) != 0) {
         rc = 1;
