@@ -1,7 +1,8 @@
 # rules-replay as a command-line tool: blank lines, lines with no event
-# ("[]"), read and write errors, the input line named by the errors that
-# end a run (a Redis that resets the connection mid-stream).  Against a private
-# redis-server (RulesNginx::start_redis), which the tests cut off.
+# ("[]"), read and write errors, numeric options, the input line named
+# by the errors that end a run (a Redis that resets the connection
+# mid-stream).  Against a private redis-server (RulesNginx::start_redis),
+# which the tests cut off.
 
 use strict;
 use warnings;
@@ -176,6 +177,36 @@ $r = run_replay({ stdin => $dir });
 is($r->{rc}, 1, 'a directory as stdin: exit 1');
 like($r->{err}, qr/^rules-replay: line 1: cannot read stdin: \S/,
      'a directory as stdin: the error');
+
+
+# numeric options: digits only, in range; else exit 2 (a usage error)
+# naming the option
+
+for my $bad (['--db', 'abc'], ['--db', '-1'], ['--db', '1x'],
+             ['--db', '99999999999999999999'], ['--key-max', '-1'],
+             ['--key-max', '0'], ['--key-max', '65536'],
+             ['--value-max', ''], ['--value-max', ' 5'], ['--cache', '1k'],
+             ['--cache', '-1'], ['--writers', '0'], ['--writers', '2x'],
+             ['--extend-min', '+5'], ['--redis', '127.0.0.1:63x'],
+             ['--redis', '127.0.0.1:0'],
+             ['--redis-cluster', '127.0.0.1:7000,127.0.0.1:']) {
+    my $name = "@$bad";
+    my $opt = $bad->[0];
+    $r = run_replay({ in => "$page1\n" }, @$bad);
+    is($r->{rc}, 2, "$name: exit 2");
+    like($r->{err}, qr/^rules-replay: invalid \Q$opt\E "/,
+         "$name: the error names the option");
+    is($r->{out}, '', "$name: no results");
+}
+
+$r = run_replay({ in => "$page1\n$page2\n" }, '--key-max', '65535',
+                '--value-max', '1', '--cache', '0', '--writers', '1024',
+                '--extend-min', '0');
+is($r->{rc}, 0, 'numeric options at their bounds: exit 0');
+my $over = qq({"matched":[],"status":"invalid","error":"a value is over )
+           . qq(a limit"}\n);
+is($r->{out}, $over x 2,
+   'numeric options at their bounds: --value-max 1 applies');
 
 
 # a Redis that cuts the connection mid-stream: the error names the line

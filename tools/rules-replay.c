@@ -35,6 +35,11 @@
 #define REPLAY_MAX_NODES       64
 #define REPLAY_MAX_TRIES       100      /* per key; 100 ms apart when idle */
 
+#define REPLAY_MAX_DB          2147483647
+#define REPLAY_MAX_LENGTH      65535    /* as rules_max_key_length */
+#define REPLAY_MAX_BYTES       ((uint64_t) 1 << 40)
+#define REPLAY_MAX_WRITERS     1024
+
 
 typedef struct replay_entry_s  replay_entry_t;
 
@@ -153,6 +158,62 @@ replay_error(const char *fmt, ...)
     va_end(args);
 
     fputc('\n', stderr);
+}
+
+
+/*
+ * The decimal number of s[0..len): digits only, min to max (max below
+ * 2^60); or -1.
+ */
+static int
+replay_number(const char *s, size_t len, uint64_t min, uint64_t max,
+    uint64_t *n)
+{
+    size_t    i;
+    uint64_t  v;
+
+    if (len == 0) {
+        return -1;
+    }
+
+    v = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+
+        v = v * 10 + (uint64_t) (s[i] - '0');
+
+        if (v > max) {
+            return -1;
+        }
+    }
+
+    if (v < min) {
+        return -1;
+    }
+
+    *n = v;
+
+    return 0;
+}
+
+
+/* A numeric option, or exit 2 as for a usage error. */
+static uint64_t
+option_number(const char *name, const char *s, uint64_t min, uint64_t max)
+{
+    uint64_t  n;
+
+    if (replay_number(s, strlen(s), min, max, &n) != 0) {
+        replay_error("invalid --%s \"%s\": a number from %llu to %llu",
+                     name, s, (unsigned long long) min,
+                     (unsigned long long) max);
+        exit(2);
+    }
+
+    return n;
 }
 
 
@@ -988,6 +1049,7 @@ cluster_start(replay_t *rp, const char *seeds)
 {
     const char  *p, *end, *colon;
     size_t       i;
+    uint64_t     port;
 
     rp->cluster = 1;
 
@@ -1006,8 +1068,10 @@ cluster_start(replay_t *rp, const char *seeds)
             /* void */
         }
 
-        if (colon <= p || atoi(colon + 1) <= 0
-            || cluster_node(rp, p, colon - p, atoi(colon + 1)) < 0)
+        if (colon <= p
+            || replay_number(colon + 1, end - colon - 1, 1, 65535, &port)
+               != 0
+            || cluster_node(rp, p, colon - p, (int) port) < 0)
         {
             replay_error("invalid --redis-cluster \"%s\": "
                          "HOST:PORT[,HOST:PORT...]", seeds);
@@ -1179,6 +1243,7 @@ redis_connect(const char *addr, const char *user, const char *password,
     const char    *colon;
     char           host[256];
     size_t         len;
+    uint64_t       port;
 
     if (strncmp(addr, "unix:", 5) == 0) {
         c = redisConnectUnix(addr + 5);
@@ -1187,7 +1252,9 @@ redis_connect(const char *addr, const char *user, const char *password,
         colon = strrchr(addr, ':');
 
         if (colon == NULL || (len = (size_t) (colon - addr)) == 0
-            || len >= sizeof(host))
+            || len >= sizeof(host)
+            || replay_number(colon + 1, strlen(colon + 1), 1, 65535, &port)
+               != 0)
         {
             replay_error("invalid --redis \"%s\": HOST:PORT or unix:PATH",
                          addr);
@@ -1196,7 +1263,7 @@ redis_connect(const char *addr, const char *user, const char *password,
 
         memcpy(host, addr, len);
         host[len] = '\0';
-        c = redisConnect(host, atoi(colon + 1));
+        c = redisConnect(host, (int) port);
     }
 
     if (c == NULL || c->err) {
@@ -1352,15 +1419,31 @@ main(int argc, char **argv)
         case 'C': cluster = optarg; break;
         case 'p': password = optarg; break;
         case 'u': user = optarg; break;
-        case 'd': db = strtol(optarg, NULL, 10); break;
+        case 'd':
+            db = (long) option_number("db", optarg, 0, REPLAY_MAX_DB);
+            break;
         case 'P': rp.prefix = optarg; break;
-        case 'k': rp.limits.key_max = strtoul(optarg, NULL, 10); break;
-        case 'v': rp.limits.value_max = strtoul(optarg, NULL, 10); break;
+        case 'k':
+            rp.limits.key_max = option_number("key-max", optarg, 1,
+                                              REPLAY_MAX_LENGTH);
+            break;
+        case 'v':
+            rp.limits.value_max = option_number("value-max", optarg, 1,
+                                                REPLAY_MAX_LENGTH);
+            break;
         case 't': time_member = optarg; break;
         case 's': state = optarg; break;
-        case 'c': cache_size = strtoul(optarg, NULL, 10); break;
-        case 'w': writers = strtoul(optarg, NULL, 10); break;
-        case 'e': rp.work.extend_min = strtoul(optarg, NULL, 10); break;
+        case 'c':
+            cache_size = option_number("cache", optarg, 0, REPLAY_MAX_BYTES);
+            break;
+        case 'w':
+            writers = option_number("writers", optarg, 1,
+                                    REPLAY_MAX_WRITERS);
+            break;
+        case 'e':
+            rp.work.extend_min = option_number("extend-min", optarg, 0,
+                                               REPLAY_MAX_BYTES);
+            break;
         case 'N': rp.native = -1; break;
         case 'I': no_index = 1; break;
         case 'S': shared = 1; break;
@@ -1427,7 +1510,7 @@ main(int argc, char **argv)
     }
 
     if (redis || cluster) {
-        rp.ncaches = writers ? writers : 1;
+        rp.ncaches = writers;
         rp.caches = calloc(rp.ncaches, sizeof(rules_cache_t *));
 
         for (i = 0; rp.caches && i < rp.ncaches; i++) {
