@@ -1,8 +1,9 @@
 # rules-replay as a command-line tool: blank lines, lines with no event
 # ("[]"), read and write errors, numeric options, the input line named
-# by the errors that end a run (a Redis that resets the connection
-# mid-stream).  Against a private redis-server (RulesNginx::start_redis),
-# which the tests cut off.
+# by the errors that end a run, and --timeout: a Redis that resets the
+# connection mid-stream, or stops answering (SIGSTOP), mid-stream or
+# from the start.  Against a private redis-server
+# (RulesNginx::start_redis), which the tests cut off and stop.
 
 use strict;
 use warnings;
@@ -189,7 +190,7 @@ for my $bad (['--db', 'abc'], ['--db', '-1'], ['--db', '1x'],
              ['--cache', '-1'], ['--writers', '0'], ['--writers', '2x'],
              ['--extend-min', '+5'], ['--redis', '127.0.0.1:63x'],
              ['--redis', '127.0.0.1:0'],
-             ['--redis-cluster', '127.0.0.1:7000,127.0.0.1:']) {
+             ['--redis-cluster', '127.0.0.1:7000,127.0.0.1:7x']) {
     my $name = "@$bad";
     my $opt = $bad->[0];
     $r = run_replay({ in => "$page1\n" }, @$bad);
@@ -212,7 +213,7 @@ is($r->{out}, $over x 2,
 # a Redis that cuts the connection mid-stream: the error names the line
 
 SKIP: {
-    skip 'no redis-server', 3 unless grep { -x "$_/redis-server" }
+    skip 'no redis-server', 15 unless grep { -x "$_/redis-server" }
                                      split /:/, $ENV{PATH};
 
     my $redis = RulesNginx::start_redis();
@@ -227,6 +228,46 @@ SKIP: {
          'connection reset: the error names the input line');
     is($r->{out}, qq({"matched":[]}\n), 'connection reset: the results '
        . 'before it');
+
+    # --timeout: a Redis stopped (SIGSTOP) mid-stream, then from the start
+    # (the connection, INFO cluster, --state, a cluster seed)
+
+    my $stopped = 0;
+    $r = run_cut($port, "cli:$$:stop:", ['', $page1, ''],
+                 sub { kill 'STOP', $redis->{pid}; $stopped = 1 },
+                 [$page2], '--timeout', 500);
+    is($r->{rc}, 1, 'redis stopped mid-stream: exit 1');
+    my $silent = 'no answer within 500 ms (--timeout)';
+    like($r->{err}, qr/^rules-replay: line 4: redis: \Q$silent\E$/m,
+         'redis stopped mid-stream: the timeout, at the input line');
+    ok(defined $r->{rc} && $r->{secs} < 10,
+       sprintf('redis stopped mid-stream: ended in %.1f s', $r->{secs}));
+
+    my $addr = "127.0.0.1:$port";
+    for my $case (["--redis $addr", "redis $addr: INFO cluster failed",
+                   '--redis', $addr],
+                  ["--state", 'redis GET failed',
+                   '--redis', $addr, '--state', 'k'],
+                  ["--redis-cluster $addr", "redis cluster node $addr",
+                   '--redis-cluster', $addr]) {
+        my ($name, $error, @args) = @$case;
+        $r = run_replay({ in => "$page1\n" }, '--timeout', 300, @args);
+        is($r->{rc}, 1, "redis stopped, $name: exit 1");
+        $silent = 'no answer within 300 ms (--timeout)';
+        like($r->{err}, qr/^rules-replay: \Q$error: $silent\E$/m,
+             "redis stopped, $name: the error");
+        ok(defined $r->{rc} && $r->{secs} < 10,
+           sprintf("redis stopped, $name: ended in %.1f s", $r->{secs}));
+    }
+
+    kill 'CONT', $redis->{pid} if $stopped;
+}
+
+for my $bad (qw(0 -1 abc 3600001)) {
+    $r = run_replay({ in => "$page1\n" }, '--timeout', $bad);
+    is($r->{rc}, 2, "--timeout $bad: exit 2");
+    like($r->{err}, qr/^rules-replay: invalid --timeout "/,
+         "--timeout $bad: the error names the option");
 }
 
 done_testing();

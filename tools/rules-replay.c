@@ -4,7 +4,7 @@
  *
  *   rules-replay --rules FILE [--redis ADDR | --redis-cluster H:P[,H:P]]
  *                [--prefix P] [--password PW] [--user U] [--db N]
- *                [--key-max N] [--value-max N] [EVENTS.jsonl]
+ *                [--key-max N] [--value-max N] [--timeout MS] [EVENTS.jsonl]
  *
  * Without --redis the state lives in memory (dry runs, verification);
  * with it, each event is applied to Redis with the module's own script
@@ -12,6 +12,8 @@
  * rebuilds state.  A Redis Cluster (--redis-cluster, or a --redis node
  * with cluster support enabled) gets one EVALSHA per key, to the master
  * of its slot, as the module sends them; MOVED and ASK are followed.
+ * Every connection has a timeout (--timeout, of the connect and of each
+ * reply), which ends the run.
  */
 
 #include <errno.h>
@@ -39,6 +41,8 @@
 #define REPLAY_MAX_LENGTH      65535    /* as rules_max_key_length */
 #define REPLAY_MAX_BYTES       ((uint64_t) 1 << 40)
 #define REPLAY_MAX_WRITERS     1024
+#define REPLAY_DEFAULT_TIMEOUT 10000    /* ms: connect, and each reply */
+#define REPLAY_MAX_TIMEOUT     3600000
 
 
 typedef struct replay_entry_s  replay_entry_t;
@@ -77,8 +81,11 @@ typedef struct {
 
     /* Redis */
     redisContext      *redis;
+    const char        *addr;       /* --redis */
     const char        *user;
     const char        *password;
+    struct timeval     timeout;    /* --timeout, of every connection */
+    uint64_t           timeout_ms;
 
     int                native;     /* RULES.STORE (the rules Redis
                                       module) until refused */
@@ -128,8 +135,8 @@ usage(void)
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "
         "[--writers N] [--extend-min BYTES]\n"
-        "                    [--no-native] [--no-index] "
-        "[--shared-distinct]\n"
+        "                    [--timeout MS] "
+        "[--no-native] [--no-index] [--shared-distinct]\n"
         "                    [EVENTS.jsonl]\n"
         "       rules-replay --rules FILE --redis ADDR [auth options] "
         "--state KEY\n"
@@ -214,6 +221,45 @@ option_number(const char *name, const char *s, uint64_t min, uint64_t max)
     }
 
     return n;
+}
+
+
+/* No reply within --timeout (or no connection). */
+static int
+redis_timed_out(redisContext *c)
+{
+#ifdef REDIS_ERR_TIMEOUT
+    if (c->err == REDIS_ERR_TIMEOUT) {
+        return 1;
+    }
+#endif
+
+    /* hiredis 0.14: SO_RCVTIMEO, SO_SNDTIMEO and the connect's poll() */
+
+    return c->err == REDIS_ERR_IO
+           && (strcmp(c->errstr, strerror(EAGAIN)) == 0
+               || strcmp(c->errstr, strerror(EWOULDBLOCK)) == 0
+               || strcmp(c->errstr, strerror(ETIMEDOUT)) == 0);
+}
+
+
+/* Why a call on c failed: the error, or the timeout that ran out */
+static const char *
+redis_error(replay_t *rp, redisContext *c)
+{
+    static char  buf[64];
+
+    if (c == NULL) {
+        return "out of memory";
+    }
+
+    if (redis_timed_out(c)) {
+        snprintf(buf, sizeof(buf), "no answer within %llu ms (--timeout)",
+                 (unsigned long long) rp->timeout_ms);
+        return buf;
+    }
+
+    return c->errstr;
 }
 
 
@@ -565,8 +611,12 @@ again:
     free(argvlen);
 
     if (reply == NULL) {
-        replay_error("redis: %s",
-                rp->redis ? rp->redis->errstr : "no answer");
+        /* cluster_call() has said why */
+
+        if (!rp->cluster) {
+            replay_error("redis: %s", redis_error(rp, rp->redis));
+        }
+
         return NULL;
     }
 
@@ -756,20 +806,20 @@ cluster_drop(replay_t *rp, int i)
 
 
 static int
-redis_auth(redisContext *c, const char *user, const char *password)
+redis_auth(replay_t *rp, redisContext *c)
 {
     redisReply  *reply;
 
-    if (password == NULL) {
+    if (rp->password == NULL) {
         return 0;
     }
 
-    reply = user ? redisCommand(c, "AUTH %s %s", user, password)
-                 : redisCommand(c, "AUTH %s", password);
+    reply = rp->user ? redisCommand(c, "AUTH %s %s", rp->user, rp->password)
+                     : redisCommand(c, "AUTH %s", rp->password);
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         replay_error("redis AUTH failed: %s",
-                reply ? reply->str : c->errstr);
+                     reply ? reply->str : redis_error(rp, c));
 
         if (reply) {
             freeReplyObject(reply);
@@ -784,11 +834,25 @@ redis_auth(redisContext *c, const char *user, const char *password)
 }
 
 
+/*
+ * A node's connection is dropped when it fails (a failover is waited
+ * out), but a node that does not answer within --timeout ends the run.
+ */
+static void
+cluster_timeout(replay_t *rp, int i, redisContext *c)
+{
+    if (c && redis_timed_out(c)) {
+        replay_error("redis cluster node %s:%d: %s", rp->nodes[i].host,
+                     rp->nodes[i].port, redis_error(rp, c));
+        exit(1);
+    }
+}
+
+
 static redisContext *
 cluster_conn(replay_t *rp, int i)
 {
-    replay_node_t   *n;
-    struct timeval   tv;
+    replay_node_t  *n;
 
     n = &rp->nodes[i];
 
@@ -796,13 +860,13 @@ cluster_conn(replay_t *rp, int i)
         return n->c;
     }
 
-    tv.tv_sec = 1;
-    tv.tv_usec = 0;
+    n->c = redisConnectWithTimeout(n->host, n->port, rp->timeout);
 
-    n->c = redisConnectWithTimeout(n->host, n->port, tv);
-
-    if (n->c == NULL || n->c->err) {
+    if (n->c == NULL || n->c->err
+        || redisSetTimeout(n->c, rp->timeout) != REDIS_OK)
+    {
         if (n->c) {
+            cluster_timeout(rp, i, n->c);
             redisFree(n->c);
             n->c = NULL;
         }
@@ -810,10 +874,7 @@ cluster_conn(replay_t *rp, int i)
         return NULL;
     }
 
-    tv.tv_sec = 10;
-    (void) redisSetTimeout(n->c, tv);
-
-    if (redis_auth(n->c, rp->user, rp->password) != 0) {
+    if (redis_auth(rp, n->c) != 0) {
         exit(1);
     }
 
@@ -843,6 +904,7 @@ cluster_refresh(replay_t *rp)
         reply = redisCommand(c, "CLUSTER SLOTS");
 
         if (reply == NULL) {
+            cluster_timeout(rp, (int) i, c);
             cluster_drop(rp, (int) i);
             continue;
         }
@@ -994,6 +1056,7 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         }
 
         if (reply == NULL) {
+            cluster_timeout(rp, i, c);
             cluster_drop(rp, i);
             rp->slots[slot] = -1;
             asking = -1;
@@ -1088,7 +1151,7 @@ cluster_start(replay_t *rp, const char *seeds)
 
 /* --redis to a node with cluster support enabled: a cluster. */
 static int
-redis_is_cluster(redisContext *c)
+redis_is_cluster(replay_t *rp, redisContext *c)
 {
     redisReply  *reply;
     int          yes;
@@ -1096,7 +1159,9 @@ redis_is_cluster(redisContext *c)
     reply = redisCommand(c, "INFO cluster");
 
     if (reply == NULL) {
-        return 0;
+        replay_error("redis %s: INFO cluster failed: %s", rp->addr,
+                     redis_error(rp, c));
+        exit(1);
     }
 
     yes = reply->type == REDIS_REPLY_STRING
@@ -1235,8 +1300,7 @@ replay_line(replay_t *rp, const char *line, size_t len,
 
 
 static redisContext *
-redis_connect(const char *addr, const char *user, const char *password,
-    long db)
+redis_connect(replay_t *rp, const char *addr, long db)
 {
     redisContext  *c;
     redisReply    *reply;
@@ -1246,7 +1310,7 @@ redis_connect(const char *addr, const char *user, const char *password,
     uint64_t       port;
 
     if (strncmp(addr, "unix:", 5) == 0) {
-        c = redisConnectUnix(addr + 5);
+        c = redisConnectUnixWithTimeout(addr + 5, rp->timeout);
 
     } else {
         colon = strrchr(addr, ':');
@@ -1263,26 +1327,19 @@ redis_connect(const char *addr, const char *user, const char *password,
 
         memcpy(host, addr, len);
         host[len] = '\0';
-        c = redisConnect(host, (int) port);
+        c = redisConnectWithTimeout(host, (int) port, rp->timeout);
     }
 
-    if (c == NULL || c->err) {
-        replay_error("cannot connect to redis %s: %s",
-                addr, c ? c->errstr : "out of memory");
+    /* the timeout of the connect, then of every reply */
+
+    if (c == NULL || c->err || redisSetTimeout(c, rp->timeout) != REDIS_OK) {
+        replay_error("cannot connect to redis %s: %s", addr,
+                     redis_error(rp, c));
         exit(1);
     }
 
-    if (password) {
-        reply = user ? redisCommand(c, "AUTH %s %s", user, password)
-                     : redisCommand(c, "AUTH %s", password);
-
-        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            replay_error("redis AUTH failed: %s",
-                    reply ? reply->str : c->errstr);
-            exit(1);
-        }
-
-        freeReplyObject(reply);
+    if (redis_auth(rp, c) != 0) {
+        exit(1);
     }
 
     if (db) {
@@ -1290,7 +1347,7 @@ redis_connect(const char *addr, const char *user, const char *password,
 
         if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
             replay_error("redis SELECT failed: %s",
-                    reply ? reply->str : c->errstr);
+                         reply ? reply->str : redis_error(rp, c));
             exit(1);
         }
 
@@ -1330,7 +1387,7 @@ print_state(replay_t *rp, const char *key)
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         replay_error("redis GET failed: %s",
-                reply ? reply->str : rp->redis->errstr);
+                     reply ? reply->str : redis_error(rp, rp->redis));
         return 1;
     }
 
@@ -1374,6 +1431,7 @@ main(int argc, char **argv)
         { "cache", required_argument, NULL, 'c' },
         { "writers", required_argument, NULL, 'w' },
         { "extend-min", required_argument, NULL, 'e' },
+        { "timeout", required_argument, NULL, 'T' },
         { "no-native", no_argument, NULL, 'N' },
         { "no-index", no_argument, NULL, 'I' },
         { "shared-distinct", no_argument, NULL, 'S' },
@@ -1411,6 +1469,7 @@ main(int argc, char **argv)
     rp.prefix = REPLAY_DEFAULT_PREFIX;
     rp.limits.key_max = RULES_DEFAULT_KEY_MAX;
     rp.limits.value_max = RULES_DEFAULT_VALUE_MAX;
+    rp.timeout_ms = REPLAY_DEFAULT_TIMEOUT;
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -1444,6 +1503,10 @@ main(int argc, char **argv)
             rp.work.extend_min = option_number("extend-min", optarg, 0,
                                                REPLAY_MAX_BYTES);
             break;
+        case 'T':
+            rp.timeout_ms = option_number("timeout", optarg, 1,
+                                          REPLAY_MAX_TIMEOUT);
+            break;
         case 'N': rp.native = -1; break;
         case 'I': no_index = 1; break;
         case 'S': shared = 1; break;
@@ -1455,8 +1518,11 @@ main(int argc, char **argv)
         usage();
     }
 
+    rp.addr = redis;
     rp.user = user;
     rp.password = password;
+    rp.timeout.tv_sec = (time_t) (rp.timeout_ms / 1000);
+    rp.timeout.tv_usec = (suseconds_t) (rp.timeout_ms % 1000 * 1000);
     rp.native = rp.native == 0;
 
     rp.prefix_len = strlen(rp.prefix);
@@ -1501,7 +1567,7 @@ main(int argc, char **argv)
             usage();
         }
 
-        rp.redis = redis_connect(redis, user, password, db);
+        rp.redis = redis_connect(&rp, redis, db);
         rc = print_state(&rp, state);
         redisFree(rp.redis);
         rules_free(rp.rs);
@@ -1528,9 +1594,11 @@ main(int argc, char **argv)
     }
 
     if (redis && !cluster) {
-        rp.redis = redis_connect(redis, user, password, db);
+        rp.redis = redis_connect(&rp, redis, db);
 
-        if (strncmp(redis, "unix:", 5) != 0 && redis_is_cluster(rp.redis)) {
+        if (strncmp(redis, "unix:", 5) != 0
+            && redis_is_cluster(&rp, rp.redis))
+        {
             cluster = redis;
             redisFree(rp.redis);
             rp.redis = NULL;
