@@ -188,10 +188,12 @@ test: deps build
 	t/run-tests.sh
 
 # The test files that start nginx: all but the engine's unit tests (010),
-# rules-replay against Redis (020), the promtool checks (041) and the
-# libFuzzer runs (080), which run no nginx; and their native pass.
+# rules-replay against Redis (020) and on bad input (021), the promtool
+# checks (041) and the libFuzzer runs (080), which run no nginx; and
+# their native pass.
 NGINX_TESTS := $(filter-out t/010-unit.t t/020-replay-redis.t \
-                 t/041-monitoring-config.t t/080-fuzz.t,$(wildcard t/*.t)) \
+                 t/021-replay-cli.t t/041-monitoring-config.t \
+                 t/080-fuzz.t,$(wildcard t/*.t)) \
                $(filter-out t/native/020-replay-redis.t, \
                  $(wildcard t/native/*.t))
 
