@@ -836,7 +836,9 @@ redis_auth(replay_t *rp, redisContext *c)
 
 /*
  * A node's connection is dropped when it fails (a failover is waited
- * out), but a node that does not answer within --timeout ends the run.
+ * out), but a node that does not answer a command within --timeout ends
+ * the run.  A node that cannot be connected to (refused, or no answer to
+ * the connect) is a failed node: the next seed, or a failover, is tried.
  */
 static void
 cluster_timeout(replay_t *rp, int i, redisContext *c)
@@ -866,7 +868,6 @@ cluster_conn(replay_t *rp, int i)
         || redisSetTimeout(n->c, rp->timeout) != REDIS_OK)
     {
         if (n->c) {
-            cluster_timeout(rp, i, n->c);
             redisFree(n->c);
             n->c = NULL;
         }
@@ -1358,7 +1359,7 @@ redis_connect(replay_t *rp, const char *addr, long db)
 }
 
 
-/* The results written so far are out (stdout a full disk, a closed pipe) */
+/* The results written so far are out (stdout on a full disk, say) */
 static int
 write_check(void)
 {
