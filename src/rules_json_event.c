@@ -153,16 +153,19 @@ rules_json_event(const rules_set_t *rs, json_t *obj, const char *time_member,
 
 /*
  * A JSON number that is not an integer token (100.0, 1e2, 0.5): a whole
- * value below 10^15 is written as an integer ("100", as the token 100
- * gives), any other as the shortest "%g" text that reads back as the same
- * double ("0.5", "1.5e+20"), so that one number always gives one text.
+ * value within the integer tokens' range (64 bits) is written as an
+ * integer ("100", as the token 100 gives), any other as the shortest "%g"
+ * text that reads back as the same double ("0.5", "1.5e+20"), so that
+ * one number always gives one text.
  */
 static int
 rules_json_real(double d, char *p)
 {
     int  prec, n;
 
-    if (d > -1e15 && d < 1e15 && d == (double) (long long) d) {
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0
+        && d == (double) (long long) d)
+    {
         return snprintf(p, RULES_NUMBER_TEXT_LEN, "%lld", (long long) d);
     }
 
