@@ -167,10 +167,10 @@ struct ngx_http_rules_redis_s {
 
 
 /*
- * Connections of the worker closed so far, any reason: after one, what
- * a writer cached may not be what Redis holds (a restart from an older
- * snapshot, a failover to a replica that missed writes), and a value of
- * the cached gen and length may be another one.
+ * Connections of the worker that were made and closed since, for any
+ * reason: after one, what a writer cached may not be what Redis holds (a
+ * restart from an older snapshot, a failover to a replica that missed
+ * writes), and a value of the cached gen and length may be another one.
  */
 static ngx_uint_t  ngx_http_rules_redis_closes;
 
@@ -1144,7 +1144,10 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 
     planned = rd->planned;
 
-    ngx_http_rules_redis_closes++;
+    if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED) {
+        /* it carried commands (one never made read nothing) */
+        ngx_http_rules_redis_closes++;
+    }
 
     rd->ac = NULL;
     rd->state = NGX_HTTP_RULES_REDIS_IDLE;

@@ -62,6 +62,7 @@ is(event('E'), '', 'five distinct values: not matched');
 # Redis "restarts" with the dump: E's entry is lost
 is(RulesNginx::redis_call($port, 'RESTORE', $key, 0, $before, 'REPLACE'),
    'OK', 'the key restored as it was before E');
+my $connected = () = RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/g;
 cmp_ok(RulesNginx::redis_call($port, 'CLIENT', 'KILL', 'TYPE', 'normal'),
        '>=', 1, "the worker's connection killed");
 
@@ -74,11 +75,15 @@ print $in '{"uid": "u", "v": "' . ('A' x 300) . "\", \"ts\": $ts}\n";
 close $in;
 is($?, 0, 'the other writer applied its event');
 
-# wait for the worker's reconnection
+# wait for the worker's reconnection (an idle connection closed: made
+# again at once, logged "connected")
+my $again = 0;
 for (1 .. 100) {
-    last if RulesNginx::error_log($ngx) =~ /connected again/;
+    my $n = () = RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/g;
+    $again = $n > $connected and last;
     sleep 0.05;
 }
+ok($again, 'the worker connected again');
 
 # the stored history is A B C D A: with G, five distinct values
 is(event('G'), '', 'after the restart: five distinct values (A B C D G), '
