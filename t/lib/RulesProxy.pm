@@ -13,8 +13,9 @@ package RulesProxy;
 # SO_LINGER 0, the peer gets ECONNRESET) or closed (fin), and the Redis
 # side closed; or (junk) that data is replaced by bytes that are not
 # RESP and both sides are left open: the client must give up on its own;
-# or (extra) that data is forwarded whole and followed by "+OK\r\n", a
-# reply to no command, both sides left open.
+# or (extra) the next data that ends on a reply's end (the proxy follows
+# RESP on every connection) is forwarded whole and followed by
+# "+OK\r\n", a reply to no command, both sides left open.
 # It returns the line the proxy logged ("rst 37/75": bytes forwarded of
 # those received), or undef when nothing happened within 5 s (no reply in
 # flight).
@@ -122,6 +123,41 @@ sub _log {
     close $fh;
 }
 
+# The end of the RESP reply at $pos in $b, or undef when it is not all
+# there.
+sub _resp_end {
+    my ($b, $pos) = @_;
+    my $nl = index($b, "\r\n", $pos);
+    return undef if $nl < 0;
+    my ($t, $n) = (substr($b, $pos, 1), substr($b, $pos + 1, $nl - $pos - 1));
+    my $p = $nl + 2;
+    if ($t eq '$') {
+        return $p if $n < 0;
+        $p += $n + 2;
+        return $p <= length $b ? $p : undef;
+    }
+    if ($t eq '*') {
+        return $p if $n < 0;
+        for (1 .. $n) {
+            $p = _resp_end($b, $p);
+            return undef unless defined $p;
+        }
+    }
+    return $p;
+}
+
+# what is left of $b once its whole replies are taken off
+sub _resp_tail {
+    my ($b) = @_;
+    my $p = 0;
+    while ($p < length $b) {
+        my $e = _resp_end($b, $p);
+        last unless defined $e;
+        $p = $e;
+    }
+    return substr($b, $p);
+}
+
 sub _run {
     my ($listen, $upstream, $log, $hold_match) = @_;
     my $armed = '';
@@ -139,6 +175,7 @@ sub _run {
     my $sel = IO::Select->new($listen);
     my %peer;       # fileno => the other socket
     my %is_up;      # fileno => 1 for Redis' side
+    my %tail;       # fileno => Redis' bytes after its last whole reply
 
     my $close_pair = sub {
         my ($s) = @_;
@@ -147,6 +184,7 @@ sub _run {
             next unless $x;
             delete $peer{ fileno $x };
             delete $is_up{ fileno $x };
+            delete $tail{ fileno $x };
             $sel->remove($x);
             close $x;
         }
@@ -200,6 +238,13 @@ sub _run {
                 next;
             }
 
+            my $boundary = 0;
+            if ($is_up{ fileno $s }) {
+                $tail{ fileno $s } = _resp_tail(($tail{ fileno $s } // '')
+                                                . $buf);
+                $boundary = $tail{ fileno $s } eq '';
+            }
+
             if ($holding && $is_up{ fileno $s }
                 && (!$hold_match || $buf =~ $hold_match
                     || grep { $_->[0] == $o } @held))
@@ -217,15 +262,15 @@ sub _run {
                 next;
             }
 
-            if ($armed eq 'extra' && $is_up{ fileno $s }) {
-                # a reply to no command after the replies
+            if ($armed eq 'extra' && $is_up{ fileno $s } && $boundary) {
+                # a reply to no command after whole replies
                 $forward->($o, $buf . "+OK\r\n");
                 _log($log, "extra $n/$n");
                 $armed = '';
                 next;
             }
 
-            if ($armed && $is_up{ fileno $s }) {
+            if ($armed && $armed ne 'extra' && $is_up{ fileno $s }) {
                 # a reply in flight: half of it, then the break
                 my $half = int($n / 2);
                 syswrite $o, $buf, $half if $half;
