@@ -79,12 +79,43 @@ my $ngx = RulesNginx::start_nginx(
 ok($cluster->wait_nginx_ready($ngx, 1), 'the worker has the map and its '
                                         . 'connections (A through the proxy)');
 
-# the slot moves to B; nginx learns it from A's MOVED only
+# the slot moves to B; nginx learns it from A's MOVED only.  B imports
+# it first, so that taking it bumps B's config epoch: otherwise A's
+# heartbeats, sent before A was told, can give the slot back to A in
+# B's view (then B and A each answer MOVED to the other)
 my %id = map { $_ => $cluster->node_id($_) } @ports;
+$cluster->cli($b_port, 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING',
+              $id{$a_port});
+$cluster->cli($a_port, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING',
+              $id{$b_port});
 for my $port ($b_port, $a_port, $c_port) {
     $cluster->cli($port, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id{$b_port});
 }
-ok($cluster->wait_ok(20), "slot $slot now served by B");
+
+# the port of the master serving $slot in the view of the node at $port
+sub owner_seen_by {
+    my ($port) = @_;
+    for my $line (split /\n/, $cluster->cli($port, 'CLUSTER', 'NODES')) {
+        my @f = split ' ', $line;
+        next unless $f[2] =~ /master/;
+        for my $r (@f[8 .. $#f]) {
+            next if $r =~ /^\[/;
+            my ($lo, $hi) = split /-/, $r;
+            return ($f[1] =~ /:(\d+)/)[0]
+                if $slot >= $lo && $slot <= ($hi // $lo);
+        }
+    }
+    return 0;
+}
+my $moved = 0;
+for (1 .. 100) {
+    $moved = $cluster->wait_ok(20)
+             && !grep { owner_seen_by($_) != $b_port }
+                      $a_port, $b_port, $c_port;
+    last if $moved;
+    sleep 0.1;
+}
+ok($moved, "slot $slot now served by B, in every master's view");
 
 # events on their own connections, answered later
 sub send_event {
