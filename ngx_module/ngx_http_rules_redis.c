@@ -946,6 +946,29 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         return;
     }
 
+    if (!cmd->raw && reply->type != REDIS_REPLY_ARRAY
+        && reply->type != REDIS_REPLY_ERROR)
+    {
+        /*
+         * The script and RULES.STORE answer with an array or an error:
+         * anything else is another command's reply (a server, or a
+         * proxy, out of step), and so would be every reply after it.
+         */
+
+        ngx_http_rules_redis_fail(rd, "replies out of step (a state call "
+                                  "answered with %s)",
+                                  reply->type == REDIS_REPLY_STATUS
+                                  ? "a status"
+                                  : reply->type == REDIS_REPLY_INTEGER
+                                    ? "an integer"
+                                    : reply->type == REDIS_REPLY_NIL
+                                      ? "nil" : "a string");
+        rd->failed++;
+        ngx_http_rules_redis_replied(rd);
+        ngx_http_rules_redis_done(cmd, NULL, NGX_ERROR);
+        return;
+    }
+
     if (!cmd->retried) {
         /* EVALSHA works again: a later NOSCRIPT is news */
         rd->noscript_logged = 0;

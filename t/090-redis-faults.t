@@ -231,6 +231,10 @@ my %fault = (
         my $r = RulesProxy::cut($proxy, 'extra');
         return $r ? "a reply to no command after a reply ($r bytes)" : '';
     },
+    stray => sub {
+        my $r = RulesProxy::cut($proxy, 'stray');
+        return $r ? "a reply to no command, sent to idle clients ($r)" : '';
+    },
 );
 
 sub inject {
@@ -340,6 +344,9 @@ sleep 1;
 check_load("$CYCLES fault cycles", RulesLoad::stop($load));
 note(sprintf '%d cycles in %.1f s', $CYCLES, time - $t0);
 
+# without load: a reply to no command finds nothing waiting
+inject('stray');
+
 for my $i (0, 1) {
     my $w = $workers{ $names[$i] }[0];
     my ($fd, $rss) = idle_usage($w, $fd0{$w});
@@ -370,9 +377,16 @@ for my $i (0, 1) {
                            split /\n/, $log);
 }
 
-like(RulesNginx::error_log($ngx[1]),
-     qr/connection lost: a reply to no command \(not a Redis server, or a proxy out of step\)/,
-     'proxied: a reply to no command drops the connection, with that reason');
+{
+    my $log = RulesNginx::error_log($ngx[1]);
+    like($log, qr/connection lost: a reply to no command \(not a Redis server, or a proxy out of step\)/,
+         'proxied: a reply to no command drops the connection, with that '
+         . 'reason');
+    # the extra replies, with calls in flight or none
+    my $n = () = $log =~ /connection lost: (?:a reply to no command|replies out of step)/g;
+    cmp_ok($n, '>=', 3, "proxied: every reply too many dropped the "
+                        . "connection ($n)");
+}
 
 RulesProxy::stop($proxy);
 RulesNginx::stop_nginx($_) for @ngx;

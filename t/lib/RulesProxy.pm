@@ -15,7 +15,8 @@ package RulesProxy;
 # RESP and both sides are left open: the client must give up on its own;
 # or (extra) the next data that ends on a reply's end (the proxy follows
 # RESP on every connection) is forwarded whole and followed by
-# "+OK\r\n", a reply to no command, both sides left open.
+# "+OK\r\n", a reply to no command, both sides left open; or (stray)
+# "+OK\r\n" is sent at once to every client, whatever is in flight.
 # It returns the line the proxy logged ("rst 37/75": bytes forwarded of
 # those received), or undef when nothing happened within 5 s (no reply in
 # flight).
@@ -79,7 +80,7 @@ sub _lines {
 sub cut {
     my ($proxy, $how) = @_;
     my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
-               extra => 'TTIN');
+               extra => 'TTIN', stray => 'TTOU');
     return _signal_and_wait($proxy, $sig{$how}, qr/^$how /);
 }
 
@@ -166,6 +167,8 @@ sub _run {
     local $SIG{USR2} = sub { $armed = 'fin' };
     local $SIG{HUP} = sub { $armed = 'junk' };
     local $SIG{TTIN} = sub { $armed = 'extra' };
+    my $stray = 0;
+    local $SIG{TTOU} = sub { $stray = 1 };
     local $SIG{WINCH} = sub { $holding = 1; _log($log, 'holding') };
     local $SIG{ALRM} = sub { $release = 'one' };
     local $SIG{QUIT} = sub { $release = 'all' };
@@ -202,6 +205,14 @@ sub _run {
     };
 
     while (1) {
+        if ($stray) {
+            my @c = grep { !$is_up{ fileno $_ } }
+                    map { $peer{$_} } grep { $is_up{$_} } keys %peer;
+            syswrite $_, "+OK\r\n" for @c;
+            _log($log, "stray " . scalar(@c) . '/' . scalar(@c));
+            $stray = 0;
+        }
+
         if ($release) {
             my @go = $release eq 'one' ? (shift @held) : splice @held;
             $holding = 0 if $release eq 'all';
