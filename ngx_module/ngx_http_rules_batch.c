@@ -180,13 +180,42 @@ ngx_http_rules_batch_queue(ngx_http_rules_cmd_t *cmd, unsigned group,
     rules_str_t key, const rules_item_t *ri, const rules_buf_t *matched)
 {
     long                       item;
+    ngx_uint_t                 slot;
+    rules_str_t                first;
+    rules_item_t               fri;
     ngx_http_rules_item_t     *it;
     ngx_http_rules_batch_t    *batch;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    batch = ngx_http_rules_batch_current(bt->nslots > 1
-                                         ? rules_key_slot(key.data, key.len)
-                                         : 0);
+    if (bt->nslots > 1) {
+        slot = rules_key_slot(key.data, key.len);
+
+        /*
+         * Redis Cluster: a call holds one state key.  While its slot
+         * migrates, a call of several keys gets ASK, then TRYAGAIN from
+         * the importing master when they are not all there yet; one of a
+         * single key always goes through.  Another key of the slot (two
+         * users, or two key fields, that share it) takes a call of its
+         * own; the one filling goes out with the pass as before.
+         */
+
+        batch = bt->cur[slot];
+
+        if (batch && rules_batch_items(&batch->b)) {
+            rules_batch_item(&batch->b, 0, &first, &fri);
+
+            if (first.len != key.len
+                || ngx_memcmp(first.data, key.data, key.len) != 0)
+            {
+                bt->cur[slot] = NULL;
+            }
+        }
+
+    } else {
+        slot = 0;
+    }
+
+    batch = ngx_http_rules_batch_current(slot);
     if (batch == NULL) {
         return NGX_ERROR;
     }
@@ -282,7 +311,10 @@ ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch)
     slot = batch->slot;
     rmcf = batch->rmcf;
 
-    bt->cur[slot] = NULL;
+    if (bt->cur[slot] == batch) {
+        bt->cur[slot] = NULL;
+    }
+
     ngx_queue_remove(&batch->queue);
     ngx_http_rules_batch_send(batch);
 
@@ -425,7 +457,11 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
         q = ngx_queue_head(&bt->filling);
         ngx_queue_remove(q);
         batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
-        bt->cur[batch->slot] = NULL;
+
+        if (bt->cur[batch->slot] == batch) {
+            bt->cur[batch->slot] = NULL;
+        }
+
         ngx_http_rules_batch_send(batch);
     }
 }
@@ -742,7 +778,11 @@ ngx_http_rules_batch_exit(void)
         q = ngx_queue_head(&bt->filling);
         ngx_queue_remove(q);
         batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
-        bt->cur[batch->slot] = NULL;
+
+        if (bt->cur[batch->slot] == batch) {
+            bt->cur[batch->slot] = NULL;
+        }
+
         ngx_http_rules_batch_fail(batch);
     }
 

@@ -687,11 +687,12 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         changed++;
         cl->slots[s] = node;
 
-        if (old && old->slots) {
+        if (old && ngx_http_rules_redis_ready(old->rd)) {
             /*
-             * a master still (resharding, not a failover, whose old
-             * master's commands fail): its commands of the slot come
-             * back MOVED
+             * its commands of the slot come back MOVED (resharding, even
+             * of its last slot, or a manual failover): the slot's new
+             * ones wait for them.  A master whose connection is gone (a
+             * failover) had its commands fail: nothing to wait for.
              */
             ngx_http_rules_cluster_drain(cl, s, old);
         }

@@ -1,0 +1,1 @@
+../107-cluster-slot-moves.t
