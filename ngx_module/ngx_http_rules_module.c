@@ -25,6 +25,8 @@ static char *ngx_http_rules_redis_cluster(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_redis_auth(ngx_conf_t *cf,
     ngx_http_rules_main_conf_t *rmcf, ngx_str_t *arg, ngx_uint_t db);
+static ngx_uint_t ngx_http_rules_field_args(ngx_str_t *v,
+    ngx_uint_t *mixed);
 static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -506,8 +508,9 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules on\" needs at least one "
-                           "\"rules_field\", or \"rules_body json\"");
+                           "\"rules on\" in location \"%V\" needs at least "
+                           "one \"rules_field\", or \"rules_body json\"",
+                           &clcf->name);
         return NGX_CONF_ERROR;
     }
 
@@ -541,9 +544,9 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->time_member.data && !conf->json_body && conf->time_field < 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"rules_time %V\" names no \"rules_field\" of "
-                           "this location (use a variable, such as "
+                           "location \"%V\" (use a variable, such as "
                            "$arg_ts, or define the field)",
-                           &conf->time_member);
+                           &conf->time_member, &clcf->name);
         return NGX_CONF_ERROR;
     }
 
@@ -859,6 +862,44 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
 }
 
 
+/*
+ * 1 when every variable of a rules_field value is a $arg_ one (and there
+ * is one); *mixed: $arg_ variables and others.
+ */
+static ngx_uint_t
+ngx_http_rules_field_args(ngx_str_t *v, ngx_uint_t *mixed)
+{
+    u_char      *p, *last;
+    ngx_uint_t   args, others;
+
+    args = 0;
+    others = 0;
+    p = v->data;
+    last = v->data + v->len;
+
+    while (p < last) {
+        if (*p++ != '$' || p == last) {
+            continue;
+        }
+
+        if (*p == '{') {
+            p++;
+        }
+
+        if (last - p > 4 && ngx_strncasecmp(p, (u_char *) "arg_", 4) == 0) {
+            args++;
+
+        } else {
+            others++;
+        }
+    }
+
+    *mixed = (args && others);
+
+    return (args && !others);
+}
+
+
 static char *
 ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -866,7 +907,7 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char                             ch;
     ngx_str_t                         *value, name;
-    ngx_uint_t                         i;
+    ngx_uint_t                         i, mixed;
     ngx_http_rules_field_t            *f;
     ngx_http_compile_complex_value_t   ccv;
 
@@ -905,9 +946,21 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     f->field = -1;
     ngx_str_null(&f->arg);
 
-    /* query arguments are matched percent-decoded */
-    f->decode = (ngx_strstrn(value[2].data, "$arg_", 5 - 1) != NULL
-                 || ngx_strstrn(value[2].data, "${arg_", 6 - 1) != NULL);
+    /*
+     * query arguments are matched percent-decoded: a value whose
+     * variables are all $arg_ ones (in any case, as nginx reads variable
+     * names) is decoded; one that mixes them with others is not (the
+     * others' bytes would change), and says so
+     */
+    f->decode = ngx_http_rules_field_args(&value[2], &mixed);
+
+    if (mixed) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "rules_field \"%V\": \"%V\" mixes $arg_ "
+                           "variables with others: not percent-decoded "
+                           "(give the query argument a field of its own)",
+                           &value[1], &value[2]);
+    }
 
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 

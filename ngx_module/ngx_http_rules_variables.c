@@ -107,11 +107,18 @@ ngx_http_rules_check_variables(ngx_conf_t *cf,
     v = cmcf->variables.elts;
 
     for (i = 0; i < cmcf->variables.nelts; i++) {
-        if (v[i].name.len <= plen
+        if (v[i].name.len < plen
             || ngx_strncmp(v[i].name.data, NGX_HTTP_RULES_MATCH_PREFIX, plen)
                != 0)
         {
             continue;
+        }
+
+        if (v[i].name.len == plen) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "variable \"$%V\" names no rule (use "
+                          "\"$%V<id>\")", &v[i].name, &v[i].name);
+            return NGX_ERROR;
         }
 
         if (rmcf->rules == NULL) {

@@ -254,7 +254,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
             "min": 1, "within": "1s"}]}
 --- must_die
 --- error_log
-"rules_time ts" names no "rules_field" of this location
+"rules_time ts" names no "rules_field" of location "/px"
 
 
 
@@ -273,7 +273,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
             "min": 1, "within": "1s"}]}
 --- must_die
 --- error_log
-"rules on" needs at least one "rules_field", or "rules_body json"
+"rules on" in location "/px" needs at least one "rules_field", or "rules_body json"
 
 
 
@@ -494,3 +494,22 @@ qr/variable "\$rules_match_twice": rule ids in ".*rules\.json" differ only in ca
 --- must_die
 --- error_log eval
 qr/rule #0 "by_ab": member "key": must not contain ':'/
+
+
+
+=== TEST 28: $rules_match_ with no id is refused
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        add_header X-M $rules_match_;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log eval
+qr/variable "\$rules_match_" names no rule/

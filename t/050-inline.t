@@ -574,3 +574,39 @@ _EOC_
 ]
 --- no_error_log
 [error]
+
+
+
+=== TEST 22: $ARG_ fields (variable names in any case) are percent-decoded as $arg_ ones; a value mixing $arg_ with another variable is not (the other's bytes would change)
+--- config
+    location = /px {
+        rules on;
+        rules_field uid  $ARG_UID;
+        rules_field type ${Arg_E};
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        return 204;
+    }
+    location ^~ /mixed/ {
+        rules on;
+        rules_field uid  "$arg_uid$request_uri";
+        rules_field type $arg_e;
+        add_header X-Rules "[$rules_matched]" always;
+        return 204;
+    }
+--- request eval
+[
+  "GET /px?uid=t050%2D22&e=%70age&ts=1000",
+  "GET /px?uid=t050-22&e=page&ts=2000",
+  "GET /mixed/t050m%41?uid=x&e=page",
+  "GET /mixed/t050mA?uid=x&e=page",
+]
+--- error_code eval
+[204, 204, 204, 204]
+--- response_headers eval
+[
+  "X-Rules: []",
+  "X-Rules: [visited_twice_week]",
+  "X-Rules: []",
+  "X-Rules: []",
+]
