@@ -1442,6 +1442,11 @@ ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == ngx_http_rules_metrics_handler) {
+        return "is duplicate";
+    }
+
     clcf->handler = ngx_http_rules_metrics_handler;
 
     return NGX_CONF_OK;

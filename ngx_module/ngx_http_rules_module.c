@@ -832,6 +832,10 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     name = db ? "rules_redis" : "rules_redis_cluster";
 
     if (arg->len > 9 && ngx_strncmp(arg->data, "password=", 9) == 0) {
+        if (rmcf->redis_conf.password.data) {
+            goto duplicate;
+        }
+
         s.data = arg->data + 9;
         s.len = arg->len - 9;
         rmcf->redis_conf.password = s;
@@ -839,6 +843,10 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     }
 
     if (arg->len > 5 && ngx_strncmp(arg->data, "user=", 5) == 0) {
+        if (rmcf->redis_conf.user.data) {
+            goto duplicate;
+        }
+
         s.data = arg->data + 5;
         s.len = arg->len - 5;
         rmcf->redis_conf.user = s;
@@ -847,6 +855,10 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
 
     if (db && arg->len > 3 && ngx_strncmp(arg->data, "db=", 3) == 0) {
         n = ngx_atoi(arg->data + 3, arg->len - 3);
+
+        if (n != NGX_ERROR && rmcf->redis_conf.db != 0) {
+            goto duplicate;
+        }
 
         if (n != NGX_ERROR && n <= 65535) {
             rmcf->redis_conf.db = n;
@@ -858,6 +870,12 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
                        "invalid parameter \"%V\" of \"%s\": "
                        "expected password=, user=%s", arg, name,
                        db ? " or db=N" : " (a cluster has no db=)");
+    return NGX_CONF_ERROR;
+
+duplicate:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "duplicate parameter \"%V\" of \"%s\"", arg, name);
     return NGX_CONF_ERROR;
 }
 

@@ -513,3 +513,35 @@ qr/rule #0 "by_ab": member "key": must not contain ':'/
 --- must_die
 --- error_log eval
 qr/variable "\$rules_match_" names no rule/
+
+
+
+=== TEST 29: a rules_redis parameter given twice is refused
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT password=a password=b;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+duplicate parameter "password=b" of "rules_redis"
+
+
+
+=== TEST 30: rules_metrics twice in a location is refused
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    location = /metrics { rules_metrics; rules_metrics; }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+"rules_metrics" directive is duplicate
