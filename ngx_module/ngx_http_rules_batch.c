@@ -92,6 +92,7 @@ static ngx_http_rules_batcher_t  ngx_http_rules_batcher;
 
 static void ngx_http_rules_batch_flush_handler(ngx_event_t *ev);
 static void ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch);
+static void ngx_http_rules_batch_unqueue(ngx_http_rules_batch_t *batch);
 static void ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch);
 static ngx_http_rules_batch_t *ngx_http_rules_batch_full_pop(
     ngx_http_rules_batcher_t *bt);
@@ -167,6 +168,24 @@ ngx_http_rules_batch_current(ngx_uint_t slot)
     ngx_queue_insert_tail(&bt->filling, &batch->queue);
 
     return batch;
+}
+
+
+/*
+ * A filling batch taken off the filling list, to be sent or failed; it
+ * is no more its slot's current one (in cluster mode another batch of
+ * the slot, of another key, may be the current one already).
+ */
+static void
+ngx_http_rules_batch_unqueue(ngx_http_rules_batch_t *batch)
+{
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    if (bt->cur[batch->slot] == batch) {
+        bt->cur[batch->slot] = NULL;
+    }
+
+    ngx_queue_remove(&batch->queue);
 }
 
 
@@ -304,18 +323,13 @@ ngx_http_rules_batch_send_now(ngx_http_rules_batch_t *batch)
 {
     ngx_uint_t                   slot;
     ngx_http_rules_main_conf_t  *rmcf;
-    ngx_http_rules_batcher_t    *bt = &ngx_http_rules_batcher;
 
     /* the send may release the batch */
 
     slot = batch->slot;
     rmcf = batch->rmcf;
 
-    if (bt->cur[slot] == batch) {
-        bt->cur[slot] = NULL;
-    }
-
-    ngx_queue_remove(&batch->queue);
+    ngx_http_rules_batch_unqueue(batch);
     ngx_http_rules_batch_send(batch);
 
     if (rmcf->cluster) {
@@ -380,17 +394,20 @@ ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     const rules_keyop_t *ko, rules_str_t key, uint64_t key_hash, int64_t now)
 {
+    ngx_uint_t                 closes;
     ngx_time_t                *tp;
     rules_item_t               ri;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    if (bt->closes != ngx_http_rules_redis_closed_count()) {
+    closes = ngx_http_rules_redis_closed_count();
+
+    if (bt->closes != closes) {
         /*
          * a connection was lost: Redis may have restarted from an older
          * snapshot or failed over, and hold other values of the cached
          * gens and lengths; the keys are read again
          */
-        bt->closes = ngx_http_rules_redis_closed_count();
+        bt->closes = closes;
         rules_cache_clear(bt->cache);
     }
 
@@ -455,13 +472,8 @@ ngx_http_rules_batch_flush_handler(ngx_event_t *ev)
 
     while (!ngx_queue_empty(&bt->filling)) {
         q = ngx_queue_head(&bt->filling);
-        ngx_queue_remove(q);
         batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
-
-        if (bt->cur[batch->slot] == batch) {
-            bt->cur[batch->slot] = NULL;
-        }
-
+        ngx_http_rules_batch_unqueue(batch);
         ngx_http_rules_batch_send(batch);
     }
 }
@@ -776,13 +788,8 @@ ngx_http_rules_batch_exit(void)
 
     while (bt->cur && !ngx_queue_empty(&bt->filling)) {
         q = ngx_queue_head(&bt->filling);
-        ngx_queue_remove(q);
         batch = ngx_queue_data(q, ngx_http_rules_batch_t, queue);
-
-        if (bt->cur[batch->slot] == batch) {
-            bt->cur[batch->slot] = NULL;
-        }
-
+        ngx_http_rules_batch_unqueue(batch);
         ngx_http_rules_batch_fail(batch);
     }
 

@@ -30,6 +30,7 @@ static int
 rules_value_parse(const unsigned char *value, size_t len, rules_value_t *v)
 {
     size_t  snap_len;
+    double  gen;
 
     if (value == NULL || len < RULES_VALUE_HEADER_LEN
         || memcmp(value, RULES_VALUE_MAGIC, 2) != 0)
@@ -45,13 +46,13 @@ rules_value_parse(const unsigned char *value, size_t len, rules_value_t *v)
 
     /* as the script's r2() and RULES.STORE's rs_r2(): else foreign */
 
-    if (isnan(rules_get_f64(value + 2))
-        || !isfinite(rules_get_f64(value + 10)))
-    {
+    gen = rules_get_f64(value + 2);
+
+    if (isnan(gen) || !isfinite(rules_get_f64(value + 10))) {
         return 0;
     }
 
-    v->gen = rules_get_f64(value + 2);
+    v->gen = gen;
     v->snap = value + RULES_VALUE_HEADER_LEN;
     v->snap_len = snap_len;
     v->log = v->snap + snap_len;
