@@ -575,19 +575,6 @@ rules_load_key_string(rules_loader_t *ld, json_t *rule, const char *member,
         return -1;
     }
 
-    /*
-     * The state key is prefix{field:value}: a ':' in the key field's name
-     * would let two fields share a key ("a" = "b:c" and "a:b" = "c").
-     */
-
-    if (strcmp(member, "key") == 0
-        && memchr(json_string_value(j), ':', json_string_length(j)) != NULL)
-    {
-        rules_loader_error(ld, member, "must not contain ':' (state keys "
-                           "are {field:value})");
-        return -1;
-    }
-
     return rules_field(ld, json_string_value(j), json_string_length(j),
                        field);
 }
@@ -729,6 +716,18 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
     }
 
     if (rules_load_key_string(ld, rule, "key", &r->key_field) != 0) {
+        return -1;
+    }
+
+    /*
+     * The state key is prefix{field:value}: a ':' in the key field's name
+     * would let two fields share a key ("a" = "b:c" and "a:b" = "c").
+     * (Field names hold no NUL: rules_field() refuses them.)
+     */
+
+    if (strchr(rs->field_names[r->key_field], ':') != NULL) {
+        rules_loader_error(ld, "key", "must not contain ':' (state keys "
+                           "are {field:value})");
         return -1;
     }
 
