@@ -41,6 +41,14 @@ sub send_px {
     return $s;
 }
 
+# a listening socket on a free loopback port (an upstream that is this
+# script)
+sub listener {
+    return IO::Socket::INET->new(Listen => 8, LocalAddr => '127.0.0.1',
+                                 LocalPort => 0, ReuseAddr => 1)
+        or die "listen: $!";
+}
+
 # reads the whole response; returns (status, X-Status, seconds since
 # $since)
 sub read_px {
@@ -150,10 +158,7 @@ unlike($errors, qr/no reply for/, 'no case outlasted the connection');
 
 {
     RulesNginx::stop_nginx($ngx);
-    my $collector = IO::Socket::INET->new(Listen => 8,
-                                          LocalAddr => '127.0.0.1',
-                                          LocalPort => 0, ReuseAddr => 1)
-        or die "listen: $!";
+    my $collector = listener();
     my $cport = $collector->sockport;
     $ngx = RulesNginx::start_nginx(
         prefix => "$FindBin::Bin/servroot-056",
@@ -229,10 +234,7 @@ $ngx = RulesNginx::start_nginx(
 # connection).  The upstream is this script.
 
 {
-    my $upstream = IO::Socket::INET->new(Listen => 8,
-                                         LocalAddr => '127.0.0.1',
-                                         LocalPort => 0, ReuseAddr => 1)
-        or die "listen: $!";
+    my $upstream = listener();
     my $uport = $upstream->sockport;
     $ngx = RulesNginx::start_nginx(
         prefix => "$FindBin::Bin/servroot-056c",

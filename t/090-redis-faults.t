@@ -215,27 +215,23 @@ my %fault = (
         my $r = redis('CLIENT', 'KILL', 'TYPE', 'normal');
         return $r =~ /^:([1-9]\d*)$/ ? "CLIENT KILL: $1 clients" : '';
     },
-    rst => sub {
-        my $r = RulesProxy::cut($proxy, 'rst');
-        return $r ? "reset mid-reply ($r bytes)" : '';
-    },
-    fin => sub {
-        my $r = RulesProxy::cut($proxy, 'fin');
-        return $r ? "closed mid-reply ($r bytes)" : '';
-    },
-    junk => sub {
-        my $r = RulesProxy::cut($proxy, 'junk');
-        return $r ? "a reply replaced by junk ($r bytes)" : '';
-    },
-    extra => sub {
-        my $r = RulesProxy::cut($proxy, 'extra');
-        return $r ? "a reply to no command after a reply ($r bytes)" : '';
-    },
-    stray => sub {
-        my $r = RulesProxy::cut($proxy, 'stray');
-        return $r ? "a reply to no command, sent to idle clients ($r)" : '';
-    },
 );
+
+# the proxy's faults: what it logged (bytes forwarded of those received,
+# or clients written to)
+my %proxy_fault = (
+    rst   => 'reset mid-reply',
+    fin   => 'closed mid-reply',
+    junk  => 'a reply replaced by junk',
+    extra => 'a reply to no command after a reply',
+    stray => 'a reply to no command, sent to idle clients',
+);
+for my $how (keys %proxy_fault) {
+    $fault{$how} = sub {
+        my $r = RulesProxy::cut($proxy, $how);
+        return $r ? "$proxy_fault{$how} ($r)" : '';
+    };
+}
 
 sub inject {
     my ($what, $arg) = @_;

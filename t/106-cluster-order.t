@@ -126,12 +126,6 @@ sub send_event {
     return $s;
 }
 
-sub answer {
-    my ($st, $h) = RulesNginx::read_response(@_);
-    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
-           . ']';
-}
-
 sub wait_held {
     my ($n) = @_;
     for (1 .. 500) {
@@ -148,15 +142,17 @@ my $e2 = send_event('b', 2000);
 ok(wait_held(2), "event 2: A's MOVED held");
 like(RulesProxy::release($proxy, 'one'), qr/^released 1$/,
      "event 1's MOVED let through");
-is(answer($e1), '204 ok []', 'event 1: sent again to B, applied');
+is(RulesNginx::pixel_answer($e1), '204 ok []',
+   'event 1: sent again to B, applied');
 my $e3 = send_event('c', 3000);
 sleep 0.3;
 # (and the reply to the slot map refresh that event 1's MOVED planned,
 # when it went to A)
 like(RulesProxy::release($proxy, 'all'), qr/^released [12]$/,
      "event 2's MOVED let through");
-is(answer($e2), '204 ok []', 'event 2: sent again to B, applied');
-is(answer($e3), '204 ok [abc]',
+is(RulesNginx::pixel_answer($e2), '204 ok []',
+   'event 2: sent again to B, applied');
+is(RulesNginx::pixel_answer($e3), '204 ok [abc]',
    'event 3 waited for event 2: B applied a, b, c (the sequence matched)');
 
 diag(join "\n", 'proxy log:', RulesProxy::_lines($proxy->{log}))

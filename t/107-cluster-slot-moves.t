@@ -62,12 +62,6 @@ sub wait_for {
     return 0;
 }
 
-sub answer {
-    my ($st, $h) = RulesNginx::read_response(@_);
-    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
-           . ']';
-}
-
 # ---- 1. a master emptied of its last slot --------------------------------
 
 # One attempt; 0 when the map refresh went to A (nginx picks a master of
@@ -177,14 +171,15 @@ sub emptied_master {
            "event 2 (c) waits for event 1's MOVED");
         like(RulesProxy::release($proxy, 'all'), qr/^released \d+$/,
              "event 1's MOVED let through");
-        is(answer($e1), '204 ok []', 'event 1 applied at B');
-        is(answer($e2), '204 ok [bc]',
+        is(RulesNginx::pixel_answer($e1), '204 ok []',
+           'event 1 applied at B');
+        is(RulesNginx::pixel_answer($e2), '204 ok [bc]',
            'event 2 applied after it: b, c matched');
         $done = 1;
     } else {
         note("attempt $try: the refresh went to A, held with event 1");
         RulesProxy::release($proxy, 'all');
-        answer($e1);
+        RulesNginx::pixel_answer($e1);
     }
 
     unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
@@ -255,9 +250,7 @@ ok($done, 'a refresh answered by another master than A (of 12 attempts)');
     cli($A, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $id{$B});
 
     my $get = sub {
-        my ($st, $h) = RulesNginx::get($ngx->{port}, $_[0]);
-        return "$st " . ($h->{'x-status'} // '-') . ' ['
-               . ($h->{'x-rules'} // '') . ']';
+        RulesNginx::pixel_answer(RulesNginx::send_get($ngx->{port}, $_[0]));
     };
     is($get->("/px?uid=$u1&ts=1000"), '204 ok [cu]',
        "slot $slot migrating: one key, ASK followed");

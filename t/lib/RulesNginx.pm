@@ -389,6 +389,14 @@ sub read_response {
     return parse_response($resp);
 }
 
+# The answer of a pixel location (pixel_http) on a socket, the socket
+# closed: "status X-Status [X-Rules]".
+sub pixel_answer {
+    my ($st, $h) = read_response(@_);
+    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
+           . ']';
+}
+
 # One HTTP/1.0 POST of a JSON body; returns (status, \%headers, body).
 sub post_json {
     my ($port, $uri, $json, $timeout) = @_;
