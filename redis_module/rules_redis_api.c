@@ -45,6 +45,7 @@ static const struct {
     RULES_RM_API("WrongArity", wrong_arity),
     RULES_RM_API("Replicate", replicate),
     RULES_RM_API("ReplicateVerbatim", replicate_verbatim),
+    RULES_RM_API("NotifyKeyspaceEvent", notify_keyspace_event),
     RULES_RM_API("GetContextFlags", get_context_flags),
     RULES_RM_API("Call", call),
     RULES_RM_API("CallReplyType", call_reply_type),

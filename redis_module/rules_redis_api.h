@@ -39,6 +39,9 @@
 
 #define RM_REPLY_ARRAY           3
 
+#define RM_NOTIFY_GENERIC        (1 << 2)
+#define RM_NOTIFY_STRING         (1 << 3)
+
 
 typedef struct RedisModuleCtx     RedisModuleCtx;
 typedef struct RedisModuleKey     RedisModuleKey;
@@ -102,6 +105,8 @@ typedef struct {
     int (*replicate)(RedisModuleCtx *ctx, const char *cmd, const char *fmt,
         ...);
     int (*replicate_verbatim)(RedisModuleCtx *ctx);
+    int (*notify_keyspace_event)(RedisModuleCtx *ctx, int type,
+        const char *event, RedisModuleString *key);
     int (*get_context_flags)(RedisModuleCtx *ctx);
     RedisModuleCallReply *(*call)(RedisModuleCtx *ctx, const char *cmd,
         const char *fmt, ...);

@@ -14,13 +14,19 @@
  * the nginx module come from one build): a client of another version
  * gets an error starting with RULESVERSION and uses EVALSHA.
  *
- * Differences from the script, none visible to the client: every
- * argument is checked before any key changes (an error changes nothing);
- * an expiry is set as an absolute time (the script's PX wall + n); the
- * effects reach replicas and the AOF as plain commands (SET ... PXAT,
- * APPEND, SETRANGE, PEXPIREAT, DEL), so replicas need no module; they
- * are not built at all when Redis would drop them (no AOF, no replica,
- * no backlog: rules_store_repl.c).
+ * Differences from the script: every argument is checked before any key
+ * changes (an error changes nothing), and items no writer sends are
+ * refused where the script would take them (a kind it does not know, a
+ * meta longer than 47 bytes, numbers out of range or not whole, a write
+ * or create whose new value is not an R2 value, an argument longer than
+ * a value can be); an item that cannot be stored (a value past 512 MB)
+ * is an error element before anything of its key changed; an expiry is
+ * set as an absolute time (the script's PX wall + n); the effects reach
+ * replicas and the AOF as plain commands (SET ... PXAT, APPEND,
+ * SETRANGE, PEXPIREAT, DEL), so replicas need no module; they are not
+ * built at all when Redis would drop them (no AOF, no replica, no
+ * backlog: rules_store_repl.c).  Each effect fires the keyspace event
+ * its command fires (set, append, setrange, expire, del).
  */
 
 #include <math.h>
@@ -40,6 +46,10 @@
 #define RS_META_LEN          47
 #define RS_WALL_LEN          8
 #define RS_VALUE_MAX         (512 * 1024 * 1024)   /* Redis' own limit */
+/* the buffers kept between calls are let go after a call that grew them
+ * past these (a large compaction does not pin its memory) */
+#define RS_SCRATCH_KEEP      (1024 * 1024)
+#define RS_ITEMS_KEEP        4096
 /* a stamp further ahead of Redis' clock is not one a writer set: moved */
 #define RS_STAMP_AHEAD_MAX   (2 * 366.0 * 86400 * 1000)
 
@@ -239,9 +249,17 @@ rs_replicating(rs_call_t *c)
 
 
 static void
+rs_notify(rs_call_t *c, int type, const char *event)
+{
+    rm.notify_keyspace_event(c->ctx, type, event, c->name);
+}
+
+
+static void
 rs_expire_at(rs_call_t *c, long long at)
 {
     rm.set_abs_expire(c->key, at);
+    rs_notify(c, RM_NOTIFY_GENERIC, "expire");
 
     if (rs_replicating(c)) {
         rm.replicate(c->ctx, "PEXPIREAT", "sl", c->name, at);
@@ -293,9 +311,11 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
     }
 
     memcpy(p, v, len);
+    rs_notify(c, RM_NOTIFY_STRING, "set");
 
     if (at >= 0) {
         rm.set_abs_expire(c->key, at);
+        rs_notify(c, RM_NOTIFY_GENERIC, "expire");
 
         if (rs_replicating(c)) {
             rm.replicate(c->ctx, "SET", "sbcl", c->name, v, len, "PXAT",
@@ -340,6 +360,7 @@ rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
 
     memcpy(p + cur, head, head_len);
     memcpy(p + cur + head_len, body, body_len);
+    rs_notify(c, RM_NOTIFY_STRING, "append");
 
     if (rs_replicating(c)) {
         rm.replicate(c->ctx, "APPEND", "sb", c->name, p + cur,
@@ -354,6 +375,7 @@ static void
 rs_set_stamp(rs_call_t *c, char *value, double stamp)
 {
     rs_put_d(value + 10, stamp);
+    rs_notify(c, RM_NOTIFY_STRING, "setrange");
 
     if (rs_replicating(c)) {
         rm.replicate(c->ctx, "SETRANGE", "slb", c->name, (long long) 10,
@@ -410,8 +432,12 @@ rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
     len = RS_HEADER_LEN + vlen + RS_WALL_LEN + body_len;
     stamp = need + floor(ttl / 4);
 
+    if (len > RS_VALUE_MAX) {
+        return RM_ERR;
+    }
+
     p = rs_scratch_get(len);
-    if (p == NULL || len > RS_VALUE_MAX) {
+    if (p == NULL) {
         return RM_ERR;
     }
 
@@ -429,6 +455,23 @@ rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
     memcpy(p + RS_HEADER_LEN + vlen + RS_WALL_LEN, body, body_len);
 
     return rs_store(c, p, len, (long long) stamp);
+}
+
+
+/*
+ * Whether rs_append() of body_len bytes to the value v (NULL: none, or a
+ * foreign one, deleted) stays within what a value may be: checked before
+ * the item replies or deletes anything, so that an item that cannot be
+ * stored is an error element and leaves its key as it was.
+ */
+static int
+rs_append_fits(const char *v, size_t vlen, size_t body_len)
+{
+    if (!rs_r2(v, vlen)) {
+        vlen += RS_HEADER_LEN;
+    }
+
+    return vlen + RS_WALL_LEN + body_len <= RS_VALUE_MAX;
 }
 
 
@@ -477,7 +520,12 @@ rs_item_write(rs_call_t *c, const rs_item_t *it)
 
     if (foreign) {
         /* a key that is not a string is replaced by a value of its own */
+        if (!rs_append_fits(NULL, 0, it->split)) {
+            return RM_ERR;
+        }
+
         rm.delete_key(c->key);
+        rs_notify(c, RM_NOTIFY_GENERIC, "del");
         rs_reply_value(c, NULL, 0);
         return rs_append(c, NULL, 0, it->ttl, it->newgen, it->arg,
                          it->split, 1);
@@ -500,6 +548,10 @@ rs_item_write(rs_call_t *c, const rs_item_t *it)
     }
 
     /* another writer changed it: what an append makes */
+
+    if (!rs_append_fits(v, vlen, it->split)) {
+        return RM_ERR;
+    }
 
     rs_reply_value(c, v, vlen);
 
@@ -535,6 +587,10 @@ rs_item_extend(rs_call_t *c, const rs_item_t *it)
         return RM_OK;
     }
 
+    if (!rs_append_fits(v, vlen, it->arg_len - RS_WALL_LEN)) {
+        return RM_ERR;
+    }
+
     if (foreign) {
         rm.delete_key(c->key);
     }
@@ -564,11 +620,22 @@ rs_item_compact(rs_call_t *c, const rs_item_t *it)
         return RM_OK;
     }
 
+    /*
+     * The key was opened for reading (a compaction that finds the value
+     * changed changes nothing, and must not look like a write to WATCH
+     * or client tracking): opened again for writing, the value read again
+     */
+
+    rm.close_key(c->key);
+    c->key = rm.open_key(c->ctx, c->name, RM_READ | RM_WRITE);
+    v = rs_value(c, &vlen, &foreign);
+
     len = (size_t) it->length;
     tail = vlen - len;
 
     if (it->arg_len == 0 && tail == 0) {
         rm.delete_key(c->key);
+        rs_notify(c, RM_NOTIFY_GENERIC, "del");
 
         if (rs_replicating(c)) {
             rm.replicate(c->ctx, "DEL", "s", c->name);
@@ -632,6 +699,10 @@ rs_item(rs_call_t *c, const rs_item_t *it)
 
     default: /* RS_APPEND */
         v = rs_value(c, &vlen, &foreign);
+
+        if (!rs_append_fits(v, vlen, it->arg_len)) {
+            return RM_ERR;
+        }
 
         if (foreign) {
             rm.delete_key(c->key);
@@ -738,10 +809,24 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
             return (size_t) -1;
         }
 
+        if (it->arg_len > RS_VALUE_MAX) {
+            *err = "ERR rules.store: an item's argument is longer than a "
+                   "value can be";
+            return (size_t) -1;
+        }
+
         if ((it->kind == RS_WRITE || it->kind == RS_CREATE)
             && it->split > it->arg_len)
         {
             *err = "ERR rules.store: an item's split is past its argument";
+            return (size_t) -1;
+        }
+
+        if ((it->kind == RS_WRITE || it->kind == RS_CREATE)
+            && !rs_r2(it->arg + it->split, it->arg_len - it->split))
+        {
+            *err = "ERR rules.store: a write item's new value is not an "
+                   "R2 value";
             return (size_t) -1;
         }
 
@@ -815,6 +900,7 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         c.name = argv[3 + rs_items[i].key];
         c.key = rm.open_key(ctx, c.name,
                             rs_items[i].kind == RS_READ
+                            || rs_items[i].kind == RS_COMPACT
                             ? RM_READ : RM_READ | RM_WRITE);
 
         rc = rs_item(&c, &rs_items[i]);
@@ -837,6 +923,18 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
             break;
         }
+    }
+
+    if (rs_scratch_size > RS_SCRATCH_KEEP) {
+        rm.free(rs_scratch);
+        rs_scratch = NULL;
+        rs_scratch_size = 0;
+    }
+
+    if (rs_items_size > RS_ITEMS_KEEP) {
+        rm.free(rs_items);
+        rs_items = NULL;
+        rs_items_size = 0;
     }
 
     return RM_OK;

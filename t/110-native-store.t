@@ -242,6 +242,14 @@ for my $bad (
     [ 'split past the argument', [$sha, 1, 's:k1',
         pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 99), 'ab'],
       qr/split/ ],
+    # (a create's empty new value was acknowledged, no key made, and
+    # SET k "" replicated)
+    [ 'create of an empty value', [$sha, 1, 's:k1',
+        pack('Cvd<d<d<d<d<V', 5, 1, 1, 60000, 0, 0, 0, 3), 'abc'],
+      qr/not an R2 value/ ],
+    [ 'write of a value that is not R2', [$sha, 1, 's:k1',
+        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 3), 'abcdef'],
+      qr/not an R2 value/ ],
 ) {
     my ($name, $args, $re) = @$bad;
     my $before = RulesNginx::redis_call($r, 'DUMP', 's:k1');
@@ -250,6 +258,109 @@ for my $bad (
         or diag(explain($reply));
     is_deeply(RulesNginx::redis_call($r, 'DUMP', 's:k1'), $before,
               "$name: nothing changed");
+}
+
+# An item whose value would pass 512 MB is an error element, and its key
+# stays as it was (it was answered as stored, the value it replaced sent
+# back, and a foreign key deleted on the master alone)
+{
+    my $big = 512 * 1024 * 1024 - 12;
+    RulesNginx::redis_call($r, 'SETRANGE', 's:big', $big - 1, 'x');
+    my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:big',
+        pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0), body());
+    ok(ref $reply eq 'ARRAY' && @$reply == 2 && ref $reply->[1] eq 'HASH'
+       && $reply->[1]{err} =~ /not applied/,
+       'an append past 512 MB: an error element')
+        or diag(ref $reply eq 'ARRAY'
+                ? explain([map { ref $_ ? $_ : length($_ // '') } @$reply])
+                : explain($reply));
+    is(RulesNginx::redis_call($r, 'STRLEN', 's:big'), $big,
+       'an append past 512 MB: the value as it was');
+    RulesNginx::redis_call($r, 'DEL', 's:big');
+}
+
+# A large compaction does not leave its buffer in Redis' memory
+{
+    my $v = r2_value(5);
+    RulesNginx::redis_call($r, 'SET', 's:c', $v);
+    my $used = sub {
+        RulesNginx::redis_call($r, 'INFO', 'memory') =~ /^used_memory:(\d+)/m;
+        return $1;
+    };
+    my $before = $used->();
+    my $big = RulesNginx::redis_conn($port);
+    my $reply = RulesNginx::redis_call($big, 'RULES.STORE', $sha, 1, 's:c',
+        pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 5, 6, 0 + length $v, 0),
+        'y' x (8 << 20));
+    is_deeply($reply->[1], 1, 'an 8 MB compaction is applied');
+    close $big;
+    RulesNginx::redis_call($r, 'DEL', 's:c');
+    my $after;
+    for (1 .. 50) {
+        $after = $used->();
+        last if $after < $before + (1 << 20);
+        sleep 0.1;
+    }
+    cmp_ok($after, '<', $before + (1 << 20),
+           'after it, Redis holds no more than a MB more than before');
+}
+
+# Effects fire the keyspace events their commands fire, as the script's
+# do; a compaction that changes nothing does not touch a WATCH
+{
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'notify-keyspace-events',
+                           'KA');
+    my $sub = RulesNginx::redis_conn($port);
+    RulesNginx::redis_call($sub, 'PSUBSCRIBE', '__keyspace@0__:s:ev*');
+    my $store = sub {
+        my ($key, @item) = @_;
+        RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, $key, @item);
+    };
+    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0),
+             body());
+    my $v = RulesNginx::redis_call($r, 'GET', 's:ev1');
+    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 6, 1, 60000, 120000, 7, 7,
+                           length $v, 0), pack('d<', now_ms()) . body());
+    $store->('s:ev2', pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 9, 9, 0, 0),
+             '');
+    # (a PING's pong follows the events: sent without reading a reply)
+    print $sub "*1\r\n\$4\r\nPING\r\n";
+    my @events;
+    while (1) {
+        my $m = RulesNginx::_redis_reply($sub);
+        last if ref $m eq 'ARRAY' && lc($m->[0]) eq 'pong';
+        push @events, "$m->[2]:$m->[3]" if ref $m eq 'ARRAY'
+                                           && $m->[0] eq 'pmessage';
+    }
+    is_deeply(\@events, ['__keyspace@0__:s:ev1:set',
+                         '__keyspace@0__:s:ev1:expire',
+                         '__keyspace@0__:s:ev1:append',
+                         '__keyspace@0__:s:ev1:setrange',
+                         '__keyspace@0__:s:ev1:expire'],
+              'keyspace events: set and expire, then append, setrange and '
+              . 'expire; none for a compaction of nothing')
+        or diag(explain(\@events));
+    close $sub;
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'notify-keyspace-events', '');
+
+    my $w = RulesNginx::redis_conn($port);
+    RulesNginx::redis_call($w, 'WATCH', 's:ev1');
+    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 1234, 9, 0, 0),
+             'zz');
+    RulesNginx::redis_call($w, 'MULTI');
+    RulesNginx::redis_call($w, 'PING');
+    is_deeply(RulesNginx::redis_call($w, 'EXEC'), ['PONG'],
+              'a compaction that finds another value leaves a WATCH alone');
+    RulesNginx::redis_call($w, 'WATCH', 's:ev1');
+    $v = RulesNginx::redis_call($r, 'GET', 's:ev1');
+    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 7, 9,
+                           length $v, 0), 'zz');
+    RulesNginx::redis_call($w, 'MULTI');
+    RulesNginx::redis_call($w, 'PING');
+    is(RulesNginx::redis_call($w, 'EXEC'), undef,
+       'a compaction that applies aborts the WATCHing transaction');
+    close $w;
+    RulesNginx::redis_call($r, 'DEL', 's:ev1');
 }
 
 # ---- nginx finds the module and stores with it ------------------------
