@@ -122,6 +122,11 @@ static ngx_event_t       ngx_http_rules_deadline;
  */
 static ngx_uint_t        ngx_http_rules_events_inflight;
 
+/* the second of the last "not received in time" line, and the timeouts
+ * since it that were not logged (ngx_http_rules_timeout()) */
+static time_t            ngx_http_rules_timeout_logged;
+static ngx_uint_t        ngx_http_rules_timeouts_unlogged;
+
 
 /*
  * The context survives internal redirects (which clear module contexts)
@@ -1134,8 +1139,22 @@ ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx)
         }
     }
 
-    ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
-                  "rules: redis reply not received in time");
+    /*
+     * At most a line a second, with the count of the others: a Redis
+     * that stalls under load times out every waiting request at once
+     */
+
+    if (ngx_time() != ngx_http_rules_timeout_logged) {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "rules: redis reply not received in time "
+                      "(%ui more since the last such line)",
+                      ngx_http_rules_timeouts_unlogged);
+        ngx_http_rules_timeout_logged = ngx_time();
+        ngx_http_rules_timeouts_unlogged = 0;
+
+    } else {
+        ngx_http_rules_timeouts_unlogged++;
+    }
 
     ngx_http_rules_finish(ctx);
     ngx_http_rules_wake(ctx);

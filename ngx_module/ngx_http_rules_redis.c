@@ -1248,7 +1248,9 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
         rd->stats.reconnects++;
 
         if (at_once) {
-            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+            /* routine (Redis' timeout, a proxy's idle timeout): as the
+             * "connected" that follows it */
+            ngx_log_error(NGX_LOG_INFO, rd->log, 0,
                           "rules redis %V: connection closed while idle: "
                           "%V, reconnecting",
                           &rd->conf->addr_text, &rd->reason);

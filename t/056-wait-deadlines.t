@@ -146,6 +146,25 @@ my $late = 0.4 + 0.5 * $slow;
     is($slow_ones, 0, 'none late');
 }
 
+# 20 waits that end together (a Redis that stalls under load): a line a
+# second in the error log, not one per request (it was 20 lines)
+
+{
+    paused_nginx();
+    my @w = map { send_px($ngx->{port}, "burst$_") } 1 .. 20;
+    my $ok = 0;
+    for my $s (@w) {
+        my ($c, $st) = read_px($s, time);
+        $ok++ if $c == 204 && $st eq 'timeout';
+    }
+    is($ok, 20, '20 waits at once: all answered, status timeout');
+    my @lines = RulesNginx::error_log($ngx)
+                =~ /(redis reply not received in time.*)/g;
+    cmp_ok(scalar @lines, '>=', 1, 'the timeouts are logged');
+    cmp_ok(scalar @lines, '<=', 2, 'at most a line a second ('
+           . scalar(@lines) . ')');
+}
+
 $errors .= RulesNginx::error_log($ngx);
 unlike($errors, qr/\[(alert|crit|emerg)\]/, 'no alert in the error logs');
 unlike($errors, qr/no reply for/, 'no case outlasted the connection');
