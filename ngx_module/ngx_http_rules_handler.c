@@ -749,7 +749,8 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
 
             p += n;
 
-        } else {
+        } else if (b->last != b->pos) {
+            /* (a chunked body ends with an empty last_buf, pos NULL) */
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
         }
     }

@@ -240,8 +240,11 @@ rules_cond_leaf(rules_set_t *rs, const rules_cond_t *c,
             return 1;
         }
 
-        if (rc != PCRE2_ERROR_NOMATCH) {
-            /* match limit, depth limit or JIT stack: fail safe, count */
+        if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT
+            || rc == PCRE2_ERROR_HEAPLIMIT || rc == PCRE2_ERROR_JIT_STACKLIMIT
+            || rc == PCRE2_ERROR_NOMEMORY)
+        {
+            /* a limit (or no memory for the match): fail safe, count */
             rs->stats.regex_limit_hits++;
         }
 

@@ -31,6 +31,7 @@ typedef struct {
 static void rules_loader_error(rules_loader_t *ld, const char *member,
     const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i);
+static const char *rules_json_cstring(json_t *j);
 static rules_cond_t *rules_load_cond(rules_loader_t *ld, json_t *j,
     const char *path, unsigned depth);
 static int rules_memo_cond(rules_loader_t *ld, rules_cond_t *c, char *text,
@@ -651,7 +652,7 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
         return -1;
     }
 
-    s = json_string_value(j);
+    s = rules_json_cstring(j);
 
     if (s == NULL) {
         rules_loader_error(ld, "type", "must be one of \"count\", "
@@ -697,7 +698,7 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
     }
 
     j = json_object_get(rule, "kind");
-    s = j ? json_string_value(j) : NULL;
+    s = j ? rules_json_cstring(j) : NULL;
 
     if (j == NULL) {
         rules_loader_error(ld, "kind", "is required");
@@ -967,6 +968,26 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
 /* ---- durations ----------------------------------------------------- */
 
 
+/*
+ * A JSON string member read as a C string: NULL when it is not a string
+ * or holds a NUL (the file is parsed with JSON_ALLOW_NUL, and "count\u0000x"
+ * must not read as "count").
+ */
+static const char *
+rules_json_cstring(json_t *j)
+{
+    const char  *s;
+
+    s = json_string_value(j);
+
+    if (s == NULL || strlen(s) != json_string_length(j)) {
+        return NULL;
+    }
+
+    return s;
+}
+
+
 static int
 rules_load_duration(rules_loader_t *ld, json_t *rule, const char *member,
     int required, int64_t min, int64_t *out)
@@ -987,7 +1008,7 @@ rules_load_duration(rules_loader_t *ld, json_t *rule, const char *member,
         return 0;
     }
 
-    s = json_string_value(j);
+    s = rules_json_cstring(j);
 
     if (s == NULL) {
         rules_loader_error(ld, member, "must be a duration string such as "
@@ -1280,9 +1301,15 @@ rules_load_regex(rules_loader_t *ld, rules_cond_t *c, json_t *v,
         return -1;
     }
 
+    /*
+     * Byte-exact, as every comparison: a pattern may not turn UTF mode on
+     * with (*UTF) (a client's invalid UTF-8 would then fail every match,
+     * counted as a limit hit)
+     */
+
     c->re = pcre2_compile((PCRE2_SPTR) json_string_value(v),
-                          json_string_length(v), 0, &errcode, &erroffset,
-                          NULL);
+                          json_string_length(v), PCRE2_NEVER_UTF, &errcode,
+                          &erroffset, NULL);
 
     if (c->re == NULL) {
         pcre2_get_error_message(errcode, msg, sizeof(msg));

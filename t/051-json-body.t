@@ -327,3 +327,20 @@ client sent invalid chunked body
 ]
 --- response_headers eval
 ["X-Status: ok", "X-Status: ok", "X-Status: invalid"]
+
+
+
+=== TEST 20: a valid chunked body, in two chunks: read whole, its events applied (the empty buffer that ends a chunked body was copied from a NULL pointer)
+--- raw_request eval
+my @c = ("[{\"uid\": \"t051-27\", \"type\": \"page\", \"ts\": 1000},",
+         " {\"uid\": \"t051-27\", \"type\": \"page\", \"ts\": 2000}]");
+"POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+. "Transfer-Encoding: chunked\r\n\r\n"
+. CORE::join("", map { sprintf("%x\r\n%s\r\n", length $_, $_) } @c)
+. "0\r\n\r\n"
+--- error_code: 204
+--- response_headers
+X-Rules: [twice]
+X-Status: ok
+--- no_error_log
+[error]

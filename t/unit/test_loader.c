@@ -87,6 +87,16 @@ static const struct {
       { "member \"steps[1].where\": is required", NULL } },
     { SEQ("[{\"where\":{\"field\":\"a\",\"eq\":\"x\"},\"when\":1}]"),
       { "member \"steps[0].when\": unknown member of a step", NULL } },
+    /* a NUL ends a C string: "count\u0000zz" is not "count" */
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\\u0000zz\",\"min\":1,\"within\":\"1s\"}"),
+      { "member \"type\": must be one of", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\\u0000x\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      { "member \"kind\": must be \"segment\" or \"fraud\"", NULL } },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"10s\\u0000abc\"}"),
+      { "member \"within\": must be a duration string", NULL } },
+    /* comparisons are byte-exact: no UTF mode from the pattern */
+    { WHERE("{\"field\":\"ua\",\"regex\":\"(*UTF)bot\"}"),
+      { "member \"where.regex\": invalid regex at offset", "UTF is disabled", NULL } },
     { WHERE("{\"field\":\"ua\",\"regex\":\"(unclosed\"}"),
       { "member \"where.regex\": invalid regex at offset 9: missing closing parenthesis", NULL } },
     { WHERE("{\"field\":\"a\",\"eq\":\"x\",\"ne\":\"y\"}"),
