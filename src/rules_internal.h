@@ -32,6 +32,8 @@ int rules_grow(void *arrayp, size_t *size, size_t n, size_t elem,
 /* ids_nocase's value for ids that differ only in case */
 #define RULES_ID_AMBIGUOUS  0xffffffffu
 
+#define RULES_MIN(a, b)  ((a) < (b) ? (a) : (b))
+
 typedef struct {
     rules_str_t       *keys;       /* data == NULL: empty slot */
     unsigned          *vals;

@@ -176,6 +176,18 @@ rules_log_fold(const unsigned char *value, size_t value_len,
 
     memset(info, 0, sizeof(rules_log_info_t));
 
+    /* what a large value (a foreign one, say) grew is let go now */
+
+    if (w->a.size > RULES_LOG_WORK_KEEP) {
+        rules_buf_free(&w->a);
+    }
+
+    if (w->b.size > RULES_LOG_WORK_KEEP) {
+        rules_buf_free(&w->b);
+    }
+
+    rules_state_work_trim(w->parsed);
+
     w->a.len = 0;
     w->b.len = 0;
     w->state = &w->a;

@@ -168,6 +168,9 @@ typedef struct {
 } rules_log_info_t;
 
 
+/* the bytes a fold's buffers keep for the next (rules_log_fold()) */
+#define RULES_LOG_WORK_KEEP      (1024 * 1024)
+
 /* Buffers a fold reuses; state holds the folded state afterwards. */
 typedef struct {
     rules_buf_t        a;

@@ -180,6 +180,20 @@ rules_payload_check(unsigned type, const unsigned char *p, size_t plen)
 
 
 /*
+ * Room for the records of a state of len bytes: one per record header it
+ * could hold, at most RULES_STATE_MAX_RECORDS (a state with more does
+ * not parse: a large foreign value must not cost a dozen times its size
+ * in record arrays).
+ */
+static size_t
+rules_state_records_bound(size_t len)
+{
+    return RULES_MIN(len / RULES_RECORD_HEADER_LEN + 1,
+                         RULES_STATE_MAX_RECORDS);
+}
+
+
+/*
  * Returns the number of records, or -1 when the state is malformed.
  * own: the state is the writer's own (rules_state_work_load_own()): the
  * records' payloads are not checked again, and each is known.
@@ -245,7 +259,7 @@ rules_state_validate(const unsigned char *state, size_t state_len)
     size_t           max;
     int              n;
 
-    max = state_len / RULES_RECORD_HEADER_LEN + 1;
+    max = rules_state_records_bound(state_len);
     recs = malloc(max * sizeof(rules_record_t));
 
     if (recs == NULL) {
@@ -1172,6 +1186,10 @@ typedef struct {
 } rules_pair_slot_t;
 
 
+/* the array elements a work keeps between uses (rules_state_work_trim()) */
+#define RULES_WORK_KEEP  4096
+
+
 struct rules_state_work_s {
     rules_record_t     *recs;       /* the state's records */
     rules_record_t     *next;       /* the next state's, being written */
@@ -1206,6 +1224,42 @@ rules_state_work_free(rules_state_work_t *w)
     free(w->slots);
     free(w->chain);
     free(w);
+}
+
+
+void
+rules_state_work_trim(rules_state_work_t *w)
+{
+    if (w == NULL) {
+        return;
+    }
+
+    if (w->recs_size > RULES_WORK_KEEP) {
+        free(w->recs);
+        free(w->next);
+        w->recs = NULL;
+        w->next = NULL;
+        w->recs_size = 0;
+        w->nrecs = 0;
+    }
+
+    if (w->ents_size > RULES_WORK_KEEP) {
+        free(w->ents);
+        w->ents = NULL;
+        w->ents_size = 0;
+    }
+
+    if (w->slots_size > RULES_WORK_KEEP) {
+        free(w->slots);
+        w->slots = NULL;
+        w->slots_size = 0;
+    }
+
+    if (w->chain_size > RULES_WORK_KEEP) {
+        free(w->chain);
+        w->chain = NULL;
+        w->chain_size = 0;
+    }
 }
 
 
@@ -1247,9 +1301,7 @@ rules_work_load(rules_state_work_t *w, const unsigned char *state,
 
     w->nrecs = 0;
 
-    if (rules_work_fit_recs(w, state_len / RULES_RECORD_HEADER_LEN + 1)
-        != 0)
-    {
+    if (rules_work_fit_recs(w, rules_state_records_bound(state_len)) != 0) {
         return -1;
     }
 
@@ -1439,7 +1491,8 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
     *changed = 0;
     *pttl = 0;
 
-    if (rules_work_fit(&w->ents, &w->ents_size, op_len / 17 + 1,
+    if (rules_work_fit(&w->ents, &w->ents_size,
+                       RULES_MIN(op_len / 17 + 1, RULES_OP_MAX_ENTRIES),
                        sizeof(rules_entry_t))
         != 0)
     {

@@ -96,6 +96,16 @@
 /* a record's payload length is 16-bit */
 #define RULES_RECORD_MAX_PAYLOAD  65535
 
+/*
+ * A state of more records, or an operation of more entries, does not
+ * parse (a state holds a record per rule and key, an operation an entry
+ * per rule the event touches: RULES_MAX_RULES each, from a few rule
+ * files at most); the bound keeps a large foreign value from costing
+ * the reader many times its size.
+ */
+#define RULES_STATE_MAX_RECORDS   65536
+#define RULES_OP_MAX_ENTRIES      65536
+
 #define RULES_ACTION_CANCEL    1
 #define RULES_ACTION_TRIGGER   2
 
@@ -164,6 +174,12 @@ int rules_state_work_load(rules_state_work_t *w, const unsigned char *state,
  */
 int rules_state_work_load_own(rules_state_work_t *w,
     const unsigned char *state, size_t state_len);
+
+/*
+ * Lets go of w's arrays when a large state or operation grew them past
+ * what a usual one needs (the next use grows them again as needed).
+ */
+void rules_state_work_trim(rules_state_work_t *w);
 
 int rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
     size_t op_len, int64_t now, int64_t wall, const rules_set_t *known,

@@ -6,12 +6,14 @@
  * by an earlier version, with such records in it, still reads the same.
  */
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rules_engine.h"
 #include "rules_state.h"
+#include "rules_log.h"
 #include "tap.h"
 
 
@@ -362,6 +364,97 @@ empty_sequence_record(rules_buf_t *b)
 }
 
 
+/* the bytes the heap holds in use, mapped blocks included */
+static size_t
+heap_in_use(void)
+{
+    struct mallinfo2  mi;
+
+    mi = mallinfo2();
+
+    return mi.uordblks + mi.hblkhd;
+}
+
+
+/*
+ * A large foreign value under a state key ("R1" and 35 MB of garbage):
+ * it starts a state of its own, and costs neither a dozen times its size
+ * (record arrays sized at one record per 35 bytes) nor memory kept after
+ * the next fold.  And a state of more than RULES_STATE_MAX_RECORDS
+ * records does not parse.
+ */
+static void
+foreign_values(void)
+{
+    size_t             base, len, i;
+    unsigned char     *v, rec[37];
+    rules_buf_t        st = { NULL, 0, 0 };
+    rules_log_work_t   w;
+    rules_log_info_t   info;
+    static const unsigned char  small[] = "R1";
+
+    memset(&w, 0, sizeof(w));
+    len = 35 << 20;
+    v = malloc(len);
+    ok(v != NULL, "a 35 MB value");
+
+    if (v == NULL) {
+        return;
+    }
+
+    memset(v, 0xff, len);
+    memcpy(v, "R1", 2);
+
+    ok(rules_log_fold(small, 2, NULL, 0, 1000, 1000, 0, 0, &w, NULL, &info)
+       == 0, "a fold of a small value");
+    base = heap_in_use();
+
+    ok(rules_log_fold(v, len, NULL, 0, 1000, 1000, 0, 0, &w, NULL, &info)
+       == 0, "a fold of a 35 MB foreign value");
+    is_int(w.state->len, 0, "it is no state");
+    ok(heap_in_use() < base + len + (64 << 20),
+       "it costs its copy and bounded record arrays (%zu MB over)",
+       (heap_in_use() - base) >> 20);
+
+    ok(rules_log_fold(small, 2, NULL, 0, 1000, 1000, 0, 0, &w, NULL, &info)
+       == 0, "the next fold");
+    ok(heap_in_use() < base + (1 << 20),
+       "after it, nothing of the large one is kept (%zu KB over)",
+       (heap_in_use() > base ? heap_in_use() - base : 0) >> 10);
+
+    free(v);
+    rules_log_work_free(&w);
+
+    /* count records of no time (digest, type 1, expire, from, until,
+     * plen 2, n 0) */
+
+    memset(rec, 0, sizeof(rec));
+    rec[8] = RULES_TYPE_COUNT;
+    rec[33] = 2;
+
+    ok(rules_buf_append(&st, RULES_STATE_MAGIC, RULES_STATE_MAGIC_LEN) == 0,
+       "a state");
+
+    for (i = 0; i < RULES_STATE_MAX_RECORDS; i++) {
+        rec[0] = (unsigned char) i;
+        rec[1] = (unsigned char) (i >> 8);
+        rec[2] = (unsigned char) (i >> 16);
+
+        if (rules_buf_append(&st, rec, sizeof(rec)) != 0) {
+            break;
+        }
+    }
+
+    is_int(rules_state_validate(st.data, st.len), 0,
+           "a state of RULES_STATE_MAX_RECORDS records parses");
+    ok(rules_buf_append(&st, rec, sizeof(rec)) == 0, "one more record");
+    is_int(rules_state_validate(st.data, st.len), -1,
+           "a state of one more does not");
+
+    rules_buf_free(&st);
+}
+
+
 int
 main(void)
 {
@@ -428,6 +521,7 @@ main(void)
     shared_records();
     large_values(0);
     large_values(1);
+    foreign_values();
 
     rules_buf_free(&state);
     rules_buf_free(&out);
