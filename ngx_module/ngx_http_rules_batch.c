@@ -67,8 +67,9 @@ typedef struct {
     rules_log_work_t              work;
     rules_buf_t                   matched;
     rules_cache_t                *cache;      /* folded states */
-    ngx_uint_t                    closes;     /* Redis connections closed
-                                                 before its entries */
+    ngx_uint_t                    losses;     /* signs of lost writes
+                                                 seen before its entries
+                                                 (closes, NOSCRIPT) */
     ngx_http_rules_batch_stats_t  lookups;    /* of it, not counted yet */
     time_t                        error_logged;
     ngx_uint_t                    errors_unlogged;
@@ -394,20 +395,20 @@ ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     const rules_keyop_t *ko, rules_str_t key, uint64_t key_hash, int64_t now)
 {
-    ngx_uint_t                 closes;
+    ngx_uint_t                 losses;
     ngx_time_t                *tp;
     rules_item_t               ri;
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
-    closes = ngx_http_rules_redis_closed_count();
+    losses = ngx_http_rules_redis_loss_count();
 
-    if (bt->closes != closes) {
+    if (bt->losses != losses) {
         /*
-         * a connection was lost: Redis may have restarted from an older
-         * snapshot or failed over, and hold other values of the cached
-         * gens and lengths; the keys are read again
+         * a connection was lost, or Redis lost its scripts: it may have
+         * restarted from an older snapshot or failed over, and hold other
+         * values of the cached gens and lengths; the keys are read again
          */
-        bt->closes = closes;
+        bt->losses = losses;
         rules_cache_clear(bt->cache);
     }
 

@@ -167,12 +167,15 @@ struct ngx_http_rules_redis_s {
 
 
 /*
- * Connections of the worker that were made and closed since, for any
- * reason: after one, what a writer cached may not be what Redis holds (a
- * restart from an older snapshot, a failover to a replica that missed
- * writes), and a value of the cached gen and length may be another one.
+ * Signs that Redis may have lost writes, seen by the worker: connections
+ * that were made and closed since, for any reason, and NOSCRIPT or
+ * RULES.STORE gone on a connection that stayed (a restart or failover
+ * behind a proxy).  After one, what a writer cached may not be what
+ * Redis holds (a restart from an older snapshot, a failover to a replica
+ * that missed writes), and a value of the cached gen and length may be
+ * another one.
  */
-static ngx_uint_t  ngx_http_rules_redis_closes;
+static ngx_uint_t  ngx_http_rules_redis_losses;
 
 
 static void ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd);
@@ -897,6 +900,7 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
         if (rd->native) {
             rd->native = 0;
+            ngx_http_rules_redis_losses++;
             ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                           "rules redis %V: RULES.STORE refused (%*s), "
                           "using the script", &rd->conf->addr_text,
@@ -929,6 +933,13 @@ ngx_http_rules_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
         rd->stats.noscript++;
         cmd->retried = 1;
+
+        /*
+         * a Redis that lost its scripts may have lost writes: the state
+         * cache goes (the calls already planned on it, this one among
+         * them, are sent as they are)
+         */
+        ngx_http_rules_redis_losses++;
 
         if (!rd->noscript_logged) {
             rd->noscript_logged = 1;
@@ -1169,7 +1180,7 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 
     if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED) {
         /* it carried commands (one never made read nothing) */
-        ngx_http_rules_redis_closes++;
+        ngx_http_rules_redis_losses++;
     }
 
     rd->ac = NULL;
@@ -1319,9 +1330,9 @@ ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 
 
 ngx_uint_t
-ngx_http_rules_redis_closed_count(void)
+ngx_http_rules_redis_loss_count(void)
 {
-    return ngx_http_rules_redis_closes;
+    return ngx_http_rules_redis_losses;
 }
 
 

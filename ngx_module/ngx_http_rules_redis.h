@@ -136,8 +136,9 @@ ngx_int_t ngx_http_rules_redis_command(ngx_http_rules_redis_t *rd,
 ngx_uint_t ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd);
 ngx_uint_t ngx_http_rules_redis_inflight(ngx_http_rules_redis_t *rd);
 
-/* connections of the worker (any server) closed so far */
-ngx_uint_t ngx_http_rules_redis_closed_count(void);
+/* signs that Redis may have lost writes seen by the worker so far (any
+ * server: a connection closed, NOSCRIPT, RULES.STORE gone) */
+ngx_uint_t ngx_http_rules_redis_loss_count(void);
 ngx_http_rules_redis_stats_t *ngx_http_rules_redis_stats(
     ngx_http_rules_redis_t *rd);
 

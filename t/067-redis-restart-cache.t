@@ -94,4 +94,58 @@ my $log = RulesNginx::error_log($ngx);
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
 RulesNginx::stop_nginx($ngx);
 
+# The same behind a connection that stays (a restart or a failover behind
+# a proxy that keeps the client's connection): Redis lost its scripts, so
+# the worker's EVALSHA gets NOSCRIPT, and that too clears the cache.  The
+# call that meets the NOSCRIPT was planned on the cache and goes again as
+# it was (its event, G, is taken as the cache had it: documented); the
+# events after it read the key again.
+
+$ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-067",
+    workers => 1,
+    files   => { 'rules.json' => $rules },
+    http    => RulesNginx::pixel_http(
+        store  => "rules_redis 127.0.0.1:$port;",
+        prefix => $prefix,
+        extra  => "rules_state_cache 1m;\nrules_redis_native off;",
+        fields => ['uid', 'v']));
+$key = "$prefix\{uid:u}";
+RulesNginx::redis_call($port, 'DEL', $key);
+wait_connected_once();
+
+event($_) for qw(A B C D);
+$before = RulesNginx::redis_call($port, 'DUMP', $key);
+is(event('E'), '', 'script: five distinct values: not matched');
+is(RulesNginx::redis_call($port, 'RESTORE', $key, 0, $before, 'REPLACE'),
+   'OK', 'script: the key restored as it was before E');
+open $in, '|-', $replay, '--rules', "$ngx->{prefix}/html/rules.json",
+    '--redis', "127.0.0.1:$port", '--prefix', $prefix, '--cache', '0',
+    '--no-native'
+    or die "$replay: $!";
+$ts += 1000;
+print $in '{"uid": "u", "v": "' . ('A' x 300) . "\", \"ts\": $ts}\n";
+close $in;
+is($?, 0, 'script: the other writer applied its event');
+is(RulesNginx::redis_call($port, 'SCRIPT', 'FLUSH'), 'OK',
+   'script: Redis lost its scripts, the connection stays');
+
+event('G');
+# stored: A B C D A G (five distinct); the cache had A B C D E G (six)
+is(event('A'), '', 'script: after the NOSCRIPT the key is read again: '
+                   . 'A B C D G, not matched');
+$log = RulesNginx::error_log($ngx);
+like($log, qr/NOSCRIPT/, 'script: the NOSCRIPT was met');
+unlike($log, qr/rules redis \S+: connection/, 'script: the connection stayed');
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'script: no alert');
+RulesNginx::stop_nginx($ngx);
+
+# the worker's first connection, logged "connected"
+sub wait_connected_once {
+    for (1 .. 100) {
+        last if RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/;
+        sleep 0.05;
+    }
+}
+
 done_testing();
