@@ -442,6 +442,13 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
                                                ngx_http_rules_eo.over_limit);
         }
 
+        if (erc == RULES_EVENT_INVALID) {
+            /* the events were validated before: it ran out of memory
+             * (an error, for rules_on_error, not a skip) */
+            cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+            continue;
+        }
+
         if (erc != RULES_EVENT_OK) {
             continue;
         }
