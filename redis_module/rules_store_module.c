@@ -97,6 +97,11 @@ static size_t      rs_items_size;
 static char       *rs_scratch;
 static size_t      rs_scratch_size;
 
+/* the second of the last "could not be stored" line, and the items since
+ * that were not logged */
+static long long           rs_error_logged;
+static unsigned long long  rs_errors_unlogged;
+
 
 static double
 rs_get_d(const char *p)
@@ -179,6 +184,24 @@ static int
 rs_whole(double d, double max)
 {
     return d >= 0 && d <= max && d == floor(d);
+}
+
+
+/* Lets go of the buffers kept between calls when a call grew them large. */
+static void
+rs_release(void)
+{
+    if (rs_scratch_size > RS_SCRATCH_KEEP) {
+        rm.free(rs_scratch);
+        rs_scratch = NULL;
+        rs_scratch_size = 0;
+    }
+
+    if (rs_items_size > RS_ITEMS_KEEP) {
+        rm.free(rs_items);
+        rs_items = NULL;
+        rs_items_size = 0;
+    }
 }
 
 
@@ -412,9 +435,11 @@ rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
         }
 
         if (need > stamp || stamp > (double) c->wall + RS_STAMP_AHEAD_MAX) {
+            /* in the script's order (its events too): APPEND, PEXPIRE,
+             * SETRANGE */
             stamp = need + floor(ttl / 4);
-            rs_set_stamp(c, p, stamp);
             rs_expire_at(c, (long long) stamp);
+            rs_set_stamp(c, p, stamp);
 
         } else if (reset) {
             rs_expire_at(c, (long long) stamp);
@@ -578,9 +603,10 @@ rs_item_extend(rs_call_t *c, const rs_item_t *it)
         }
 
         if (it->pttl > 0) {
-            /* the stamp: the writer's clock (the entry's wall) + pttl */
-            rs_set_stamp(c, p, rs_get_d(it->arg) + it->pttl);
+            /* the stamp: the writer's clock (the entry's wall) + pttl;
+             * in the script's order: APPEND, PEXPIRE, SETRANGE */
             rs_expire_at(c, c->wall + (long long) it->pttl);
+            rs_set_stamp(c, p, rs_get_d(it->arg) + it->pttl);
         }
 
         rs_reply_int(c, 1);
@@ -620,18 +646,25 @@ rs_item_compact(rs_call_t *c, const rs_item_t *it)
         return RM_OK;
     }
 
+    len = (size_t) it->length;
+    tail = vlen - len;
+
+    if (it->arg_len > UINT32_MAX
+        || RS_HEADER_LEN + it->arg_len + tail > RS_VALUE_MAX)
+    {
+        return RM_ERR;
+    }
+
     /*
      * The key was opened for reading (a compaction that finds the value
-     * changed changes nothing, and must not look like a write to WATCH
-     * or client tracking): opened again for writing, the value read again
+     * changed, or one that cannot be stored, changes nothing, and must not
+     * look like a write to WATCH or client tracking): opened again for
+     * writing, the value read again
      */
 
     rm.close_key(c->key);
     c->key = rm.open_key(c->ctx, c->name, RM_READ | RM_WRITE);
     v = rs_value(c, &vlen, &foreign);
-
-    len = (size_t) it->length;
-    tail = vlen - len;
 
     if (it->arg_len == 0 && tail == 0) {
         rm.delete_key(c->key);
@@ -643,12 +676,6 @@ rs_item_compact(rs_call_t *c, const rs_item_t *it)
 
         rs_reply_int(c, 1);
         return RM_OK;
-    }
-
-    if (it->arg_len > UINT32_MAX
-        || RS_HEADER_LEN + it->arg_len + tail > RS_VALUE_MAX)
-    {
-        return RM_ERR;
     }
 
     p = rs_scratch_get(RS_HEADER_LEN + it->arg_len + tail);
@@ -865,6 +892,7 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
             }
         }
 
+        rs_release();
         return RM_OK;
     }
 
@@ -885,6 +913,7 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
     if (n == (size_t) -1) {
         rm.reply_with_error(ctx, err);
+        rs_release();
         return RM_OK;
     }
 
@@ -909,9 +938,20 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
         if (rc != RM_OK) {
             /* an error element for it (unless its reply is out) and for
-             * the items after it: the call broke off here */
-            rm.log(ctx, "warning", "rules.store: item %zu of %zu could not "
-                   "be stored (value too long)", i + 1, n);
+             * the items after it: the call broke off here.  Logged at
+             * most once a second: a key that cannot grow fails every
+             * event on it */
+
+            if (c.wall / 1000 != rs_error_logged) {
+                rm.log(ctx, "warning", "rules.store: item %zu of %zu could "
+                       "not be stored (value too long) (%llu more since "
+                       "the last such line)", i + 1, n, rs_errors_unlogged);
+                rs_error_logged = c.wall / 1000;
+                rs_errors_unlogged = 0;
+
+            } else {
+                rs_errors_unlogged++;
+            }
 
             if (!c.replied) {
                 rm.reply_with_error(ctx, "ERR rules.store: not applied");
@@ -925,17 +965,7 @@ rs_store_command(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         }
     }
 
-    if (rs_scratch_size > RS_SCRATCH_KEEP) {
-        rm.free(rs_scratch);
-        rs_scratch = NULL;
-        rs_scratch_size = 0;
-    }
-
-    if (rs_items_size > RS_ITEMS_KEEP) {
-        rm.free(rs_items);
-        rs_items = NULL;
-        rs_items_size = 0;
-    }
+    rs_release();
 
     return RM_OK;
 }

@@ -1305,7 +1305,10 @@ rules_work_load(rules_state_work_t *w, const unsigned char *state,
         return -1;
     }
 
-    nr = rules_parse_state(state, state_len, w->recs, w->recs_size, own);
+    /* (the arrays may be larger, grown by an apply: the bound is one) */
+    nr = rules_parse_state(state, state_len, w->recs,
+                           RULES_MIN(w->recs_size, RULES_STATE_MAX_RECORDS),
+                           own);
 
     if (nr < 0) {
         return 1;
@@ -1499,7 +1502,8 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
         return -1;
     }
 
-    ne = rules_parse_op(op, op_len, w->ents, w->ents_size);
+    ne = rules_parse_op(op, op_len, w->ents,
+                        RULES_MIN(w->ents_size, RULES_OP_MAX_ENTRIES));
 
     if (ne < 0
         || rules_work_fit_recs(w, w->nrecs + (size_t) ne) != 0

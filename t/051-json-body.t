@@ -344,3 +344,31 @@ X-Rules: [twice]
 X-Status: ok
 --- no_error_log
 [error]
+
+
+
+=== TEST 21: a body over rules_max_body_size with an error_page 413 to a proxied collector: the collector gets the whole body
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_max_body_size 1k;
+        error_page 413 = @collector;
+        return 204;
+    }
+    location @collector {
+        rewrite ^ /collect break;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT;
+    }
+    location = /collect {
+        return 200 "collected $content_length bytes\n";
+    }
+--- request eval
+"POST /events\n{\"uid\": \"t051-21\", \"pad\": \"" . ("x" x 2000) . "\"}"
+--- error_code: 200
+--- response_body
+collected 2029 bytes
+--- error_log
+is over rules_max_body_size 1024
+--- no_error_log
+[alert]

@@ -161,7 +161,9 @@ my $late = 0.4 + 0.5 * $slow;
     my @lines = RulesNginx::error_log($ngx)
                 =~ /(redis reply not received in time.*)/g;
     cmp_ok(scalar @lines, '>=', 1, 'the timeouts are logged');
-    cmp_ok(scalar @lines, '<=', 2, 'at most a line a second ('
+    # (their deadlines spread over the time the 20 took to send: two
+    # seconds at most, more under valgrind)
+    cmp_ok(scalar @lines, '<=', 2 * $slow, 'at most a line a second ('
            . scalar(@lines) . ')');
 }
 

@@ -312,34 +312,42 @@ for my $bad (
                            'KA');
     my $sub = RulesNginx::redis_conn($port);
     RulesNginx::redis_call($sub, 'PSUBSCRIBE', '__keyspace@0__:s:ev*');
-    my $store = sub {
-        my ($key, @item) = @_;
-        RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, $key, @item);
+    my $store;
+    # the same calls, to the module (RULES.STORE) or the script (EVALSHA),
+    # on keys of their own; the events their keys got, in order
+    my $events_of = sub {
+        my ($cmd, $k) = @_;
+        $store = sub {
+            my ($key, @item) = @_;
+            RulesNginx::redis_call($r, $cmd, $sha, 1, $key, @item);
+        };
+        $store->("s:ev$k", pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0),
+                 body());
+        my $v = RulesNginx::redis_call($r, 'GET', "s:ev$k");
+        $store->("s:ev$k", pack('Cvd<d<d<d<d<V', 6, 1, 60000, 120000, 7, 7,
+                                length $v, 0), pack('d<', now_ms()) . body());
+        $store->("s:ev${k}x", pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 9, 9, 0,
+                                   0), '');
+        # (a PING's pong follows the events: sent without reading a reply)
+        print $sub "*1\r\n\$4\r\nPING\r\n";
+        my @events;
+        while (1) {
+            my $m = RulesNginx::_redis_reply($sub);
+            last if ref $m eq 'ARRAY' && lc($m->[0]) eq 'pong';
+            push @events, "$m->[2]:$m->[3]" if ref $m eq 'ARRAY'
+                                               && $m->[0] eq 'pmessage';
+        }
+        s/^__keyspace\@0__:s:ev\d+// for @events;
+        return \@events;
     };
-    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0),
-             body());
-    my $v = RulesNginx::redis_call($r, 'GET', 's:ev1');
-    $store->('s:ev1', pack('Cvd<d<d<d<d<V', 6, 1, 60000, 120000, 7, 7,
-                           length $v, 0), pack('d<', now_ms()) . body());
-    $store->('s:ev2', pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 9, 9, 0, 0),
-             '');
-    # (a PING's pong follows the events: sent without reading a reply)
-    print $sub "*1\r\n\$4\r\nPING\r\n";
-    my @events;
-    while (1) {
-        my $m = RulesNginx::_redis_reply($sub);
-        last if ref $m eq 'ARRAY' && lc($m->[0]) eq 'pong';
-        push @events, "$m->[2]:$m->[3]" if ref $m eq 'ARRAY'
-                                           && $m->[0] eq 'pmessage';
-    }
-    is_deeply(\@events, ['__keyspace@0__:s:ev1:set',
-                         '__keyspace@0__:s:ev1:expire',
-                         '__keyspace@0__:s:ev1:append',
-                         '__keyspace@0__:s:ev1:setrange',
-                         '__keyspace@0__:s:ev1:expire'],
-              'keyspace events: set and expire, then append, setrange and '
-              . 'expire; none for a compaction of nothing')
-        or diag(explain(\@events));
+    my $script_events = $events_of->('EVALSHA', 3);
+    is_deeply($events_of->('RULES.STORE', 1), $script_events,
+              'keyspace events as the script fires them (' . join(' ',
+              @$script_events) . '); none for a compaction of nothing');
+    is_deeply($script_events, [':set', ':expire', ':append', ':expire',
+                               ':setrange'],
+              'which are set and expire, then append, expire and setrange')
+        or diag(explain($script_events));
     close $sub;
     RulesNginx::redis_call($r, 'CONFIG', 'SET', 'notify-keyspace-events', '');
 
@@ -352,7 +360,7 @@ for my $bad (
     is_deeply(RulesNginx::redis_call($w, 'EXEC'), ['PONG'],
               'a compaction that finds another value leaves a WATCH alone');
     RulesNginx::redis_call($w, 'WATCH', 's:ev1');
-    $v = RulesNginx::redis_call($r, 'GET', 's:ev1');
+    my $v = RulesNginx::redis_call($r, 'GET', 's:ev1');
     $store->('s:ev1', pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 7, 9,
                            length $v, 0), 'zz');
     RulesNginx::redis_call($w, 'MULTI');
