@@ -548,13 +548,22 @@ ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
                                        ngx_http_rules_metrics_oldest(sh,
                                                                      live));
 
-    /* the rules that stay keep their slot */
+    /*
+     * the rules that stay keep their slot: the running workers' (a slot
+     * of an older cycle is a version the running workers replaced: a
+     * rule edited back to it starts at 0, as any edited rule, instead of
+     * taking up the count it had then)
+     */
 
     for (q = ngx_queue_head(&sh->slots);
          q != ngx_queue_sentinel(&sh->slots);
          q = ngx_queue_next(q))
     {
         slot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
+
+        if (slot->gen < live) {
+            continue;
+        }
 
         rule = rules_find_id(rs, (char *) slot->id, ngx_strlen(slot->id));
 
@@ -1637,7 +1646,7 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
     ngx_buf_t                      *b;
     ngx_uint_t                      i;
     ngx_chain_t                     out;
-    ngx_atomic_uint_t               cum;
+    ngx_atomic_uint_t               cum, rtt_sum;
     ngx_core_conf_t                *ccf;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
@@ -1745,12 +1754,14 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
 
     cum += sh->c.rtt_buckets[NGX_HTTP_RULES_METRICS_BUCKETS];
 
+    /* read once: its seconds and microseconds from one value */
+    rtt_sum = sh->c.rtt_sum_usec;
+
     p = ngx_slprintf(p, last,
         "nginx_rules_redis_round_trip_seconds_bucket{le=\"+Inf\"} %uA\n"
         "nginx_rules_redis_round_trip_seconds_sum %uA.%06uA\n"
         "nginx_rules_redis_round_trip_seconds_count %uA\n",
-        cum, sh->c.rtt_sum_usec / 1000000, sh->c.rtt_sum_usec % 1000000,
-        cum);
+        cum, rtt_sum / 1000000, rtt_sum % 1000000, cum);
 
     p = ngx_slprintf(p, last,
         "# HELP nginx_rules_redis_connects_total Redis connections made.\n"

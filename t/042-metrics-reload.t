@@ -339,6 +339,44 @@ is(events(1), 1, 'one more event');
 $s = metrics();
 is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 1, 'y: counts its own');
 
+# ---- an edit reverted while a worker of the first version still runs ------
+# y is edited (a new digest: it starts at 0), then edited back while a
+# worker of the configuration before the edit still waits for Redis (so
+# y's first slot is still there, that worker's): y starts at 0 again,
+# rather than taking up its first slot's count (10 then 0 then 10 again
+# would read as a counter reset to Prometheus).
+
+sub rule_y {
+    my ($within) = @_;
+    return rule_x('2h', qq(,\n  {"id": "y", "kind": "segment", "key": )
+                        . qq("uid", "type": "count", "min": 1, )
+                        . qq("within": "$within"}));
+}
+
+like(redis_cmd('CLIENT', 'PAUSE', '4000', 'ALL'), qr/^\+OK/,
+     'Redis paused again');
+$old = fork();
+die "fork: $!" unless defined $old;
+if ($old == 0) {
+    my ($st, $h) = RulesNginx::get($ngx->{port}, '/px?uid=old2&ts=2', 20);
+    POSIX::_exit($st == 204 ? 0 : 1);
+}
+wait_metrics(sub { ($_[0]{'nginx_rules_inflight_events{}'} // 0) == 1 });
+# the rules file's digest the scrape's worker has (nginx_rules_info)
+my $info = sub { (grep { /^nginx_rules_info\{/ } keys %{ $_[0] })[0] // '' };
+my $first = $info->(metrics());
+reload_and_wait(rule_y('3h'));
+$s = wait_metrics(sub { $info->($_[0]) ne $first });
+my $edited = $info->($s);
+is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 0, 'y edited: at 0');
+reload_and_wait(rule_y('1h'));
+$s = wait_metrics(sub { $info->($_[0]) ne $edited });
+is($info->($s), $first, 'y edited back: the first rules file again');
+is($s->{"nginx_rules_rule_evaluated_total{$Y}"}, 0,
+   'y edited back while a worker of its first version runs: at 0 again');
+waitpid $old, 0;
+is($?, 0, 'that worker answers its event');
+
 $log = RulesNginx::error_log($ngx);
 $log =~ s/^.*\[alert\].*exited on signal 9.*\n//mg;
 unlike($log, qr/\[(alert|crit)\]/, 'no alert in the error log');
