@@ -1462,13 +1462,19 @@ ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* A label value with \, " and newline escaped. */
+/*
+ * A label value with \, " and newline escaped, and each byte that is not
+ * part of valid UTF-8 written as U+FFFD (Prometheus refuses a scrape with
+ * a label that is not UTF-8): at most 3 bytes per byte.
+ */
 static u_char *
 ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
 {
-    size_t  i;
+    size_t     i, n;
+    u_char    *q;
+    uint32_t   u;
 
-    for (i = 0; i < len && last - p >= 2; i++) {
+    for (i = 0; i < len && last - p >= 3; i++) {
 
         if (s[i] == '\\' || s[i] == '"') {
             *p++ = '\\';
@@ -1478,8 +1484,24 @@ ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
             *p++ = '\\';
             *p++ = 'n';
 
-        } else {
+        } else if (s[i] < 0x80) {
             *p++ = s[i];
+
+        } else {
+            q = &s[i];
+            u = ngx_utf8_decode(&q, len - i);
+            n = q - &s[i];
+
+            if (u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)
+                || (size_t) (last - p) < n)
+            {
+                /* (an incomplete or invalid sequence: one byte of it) */
+                p = ngx_cpymem(p, "\xef\xbf\xbd", 3);
+                continue;
+            }
+
+            p = ngx_cpymem(p, &s[i], n);
+            i += n - 1;
         }
     }
 
@@ -1665,7 +1687,7 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
     size = 8192;
 
     if (m) {
-        size += 2 * rmcf->rules_file.len
+        size += 3 * rmcf->rules_file.len
                 + m->nrules * 2 * (160 + RULES_ID_MAX_LEN);
     }
 

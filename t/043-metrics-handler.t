@@ -127,3 +127,20 @@ hello
 GET /metrics
 --- response_body
 # no rules_file: no rules metrics
+
+
+
+=== TEST 5: a rules file path that is not UTF-8: each stray byte in its label becomes U+FFFD (Prometheus refuses a scrape with a label that is not UTF-8), valid UTF-8 stays
+--- http_config eval
+"    rules_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+. "    rules_file '../html/r\xff\xc3\xa9\xe2.json';\n"
+--- user_files eval
+">>> r\xff\xc3\xa9\xe2.json\n"
+. '{"rules": [{"id": "r1", "kind": "segment", "key": "uid", "type": "count", '
+. '"min": 1, "within": "1s"}]}' . "\n"
+--- request
+GET /metrics
+--- response_body_like eval
+qr{^nginx_rules_info\{rules_file="[^"\n]*/html/r\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\.json",digest="[0-9a-f]{16}",rules="1"\} 1$}m
+--- no_error_log
+[alert]
