@@ -856,12 +856,13 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     if (db && arg->len > 3 && ngx_strncmp(arg->data, "db=", 3) == 0) {
         n = ngx_atoi(arg->data + 3, arg->len - 3);
 
-        if (n != NGX_ERROR && rmcf->redis_conf.db != 0) {
+        if (n != NGX_ERROR && rmcf->redis_conf.db_given) {
             goto duplicate;
         }
 
         if (n != NGX_ERROR && n <= 65535) {
             rmcf->redis_conf.db = n;
+            rmcf->redis_conf.db_given = 1;
             return NGX_CONF_OK;
         }
     }

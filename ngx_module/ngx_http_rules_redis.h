@@ -24,6 +24,7 @@ typedef struct {
     ngx_str_t                  user;         /* ACL user, or empty */
     ngx_str_t                  password;     /* or empty: no AUTH */
     ngx_int_t                  db;           /* SELECT db; 0: none */
+    ngx_flag_t                 db_given;     /* db= seen (db=0 too) */
     ngx_msec_t                 connect_timeout;
     ngx_msec_t                 backoff_min;  /* first reconnect delay */
     ngx_msec_t                 backoff_max;  /* doubling up to this */

@@ -70,4 +70,30 @@ for my $bin (@tests) {
     };
 }
 
+# src/rules_script.c (committed, compiled in) is what tools/gen-script.sh
+# makes of src/rules_script.lua (the source the script's SHA1 and the
+# rules Redis module's version come from)
+{
+    my $tmp = "$root/build/rules_script.c.check";
+    system('tools/gen-script.sh', $tmp);
+    is($?, 0, 'tools/gen-script.sh runs');
+    open my $a, '<', 'src/rules_script.c' or die $!;
+    open my $b, '<', $tmp or die $!;
+    local $/;
+    ok(<$a> eq <$b>, 'src/rules_script.c is generated from '
+                     . 'src/rules_script.lua as committed (make script)');
+    unlink $tmp;
+}
+
+# docs/SPEC.md is the project's contract as shipped with the repository:
+# a copy of ../shared/SPEC.md, where that is (not in a clone elsewhere)
+SKIP: {
+    my $shared = "$root/../shared/SPEC.md";
+    skip 'no ../shared/SPEC.md next to this clone', 1 unless -f $shared;
+    open my $a, '<', $shared or die $!;
+    open my $b, '<', 'docs/SPEC.md' or die $!;
+    local $/;
+    ok(<$a> eq <$b>, 'docs/SPEC.md is ../shared/SPEC.md (copy it again)');
+}
+
 done_testing();

@@ -545,3 +545,19 @@ duplicate parameter "password=b" of "rules_redis"
 --- must_die
 --- error_log
 "rules_metrics" directive is duplicate
+
+
+
+=== TEST 31: db= given twice is refused, db=0 first too (the later one won)
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0 db=3;
+    rules_file ../html/rules.json;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- must_die
+--- error_log
+duplicate parameter "db=3" of "rules_redis"

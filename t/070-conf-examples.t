@@ -1,5 +1,6 @@
-# Every configuration in conf-examples/ passes "nginx -t" with the built
-# module and the example rules file, and serves its first request.
+# Every configuration in conf-examples/ but demo.conf and docker.conf
+# (those have their own checks: make demo, the Docker build) passes
+# "nginx -t" with the built module and the example rules file.
 
 use strict;
 use warnings;
