@@ -124,6 +124,7 @@ struct ngx_http_rules_cluster_s {
     unsigned                           refresh_failing:1;  /* logged */
     unsigned                           destroying:1;
     unsigned                           hostname_logged:1;
+    unsigned                           port_logged:1;
 
     /* the master of each slot, or NULL; and a scratch map */
     ngx_http_rules_cluster_node_t     *slots[RULES_CLUSTER_SLOTS];
@@ -565,9 +566,12 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
 
 /*
  * CLUSTER SLOTS: [start, end, [host, port, id, ...], replicas...] per
- * range.  The whole reply is checked before the map changes; a range
- * whose master has no usable address ("?", a host name) is left out, so
- * its slots are not served until a later map names one.
+ * range.  The whole reply's structure is checked before the map changes;
+ * a range whose master has no usable address ("?", a host name, a port
+ * out of range such as a TLS-only node's 0) is left out, so its slots are
+ * not served until a later map names one.  An empty or nil host
+ * (cluster-preferred-endpoint-type unknown-endpoint) is the node that
+ * answered.
  */
 static ngx_int_t
 ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
@@ -592,7 +596,8 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
             || e->element[1]->type != REDIS_REPLY_INTEGER
             || e->element[2]->type != REDIS_REPLY_ARRAY
             || e->element[2]->elements < 2
-            || e->element[2]->element[0]->type != REDIS_REPLY_STRING
+            || (e->element[2]->element[0]->type != REDIS_REPLY_STRING
+                && e->element[2]->element[0]->type != REDIS_REPLY_NIL)
             || e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
         {
             return NGX_ERROR;
@@ -600,11 +605,8 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
 
         start = e->element[0]->integer;
         end = e->element[1]->integer;
-        port = e->element[2]->element[1]->integer;
 
-        if (start < 0 || end < start || end >= RULES_CLUSTER_SLOTS
-            || port < 1 || port > 65535)
-        {
+        if (start < 0 || end < start || end >= RULES_CLUSTER_SLOTS) {
             return NGX_ERROR;
         }
     }
@@ -615,8 +617,30 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     for (i = 0; i < reply->elements; i++) {
         e = reply->element[i];
         m = e->element[2];
-        host = (u_char *) m->element[0]->str;
-        len = m->element[0]->len;
+        port = m->element[1]->integer;
+
+        if (m->element[0]->type == REDIS_REPLY_NIL) {
+            host = (u_char *) "";
+            len = 0;
+
+        } else {
+            host = (u_char *) m->element[0]->str;
+            len = m->element[0]->len;
+        }
+
+        if (port < 1 || port > 65535) {
+            if (!cl->port_logged) {
+                cl->port_logged = 1;
+                ngx_log_error(NGX_LOG_ERR, cl->log, 0,
+                              "rules redis cluster: the master of slots "
+                              "%L-%L has port %L (a node with a TLS port "
+                              "only?): those slots are not served",
+                              e->element[0]->integer,
+                              e->element[1]->integer, port);
+            }
+
+            continue;
+        }
 
         if (len == 0 && from) {
             /* an unknown endpoint: the node that answered */
@@ -639,8 +663,7 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
             continue;
         }
 
-        node = ngx_http_rules_cluster_node(cl, host, len,
-                                      (in_port_t) m->element[1]->integer);
+        node = ngx_http_rules_cluster_node(cl, host, len, (in_port_t) port);
         if (node == NULL) {
             return NGX_ERROR;
         }

@@ -31,18 +31,53 @@ my $redis = RulesNginx::start_redis();
 my $port = $redis->{port};
 my $prefix = "t067:$$:";
 
-my $ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-067",
-    workers => 1,
-    files   => { 'rules.json' => $rules },
-    http    => RulesNginx::pixel_http(
-        store  => "rules_redis 127.0.0.1:$port;",
-        prefix => $prefix,
-        extra  => 'rules_state_cache 1m;',
-        fields => ['uid', 'v']));
+# an nginx of one worker with a state cache, and $extra
+sub nginx_067 {
+    my ($extra) = @_;
+    return RulesNginx::start_nginx(
+        prefix  => "$FindBin::Bin/servroot-067",
+        workers => 1,
+        files   => { 'rules.json' => $rules },
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis 127.0.0.1:$port;",
+            prefix => $prefix,
+            extra  => "rules_state_cache 1m;$extra",
+            fields => ['uid', 'v']));
+}
 
+my $ngx = nginx_067('');
 my $key = "$prefix\{uid:u}";
 my $ts = 1000;
+
+# the worker's connections made so far (logged "connected"); waits until
+# there are more than $n
+sub connects {
+    return scalar(() = RulesNginx::error_log($ngx)
+                       =~ /rules redis \S+: connected/g);
+}
+
+sub wait_connects {
+    my ($n) = @_;
+    for (1 .. 100) {
+        return 1 if connects() > $n;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+# another writer, without a cache (rules-replay with @opts), appends A
+# again: an entry as long as E's; its exit status
+sub other_writer {
+    my (@opts) = @_;
+    open my $in, '|-', $replay, '--rules', "$ngx->{prefix}/html/rules.json",
+        '--redis', "127.0.0.1:$port", '--prefix', $prefix, '--cache', '0',
+        @opts
+        or die "$replay: $!";
+    $ts += 1000;
+    print $in '{"uid": "u", "v": "' . ('A' x 300) . "\", \"ts\": $ts}\n";
+    close $in;
+    return $?;
+}
 
 # one event of user u with the value $letter x 300; X-Rules
 sub event {
@@ -62,28 +97,14 @@ is(event('E'), '', 'five distinct values: not matched');
 # Redis "restarts" with the dump: E's entry is lost
 is(RulesNginx::redis_call($port, 'RESTORE', $key, 0, $before, 'REPLACE'),
    'OK', 'the key restored as it was before E');
-my $connected = () = RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/g;
+my $connected = connects();
 cmp_ok(RulesNginx::redis_call($port, 'CLIENT', 'KILL', 'TYPE', 'normal'),
        '>=', 1, "the worker's connection killed");
+is(other_writer(), 0, 'the other writer applied its event');
 
-# another writer, without a cache, appends A again: an entry as long as E's
-open my $in, '|-', $replay, '--rules', "$ngx->{prefix}/html/rules.json",
-    '--redis', "127.0.0.1:$port", '--prefix', $prefix, '--cache', '0'
-    or die "$replay: $!";
-$ts += 1000;
-print $in '{"uid": "u", "v": "' . ('A' x 300) . "\", \"ts\": $ts}\n";
-close $in;
-is($?, 0, 'the other writer applied its event');
-
-# wait for the worker's reconnection (an idle connection closed: made
-# again at once, logged "connected")
-my $again = 0;
-for (1 .. 100) {
-    my $n = () = RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/g;
-    $again = $n > $connected and last;
-    sleep 0.05;
-}
-ok($again, 'the worker connected again');
+# the worker's reconnection (an idle connection closed: made again at
+# once, logged "connected")
+ok(wait_connects($connected), 'the worker connected again');
 
 # the stored history is A B C D A: with G, five distinct values
 is(event('G'), '', 'after the restart: five distinct values (A B C D G), '
@@ -101,32 +122,16 @@ RulesNginx::stop_nginx($ngx);
 # it was (its event, G, is taken as the cache had it: documented); the
 # events after it read the key again.
 
-$ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-067",
-    workers => 1,
-    files   => { 'rules.json' => $rules },
-    http    => RulesNginx::pixel_http(
-        store  => "rules_redis 127.0.0.1:$port;",
-        prefix => $prefix,
-        extra  => "rules_state_cache 1m;\nrules_redis_native off;",
-        fields => ['uid', 'v']));
-$key = "$prefix\{uid:u}";
+$ngx = nginx_067("\nrules_redis_native off;");
 RulesNginx::redis_call($port, 'DEL', $key);
-wait_connected_once();
+wait_connects(0);
 
 event($_) for qw(A B C D);
 $before = RulesNginx::redis_call($port, 'DUMP', $key);
 is(event('E'), '', 'script: five distinct values: not matched');
 is(RulesNginx::redis_call($port, 'RESTORE', $key, 0, $before, 'REPLACE'),
    'OK', 'script: the key restored as it was before E');
-open $in, '|-', $replay, '--rules', "$ngx->{prefix}/html/rules.json",
-    '--redis', "127.0.0.1:$port", '--prefix', $prefix, '--cache', '0',
-    '--no-native'
-    or die "$replay: $!";
-$ts += 1000;
-print $in '{"uid": "u", "v": "' . ('A' x 300) . "\", \"ts\": $ts}\n";
-close $in;
-is($?, 0, 'script: the other writer applied its event');
+is(other_writer('--no-native'), 0, 'script: the other writer applied its event');
 is(RulesNginx::redis_call($port, 'SCRIPT', 'FLUSH'), 'OK',
    'script: Redis lost its scripts, the connection stays');
 
@@ -139,13 +144,5 @@ like($log, qr/NOSCRIPT/, 'script: the NOSCRIPT was met');
 unlike($log, qr/rules redis \S+: connection/, 'script: the connection stayed');
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'script: no alert');
 RulesNginx::stop_nginx($ngx);
-
-# the worker's first connection, logged "connected"
-sub wait_connected_once {
-    for (1 .. 100) {
-        last if RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/;
-        sleep 0.05;
-    }
-}
 
 done_testing();

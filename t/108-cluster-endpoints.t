@@ -1,0 +1,84 @@
+# A Redis Cluster whose nodes announce no endpoint
+# (cluster-preferred-endpoint-type unknown-endpoint: CLUSTER SLOTS gives
+# a nil host, MOVED an empty one): each master is the host of the node
+# that answered, at its own port.  The slot map was refused whole (nil is
+# not a string), and every event failed.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use RulesNginx;
+use RulesCluster;
+
+my $cluster = RulesCluster->new(masters => 3, replicas => 0, args => [
+    '--cluster-preferred-endpoint-type', 'unknown-endpoint']);
+
+my $slots = $cluster->cli(($cluster->ports)[0], 'CLUSTER', 'SLOTS');
+like($slots, qr/^\d+\n\d+\n\n\d+/m,
+     'CLUSTER SLOTS names no host (an empty line where the host was)')
+    or diag($slots);
+
+my $rules = '{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}';
+
+# users whose keys are on every master
+my (%seen, @users);
+for my $i (0 .. 1000) {
+    my $m = $cluster->slot_master(RulesCluster::key_slot("t108:{uid:e$i}"));
+    next if $seen{$m}++;
+    push @users, "e$i";
+    last if @users == 3;
+}
+is(scalar @users, 3, 'a user on each master');
+
+my $seed = $cluster->seed;
+my $ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-108",
+    workers => 1,
+    files   => { 'rules.json' => $rules },
+    http    => <<"_EOC_");
+    rules_redis_cluster $seed;
+    rules_redis_timeout 1s;
+    rules_key_prefix "t108:";
+    rules_file ../html/rules.json;
+    server {
+        listen 127.0.0.1:\$PORT;
+        location = /px {
+            rules on;
+            rules_field uid \$arg_uid;
+            rules_time \$arg_ts;
+            add_header X-Rules \$rules_matched always;
+            add_header X-Status \$rules_status always;
+            return 204;
+        }
+    }
+_EOC_
+
+ok($cluster->wait_nginx_ready($ngx, 1), 'worker ready');
+
+sub px {
+    my ($q) = @_;
+    my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
+    return join ' ', $h->{'x-status'} // '', $h->{'x-rules'} // '';
+}
+
+my @got = map { (px("uid=$_&ts=1000"), px("uid=$_&ts=2000")) } @users;
+is_deeply(\@got, [ map { ('ok ', 'ok twice') } @users ],
+          'events on every master, state kept');
+for my $u (@users) {
+    my $key = "t108:{uid:$u}";
+    my $port = $cluster->slot_master(RulesCluster::key_slot($key));
+    is($cluster->cli($port, 'EXISTS', $key), 1, "$u: its key on its master");
+}
+
+my $log = RulesNginx::error_log($ngx);
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
+unlike($log, qr/slot map refresh failed|have no/,
+       'the slot map taken');
+RulesNginx::stop_nginx($ngx);
+
+done_testing();
