@@ -52,7 +52,8 @@ local function append(key, v, ttl, newgen, body, set)
         call('SETRANGE', key, 10, pack('<d', stamp))
       end
     elseif set then
-      call('SET', key, v .. wallb .. body, 'PX', stamp - wall)
+      -- (a stamp no writer set may have a fraction: PX takes whole ms)
+      call('SET', key, v .. wallb .. body, 'PX', floor(stamp - wall))
     else
       call('APPEND', key, wallb .. body)
     end

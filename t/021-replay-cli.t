@@ -263,6 +263,64 @@ SKIP: {
     kill 'CONT', $redis->{pid} if $stopped;
 }
 
+# the compactions due at the end are sent: 8 events of one key, without
+# a cache (each appends and folds the log), leave its log folded (they
+# were dropped: 8 entries stayed); and a user that may not run
+# RULES.STORE (NOPERM) has the events stored with the script, as nginx
+# does (the run ended at line 1)
+
+SKIP: {
+    skip 'no redis-server', 6 unless grep { -x "$_/redis-server" }
+                                    split /:/, $ENV{PATH};
+    my $module = "$FindBin::Bin/../build/rules_redis_module.so";
+    my $redis = RulesNginx::start_redis(
+        -f $module ? (args => ['--loadmodule', $module]) : ());
+    my $port = $redis->{port};
+    my $in = join '', map { qq({"uid":"c1","type":"page","ts":${_}000}\n) }
+                      1 .. 8;
+    $r = run_replay({ in => $in }, '--redis', "127.0.0.1:$port",
+                    '--prefix', "cli:$$:end:", '--cache', 0);
+    is($r->{rc}, 0, 'eight events, no cache: exit 0');
+    my $v = RulesNginx::redis_call($port, 'GET', "cli:$$:end:{uid:c1}") // '';
+    ok(length $v >= 22 && substr($v, 0, 2) eq 'R2'
+       && unpack('V', substr($v, 18, 4)) == length($v) - 22,
+       'the key is stored folded, no log entry left (the last compaction '
+       . 'was sent at the end)');
+
+    SKIP: {
+        skip "no $module", 4 unless -f $module;
+        is(RulesNginx::redis_call($port, 'ACL', 'SETUSER', 'app', 'on',
+                                  '>apppw', '~*', '&*', '+@all',
+                                  '-rules.store'), 'OK',
+           'a user without RULES.STORE');
+        $r = run_replay({ in => "$page1\n$page2\n" },
+                        '--redis', "127.0.0.1:$port", '--user', 'app',
+                        '--password', 'apppw', '--prefix', "cli:$$:acl:");
+        is($r->{rc}, 0, 'NOPERM on RULES.STORE: exit 0') or diag($r->{err});
+        is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
+           'NOPERM on RULES.STORE: stored with the script');
+        like(RulesNginx::redis_call($port, 'GET', "cli:$$:acl:{uid:u1}")
+             // '', qr/^R2/, 'NOPERM on RULES.STORE: the key is there');
+    }
+}
+
+# a reader that goes away (| head -1) is a write error: exit 1 and a
+# message (SIGPIPE killed it silently, 141)
+{
+    open my $fh, '>', "$dir/many" or die;
+    print $fh "$page1\n" x 200000;
+    close $fh;
+    my $cmd = "'$replay' --rules '$dir/rules.json' < '$dir/many' "
+              . "2>'$dir/pipe-err' | head -1 >/dev/null; "
+              . 'echo "rc=${PIPESTATUS[0]}"';
+    open my $ph, '-|', 'bash', '-c', $cmd or die "bash: $!";
+    my $out = do { local $/; <$ph> } // '';
+    close $ph;
+    like($out, qr/rc=1$/, 'a reader that goes away: exit 1') or diag($out);
+    like(slurp("$dir/pipe-err"), qr/^rules-replay: /m,
+         'a reader that goes away: a message');
+}
+
 for my $bad (qw(0 -1 abc 3600001)) {
     $r = run_replay({ in => "$page1\n" }, '--timeout', $bad);
     is($r->{rc}, 2, "--timeout $bad: exit 2");

@@ -143,6 +143,9 @@ my @bad_r2 = (
     'R2' . pack('d<d<V', 5, 9**9**9, 0),
     'R2' . $nan . pack('d<V', now_ms() + 3_610_000, 0),
     'R2' . pack('d<d<V', 5, 1e18, 0),
+    # an R2 value, but with a stamp no writer sets (a fraction of a ms):
+    # a write that finds it made the script's SET ... PX fail
+    'R2' . pack('d<d<V', 5, now_ms() + 3_610_000.5, 0),
 );
 
 my ($calls, $diffs, %kinds) = (0, 0);

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -427,6 +428,23 @@ swap_batches(replay_t *rp)
 
 static int send_batch(replay_t *rp);
 static void free_replies(replay_t *rp);
+
+
+/*
+ * Forgets every writer's cached states: after a lost connection or a
+ * NOSCRIPT, Redis may have restarted from an older snapshot or failed
+ * over, and hold other values of the cached gens and lengths (as nginx).
+ */
+static void
+replay_caches_clear(replay_t *rp)
+{
+    size_t  i;
+
+    for (i = 0; i < rp->ncaches; i++) {
+        rules_cache_clear(rp->caches[i]);
+    }
+}
+
 static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
     size_t *argvlen);
 
@@ -500,7 +518,11 @@ apply_redis(replay_t *rp, int64_t now, size_t *offs, size_t *lens)
         }
 
         if (el->type != REDIS_REPLY_STRING && el->type != REDIS_REPLY_NIL) {
-            replay_error("redis: unexpected reply");
+            replay_error("redis: unexpected reply to key %zu of the event%s"
+                         "%.*s (the keys before it are applied)", i + 1,
+                         el->type == REDIS_REPLY_ERROR ? ": " : "",
+                         el->type == REDIS_REPLY_ERROR ? (int) el->len : 0,
+                         el->type == REDIS_REPLY_ERROR ? el->str : "");
             rc = -1;
             break;
         }
@@ -583,7 +605,8 @@ again:
 
         if (reply && reply->type == REDIS_REPLY_ERROR
             && (strncmp(reply->str, "ERR unknown command", 19) == 0
-                || strncmp(reply->str, "RULESVERSION", 12) == 0))
+                || strncmp(reply->str, "RULESVERSION", 12) == 0
+                || strncmp(reply->str, "NOPERM", 6) == 0))
         {
             freeReplyObject(reply);
             rp->native = 0;
@@ -600,6 +623,9 @@ again:
         if (reply && reply->type == REDIS_REPLY_ERROR
             && strncmp(reply->str, "NOSCRIPT", 8) == 0)
         {
+            /* a Redis that lost its scripts may have lost writes: the
+             * cached states go, as in nginx */
+            replay_caches_clear(rp);
             freeReplyObject(reply);
             argv[1] = rules_script_text;
             argvlen[1] = strlen(rules_script_text);
@@ -724,12 +750,13 @@ free_replies(replay_t *rp)
 }
 
 
-/* The compactions still due, at the end: the stored state is folded. */
+/*
+ * The compactions still due, at the end (apply_redis() left them in
+ * rp->batch for the next event): the stored state is folded.
+ */
 static int
 flush_compactions(replay_t *rp)
 {
-    swap_batches(rp);
-
     if (rules_batch_items(&rp->batch) == 0) {
         return 0;
     }
@@ -1010,7 +1037,7 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
     redisContext  *c;
     redisReply    *reply, *ok;
     unsigned       slot;
-    int            i, asking, tries;
+    int            i, asking, tries, sent, done;
 
     slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
     asking = -1;
@@ -1035,16 +1062,25 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
             continue;
         }
 
-        if (asking >= 0) {
-            /* ASKING and the command, back to back */
-            if (redisAppendCommand(c, "ASKING") != REDIS_OK
-                || redisAppendCommandArgv(c, argc, argv, argvlen)
-                   != REDIS_OK
-                || redisGetReply(c, (void **) &ok) != REDIS_OK)
-            {
-                reply = NULL;
+        /* (ASKING and the command back to back) written whole, then read */
 
-            } else {
+        sent = 0;
+        reply = NULL;
+
+        if ((asking < 0 || redisAppendCommand(c, "ASKING") == REDIS_OK)
+            && redisAppendCommandArgv(c, argc, argv, argvlen) == REDIS_OK)
+        {
+            do {
+                if (redisBufferWrite(c, &done) != REDIS_OK) {
+                    break;
+                }
+            } while (!done);
+
+            sent = done;
+        }
+
+        if (sent && asking >= 0) {
+            if (redisGetReply(c, (void **) &ok) == REDIS_OK) {
                 freeReplyObject(ok);
 
                 if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
@@ -1052,13 +1088,29 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
                 }
             }
 
-        } else {
-            reply = redisCommandArgv(c, argc, argv, argvlen);
+        } else if (sent && redisGetReply(c, (void **) &reply) != REDIS_OK) {
+            reply = NULL;
         }
 
         if (reply == NULL) {
             cluster_timeout(rp, i, c);
+
+            if (sent) {
+                /*
+                 * the call reached the node and its answer was lost (the
+                 * node died, or failed over): it may have been applied,
+                 * and sending it again would apply the event twice
+                 */
+                replay_error("redis cluster node %s:%d: %s after the call "
+                             "was sent: the event may have been applied; "
+                             "stopping (check the keys of this line, then "
+                             "replay from the next one)", rp->nodes[i].host,
+                             rp->nodes[i].port, redis_error(rp, c));
+                exit(1);
+            }
+
             cluster_drop(rp, i);
+            replay_caches_clear(rp);
             rp->slots[slot] = -1;
             asking = -1;
             replay_sleep_ms(100);
@@ -1080,6 +1132,8 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         } else if (strncmp(reply->str, "NOSCRIPT", 8) == 0
                    && strcmp(argv[0], "EVALSHA") == 0)
         {
+            /* a node that lost its scripts may have lost writes */
+            replay_caches_clear(rp);
             argv[0] = "EVAL";
             argvlen[0] = 4;
             argv[1] = rules_script_text;
@@ -1471,6 +1525,9 @@ main(int argc, char **argv)
     rp.limits.key_max = RULES_DEFAULT_KEY_MAX;
     rp.limits.value_max = RULES_DEFAULT_VALUE_MAX;
     rp.timeout_ms = REPLAY_DEFAULT_TIMEOUT;
+
+    /* a reader that goes away (| head) is a write error: exit 1 */
+    (void) signal(SIGPIPE, SIG_IGN);
 
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
