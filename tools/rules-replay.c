@@ -37,6 +37,7 @@
 #define REPLAY_DEFAULT_PREFIX  "rules:"
 #define REPLAY_MAX_NODES       64
 #define REPLAY_MAX_TRIES       100      /* per key; 100 ms apart when idle */
+#define REPLAY_WAIT_MS         10000    /* per key: a failover waited out */
 
 #define REPLAY_MAX_DB          2147483647
 #define REPLAY_MAX_LENGTH      65535    /* as rules_max_key_length */
@@ -86,6 +87,8 @@ typedef struct {
     const char        *user;
     const char        *password;
     struct timeval     timeout;    /* --timeout, of every connection */
+    long long          deadline;   /* ms: a cluster call's connects end by
+                                      then (0: none) */
     uint64_t           timeout_ms;
 
     int                native;     /* RULES.STORE (the rules Redis
@@ -775,6 +778,17 @@ flush_compactions(replay_t *rp)
 /* ---- Redis Cluster --------------------------------------------------- */
 
 
+static long long
+replay_now_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
 static void
 replay_sleep_ms(long ms)
 {
@@ -881,7 +895,9 @@ cluster_timeout(replay_t *rp, int i, redisContext *c)
 static redisContext *
 cluster_conn(replay_t *rp, int i)
 {
-    replay_node_t  *n;
+    struct timeval   tv;
+    long long        left;
+    replay_node_t   *n;
 
     n = &rp->nodes[i];
 
@@ -889,7 +905,25 @@ cluster_conn(replay_t *rp, int i)
         return n->c;
     }
 
-    n->c = redisConnectWithTimeout(n->host, n->port, rp->timeout);
+    /* a node that drops packets costs a connect timeout: within the
+     * call's time to wait for a failover, not --timeout each try */
+
+    tv = rp->timeout;
+
+    if (rp->deadline) {
+        left = rp->deadline - replay_now_ms();
+
+        if (left <= 0) {
+            return NULL;
+        }
+
+        if (left < (long long) tv.tv_sec * 1000 + tv.tv_usec / 1000) {
+            tv.tv_sec = left / 1000;
+            tv.tv_usec = (left % 1000) * 1000;
+        }
+    }
+
+    n->c = redisConnectWithTimeout(n->host, n->port, tv);
 
     if (n->c == NULL || n->c->err
         || redisSetTimeout(n->c, rp->timeout) != REDIS_OK)
@@ -1041,8 +1075,12 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
 
     slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
     asking = -1;
+    rp->deadline = replay_now_ms() + REPLAY_WAIT_MS;
 
-    for (tries = 0; tries < REPLAY_MAX_TRIES; tries++) {
+    for (tries = 0;
+         tries < REPLAY_MAX_TRIES && replay_now_ms() < rp->deadline;
+         tries++)
+    {
         i = asking >= 0 ? asking : rp->slots[slot];
 
         if (i < 0) {
@@ -1118,6 +1156,7 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         }
 
         if (reply->type != REDIS_REPLY_ERROR) {
+            rp->deadline = 0;
             return reply;
         }
 
@@ -1148,14 +1187,16 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
             replay_sleep_ms(100);
 
         } else {
+            rp->deadline = 0;
             return reply;
         }
 
         freeReplyObject(reply);
     }
 
-    replay_error("redis cluster: slot %u: no answer after %d tries", slot,
-                 REPLAY_MAX_TRIES);
+    rp->deadline = 0;
+    replay_error("redis cluster: slot %u: no answer after %d tries or "
+                 "%d ms", slot, tries, REPLAY_WAIT_MS);
 
     return NULL;
 }
