@@ -304,6 +304,22 @@ SKIP: {
     }
 }
 
+# --db with --redis to a cluster node: the usage error (exit 2), not a
+# failed SELECT (exit 1)
+SKIP: {
+    skip 'no redis-server', 2 unless grep { -x "$_/redis-server" }
+                                    split /:/, $ENV{PATH};
+    my $node = RulesNginx::start_redis(args => [
+        '--cluster-enabled', 'yes',
+        '--cluster-config-file', "$dir/nodes-021.conf",
+        '--cluster-port', RulesNginx::free_port()]);
+    $r = run_replay({ in => "$page1\n" }, '--redis',
+                    "127.0.0.1:$node->{port}", '--db', 3);
+    is($r->{rc}, 2, '--db to a cluster node: exit 2');
+    like($r->{err}, qr/a Redis Cluster has no --db/,
+         '--db to a cluster node: the usage error');
+}
+
 # a reader that goes away (| head -1) is a write error: exit 1 and a
 # message (SIGPIPE killed it silently, 141)
 {

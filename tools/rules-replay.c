@@ -1245,6 +1245,28 @@ cluster_start(replay_t *rp, const char *seeds)
 }
 
 
+/* SELECT db (0: nothing to do); a failure ends the run. */
+static void
+redis_select(replay_t *rp, redisContext *c, long db)
+{
+    redisReply  *reply;
+
+    if (db == 0) {
+        return;
+    }
+
+    reply = redisCommand(c, "SELECT %ld", db);
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        replay_error("redis SELECT failed: %s",
+                     reply ? reply->str : redis_error(rp, c));
+        exit(1);
+    }
+
+    freeReplyObject(reply);
+}
+
+
 /* --redis to a node with cluster support enabled: a cluster. */
 static int
 redis_is_cluster(replay_t *rp, redisContext *c)
@@ -1399,7 +1421,6 @@ static redisContext *
 redis_connect(replay_t *rp, const char *addr, long db)
 {
     redisContext  *c;
-    redisReply    *reply;
     const char    *colon;
     char           host[256];
     size_t         len;
@@ -1438,17 +1459,7 @@ redis_connect(replay_t *rp, const char *addr, long db)
         exit(1);
     }
 
-    if (db) {
-        reply = redisCommand(c, "SELECT %ld", db);
-
-        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            replay_error("redis SELECT failed: %s",
-                         reply ? reply->str : redis_error(rp, c));
-            exit(1);
-        }
-
-        freeReplyObject(reply);
-    }
+    redis_select(rp, c, db);
 
     return c;
 }
@@ -1693,7 +1704,8 @@ main(int argc, char **argv)
     }
 
     if (redis && !cluster) {
-        rp.redis = redis_connect(&rp, redis, db);
+        /* (the db once it is known not to be a cluster node) */
+        rp.redis = redis_connect(&rp, redis, 0);
 
         if (strncmp(redis, "unix:", 5) != 0
             && redis_is_cluster(&rp, rp.redis))
@@ -1701,6 +1713,9 @@ main(int argc, char **argv)
             cluster = redis;
             redisFree(rp.redis);
             rp.redis = NULL;
+
+        } else {
+            redis_select(&rp, rp.redis, db);
         }
     }
 
