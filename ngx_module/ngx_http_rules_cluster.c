@@ -132,6 +132,10 @@ struct ngx_http_rules_cluster_s {
 
     /* the former master a slot's new commands wait for, or NULL */
     ngx_http_rules_cluster_node_t     *drain_from[RULES_CLUSTER_SLOTS];
+
+    /* the slots whose held commands go now (one walk of the held list
+     * for all the slots a node's answer drained, not one per slot) */
+    uint64_t                           releasing[RULES_CLUSTER_SLOTS / 64];
 };
 
 
@@ -161,8 +165,7 @@ static void ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl,
     ngx_uint_t slot, ngx_http_rules_cluster_node_t *old);
 static void ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t all);
-static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl,
-    ngx_uint_t slot);
+static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
 static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
@@ -1210,9 +1213,11 @@ static void
 ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t all)
 {
-    ngx_uint_t                       slot;
+    ngx_uint_t                       slot, n;
     ngx_queue_t                     *q;
     ngx_http_rules_cluster_drain_t  *d;
+
+    n = 0;
 
     while (!ngx_queue_empty(&node->drains)) {
         q = ngx_queue_head(&node->drains);
@@ -1226,21 +1231,30 @@ ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
         slot = d->slot;
         ngx_free(d);
 
-        ngx_http_rules_cluster_release(cl, slot);
+        cl->releasing[slot / 64] |= (uint64_t) 1 << (slot % 64);
+        n++;
+    }
+
+    if (n) {
+        ngx_http_rules_cluster_release(cl);
     }
 }
 
 
 /*
- * The commands held for a slot go, in the order they were made, to its
- * master now (or fail, as a command of a slot without a ready master
- * does).  The slot stays held while they go: a command that a failure's
- * handler makes for it is queued behind them, and sent in this walk.
+ * The commands held for the slots marked in cl->releasing go, in the
+ * order they were made, to their masters now (or fail, as a command of a
+ * slot without a ready master does): one walk of the held list for all
+ * of them (a failover that moves thousands of slots drains them in one
+ * answer).  The slots stay held while they go: a command that a
+ * failure's handler makes for one is queued behind them, and sent in a
+ * walk of this call.
  */
 static void
-ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl, ngx_uint_t slot)
+ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
 {
-    ngx_uint_t                      found;
+    uint64_t                        bits;
+    ngx_uint_t                      found, w, slot;
     ngx_queue_t                    *q, *next;
     ngx_http_rules_cluster_cmd_t   *cmd;
     ngx_http_rules_cluster_node_t  *master;
@@ -1254,8 +1268,9 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl, ngx_uint_t slot)
         {
             next = ngx_queue_next(q);
             cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
+            slot = cmd->slot;
 
-            if (cmd->slot != slot) {
+            if (!(cl->releasing[slot / 64] & ((uint64_t) 1 << (slot % 64)))) {
                 continue;
             }
 
@@ -1274,7 +1289,13 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl, ngx_uint_t slot)
 
     } while (found);
 
-    cl->drain_from[slot] = NULL;
+    for (w = 0; w < RULES_CLUSTER_SLOTS / 64; w++) {
+        for (bits = cl->releasing[w]; bits; bits &= bits - 1) {
+            cl->drain_from[w * 64 + (ngx_uint_t) __builtin_ctzll(bits)] = NULL;
+        }
+
+        cl->releasing[w] = 0;
+    }
 }
 
 
