@@ -126,6 +126,11 @@ struct ngx_http_rules_cluster_s {
     unsigned                           hostname_logged:1;
     unsigned                           port_logged:1;
 
+    /* the second of the last map change logged at notice: the others of
+     * that second go at info (a resharding refreshes the map often) */
+    time_t                             map_noticed;
+    time_t                             unserved_warned;
+
     /* the master of each slot, or NULL; and a scratch map */
     ngx_http_rules_cluster_node_t     *slots[RULES_CLUSTER_SLOTS];
     ngx_http_rules_cluster_node_t     *next_slots[RULES_CLUSTER_SLOTS];
@@ -724,9 +729,14 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         }
     }
 
-    level = (cl->stats.refreshes == 0) ? NGX_LOG_INFO : NGX_LOG_NOTICE;
+    level = (cl->stats.refreshes == 0 || ngx_time() == cl->map_noticed)
+            ? NGX_LOG_INFO : NGX_LOG_NOTICE;
     cl->mapped = mapped;
     cl->masters = masters;
+
+    if (changed && level == NGX_LOG_NOTICE) {
+        cl->map_noticed = ngx_time();
+    }
 
     if (changed) {
         ngx_log_error(level, cl->log, 0,
@@ -738,7 +748,10 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
                       mapped == RULES_CLUSTER_SLOTS
                       ? "" : ", some slots not served");
 
-        if (mapped != RULES_CLUSTER_SLOTS) {
+        if (mapped != RULES_CLUSTER_SLOTS
+            && ngx_time() != cl->unserved_warned)
+        {
+            cl->unserved_warned = ngx_time();
             ngx_log_error(NGX_LOG_WARN, cl->log, 0,
                           "rules redis cluster: %ui of %d slots have no "
                           "master: their events fail",

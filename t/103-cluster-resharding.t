@@ -269,6 +269,19 @@ ok(metric($ngx, 'nginx_rules_cluster_redirects_total\{type="moved"\}') > 0,
 
 unlike(RulesNginx::error_log($ngx), qr/\[(alert|crit|emerg)\]/,
        'no alert in the error log');
+
+# the map changes of the reshard, logged: all of them at info and above,
+# at most one a second per worker at notice (there were several)
+my (%notice, $maps);
+for (split /\n/, RulesNginx::error_log($ngx)) {
+    next unless /^(\S+ \S+) \[(\w+)\] (\d+)#\d+: .*slot map from/;
+    $maps++;
+    $notice{"$3 $1"}++ if $2 eq 'notice';
+}
+cmp_ok($maps, '>', 2, "the reshard's map changes are logged ($maps)");
+my ($most) = sort { $b <=> $a } values %notice;
+cmp_ok($most // 0, '<=', 1, 'at most one of them a second per worker at '
+                            . 'notice');
 RulesNginx::stop_nginx($ngx);
 
 done_testing();
