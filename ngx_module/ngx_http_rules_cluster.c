@@ -23,10 +23,13 @@
  *   drain      when a slot changes master (MOVED, or a refresh while the
  *              old one still serves slots) and the old master has
  *              commands in flight, the slot's new commands are held, in
- *              order, until the old master has answered all of those:
- *              the ones that come back MOVED are sent again first, so a
- *              key's commands reach the new master in the order they
- *              were made.
+ *              order, until the old master has answered all of those,
+ *              and the slot has no command left in flight anywhere (one
+ *              sent on after MOVED may come back MOVED again, the slot
+ *              having moved twice within its round trip; one sent again
+ *              after NOSCRIPT): the ones that come back MOVED are sent
+ *              again first, so a key's commands reach the new master in
+ *              the order they were made.
  *   nodes      found or made by address; a node that serves no slot and
  *              has been idle for GC_IDLE ms is closed (a former master
  *              after a failover, a seed that is a replica), from a timer.
@@ -92,6 +95,7 @@ typedef struct {
     int                                argc;
     ngx_uint_t                         slot;
     ngx_uint_t                         redirects;
+    ngx_uint_t                         counted;  /* in slot_inflight */
     ngx_queue_t                        queue;   /* held while draining */
 } ngx_http_rules_cluster_cmd_t;
 
@@ -138,10 +142,34 @@ struct ngx_http_rules_cluster_s {
     /* the former master a slot's new commands wait for, or NULL */
     ngx_http_rules_cluster_node_t     *drain_from[RULES_CLUSTER_SLOTS];
 
-    /* the slots whose held commands go now (one walk of the held list
-     * for all the slots a node's answer drained, not one per slot) */
+    /*
+     * Each slot's commands sent and not done yet, wherever they are (a
+     * command sent again after MOVED, ASK or NOSCRIPT stays one): a
+     * slot's held commands go only once none is left, so one that the
+     * old master sent elsewhere (and that may come back MOVED again, the
+     * slot having moved twice within its round trip) reaches the new
+     * master before them.
+     */
+    uint32_t                           slot_inflight[RULES_CLUSTER_SLOTS];
+
+    /* slots drained (to_release), the ones whose held commands go now
+     * (releasing: one walk of the held list for all of them, not one
+     * per slot), and drained ones waiting for their slot_inflight to
+     * reach 0 (inflight_wait) */
+    uint64_t                           to_release[RULES_CLUSTER_SLOTS / 64];
     uint64_t                           releasing[RULES_CLUSTER_SLOTS / 64];
+    uint64_t                           inflight_wait[RULES_CLUSTER_SLOTS / 64];
+    ngx_uint_t                         to_release_n;
+    ngx_uint_t                         in_release;
 };
+
+
+#define ngx_http_rules_cluster_bit_test(map, s)                            \
+    ((map)[(s) / 64] & ((uint64_t) 1 << ((s) % 64)))
+#define ngx_http_rules_cluster_bit_set(map, s)                             \
+    (map)[(s) / 64] |= ((uint64_t) 1 << ((s) % 64))
+#define ngx_http_rules_cluster_bit_clear(map, s)                           \
+    (map)[(s) / 64] &= ~((uint64_t) 1 << ((s) % 64))
 
 
 static ngx_http_rules_cluster_node_t *ngx_http_rules_cluster_node(
@@ -927,6 +955,7 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
     cmd->argc = argc;
     cmd->slot = slot;
     cmd->redirects = 0;
+    cmd->counted = 0;
     cmd->argv = (const char **) (cmd + 1);
     cmd->argvlen = (size_t *) (cmd->argv + argc);
 
@@ -969,6 +998,11 @@ ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
         cmd->node = node;
         node->sent++;
         node->last_used = ngx_current_msec;
+
+        if (!cmd->counted) {
+            cmd->counted = 1;
+            node->cluster->slot_inflight[cmd->slot]++;
+        }
     }
 
     return rc;
@@ -1244,7 +1278,11 @@ ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
         slot = d->slot;
         ngx_free(d);
 
-        cl->releasing[slot / 64] |= (uint64_t) 1 << (slot % 64);
+        if (!ngx_http_rules_cluster_bit_test(cl->to_release, slot)) {
+            ngx_http_rules_cluster_bit_set(cl->to_release, slot);
+            cl->to_release_n++;
+        }
+
         n++;
     }
 
@@ -1255,13 +1293,16 @@ ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
 
 
 /*
- * The commands held for the slots marked in cl->releasing go, in the
+ * The commands held for the drained slots (cl->to_release) go, in the
  * order they were made, to their masters now (or fail, as a command of a
  * slot without a ready master does): one walk of the held list for all
  * of them (a failover that moves thousands of slots drains them in one
- * answer).  The slots stay held while they go: a command that a
- * failure's handler makes for one is queued behind them, and sent in a
- * walk of this call.
+ * answer).  A slot that still has commands in flight (sent elsewhere
+ * after MOVED or ASK, or again after NOSCRIPT) waits for them
+ * (ngx_http_rules_cluster_done()).  The slots stay held while their
+ * commands go: a command that a failure's handler makes for one is
+ * queued behind them, and sent in a walk of this call.  Not reentered:
+ * slots drained meanwhile are taken by the next round of the outer call.
  */
 static void
 ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
@@ -1272,43 +1313,72 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
     ngx_http_rules_cluster_cmd_t   *cmd;
     ngx_http_rules_cluster_node_t  *master;
 
-    do {
-        found = 0;
-
-        for (q = ngx_queue_head(&cl->held);
-             q != ngx_queue_sentinel(&cl->held);
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
-            slot = cmd->slot;
-
-            if (!(cl->releasing[slot / 64] & ((uint64_t) 1 << (slot % 64)))) {
-                continue;
-            }
-
-            found = 1;
-            ngx_queue_remove(q);
-            master = cl->slots[slot];
-
-            if (cl->destroying || master == NULL
-                || !ngx_http_rules_redis_ready(master->rd)
-                || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
-            {
-                ngx_http_rules_cluster_plan_refresh(cl);
-                ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
-            }
-        }
-
-    } while (found);
-
-    for (w = 0; w < RULES_CLUSTER_SLOTS / 64; w++) {
-        for (bits = cl->releasing[w]; bits; bits &= bits - 1) {
-            cl->drain_from[w * 64 + (ngx_uint_t) __builtin_ctzll(bits)] = NULL;
-        }
-
-        cl->releasing[w] = 0;
+    if (cl->in_release) {
+        return;
     }
+
+    cl->in_release = 1;
+
+    while (cl->to_release_n) {
+
+        for (w = 0; w < RULES_CLUSTER_SLOTS / 64; w++) {
+            for (bits = cl->to_release[w]; bits; bits &= bits - 1) {
+                slot = w * 64 + (ngx_uint_t) __builtin_ctzll(bits);
+
+                if (cl->slot_inflight[slot]) {
+                    ngx_http_rules_cluster_bit_set(cl->inflight_wait, slot);
+
+                } else {
+                    ngx_http_rules_cluster_bit_set(cl->releasing, slot);
+                }
+            }
+
+            cl->to_release[w] = 0;
+        }
+
+        cl->to_release_n = 0;
+
+        do {
+            found = 0;
+
+            for (q = ngx_queue_head(&cl->held);
+                 q != ngx_queue_sentinel(&cl->held);
+                 q = next)
+            {
+                next = ngx_queue_next(q);
+                cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
+                slot = cmd->slot;
+
+                if (!ngx_http_rules_cluster_bit_test(cl->releasing, slot)) {
+                    continue;
+                }
+
+                found = 1;
+                ngx_queue_remove(q);
+                master = cl->slots[slot];
+
+                if (cl->destroying || master == NULL
+                    || !ngx_http_rules_redis_ready(master->rd)
+                    || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
+                {
+                    ngx_http_rules_cluster_plan_refresh(cl);
+                    ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
+                }
+            }
+
+        } while (found);
+
+        for (w = 0; w < RULES_CLUSTER_SLOTS / 64; w++) {
+            for (bits = cl->releasing[w]; bits; bits &= bits - 1) {
+                slot = w * 64 + (ngx_uint_t) __builtin_ctzll(bits);
+                cl->drain_from[slot] = NULL;
+            }
+
+            cl->releasing[w] = 0;
+        }
+    }
+
+    cl->in_release = 0;
 }
 
 
@@ -1317,14 +1387,34 @@ ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc)
 {
     void                             *data;
+    ngx_uint_t                        slot, release;
+    ngx_http_rules_cluster_t         *cl;
     ngx_http_rules_redis_handler_pt   handler;
 
     handler = cmd->handler;
     data = cmd->data;
+    cl = cmd->cluster;
+    slot = cmd->slot;
+    release = 0;
+
+    if (cmd->counted && --cl->slot_inflight[slot] == 0
+        && ngx_http_rules_cluster_bit_test(cl->inflight_wait, slot))
+    {
+        /* the last of a drained slot's commands in flight: its held
+         * commands go (once this one's handler has its answer) */
+        ngx_http_rules_cluster_bit_clear(cl->inflight_wait, slot);
+        ngx_http_rules_cluster_bit_set(cl->to_release, slot);
+        cl->to_release_n++;
+        release = 1;
+    }
 
     ngx_free(cmd);
 
     handler(data, reply, rc);
+
+    if (release) {
+        ngx_http_rules_cluster_release(cl);
+    }
 }
 
 
