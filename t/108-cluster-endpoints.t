@@ -40,23 +40,11 @@ my $ngx = RulesNginx::start_nginx(
     prefix  => "$FindBin::Bin/servroot-108",
     workers => 1,
     files   => { 'rules.json' => $rules },
-    http    => <<"_EOC_");
-    rules_redis_cluster $seed;
-    rules_redis_timeout 1s;
-    rules_key_prefix "t108:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis_cluster $seed;",
+        prefix  => 't108:',
+        timeout => '1s',
+        fields  => ['uid']));
 
 ok($cluster->wait_nginx_ready($ngx, 1), 'worker ready');
 
