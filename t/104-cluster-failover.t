@@ -95,6 +95,28 @@ for my $round (1 .. 2) {
         push @got, $r;
     }
 }
+# rules-replay connected to the cluster across the failover: its first
+# event (a user on the victim) before the kill, its second after; the
+# second waits the failover out on the promoted replica (it stopped the
+# run: the dead master's closed connection looked like a lost answer)
+my $rp_user = $on_victim[0];
+open my $rf, '>', "$dir/replay-rules.json" or die;
+print $rf $rules;
+close $rf;
+open my $rp_in, '|-', "'$replay' --rules '$dir/replay-rules.json' "
+    . "--redis-cluster $seed --prefix t104replay: --cache 0 "
+    . "> '$dir/replay-out' 2> '$dir/replay-err'"
+    or die "$replay: $!";
+$rp_in->autoflush(1);
+print $rp_in qq({"uid": "$rp_user", "type": "a", "ts": 1000}\n);
+for (1 .. 100) {
+    last if $cluster->cli($victim, 'EXISTS', "t104replay:{uid:$rp_user}")
+            eq '1';
+    sleep 0.05;
+}
+is($cluster->cli($victim, 'EXISTS', "t104replay:{uid:$rp_user}"), '1',
+   "rules-replay's first event is on the victim");
+
 ok($cluster->wait_synced(20), 'the replicas have every write');
 
 # the failover, under traffic on other users
@@ -193,6 +215,18 @@ ok(!$bad, 'before and after the failover, every result equals '
 my (undef, undef, $metrics) = RulesNginx::get($ngx->{port}, '/metrics');
 like($metrics, qr/^nginx_rules_cluster_slot_refreshes_total\{result="ok"\} ([3-9]|\d\d)/m,
      'slot map refreshed during the failover');
+
+# rules-replay's second event, after the failover, on the same run
+print $rp_in qq({"uid": "$rp_user", "type": "b", "ts": 2000}\n);
+close $rp_in;
+is($? >> 8, 0, 'rules-replay across the failover: exit 0')
+    or diag(`cat '$dir/replay-err'`);
+open my $ro, '<', "$dir/replay-out" or die;
+my @rp_lines = <$ro>;
+close $ro;
+is_deeply(\@rp_lines, [qq({"matched":[]}\n), qq({"matched":["ab"]}\n)],
+          'rules-replay across the failover: the second event waited for '
+          . 'the promoted replica, which had the first');
 
 my $log = RulesNginx::error_log($ngx);
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');

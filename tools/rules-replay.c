@@ -18,11 +18,13 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
@@ -836,13 +838,46 @@ cluster_node(replay_t *rp, const char *host, size_t len, int port)
 }
 
 
+/* A node's connection goes: so do the cached states (as in nginx, a
+ * lost connection may mean a node that restarted or failed over). */
 static void
 cluster_drop(replay_t *rp, int i)
 {
     if (rp->nodes[i].c) {
         redisFree(rp->nodes[i].c);
         rp->nodes[i].c = NULL;
+        replay_caches_clear(rp);
     }
+}
+
+
+/*
+ * 1 when an idle connection is closed or broken (the node died since its
+ * last answer: its FIN or reset is there) or holds bytes nothing asked
+ * for: a call written to it would be lost unread, not maybe applied.
+ */
+static int
+cluster_conn_gone(redisContext *c)
+{
+    char           b;
+    ssize_t        n;
+    struct pollfd  pfd;
+
+    pfd.fd = c->fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+
+    if (poll(&pfd, 1, 0) <= 0) {
+        return 0;
+    }
+
+    if (pfd.revents & (POLLERR | POLLHUP | POLLNVAL)) {
+        return 1;
+    }
+
+    n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
 
@@ -1100,9 +1135,18 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
             continue;
         }
 
+        if (cluster_conn_gone(c)) {
+            /* nothing written: a failed node, as if it refused to connect */
+            cluster_drop(rp, i);
+            rp->slots[slot] = -1;
+            asking = -1;
+            continue;
+        }
+
         /* (ASKING and the command back to back) written whole, then read */
 
         sent = 0;
+        done = 0;
         reply = NULL;
 
         if ((asking < 0 || redisAppendCommand(c, "ASKING") == REDIS_OK)
@@ -1119,10 +1163,18 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
 
         if (sent && asking >= 0) {
             if (redisGetReply(c, (void **) &ok) == REDIS_OK) {
-                freeReplyObject(ok);
-
                 if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
                     reply = NULL;
+                }
+
+                if (reply && ok->type == REDIS_REPLY_ERROR) {
+                    /* ASKING refused (an ACL): the command came back
+                     * MOVED; the refusal is the answer */
+                    freeReplyObject(reply);
+                    reply = ok;
+
+                } else {
+                    freeReplyObject(ok);
                 }
             }
 
@@ -1131,8 +1183,6 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         }
 
         if (reply == NULL) {
-            cluster_timeout(rp, i, c);
-
             if (sent) {
                 /*
                  * the call reached the node and its answer was lost (the
@@ -1147,8 +1197,8 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
                 exit(1);
             }
 
+            cluster_timeout(rp, i, c);
             cluster_drop(rp, i);
-            replay_caches_clear(rp);
             rp->slots[slot] = -1;
             asking = -1;
             replay_sleep_ms(100);
