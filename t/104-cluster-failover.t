@@ -100,9 +100,9 @@ for my $round (1 .. 2) {
 # second waits the failover out on the promoted replica (it stopped the
 # run: the dead master's closed connection looked like a lost answer)
 my $rp_user = $on_victim[0];
-open my $rf, '>', "$dir/replay-rules.json" or die;
-print $rf $rules;
-close $rf;
+open my $rpf, '>', "$dir/replay-rules.json" or die;
+print $rpf $rules;
+close $rpf;
 open my $rp_in, '|-', "'$replay' --rules '$dir/replay-rules.json' "
     . "--redis-cluster $seed --prefix t104replay: --cache 0 "
     . "> '$dir/replay-out' 2> '$dir/replay-err'"
