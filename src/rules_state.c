@@ -189,12 +189,14 @@ static size_t
 rules_state_records_bound(size_t len)
 {
     return RULES_MIN(len / RULES_RECORD_HEADER_LEN + 1,
-                         RULES_STATE_MAX_RECORDS);
+                     RULES_STATE_MAX_RECORDS);
 }
 
 
 /*
- * Returns the number of records, or -1 when the state is malformed.
+ * Returns the number of records, or -1 when the state is malformed or
+ * holds more than max (at most RULES_STATE_MAX_RECORDS, however large
+ * recs is).
  * own: the state is the writer's own (rules_state_work_load_own()): the
  * records' payloads are not checked again, and each is known.
  */
@@ -215,6 +217,7 @@ rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
         return -1;
     }
 
+    max = RULES_MIN(max, RULES_STATE_MAX_RECORDS);
     off = RULES_STATE_MAGIC_LEN;
     n = 0;
 
@@ -348,6 +351,8 @@ rules_parse_op(const unsigned char *op, size_t len, rules_entry_t *ents,
     size_t          off, n, plen;
     rules_entry_t  *e;
 
+    /* (RULES_OP_MAX_ENTRIES at most, however large ents is) */
+    max = RULES_MIN(max, RULES_OP_MAX_ENTRIES);
     off = 0;
     n = 0;
 
@@ -1305,10 +1310,7 @@ rules_work_load(rules_state_work_t *w, const unsigned char *state,
         return -1;
     }
 
-    /* (the arrays may be larger, grown by an apply: the bound is one) */
-    nr = rules_parse_state(state, state_len, w->recs,
-                           RULES_MIN(w->recs_size, RULES_STATE_MAX_RECORDS),
-                           own);
+    nr = rules_parse_state(state, state_len, w->recs, w->recs_size, own);
 
     if (nr < 0) {
         return 1;
@@ -1502,8 +1504,7 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
         return -1;
     }
 
-    ne = rules_parse_op(op, op_len, w->ents,
-                        RULES_MIN(w->ents_size, RULES_OP_MAX_ENTRIES));
+    ne = rules_parse_op(op, op_len, w->ents, w->ents_size);
 
     if (ne < 0
         || rules_work_fit_recs(w, w->nrecs + (size_t) ne) != 0
