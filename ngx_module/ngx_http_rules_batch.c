@@ -71,8 +71,7 @@ typedef struct {
                                                  seen before its entries
                                                  (closes, NOSCRIPT) */
     ngx_http_rules_batch_stats_t  lookups;    /* of it, not counted yet */
-    time_t                        error_logged;
-    ngx_uint_t                    errors_unlogged;
+    ngx_http_rules_log_rate_t     error_log;  /* unexpected replies */
 } ngx_http_rules_batcher_t;
 
 
@@ -558,6 +557,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
 
     size_t                       i, n;
     int64_t                      wall;
+    ngx_int_t                    skipped;
     redisReply                  *el;
     rules_str_t                  key;
     rules_item_t                 ri, compact;
@@ -580,21 +580,18 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     {
         /* at most a line a second: a Redis out of memory fails them all */
 
-        if (ngx_time() != bt->error_logged) {
+        skipped = ngx_http_rules_log_due(&bt->error_log);
+
+        if (skipped != NGX_DECLINED) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "rules redis %V: unexpected reply to the state call: "
-                          "%*s (%ui more since the last such line)",
+                          "%*s (%i more since the last such line)",
                           rmcf->cluster ? &ngx_http_rules_cluster_name
                                         : &rmcf->redis_conf.addr_text,
                           (size_t) (reply->type == REDIS_REPLY_ERROR
                                     ? reply->len : 0),
                           reply->type == REDIS_REPLY_ERROR ? reply->str : "",
-                          bt->errors_unlogged);
-            bt->error_logged = ngx_time();
-            bt->errors_unlogged = 0;
-
-        } else {
-            bt->errors_unlogged++;
+                          skipped);
         }
 
         ngx_http_rules_batch_fail(batch);

@@ -122,10 +122,8 @@ static ngx_event_t       ngx_http_rules_deadline;
  */
 static ngx_uint_t        ngx_http_rules_events_inflight;
 
-/* the second of the last "not received in time" line, and the timeouts
- * since it that were not logged (ngx_http_rules_timeout()) */
-static time_t            ngx_http_rules_timeout_logged;
-static ngx_uint_t        ngx_http_rules_timeouts_unlogged;
+/* the "not received in time" lines (ngx_http_rules_timeout()) */
+static ngx_http_rules_log_rate_t  ngx_http_rules_timeout_log;
 
 
 /*
@@ -1134,6 +1132,7 @@ ngx_http_rules_deadline_handler(ngx_event_t *ev)
 static void
 ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx)
 {
+    ngx_int_t             skipped;
     ngx_uint_t            i;
     ngx_http_rules_op_t  *op;
 
@@ -1152,16 +1151,12 @@ ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx)
      * that stalls under load times out every waiting request at once
      */
 
-    if (ngx_time() != ngx_http_rules_timeout_logged) {
+    skipped = ngx_http_rules_log_due(&ngx_http_rules_timeout_log);
+
+    if (skipped != NGX_DECLINED) {
         ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
                       "rules: redis reply not received in time "
-                      "(%ui more since the last such line)",
-                      ngx_http_rules_timeouts_unlogged);
-        ngx_http_rules_timeout_logged = ngx_time();
-        ngx_http_rules_timeouts_unlogged = 0;
-
-    } else {
-        ngx_http_rules_timeouts_unlogged++;
+                      "(%i more since the last such line)", skipped);
     }
 
     ngx_http_rules_finish(ctx);
