@@ -198,6 +198,8 @@ static void ngx_http_rules_cluster_drain(ngx_http_rules_cluster_t *cl,
     ngx_uint_t slot, ngx_http_rules_cluster_node_t *old);
 static void ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t all);
+static void ngx_http_rules_cluster_release_later(ngx_http_rules_cluster_t *cl,
+    ngx_uint_t slot);
 static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
@@ -1260,11 +1262,9 @@ static void
 ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
     ngx_http_rules_cluster_node_t *node, ngx_uint_t all)
 {
-    ngx_uint_t                       slot, n;
+    ngx_uint_t                       slot;
     ngx_queue_t                     *q;
     ngx_http_rules_cluster_drain_t  *d;
-
-    n = 0;
 
     while (!ngx_queue_empty(&node->drains)) {
         q = ngx_queue_head(&node->drains);
@@ -1278,16 +1278,23 @@ ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
         slot = d->slot;
         ngx_free(d);
 
-        if (!ngx_http_rules_cluster_bit_test(cl->to_release, slot)) {
-            ngx_http_rules_cluster_bit_set(cl->to_release, slot);
-            cl->to_release_n++;
-        }
-
-        n++;
+        ngx_http_rules_cluster_release_later(cl, slot);
     }
 
-    if (n) {
+    if (cl->to_release_n) {
         ngx_http_rules_cluster_release(cl);
+    }
+}
+
+
+/* The slot's held commands are to go (ngx_http_rules_cluster_release()). */
+static void
+ngx_http_rules_cluster_release_later(ngx_http_rules_cluster_t *cl,
+    ngx_uint_t slot)
+{
+    if (!ngx_http_rules_cluster_bit_test(cl->to_release, slot)) {
+        ngx_http_rules_cluster_bit_set(cl->to_release, slot);
+        cl->to_release_n++;
     }
 }
 
@@ -1387,7 +1394,7 @@ ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
     redisReply *reply, ngx_int_t rc)
 {
     void                             *data;
-    ngx_uint_t                        slot, release;
+    ngx_uint_t                        slot;
     ngx_http_rules_cluster_t         *cl;
     ngx_http_rules_redis_handler_pt   handler;
 
@@ -1395,7 +1402,6 @@ ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
     data = cmd->data;
     cl = cmd->cluster;
     slot = cmd->slot;
-    release = 0;
 
     if (cmd->counted && --cl->slot_inflight[slot] == 0
         && ngx_http_rules_cluster_bit_test(cl->inflight_wait, slot))
@@ -1403,16 +1409,15 @@ ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
         /* the last of a drained slot's commands in flight: its held
          * commands go (once this one's handler has its answer) */
         ngx_http_rules_cluster_bit_clear(cl->inflight_wait, slot);
-        ngx_http_rules_cluster_bit_set(cl->to_release, slot);
-        cl->to_release_n++;
-        release = 1;
+        ngx_http_rules_cluster_release_later(cl, slot);
     }
 
     ngx_free(cmd);
 
     handler(data, reply, rc);
 
-    if (release) {
+    if (cl->to_release_n) {
+        /* (inside a release, its next round takes them) */
         ngx_http_rules_cluster_release(cl);
     }
 }
