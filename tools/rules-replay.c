@@ -450,6 +450,8 @@ replay_caches_clear(replay_t *rp)
     }
 }
 
+static redisReply *cluster_call_wait(replay_t *rp, int argc,
+    const char **argv, size_t *argvlen);
 static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
     size_t *argvlen);
 
@@ -1098,10 +1100,25 @@ cluster_redirect_node(replay_t *rp, int from, const char *str, size_t len)
 /*
  * EVALSHA sha 1 key ... (argv[3] is the key) on the master of the key's
  * slot, following MOVED and ASK; waits out a failover or a cluster that
- * is down for a while (CLUSTERDOWN, TRYAGAIN, lost connections).
+ * is down for a while (CLUSTERDOWN, TRYAGAIN, lost connections), for
+ * REPLAY_WAIT_MS at most, connects included (rp->deadline).
  */
 static redisReply *
 cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
+{
+    redisReply  *reply;
+
+    rp->deadline = replay_now_ms() + REPLAY_WAIT_MS;
+    reply = cluster_call_wait(rp, argc, argv, argvlen);
+    rp->deadline = 0;
+
+    return reply;
+}
+
+
+static redisReply *
+cluster_call_wait(replay_t *rp, int argc, const char **argv,
+    size_t *argvlen)
 {
     redisContext  *c;
     redisReply    *reply, *ok;
@@ -1110,7 +1127,6 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
 
     slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
     asking = -1;
-    rp->deadline = replay_now_ms() + REPLAY_WAIT_MS;
 
     for (tries = 0;
          tries < REPLAY_MAX_TRIES && replay_now_ms() < rp->deadline;
@@ -1206,7 +1222,6 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
         }
 
         if (reply->type != REDIS_REPLY_ERROR) {
-            rp->deadline = 0;
             return reply;
         }
 
@@ -1237,14 +1252,12 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
             replay_sleep_ms(100);
 
         } else {
-            rp->deadline = 0;
             return reply;
         }
 
         freeReplyObject(reply);
     }
 
-    rp->deadline = 0;
     replay_error("redis cluster: slot %u: no answer after %d tries or "
                  "%d ms", slot, tries, REPLAY_WAIT_MS);
 
