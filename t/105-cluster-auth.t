@@ -28,13 +28,7 @@ my $rules = '{"rules": [
 ]}';
 
 # users whose keys are on every master
-my (%seen, @users);
-for my $i (0 .. 1000) {
-    my $m = $cluster->slot_master(RulesCluster::key_slot("t105:{uid:a$i}"));
-    next if $seen{$m}++;
-    push @users, "a$i";
-    last if @users == 3;
-}
+my @users = $cluster->users_on_masters('t105:', 'a', 3);
 
 sub run_with {
     my ($name, $auth) = @_;

@@ -26,13 +26,7 @@ my $rules = '{"rules": [
 ]}';
 
 # users whose keys are on every master
-my (%seen, @users);
-for my $i (0 .. 1000) {
-    my $m = $cluster->slot_master(RulesCluster::key_slot("t108:{uid:e$i}"));
-    next if $seen{$m}++;
-    push @users, "e$i";
-    last if @users == 3;
-}
+my @users = $cluster->users_on_masters('t108:', 'e', 3);
 is(scalar @users, 3, 'a user on each master');
 
 my $seed = $cluster->seed;

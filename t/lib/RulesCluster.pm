@@ -240,6 +240,20 @@ sub node_by_port {
     return $n;
 }
 
+# $n users ("${name}0", "${name}1", ...) whose state keys
+# ("${prefix}{uid:USER}") are on $n different masters, one each.
+sub users_on_masters {
+    my ($self, $prefix, $name, $n) = @_;
+    my (%seen, @users);
+    for my $i (0 .. 1000) {
+        my $m = $self->slot_master(key_slot("$prefix\{uid:$name$i}"));
+        next if $seen{$m}++;
+        push @users, "$name$i";
+        last if @users == $n;
+    }
+    return @users;
+}
+
 # SIGKILL a node by PID.
 sub kill_node {
     my ($self, $port) = @_;
