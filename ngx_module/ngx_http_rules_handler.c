@@ -440,9 +440,12 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
                                                ngx_http_rules_eo.over_limit);
         }
 
-        if (erc == RULES_EVENT_INVALID) {
-            /* the events were validated before: it ran out of memory
-             * (an error, for rules_on_error, not a skip) */
+        if (erc == RULES_EVENT_NOMEM || erc == RULES_EVENT_INVALID) {
+            /* out of memory (the events were validated before): an
+             * error, for rules_on_error, not a skip */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "rules: event %uz not evaluated: out of memory",
+                          i);
             cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
             continue;
         }
@@ -767,6 +770,8 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
                                   rlcf->max_events, &ev->json, err);
 
     if (jrc == RULES_JSON_NOMEM) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "rules: event body not parsed: out of memory");
         return NGX_ERROR;
     }
 

@@ -222,7 +222,8 @@ int rules_parse_time(const unsigned char *p, size_t len, int64_t *out);
 typedef enum {
     RULES_EVENT_OK = 0,        /* at least one key operation */
     RULES_EVENT_SKIPPED,       /* no rule applied */
-    RULES_EVENT_INVALID        /* bad time or a value over a limit */
+    RULES_EVENT_INVALID,       /* bad time or a value over a limit */
+    RULES_EVENT_NOMEM          /* out of memory (rules_event_build()) */
 } rules_event_rc_t;
 
 
@@ -270,7 +271,9 @@ rules_event_rc_t rules_event_validate(const rules_set_t *rs,
 /*
  * Evaluate the conditions of one event and build its key operations.
  * now is the event time in ms (0 .. RULES_MAX_TS_MS).  eo is reused
- * across calls; free it with rules_eventops_free().
+ * across calls; free it with rules_eventops_free().  RULES_EVENT_INVALID
+ * as rules_event_validate(); RULES_EVENT_NOMEM when eo cannot grow (eo
+ * stays usable, holding no operation).
  */
 rules_event_rc_t rules_event_build(rules_set_t *rs,
     const rules_limits_t *limits, const rules_str_t *values, int64_t now,

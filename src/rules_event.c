@@ -278,14 +278,14 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
     /* a buffer even when every op is empty: no op is a NULL pointer */
 
     if (eo->buf == NULL && rules_eo_reserve(eo, 1) != 0) {
-        return RULES_EVENT_INVALID;
+        return RULES_EVENT_NOMEM;
     }
 
     if (eo->keyops_size < rs->ngroups) {
         ko = realloc(eo->keyops, rs->ngroups * sizeof(rules_keyop_t));
 
         if (ko == NULL) {
-            return RULES_EVENT_INVALID;
+            return RULES_EVENT_NOMEM;
         }
 
         eo->keyops = ko;
@@ -344,7 +344,9 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
 
                 if (rules_event_entry(rs, r, values, eo) != 0) {
                     rs->memo_event = 0;
-                    return RULES_EVENT_INVALID;
+                    eo->nkeyops = 0;
+                    eo->buf_len = 0;
+                    return RULES_EVENT_NOMEM;
                 }
 
                 if (eo->buf_len != before && r->ttl > ttl) {

@@ -217,6 +217,15 @@ rules_json_events_parse(const rules_set_t *rs, const char *buf, size_t len,
                       &jerr);
 
     if (root == NULL) {
+        /* jansson sets no error when its first allocation fails */
+
+        if (json_error_code(&jerr) == json_error_out_of_memory
+            || jerr.text[0] == '\0')
+        {
+            snprintf(err, RULES_ERR_LEN, "out of memory");
+            return RULES_JSON_NOMEM;
+        }
+
         snprintf(err, RULES_ERR_LEN, "invalid JSON at line %d, column %d: "
                  "%s", jerr.line, jerr.column, jerr.text);
         return RULES_JSON_BAD_JSON;

@@ -1422,6 +1422,11 @@ replay_line(replay_t *rp, const char *line, size_t len,
     jrc = rules_json_events_parse(rp->rs, line, len, time_member, 1, &ev,
                                   err);
 
+    if (jrc == RULES_JSON_NOMEM) {
+        replay_error("out of memory");
+        exit(1);
+    }
+
     if (jrc != RULES_JSON_OK) {
         print_result(rp, "invalid", err);
         rules_json_events_free(&ev);
@@ -1439,6 +1444,11 @@ replay_line(replay_t *rp, const char *line, size_t len,
     now = ev.ts[0] >= 0 ? ev.ts[0] : wall_ms();
 
     erc = rules_event_build(rp->rs, &rp->limits, ev.values, now, &rp->eo);
+
+    if (erc == RULES_EVENT_NOMEM) {
+        replay_error("out of memory");
+        exit(1);
+    }
 
     if (erc == RULES_EVENT_INVALID) {
         print_result(rp, "invalid", "a value is over a limit");

@@ -1,0 +1,286 @@
+/*
+ * Out of memory while an event is evaluated or a JSON body parsed: the
+ * engine says so (RULES_EVENT_NOMEM, RULES_JSON_NOMEM), distinct from an
+ * invalid event, and what it reuses stays usable.  The allocations fail
+ * on demand: malloc(), realloc() and calloc() are wrapped here (glibc's
+ * own are __libc_malloc() and the like; jansson allocates with malloc()).
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules_engine.h"
+#include "rules_json_event.h"
+#include "tap.h"
+
+
+extern void *__libc_realloc(void *p, size_t size);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_malloc(size_t size);
+
+
+/* the number of allocations to let through before failing; -1: all */
+static long  alloc_budget = -1;
+static long  alloc_failed;
+static int   calloc_only;    /* only calloc() fails */
+
+
+static int
+alloc_fails(void)
+{
+    if (alloc_budget < 0) {
+        return 0;
+    }
+
+    if (alloc_budget == 0) {
+        alloc_failed++;
+        return 1;
+    }
+
+    alloc_budget--;
+    return 0;
+}
+
+
+void *
+realloc(void *p, size_t size)
+{
+    return !calloc_only && alloc_fails() ? NULL : __libc_realloc(p, size);
+}
+
+
+void *
+calloc(size_t n, size_t size)
+{
+    return alloc_fails() ? NULL : __libc_calloc(n, size);
+}
+
+
+void *
+malloc(size_t size)
+{
+    return !calloc_only && alloc_fails() ? NULL : __libc_malloc(size);
+}
+
+
+static const char  rules_json[] =
+    "{\"rules\":["
+    "{\"id\":\"twice\",\"kind\":\"segment\",\"key\":\"uid\","
+    "\"type\":\"count\",\"where\":{\"field\":\"type\",\"eq\":\"page\"},"
+    "\"min\":2,\"within\":\"7d\"},"
+    "{\"id\":\"burst\",\"kind\":\"fraud\",\"key\":\"ip\",\"type\":\"count\","
+    "\"min\":21,\"within\":\"10s\"},"
+    "{\"id\":\"many\",\"kind\":\"fraud\",\"key\":\"device\","
+    "\"type\":\"distinct\",\"field\":\"uid\",\"min\":5,\"within\":\"1h\"}"
+    "]}";
+
+
+static rules_set_t     *rs;
+static rules_str_t      vals[8];
+static rules_limits_t   limits = { 256, 4096 };
+
+
+static void
+set_field(const char *name, const char *value)
+{
+    int  f;
+
+    f = rules_field_index(rs, name, strlen(name));
+
+    if (f < 0) {
+        printf("# no field %s\n", name);
+        exit(1);
+    }
+
+    vals[f].data = (const unsigned char *) value;
+    vals[f].len = strlen(value);
+}
+
+
+/* The event's operations, for comparing two builds. */
+static size_t
+ops_text(const rules_eventops_t *eo, unsigned char *out, size_t size)
+{
+    size_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < eo->nkeyops; i++) {
+        if (n + eo->keyops[i].op_len + 1 > size) {
+            return (size_t) -1;
+        }
+
+        out[n++] = (unsigned char) eo->keyops[i].group;
+        memcpy(out + n, eo->keyops[i].op, eo->keyops[i].op_len);
+        n += eo->keyops[i].op_len;
+    }
+
+    return n;
+}
+
+
+/*
+ * Each allocation of a build, in turn, fails on a fresh rules_eventops_t:
+ * RULES_EVENT_NOMEM with no operation left in it, and the next build on
+ * the same one gives what a build that never failed gives.
+ */
+static void
+test_event_build(void)
+{
+    long               k, nomem;
+    size_t             want_len, got_len;
+    rules_event_rc_t   rc;
+    rules_eventops_t   ref, eo;
+    unsigned char      want[4096], got[4096];
+
+    memset(vals, 0, sizeof(vals));
+    set_field("uid", "u1");
+    set_field("ip", "10.0.0.1");
+    set_field("device", "d1");
+    set_field("type", "page");
+
+    memset(&ref, 0, sizeof(ref));
+    rc = rules_event_build(rs, &limits, vals, 1000, &ref);
+    ok(rc == RULES_EVENT_OK && ref.nkeyops == 3,
+       "reference build: three key operations");
+    want_len = ops_text(&ref, want, sizeof(want));
+
+    nomem = 0;
+
+    for (k = 0; k < 16; k++) {
+        memset(&eo, 0, sizeof(eo));
+
+        alloc_budget = k;
+        rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+        alloc_budget = -1;
+
+        if (rc == RULES_EVENT_OK) {
+            break;
+        }
+
+        nomem++;
+        ok(rc == RULES_EVENT_NOMEM && eo.nkeyops == 0,
+           "allocation %ld fails: RULES_EVENT_NOMEM, no operation", k + 1);
+
+        rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+        got_len = ops_text(&eo, got, sizeof(got));
+        ok(rc == RULES_EVENT_OK && got_len == want_len
+           && memcmp(got, want, want_len) == 0,
+           "allocation %ld failed: the next build is whole", k + 1);
+
+        rules_eventops_free(&eo);
+    }
+
+    ok(nomem >= 2 && k < 16, "%ld allocations of a build each failed", nomem);
+
+    /* an operation that grows a used buffer past its size */
+
+    memset(&eo, 0, sizeof(eo));
+    rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+    set_field("uid", "a-value-of-two-hundred-bytes-..........................."
+              "........................................................."
+              "...........................................................");
+    eo.buf_size = eo.buf_len;           /* full: the next entry grows it */
+
+    alloc_budget = 0;
+    rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+    alloc_budget = -1;
+    ok(rc == RULES_EVENT_NOMEM && eo.nkeyops == 0,
+       "a buffer that cannot grow mid-event: RULES_EVENT_NOMEM, no operation");
+
+    rc = rules_event_build(rs, &limits, vals, 1000, &eo);
+    ok(rc == RULES_EVENT_OK && eo.nkeyops == 3,
+       "and the next build on it is whole");
+
+    rules_eventops_free(&eo);
+    rules_eventops_free(&ref);
+}
+
+
+static void
+test_json(void)
+{
+    long                  k;
+    char                  err[RULES_ERR_LEN];
+    rules_json_rc_t       rc;
+    rules_json_events_t   ev;
+    static const char     body[] =
+        "[{\"uid\":\"u1\",\"type\":\"page\",\"n\":12},"
+        "{\"uid\":\"u2\",\"type\":\"view\",\"ip\":\"10.0.0.2\"}]";
+
+    rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev, err);
+    ok(rc == RULES_JSON_OK && ev.nevents == 2, "the body parses");
+    rules_json_events_free(&ev);
+
+    /* jansson's first allocation */
+
+    alloc_budget = 0;
+    rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev, err);
+    alloc_budget = -1;
+    is_int(rc, RULES_JSON_NOMEM, "jansson out of memory: RULES_JSON_NOMEM, "
+           "not invalid JSON (%s)", err);
+    rules_json_events_free(&ev);
+
+    /*
+     * each of jansson's allocations in turn: jansson reports some as out
+     * of memory and some as a syntax error (its lexer does not tell), but
+     * the parse never succeeds with one missing
+     */
+
+    for (k = 1; k < 400; k++) {
+        alloc_budget = k;
+        alloc_failed = 0;
+        rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev,
+                                     err);
+        alloc_budget = -1;
+        rules_json_events_free(&ev);
+
+        if (alloc_failed == 0
+            || (rc != RULES_JSON_NOMEM && rc != RULES_JSON_BAD_JSON))
+        {
+            break;
+        }
+    }
+
+    ok(rc == RULES_JSON_OK && alloc_failed == 0 && k > 1,
+       "no parse succeeds with one of its %ld allocations failed", k);
+
+    /* the engine's own (calloc()) after jansson's: out of memory */
+
+    calloc_only = 1;
+
+    for (k = 0; k < 2; k++) {
+        alloc_budget = k;
+        rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev,
+                                     err);
+        alloc_budget = -1;
+        rules_json_events_free(&ev);
+        is_int(rc, RULES_JSON_NOMEM, "the events' arrays out of memory (%ld): "
+               "RULES_JSON_NOMEM", k + 1);
+    }
+
+    calloc_only = 0;
+}
+
+
+int
+main(void)
+{
+    char  err[RULES_ERR_LEN];
+
+    rs = rules_load_buffer(rules_json, strlen(rules_json), "test", err,
+                           sizeof(err));
+
+    if (rs == NULL) {
+        printf("# cannot load the rules: %s\n", err);
+        return 1;
+    }
+
+    test_event_build();
+    test_json();
+
+    rules_free(rs);
+
+    return done_testing();
+}
