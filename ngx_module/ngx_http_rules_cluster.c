@@ -30,6 +30,12 @@
  *              after NOSCRIPT): the ones that come back MOVED are sent
  *              again first, so a key's commands reach the new master in
  *              the order they were made.
+ *   start      the commands made before the worker's first map wait for
+ *              it, in order (and go to masters still making their first
+ *              connection, queued behind its setup), unless a refresh
+ *              has failed: a new worker (a reload) fails no event while
+ *              it learns the map, and a cluster that is down fails them
+ *              at once.
  *   nodes      found or made by address; a node that serves no slot and
  *              has been idle for GC_IDLE ms is closed (a former master
  *              after a failover, a seed that is a replica), from a timer.
@@ -96,7 +102,9 @@ typedef struct {
     ngx_uint_t                         slot;
     ngx_uint_t                         redirects;
     ngx_uint_t                         counted;  /* in slot_inflight */
-    ngx_queue_t                        queue;   /* held while draining */
+    ngx_queue_t                        queue;   /* held while draining,
+                                                   or before the first
+                                                   map */
 } ngx_http_rules_cluster_cmd_t;
 
 
@@ -109,6 +117,7 @@ struct ngx_http_rules_cluster_s {
     ngx_http_rules_cluster_node_t     *nodes;
     ngx_http_rules_cluster_node_t     *refresh_node;   /* asked */
     ngx_uint_t                         mapped;         /* slots served */
+    ngx_uint_t                         ever_mapped;    /* a map came */
     ngx_uint_t                         masters;
 
     ngx_event_t                        refresh_timer;
@@ -120,6 +129,7 @@ struct ngx_http_rules_cluster_s {
     ngx_uint_t                         failures_unlogged;
 
     ngx_queue_t                        held;     /* commands, in order */
+    ngx_queue_t                        unmapped; /* before the first map */
 
     ngx_http_rules_cluster_stats_t     stats;
     ngx_http_rules_redis_stats_t       gone;     /* of freed nodes */
@@ -201,6 +211,7 @@ static void ngx_http_rules_cluster_drained(ngx_http_rules_cluster_t *cl,
 static void ngx_http_rules_cluster_release_later(ngx_http_rules_cluster_t *cl,
     ngx_uint_t slot);
 static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl);
+static void ngx_http_rules_cluster_unmapped_go(ngx_http_rules_cluster_t *cl);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
 static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
@@ -228,6 +239,7 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
     cl->sha1 = script_sha1;
     cl->refresh_interval = NGX_HTTP_RULES_CLUSTER_REFRESH_MIN;
     ngx_queue_init(&cl->held);
+    ngx_queue_init(&cl->unmapped);
 
     /* cancelable: a graceful shutdown waits only for the requests */
 
@@ -253,8 +265,8 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
         return NULL;
     }
 
-    /* the first attempt waits for a seed's connection */
-    cl->last_refresh = ngx_current_msec;
+    /* at once: CLUSTER SLOTS waits in a seed's connection for it */
+    cl->last_refresh = ngx_current_msec - cl->refresh_interval;
     ngx_http_rules_cluster_plan_refresh(cl);
 
     return cl;
@@ -432,8 +444,9 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
 
     /*
      * A connected master, starting at a random one: the refreshes of
-     * the workers are spread over the cluster; else any connected node;
-     * else the seeds (made again if they were closed).
+     * the workers are spread over the cluster; else any connected node,
+     * or one making its first connection (a seed at start: the command
+     * waits in it); else the seeds (made again if they were closed).
      */
 
     pick = NULL;
@@ -442,8 +455,8 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
         n = 0;
 
         for (node = cl->nodes; node; node = node->next) {
-            if (ngx_http_rules_redis_ready(node->rd)
-                && (node->slots || !masters))
+            if (masters ? node->slots && ngx_http_rules_redis_ready(node->rd)
+                        : ngx_http_rules_redis_accepting(node->rd))
             {
                 n++;
             }
@@ -456,8 +469,8 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
         n = (ngx_uint_t) ngx_random() % n;
 
         for (node = cl->nodes; node; node = node->next) {
-            if (ngx_http_rules_redis_ready(node->rd)
-                && (node->slots || !masters)
+            if ((masters ? node->slots && ngx_http_rules_redis_ready(node->rd)
+                         : ngx_http_rules_redis_accepting(node->rd))
                 && n-- == 0)
             {
                 pick = node;
@@ -473,10 +486,23 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
             return;
         }
 
-        /* connecting: try again soon, without counting a failure */
-        cl->last_refresh = ngx_current_msec;
-        ngx_http_rules_cluster_plan_refresh(cl);
-        return;
+        /* a seed made again just now takes the command */
+
+        for (node = cl->nodes; node; node = node->next) {
+            if (ngx_http_rules_redis_accepting(node->rd)) {
+                pick = node;
+                break;
+            }
+        }
+
+        if (pick == NULL) {
+            /* every node failed its last connection (each tries again
+             * after its back-off) */
+            cl->last_refresh = ngx_current_msec;
+            ngx_http_rules_cluster_refresh_failed(cl,
+                                    "no node can be reached", NULL);
+            return;
+        }
     }
 
     argv[0] = "CLUSTER";
@@ -555,6 +581,11 @@ ngx_http_rules_cluster_refresh_failed(ngx_http_rules_cluster_t *cl,
     }
 
     ngx_http_rules_cluster_plan_refresh(cl);
+
+    /* the commands waiting for a first map fail, and the next ones at
+     * once (refresh_failing), until a map comes */
+
+    ngx_http_rules_cluster_unmapped_go(cl);
 }
 
 
@@ -599,6 +630,9 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
         ngx_log_error(NGX_LOG_NOTICE, cl->log, 0,
                       "rules redis cluster: slot map refreshed again");
     }
+
+    cl->ever_mapped = 1;
+    ngx_http_rules_cluster_unmapped_go(cl);
 }
 
 
@@ -900,7 +934,7 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
     u_char                         *p;
     size_t                          size;
     ngx_int_t                       nkeys, rc;
-    ngx_uint_t                      slot;
+    ngx_uint_t                      slot, unmapped;
     ngx_http_rules_cluster_cmd_t   *cmd;
     ngx_http_rules_cluster_node_t  *node;
 
@@ -930,13 +964,21 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
     }
 
     node = cl->slots[slot];
+    unmapped = 0;
 
     if (cl->drain_from[slot] == NULL
-        && (node == NULL || !ngx_http_rules_redis_ready(node->rd)))
+        && (node == NULL || !ngx_http_rules_redis_accepting(node->rd)))
     {
-        /* no map yet, a slot not served, or its master unreachable */
         ngx_http_rules_cluster_plan_refresh(cl);
-        return NGX_DECLINED;
+
+        if (cl->ever_mapped || cl->refresh_failing || cl->destroying) {
+            /* a slot not served, its master unreachable, or no map
+             * while refreshes fail */
+            return NGX_DECLINED;
+        }
+
+        /* the worker's first map is on its way: the command waits */
+        unmapped = 1;
     }
 
     size = sizeof(ngx_http_rules_cluster_cmd_t)
@@ -967,6 +1009,12 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
         cmd->argv[i] = (const char *) p;
         cmd->argvlen[i] = argvlen[i];
         p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    if (unmapped) {
+        cmd->node = NULL;
+        ngx_queue_insert_tail(&cl->unmapped, &cmd->queue);
+        return NGX_OK;
     }
 
     if (cl->drain_from[slot]) {
@@ -1197,11 +1245,12 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
                    ask ? "ASK" : "MOVED", slot, node->addr);
 
     /*
-     * A node just made is still connecting: the command fails (the
-     * event fails open) rather than wait.
+     * A node just made is making its first connection: the command waits
+     * in it (queued behind its setup); one that failed: the command fails
+     * (the event fails open) rather than wait.
      */
 
-    if (!ngx_http_rules_redis_ready(node->rd)
+    if (!ngx_http_rules_redis_accepting(node->rd)
         || ngx_http_rules_cluster_send(cmd, node,
                                        ask ? NGX_HTTP_RULES_REDIS_ASKING : 0)
            != NGX_OK)
@@ -1365,7 +1414,7 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
                 master = cl->slots[slot];
 
                 if (cl->destroying || master == NULL
-                    || !ngx_http_rules_redis_ready(master->rd)
+                    || !ngx_http_rules_redis_accepting(master->rd)
                     || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
                 {
                     ngx_http_rules_cluster_plan_refresh(cl);
@@ -1386,6 +1435,38 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
     }
 
     cl->in_release = 0;
+}
+
+
+/*
+ * The commands made before the worker's first map go to their masters,
+ * in the order they were made, once a map came; they fail when a
+ * refresh failed first, or at exit.
+ */
+static void
+ngx_http_rules_cluster_unmapped_go(ngx_http_rules_cluster_t *cl)
+{
+    ngx_queue_t                    *q;
+    ngx_http_rules_cluster_cmd_t   *cmd;
+    ngx_http_rules_cluster_node_t  *master;
+
+    while (!ngx_queue_empty(&cl->unmapped)) {
+        q = ngx_queue_head(&cl->unmapped);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
+        master = cl->slots[cmd->slot];
+
+        if (cl->destroying || !cl->ever_mapped || master == NULL
+            || !ngx_http_rules_redis_accepting(master->rd)
+            || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
+        {
+            if (cl->ever_mapped) {
+                ngx_http_rules_cluster_plan_refresh(cl);
+            }
+
+            ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
+        }
+    }
 }
 
 
@@ -1529,6 +1610,8 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
     }
 
     /* pending commands: handlers called with NGX_ERROR, right now */
+
+    ngx_http_rules_cluster_unmapped_go(cl);
 
     while (cl->nodes) {
         ngx_http_rules_cluster_node_free(cl, cl->nodes, "worker exiting");

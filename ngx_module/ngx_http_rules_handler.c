@@ -936,7 +936,8 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     /* a cluster's nodes are checked when the calls go out */
 
     if (rmcf->cluster == NULL
-        && (rmcf->redis == NULL || !ngx_http_rules_redis_ready(rmcf->redis)))
+        && (rmcf->redis == NULL
+            || !ngx_http_rules_redis_accepting(rmcf->redis)))
     {
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;

@@ -733,9 +733,7 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     size_t                       size;
     ngx_http_rules_redis_cmd_t  *cmd;
 
-    if (rd->state != NGX_HTTP_RULES_REDIS_CONNECTED || rd->closing
-        || (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
-    {
+    if (!ngx_http_rules_redis_accepting(rd)) {
         return NGX_DECLINED;
     }
 
@@ -1326,6 +1324,27 @@ ngx_uint_t
 ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 {
     return rd->state == NGX_HTTP_RULES_REDIS_CONNECTED && !rd->closing;
+}
+
+
+/*
+ * Ready, or making a connection while no failure is reported: the
+ * worker's first connection, or one made again at once after an idle
+ * close.  Its commands are queued behind the setup commands and go when
+ * it is made (or fail with it); after a failure, while Redis is down,
+ * events fail at once instead.
+ */
+ngx_uint_t
+ngx_http_rules_redis_accepting(ngx_http_rules_redis_t *rd)
+{
+    if (rd->closing || rd->ac == NULL
+        || (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
+    {
+        return 0;
+    }
+
+    return rd->state == NGX_HTTP_RULES_REDIS_CONNECTED
+           || (rd->state == NGX_HTTP_RULES_REDIS_CONNECTING && !rd->down);
 }
 
 

@@ -135,6 +135,13 @@ ngx_int_t ngx_http_rules_redis_command(ngx_http_rules_redis_t *rd,
  * accepts commands, up to max_inflight.
  */
 ngx_uint_t ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd);
+
+/*
+ * Ready, or making its connection while no failure is reported (the
+ * worker's first, or one made again after an idle close): evalsha and
+ * command accept commands, which go once it is made.
+ */
+ngx_uint_t ngx_http_rules_redis_accepting(ngx_http_rules_redis_t *rd);
 ngx_uint_t ngx_http_rules_redis_inflight(ngx_http_rules_redis_t *rd);
 
 /* signs that Redis may have lost writes seen by the worker so far (any

@@ -1,6 +1,8 @@
 # Redis killed and restarted, its scripts flushed, and an idle connection
 # closed by Redis: events fail fast while it is down, updates resume with
-# no manual step, and an idle close costs no event.
+# no manual step, and an idle close costs no event.  A worker's first
+# connection, slow to be made: its events wait for it (a reload's new
+# workers fail none), within their deadline.
 
 use strict;
 use warnings;
@@ -9,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
 use RulesNginx;
+use RulesProxy;
 
 my $redis = RulesNginx::start_redis();
 my $port = $redis->{port};
@@ -115,4 +118,63 @@ unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
 unlike($log, qr/exited on signal/, 'no worker crashed');
 
 RulesNginx::stop_nginx($ngx);
+
+# A first connection that takes a second to be made: a listener whose
+# accept queue is full (backlog 1, two connections waiting in it) drops
+# the worker's SYN; once the queue is emptied, the SYN sent again (about
+# 1 s later) is taken, and a proxy forwards to Redis.  The event sent
+# right after the start waits for the connection: before, it failed at
+# once (status error) while the connection was being made.
+my $listen = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                   LocalPort => 0, ReuseAddr => 1)
+    or die "listen: $!";
+my $slow_port = $listen->sockport;
+my @fillers = map {
+    IO::Socket::INET->new(PeerAddr => "127.0.0.1:$slow_port")
+        or die "connect: $!"
+} 1 .. 2;
+
+my $ngx2 = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-063b",
+    workers => 1,
+    files   => { 'rules.json' => <<'_EOC_' },
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}
+_EOC_
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis 127.0.0.1:$slow_port;\n"
+                   . "    rules_redis_connect_timeout 10s;",
+        prefix  => 't063b:',
+        timeout => (5 * $slow) . 's',
+        fields  => ['uid']));
+
+my $t0 = time;
+my $s1 = RulesNginx::send_get($ngx2->{port}, '/px?uid=e&ts=1000', 20);
+sleep 0.3;
+
+# the queue emptied: the worker's SYN, sent again, is taken next
+for (@fillers) {
+    my $held = $listen->accept;
+    close $held if $held;
+    close $_;
+}
+my $proxy = RulesProxy::start(listen => $listen, upstream => $port,
+                              log => "$FindBin::Bin/servroot-063b/proxy.log");
+
+my $first = RulesNginx::pixel_answer($s1);
+my $waited = time - $t0;
+is($first, '204 ok []', 'the first event waited for the first connection');
+cmp_ok($waited, '>', 0.5, "it waited for the SYN sent again "
+       . "(${\ sprintf '%.2f', $waited} s)");
+is(RulesNginx::pixel_answer(
+       RulesNginx::send_get($ngx2->{port}, '/px?uid=e&ts=2000')),
+   '204 ok [twice]', 'its state was written: the next event matches');
+
+$log = RulesNginx::error_log($ngx2);
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
+RulesNginx::stop_nginx($ngx2);
+RulesProxy::stop($proxy);
+
 done_testing();

@@ -42,7 +42,8 @@ use Time::HiRes qw(sleep time);
 
 sub start {
     my (%opt) = @_;
-    my $listen = IO::Socket::INET->new(Listen => 128,
+    # (listen: a listening socket of the caller's, to serve from now on)
+    my $listen = $opt{listen} // IO::Socket::INET->new(Listen => 128,
                                        LocalAddr => '127.0.0.1',
                                        LocalPort => $opt{port} // 0,
                                        ReuseAddr => 1)
