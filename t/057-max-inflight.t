@@ -6,6 +6,9 @@
 # answers them events are taken again.  The gauge of waiting events
 # counts the running workers': a worker killed with events waiting takes
 # them with it, the worker started instead counts its own.
+# The bound also holds the calls waiting on one connection: a compaction
+# call, which carries no event, waiting alone makes the next event fail
+# at once (through a proxy that holds Redis' replies).
 
 use strict;
 use warnings;
@@ -14,6 +17,8 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use RulesNginx;
+use RulesProxy;
+use File::Temp ();
 
 my $slow = RulesMemcheck::slowdown();
 
@@ -149,5 +154,92 @@ unlike($errors, qr/no reply for/,
        'Redis was stopped for less than a second at a time');
 RulesNginx::stop_nginx($ngx);
 RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
+
+# ---- the bound on the calls waiting on one connection --------------------
+#
+# README (rules_redis_max_inflight): "A connection also has at most that
+# many calls waiting for a reply (each carries one or more events)."
+#
+# A call can wait with no event in it: the compaction that the fold of a
+# long key log asks for goes out in a call of its own once that event's
+# reply is in.  Through a proxy that holds Redis' replies, with a bound
+# of one and no state cache (every event appends to its key's log): the
+# event that makes the log long enough waits (held), its reply is let
+# through, and the compaction's call then waits with no event waiting.
+# The next event is within the bound on events (none waits) but not
+# within the one on calls: it fails at once (error) instead of waiting
+# for its deadline.
+
+{
+    my $proxy = RulesProxy::start(upstream => $redis->{port},
+                                  log => File::Temp::tempdir(CLEANUP => 1)
+                                         . "/proxy.log");
+    my $n2 = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-057b",
+        files  => { 'rules.json' => $rules },
+        http   => RulesNginx::pixel_http(
+            store   => "rules_redis 127.0.0.1:$proxy->{port};",
+            timeout => '200ms',
+            prefix  => "t057b:$$:",
+            fields  => ['uid'],
+            extra   => "rules_redis_max_inflight 1;\n    rules_state_cache 0;"));
+    my $m = sub { RulesNginx::metric($n2, @_) // -1 };
+    my $ev = sub {
+        my ($uid, $ts) = @_;
+        my $t = time;
+        my ($code, $h) = RulesNginx::get($n2->{port}, "/px?uid=$uid&ts=$ts");
+        return ("$code " . ($h->{'x-status'} // ''), time - $t);
+    };
+
+    # seven events on one key: a log of seven entries, no compaction yet
+    my @seven = map { ($ev->('long', 1000 + $_))[0] } 1 .. 7;
+    is("@seven", join(' ', ('204 ok') x 7), 'seven events on one key: ok');
+    is($m->('nginx_rules_state_compactions_total'), 0, 'no compaction yet');
+
+    ok(RulesProxy::hold($proxy), 'the proxy holds the replies');
+    my ($eighth, $took8) = $ev->('long', 1008);
+    is($eighth, '204 timeout',
+       'the eighth event, its reply held: answered at its deadline');
+    is($m->('nginx_rules_inflight_events'), 1, 'it waits for Redis');
+
+    # its reply let through: folded over eight entries, a compaction goes
+    # out, in a call with no event, and its reply is held too
+    ok(RulesProxy::release($proxy, 'one'), 'the eighth event\'s reply let through');
+    my $held = 0;
+    for (1 .. 100 * $slow) {
+        $held = RulesProxy::held($proxy);
+        last if $held >= 2;
+        sleep 0.01;
+    }
+    is($held, 2, 'a second reply held: the compaction\'s call');
+    is($m->('nginx_rules_inflight_events'), 0,
+       'no event waits: the compaction\'s call carries none');
+
+    my $err0 = $m->('nginx_rules_events_total{status="error"}');
+    my ($next, $took) = $ev->('other', 1000);
+    is($next, '204 error',
+       'the next event, the compaction\'s call waiting: error (the bound '
+       . 'on calls), not timeout');
+    cmp_ok($took, '<', 0.15 * $slow, "at once, not at a deadline ($took s)");
+    is($m->('nginx_rules_events_total{status="error"}') - $err0, 1,
+       'counted as error');
+
+    ok(RulesProxy::release($proxy, 'all'), 'the replies let through');
+    my $back = '';
+    for (1 .. 100 * $slow) {
+        ($back) = $ev->('other', 2000);
+        last if $back eq '204 ok';
+        sleep 0.05;
+    }
+    is($back, '204 ok', 'the compaction answered: events taken again');
+    is($m->('nginx_rules_state_compactions_total'), 1,
+       'the compaction was applied');
+
+    my $errs = RulesNginx::error_log($n2);
+    unlike($errs, qr/\[(?:alert|crit|emerg)\]/, 'no alert in the error log');
+    unlike($errs, qr/no reply for/, 'the replies were held less than a second');
+    RulesNginx::stop_nginx($n2);
+    RulesProxy::stop($proxy);
+}
 
 done_testing();
