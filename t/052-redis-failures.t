@@ -60,6 +60,12 @@ add_block_preprocessor(sub {
     $block->set_value('timeout', 3) unless defined $block->timeout;
 });
 
+# a metrics response holding each of these lines, exactly
+sub has_lines {
+    my $re = join '', map { "(?=.*^\Q$_\E\$)" } @_;
+    return qr/\A$re/ms;
+}
+
 no_shuffle();
 run_tests();
 
@@ -80,15 +86,26 @@ __DATA__
         add_header X-Fraud $rules_fraud always;
         empty_gif;
     }
+    location = /metrics { rules_metrics; }
 --- request eval
 ["GET /px?uid=a&ip=192.0.2.1", "GET /px?uid=a&ip=192.0.2.1",
- "GET /px?uid=a&ip=192.0.2.1"]
+ "GET /px?uid=a&ip=192.0.2.1", "GET /metrics"]
 --- error_code eval
-[200, 200, 200]
+[200, 200, 200, 200]
 --- response_headers eval
 ["X-Rules: []\nX-Status: error\nX-Fraud: 0",
  "X-Rules: []\nX-Status: error\nX-Fraud: 0",
- "X-Rules: []\nX-Status: error\nX-Fraud: 0"]
+ "X-Rules: []\nX-Status: error\nX-Fraud: 0", ""]
+--- response_body_like eval
+[qr/^GIF89a/, qr/^GIF89a/, qr/^GIF89a/,
+ main::has_lines(
+   'nginx_rules_events_total{status="error"} 3',
+   'nginx_rules_events_total{status="ok"} 0',
+   'nginx_rules_failed_total{mode="open"} 3',
+   'nginx_rules_failed_total{mode="closed"} 0',
+   'nginx_rules_fraud_rejected_total 0',
+   'nginx_rules_rule_evaluated_total{rule="twice",kind="segment",type="count"} 0',
+ )]
 --- no_error_log
 [alert]
 [crit]
@@ -111,12 +128,21 @@ __DATA__
         add_header X-Fraud $rules_fraud always;
         empty_gif;
     }
---- request
-GET /px?uid=b
---- error_code: 403
---- response_headers
-X-Status: error
-X-Fraud: 1
+    location = /metrics { rules_metrics; }
+--- request eval
+["GET /px?uid=b", "GET /metrics"]
+--- error_code eval
+[403, 200]
+--- response_headers eval
+["X-Status: error\nX-Fraud: 1", ""]
+--- response_body_like eval
+[qr/403 Forbidden/,
+ main::has_lines(
+   'nginx_rules_events_total{status="error"} 1',
+   'nginx_rules_failed_total{mode="closed"} 1',
+   'nginx_rules_failed_total{mode="open"} 0',
+   'nginx_rules_fraud_rejected_total 1',
+ )]
 --- error_log
 rules: event rejected as fraud (redis failed, closed), status 403
 
@@ -156,14 +182,24 @@ X-Fraud: 1
         add_header X-Fraud $rules_fraud always;
         empty_gif;
     }
+    location = /metrics { rules_metrics; }
 --- request eval
-["GET /px?uid=d", "GET /px?uid=d"]
+["GET /px?uid=d", "GET /px?uid=d", "GET /metrics"]
 --- timeout: 1
 --- error_code eval
-[200, 200]
+[200, 200, 200]
 --- response_headers eval
 ["X-Status: timeout\nX-Rules: []\nX-Fraud: 0",
- "X-Status: timeout\nX-Rules: []\nX-Fraud: 0"]
+ "X-Status: timeout\nX-Rules: []\nX-Fraud: 0", ""]
+--- response_body_like eval
+[qr/^GIF89a/, qr/^GIF89a/,
+ main::has_lines(
+   'nginx_rules_events_total{status="timeout"} 2',
+   'nginx_rules_events_total{status="error"} 0',
+   'nginx_rules_failed_total{mode="open"} 2',
+   'nginx_rules_failed_total{mode="closed"} 0',
+   'nginx_rules_fraud_rejected_total 0',
+ )]
 --- error_log
 rules: redis reply not received in time
 --- no_error_log
@@ -185,12 +221,22 @@ rules: redis reply not received in time
         add_header X-Status $rules_status always;
         empty_gif;
     }
---- request
-GET /px?uid=e
+    location = /metrics { rules_metrics; }
+--- request eval
+["GET /px?uid=e", "GET /metrics"]
 --- timeout: 1
---- error_code: 429
---- response_headers
-X-Status: timeout
+--- error_code eval
+[429, 200]
+--- response_headers eval
+["X-Status: timeout", ""]
+--- response_body_like eval
+[qr/429 Too Many Requests/,
+ main::has_lines(
+   'nginx_rules_events_total{status="timeout"} 1',
+   'nginx_rules_failed_total{mode="closed"} 1',
+   'nginx_rules_failed_total{mode="open"} 0',
+   'nginx_rules_fraud_rejected_total 1',
+ )]
 
 
 
@@ -206,13 +252,22 @@ X-Status: timeout
         add_header X-Status $rules_status always;
         return 204;
     }
---- request
-POST /events
-[{"uid": "f"}, {"uid": "g"}, {"uid": "h", "ip": "192.0.2.9"}]
+    location = /metrics { rules_metrics; }
+--- request eval
+["POST /events\n[{\"uid\": \"f\"}, {\"uid\": \"g\"}, {\"uid\": \"h\", \"ip\": \"192.0.2.9\"}]",
+ "GET /metrics"]
 --- timeout: 1
---- error_code: 204
---- response_headers
-X-Status: timeout
+--- error_code eval
+[204, 200]
+--- response_headers eval
+["X-Status: timeout", ""]
+--- response_body_like eval
+[qr/\A\z/,
+ main::has_lines(
+   'nginx_rules_events_total{status="timeout"} 3',
+   'nginx_rules_failed_total{mode="open"} 1',
+   'nginx_rules_failed_total{mode="closed"} 0',
+ )]
 
 
 
