@@ -50,6 +50,7 @@ our $PixelConfig = <<'_EOC_';
         add_header X-Status $rules_status always;
         empty_gif;
     }
+    location = /metrics { rules_metrics; }
 _EOC_
 
 add_block_preprocessor(sub {
@@ -60,6 +61,12 @@ add_block_preprocessor(sub {
     $block->set_value('user_files', ">>> rules.json\n$RulesFile")
         unless defined $block->user_files;
 });
+
+# a metrics response holding each of these lines, exactly
+sub has_lines {
+    my $re = join '', map { "(?=.*^\Q$_\E\$)" } @_;
+    return qr/\A$re/ms;
+}
 
 no_shuffle();
 run_tests();
@@ -74,6 +81,7 @@ __DATA__
   "GET /px?uid=t050-1&e=click&ts=3000000",
   "GET /px?uid=t050-1&e=click&ts=" . (1000000 + 7 * 86400000 - 1),
   "GET /px?uid=t050-1&e=click&ts=" . (2000000 + 7 * 86400000),
+  "GET /metrics",
 ]
 --- response_headers eval
 [
@@ -82,9 +90,24 @@ __DATA__
   "X-Rules: [visited_twice_week]",
   "X-Rules: [visited_twice_week]",
   "X-Rules: []",
+  "",
 ]
 --- error_code eval
-[200, 200, 200, 200, 200]
+[200, 200, 200, 200, 200, 200]
+--- response_body_like eval
+[(qr/^GIF89a/) x 5,
+ # one key, one worker: the first page view misses the state cache and
+ # is appended, the second is computed in the worker and written whole;
+ # the clicks touch no rule of the key (no "page"): read, not looked up
+ main::has_lines(
+   'nginx_rules_events_total{status="ok"} 5',
+   'nginx_rules_rule_evaluated_total{rule="visited_twice_week",kind="segment",type="count"} 5',
+   'nginx_rules_rule_matched_total{rule="visited_twice_week",kind="segment",type="count"} 3',
+   'nginx_rules_state_cache_lookups_total{result="miss"} 1',
+   'nginx_rules_state_cache_lookups_total{result="hit"} 1',
+   'nginx_rules_state_writes_total 1',
+   'nginx_rules_state_write_fallbacks_total 0',
+ )]
 --- no_error_log
 [error]
 
@@ -173,12 +196,17 @@ __DATA__
 
 
 === TEST 6: no key field: skipped
---- request
-GET /px?e=page&ts=1
---- response_headers
-X-Rules: []
-X-Status: skipped
-X-Fraud: 0
+--- request eval
+["GET /px?e=page&ts=1", "GET /metrics"]
+--- response_headers eval
+["X-Rules: []\nX-Status: skipped\nX-Fraud: 0", ""]
+--- response_body_like eval
+[qr/^GIF89a/,
+ main::has_lines(
+   'nginx_rules_events_total{status="skipped"} 1',
+   'nginx_rules_events_total{status="ok"} 0',
+   'nginx_rules_redis_calls_total 0',
+ )]
 
 
 
@@ -207,6 +235,7 @@ X-Fraud: 0
   "GET /px?uid=t050-8&e=page&ts=9007199254740992",
   "GET /px?uid=t050-8z&e=page&ts=000000000000000000000000005",
   "GET /px?uid=t050-8z&e=page&ts=0009007199254740991",
+  "GET /metrics",
 ]
 --- response_headers eval
 [
@@ -216,9 +245,17 @@ X-Fraud: 0
   "X-Status: invalid",
   "X-Status: ok",
   "X-Status: ok",
+  "",
 ]
 --- error_code eval
-[200, 200, 200, 200, 200, 200]
+[200, 200, 200, 200, 200, 200, 200]
+--- response_body_like eval
+[(qr/^GIF89a/) x 6,
+ main::has_lines(
+   'nginx_rules_events_total{status="invalid"} 4',
+   'nginx_rules_events_total{status="ok"} 2',
+   'nginx_rules_rule_evaluated_total{rule="visited_twice_week",kind="segment",type="count"} 2',
+ )]
 --- error_log
 time "-5" is not a non-negative integer of ms
 
@@ -298,15 +335,26 @@ time "-5" is not a non-negative integer of ms
         add_header X-Rules "[$rules_matched]" always;
         empty_gif;
     }
+    location = /metrics { rules_metrics; }
 --- request eval
 [
   "GET /px?uid=x&ip=203.0.113.11&ts=1000",
   "GET /px?uid=x&ip=203.0.113.11&ts=1001",
   "GET /px?uid=x&ip=203.0.113.11&ts=1002",
   "GET /px?uid=x&ip=203.0.113.12&ts=1003",
+  "GET /metrics",
 ]
 --- error_code eval
-[200, 200, 429, 200]
+[200, 200, 429, 200, 200]
+--- response_body_like eval
+[qr/^GIF89a/, qr/^GIF89a/, qr/429 Too Many Requests/, qr/^GIF89a/,
+ main::has_lines(
+   'nginx_rules_fraud_rejected_total 1',
+   'nginx_rules_rule_matched_total{rule="ip_burst",kind="fraud",type="count"} 1',
+   'nginx_rules_events_total{status="ok"} 4',
+   'nginx_rules_failed_total{mode="open"} 0',
+   'nginx_rules_failed_total{mode="closed"} 0',
+ )]
 --- error_log
 rules: event rejected as fraud (matched a fraud rule), status 429
 
@@ -318,11 +366,23 @@ rules: event rejected as fraud (matched a fraud rule), status 429
     rules_key_prefix "t050:";
     rules_max_key_length 8;
     rules_file ../html/rules.json;
---- request
-GET /px?uid=0123456789abcdef&e=page&ts=1
---- response_headers
-X-Status: skipped
-X-Rules: []
+--- request eval
+["GET /px?uid=0123456789abcdef&e=page&ts=1",
+ "GET /px?uid=01234567&ip=0123456789&d=0123456789abcdef&ts=1",
+ "GET /metrics"]
+--- response_headers eval
+["X-Status: skipped\nX-Rules: []", "X-Status: ok\nX-Rules: []", ""]
+--- response_body_like eval
+[qr/^GIF89a/, qr/^GIF89a/,
+ # uid in the first event, ip and device in the second (uid has 8 bytes)
+ main::has_lines(
+   'nginx_rules_key_over_limit_total 3',
+   'nginx_rules_events_total{status="skipped"} 1',
+   'nginx_rules_events_total{status="ok"} 1',
+   'nginx_rules_rule_evaluated_total{rule="visited_twice_week",kind="segment",type="count"} 1',
+   'nginx_rules_rule_evaluated_total{rule="ip_burst",kind="fraud",type="count"} 0',
+   'nginx_rules_rule_evaluated_total{rule="device_many_users",kind="fraud",type="distinct"} 0',
+ )]
 --- error_log
 key value(s) longer than rules_max_key_length 8, not evaluated
 
@@ -334,10 +394,18 @@ key value(s) longer than rules_max_key_length 8, not evaluated
     rules_key_prefix "t050:";
     rules_max_value_length 16;
     rules_file ../html/rules.json;
---- request
-GET /px?uid=t050-13&e=page&ts=1&u=/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
---- response_headers
-X-Status: invalid
+--- request eval
+["GET /px?uid=t050-13&e=page&ts=1&u=/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+ "GET /metrics"]
+--- response_headers eval
+["X-Status: invalid", ""]
+--- response_body_like eval
+[qr/^GIF89a/,
+ main::has_lines(
+   'nginx_rules_events_total{status="invalid"} 1',
+   'nginx_rules_events_total{status="ok"} 0',
+   'nginx_rules_redis_calls_total 0',
+ )]
 --- error_log
 longer than rules_max_value_length 16
 
