@@ -261,7 +261,7 @@ time "-5" is not a non-negative integer of ms
 
 
 
-=== TEST 9: $rules_match_<id>, $rules_fraud in headers, a map and the access log
+=== TEST 9: $rules_match_<id>, $rules_fraud in headers, a map and the access log (the log is read back)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_key_prefix "t050:";
@@ -270,30 +270,50 @@ time "-5" is not a non-negative integer of ms
         1       "returning";
         default "new";
     }
-    log_format rules '$request_uri matched=[$rules_matched] status=$rules_status fraud=$rules_fraud';
+    log_format rules '$request_uri matched=[$rules_matched] status=$rules_status fraud=$rules_fraud twice=$rules_match_visited_twice_week burst=$rules_match_ip_burst segment=$segment';
 --- config
     location = /px {
         rules on;
         rules_field uid  $arg_uid;
+        rules_field ip   $arg_ip;
         rules_field type $arg_e;
         rules_time $arg_ts;
         access_log logs/rules.log rules;
         add_header X-Twice $rules_match_visited_twice_week always;
         add_header X-Burst $rules_match_ip_burst always;
+        add_header X-Fraud $rules_fraud always;
         add_header X-Segment $segment always;
         return 204;
     }
+    # the access log written by the requests before (one worker: each
+    # request's log line is written before the next request is read)
+    location = /rules.log {
+        access_log off;
+        root logs;
+        default_type text/plain;
+    }
 --- request eval
 [
-  "GET /px?uid=t050-9&e=page&ts=1000",
-  "GET /px?uid=t050-9&e=page&ts=2000",
+  "GET /px?uid=t050-9&e=page&ip=203.0.113.9&ts=1000",
+  "GET /px?uid=t050-9&e=page&ip=203.0.113.9&ts=2000",
+  "GET /px?uid=t050-9b&ip=203.0.113.9&ts=3000",
+  "GET /rules.log",
 ]
 --- error_code eval
-[204, 204]
+[204, 204, 204, 200]
 --- response_headers eval
 [
-  "X-Twice: 0\nX-Burst: 0\nX-Segment: new",
-  "X-Twice: 1\nX-Burst: 0\nX-Segment: returning",
+  "X-Twice: 0\nX-Burst: 0\nX-Fraud: 0\nX-Segment: new",
+  "X-Twice: 1\nX-Burst: 0\nX-Fraud: 0\nX-Segment: returning",
+  "X-Twice: 0\nX-Burst: 1\nX-Fraud: 1\nX-Segment: new",
+  "",
+]
+--- response_body eval
+[
+  "", "", "",
+  "/px?uid=t050-9&e=page&ip=203.0.113.9&ts=1000 matched=[] status=ok fraud=0 twice=0 burst=0 segment=new\n"
+  . "/px?uid=t050-9&e=page&ip=203.0.113.9&ts=2000 matched=[visited_twice_week] status=ok fraud=0 twice=1 burst=0 segment=returning\n"
+  . "/px?uid=t050-9b&ip=203.0.113.9&ts=3000 matched=[ip_burst] status=ok fraud=1 twice=0 burst=1 segment=new\n",
 ]
 
 
