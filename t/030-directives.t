@@ -357,7 +357,7 @@ value must be between 1 and 65535
 
 
 
-=== TEST 23: rules_state_cache 0: every event appends, results unchanged
+=== TEST 23: rules_state_cache 0: every event appends to the key's log (each lookup a miss, no whole-state write; the worker folds the log it gets back and, at 8 entries, compacts it), results unchanged
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_key_prefix "t030-23:";
@@ -373,6 +373,7 @@ value must be between 1 and 65535
         add_header X-Rules "[$rules_matched]" always;
         return 204;
     }
+    location = /metrics { rules_metrics; }
 --- user_files
 >>> rules.json
 {"rules": [
@@ -385,6 +386,12 @@ value must be between 1 and 65535
   "GET /px?uid=t030-23&e=click&ts=2000",
   "GET /px?uid=t030-23&e=page&ts=3000",
   "GET /px?uid=t030-23&e=click&ts=" . (1000 + 3600000),
+  # 7 more page views: the 9th gets a log of 8 entries back
+  map({ "GET /px?uid=t030-23&e=page&ts=" . (4000000 + $_) } 0 .. 6),
+  # on the same connection to Redis after the compaction: its reply
+  # comes after the compaction's
+  "GET /px?uid=t030-23b&e=page&ts=1000",
+  "GET /metrics",
 ]
 --- response_headers eval
 [
@@ -392,9 +399,16 @@ value must be between 1 and 65535
   "X-Rules: []",
   "X-Rules: [twice]",
   "X-Rules: []",
+  "X-Rules: []",
+  ("X-Rules: [twice]") x 6,
+  "X-Rules: []",
+  "",
 ]
 --- error_code eval
-[204, 204, 204, 204]
+[(204) x 12, 200]
+--- response_body_like eval
+[(qr/\A\z/) x 12,
+ qr/\A(?=.*^nginx_rules_state_cache_lookups_total\{result="hit"\} 0$)(?=.*^nginx_rules_state_cache_lookups_total\{result="miss"\} 10$)(?=.*^nginx_rules_state_writes_total 0$)(?=.*^nginx_rules_state_compactions_total 1$)(?=.*^nginx_rules_state_compactions_lost_total 0$)(?=.*^nginx_rules_events_total\{status="ok"\} 12$)/ms]
 --- no_error_log
 [error]
 
