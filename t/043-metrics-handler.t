@@ -144,3 +144,13 @@ GET /metrics
 qr{^nginx_rules_info\{rules_file="[^"\n]*/html/r\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\.json",digest="[0-9a-f]{16}",rules="1"\} 1$}m
 --- no_error_log
 [alert]
+
+
+
+=== TEST 6: the time the rules file was loaded, in seconds since the epoch: this start's, within the last minute
+--- request
+GET /metrics
+--- response_body_like eval
+qr/^nginx_rules_rules_loaded_timestamp_seconds (\d+)$(?(?{ $^N <= time && $^N > time - 60 })|(*FAIL))/m
+--- no_error_log
+[alert]
