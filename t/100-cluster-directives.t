@@ -110,12 +110,13 @@ invalid parameter "password=" of "rules_redis_cluster"
 
 
 
-=== TEST 10: a full configuration is accepted (a prefix with braces but no hash tag too); a seed that is not a cluster node fails events at once (fail-open) and says why
+=== TEST 10: a full configuration is accepted (a prefix with braces but no hash tag too); a seed that is not a cluster node fails events at once (fail-open), says why, and counts its failed slot map refreshes
 --- http_config
     rules_redis_cluster 127.0.0.1:$TEST_NGINX_REDIS_PORT localhost:$TEST_NGINX_REDIS_PORT;
     rules_redis_timeout 100ms;
     rules_key_prefix "t100{}:{";
     rules_file ../html/rules.json;
+    limit_req_zone $server_name zone=t100pause:1m rate=1r/s;
 --- config
     location = /px {
         rules on;
@@ -125,6 +126,13 @@ invalid parameter "password=" of "rules_redis_cluster"
         return 204;
     }
     location = /metrics { rules_metrics; }
+    # the second request here waits a second (limit_req, in the preaccess
+    # phase, delays it): the first slot map refresh (from a timer, 100 ms
+    # after the start) has failed by then
+    location = /pause {
+        limit_req zone=t100pause burst=1;
+        empty_gif;
+    }
 --- user_files
 >>> rules.json
 {"rules": [
@@ -132,14 +140,14 @@ invalid parameter "password=" of "rules_redis_cluster"
    "min": 2, "within": "1h"}
 ]}
 --- request eval
-["GET /px?uid=t100", "GET /metrics"]
+["GET /px?uid=t100", "GET /pause", "GET /pause", "GET /metrics"]
 --- wait: 0.5
 --- error_code eval
-[204, 200]
+[204, 200, 200, 200]
 --- response_headers eval
-["X-Rules: []\nX-Status: error", ""]
+["X-Rules: []\nX-Status: error", "", "", ""]
 --- response_body_like eval
-["", qr/nginx_rules_cluster_redirects_total\{type="ask"\} 0\n(?s:.*)nginx_rules_cluster_slot_refreshes_total\{result="error"\} \d+\n/]
+["", "", "", qr/\A(?=.*^nginx_rules_cluster_redirects_total\{type="ask"\} 0$)(?=.*^nginx_rules_cluster_slot_refreshes_total\{result="ok"\} 0$)(?=.*^nginx_rules_cluster_slot_refreshes_total\{result="error"\} [1-9]\d*$)(?=.*^nginx_rules_events_total\{status="error"\} 1$)(?=.*^nginx_rules_failed_total\{mode="open"\} 1$)/ms]
 --- error_log
 slot map refresh failed: CLUSTER SLOTS: ERR This instance has cluster support disabled
 --- no_error_log
