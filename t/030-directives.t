@@ -299,7 +299,7 @@ duplicate rules_field "uid"
 
 
 
-=== TEST 19: a rules_field no rule uses is a warning, not an error
+=== TEST 19: a rules_field no rule uses is a warning, not an error (the warning, written before the error log is opened, is checked in the output of nginx -t: t/055)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_redis_timeout 5s;
