@@ -95,13 +95,31 @@ X-Status: ok
 
 
 === TEST 5: a body that is not JSON: invalid, still answered, one log line
---- request
-POST /events
-{"uid": "t051-5", "type": 
---- error_code: 204
---- response_headers
-X-Status: invalid
-X-Rules: []
+The second request reads the error log so far: it holds the rejection
+exactly once, and no other line about the event.
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_field ip $arg_ip;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+    location = /log {
+        default_type text/plain;
+        alias logs/error.log;
+    }
+--- request eval
+["POST /events\n{\"uid\": \"t051-5\", \"type\": ", "GET /log"]
+--- error_code eval
+[204, 200]
+--- response_headers eval
+["X-Status: invalid\nX-Rules: []", ""]
+--- response_body_like eval
+["^\$",
+ qr/\A(?:(?!rules: event)[\s\S])*rules: event body rejected: invalid JSON at line \d+, column \d+[^\n]*\n(?:(?!rules: event)[\s\S])*\z/]
 --- error_log eval
 qr/rules: event body rejected: invalid JSON at line \d+, column \d+/
 --- no_error_log
