@@ -128,11 +128,15 @@ qr/rules: event body rejected: invalid JSON at line \d+, column \d+/
 
 
 === TEST 6: an array with a non-object: the whole body is rejected
---- request
-POST /events
-[{"uid": "t051-6", "type": "page", "ts": 1}, 42]
---- response_headers
-X-Status: invalid
+Nothing is applied: had the valid event 0 been, the next page view of
+that user would be the second, and match "twice".
+--- request eval
+[
+  "POST /events\n[{\"uid\": \"t051-6\", \"type\": \"page\", \"ts\": 1}, 42]",
+  "POST /events\n{\"uid\": \"t051-6\", \"type\": \"page\", \"ts\": 2}",
+]
+--- response_headers eval
+["X-Status: invalid\nX-Rules: []", "X-Status: ok\nX-Rules: []"]
 --- error_log
 rules: event body rejected: event 1 is not a JSON object
 
@@ -158,11 +162,15 @@ is over rules_max_body_size 4096
 
 
 === TEST 9: an event without its rules_time member is invalid
---- request
-POST /events
-[{"uid": "t051-9", "ts": 5}, {"uid": "t051-9"}]
---- response_headers
-X-Status: invalid
+The whole body: the valid event 0 is not applied either (the next page
+view of that user would otherwise match "twice").
+--- request eval
+[
+  "POST /events\n[{\"uid\": \"t051-9\", \"type\": \"page\", \"ts\": 5}, {\"uid\": \"t051-9\"}]",
+  "POST /events\n{\"uid\": \"t051-9\", \"type\": \"page\", \"ts\": 6}",
+]
+--- response_headers eval
+["X-Status: invalid\nX-Rules: []", "X-Status: ok\nX-Rules: []"]
 --- error_log
 event 1 has no "ts" time
 
