@@ -188,10 +188,53 @@ X-Status: invalid
 
 
 === TEST 11: GET on a JSON endpoint uses the rules_field values
---- request
-GET /events?ip=192.0.2.11
---- response_headers
-X-Status: invalid
+Without a rules_field for the time member, a GET has no time: invalid.
+With one, the query's uid, type and ts make the event: two page views
+at ts 1000 and 2000 match "twice"; the ts of the query is the event
+time (a view at ts 1000 + 7d is outside the first one's window).
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_field ip $arg_ip;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+    location = /events-q {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_field uid $arg_uid;
+        rules_field type $arg_type;
+        rules_field ts $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+--- request eval
+[
+  "GET /events?ip=192.0.2.11&uid=t051-11&type=page&ts=1000",
+  "GET /events-q?uid=t051-11&type=page&ts=1000",
+  "GET /events-q?uid=t051-11&type=view&ts=1500",
+  "GET /events-q?uid=t051-11&type=page&ts=2000",
+  "GET /events-q?uid=t051-11b&type=page&ts=1000",
+  "GET /events-q?uid=t051-11b&type=page&ts=604801000",
+  "POST /events-q?uid=t051-11c&type=page&ts=1000\n{\"ts\": 1000}",
+  "POST /events-q?uid=t051-11c&type=view&ts=1000\n{\"type\": \"page\", \"ts\": 2000}",
+]
+--- response_headers eval
+[
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: [twice]",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: [twice]",
+]
 --- error_log
 rules: event rejected: no "ts" time
 
