@@ -441,3 +441,95 @@ collected 2029 bytes
 is over rules_max_body_size 1024
 --- no_error_log
 [alert]
+
+
+
+=== TEST 22: true and false give "true" and "false", numbers their text; null, objects and arrays give no value
+--- user_files
+>>> rules.json
+{"rules": [
+  {"id": "yes", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "flag", "eq": "true"}, "min": 1, "within": "1h"},
+  {"id": "no", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "flag", "eq": "false"}, "min": 1, "within": "1h"},
+  {"id": "tenth", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "n", "eq": "0.1"}, "min": 1, "within": "1h"},
+  {"id": "huge", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "n", "eq": "1.5e+20"}, "min": 1, "within": "1h"},
+  {"id": "neg", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "n", "eq": "-3.5"}, "min": 1, "within": "1h"},
+  {"id": "max", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "n", "eq": "9223372036854775807"}, "min": 1, "within": "1h"},
+  {"id": "has_n", "kind": "segment", "key": "uid", "type": "count",
+   "where": {"field": "n", "exists": true}, "min": 1, "within": "1h"}
+]}
+--- request eval
+[
+  "POST /events\n{\"uid\": \"t051-22a\", \"flag\": true, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22b\", \"flag\": false, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22c\", \"n\": 1e-1, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22d\", \"n\": 1.5e20, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22e\", \"n\": -35e-1, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22f\", \"n\": 9223372036854775807, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22g\", \"n\": null, \"flag\": null, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22h\", \"n\": {\"v\": 1}, \"flag\": {}, \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22i\", \"n\": [1], \"flag\": [true], \"ts\": 1000}",
+  "POST /events\n{\"uid\": \"t051-22j\", \"n\": \"x\", \"ts\": 1000}",
+  "POST /events\n{\"uid\": null, \"n\": 1, \"ts\": 1000}",
+  "POST /events\n{\"uid\": {\"id\": \"t051-22k\"}, \"n\": 1, \"ts\": 1000}",
+  "POST /events\n{\"uid\": [\"t051-22l\"], \"n\": 1, \"ts\": 1000}",
+]
+--- response_headers eval
+[
+  "X-Status: ok\nX-Rules: [yes]",
+  "X-Status: ok\nX-Rules: [no]",
+  "X-Status: ok\nX-Rules: [tenth,has_n]",
+  "X-Status: ok\nX-Rules: [huge,has_n]",
+  "X-Status: ok\nX-Rules: [neg,has_n]",
+  "X-Status: ok\nX-Rules: [max,has_n]",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: [has_n]",
+  "X-Status: skipped\nX-Rules: []",
+  "X-Status: skipped\nX-Rules: []",
+  "X-Status: skipped\nX-Rules: []",
+]
+--- no_error_log
+[error]
+
+
+
+=== TEST 23: a number the parser cannot hold, in any member: the body is invalid and nothing applied; as a string it is a value
+Server time (no rules_time), so that no other check (the time member's)
+could make these bodies invalid. Had event 0 of a rejected body been
+applied, the third page view would be that user's second and match
+"twice".
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+--- request eval
+[
+  "POST /events\n[{\"uid\": \"t051-23\", \"type\": \"page\"}, {\"uid\": \"t051-23x\", \"order\": 9223372036854775808}]",
+  "POST /events\n[{\"uid\": \"t051-23\", \"type\": \"page\"}, {\"uid\": \"t051-23x\", \"amount\": 1e400}]",
+  "POST /events\n{\"uid\": \"t051-23\", \"type\": \"page\", \"amount\": -9223372036854775809}",
+  "POST /events\n{\"uid\": \"t051-23\", \"type\": \"page\"}",
+  "POST /events\n{\"uid\": \"t051-23\", \"type\": \"page\", \"order\": \"9223372036854775808\", \"amount\": \"1e400\"}",
+]
+--- response_headers eval
+[
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: [twice]",
+]
+--- error_log eval
+[qr/rules: event body rejected: invalid JSON at line 1, column \d+/]
+--- no_error_log
+[error]
