@@ -76,10 +76,26 @@ longer than rules_max_value_length 4096
 
 
 === TEST 3: a key value made of Redis protocol touches no other key
+The value, sent as a state key "t053:{uid:<value>}", holds whole Redis
+commands: padding arguments, then a DEL of the victim's own state key
+(its exact name and length). Were a value's bytes ever read as protocol
+(a bulk length that stops at the first CR, an inline command), that DEL
+would run and the victim's next visit would be its first again, not
+"twice".
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_redis_timeout 500ms;
+    rules_key_prefix "t053:";
+    rules_max_key_length 1024;
+    rules_file ../html/rules.json;
 --- request eval
+my $inj = "x\r\n" . ("\$1\r\nx\r\n" x 40)
+    . "*1\r\n\$4\r\nPING\r\n"
+    . "*2\r\n\$3\r\nDEL\r\n\$22\r\nt053:{uid:t053-victim}\r\n";
+(my $enc = $inj) =~ s/([^A-Za-z0-9_.-])/sprintf("%%%02X", ord $1)/ge;
 [
   "GET /px?uid=t053-victim&ts=1",
-  "GET /px?uid=%2A1%0D%0A%244%0D%0APING%0D%0A%2A2%0D%0A%243%0D%0ADEL%0D%0A%2416%0D%0At053%3A%7Buid%3Ax%7D&ts=2",
+  "GET /px?uid=$enc&ts=2",
   "GET /px?uid=}{uid:t053-victim}&ts=3",
   "GET /px?uid=t053-victim&ts=4",
 ]
