@@ -35,7 +35,8 @@
  *              connection, queued behind its setup), unless a refresh
  *              has failed: a new worker (a reload) fails no event while
  *              it learns the map, and a cluster that is down fails them
- *              at once.
+ *              at once.  The map is asked for as soon as a seed is
+ *              connected (a seed that never answers does not hold it).
  *   nodes      found or made by address; a node that serves no slot and
  *              has been idle for GC_IDLE ms is closed (a former master
  *              after a failover, a seed that is a replica), from a timer.
@@ -53,6 +54,7 @@
 
 
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MIN    100    /* ms */
+#define NGX_HTTP_RULES_CLUSTER_CONNECT_POLL   5      /* ms */
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MAX    2000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_GC_IDLE        5000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_CHECK          1000   /* ms */
@@ -265,7 +267,7 @@ ngx_http_rules_cluster_create(ngx_http_rules_cluster_conf_t *conf,
         return NULL;
     }
 
-    /* at once: CLUSTER SLOTS waits in a seed's connection for it */
+    /* as soon as a seed is connected */
     cl->last_refresh = ngx_current_msec - cl->refresh_interval;
     ngx_http_rules_cluster_plan_refresh(cl);
 
@@ -444,9 +446,10 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
 
     /*
      * A connected master, starting at a random one: the refreshes of
-     * the workers are spread over the cluster; else any connected node,
-     * or one making its first connection (a seed at start: the command
-     * waits in it); else the seeds (made again if they were closed).
+     * the workers are spread over the cluster; else any connected node;
+     * else the seeds (made again if they were closed), and while one is
+     * still making its connection, soon again (a seed that never answers
+     * does not hold the map: the first one connected gives it).
      */
 
     pick = NULL;
@@ -455,8 +458,8 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
         n = 0;
 
         for (node = cl->nodes; node; node = node->next) {
-            if (masters ? node->slots && ngx_http_rules_redis_ready(node->rd)
-                        : ngx_http_rules_redis_accepting(node->rd))
+            if (ngx_http_rules_redis_ready(node->rd)
+                && (node->slots || !masters))
             {
                 n++;
             }
@@ -469,8 +472,8 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
         n = (ngx_uint_t) ngx_random() % n;
 
         for (node = cl->nodes; node; node = node->next) {
-            if ((masters ? node->slots && ngx_http_rules_redis_ready(node->rd)
-                         : ngx_http_rules_redis_accepting(node->rd))
+            if (ngx_http_rules_redis_ready(node->rd)
+                && (node->slots || !masters)
                 && n-- == 0)
             {
                 pick = node;
@@ -486,23 +489,22 @@ ngx_http_rules_cluster_refresh(ngx_event_t *ev)
             return;
         }
 
-        /* a seed made again just now takes the command */
+        cl->last_refresh = ngx_current_msec;
 
         for (node = cl->nodes; node; node = node->next) {
             if (ngx_http_rules_redis_accepting(node->rd)) {
-                pick = node;
-                break;
+                /* connecting: soon again, without counting a failure */
+                ngx_add_timer(&cl->refresh_timer,
+                              NGX_HTTP_RULES_CLUSTER_CONNECT_POLL);
+                return;
             }
         }
 
-        if (pick == NULL) {
-            /* every node failed its last connection (each tries again
-             * after its back-off) */
-            cl->last_refresh = ngx_current_msec;
-            ngx_http_rules_cluster_refresh_failed(cl,
-                                    "no node can be reached", NULL);
-            return;
-        }
+        /* every node failed its last connection (each tries again after
+         * its back-off) */
+        ngx_http_rules_cluster_refresh_failed(cl, "no node can be reached",
+                                              NULL);
+        return;
     }
 
     argv[0] = "CLUSTER";
@@ -782,12 +784,14 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         changed++;
         cl->slots[s] = node;
 
-        if (old && ngx_http_rules_redis_ready(old->rd)) {
+        if (old && ngx_http_rules_redis_accepting(old->rd)) {
             /*
              * its commands of the slot come back MOVED (resharding, even
              * of its last slot, or a manual failover): the slot's new
-             * ones wait for them.  A master whose connection is gone (a
-             * failover) had its commands fail: nothing to wait for.
+             * ones wait for them, also when they wait in its first
+             * connection, still being made.  A master whose connection
+             * is gone (a failover) had its commands fail: nothing to
+             * wait for.
              */
             ngx_http_rules_cluster_drain(cl, s, old);
         }
@@ -1611,11 +1615,13 @@ ngx_http_rules_cluster_destroy(ngx_http_rules_cluster_t *cl)
 
     /* pending commands: handlers called with NGX_ERROR, right now */
 
-    ngx_http_rules_cluster_unmapped_go(cl);
-
     while (cl->nodes) {
         ngx_http_rules_cluster_node_free(cl, cl->nodes, "worker exiting");
     }
+
+    /* then those that waited for a first map */
+
+    ngx_http_rules_cluster_unmapped_go(cl);
 
     /* every node released its slots' commands (they failed) as it went */
 

@@ -66,8 +66,10 @@ ngx_http_rules_cluster_t *ngx_http_rules_cluster_create(
  * that node.  The handler sees the final reply.
  *
  * NGX_DECLINED when the command cannot be sent now: keys in several
- * slots, slot map not known yet, slot not served, its master not
- * connected (a refresh of the map is planned), or max_inflight reached.
+ * slots, slot map not known while refreshes fail, slot not served, its
+ * master not connected after a failure (a refresh of the map is
+ * planned), or max_inflight reached.  Before the worker's first map, and
+ * to a master making its first connection, the command waits.
  * The handler is then not called; otherwise it is called exactly once,
  * never from inside this function.
  */

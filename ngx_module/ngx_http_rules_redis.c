@@ -20,7 +20,9 @@
  *              of RULES.STORE (an empty call: an array when the rules
  *              Redis module is loaded, else an error) are queued at
  *              once and sent first when the connection is made;
- *              connect_timer runs.
+ *              connect_timer runs.  Commands are accepted already,
+ *              behind them, unless a failure has been reported (Redis
+ *              down: events fail at once then).
  *   on_connect the connection is made: commands are accepted from now on
  *              and queued behind the setup commands, which Redis answers
  *              first; the last setup reply completes the setup.  Until
@@ -1306,11 +1308,23 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
                      && (rd->stats.connects == 0 || rd->idle_close))
                     ? NGX_LOG_ERR : NGX_LOG_WARN;
 
-            ngx_log_error(level, rd->log, 0,
-                          "rules redis %V: %V (%ui failed attempt%s), "
-                          "retrying in %M ms", &rd->conf->addr_text,
-                          &rd->reason, rd->attempts,
-                          rd->attempts == 1 ? "" : "s", delay);
+            if (rd->failed) {
+                /* commands waited in a first connection never made */
+                ngx_log_error(level, rd->log, 0,
+                              "rules redis %V: %V (%ui failed attempt%s), "
+                              "%ui command%s failed, retrying in %M ms",
+                              &rd->conf->addr_text, &rd->reason,
+                              rd->attempts, rd->attempts == 1 ? "" : "s",
+                              rd->failed, rd->failed == 1 ? "" : "s",
+                              delay);
+
+            } else {
+                ngx_log_error(level, rd->log, 0,
+                              "rules redis %V: %V (%ui failed attempt%s), "
+                              "retrying in %M ms", &rd->conf->addr_text,
+                              &rd->reason, rd->attempts,
+                              rd->attempts == 1 ? "" : "s", delay);
+            }
         }
     }
 
@@ -1329,8 +1343,7 @@ ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 
 /*
  * Ready, or making a connection while no failure is reported: the
- * worker's first connection, or one made again at once after an idle
- * close.  Its commands are queued behind the setup commands and go when
+ * worker's first connection, or one made again after an idle close.  Its commands are queued behind the setup commands and go when
  * it is made (or fail with it); after a failure, while Redis is down,
  * events fail at once instead.
  */

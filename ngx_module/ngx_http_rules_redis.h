@@ -89,12 +89,14 @@ ngx_http_rules_redis_t *ngx_http_rules_redis_create(
  * an error that says the server lacks it resends it once as EVAL, and
  * the connection uses the script from then on.  Returns NGX_OK when queued (the handler
  * will be called exactly once), NGX_DECLINED when the command cannot be
- * sent now (not connected, backing off, or max_inflight reached: the
- * caller fails the event at once; the handler will not be called).
+ * sent now (not connected after a failure, backing off, or max_inflight
+ * reached: the caller fails the event at once; the handler will not be
+ * called).
  *
- * Commands are accepted as soon as the connection is made (the setup
- * commands, queued first, are answered first).  argv and argvlen are
- * copied: they may be freed when the function returns.
+ * Commands are accepted while the connection is made when no failure is
+ * reported (ngx_http_rules_redis_accepting()), and once it is made; the
+ * setup commands, queued first, are answered first.  argv and argvlen
+ * are copied: they may be freed when the function returns.
  */
 ngx_int_t ngx_http_rules_redis_evalsha(ngx_http_rules_redis_t *rd,
     int argc, const char **argv, const size_t *argvlen,

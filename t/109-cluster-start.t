@@ -1,5 +1,6 @@
 # A worker's first slot map: the events made before it wait for it (and
-# for the masters' first connections) instead of failing.  A reload's new
+# for the masters' first connections) instead of failing; it is asked of
+# the first seed connected, so seeds that never answer do not hold it.  A reload's new
 # workers failed every event until they had the map (100 ms at least):
 # with rules_on_error closed, legitimate clients were rejected.  A
 # cluster that cannot be reached still fails events at once.
@@ -10,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(sleep time);
+use IO::Socket::INET;
 use RulesNginx;
 use RulesCluster;
 
@@ -69,6 +71,46 @@ my $log = RulesNginx::error_log($ngx);
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert');
 unlike($log, qr/exited on signal/, 'no worker crashed');
 RulesNginx::stop_nginx($ngx);
+
+# seeds that never answer listed with a live one (listeners whose accept
+# queues are full: their SYNs are dropped): the map comes from the live
+# one at once, not after the dead ones' connect timeout
+my @holes = map {
+    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
+        or die "listen: $!";
+    my @fill = map {
+        IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $l->sockport)
+            or die "connect: $!"
+    } 1 .. 2;
+    [$l, @fill];
+} 1 .. 4;
+my $seeds = join ' ', (map { '127.0.0.1:' . $_->[0]->sockport } @holes),
+                      $seed;
+my $ngx3 = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-109c",
+    workers => 2,
+    files   => { 'rules.json' => $rules },
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis_cluster $seeds;\n"
+                   . "    rules_redis_connect_timeout 3s;",
+        prefix  => 't109c:',
+        timeout => (2 * $slow) . 's',
+        fields  => ['uid']));
+my %st3;
+my $t3 = time;
+for my $i (1 .. 6) {
+    my ($st, $h) = RulesNginx::get($ngx3->{port},
+                                   "/px?uid=$users[$i % 3]&ts=$i");
+    $st3{$h->{'x-status'} // '-'}++;
+}
+my $took3 = time - $t3;
+is_deeply(\%st3, { ok => 6 }, 'four dead seeds before a live one: the '
+          . 'first events applied') or diag(explain(\%st3));
+cmp_ok($took3, '<', 1.5 * $slow,
+       sprintf('without waiting for the dead seeds (%.2f s)', $took3));
+RulesNginx::stop_nginx($ngx3);
+close $_ for map { @$_ } @holes;
 
 # a cluster that cannot be reached: events fail, and fast
 my $dead = RulesNginx::free_port();
