@@ -563,6 +563,26 @@ sub _check_log (@) {
     }
 }
 
+# The native pass (t/native/, RulesNative): a block whose nginx stores
+# states in the Redis with the rules Redis module waits (2 s at most) for
+# a worker's connection to have answered the RULES.STORE probe, so that
+# its first events go as RULES.STORE too, not as EVALSHA (a block whose
+# Redis is meant to be unreachable just waits the 2 s).
+sub _wait_native ($) {
+    my ($log_path) = @_;
+    my $port = $ENV{TEST_NGINX_REDIS_NATIVE_PORT};
+
+    return unless $RulesNative::Active && $port;
+    return unless _slurp("$ServRoot/conf/nginx.conf")
+                  =~ /^\s*rules_redis\s+127\.0\.0\.1:$port\b/m;
+
+    for (1 .. 100 * RulesMemcheck::slowdown()) {
+        return if _slurp($log_path)
+                  =~ /connected \(states stored with RULES\.STORE\)/;
+        sleep 0.02;
+    }
+}
+
 sub run_test ($) {
     my ($block) = @_;
     my $name = $block->name;
@@ -594,6 +614,8 @@ sub run_test ($) {
         RulesMemcheck::check("$ServRoot/logs", $name);
         return;
     }
+
+    _wait_native($log_path);
 
     my $offset = -s $log_path // 0;
     my @res = _run_requests($block);
