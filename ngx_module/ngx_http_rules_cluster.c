@@ -119,7 +119,6 @@ struct ngx_http_rules_cluster_s {
     ngx_http_rules_cluster_node_t     *nodes;
     ngx_http_rules_cluster_node_t     *refresh_node;   /* asked */
     ngx_uint_t                         mapped;         /* slots served */
-    ngx_uint_t                         ever_mapped;    /* a map came */
     ngx_uint_t                         masters;
 
     ngx_event_t                        refresh_timer;
@@ -214,6 +213,8 @@ static void ngx_http_rules_cluster_release_later(ngx_http_rules_cluster_t *cl,
     ngx_uint_t slot);
 static void ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl);
 static void ngx_http_rules_cluster_unmapped_go(ngx_http_rules_cluster_t *cl);
+static void ngx_http_rules_cluster_go(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_cmd_t *cmd);
 static ngx_int_t ngx_http_rules_cluster_redirect(
     ngx_http_rules_cluster_cmd_t *cmd, redisReply *reply, ngx_uint_t ask);
 static void ngx_http_rules_cluster_done(ngx_http_rules_cluster_cmd_t *cmd,
@@ -633,7 +634,6 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
                       "rules redis cluster: slot map refreshed again");
     }
 
-    cl->ever_mapped = 1;
     ngx_http_rules_cluster_unmapped_go(cl);
 }
 
@@ -975,9 +975,9 @@ ngx_http_rules_cluster_evalsha(ngx_http_rules_cluster_t *cl, int argc,
     {
         ngx_http_rules_cluster_plan_refresh(cl);
 
-        if (cl->ever_mapped || cl->refresh_failing || cl->destroying) {
-            /* a slot not served, its master unreachable, or no map
-             * while refreshes fail */
+        if (cl->stats.refreshes || cl->refresh_failing || cl->destroying) {
+            /* a slot not served (a map came), its master unreachable, or
+             * no map while refreshes fail */
             return NGX_DECLINED;
         }
 
@@ -1371,7 +1371,6 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
     ngx_uint_t                      found, w, slot;
     ngx_queue_t                    *q, *next;
     ngx_http_rules_cluster_cmd_t   *cmd;
-    ngx_http_rules_cluster_node_t  *master;
 
     if (cl->in_release) {
         return;
@@ -1415,15 +1414,7 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
 
                 found = 1;
                 ngx_queue_remove(q);
-                master = cl->slots[slot];
-
-                if (cl->destroying || master == NULL
-                    || !ngx_http_rules_redis_accepting(master->rd)
-                    || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
-                {
-                    ngx_http_rules_cluster_plan_refresh(cl);
-                    ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
-                }
+                ngx_http_rules_cluster_go(cl, cmd);
             }
 
         } while (found);
@@ -1445,31 +1436,41 @@ ngx_http_rules_cluster_release(ngx_http_rules_cluster_t *cl)
 /*
  * The commands made before the worker's first map go to their masters,
  * in the order they were made, once a map came; they fail when a
- * refresh failed first, or at exit.
+ * refresh failed first (no slot has a master yet), or at exit.
  */
 static void
 ngx_http_rules_cluster_unmapped_go(ngx_http_rules_cluster_t *cl)
 {
-    ngx_queue_t                    *q;
-    ngx_http_rules_cluster_cmd_t   *cmd;
-    ngx_http_rules_cluster_node_t  *master;
+    ngx_queue_t  *q;
 
     while (!ngx_queue_empty(&cl->unmapped)) {
         q = ngx_queue_head(&cl->unmapped);
         ngx_queue_remove(q);
-        cmd = ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue);
-        master = cl->slots[cmd->slot];
+        ngx_http_rules_cluster_go(cl,
+                   ngx_queue_data(q, ngx_http_rules_cluster_cmd_t, queue));
+    }
+}
 
-        if (cl->destroying || !cl->ever_mapped || master == NULL
-            || !ngx_http_rules_redis_accepting(master->rd)
-            || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
-        {
-            if (cl->ever_mapped) {
-                ngx_http_rules_cluster_plan_refresh(cl);
-            }
 
-            ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
-        }
+/*
+ * A command the worker held (a drained slot's, or one made before the
+ * first map) goes to its slot's master now, or fails when the slot has
+ * no master that takes commands (a refresh is planned), or at exit.
+ */
+static void
+ngx_http_rules_cluster_go(ngx_http_rules_cluster_t *cl,
+    ngx_http_rules_cluster_cmd_t *cmd)
+{
+    ngx_http_rules_cluster_node_t  *master;
+
+    master = cl->slots[cmd->slot];
+
+    if (cl->destroying || master == NULL
+        || !ngx_http_rules_redis_accepting(master->rd)
+        || ngx_http_rules_cluster_send(cmd, master, 0) != NGX_OK)
+    {
+        ngx_http_rules_cluster_plan_refresh(cl);
+        ngx_http_rules_cluster_done(cmd, NULL, NGX_ERROR);
     }
 }
 

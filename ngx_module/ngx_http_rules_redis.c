@@ -1343,9 +1343,10 @@ ngx_http_rules_redis_ready(ngx_http_rules_redis_t *rd)
 
 /*
  * Ready, or making a connection while no failure is reported: the
- * worker's first connection, or one made again after an idle close.  Its commands are queued behind the setup commands and go when
- * it is made (or fail with it); after a failure, while Redis is down,
- * events fail at once instead.
+ * worker's first connection, or one made again after an idle close.  Its
+ * commands are queued behind the setup commands and go when it is made
+ * (or fail with it); after a failure, while Redis is down, events fail
+ * at once instead.
  */
 ngx_uint_t
 ngx_http_rules_redis_accepting(ngx_http_rules_redis_t *rd)
