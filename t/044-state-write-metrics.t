@@ -44,28 +44,6 @@ sub counters {
       'nginx_rules_events_total{status="ok"}';
 }
 
-# Until the worker's connection is made and has asked the server for
-# RULES.STORE (events sent before that go as EVALSHA): true when the
-# error log says the connection uses RULES.STORE (native) or not.
-sub wait_connected {
-    my ($ngx, $native) = @_;
-    my $want = $native
-        ? qr/: connected \(states stored with RULES\.STORE\)$/m
-        : qr/: connected$/m;
-    for (1 .. 250 * RulesMemcheck::slowdown()) {
-        return 1 if RulesNginx::error_log($ngx) =~ $want;
-        sleep 0.02;
-    }
-    return 0;
-}
-
-sub px {
-    my ($ngx, $q) = @_;
-    my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
-    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
-           . ']';
-}
-
 for my $s (@stores) {
     my ($name, $port) = @$s;
     my $prefix = "t044:$$:$name:";
@@ -80,16 +58,19 @@ for my $s (@stores) {
                 fields => ['uid']))
     } qw(a b);
     my ($na, $nb) = @ngx;
-    ok(wait_connected($_, $name eq 'native'), "$name: nginx connected")
+    ok(RulesNginx::wait_connected($_, $name eq 'native'),
+       "$name: nginx connected")
         for @ngx;
 
     # a: a miss, appended (a caches the state it folds)
-    is(px($na, 'uid=w&ts=1000'), '204 ok []', "$name: a, first event");
+    is(RulesNginx::pixel($na, 'uid=w&ts=1000'),
+       '204 ok []', "$name: a, first event");
     # b: a miss too, appended: a's cached state is stale now
-    is(px($nb, 'uid=w&ts=2000'), '204 ok []', "$name: b, second event");
+    is(RulesNginx::pixel($nb, 'uid=w&ts=2000'),
+       '204 ok []', "$name: b, second event");
     # a: a hit, a whole state computed from the stale one, refused: the
     # event is appended instead, and the key's 3 events counted
-    is(px($na, 'uid=w&ts=3000'), '204 ok [thrice]',
+    is(RulesNginx::pixel($na, 'uid=w&ts=3000'), '204 ok [thrice]',
        "$name: a, third event, after the fallback");
     is(counters($na),
        'state_cache_lookups_total{result="hit"}=1, '
@@ -106,7 +87,8 @@ for my $s (@stores) {
 
     # a folded the reply of its fallback: its cache is current again,
     # and its next event is written whole
-    is(px($na, 'uid=w&ts=4000'), '204 ok [thrice]', "$name: a, fourth event");
+    is(RulesNginx::pixel($na, 'uid=w&ts=4000'),
+       '204 ok [thrice]', "$name: a, fourth event");
     is(counters($na),
        'state_cache_lookups_total{result="hit"}=2, '
        . 'state_cache_lookups_total{result="miss"}=1, '

@@ -30,28 +30,6 @@ plan skip_all => 'TEST_NGINX_REDIS_PORT is not set'
 
 my $day = 86400000;
 
-# Until the worker's connection is made and has asked the server for
-# RULES.STORE (events sent before that go as EVALSHA): true when the
-# error log says the connection uses RULES.STORE (native) or not.
-sub wait_connected {
-    my ($ngx, $native) = @_;
-    my $want = $native
-        ? qr/: connected \(states stored with RULES\.STORE\)$/m
-        : qr/: connected$/m;
-    for (1 .. 250 * RulesMemcheck::slowdown()) {
-        return 1 if RulesNginx::error_log($ngx) =~ $want;
-        sleep 0.02;
-    }
-    return 0;
-}
-
-sub px {
-    my ($ngx, $q) = @_;
-    my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
-    return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
-           . ']';
-}
-
 # ---- the TTL of a state key ----------------------------------------------
 
 my $ttl_rules = <<'_EOC_';
@@ -84,11 +62,13 @@ for my $s (@stores) {
                 fields => ['uid', 'type'],
                 extra  => "rules_state_cache $cache;"));
         my $key = "$prefix\{uid:t\}";
-        ok(wait_connected($ngx, $name eq 'native'), "$what: connected");
+        ok(RulesNginx::wait_connected($ngx, $name eq 'native'),
+           "$what: connected");
 
         # events of 1970: their windows are long over by the clock, not
         # by the TTL, which counts from the write
-        is(px($ngx, 'uid=t&type=view&ts=1000'), '204 ok [month]',
+        is(RulesNginx::pixel($ngx, 'uid=t&type=view&ts=1000'),
+           '204 ok [month]',
            "$what: a view, both rules");
         my $pttl = RulesNginx::redis_call($port, 'PTTL', $key);
         ok($pttl >= $ttl_min && $pttl <= $ttl_max,
@@ -96,7 +76,8 @@ for my $s (@stores) {
            . "($pttl ms: at least $ttl_min, at most $ttl_max)");
 
         # an event of the 7d rule only: the 30d record stays, and its TTL
-        is(px($ngx, 'uid=t&type=page&ts=2000'), '204 ok [week,month]',
+        is(RulesNginx::pixel($ngx, 'uid=t&type=page&ts=2000'),
+           '204 ok [week,month]',
            "$what: a page, the 7d rule only");
         $pttl = RulesNginx::redis_call($port, 'PTTL', $key);
         ok($pttl >= $ttl_min && $pttl <= $ttl_max,
@@ -128,41 +109,32 @@ for my $s (@stores) {
    "min": 3, "within": "${window}s"}
 ]}
 _EOC_
-        http    => <<"_EOC_");
-    rules_redis 127.0.0.1:$port;
-    rules_redis_timeout 2s;
-    rules_key_prefix "t055:$$:clock:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-    }
-_EOC_
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis 127.0.0.1:$port;",
+            prefix => "t055:$$:clock:",
+            time   => '',
+            fields => ['uid']));
 
     # three events at once: inside 3s
-    is(join(' | ', map { px($ngx, 'uid=c1') } 1 .. 3),
+    is(join(' | ', map { RulesNginx::pixel($ngx, 'uid=c1') } 1 .. 3),
        '204 ok [] | 204 ok [] | 204 ok [thrice]',
        'server clock: three events at once match');
 
     # a pause (1.8 s, less than the 3 s window) apart: at the third, the
     # first is 3.6 s old (out of the window), the second 1.8 s (in it;
     # the record, written 1.8 s ago, is there)
-    is(px($ngx, 'uid=c2'), '204 ok []', 'server clock: first event');
+    is(RulesNginx::pixel($ngx, 'uid=c2'),
+       '204 ok []', 'server clock: first event');
     sleep $pause;
     my $t2 = time;
-    is(px($ngx, 'uid=c2'), '204 ok []', 'server clock: second, a pause later');
+    is(RulesNginx::pixel($ngx, 'uid=c2'),
+       '204 ok []', 'server clock: second, a pause later');
     sleep $pause;
     my $t3 = time;
-    is(px($ngx, 'uid=c2'), '204 ok []',
+    is(RulesNginx::pixel($ngx, 'uid=c2'), '204 ok []',
        'server clock: third, a pause later: the first is out of the window '
        . '(with times in seconds, or any coarser unit, it would be in)');
-    is(px($ngx, 'uid=c2'), '204 ok [thrice]',
+    is(RulesNginx::pixel($ngx, 'uid=c2'), '204 ok [thrice]',
        'server clock: a fourth at once: the last three are in the window');
     my $gap = $t3 - $t2;
     ok($gap < $window - 0.2, "server clock: the second and third events "

@@ -321,14 +321,32 @@ sub error_log {
     return <$fh>;
 }
 
+# Until the worker's connection is made and has asked the server for
+# RULES.STORE (events sent before that go as EVALSHA): true when the
+# error log says the connection uses RULES.STORE ($native) or not.
+sub wait_connected {
+    my ($ngx, $native) = @_;
+    my $want = $native
+        ? qr/: connected \(states stored with RULES\.STORE\)$/m
+        : qr/: connected$/m;
+    for (1 .. 250 * RulesMemcheck::slowdown()) {
+        return 1 if error_log($ngx) =~ $want;
+        sleep 0.02;
+    }
+    return 0;
+}
+
 # The http block of a pixel endpoint, /px: every field from the query
-# string ($arg_<name>), the time from ts, X-Rules and X-Status headers,
-# 204; and /metrics.  store: the rules_redis or rules_redis_cluster line;
-# extra: more of the http block; locations: more of the server.
+# string ($arg_<name>), the time from ts (time: another value, or '' for
+# the server's clock), X-Rules and X-Status headers, 204; and /metrics.
+# store: the rules_redis or rules_redis_cluster line; extra: more of the
+# http block; locations: more of the server.
 sub pixel_http {
     my (%o) = @_;
     my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
                                  @{ $o{fields} };
+    my $time = $o{time} // '$arg_ts';
+    $time = $time eq '' ? '' : "rules_time $time;";
     my $timeout = $o{timeout} // '2s';
     my $extra = $o{extra} // '';
     my $locations = $o{locations} // '';
@@ -343,7 +361,7 @@ sub pixel_http {
         location = /px {
             rules on;
             $fields
-            rules_time \$arg_ts;
+            $time
             add_header X-Rules \$rules_matched always;
             add_header X-Status \$rules_status always;
             return 204;
@@ -395,6 +413,14 @@ sub pixel_answer {
     my ($st, $h) = read_response(@_);
     return "$st " . ($h->{'x-status'} // '-') . ' [' . ($h->{'x-rules'} // '')
            . ']';
+}
+
+# GET /px?$query (pixel_http) on a connection of its own: "status
+# X-Status [X-Rules]".
+sub pixel {
+    my ($ngx, $query) = @_;
+    my $s = send_get($ngx->{port}, "/px?$query") or return "0 - []";
+    return pixel_answer($s);
 }
 
 # One HTTP/1.0 POST of a JSON body; returns (status, \%headers, body).
