@@ -14,8 +14,9 @@ use File::Temp qw(tempdir);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 use RulesNginx;
+use RulesReplay;
 
-my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+my $replay = RulesReplay::binary();
 -x $replay or plan skip_all => "no $replay";
 
 my $dir = tempdir(CLEANUP => 1);
@@ -29,54 +30,8 @@ close $rf;
 my $page1 = '{"uid":"u1","type":"page","ts":1000}';
 my $page2 = '{"uid":"u1","type":"page","ts":2000}';
 
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<', $path or return '';
-    local $/;
-    my $s = <$fh>;
-    return $s // '';
-}
-
-# Waits for a child, killing it after $secs; its exit code, or undef
-# when it had to be killed.
-sub wait_child {
-    my ($pid, $secs) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return $? >> 8 if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.02;
-    }
-    kill 'KILL', $pid;
-    waitpid $pid, 0;
-    return undef;
-}
-
-# rules-replay ARGS with stdin from $opt{in} (a string) or $opt{stdin} (a
-# path); stdout to a file or $opt{stdout}.  Returns { rc, out, err,
-# secs }; rc is undef when it ran over 20 s.
-sub run_replay {
-    my ($opt, @args) = @_;
-    my $stdin = $opt->{stdin} // "$dir/stdin";
-    if (defined $opt->{in}) {
-        open my $fh, '>', $stdin or die;
-        print $fh $opt->{in};
-        close $fh;
-    }
-    my $start = time;
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        open STDIN, '<', $stdin or POSIX::_exit(126);
-        open STDOUT, '>', $opt->{stdout} // "$dir/stdout"
-            or POSIX::_exit(126);
-        open STDERR, '>', "$dir/stderr" or POSIX::_exit(126);
-        exec($replay, '--rules', "$dir/rules.json", @args)
-            or POSIX::_exit(127);
-    }
-    my $rc = wait_child($pid, 20);
-    return { rc => $rc, secs => time - $start,
-             out => $opt->{stdout} ? '' : slurp("$dir/stdout"),
-             err => slurp("$dir/stderr") };
-}
+# rules-replay ARGS (RulesReplay::run, in this file's directory)
+sub run_replay { return RulesReplay::run($dir, @_) }
 
 # rules-replay ARGS reading a pipe: the lines of @$before, then once
 # Redis holds a state key of the prefix, $cut->(), then the lines of
@@ -108,9 +63,9 @@ sub run_cut {
     local $SIG{PIPE} = 'IGNORE';
     print $wr "$_\n" for @$after;
     close $wr;
-    my $rc = wait_child($pid, 20);
+    my $rc = RulesReplay::wait_child($pid, 20);
     return { rc => $rc, secs => time - $start,
-             out => slurp("$dir/stdout"), err => slurp("$dir/stderr") };
+             out => RulesReplay::slurp("$dir/stdout"), err => RulesReplay::slurp("$dir/stderr") };
 }
 
 
@@ -146,8 +101,8 @@ SKIP: {
              $replay, '--rules', "$dir/rules.json")
             or POSIX::_exit(127);
     }
-    is(wait_child($pid, 60), 0, '[]: no invalid read under valgrind')
-        or diag(slurp("$dir/valgrind"));
+    is(RulesReplay::wait_child($pid, 60), 0, '[]: no invalid read under valgrind')
+        or diag(RulesReplay::slurp("$dir/valgrind"));
 }
 
 
@@ -333,7 +288,7 @@ SKIP: {
     my $out = do { local $/; <$ph> } // '';
     close $ph;
     like($out, qr/rc=1$/, 'a reader that goes away: exit 1') or diag($out);
-    like(slurp("$dir/pipe-err"), qr/^rules-replay: /m,
+    like(RulesReplay::slurp("$dir/pipe-err"), qr/^rules-replay: /m,
          'a reader that goes away: a message');
 }
 

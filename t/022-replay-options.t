@@ -12,11 +12,11 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Temp qw(tempdir);
-use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
 use RulesNginx;
+use RulesReplay;
 
-my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+my $replay = RulesReplay::binary();
 -x $replay or plan skip_all => "no $replay";
 
 my $dir = tempdir(CLEANUP => 1);
@@ -32,44 +32,12 @@ print $rf <<'_EOC_';
 _EOC_
 close $rf;
 
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<', $path or return '';
-    local $/;
-    my $s = <$fh>;
-    return $s // '';
-}
-
 # rules-replay ARGS with the lines given on stdin; returns { rc, out, err };
 # rc is undef when it ran over 20 s (killed)
 sub run_replay {
     my ($lines, @args) = @_;
-    open my $fh, '>', "$dir/stdin" or die;
-    print $fh map { "$_\n" } @$lines;
-    close $fh;
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        open STDIN, '<', "$dir/stdin" or POSIX::_exit(126);
-        open STDOUT, '>', "$dir/stdout" or POSIX::_exit(126);
-        open STDERR, '>', "$dir/stderr" or POSIX::_exit(126);
-        exec($replay, '--rules', "$dir/rules.json", @args)
-            or POSIX::_exit(127);
-    }
-    my $rc;
-    my $deadline = time + 20;
-    while (time < $deadline) {
-        if (waitpid($pid, WNOHANG) == $pid) {
-            $rc = $? >> 8;
-            last;
-        }
-        sleep 0.02;
-    }
-    unless (defined $rc) {
-        kill 'KILL', $pid;
-        waitpid $pid, 0;
-    }
-    return { rc => $rc, out => slurp("$dir/stdout"),
-             err => slurp("$dir/stderr") };
+    return RulesReplay::run($dir, { in => join '', map { "$_\n" } @$lines },
+                            @args);
 }
 
 sub results {
