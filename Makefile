@@ -6,6 +6,8 @@
 #   make test    run the whole test suite (starts and stops its own Redis)
 #   make test-valgrind, make test-asan   the nginx tests, memory-checked
 #   make test-faults   the Redis fault test under load, longer
+#   make deps-build, make dist   only what an installation needs (Dockerfile)
+#   make docker-check  build the Docker image and check it end to end
 #   make clean
 
 SHELL := /bin/bash
@@ -51,13 +53,14 @@ FUZZ_CFLAGS := -g -O1 -Wall -Werror -fsanitize=fuzzer,address,undefined -Isrc
 # libFuzzer and sanitizer runtimes) only a Recommends of clang-14: with
 # --no-install-recommends they must be named.  prometheus: promtool checks
 # the monitoring examples.
-DEB_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev libpcre2-dev \
-                redis-server redis-tools libtest-base-perl wrk gnuplot-nox \
-                curl gcc libc6-dev make perl valgrind clang \
+DEB_BUILD_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev \
+                      libpcre2-dev gcc libc6-dev make perl
+DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
+                libtest-base-perl wrk gnuplot-nox curl valgrind clang \
                 libclang-rt-14-dev prometheus gdb
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
-        asan clean script bench fuzz FORCE
+        asan clean script bench fuzz deps-build dist docker-check FORCE
 
 all: build
 
@@ -68,9 +71,12 @@ build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS) \
 # instant; otherwise apt-get update + install with no questions (no stdin,
 # conffiles kept), the packages' own services (a system-wide redis-server,
 # prometheus) kept from starting by a temporary policy-rc.d: the tests and
-# the demo start their own.
-deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+# the demo start their own.  deps-build: only what "make dist" needs (the
+# Dockerfile's build stage).
+deps: DEPS := $(DEB_PACKAGES)
+deps-build: DEPS := $(DEB_BUILD_PACKAGES)
+deps deps-build:
+	@missing=$$(for p in $(DEPS); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	        | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then \
@@ -183,6 +189,14 @@ fuzz: deps build
 
 demo: deps build
 	conf-examples/demo.sh
+
+# what an installation needs: the nginx module, the rules Redis module and
+# rules-replay (the Dockerfile's build stage)
+dist: $(MODULE) $(REDIS_MODULE) $(BUILD)/rules-replay
+
+# the Docker image built and checked end to end (needs a Docker daemon)
+docker-check:
+	tools/docker-check.sh
 
 test: deps build
 	t/run-tests.sh
