@@ -12,7 +12,12 @@
  *     in       one pair per string of the list
  *     prefix   the pair "starts with", looked up with the event's value
  *              cut at each prefix length the field has
- *     all      the smallest set among its members that have one
+ *     all      the most selective set among its members that have one:
+ *              the least likely to hold for an event whose values are
+ *              spread evenly over the values the rules name, a pair
+ *              counting 1/n for a field with n values (n prefixes)
+ *              named in the file; on a tie the one of fewer pairs, then
+ *              the first
  *     any      the union of its members' sets (none if one has none)
  *     others   none (not, ne, prefix, numbers, exists, ...)
  *
@@ -42,6 +47,17 @@ typedef struct {
     size_t             n;
     size_t             size;
 } rules_pairs_t;
+
+
+/*
+ * The values (and prefixes) the rules' pairs name, per field: how
+ * selective a pair is, for the choice among the members of an "all".
+ */
+typedef struct {
+    rules_strmap_t    *values;     /* per field index */
+    rules_strmap_t    *prefixes;
+    size_t             nfields;
+} rules_pair_stats_t;
 
 
 static int
@@ -89,11 +105,37 @@ rules_cond_has_regex(const rules_cond_t *c)
  * Appends c's necessary pairs to out: 1 when c has a set (possibly
  * empty: c never holds), 0 when it has none, -1 on memory exhaustion.
  */
+/*
+ * The expected share of events a set of pairs lets through, values
+ * taken as spread evenly over those the rules name.
+ */
+static double
+rules_pairs_cost(const rules_pair_stats_t *st, const rules_pairs_t *ps)
+{
+    size_t                 i, n;
+    double                 cost;
+    const rules_strmap_t  *m;
+
+    cost = 0;
+
+    for (i = 0; i < ps->n; i++) {
+        m = ps->p[i].prefix ? &st->prefixes[ps->p[i].field]
+                            : &st->values[ps->p[i].field];
+        n = m->n ? m->n : 1;
+        cost += 1.0 / (double) n;
+    }
+
+    return cost;
+}
+
+
 static int
-rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
+rules_cond_pairs(const rules_pair_stats_t *st, const rules_cond_t *c,
+    rules_pairs_t *out)
 {
     int            rc, best_rc;
     size_t         i, start;
+    double         cost, best_cost;
     rules_pairs_t  sub, best;
 
     switch (c->op) {
@@ -132,10 +174,11 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
     case RULES_OP_ALL:
         memset(&best, 0, sizeof(rules_pairs_t));
         best_rc = 0;
+        best_cost = 0;
 
         for (i = 0; i < c->nsub; i++) {
             memset(&sub, 0, sizeof(rules_pairs_t));
-            rc = rules_cond_pairs(c->sub[i], &sub);
+            rc = rules_cond_pairs(st, c->sub[i], &sub);
 
             if (rc < 0) {
                 free(sub.p);
@@ -143,10 +186,16 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
                 return -1;
             }
 
-            if (rc == 1 && (best_rc == 0 || sub.n < best.n)) {
+            cost = (rc == 1) ? rules_pairs_cost(st, &sub) : 0;
+
+            if (rc == 1
+                && (best_rc == 0 || cost < best_cost
+                    || (cost == best_cost && sub.n < best.n)))
+            {
                 free(best.p);
                 best = sub;
                 best_rc = 1;
+                best_cost = cost;
 
             } else {
                 free(sub.p);
@@ -171,7 +220,7 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
         start = out->n;
 
         for (i = 0; i < c->nsub; i++) {
-            rc = rules_cond_pairs(c->sub[i], out);
+            rc = rules_cond_pairs(st, c->sub[i], out);
 
             if (rc != 1) {
                 out->n = start;
@@ -189,7 +238,8 @@ rules_cond_pairs(const rules_cond_t *c, rules_pairs_t *out)
 
 /* The rule's pairs: 1 (set), 0 (always a candidate), -1 (no memory). */
 static int
-rules_rule_pairs(const rules_rule_t *r, rules_pairs_t *out)
+rules_rule_pairs(const rules_pair_stats_t *st, const rules_rule_t *r,
+    rules_pairs_t *out)
 {
     int                  rc;
     size_t               i, n;
@@ -231,7 +281,7 @@ rules_rule_pairs(const rules_rule_t *r, rules_pairs_t *out)
     }
 
     for (i = 0; i < n; i++) {
-        rc = rules_cond_pairs(conds[i], out);
+        rc = rules_cond_pairs(st, conds[i], out);
 
         if (rc != 1) {
             return rc;
@@ -239,6 +289,121 @@ rules_rule_pairs(const rules_rule_t *r, rules_pairs_t *out)
     }
 
     return 1;
+}
+
+
+/* Adds the values and prefixes c's leaves name to st: 0, -1 (no memory). */
+static int
+rules_cond_count(rules_pair_stats_t *st, const rules_cond_t *c)
+{
+    size_t  i;
+
+    if (c == NULL) {
+        return 0;
+    }
+
+    switch (c->op) {
+
+    case RULES_OP_EQ:
+        return (c->str.len == 0
+                || rules_strmap_put(&st->values[c->field], c->str.data,
+                                    c->str.len, 0)
+                   >= 0)
+               ? 0 : -1;
+
+    case RULES_OP_PREFIX:
+        return (c->str.len == 0
+                || rules_strmap_put(&st->prefixes[c->field], c->str.data,
+                                    c->str.len, 0)
+                   >= 0)
+               ? 0 : -1;
+
+    case RULES_OP_IN:
+        for (i = 0; i <= c->set->mask; i++) {
+            if (c->set->keys[i].data != NULL && c->set->keys[i].len
+                && rules_strmap_put(&st->values[c->field],
+                                    c->set->keys[i].data,
+                                    c->set->keys[i].len, 0)
+                   < 0)
+            {
+                return -1;
+            }
+        }
+
+        return 0;
+
+    case RULES_OP_ALL:
+    case RULES_OP_ANY:
+        for (i = 0; i < c->nsub; i++) {
+            if (rules_cond_count(st, c->sub[i]) != 0) {
+                return -1;
+            }
+        }
+
+        return 0;
+
+    default:
+        return 0;
+    }
+}
+
+
+static void
+rules_pair_stats_free(rules_pair_stats_t *st)
+{
+    size_t  i;
+
+    for (i = 0; st->values && i < st->nfields; i++) {
+        rules_strmap_free(&st->values[i]);
+        rules_strmap_free(&st->prefixes[i]);
+    }
+
+    free(st->values);
+    free(st->prefixes);
+}
+
+
+/* The values and prefixes every rule's touch condition names, per field. */
+static int
+rules_pair_stats(const rules_set_t *rs, rules_pair_stats_t *st)
+{
+    size_t               i, k;
+    const rules_rule_t  *r;
+
+    st->nfields = rs->nfields;
+    st->values = calloc(rs->nfields + 1, sizeof(rules_strmap_t));
+    st->prefixes = calloc(rs->nfields + 1, sizeof(rules_strmap_t));
+
+    if (st->values == NULL || st->prefixes == NULL) {
+        return -1;
+    }
+
+    for (i = 0; i < rs->nfields; i++) {
+        if (rules_strmap_init(&st->values[i], 16) != 0
+            || rules_strmap_init(&st->prefixes[i], 16) != 0)
+        {
+            return -1;
+        }
+    }
+
+    for (i = 0; i < rs->nrules; i++) {
+        r = &rs->rules[i];
+
+        if (rules_cond_count(st, r->where) != 0
+            || rules_cond_count(st, r->trigger) != 0
+            || rules_cond_count(st, r->cancel) != 0)
+        {
+            return -1;
+        }
+
+        for (k = 0; r->type == RULES_TYPE_SEQUENCE && k < r->nsteps; k++) {
+            if (rules_cond_count(st, r->steps[k]) != 0) {
+                return -1;
+            }
+        }
+    }
+
+    return 0;
 }
 
 
@@ -354,10 +519,11 @@ rules_index_add(rules_index_t *ix, const rules_pair_t *pair, unsigned rule)
 int
 rules_index_build(rules_set_t *rs)
 {
-    int             rc;
-    size_t          i, k;
-    rules_pairs_t   ps;
-    rules_index_t  *ix = &rs->index;
+    int                  rc;
+    size_t               i, k;
+    rules_pairs_t        ps;
+    rules_index_t       *ix = &rs->index;
+    rules_pair_stats_t   st;
 
     if (rules_result_init(rs, &ix->always) != 0
         || rules_result_init(rs, &ix->cand) != 0)
@@ -365,14 +531,22 @@ rules_index_build(rules_set_t *rs)
         return -1;
     }
 
+    memset(&st, 0, sizeof(rules_pair_stats_t));
+
+    if (rules_pair_stats(rs, &st) != 0) {
+        rules_pair_stats_free(&st);
+        return -1;
+    }
+
     memset(&ps, 0, sizeof(rules_pairs_t));
 
     for (i = 0; i < rs->nrules; i++) {
         ps.n = 0;
-        rc = rules_rule_pairs(&rs->rules[i], &ps);
+        rc = rules_rule_pairs(&st, &rs->rules[i], &ps);
 
         if (rc < 0) {
             free(ps.p);
+            rules_pair_stats_free(&st);
             return -1;
         }
 
@@ -386,12 +560,14 @@ rules_index_build(rules_set_t *rs)
             if (rules_index_add(ix, &ps.p[k], (unsigned) i) != 0)
             {
                 free(ps.p);
+                rules_pair_stats_free(&st);
                 return -1;
             }
         }
     }
 
     free(ps.p);
+    rules_pair_stats_free(&st);
 
     /*
      * the rules of each key group, as bitmaps: an event walks its group's
