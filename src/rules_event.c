@@ -320,10 +320,11 @@ rules_event_build(rules_set_t *rs, const rules_limits_t *limits,
         /*
          * the group's rules, lowest bit (first in the file) first, as the
          * group lists them; with the index, only the candidates (the
-         * rules whose conditions can hold)
+         * rules whose conditions can hold); with sharing, not the
+         * distinct rules whose shared record another rule writes
          */
 
-        gr = &rs->index.groups[i];
+        gr = rs->share_on ? &rs->index.writers[i] : &rs->index.groups[i];
 
         for (w = 0; w < gr->words; w++) {
             bits = cand ? gr->matched[w] & cand->matched[w] : gr->matched[w];

@@ -575,20 +575,38 @@ rules_index_build(rules_set_t *rs)
      */
 
     ix->groups = calloc(rs->ngroups ? rs->ngroups : 1, sizeof(rules_result_t));
-    if (ix->groups == NULL) {
+    ix->writers = calloc(rs->ngroups ? rs->ngroups : 1,
+                         sizeof(rules_result_t));
+
+    if (ix->groups == NULL || ix->writers == NULL) {
         return -1;
     }
 
     ix->ngroups = rs->ngroups;
 
     for (i = 0; i < rs->ngroups; i++) {
-        if (rules_result_init(rs, &ix->groups[i]) != 0) {
+        if (rules_result_init(rs, &ix->groups[i]) != 0
+            || rules_result_init(rs, &ix->writers[i]) != 0)
+        {
             return -1;
         }
     }
 
     for (i = 0; i < rs->nrules; i++) {
         rules_result_set(&ix->groups[rs->rules[i].group], i);
+
+        /*
+         * with sharing on, a shared record's entry is written by its
+         * first rule only (rules_event_entry()): the event skips the
+         * others without looking at them
+         */
+
+        if (rs->rules[i].type != RULES_TYPE_DISTINCT
+            || rs->rules[i].share < 0
+            || rs->shares[rs->rules[i].share].leader == i)
+        {
+            rules_result_set(&ix->writers[rs->rules[i].group], i);
+        }
     }
 
     ix->use = rs->nrules >= RULES_INDEX_MIN_RULES;
@@ -619,9 +637,14 @@ rules_index_free(rules_index_t *ix)
 
     for (i = 0; i < ix->ngroups; i++) {
         rules_result_free(&ix->groups[i]);
+
+        if (ix->writers) {
+            rules_result_free(&ix->writers[i]);
+        }
     }
 
     free(ix->groups);
+    free(ix->writers);
     memset(ix, 0, sizeof(rules_index_t));
 }
 

@@ -133,6 +133,10 @@ typedef struct {
     rules_result_t       *groups;   /* per key group: its rules, which
                                        rules_event_build() walks (with
                                        the index on or off) */
+    rules_result_t       *writers;  /* the same without the distinct
+                                       rules whose shared record another
+                                       rule writes: what it walks with
+                                       sharing on */
     size_t                ngroups;
     int                   use;
 } rules_index_t;
