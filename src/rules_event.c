@@ -508,34 +508,21 @@ int
 rules_result_add_digests(const rules_set_t *rs, rules_result_t *res,
     const unsigned char *digests, size_t len)
 {
-    size_t                i, j;
-    uint64_t              d;
-    const unsigned char  *p;
+    size_t    i;
+    unsigned  k;
 
     if (len % 8) {
         return -1;
     }
 
-    /*
-     * rules_find_digest() inline, its table giving the rule's index: a
-     * reply names about a hundred rules per event with 1000 rules, and
-     * their rules need not be read
-     */
+    /* the table gives the rule's index: the rules need not be read (a
+     * reply names about a hundred rules per event with 1000 rules) */
 
     for (i = 0; i < len; i += 8) {
-        p = digests + i;
-        d = (uint64_t) p[0] << 56 | (uint64_t) p[1] << 48
-            | (uint64_t) p[2] << 40 | (uint64_t) p[3] << 32
-            | (uint64_t) p[4] << 24 | (uint64_t) p[5] << 16
-            | (uint64_t) p[6] << 8 | (uint64_t) p[7];
+        k = rules_digest_lookup(rs, digests + i);
 
-        for (j = d & rs->digest_mask; rs->digest_vals[j];
-             j = (j + 1) & rs->digest_mask)
-        {
-            if (rs->digest_keys[j] == d) {
-                rules_result_set(res, rs->digest_vals[j] - 1);
-                break;
-            }
+        if (k) {
+            rules_result_set(res, k - 1);
         }
     }
 

@@ -102,10 +102,6 @@ rules_cond_has_regex(const rules_cond_t *c)
 
 
 /*
- * Appends c's necessary pairs to out: 1 when c has a set (possibly
- * empty: c never holds), 0 when it has none, -1 on memory exhaustion.
- */
-/*
  * The expected share of events a set of pairs lets through, values
  * taken as spread evenly over those the rules name.
  */
@@ -129,6 +125,10 @@ rules_pairs_cost(const rules_pair_stats_t *st, const rules_pairs_t *ps)
 }
 
 
+/*
+ * Appends c's necessary pairs to out: 1 when c has a set (possibly
+ * empty: c never holds), 0 when it has none, -1 on memory exhaustion.
+ */
 static int
 rules_cond_pairs(const rules_pair_stats_t *st, const rules_cond_t *c,
     rules_pairs_t *out)

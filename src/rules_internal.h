@@ -320,6 +320,33 @@ rules_put_f64(unsigned char *p, double d)
 }
 
 
+/*
+ * The index + 1 of the rule with a digest (its 8 bytes, big-endian), 0
+ * when no rule has it: inline, as a reply's every digest is looked up.
+ */
+static inline unsigned
+rules_digest_lookup(const rules_set_t *rs, const unsigned char *digest)
+{
+    size_t    j;
+    uint64_t  d;
+
+    d = (uint64_t) digest[0] << 56 | (uint64_t) digest[1] << 48
+        | (uint64_t) digest[2] << 40 | (uint64_t) digest[3] << 32
+        | (uint64_t) digest[4] << 24 | (uint64_t) digest[5] << 16
+        | (uint64_t) digest[6] << 8 | (uint64_t) digest[7];
+
+    for (j = d & rs->digest_mask; rs->digest_vals[j];
+         j = (j + 1) & rs->digest_mask)
+    {
+        if (rs->digest_keys[j] == d) {
+            return rs->digest_vals[j];
+        }
+    }
+
+    return 0;
+}
+
+
 static inline unsigned
 rules_get_u16(const unsigned char *p)
 {

@@ -2016,23 +2016,11 @@ rules_build_digest_table(rules_set_t *rs)
 const rules_rule_t *
 rules_find_digest(const rules_set_t *rs, const unsigned char digest[8])
 {
-    size_t    j;
-    uint64_t  d;
+    unsigned  i;
 
-    d = (uint64_t) digest[0] << 56 | (uint64_t) digest[1] << 48
-        | (uint64_t) digest[2] << 40 | (uint64_t) digest[3] << 32
-        | (uint64_t) digest[4] << 24 | (uint64_t) digest[5] << 16
-        | (uint64_t) digest[6] << 8 | (uint64_t) digest[7];
+    i = rules_digest_lookup(rs, digest);
 
-    for (j = d & rs->digest_mask; rs->digest_vals[j];
-         j = (j + 1) & rs->digest_mask)
-    {
-        if (rs->digest_keys[j] == d) {
-            return &rs->rules[rs->digest_vals[j] - 1];
-        }
-    }
-
-    return NULL;
+    return i ? &rs->rules[i - 1] : NULL;
 }
 
 
