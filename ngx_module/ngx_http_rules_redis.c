@@ -673,14 +673,16 @@ ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
                       &rd->conf->addr_text,
                       (ngx_msec_t) (ngx_current_msec - rd->down_since),
                       rd->attempts, rd->attempts == 1 ? "" : "s",
-                      rd->native ? " (states stored with RULES.STORE)" : "");
+                      rd->native ? " (states stored with RULES.STORE)"
+                                 : " (states stored with the script)");
 
     } else {
         level = rd->idle_close ? NGX_LOG_INFO : NGX_LOG_NOTICE;
 
         ngx_log_error(level, rd->log, 0, "rules redis %V: connected%s",
                       &rd->conf->addr_text,
-                      rd->native ? " (states stored with RULES.STORE)" : "");
+                      rd->native ? " (states stored with RULES.STORE)"
+                                 : " (states stored with the script)");
     }
 
     rd->down = 0;

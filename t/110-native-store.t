@@ -501,6 +501,9 @@ my $c4 = calls();
 is($c4->{store}, $c3->{store}, 'no RULES.STORE');
 cmp_ok($c4->{evalsha} - $c3->{evalsha}, '>=', 4, 'EVALSHA');
 is((metrics($ngx))[0], 0, 'nginx_rules_redis_native_calls_total 0');
+like(RulesNginx::error_log($ngx),
+     qr/\[notice\].*: connected \(states stored with the script\)$/m,
+     'the log says at notice that states are stored with the script');
 bad_values($ngx, 'script', 't110script:');
 RulesNginx::stop_nginx($ngx);
 

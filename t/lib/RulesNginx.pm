@@ -328,7 +328,7 @@ sub wait_connected {
     my ($ngx, $native) = @_;
     my $want = $native
         ? qr/: connected \(states stored with RULES\.STORE\)$/m
-        : qr/: connected$/m;
+        : qr/: connected \(states stored with the script\)$/m;
     for (1 .. 250 * RulesMemcheck::slowdown()) {
         return 1 if error_log($ngx) =~ $want;
         sleep 0.02;
