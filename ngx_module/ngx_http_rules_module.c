@@ -33,7 +33,7 @@ static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_rules_check_limit(ngx_conf_t *cf, void *post,
+static char *ngx_http_rules_check_bounds(ngx_conf_t *cf, void *post,
     void *data);
 static void ngx_http_rules_cleanup_rules(void *data);
 static ngx_uint_t ngx_http_rules_prefix_has_tag(ngx_str_t *prefix);
@@ -55,13 +55,29 @@ static ngx_conf_enum_t  ngx_http_rules_body_modes[] = {
 };
 
 
-static ngx_conf_num_bounds_t  ngx_http_rules_key_max_bounds = {
-    ngx_conf_check_num_bounds, 1, 65535
+/*
+ * A directive's bounds, checked when it is read (the error names it and
+ * its line): size, num and msec slots, a machine word each.
+ */
+typedef struct {
+    ngx_conf_post_handler_pt   post_handler;
+    size_t                     low;
+    size_t                     high;
+} ngx_http_rules_bounds_t;
+
+
+static ngx_http_rules_bounds_t  ngx_http_rules_positive = {
+    ngx_http_rules_check_bounds, 1, NGX_MAX_SIZE_T_VALUE
 };
 
 
-static ngx_conf_post_t  ngx_http_rules_limit_post = {
-    ngx_http_rules_check_limit
+static ngx_http_rules_bounds_t  ngx_http_rules_length_bounds = {
+    ngx_http_rules_check_bounds, 1, 65535
+};
+
+
+static ngx_http_rules_bounds_t  ngx_http_rules_events_bounds = {
+    ngx_http_rules_check_bounds, 1, RULES_MAX_BODY_EVENTS
 };
 
 
@@ -93,7 +109,7 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_rules_main_conf_t, timeout),
-      NULL },
+      &ngx_http_rules_positive },
 
     { ngx_string("rules_redis_connect_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -107,7 +123,7 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_num_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_rules_main_conf_t, redis_conf.max_inflight),
-      &ngx_http_rules_limit_post },
+      &ngx_http_rules_positive },
 
     { ngx_string("rules_redis_native"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
@@ -135,14 +151,14 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_rules_main_conf_t, limits.key_max),
-      &ngx_http_rules_key_max_bounds },
+      &ngx_http_rules_length_bounds },
 
     { ngx_string("rules_max_value_length"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_rules_main_conf_t, limits.value_max),
-      &ngx_http_rules_key_max_bounds },
+      &ngx_http_rules_length_bounds },
 
     { ngx_string("rules_state_cache"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -198,14 +214,14 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_rules_loc_conf_t, max_body_size),
-      &ngx_http_rules_limit_post },
+      &ngx_http_rules_positive },
 
     { ngx_string("rules_max_events"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_rules_loc_conf_t, max_events),
-      &ngx_http_rules_limit_post },
+      &ngx_http_rules_events_bounds },
 
     { ngx_string("rules_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -363,12 +379,6 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (rmcf->timeout == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules_redis_timeout\" must be positive");
-        return NGX_CONF_ERROR;
-    }
-
     if (rmcf->rules) {
         rules_set_sharing(rmcf->rules, (int) rmcf->shared_distinct);
 
@@ -468,13 +478,6 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->time_value == NULL && conf->time_member.data == NULL) {
         conf->time_value = prev->time_value;
         conf->time_member = prev->time_member;
-    }
-
-    if (conf->max_events > RULES_MAX_BODY_EVENTS) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules_max_events\" must not exceed %d",
-                           RULES_MAX_BODY_EVENTS);
-        return NGX_CONF_ERROR;
     }
 
     if (!conf->enable) {
@@ -870,7 +873,7 @@ ngx_http_rules_redis_auth(ngx_conf_t *cf, ngx_http_rules_main_conf_t *rmcf,
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\" of \"%s\": "
                        "expected password=, user=%s", arg, name,
-                       db ? " or db=N" : " (a cluster has no db=)");
+                       db ? " or db=N (0 to 65535)" : " (a cluster has no db=)");
     return NGX_CONF_ERROR;
 
 duplicate:
@@ -1139,17 +1142,30 @@ ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static char *
-ngx_http_rules_check_limit(ngx_conf_t *cf, void *post, void *data)
+ngx_http_rules_check_bounds(ngx_conf_t *cf, void *post, void *data)
 {
+    ngx_http_rules_bounds_t  *b = post;
+
     size_t  *sp = data;
+    u_char  *msg;
 
-    /* size and num slots share the same representation for this check */
+    if (*sp >= b->low && *sp <= b->high) {
+        return NGX_CONF_OK;
+    }
 
-    if (*sp == 0) {
+    if (b->high == NGX_MAX_SIZE_T_VALUE) {
         return "must be positive";
     }
 
-    return NGX_CONF_OK;
+    msg = ngx_pnalloc(cf->pool, sizeof("must be between  and ")
+                                + 2 * NGX_SIZE_T_LEN);
+    if (msg == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_sprintf(msg, "must be between %uz and %uz%Z", b->low, b->high);
+
+    return (char *) msg;
 }
 
 

@@ -161,7 +161,7 @@ qr/rules file ".*nope\.json": cannot open: No such file or directory/
     location = /px { return 204; }
 --- must_die
 --- error_log
-invalid parameter "pasword=x" of "rules_redis": expected password=, user= or db=N
+invalid parameter "pasword=x" of "rules_redis": expected password=, user= or db=N (0 to 65535)
 
 
 
@@ -282,7 +282,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
     location = /px { rules_max_events 5000; return 204; }
 --- must_die
 --- error_log
-"rules_max_events" must not exceed 1000
+"rules_max_events" directive must be between 1 and 1000
 
 
 
@@ -331,7 +331,7 @@ X-Status: ok
     rules_max_key_length 100000;
 --- must_die
 --- error_log
-value must be between 1 and 65535
+"rules_max_key_length" directive must be between 1 and 65535
 
 
 
@@ -342,7 +342,7 @@ value must be between 1 and 65535
     location = /px { return 204; }
 --- must_die
 --- error_log
-"rules_redis_timeout" must be positive
+"rules_redis_timeout" directive must be positive
 
 
 

@@ -20,7 +20,7 @@ __DATA__
     location = /px { return 204; }
 --- must_die
 --- error_log
-value must be between 1 and 65535
+"rules_max_value_length" directive must be between 1 and 65535
 
 
 
@@ -32,7 +32,7 @@ value must be between 1 and 65535
     location = /px { return 204; }
 --- must_die
 --- error_log
-value must be between 1 and 65535
+"rules_max_value_length" directive must be between 1 and 65535
 
 
 
@@ -57,7 +57,7 @@ GET /px
     location = /px { return 204; }
 --- must_die
 --- error_log
-value must be between 1 and 65535
+"rules_max_key_length" directive must be between 1 and 65535
 
 
 
@@ -67,7 +67,7 @@ value must be between 1 and 65535
     location = /px { rules_max_events 0; return 204; }
 --- must_die
 --- error_log
-"rules_max_events" directive must be positive
+"rules_max_events" directive must be between 1 and 1000
 
 
 
@@ -79,7 +79,7 @@ value must be between 1 and 65535
     location = /px { return 204; }
 --- must_die
 --- error_log
-invalid parameter "db=65536" of "rules_redis": expected password=, user= or db=N
+invalid parameter "db=65536" of "rules_redis": expected password=, user= or db=N (0 to 65535)
 
 
 
