@@ -452,7 +452,10 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_rules_loc_conf_t *prev = parent;
     ngx_http_rules_loc_conf_t *conf = child;
 
+    size_t                       g;
     ngx_uint_t                   i, set_here;
+    const rules_rule_t          *r;
+    const rules_group_t         *gr;
     ngx_http_rules_field_t      *f;
     ngx_http_core_loc_conf_t    *clcf;
     ngx_http_rules_main_conf_t  *rmcf;
@@ -551,6 +554,33 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "$arg_ts, or define the field)",
                            &conf->time_member, &clcf->name);
         return NGX_CONF_ERROR;
+    }
+
+    /*
+     * a key no rules_field gives: its rules are never evaluated here (a
+     * JSON body's objects may carry it)
+     */
+
+    for (g = 0; !conf->json_body && g < rules_ngroups(rmcf->rules); g++) {
+        gr = rules_group(rmcf->rules, g);
+
+        for (i = 0; i < conf->fields->nelts; i++) {
+            if (f[i].field == (int) gr->key_field) {
+                break;
+            }
+        }
+
+        if (i == conf->fields->nelts) {
+            r = rules_rule(rmcf->rules, gr->rules[0]);
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                               "no \"rules_field %s\" in location \"%V\": "
+                               "its rules are not evaluated there (%uz "
+                               "rule%s keyed on it: \"%s\"%s)",
+                               rules_field_name(rmcf->rules, gr->key_field),
+                               &clcf->name, gr->nrules,
+                               gr->nrules == 1 ? "" : "s", r->id,
+                               gr->nrules == 1 ? "" : ", ...");
+        }
     }
 
     return NGX_CONF_OK;

@@ -155,7 +155,11 @@ sub nginx_t {
     open my $fh, '>', "$prefix/html/rules.json" or die $!;
     print $fh <<'_EOC_';
 {"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
-            "min": 1, "within": "1s"}]}
+            "min": 1, "within": "1s"},
+           {"id": "d1", "kind": "fraud", "key": "device", "type": "count",
+            "min": 1, "within": "1s"},
+           {"id": "d2", "kind": "fraud", "key": "device", "type": "count",
+            "min": 2, "within": "1s"}]}
 _EOC_
     close $fh;
     my $load = join '', map { "load_module $_;\n" }
@@ -192,6 +196,15 @@ _EOC_
     like($out, qr/\[warn\] \d+#\d+: rules_field "colour" is not used by any rule of "[^"]*rules\.json"/,
          "a rules_field no rule uses: warned, with its name") or diag($out);
     unlike($out, qr/"uid" is not used/, 'the field a rule uses: no warning');
+    like($out, qr/\[warn\] \d+#\d+: no "rules_field device" in location "\/px": its rules are not evaluated there \(2 rules keyed on it: "d1", \.\.\.\)/,
+         'a key no rules_field gives: warned, with its rules') or diag($out);
+    unlike($out, qr/no "rules_field uid"/, 'the key a field gives: no warning');
+
+    ($rc, $out) = nginx_t('rules_body json;');
+    is($rc, 0, 'a JSON location: nginx -t passes');
+    unlike($out, qr/\[warn\]/,
+           'a JSON location (its objects carry the keys): no warning')
+        or diag($out);
 
     ($rc, $out) = nginx_t('rules_field uid "$arg_uid$request_uri";');
     is($rc, 0, 'a field mixing $arg_ with another variable: nginx -t passes');
@@ -199,6 +212,7 @@ _EOC_
          'a field mixing $arg_ with another variable: warned') or diag($out);
 
     ($rc, $out) = nginx_t('rules_field uid "$arg_uid"; '
+                          . 'rules_field device $http_x_device; '
                           . 'rules_field ts $arg_ts; rules_time ts;');
     is($rc, 0, 'only $arg_ fields, the time field unused by rules: passes');
     unlike($out, qr/\[warn\]/,
