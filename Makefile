@@ -60,7 +60,8 @@ DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
                 libclang-rt-14-dev prometheus gdb
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
-        asan clean script bench fuzz deps-build dist docker-check FORCE
+        asan clean script bench bench-callgrind fuzz deps-build dist \
+        docker-check FORCE
 
 all: build
 
@@ -169,10 +170,19 @@ $(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/librules.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
 
+$(BUILD)/bench/worker_profile: bench/worker_profile.c $(BUILD)/librules.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
+
 # engine micro-benchmark, then the nginx + Redis load benchmark
 bench: deps build $(BUILD)/bench/engine_bench
 	$(BUILD)/bench/engine_bench
 	bench/run.sh
+
+# the worker's engine path in instructions per event (callgrind)
+bench-callgrind: deps build $(BUILD)/bench/engine_bench \
+                 $(BUILD)/bench/worker_profile
+	bench/callgrind.sh
 
 # libFuzzer targets (clang): the engine built with ASan and UBSan
 $(BUILD)/fuzz/%: t/fuzz/%.c $(ENGINE_SRCS) $(ENGINE_HDRS)
