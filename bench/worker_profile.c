@@ -9,7 +9,8 @@
  * rules_log.h's items (fake_redis_*(): subtract it).  Events as
  * bench/pixel.lua's.  Under callgrind only the events after the warm-up
  * are counted (--instr-atstart=no): unlike wall-clock numbers on a
- * shared VM, the count is the same from run to run.
+ * shared VM, the count is the same from run to run within a few
+ * instructions per event.
  *
  *   worker_profile RULES.json warmup events [cache_mb]
  */
