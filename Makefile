@@ -166,11 +166,13 @@ $(BUILD)/unit/%: t/unit/%.c $(BUILD)/librules.a $(wildcard t/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) -It/unit $< $(BUILD)/librules.a $(LIBS) -lm -o $@
 
-$(BUILD)/bench/engine_bench: bench/engine_bench.c $(BUILD)/librules.a
+$(BUILD)/bench/engine_bench: bench/engine_bench.c bench/bench_common.h \
+                             $(BUILD)/librules.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
 
-$(BUILD)/bench/worker_profile: bench/worker_profile.c $(BUILD)/librules.a
+$(BUILD)/bench/worker_profile: bench/worker_profile.c bench/bench_common.h \
+                               $(BUILD)/librules.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
 

@@ -15,59 +15,13 @@
 
 #include "rules_engine.h"
 #include "rules_state.h"
+#include "bench_common.h"
 
 
 #define NUSERS    100000
 #define NIPS      3000
 #define NDEVICES  3000
 #define NSLOTS    (1 << 18)
-
-
-typedef struct {
-    char          key[96];
-    size_t        key_len;
-    rules_buf_t   state;
-    int           used;
-} slot_t;
-
-
-static slot_t  *slots;
-static unsigned long long  rng = 88172645463325252ULL;
-
-
-static unsigned
-rnd(unsigned n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned) (rng % n);
-}
-
-
-static rules_buf_t *
-state_of(const unsigned char *key, size_t len)
-{
-    unsigned long long  h = 1469598103934665603ULL;
-    size_t              i;
-
-    for (i = 0; i < len; i++) {
-        h = (h ^ key[i]) * 1099511628211ULL;
-    }
-
-    for (i = h & (NSLOTS - 1); ; i = (i + 1) & (NSLOTS - 1)) {
-        if (!slots[i].used) {
-            slots[i].used = 1;
-            memcpy(slots[i].key, key, len);
-            slots[i].key_len = len;
-            return &slots[i].state;
-        }
-
-        if (slots[i].key_len == len && memcmp(slots[i].key, key, len) == 0) {
-            return &slots[i].state;
-        }
-    }
-}
 
 
 static const char *spec_rules =
@@ -104,8 +58,8 @@ generated_rules(int n)
 
     for (i = 0; i < n; i++) {
         const char *key = keys[i % 5];
-        const char *t = types[rnd(5)];
-        int         prod = rnd(50);
+        const char *t = types[bench_rnd(5)];
+        int         prod = bench_rnd(50);
 
         switch (i % 4) {
         case 0:
@@ -114,14 +68,14 @@ generated_rules(int n)
                          "{\"field\":\"type\",\"eq\":\"%s\"},{\"field\":"
                          "\"product\",\"eq\":\"P%d\"}]},\"min\":%d,"
                          "\"within\":\"%dh\"}", i ? "," : "", i, key, t,
-                         prod, 1 + rnd(5), 1 + rnd(48));
+                         prod, 1 + bench_rnd(5), 1 + bench_rnd(48));
             break;
         case 1:
             p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"fraud\",\"key\":"
                          "\"%s\",\"type\":\"distinct\",\"field\":\"path\","
                          "\"where\":{\"field\":\"type\",\"in\":[\"%s\","
                          "\"click\"]},\"min\":%d,\"within\":\"10m\"}",
-                         i ? "," : "", i, key, t, 2 + rnd(10));
+                         i ? "," : "", i, key, t, 2 + bench_rnd(10));
             break;
         case 2:
             p += sprintf(p, "%s{\"id\":\"g%d\",\"kind\":\"segment\",\"key\":"
@@ -175,8 +129,10 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
     rules_str_t        *vals;
     unsigned char       key[160];
     char                uid[16], ip[16], dev[16], prod[8];
+    const char         *type;
     size_t              nf, k, klen, evaluated;
-    int                 i, changed, fu, fi, fd, ft, fp, fpath;
+    int                 i, changed;
+    bench_fields_t      f;
     int64_t             pttl, now;
     struct timespec     t0, t1;
 
@@ -193,37 +149,24 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
 
     nf = rules_nfields(rs);
     vals = calloc(nf + 1, sizeof(rules_str_t));
-    fu = rules_field_index(rs, "uid", 3);
-    fi = rules_field_index(rs, "ip", 2);
-    fd = rules_field_index(rs, "device", 6);
-    ft = rules_field_index(rs, "type", 4);
-    fp = rules_field_index(rs, "product", 7);
-    fpath = rules_field_index(rs, "path", 4);
+    bench_fields(rs, &f);
 
     now = 1700000000000LL;
     evaluated = 0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
 
     for (i = 0; i < nev; i++) {
-        now += rnd(20);
+        now += bench_rnd(20);
 
-        snprintf(uid, sizeof(uid), "u%u", rnd(NUSERS));
-        snprintf(ip, sizeof(ip), "10.0.%u.%u", rnd(NIPS) / 250, rnd(250));
-        snprintf(dev, sizeof(dev), "d%u", rnd(NDEVICES));
-        snprintf(prod, sizeof(prod), "P%u", rnd(50));
+        snprintf(uid, sizeof(uid), "u%u", bench_rnd(NUSERS));
+        snprintf(ip, sizeof(ip), "10.0.%u.%u", bench_rnd(NIPS) / 250,
+                 bench_rnd(250));
+        snprintf(dev, sizeof(dev), "d%u", bench_rnd(NDEVICES));
+        snprintf(prod, sizeof(prod), "P%u", bench_rnd(50));
 
-/* s once: it may be a random pick */
-#define SET(f, s)  do { const char *s_ = (s);                               \
-                        if ((f) >= 0) {                                     \
-                            vals[f].data = (const unsigned char *) s_;      \
-                            vals[f].len = strlen(s_);                       \
-                        } } while (0)
-        SET(fu, uid);
-        SET(fi, ip);
-        SET(fd, dev);
-        SET(ft, types[rnd(5)]);
-        SET(fp, prod);
-        SET(fpath, paths[rnd(6)]);
+        /* the type picked before the path, as always */
+        type = types[bench_rnd(5)];
+        bench_event(vals, &f, uid, ip, dev, type, prod, paths[bench_rnd(6)]);
 
         if (rules_event_build(rs, &limits, vals, now, &eo)
             != RULES_EVENT_OK)
@@ -235,7 +178,7 @@ run(rules_set_t *rs, int nev, double *evals_per_event)
             evaluated += rules_group(rs, eo.keyops[k].group)->nrules;
             klen = rules_state_key(rs, "", 0, eo.keyops[k].group,
                                    eo.keyops[k].key_value, key);
-            st = state_of(key, klen);
+            st = bench_store(key, klen);
             matched.len = 0;
 
             /* as the module does: the state parsed into a work it keeps */
@@ -278,7 +221,6 @@ bench(const char *name, const char *json, int nev, int runs, int index)
     rules_set_t  *rs;
     double        eps[16], epe = 0;
     int           r;
-    size_t        i;
 
     rs = rules_load_buffer(json, strlen(json), name, err, sizeof(err));
 
@@ -297,10 +239,7 @@ bench(const char *name, const char *json, int nev, int runs, int index)
     /* one run first, not measured: the heap grows to its size */
 
     for (r = -1; r < runs; r++) {
-        for (i = 0; i < NSLOTS; i++) {
-            rules_buf_free(&slots[i].state);
-            slots[i].used = 0;
-        }
+        bench_store_clear();
 
         if (r < 0) {
             (void) run(rs, nev, &epe);
@@ -352,7 +291,7 @@ main(int argc, char **argv)
     (void) mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     (void) mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
 
-    slots = calloc(NSLOTS, sizeof(slot_t));
+    bench_store_init(NSLOTS);
     gen = generated_rules(1000);
 
     bench("SPEC.md examples", spec_rules, nev, runs, -1);

@@ -24,31 +24,10 @@
 #include "rules_state.h"
 #include "rules_log.h"
 #include "rules_cache.h"
+#include "bench_common.h"
 
 
 #define NSLOTS  (1 << 20)
-
-
-typedef struct {
-    unsigned char  *key;
-    size_t          key_len;
-    rules_buf_t     val;
-    int             used;
-} fslot_t;
-
-
-static fslot_t  *store;
-static unsigned long long  rng = 88172645463325252ULL;
-
-
-static unsigned
-rnd(unsigned n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned) (rng % n);
-}
 
 
 static double
@@ -72,32 +51,6 @@ static void
 put_u32(unsigned char *p, uint32_t v)
 {
     memcpy(p, &v, 4);
-}
-
-
-static fslot_t *
-fake_redis_slot(const unsigned char *key, size_t len)
-{
-    unsigned long long  h = 1469598103934665603ULL;
-    size_t              i;
-
-    for (i = 0; i < len; i++) {
-        h = (h ^ key[i]) * 1099511628211ULL;
-    }
-
-    for (i = h & (NSLOTS - 1); ; i = (i + 1) & (NSLOTS - 1)) {
-        if (!store[i].used) {
-            store[i].used = 1;
-            store[i].key = malloc(len);
-            memcpy(store[i].key, key, len);
-            store[i].key_len = len;
-            return &store[i];
-        }
-
-        if (store[i].key_len == len && memcmp(store[i].key, key, len) == 0) {
-            return &store[i];
-        }
-    }
 }
 
 
@@ -151,14 +104,12 @@ static __attribute__((noinline)) void
 fake_redis_item(const rules_str_t *key, const rules_item_t *it, int64_t wall,
     int *one, int *nil, rules_buf_t *reply)
 {
-    fslot_t        *s;
     rules_buf_t    *v;
     rules_buf_t     nv;
     unsigned char   h[RULES_VALUE_HEADER_LEN];
     int             match;
 
-    s = fake_redis_slot(key->data, key->len);
-    v = &s->val;
+    v = bench_store(key->data, key->len);
     *one = 0;
     *nil = 0;
     reply->len = 0;
@@ -427,6 +378,7 @@ main(int argc, char **argv)
     char                err[RULES_ERR_LEN], uid[16], ip[24], dev[16],
                         prod[8], ids[65536];
     const char         *prefix = "bench:gen:on:on:";
+    const char         *type;
     char               *json;
     size_t              len, nf, ng, g, k, plen, total, npresent, matched_ids;
     rules_set_t        *rs;
@@ -437,7 +389,8 @@ main(int argc, char **argv)
     uint64_t            hashes[16], present[16];
     unsigned char       kbuf[4096], *p;
     rules_item_t        ri;
-    int                 i, nwarm, nev, fu, fi, fd, ft, fp, fpath;
+    int                 i, nwarm, nev;
+    bench_fields_t      f;
     int64_t             now;
     size_t              cache_mb;
 
@@ -460,7 +413,7 @@ main(int argc, char **argv)
 
     rules_set_sharing(rs, 1);
 
-    store = calloc(NSLOTS, sizeof(fslot_t));
+    bench_store_init(NSLOTS);
     cache = rules_cache_create(cache_mb << 20);
     work.known = rs;
     rules_result_init(rs, &evres);
@@ -473,12 +426,7 @@ main(int argc, char **argv)
     nf = rules_nfields(rs);
     ng = rules_ngroups(rs);
     vals = calloc(nf + 1, sizeof(rules_str_t));
-    fu = rules_field_index(rs, "uid", 3);
-    fi = rules_field_index(rs, "ip", 2);
-    fd = rules_field_index(rs, "device", 6);
-    ft = rules_field_index(rs, "type", 4);
-    fp = rules_field_index(rs, "product", 7);
-    fpath = rules_field_index(rs, "path", 4);
+    bench_fields(rs, &f);
 
     now = 1700000000000LL;
     matched_ids = 0;
@@ -495,22 +443,15 @@ main(int argc, char **argv)
 
         now += (i % 30 == 0);
 
-        snprintf(uid, sizeof(uid), "u%u", rnd(100000));
-        snprintf(ip, sizeof(ip), "10.%u.%u.%u", rnd(4), rnd(256), rnd(3));
-        snprintf(dev, sizeof(dev), "d%u", rnd(3000));
-        snprintf(prod, sizeof(prod), "P%u", 40 + rnd(5));
+        snprintf(uid, sizeof(uid), "u%u", bench_rnd(100000));
+        snprintf(ip, sizeof(ip), "10.%u.%u.%u", bench_rnd(4), bench_rnd(256),
+                 bench_rnd(3));
+        snprintf(dev, sizeof(dev), "d%u", bench_rnd(3000));
+        snprintf(prod, sizeof(prod), "P%u", 40 + bench_rnd(5));
 
-#define SET(f, s)  do { const char *s_ = (s);                               \
-                        if ((f) >= 0) {                                     \
-                            vals[f].data = (const unsigned char *) s_;      \
-                            vals[f].len = strlen(s_);                       \
-                        } } while (0)
-        SET(fu, uid);
-        SET(fi, ip);
-        SET(fd, dev);
-        SET(ft, types[rnd(9)]);
-        SET(fp, prod);
-        SET(fpath, paths[rnd(7)]);
+        /* the type picked before the path, as always */
+        type = types[bench_rnd(9)];
+        bench_event(vals, &f, uid, ip, dev, type, prod, paths[bench_rnd(7)]);
 
         if (rules_event_validate(rs, &limits, vals, now) != RULES_EVENT_OK) {
             abort();
