@@ -305,16 +305,12 @@ rules_cond_count(rules_pair_stats_t *st, const rules_cond_t *c)
     switch (c->op) {
 
     case RULES_OP_EQ:
-        return (c->str.len == 0
-                || rules_strmap_put(&st->values[c->field], c->str.data,
-                                    c->str.len, 0)
-                   >= 0)
-               ? 0 : -1;
-
     case RULES_OP_PREFIX:
         return (c->str.len == 0
-                || rules_strmap_put(&st->prefixes[c->field], c->str.data,
-                                    c->str.len, 0)
+                || rules_strmap_put(c->op == RULES_OP_EQ
+                                    ? &st->values[c->field]
+                                    : &st->prefixes[c->field],
+                                    c->str.data, c->str.len, 0)
                    >= 0)
                ? 0 : -1;
 
