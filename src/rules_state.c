@@ -1359,16 +1359,17 @@ rules_state_work_load_own(rules_state_work_t *w, const unsigned char *state,
 
 /*
  * Pairs each entry with its record: entry i (in order) with the first
- * record of its digest not paired yet.  A state of hundreds of records
- * (1000 rules on one key) meets ops of hundreds of entries: beyond a few
- * pairs to try, the entries are looked up by digest in a hash table
- * (entries of one digest chained in order), not compared with every
- * record.
+ * record of its digest not paired yet (the k-th entry of a digest with
+ * its k-th record, whichever side is walked).  A state of hundreds of
+ * records (1000 rules on one key) meets ops of hundreds of entries:
+ * beyond a few pairs to try, the smaller side is put in a hash table by
+ * digest (the items of one digest chained in order) and the other side
+ * looked up in it, not compared with every item.
  */
 static int
 rules_pair_entries(rules_state_work_t *w, int ne)
 {
-    int                 i, j, nr, *chain;
+    int                 i, j, nr, nh, no, by_recs, *chain;
     size_t              size, h, mask;
     uint64_t            d;
     rules_pair_slot_t  *slots;
@@ -1400,17 +1401,24 @@ rules_pair_entries(rules_state_work_t *w, int ne)
     }
 
     /*
-     * At most a quarter full, the digests in the slots: a record whose
-     * rule the op does not touch (most of them) is told so by a probe or
-     * two, without reading the entries.
+     * At most a quarter full, the digests of the smaller side in the
+     * slots: an item of the other side without a pair (most of them) is
+     * told so by a probe or two.  The side hashed is mostly the records:
+     * an op of a key of many rules touches tens of them (a few hundred
+     * entries: a table of a thousand slots to clear, for a state of
+     * about ten records).
      */
 
-    for (size = 16; size < (size_t) ne * 4; size <<= 1) { /* void */ }
+    by_recs = (nr <= ne);
+    nh = by_recs ? nr : ne;
+    no = by_recs ? ne : nr;
+
+    for (size = 16; size < (size_t) nh * 4; size <<= 1) { /* void */ }
 
     if (rules_work_fit(&w->slots, &w->slots_size, size,
                        sizeof(rules_pair_slot_t))
         != 0
-        || rules_work_fit(&w->chain, &w->chain_size, (size_t) ne,
+        || rules_work_fit(&w->chain, &w->chain_size, (size_t) nh,
                           sizeof(int))
            != 0)
     {
@@ -1425,10 +1433,10 @@ rules_pair_entries(rules_state_work_t *w, int ne)
         slots[h].head = -1;
     }
 
-    /* chains in entry order: inserted from the last entry to the first */
+    /* chains in order: inserted from the last item to the first */
 
-    for (i = ne - 1; i >= 0; i--) {
-        memcpy(&d, ents[i].digest, 8);
+    for (i = nh - 1; i >= 0; i--) {
+        memcpy(&d, by_recs ? recs[i].digest : ents[i].digest, 8);
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
              slots[h].head >= 0 && slots[h].digest != d;
@@ -1440,22 +1448,37 @@ rules_pair_entries(rules_state_work_t *w, int ne)
         slots[h].head = i;
     }
 
-    for (j = 0; j < nr; j++) {
-        memcpy(&d, recs[j].digest, 8);
+    for (j = 0; j < no; j++) {
+        memcpy(&d, by_recs ? ents[j].digest : recs[j].digest, 8);
 
         for (h = (d * 0x9e3779b97f4a7c15ULL) >> 32 & mask;
              slots[h].head >= 0 && slots[h].digest != d;
              h = (h + 1) & mask)
         { /* void */ }
 
-        for (i = slots[h].head; i >= 0 && ents[i].record >= 0; i = chain[i])
-        {
-            /* void */
-        }
+        if (by_recs) {
+            /* entry j: the first record of its digest not paired */
 
-        if (i >= 0) {
-            recs[j].entry = i;
-            ents[i].record = j;
+            for (i = slots[h].head; i >= 0 && recs[i].entry >= 0;
+                 i = chain[i])
+            { /* void */ }
+
+            if (i >= 0) {
+                recs[i].entry = j;
+                ents[j].record = i;
+            }
+
+        } else {
+            /* record j: the first entry of its digest not paired */
+
+            for (i = slots[h].head; i >= 0 && ents[i].record >= 0;
+                 i = chain[i])
+            { /* void */ }
+
+            if (i >= 0) {
+                recs[j].entry = i;
+                ents[i].record = j;
+            }
         }
     }
 
