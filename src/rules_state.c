@@ -730,7 +730,7 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     const unsigned char  *em, *rm, *rjoins, *d;
     unsigned char        *p, *pj;
     size_t                vlen;
-    int                   k, at;
+    int                   k, at, same;
 
     within = rules_get_f64(e->params);
     vlen = rules_get_u16(e->params + 8);
@@ -747,21 +747,37 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     newest = (r && rules_get_u16(r->payload)) ? rules_get_f64(r->payload + 2)
                                                : RULES_NONE;
 
-    /* each rule's join time (RULES_NONE: none), and the largest min */
+    /* the largest min */
 
     max = 1;
-    nj = 0;
-    c = 0;
-    cj = 0;
 
     for (j = 0; j < nm; j++) {
-        d = em + 10 * j;
-        m = rules_get_u16(d + 8);
+        m = rules_get_u16(em + 10 * j + 8);
 
         if (m > max) {
             max = m;
         }
+    }
 
+    /*
+     * Mostly the record's rules are the entry's, in the same order, and
+     * none joined: nobody joins, no join is looked up.
+     */
+
+    same = (rj == 0 && (rm == NULL || rn == nm));
+
+    for (j = 0; same && rm && j < nm; j++) {
+        same = rules_digest_eq(rm + 16 * (size_t) j, em + 10 * (size_t) j);
+    }
+
+    /* each rule's join time (RULES_NONE: none) */
+
+    nj = 0;
+    c = 0;
+    cj = 0;
+
+    for (j = 0; !same && j < nm; j++) {
+        d = em + 10 * j;
         joins[j] = RULES_NONE;
 
         if (rm && rules_shared_find(rm, rn, 16, d, &c) < 0) {
@@ -801,7 +817,26 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     nj = 0;
     *until = 0;
 
-    for (j = 0; j < nm; j++, em += 10) {
+    for (j = 0; same && j < nm; j++, em += 10) {
+        /* no joins: the loop below, joins[j] being RULES_NONE */
+        m = rules_get_u16(em + 8);
+        u = ((unsigned) k >= m && ts[m - 1] >= RULES_NONE)
+            ? ts[m - 1] + within : 0;
+        memcpy(p, em, 8);
+        rules_put_f64(p + 8, u);
+        p += 16;
+
+        if (matched && now < u && rules_buf_append_digest(matched, em) != 0)
+        {
+            return -1;
+        }
+
+        if (u > *until) {
+            *until = u;
+        }
+    }
+
+    for (j = 0; !same && j < nm; j++, em += 10) {
         d = em;
         m = rules_get_u16(em + 8);
 
