@@ -1696,6 +1696,15 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
             continue;
         }
 
+        if (rules_entry_makes_nothing(&w->ents[k])) {
+            /*
+             * no record, as before (what rules_apply_entry() returns for
+             * it, told without the call: a purchase touches tens of
+             * sequences that end with one, most without a partial match)
+             */
+            continue;
+        }
+
         at = out->len;
         rc = rules_apply_entry(&w->ents[k], NULL, now, wall, out, matched);
 
