@@ -41,6 +41,7 @@ typedef struct {
     double                ttl;
     const unsigned char  *params;
     size_t                plen;
+    unsigned              max;        /* shared: its rules' largest min */
     int                   record;     /* its record, or -1 */
 } rules_entry_t;
 
@@ -337,29 +338,39 @@ rules_entry_params_len(unsigned type, const unsigned char *p, size_t avail)
 }
 
 
-/* A shared entry's rules: 1 to RULES_SHARE_MAX_MEMBERS, each min valid. */
-static int
+/*
+ * A shared entry's rules: 1 to RULES_SHARE_MAX_MEMBERS, each min valid.
+ * Returns their largest min (what rules_apply_shared() keeps the values
+ * for), 0 when not valid.
+ */
+static unsigned
 rules_shared_entry_check(const unsigned char *params)
 {
     const unsigned char  *em;
-    unsigned              n, i, m;
+    unsigned              n, i, m, max;
 
     em = params + 10 + rules_get_u16(params + 8);
     n = rules_get_u16(em);
 
     if (n < 1 || n > RULES_SHARE_MAX_MEMBERS) {
-        return -1;
+        return 0;
     }
+
+    max = 1;
 
     for (i = 0; i < n; i++) {
         m = rules_get_u16(em + 2 + 10 * i + 8);
 
         if (m < 1 || m > RULES_MAX_MIN) {
-            return -1;
+            return 0;
+        }
+
+        if (m > max) {
+            max = m;
         }
     }
 
-    return 0;
+    return max;
 }
 
 
@@ -406,10 +417,12 @@ rules_parse_op(const unsigned char *op, size_t len, rules_entry_t *ents,
             return -1;
         }
 
-        if (e->type == RULES_RECORD_SHARED
-            && rules_shared_entry_check(e->params) != 0)
-        {
-            return -1;
+        if (e->type == RULES_RECORD_SHARED) {
+            e->max = rules_shared_entry_check(e->params);
+
+            if (e->max == 0) {
+                return -1;
+            }
         }
 
         e->plen = plen;
@@ -747,17 +760,9 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     newest = (r && rules_get_u16(r->payload)) ? rules_get_f64(r->payload + 2)
                                                : RULES_NONE;
 
-    /* the largest min */
+    /* the largest min (rules_parse_op() found it) */
 
-    max = 1;
-
-    for (j = 0; j < nm; j++) {
-        m = rules_get_u16(em + 10 * j + 8);
-
-        if (m > max) {
-            max = m;
-        }
-    }
+    max = e->max;
 
     /*
      * Mostly the record's rules are the entry's, in the same order, and
