@@ -36,7 +36,7 @@ my $ngx = RulesNginx::start_nginx(
     http   => RulesNginx::pixel_http(
         store     => "rules_redis 127.0.0.1:$redis->{port};",
         prefix    => "t058:$$:",
-        fields    => ['uid'],
+        fields    => ['uid', 'ip', 'device'],
         locations => <<'_EOC_'));
         location = /ev {
             rules on;
