@@ -15,6 +15,8 @@ static ngx_int_t ngx_http_rules_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_rules_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_rules_create_loc_conf(ngx_conf_t *cf);
+static ngx_int_t ngx_http_rules_fields_warn_due(ngx_conf_t *cf,
+    ngx_http_rules_main_conf_t *rmcf, ngx_array_t *fields);
 static char *ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_rules_file(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -446,6 +448,49 @@ ngx_http_rules_create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/*
+ * Whether the startup warnings about a rules_field array are due: once
+ * per array, as a server's fields are merged into each of its locations.
+ * NGX_ERROR on memory exhaustion.
+ */
+static ngx_int_t
+ngx_http_rules_fields_warn_due(ngx_conf_t *cf,
+    ngx_http_rules_main_conf_t *rmcf, ngx_array_t *fields)
+{
+    ngx_uint_t     i;
+    ngx_array_t  **a;
+
+    if (fields == NULL) {
+        return 0;
+    }
+
+    if (rmcf->fields_warned == NULL) {
+        rmcf->fields_warned = ngx_array_create(cf->pool, 4,
+                                               sizeof(ngx_array_t *));
+        if (rmcf->fields_warned == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    a = rmcf->fields_warned->elts;
+
+    for (i = 0; i < rmcf->fields_warned->nelts; i++) {
+        if (a[i] == fields) {
+            return 0;
+        }
+    }
+
+    a = ngx_array_push(rmcf->fields_warned);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    *a = fields;
+
+    return 1;
+}
+
+
 static char *
 ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -453,6 +498,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_rules_loc_conf_t *conf = child;
 
     size_t                       g;
+    ngx_int_t                    warn;
     ngx_uint_t                   i, set_here;
     const rules_rule_t          *r;
     const rules_group_t         *gr;
@@ -525,11 +571,16 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     f = conf->fields ? conf->fields->elts : NULL;
     conf->time_field = -1;
 
+    warn = ngx_http_rules_fields_warn_due(cf, rmcf, conf->fields);
+    if (warn == NGX_ERROR) {
+        return NGX_CONF_ERROR;
+    }
+
     for (i = 0; conf->fields && i < conf->fields->nelts; i++) {
         f[i].field = rules_field_index(rmcf->rules, (char *) f[i].name.data,
                                        f[i].name.len);
 
-        if (f[i].field < 0 && !conf->json_body
+        if (warn && f[i].field < 0 && !conf->json_body
             && !(conf->time_member.len == f[i].name.len
                  && ngx_strncmp(conf->time_member.data, f[i].name.data,
                                 f[i].name.len) == 0))
@@ -561,7 +612,9 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      * JSON body's objects may carry it)
      */
 
-    for (g = 0; !conf->json_body && g < rules_ngroups(rmcf->rules); g++) {
+    for (g = 0; warn && !conf->json_body && g < rules_ngroups(rmcf->rules);
+         g++)
+    {
         gr = rules_group(rmcf->rules, g);
 
         for (i = 0; i < conf->fields->nelts; i++) {
@@ -573,11 +626,14 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         if (i == conf->fields->nelts) {
             r = rules_rule(rmcf->rules, gr->rules[0]);
             ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                               "no \"rules_field %s\" in location \"%V\": "
-                               "its rules are not evaluated there (%uz "
-                               "rule%s keyed on it: \"%s\"%s)",
+                               "no \"rules_field %s\" %s%V%s: its rules "
+                               "are not evaluated there (%uz rule%s keyed on "
+                               "it: \"%s\"%s)",
                                rules_field_name(rmcf->rules, gr->key_field),
-                               &clcf->name, gr->nrules,
+                               clcf->name.len ? "in location \""
+                                              : "at server level",
+                               &clcf->name, clcf->name.len ? "\"" : "",
+                               gr->nrules,
                                gr->nrules == 1 ? "" : "s", r->id,
                                gr->nrules == 1 ? "" : ", ...");
         }

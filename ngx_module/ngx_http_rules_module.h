@@ -46,6 +46,9 @@ typedef struct {
     rules_set_t                  *rules;
     ngx_str_t                     rules_file;
     time_t                        rules_loaded;   /* load time */
+    ngx_array_t                  *fields_warned;  /* rules_field arrays
+                                                     whose startup
+                                                     warnings were given */
 
     ngx_http_rules_redis_conf_t   redis_conf;
     ngx_flag_t                    redis_set;

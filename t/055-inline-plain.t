@@ -145,10 +145,11 @@ _EOC_
 
 # ---- startup warnings (nginx -t) -------------------------------------------
 
-# "nginx -t" of a configuration whose /px location has these lines;
-# returns (exit status, output)
+# "nginx -t" of a configuration whose /px location has these lines (and
+# its server those); returns (exit status, output)
 sub nginx_t {
-    my ($lines) = @_;
+    my ($lines, $server_lines) = @_;
+    $server_lines //= '';
     my $prefix = "$FindBin::Bin/servroot-055";
     remove_tree($prefix);
     make_path("$prefix/conf", "$prefix/logs", "$prefix/html");
@@ -174,6 +175,7 @@ http {
     rules_file ../html/rules.json;
     server {
         listen 127.0.0.1:@{[ RulesNginx::free_port() ]};
+        $server_lines
         location = /px {
             rules on;
             $lines
@@ -199,6 +201,17 @@ _EOC_
     like($out, qr/\[warn\] \d+#\d+: no "rules_field device" in location "\/px": its rules are not evaluated there \(2 rules keyed on it: "d1", \.\.\.\)/,
          'a key no rules_field gives: warned, with its rules') or diag($out);
     unlike($out, qr/no "rules_field uid"/, 'the key a field gives: no warning');
+
+    # a server's fields, merged into its location: warned about once
+    ($rc, $out) = nginx_t('', 'rules on; rules_field uid $arg_uid; '
+                              . 'rules_field colour $arg_c;');
+    is($rc, 0, "a server's fields: nginx -t passes");
+    my @unused = $out =~ /rules_field "colour" is not used/g;
+    is(scalar @unused, 1, "a server's unused field: warned once")
+        or diag($out);
+    my @nokey = $out =~ /no "rules_field device" at server level: its rules are not evaluated there/g;
+    is(scalar @nokey, 1, "a server's missing key: warned once, at server level")
+        or diag($out);
 
     ($rc, $out) = nginx_t('rules_body json;');
     is($rc, 0, 'a JSON location: nginx -t passes');
