@@ -732,6 +732,30 @@ rules_shared_find(const unsigned char *base, unsigned n, size_t size,
  * The rules matched are appended to *matched; the record's interval
  * spans theirs.
  */
+/*
+ * A member of a shared record written at *p: its digest d and the time
+ * its rule matches until (u, 0: no match), noted in matched and until.
+ */
+static inline int
+rules_shared_member_put(unsigned char **p, const unsigned char *d, double u,
+    double now, rules_buf_t *matched, double *until)
+{
+    memcpy(*p, d, 8);
+    rules_put_f64(*p + 8, u);
+    *p += 16;
+
+    if (matched && now < u && rules_buf_append_digest(matched, d) != 0) {
+        return -1;
+    }
+
+    if (u > *until) {
+        *until = u;
+    }
+
+    return 0;
+}
+
+
 static int
 rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     double now, rules_buf_t *out, double *from, double *until,
@@ -827,17 +851,9 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
         m = rules_get_u16(em + 8);
         u = ((unsigned) k >= m && ts[m - 1] >= RULES_NONE)
             ? ts[m - 1] + within : 0;
-        memcpy(p, em, 8);
-        rules_put_f64(p + 8, u);
-        p += 16;
 
-        if (matched && now < u && rules_buf_append_digest(matched, em) != 0)
-        {
+        if (rules_shared_member_put(&p, em, u, now, matched, until) != 0) {
             return -1;
-        }
-
-        if (u > *until) {
-            *until = u;
         }
     }
 
@@ -859,16 +875,9 @@ rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
 
         u = ((unsigned) k >= m && ts[m - 1] >= joins[j])
             ? ts[m - 1] + within : 0;
-        memcpy(p, d, 8);
-        rules_put_f64(p + 8, u);
-        p += 16;
 
-        if (matched && now < u && rules_buf_append_digest(matched, d) != 0) {
+        if (rules_shared_member_put(&p, d, u, now, matched, until) != 0) {
             return -1;
-        }
-
-        if (u > *until) {
-            *until = u;
         }
     }
 
@@ -1409,7 +1418,7 @@ rules_state_work_load_own(rules_state_work_t *w, const unsigned char *state,
 static int
 rules_pair_entries(rules_state_work_t *w, int ne)
 {
-    int                 i, j, nr, nh, no, by_recs, *chain;
+    int                 i, j, ie, ir, nr, nh, no, by_recs, *chain;
     size_t              size, h, mask;
     uint64_t            d;
     rules_pair_slot_t  *slots;
@@ -1496,29 +1505,18 @@ rules_pair_entries(rules_state_work_t *w, int ne)
              h = (h + 1) & mask)
         { /* void */ }
 
-        if (by_recs) {
-            /* entry j: the first record of its digest not paired */
+        /* the first item of the hashed side with j's digest not paired */
 
-            for (i = slots[h].head; i >= 0 && recs[i].entry >= 0;
-                 i = chain[i])
-            { /* void */ }
+        for (i = slots[h].head;
+             i >= 0 && (by_recs ? recs[i].entry : ents[i].record) >= 0;
+             i = chain[i])
+        { /* void */ }
 
-            if (i >= 0) {
-                recs[i].entry = j;
-                ents[j].record = i;
-            }
-
-        } else {
-            /* record j: the first entry of its digest not paired */
-
-            for (i = slots[h].head; i >= 0 && ents[i].record >= 0;
-                 i = chain[i])
-            { /* void */ }
-
-            if (i >= 0) {
-                recs[j].entry = i;
-                ents[i].record = j;
-            }
+        if (i >= 0) {
+            ie = by_recs ? j : i;
+            ir = by_recs ? i : j;
+            recs[ir].entry = ie;
+            ents[ie].record = ir;
         }
     }
 
