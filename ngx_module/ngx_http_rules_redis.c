@@ -661,10 +661,14 @@ ngx_http_rules_redis_setup_reply(redisAsyncContext *ac, void *r,
 static void
 ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
 {
-    ngx_uint_t  level;
+    const char  *how;
+    ngx_uint_t   level;
 
     rd->established = 1;
     rd->stats.connects++;
+
+    how = rd->native ? " (states stored with RULES.STORE)"
+                     : " (states stored with the script)";
 
     if (rd->down) {
         ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
@@ -672,17 +676,13 @@ ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
                       "failure (%ui failed attempt%s)%s",
                       &rd->conf->addr_text,
                       (ngx_msec_t) (ngx_current_msec - rd->down_since),
-                      rd->attempts, rd->attempts == 1 ? "" : "s",
-                      rd->native ? " (states stored with RULES.STORE)"
-                                 : " (states stored with the script)");
+                      rd->attempts, rd->attempts == 1 ? "" : "s", how);
 
     } else {
         level = rd->idle_close ? NGX_LOG_INFO : NGX_LOG_NOTICE;
 
         ngx_log_error(level, rd->log, 0, "rules redis %V: connected%s",
-                      &rd->conf->addr_text,
-                      rd->native ? " (states stored with RULES.STORE)"
-                                 : " (states stored with the script)");
+                      &rd->conf->addr_text, how);
     }
 
     rd->down = 0;
