@@ -44,9 +44,10 @@ sub send_px {
 # a listening socket on a free loopback port (an upstream that is this
 # script)
 sub listener {
-    return IO::Socket::INET->new(Listen => 8, LocalAddr => '127.0.0.1',
-                                 LocalPort => 0, ReuseAddr => 1)
+    my $l = IO::Socket::INET->new(Listen => 8, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
         or die "listen: $!";
+    return $l;
 }
 
 # reads the whole response; returns (status, X-Status, seconds since
