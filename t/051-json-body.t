@@ -37,10 +37,18 @@ _EOC_
 _EOC_
     $block->set_value('user_files', ">>> rules.json\n$RulesFile")
         unless defined $block->user_files;
-    $block->set_value('error_code', 204) unless defined $block->error_code;
+    # one per request: upstream wants an array when there are several
+    unless (defined $block->error_code) {
+        my $req = $block->request;
+        $block->set_value('error_code',
+                          ref $req ? [(204) x @$req] : 204);
+    }
 });
 
 no_shuffle();
+# a block's error_log patterns are looked for in its whole log after each
+# of its requests (upstream checks the log after every request)
+check_accum_error_log();
 run_tests();
 
 __DATA__

@@ -67,6 +67,9 @@ sub has_lines {
 }
 
 no_shuffle();
+# a block's error_log patterns are looked for in its whole log after each
+# of its requests (upstream checks the log after every request)
+check_accum_error_log();
 run_tests();
 
 __DATA__

@@ -4,6 +4,9 @@
 use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
+# a block's error_log patterns are looked for in its whole log after each
+# of its requests (upstream checks the log after every request)
+check_accum_error_log();
 run_tests();
 
 __DATA__

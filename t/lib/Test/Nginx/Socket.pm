@@ -25,6 +25,7 @@ our @EXPORT = qw(
     workers master_on master_off worker_connections no_root_location
     env_to_nginx html_dir server_root server_port server_addr
     add_block_preprocessor config_preamble use_hup no_check_leak
+    check_accum_error_log
     $ServerPort $ServerAddr $ServerRoot $ServRoot $HtmlDir $LogLevel
     $NoNginxManager $RepeatEach $UseValgrind
 );
@@ -47,6 +48,7 @@ $ENV{TEST_NGINX_HTML_DIR} ||= $HtmlDir;
 $ENV{TEST_NGINX_SERVROOT} ||= $ServRoot;
 
 my $Workers = 1;
+my $CheckAccumErrLog = 0;
 my $MasterOn = 1;
 my $WorkerConnections = 64;
 my $NoRootLocation = 0;
@@ -74,6 +76,7 @@ sub no_shuffle () { }
 sub no_long_string () { }
 sub no_check_leak () { }
 sub use_hup () { }
+sub check_accum_error_log () { $CheckAccumErrLog = 1 }
 sub log_level ($) { $LogLevel = shift }
 sub workers ($) { $Workers = shift }
 sub master_on () { $MasterOn = 1 }
@@ -420,8 +423,11 @@ sub _send_all (@) {
 
 # Runs the block's requests; returns a list of responses (hashrefs) or
 # error strings.
+# Sends the block's requests; $each->($i, $n, $response) after each
+# response (after all of them for pipelined requests, which share one
+# connection), in order.
 sub _run_requests (@) {
-    my ($block) = @_;
+    my ($block, $each) = @_;
     my $timeout = _parse_timeout($block->timeout
                                  // $ENV{TEST_NGINX_TIMEOUT});
     my @out;
@@ -433,14 +439,21 @@ sub _run_requests (@) {
 
     if (defined(my $p = $block->pipelined_requests)) {
         my @reqs = ref $p ? @$p : ($p);
-        my $sock = $connect->() or return ("ERROR: connect: $!");
-        my $data = '';
-        for my $i (0 .. $#reqs) {
-            $data .= _build_request($block, _expand_env($reqs[$i]),
-                                    $i < $#reqs);
+        my @res;
+        if (my $sock = $connect->()) {
+            my $data = '';
+            for my $i (0 .. $#reqs) {
+                $data .= _build_request($block, _expand_env($reqs[$i]),
+                                        $i < $#reqs);
+            }
+            @res = _send_all($sock, $data)
+                   ? _read_responses($sock, scalar @reqs, $timeout)
+                   : ("ERROR: send: $!");
+        } else {
+            @res = ("ERROR: connect: $!");
         }
-        _send_all($sock, $data) or return ("ERROR: send: $!");
-        return _read_responses($sock, scalar @reqs, $timeout);
+        $each->($_, scalar @res, $res[$_]) for 0 .. $#res;
+        return;
     }
 
     my @raw;
@@ -448,29 +461,38 @@ sub _run_requests (@) {
         @raw = ref $raw ? @$raw : ($raw);
     } else {
         my $req = $block->request;
-        return () unless defined $req;
+        return unless defined $req;
         my @reqs = ref $req ? @$req : ($req);
         @raw = map { _build_request($block, _expand_env($_), 0) } @reqs;
     }
 
-    for my $data (@raw) {
-        my $sock = $connect->();
-        unless ($sock) {
-            push @out, "ERROR: connect: $!";
-            next;
+    for my $i (0 .. $#raw) {
+        my $res;
+        if (my $sock = $connect->()) {
+            if (_send_all($sock, $raw[$i])) {
+                my @r = _read_responses($sock, 1, $timeout);
+                $res = $r[0] // 'ERROR: no response';
+            } else {
+                $res = "ERROR: send: $!";
+            }
+            close $sock;
+        } else {
+            $res = "ERROR: connect: $!";
         }
-        _send_all($sock, $data) or do { push @out, "ERROR: send: $!"; next };
-        my @r = _read_responses($sock, 1, $timeout);
-        push @out, $r[0] // 'ERROR: no response';
-        close $sock;
+        $each->($i, scalar @raw, $res);
     }
-
-    return @out;
 }
 
+# a per-request section's value for request $i of $n: with several
+# requests it must be an array, as upstream's get_indexed_value() wants
+# (it bails out otherwise)
 sub _nth (@) {
-    my ($v, $i) = @_;
-    return ref $v eq 'ARRAY' ? $v->[$i] : $v;
+    my ($name, $v, $i, $n) = @_;
+    return $v->[$i] if ref $v eq 'ARRAY';
+    Test::More::BAIL_OUT("$name - You asked for many requests, the "
+                         . "expected results should be arrays as well.")
+        if $n > 1 && defined $v;
+    return $v;
 }
 
 sub _check_response (@) {
@@ -485,12 +507,12 @@ sub _check_response (@) {
         return;
     }
 
-    my $code = _nth(scalar $block->error_code, $i);
+    my $code = _nth($name, scalar $block->error_code, $i, $n);
     $code = 200 unless defined $code && length $code;
     $code =~ s/\s+//g;
     Test::More::is($res->{code}, $code, "$name - status code ok$sfx");
 
-    if (defined(my $hdrs = _nth(scalar $block->response_headers, $i))) {
+    if (defined(my $hdrs = _nth($name, scalar $block->response_headers, $i, $n))) {
         for my $line (split /\n/, $hdrs) {
             next unless $line =~ /\S/;
             if ($line =~ /^\s*!\s*([^:\s]+)\s*$/) {
@@ -504,7 +526,7 @@ sub _check_response (@) {
         }
     }
 
-    if (defined(my $hdrs = _nth(scalar $block->response_headers_like, $i))) {
+    if (defined(my $hdrs = _nth($name, scalar $block->response_headers_like, $i, $n))) {
         for my $line (split /\n/, $hdrs) {
             my ($k, $v) = $line =~ /^\s*([^:]+?)\s*:\s?(.*)$/ or next;
             Test::More::like($res->{headers}{ lc $k } // '', qr/$v/,
@@ -512,12 +534,12 @@ sub _check_response (@) {
         }
     }
 
-    if (defined(my $body = _nth(scalar $block->response_body, $i))) {
+    if (defined(my $body = _nth($name, scalar $block->response_body, $i, $n))) {
         Test::More::is($res->{body}, _expand_env($body),
                        "$name - response_body - response is expected$sfx");
     }
 
-    if (defined(my $like = _nth(scalar $block->response_body_like, $i))) {
+    if (defined(my $like = _nth($name, scalar $block->response_body_like, $i, $n))) {
         my $re = ref $like eq 'Regexp' ? $like : qr/$like/s;
         Test::More::like($res->{body}, $re,
                          "$name - response_body_like - response is "
@@ -616,27 +638,33 @@ sub run_test ($) {
 
     _wait_native($log_path);
 
-    my @res = _run_requests($block);
-    my $n = @res;
-
-    unless (defined $block->ignore_response) {
-        for my $i (0 .. $#res) {
-            _check_response($block, $name, $res[$i], $i, $n);
+    # As upstream: the error log is checked after each request but the
+    # last (after --- wait) and once more after them all (after --- wait
+    # again), each time against what was logged since the previous check
+    # (from this block's nginx's start the first time), or against the
+    # whole log after check_accum_error_log().
+    my $logged = 0;
+    my $check_log = sub {
+        if (defined(my $wait = $block->wait)) {
+            sleep $wait;
         }
-    }
-
-    if (defined(my $wait = $block->wait)) {
-        sleep $wait;
-    }
-
-    if (defined $block->error_log || defined $block->no_error_log) {
+        return unless defined $block->error_log
+                      || defined $block->no_error_log;
         # the log may lag the response by a few milliseconds
         sleep 0.05;
-        # the whole log of this block's nginx, its start included, as the
-        # upstream Test::Nginx reads it (each block starts with no log)
         my $log = _slurp($log_path);
-        _check_log($block, $name, $log);
-    }
+        my $new = $CheckAccumErrLog ? $log : substr($log, $logged);
+        $logged = length $log;
+        _check_log($block, $name, $new);
+    };
+
+    _run_requests($block, sub {
+        my ($i, $n, $res) = @_;
+        _check_response($block, $name, $res, $i, $n)
+            unless defined $block->ignore_response;
+        $check_log->() if $i < $n - 1;
+    });
+    $check_log->();
 
     # leaks are reported when the processes exit
     if ($UseValgrind || $UseAsan) {
