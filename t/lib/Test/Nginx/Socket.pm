@@ -421,8 +421,6 @@ sub _send_all (@) {
     return 1;
 }
 
-# Runs the block's requests; returns a list of responses (hashrefs) or
-# error strings.
 # Sends the block's requests; $each->($i, $n, $response) after each
 # response (after all of them for pipelined requests, which share one
 # connection), in order.
@@ -430,7 +428,6 @@ sub _run_requests (@) {
     my ($block, $each) = @_;
     my $timeout = _parse_timeout($block->timeout
                                  // $ENV{TEST_NGINX_TIMEOUT});
-    my @out;
 
     my $connect = sub {
         IO::Socket::INET->new(PeerAddr => "$ServerAddr:$ServerPort",
@@ -512,7 +509,9 @@ sub _check_response (@) {
     $code =~ s/\s+//g;
     Test::More::is($res->{code}, $code, "$name - status code ok$sfx");
 
-    if (defined(my $hdrs = _nth($name, scalar $block->response_headers, $i, $n))) {
+    if (defined(my $hdrs = _nth($name, scalar $block->response_headers,
+                              $i, $n)))
+    {
         for my $line (split /\n/, $hdrs) {
             next unless $line =~ /\S/;
             if ($line =~ /^\s*!\s*([^:\s]+)\s*$/) {
@@ -526,7 +525,9 @@ sub _check_response (@) {
         }
     }
 
-    if (defined(my $hdrs = _nth($name, scalar $block->response_headers_like, $i, $n))) {
+    if (defined(my $hdrs = _nth($name, scalar $block->response_headers_like,
+                              $i, $n)))
+    {
         for my $line (split /\n/, $hdrs) {
             my ($k, $v) = $line =~ /^\s*([^:]+?)\s*:\s?(.*)$/ or next;
             Test::More::like($res->{headers}{ lc $k } // '', qr/$v/,
@@ -534,12 +535,16 @@ sub _check_response (@) {
         }
     }
 
-    if (defined(my $body = _nth($name, scalar $block->response_body, $i, $n))) {
+    if (defined(my $body = _nth($name, scalar $block->response_body,
+                              $i, $n)))
+    {
         Test::More::is($res->{body}, _expand_env($body),
                        "$name - response_body - response is expected$sfx");
     }
 
-    if (defined(my $like = _nth($name, scalar $block->response_body_like, $i, $n))) {
+    if (defined(my $like = _nth($name, scalar $block->response_body_like,
+                              $i, $n)))
+    {
         my $re = ref $like eq 'Regexp' ? $like : qr/$like/s;
         Test::More::like($res->{body}, $re,
                          "$name - response_body_like - response is "
