@@ -258,6 +258,9 @@ $ngx = RulesNginx::start_nginx(
 {
     my $upstream = listener();
     my $uport = $upstream->sockport;
+    # longer than the wait below for the upstream connection to be cut
+    # (valgrind slows it down 20 times)
+    my $read_timeout = 5 * $slow;
     $ngx = RulesNginx::start_nginx(
         prefix => "$FindBin::Bin/servroot-056c",
         files  => { 'rules.json' => $rules },
@@ -271,7 +274,7 @@ $ngx = RulesNginx::start_nginx(
             rules on;
             rules_field uid \$arg_uid;
             proxy_ignore_client_abort on;
-            proxy_read_timeout 5s;
+            proxy_read_timeout ${read_timeout}s;
             proxy_pass http://127.0.0.1:$uport/hit;
         }
 _EOC_
