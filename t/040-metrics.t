@@ -219,6 +219,12 @@ for (1 .. 100) {
     sleep 0.05;
 }
 sleep 0.3;
+# the new workers count their starts once they run: later under valgrind
+for (1 .. 100 * RulesMemcheck::slowdown()) {
+    my (undef, undef, $body) = RulesNginx::get($ngx->{port}, '/metrics');
+    last if ($body // '') =~ /^nginx_rules_worker_starts_total 4$/m;
+    sleep 0.05;
+}
 
 my ($type2, $s2, $errors2) = metrics();
 is_deeply($errors2, [], 'after reload: still valid');
