@@ -87,6 +87,22 @@ sub parse_metrics {
     return (\%type, \%samples, \@errors);
 }
 
+# everything the server sends on $c until it closes, or what came within
+# a deadline (a worker stopped by the test would otherwise hang the file)
+sub read_all {
+    my ($c) = @_;
+    my $resp = '';
+    eval {
+        local $SIG{ALRM} = sub { die "timeout\n" };
+        alarm(10 * RulesMemcheck::slowdown());
+        local $/;
+        $resp = <$c> // '';
+        alarm(0);
+    };
+    alarm(0);
+    return $resp;
+}
+
 sub metrics {
     my ($st, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
     is($st, 200, 'metrics: 200');
@@ -259,7 +275,7 @@ for my $round (1 .. 20) {
               . ($k == 7 ? "Connection: close\r\n" : '') . "\r\n";
     }
     print $c $req;
-    my $resp = do { local $/; <$c> } // '';
+    my $resp = read_all($c);
     close $c;
     my $n = () = $resp =~ m{^HTTP/1\.1 204}mg;
     $answered += $n;
@@ -300,7 +316,7 @@ if ($stopped) {
         # (then it waits for SIGCONT: not read here, not to hang)
         vec($rin = '', fileno($c), 1) = 1;
         if (select(my $rready = $rin, undef, undef, 3)) {
-            my $resp = do { local $/; <$c> } // '';
+            read_all($c);
         }
         close $c;
     }

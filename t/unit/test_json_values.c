@@ -121,16 +121,16 @@ test_literals(void)
 static void
 test_numbers(void)
 {
-    is_str(a_is("0"), "0", "0");
+    is_str(a_is("0"), "0", "0 gives \"0\"");
     is_str(a_is("-0"), "0", "-0 is 0");
-    is_str(a_is("12"), "12", "12");
-    is_str(a_is("-3"), "-3", "-3");
-    is_str(a_is("100"), "100", "100");
+    is_str(a_is("12"), "12", "12 gives \"12\"");
+    is_str(a_is("-3"), "-3", "-3 gives \"-3\"");
+    is_str(a_is("100"), "100", "100 gives \"100\"");
     is_str(a_is("100.0"), "100", "100.0 gives 100");
     is_str(a_is("1e2"), "100", "1e2 gives 100");
     is_str(a_is("1E2"), "100", "1E2 gives 100");
-    is_str(a_is("-3.5"), "-3.5", "-3.5");
-    is_str(a_is("0.25"), "0.25", "0.25");
+    is_str(a_is("-3.5"), "-3.5", "-3.5 gives \"-3.5\"");
+    is_str(a_is("0.25"), "0.25", "0.25 gives \"0.25\"");
     is_str(a_is("2.5e-1"), "0.25", "2.5e-1 gives 0.25");
     is_str(a_is("0.1"), "0.1", "0.1, the shortest text that reads back");
     is_str(a_is("1.5e20"), "1.5e+20", "1.5e20 (beyond 64 bits) gives 1.5e+20");
