@@ -721,18 +721,6 @@ rules_shared_find(const unsigned char *base, unsigned n, size_t size,
 
 
 /*
- * A shared distinct record: the list kept for the largest min of the
- * rules sharing it, then each rule's digest and the end of its matched
- * interval (0: not matched; the start is always RULES_NONE), then the
- * joins: the rules that joined the record after it began (added, or
- * edited) count only the values last seen at or after their join time
- * (their first event's, or just after the record's latest value: every
- * value from before the join is older), as a fresh record would hold; a
- * join goes once no older value is left.
- * The rules matched are appended to *matched; the record's interval
- * spans theirs.
- */
-/*
  * A member of a shared record written at *p: its digest d and the time
  * its rule matches until (u, 0: no match), noted in matched and until.
  */
@@ -756,6 +744,18 @@ rules_shared_member_put(unsigned char **p, const unsigned char *d, double u,
 }
 
 
+/*
+ * A shared distinct record: the list kept for the largest min of the
+ * rules sharing it, then each rule's digest and the end of its matched
+ * interval (0: not matched; the start is always RULES_NONE), then the
+ * joins: the rules that joined the record after it began (added, or
+ * edited) count only the values last seen at or after their join time
+ * (their first event's, or just after the record's latest value: every
+ * value from before the join is older), as a fresh record would hold; a
+ * join goes once no older value is left.
+ * The rules matched are appended to *matched; the record's interval
+ * spans theirs.
+ */
 static int
 rules_apply_shared(const rules_entry_t *e, const rules_record_t *r,
     double now, rules_buf_t *out, double *from, double *until,
