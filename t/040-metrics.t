@@ -237,8 +237,8 @@ for (1 .. 100) {
 sleep 0.3;
 # the new workers count their starts once they run: later under valgrind
 for (1 .. 100 * RulesMemcheck::slowdown()) {
-    my (undef, undef, $body) = RulesNginx::get($ngx->{port}, '/metrics');
-    last if ($body // '') =~ /^nginx_rules_worker_starts_total 4$/m;
+    last if (RulesNginx::metric($ngx, 'nginx_rules_worker_starts_total')
+             // 0) == 4;
     sleep 0.05;
 }
 
