@@ -434,6 +434,8 @@ ngx_http_rules_create_loc_conf(ngx_conf_t *cf)
      *     conf->fields = NULL;
      *     conf->time_value = NULL;
      *     conf->time_member = { 0, NULL };
+     *     conf->time_file = NULL;
+     *     conf->time_line = 0;
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -527,6 +529,8 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->time_value == NULL && conf->time_member.data == NULL) {
         conf->time_value = prev->time_value;
         conf->time_member = prev->time_member;
+        conf->time_file = prev->time_file;
+        conf->time_line = prev->time_line;
     }
 
     if (!conf->enable) {
@@ -599,11 +603,15 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->time_member.data && !conf->json_body && conf->time_field < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules_time %V\" names no \"rules_field\" of "
-                           "location \"%V\" (use a variable, such as "
-                           "$arg_ts, or define the field)",
-                           &conf->time_member, &clcf->name);
+        /* told where the directive is, not where the merge runs */
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"rules_time %V\" names no \"rules_field\" %s%V%s "
+                      "(use a variable, such as $arg_ts, or define the "
+                      "field) in %s:%ui",
+                      &conf->time_member,
+                      clcf->name.len ? "of location \"" : "at server level",
+                      &clcf->name, clcf->name.len ? "\"" : "",
+                      conf->time_file, conf->time_line);
         return NGX_CONF_ERROR;
     }
 
@@ -1169,6 +1177,8 @@ ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         ngx_memcpy(rlcf->time_member.data, value[1].data, value[1].len);
         rlcf->time_member.len = value[1].len;
+        rlcf->time_file = cf->conf_file->file.name.data;
+        rlcf->time_line = cf->conf_file->line;
 
         return NGX_CONF_OK;
     }

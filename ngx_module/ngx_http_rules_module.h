@@ -89,6 +89,8 @@ typedef struct {
     ngx_array_t                  *fields;         /* ngx_http_rules_field_t */
     ngx_http_complex_value_t     *time_value;     /* rules_time $var */
     ngx_str_t                     time_member;    /* rules_time name */
+    u_char                       *time_file;      /* where rules_time is, */
+    ngx_uint_t                    time_line;      /* for a merge's error */
     ngx_int_t                     time_field;     /* query mode: field */
     ngx_uint_t                    on_error_closed;
     ngx_uint_t                    reject_status;  /* 0: off */

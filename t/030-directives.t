@@ -237,7 +237,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
 
 
 
-=== TEST 15: rules_time naming a field the location does not define
+=== TEST 15: rules_time naming a field the location does not define: the error names the directive's own file and line (an included file), not the end of the block where the check runs
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -245,20 +245,49 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
     location = /px {
         rules on;
         rules_field uid $arg_uid;
-        rules_time ts;
+        include ../html/time.conf;
         return 204;
     }
 --- user_files
 >>> rules.json
 {"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
             "min": 1, "within": "1s"}]}
+>>> time.conf
+# the time of the events
+
+rules_time ts;
 --- must_die
---- error_log
-"rules_time ts" names no "rules_field" of location "/px"
+--- error_log eval
+qr{"rules_time ts" names no "rules_field" of location "/px" \(use a variable, such as \$arg_ts, or define the field\) in \S*/html/time\.conf:3$}m
 
 
 
-=== TEST 16: rules on without any rules_field
+=== TEST 16: rules_time at server level, rules on there, no such field
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    rules_file ../html/rules.json;
+--- config
+    rules on;
+    rules_field uid $arg_uid;
+    include ../html/time.conf;
+
+    location = /px {
+        rules off;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+>>> time.conf
+rules_time ts;
+--- must_die
+--- error_log eval
+qr{"rules_time ts" names no "rules_field" at server level \(.*\) in \S*/html/time\.conf:1$}m
+
+
+
+=== TEST 17: rules on without any rules_field
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -277,7 +306,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
 
 
 
-=== TEST 17: rules_max_events above the limit
+=== TEST 18: rules_max_events above the limit
 --- config
     location = /px { rules_max_events 5000; return 204; }
 --- must_die
@@ -286,7 +315,7 @@ qr/variable "\$rules_match_nosuchrule": no rule "nosuchrule" in ".*rules\.json"/
 
 
 
-=== TEST 18: a duplicate rules_field
+=== TEST 19: a duplicate rules_field
 --- config
     location = /px {
         rules_field uid $arg_uid;
@@ -299,7 +328,7 @@ duplicate rules_field "uid"
 
 
 
-=== TEST 19: a rules_field no rule uses is a warning, not an error (the warning, written before the error log is opened, is checked in the output of nginx -t: t/055)
+=== TEST 20: a rules_field no rule uses is a warning, not an error (the warning, written before the error log is opened, is checked in the output of nginx -t: t/055)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_redis_timeout 5s;
@@ -324,7 +353,7 @@ X-Status: ok
 
 
 
-=== TEST 20: rules_max_key_length out of bounds
+=== TEST 21: rules_max_key_length out of bounds
 --- config
     location = /px { return 204; }
 --- http_config
@@ -335,7 +364,7 @@ X-Status: ok
 
 
 
-=== TEST 21: rules_redis_timeout of zero
+=== TEST 22: rules_redis_timeout of zero
 --- http_config
     rules_redis_timeout 0;
 --- config
@@ -346,7 +375,7 @@ X-Status: ok
 
 
 
-=== TEST 22: rules_state_cache takes a size
+=== TEST 23: rules_state_cache takes a size
 --- http_config
     rules_state_cache lots;
 --- config
@@ -357,7 +386,7 @@ X-Status: ok
 
 
 
-=== TEST 23: rules_state_cache 0: every event appends to the key's log (each lookup a miss, no whole-state write; the worker folds the log it gets back and, at 8 entries, compacts it), results unchanged
+=== TEST 24: rules_state_cache 0: every event appends to the key's log (each lookup a miss, no whole-state write; the worker folds the log it gets back and, at 8 entries, compacts it), results unchanged
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_key_prefix "t030-23:";
@@ -414,7 +443,7 @@ X-Status: ok
 
 
 
-=== TEST 24: rules_shared_distinct takes on or off
+=== TEST 25: rules_shared_distinct takes on or off
 --- http_config
     rules_shared_distinct sometimes;
 --- config
@@ -425,7 +454,7 @@ invalid value "sometimes" in "rules_shared_distinct" directive
 
 
 
-=== TEST 25: rules_shared_distinct on: distinct rules that differ only in min share a record, each matched on its own min
+=== TEST 26: rules_shared_distinct on: distinct rules that differ only in min share a record, each matched on its own min
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_key_prefix "t030-25:";
@@ -472,7 +501,7 @@ invalid value "sometimes" in "rules_shared_distinct" directive
 
 
 
-=== TEST 26: $rules_match_<id> refused when two ids differ only in case (nginx variable names ignore case)
+=== TEST 27: $rules_match_<id> refused when two ids differ only in case (nginx variable names ignore case)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -493,7 +522,7 @@ qr/variable "\$rules_match_twice": rule ids in ".*rules\.json" differ only in ca
 
 
 
-=== TEST 27: a rule's key field name with ':' is refused (state keys are {field:value}: "a" = "b:c" and "a:b" = "c" would share one)
+=== TEST 28: a rule's key field name with ':' is refused (state keys are {field:value}: "a" = "b:c" and "a:b" = "c" would share one)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -511,7 +540,7 @@ qr/rule #0 "by_ab": member "key": must not contain ':'/
 
 
 
-=== TEST 28: $rules_match_ with no id is refused
+=== TEST 29: $rules_match_ with no id is refused
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -530,7 +559,7 @@ qr/variable "\$rules_match_" names no rule/
 
 
 
-=== TEST 29: a rules_redis parameter given twice is refused
+=== TEST 30: a rules_redis parameter given twice is refused
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT password=a password=b;
     rules_file ../html/rules.json;
@@ -546,7 +575,7 @@ duplicate parameter "password=b" of "rules_redis"
 
 
 
-=== TEST 30: rules_metrics twice in a location is refused
+=== TEST 31: rules_metrics twice in a location is refused
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
@@ -562,7 +591,7 @@ duplicate parameter "password=b" of "rules_redis"
 
 
 
-=== TEST 31: db= given twice is refused, db=0 first too (the later one won)
+=== TEST 32: db= given twice is refused, db=0 first too (the later one won)
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0 db=3;
     rules_file ../html/rules.json;
