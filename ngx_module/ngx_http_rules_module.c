@@ -589,9 +589,10 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                  && ngx_strncmp(conf->time_member.data, f[i].name.data,
                                 f[i].name.len) == 0))
         {
-            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                               "rules_field \"%V\" is not used by any rule "
-                               "of \"%V\"", &f[i].name, &rmcf->rules_file);
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "rules_field \"%V\" is not used by any rule of "
+                          "\"%V\" in %s:%ui", &f[i].name, &rmcf->rules_file,
+                          f[i].file, f[i].line);
         }
 
         if (conf->time_member.len == f[i].name.len
@@ -617,7 +618,8 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /*
      * a key no rules_field gives: its rules are never evaluated here (a
-     * JSON body's objects may carry it)
+     * JSON body's objects may carry it); told where the fields are, the
+     * place to add it
      */
 
     for (g = 0; warn && !conf->json_body && g < rules_ngroups(rmcf->rules);
@@ -633,17 +635,16 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
         if (i == conf->fields->nelts) {
             r = rules_rule(rmcf->rules, gr->rules[0]);
-            ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                               "no \"rules_field %s\" %s%V%s: its rules "
-                               "are not evaluated there (%uz rule%s keyed on "
-                               "it: \"%s\"%s)",
-                               rules_field_name(rmcf->rules, gr->key_field),
-                               clcf->name.len ? "in location \""
-                                              : "at server level",
-                               &clcf->name, clcf->name.len ? "\"" : "",
-                               gr->nrules,
-                               gr->nrules == 1 ? "" : "s", r->id,
-                               gr->nrules == 1 ? "" : ", ...");
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "no \"rules_field %s\" %s%V%s: its rules are not "
+                          "evaluated there (%uz rule%s keyed on it: \"%s\"%s) "
+                          "in %s:%ui",
+                          rules_field_name(rmcf->rules, gr->key_field),
+                          clcf->name.len ? "in location \"" : "at server level",
+                          &clcf->name, clcf->name.len ? "\"" : "",
+                          gr->nrules, gr->nrules == 1 ? "" : "s", r->id,
+                          gr->nrules == 1 ? "" : ", ...", f[0].file,
+                          f[0].line);
         }
     }
 
@@ -1057,6 +1058,9 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (f == NULL) {
         return NGX_CONF_ERROR;
     }
+
+    f->file = cf->conf_file->file.name.data;
+    f->line = cf->conf_file->line;
 
     f->name = value[1];
     f->field = -1;

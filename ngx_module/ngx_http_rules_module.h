@@ -81,6 +81,8 @@ typedef struct {
                                                      $arg_<arg> (lowercase):
                                                      read with the others
                                                      in one pass */
+    u_char                       *file;           /* where the directive */
+    ngx_uint_t                    line;           /* is: merge warnings */
 } ngx_http_rules_field_t;
 
 

@@ -191,15 +191,32 @@ _EOC_
     return ($rc, $out);
 }
 
+# "FILE:LINE" of the first line of the last nginx_t()'s nginx.conf that
+# holds TEXT: where a warning about that directive must point
+sub conf_line {
+    my ($text) = @_;
+    my $conf = "$FindBin::Bin/servroot-055/conf/nginx.conf";
+    open my $fh, '<', $conf or die "$conf: $!";
+    while (<$fh>) {
+        return "$conf:$." if index($_, $text) >= 0;
+    }
+    die "no \"$text\" in $conf";
+}
+
 {
-    my ($rc, $out) = nginx_t('rules_field uid $arg_uid; '
-                             . 'rules_field colour $arg_c;');
+    my ($rc, $out) = nginx_t("rules_field uid \$arg_uid;\n"
+                             . '            rules_field colour $arg_c;');
     is($rc, 0, 'a rules_field no rule uses: nginx -t passes');
-    like($out, qr/\[warn\] \d+#\d+: rules_field "colour" is not used by any rule of "[^"]*rules\.json"/,
-         "a rules_field no rule uses: warned, with its name") or diag($out);
+    my $at = quotemeta conf_line('rules_field colour');
+    like($out, qr/\[warn\] \d+#\d+: rules_field "colour" is not used by any rule of "[^"]*rules\.json" in $at$/m,
+         "a rules_field no rule uses: warned, with its name and the "
+         . "directive's file and line (not the http block's end)")
+        or diag($out);
     unlike($out, qr/"uid" is not used/, 'the field a rule uses: no warning');
-    like($out, qr/\[warn\] \d+#\d+: no "rules_field device" in location "\/px": its rules are not evaluated there \(2 rules keyed on it: "d1", \.\.\.\)/,
-         'a key no rules_field gives: warned, with its rules') or diag($out);
+    $at = quotemeta conf_line('rules_field uid');
+    like($out, qr/\[warn\] \d+#\d+: no "rules_field device" in location "\/px": its rules are not evaluated there \(2 rules keyed on it: "d1", \.\.\.\) in $at$/m,
+         'a key no rules_field gives: warned, with its rules and where '
+         . "the location's first rules_field is") or diag($out);
     unlike($out, qr/no "rules_field uid"/, 'the key a field gives: no warning');
 
     # a server's fields, merged into its location: warned about once
