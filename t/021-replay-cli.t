@@ -78,6 +78,26 @@ is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
 is($r->{err}, '', 'blank lines: nothing on stderr');
 
 
+# a dry run's store holds every key: more keys than its first table's
+# buckets (65536) grow the table, and every key is still found (each
+# user's second page view matches, the first ones none)
+
+{
+    my $n = 140000;
+    my $in = join '', map { qq({"uid":"g$_","type":"page","ts":1000}\n) } 1 .. $n;
+    $in .= join '', map { qq({"uid":"g$_","type":"page","ts":2000}\n) } reverse 1 .. $n;
+    $r = run_replay({ in => $in });
+    is($r->{rc}, 0, "a dry run of $n keys: exit 0");
+    my @lines = split /\n/, $r->{out};
+    is(scalar @lines, 2 * $n, "a dry run of $n keys: a result per event");
+    is(scalar(grep { $_ eq '{"matched":[]}' } @lines[0 .. $n - 1]), $n,
+       "a dry run of $n keys: no first view matches");
+    is(scalar(grep { $_ eq '{"matched":["twice"]}' } @lines[$n .. 2 * $n - 1]),
+       $n, "a dry run of $n keys: every second view matches (each key "
+           . "found after the table grew)");
+}
+
+
 # a line with no event ("[]"): invalid, and nothing read past the
 # parser's arrays (under valgrind when it is installed)
 

@@ -55,8 +55,15 @@ struct replay_entry_s {
     replay_entry_t  *next;
     unsigned char   *key;
     size_t           key_len;
+    uint64_t         hash;
     rules_buf_t      state;
 };
+
+
+/* the in-memory store's table: grown 4 times once it holds as many keys
+ * as buckets (a dry run of millions of keys keeps short chains) */
+#define REPLAY_STORE_BUCKETS  65536
+#define REPLAY_STORE_GROWTH   4
 
 
 /* a Redis Cluster node: blocking connections are fine in a tool */
@@ -82,6 +89,7 @@ typedef struct {
     /* in-memory store */
     replay_entry_t   **buckets;
     size_t             nbuckets;
+    size_t             nkeys;
 
     /* Redis */
     redisContext      *redis;
@@ -296,17 +304,53 @@ hash_bytes(const unsigned char *p, size_t len)
 }
 
 
+/* Moves every entry into a table REPLAY_STORE_GROWTH times larger. */
+static void
+store_grow(replay_t *rp)
+{
+    replay_entry_t  **buckets, *e, *next;
+    size_t            i, n;
+
+    n = rp->nbuckets * REPLAY_STORE_GROWTH;
+    buckets = calloc(n, sizeof(replay_entry_t *));
+
+    if (buckets == NULL) {
+        replay_error("out of memory");
+        exit(1);
+    }
+
+    for (i = 0; i < rp->nbuckets; i++) {
+        for (e = rp->buckets[i]; e; e = next) {
+            next = e->next;
+            e->next = buckets[e->hash % n];
+            buckets[e->hash % n] = e;
+        }
+    }
+
+    free(rp->buckets);
+    rp->buckets = buckets;
+    rp->nbuckets = n;
+}
+
+
 static replay_entry_t *
 store_get(replay_t *rp, const unsigned char *key, size_t len)
 {
-    replay_entry_t  *e, **b;
+    uint64_t          h;
+    replay_entry_t   *e, **b;
 
-    b = &rp->buckets[hash_bytes(key, len) % rp->nbuckets];
+    h = hash_bytes(key, len);
 
-    for (e = *b; e; e = e->next) {
-        if (e->key_len == len && memcmp(e->key, key, len) == 0) {
+    for (e = rp->buckets[h % rp->nbuckets]; e; e = e->next) {
+        if (e->hash == h && e->key_len == len
+            && memcmp(e->key, key, len) == 0)
+        {
             return e;
         }
+    }
+
+    if (rp->nkeys >= rp->nbuckets) {
+        store_grow(rp);
     }
 
     e = calloc(1, sizeof(replay_entry_t));
@@ -318,8 +362,11 @@ store_get(replay_t *rp, const unsigned char *key, size_t len)
 
     memcpy(e->key, key, len);
     e->key_len = len;
+    e->hash = h;
+    b = &rp->buckets[h % rp->nbuckets];
     e->next = *b;
     *b = e;
+    rp->nkeys++;
 
     return e;
 }
@@ -1805,7 +1852,7 @@ main(int argc, char **argv)
         /* connected above */
 
     } else {
-        rp.nbuckets = 65536;
+        rp.nbuckets = REPLAY_STORE_BUCKETS;
         rp.buckets = calloc(rp.nbuckets, sizeof(replay_entry_t *));
     }
 
