@@ -60,8 +60,10 @@ struct replay_entry_s {
 };
 
 
-/* the in-memory store's table: grown 4 times once it holds as many keys
- * as buckets (a dry run of millions of keys keeps short chains) */
+/*
+ * The in-memory store's table: grown 4 times once it holds as many keys
+ * as buckets (a dry run of millions of keys keeps short chains).
+ */
 #define REPLAY_STORE_BUCKETS  65536
 #define REPLAY_STORE_GROWTH   4
 
