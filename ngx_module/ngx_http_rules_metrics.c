@@ -230,6 +230,7 @@ static void ngx_http_rules_metrics_sync_cluster(
     ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_metrics_shm_t *sh);
 static u_char *ngx_http_rules_metrics_label(u_char *p, u_char *last,
     u_char *s, size_t len);
+static size_t ngx_http_rules_metrics_utf8_len(u_char *s, size_t len);
 static u_char *ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
     ngx_http_rules_metrics_t *m, const char *name, const char *help,
     ngx_uint_t matched);
@@ -1470,9 +1471,7 @@ ngx_http_rules_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 static u_char *
 ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
 {
-    size_t     i, n;
-    u_char    *q;
-    uint32_t   u;
+    size_t   i, n;
 
     for (i = 0; i < len && last - p >= 3; i++) {
 
@@ -1488,13 +1487,9 @@ ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
             *p++ = s[i];
 
         } else {
-            q = &s[i];
-            u = ngx_utf8_decode(&q, len - i);
-            n = q - &s[i];
+            n = ngx_http_rules_metrics_utf8_len(&s[i], len - i);
 
-            if (u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)
-                || (size_t) (last - p) < n)
-            {
+            if (n == 0 || (size_t) (last - p) < n) {
                 /* (an incomplete or invalid sequence: one byte of it) */
                 p = ngx_cpymem(p, "\xef\xbf\xbd", 3);
                 continue;
@@ -1506,6 +1501,62 @@ ngx_http_rules_metrics_label(u_char *p, u_char *last, u_char *s, size_t len)
     }
 
     return p;
+}
+
+
+/*
+ * The length of the well-formed UTF-8 sequence at s (RFC 3629: no
+ * overlong form, no surrogate, nothing above U+10FFFF), 2 to 4; 0 if
+ * there is none.  (nginx's ngx_utf8_decode() takes any byte of 0x80 and
+ * above as a continuation, and lead bytes up to 0xfd.)
+ */
+static size_t
+ngx_http_rules_metrics_utf8_len(u_char *s, size_t len)
+{
+    size_t   n, k;
+    u_char   lo, hi;
+
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+
+        if (s[0] == 0xe0) {
+            lo = 0xa0;                      /* no overlong form */
+
+        } else if (s[0] == 0xed) {
+            hi = 0x9f;                      /* no surrogate */
+        }
+
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+
+        if (s[0] == 0xf0) {
+            lo = 0x90;                      /* no overlong form */
+
+        } else if (s[0] == 0xf4) {
+            hi = 0x8f;                      /* U+10FFFF at most */
+        }
+
+    } else {
+        return 0;
+    }
+
+    if (len < n || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+
+    for (k = 2; k < n; k++) {
+        if (s[k] < 0x80 || s[k] > 0xbf) {
+            return 0;
+        }
+    }
+
+    return n;
 }
 
 

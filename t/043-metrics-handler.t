@@ -147,7 +147,25 @@ qr{^nginx_rules_info\{rules_file="[^"\n]*/html/r\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd
 
 
 
-=== TEST 6: the time the rules file was loaded, in seconds since the epoch: this start's, within the last minute
+=== TEST 6: a rules file path with bytes above 0x7f that are not well-formed UTF-8 (a Latin-1 name, an overlong form, a surrogate, a code point above U+10FFFF, a lead byte of 0xf8): each of their bytes becomes U+FFFD, a well-formed 4-byte character stays
+--- http_config eval
+"    rules_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+. "    rules_file '../html/GR\xd6\xdfE-\xe0\x80\x80-\xed\xa0\x80-\xf4\x90\x80\x80-\xf8\x90\x80\x80-\xf0\x9f\x98\x80.json';\n"
+--- user_files eval
+">>> GR\xd6\xdfE-\xe0\x80\x80-\xed\xa0\x80-\xf4\x90\x80\x80-\xf8\x90\x80\x80-\xf0\x9f\x98\x80.json\n"
+. '{"rules": [{"id": "r1", "kind": "segment", "key": "uid", "type": "count", '
+. '"min": 1, "within": "1s"}]}' . "\n"
+--- request
+GET /metrics
+--- response_body_like eval
+my $r = "\xef\xbf\xbd";
+qr{^nginx_rules_info\{rules_file="[^"\n]*/html/GR$r${r}E-$r$r$r-$r$r$r-$r$r$r$r-$r$r$r$r-\xf0\x9f\x98\x80\.json",digest="[0-9a-f]{16}",rules="1"\} 1$}m
+--- no_error_log
+[alert]
+
+
+
+=== TEST 7: the time the rules file was loaded, in seconds since the epoch: this start's, within the last minute
 --- request
 GET /metrics
 --- response_body_like eval
