@@ -49,6 +49,16 @@
 #include "ngx_http_rules_module.h"
 
 
+/*
+ * The counters are ngx_atomic_t words, added to by every worker: 32 bits
+ * on a 32-bit platform, where the round trips' sum in microseconds would
+ * wrap within minutes and go backwards (a counter reset to Prometheus).
+ */
+#if (NGX_PTR_SIZE != 8)
+#error "ngx_http_rules_module needs a 64-bit platform (its shared counters are ngx_atomic_t)"
+#endif
+
+
 #define NGX_HTTP_RULES_METRICS_BUCKETS  13
 
 /* a worker adds its per-rule counts at most this often (ms) */
