@@ -57,7 +57,7 @@ DEB_BUILD_PACKAGES := nginx nginx-dev libhiredis-dev libjansson-dev \
                       libpcre2-dev gcc libc6-dev make perl
 DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
                 libtest-base-perl wrk gnuplot-nox curl valgrind clang \
-                libclang-rt-14-dev prometheus gdb
+                libclang-rt-14-dev prometheus gdb openssl
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
         asan clean script bench bench-callgrind fuzz deps-build dist \
