@@ -13,6 +13,21 @@ our $RulesFile = <<'_EOC_';
 ]}
 _EOC_
 
+# a location whose bodies over 1k nginx writes to a temporary file
+our $TempFileConfig = <<'_EOC_';
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_max_body_size 16k;
+        client_body_buffer_size 1k;
+        rules_field ip $arg_ip;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+_EOC_
+
 add_block_preprocessor(sub {
     my $block = shift;
     $block->set_value('http_config', <<'_EOC_') unless defined $block->http_config;
@@ -545,18 +560,8 @@ applied, the third page view would be that user's second and match
 
 
 === TEST 24: a body larger than client_body_buffer_size: nginx writes it to a temporary file, the module reads it back whole
---- config
-    location = /events {
-        rules on;
-        rules_body json;
-        rules_time ts;
-        rules_max_body_size 16k;
-        client_body_buffer_size 1k;
-        rules_field ip $arg_ip;
-        add_header X-Rules "[$rules_matched]" always;
-        add_header X-Status $rules_status always;
-        return 204;
-    }
+--- config eval
+$::TempFileConfig
 --- request eval
 "POST /events\n"
 . "[{\"uid\": \"t051-24\", \"type\": \"page\", \"pad\": \"" . ("x" x 3000) . "\", \"ts\": 1000},\n"
@@ -572,25 +577,15 @@ a client request body is buffered to a temporary file
 
 
 === TEST 25: the same, chunked, in chunks that end mid-event
---- config
-    location = /events {
-        rules on;
-        rules_body json;
-        rules_time ts;
-        rules_max_body_size 16k;
-        client_body_buffer_size 1k;
-        rules_field ip $arg_ip;
-        add_header X-Rules "[$rules_matched]" always;
-        add_header X-Status $rules_status always;
-        return 204;
-    }
+--- config eval
+$::TempFileConfig
 --- raw_request eval
 my $body = "[{\"uid\": \"t051-25\", \"type\": \"page\", \"pad\": \"" . ("x" x 3000) . "\", \"ts\": 1000},\n"
          . " {\"uid\": \"t051-25\", \"type\": \"page\", \"pad\": \"" . ("y" x 3000) . "\", \"ts\": 2000}]";
-my ($a, $b, $c) = (substr($body, 0, 700), substr($body, 700, 2500), substr($body, 3200));
+my @chunks = (substr($body, 0, 700), substr($body, 700, 2500), substr($body, 3200));
 "POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
 . "Transfer-Encoding: chunked\r\n\r\n"
-. join('', map { sprintf("%x\r\n%s\r\n", length $_, $_) } $a, $b, $c)
+. CORE::join('', map { sprintf("%x\r\n%s\r\n", length $_, $_) } @chunks)
 . "0\r\n\r\n"
 --- response_headers
 X-Rules: [twice]
