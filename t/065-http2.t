@@ -91,6 +91,19 @@ sub access_lines {
 
 sub metric { return RulesNginx::metric($ngx, @_) // 0 }
 
+# until an event is stored again (after Redis was stopped, the worker
+# may have closed its connection and be waiting to reconnect: events
+# then fail at once, which the next part must not meet)
+my $ready_n = 0;
+sub redis_ready {
+    my $deadline = time + 10 * $slow;
+    while (time < $deadline) {
+        return 1 if RulesNginx::pixel($ngx, 'ts=1000&uid=h2w' . $ready_n++) =~ /^204 ok /;
+        sleep 0.05;
+    }
+    return 0;
+}
+
 
 # ---- streams of one connection, in order -------------------------------
 
@@ -105,6 +118,7 @@ is(scalar(grep { /^h2a 204 \[ok\] HTTP\/2\.0 \d+$/ } access_lines()), 2,
 # ---- Redis stopped: each concurrent stream answered at its deadline -----
 
 my $timeouts0 = metric('nginx_rules_events_total{status="timeout"}');
+ok(redis_ready(), 'an event is stored');
 kill 'STOP', $redis->{pid};
 my $t0 = time;
 $out = h2('--parallel --parallel-max 10',
@@ -126,6 +140,7 @@ is(scalar keys %conns, 1, 'the three were streams of one connection')
 
 # ---- the client goes away while its streams wait ------------------------
 
+ok(redis_ready(), 'Redis runs again: an event is stored');
 kill 'STOP', $redis->{pid};
 my @pids = RulesNginx::worker_pids($ngx);
 # curl gives up (closes the connection) before the deadline
@@ -142,7 +157,9 @@ is(scalar @gone, 3, 'a connection closed while 3 streams wait: each '
    . 'stream ends, logged with 499') or diag(join '', access_lines());
 kill 'CONT', $redis->{pid};
 
-# the replies to the dropped streams' events come now; then new requests
+# the replies to the dropped streams' events come now (unless the
+# worker closed the connection at its reply timeout); then new requests
+ok(redis_ready(), 'Redis runs again: an event is stored');
 $out = h2('', '/px?uid=h2d&ts=1000', '/px?uid=h2d&ts=2000');
 is($out, "2 204 [] ok\n2 204 [twice] ok\n",
    'after the late replies: the next streams are answered as before');
