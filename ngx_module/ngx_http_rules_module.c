@@ -31,6 +31,8 @@ static ngx_uint_t ngx_http_rules_field_args(ngx_str_t *v,
     ngx_uint_t *mixed);
 static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_rules_enable_where(ngx_conf_t *cf, void *post,
+    void *data);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -80,6 +82,11 @@ static ngx_http_rules_bounds_t  ngx_http_rules_length_bounds = {
 
 static ngx_http_rules_bounds_t  ngx_http_rules_events_bounds = {
     ngx_http_rules_check_bounds, 1, RULES_MAX_BODY_EVENTS
+};
+
+
+static ngx_conf_post_t  ngx_http_rules_enable_post = {
+    ngx_http_rules_enable_where
 };
 
 
@@ -174,7 +181,7 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_rules_loc_conf_t, enable),
-      NULL },
+      &ngx_http_rules_enable_post },
 
     { ngx_string("rules_field"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
@@ -436,6 +443,8 @@ ngx_http_rules_create_loc_conf(ngx_conf_t *cf)
      *     conf->time_member = { 0, NULL };
      *     conf->time_file = NULL;
      *     conf->time_line = 0;
+     *     conf->enable_file = NULL;
+     *     conf->enable_line = 0;
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -512,6 +521,11 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     set_here = (conf->enable != NGX_CONF_UNSET && clcf->name.len != 0);
 
+    if (conf->enable == NGX_CONF_UNSET) {
+        conf->enable_file = prev->enable_file;
+        conf->enable_line = prev->enable_line;
+    }
+
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_uint_value(conf->on_error_closed, prev->on_error_closed,
                               0);
@@ -539,17 +553,21 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_rules_module);
 
+    /* these errors point at "rules on", not at where the merge runs */
+
     if (rmcf->rules == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules on\" needs \"rules_file\" in the "
-                           "http block");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"rules on\" needs \"rules_file\" in the http "
+                      "block in %s:%ui", conf->enable_file,
+                      conf->enable_line);
         return NGX_CONF_ERROR;
     }
 
     if (!rmcf->redis_set && !rmcf->cluster_set) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules on\" needs \"rules_redis\" or "
-                           "\"rules_redis_cluster\" in the http block");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"rules on\" needs \"rules_redis\" or "
+                      "\"rules_redis_cluster\" in the http block in %s:%ui",
+                      conf->enable_file, conf->enable_line);
         return NGX_CONF_ERROR;
     }
 
@@ -563,10 +581,10 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             return NGX_CONF_OK;
         }
 
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules on\" in location \"%V\" needs at least "
-                           "one \"rules_field\", or \"rules_body json\"",
-                           &clcf->name);
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"rules on\" in location \"%V\" needs at least one "
+                      "\"rules_field\", or \"rules_body json\" in %s:%ui",
+                      &clcf->name, conf->enable_file, conf->enable_line);
         return NGX_CONF_ERROR;
     }
 
@@ -1202,6 +1220,23 @@ ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "rules on|off": where it is, for the errors found when it is merged */
+static char *
+ngx_http_rules_enable_where(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_http_rules_loc_conf_t  *rlcf;
+
+    rlcf = (ngx_http_rules_loc_conf_t *)
+               ((u_char *) data - offsetof(ngx_http_rules_loc_conf_t,
+                                           enable));
+
+    rlcf->enable_file = cf->conf_file->file.name.data;
+    rlcf->enable_line = cf->conf_file->line;
 
     return NGX_CONF_OK;
 }

@@ -88,6 +88,8 @@ typedef struct {
 
 typedef struct {
     ngx_flag_t                    enable;
+    u_char                       *enable_file;    /* where "rules on" is, */
+    ngx_uint_t                    enable_line;    /* for a merge's error */
     ngx_array_t                  *fields;         /* ngx_http_rules_field_t */
     ngx_http_complex_value_t     *time_value;     /* rules_time $var */
     ngx_str_t                     time_member;    /* rules_time name */

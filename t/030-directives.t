@@ -53,18 +53,21 @@ X-Twice: 0
 
 
 
-=== TEST 2: rules on without rules_file
+=== TEST 2: rules on without rules_file: the error points at "rules on"
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
 --- config
     location = /px {
-        rules on;
-        rules_field uid $arg_uid;
+        include ../html/on.conf;
         return 204;
     }
+--- user_files
+>>> on.conf
+rules_field uid $arg_uid;
+rules on;
 --- must_die
---- error_log
-"rules on" needs "rules_file" in the http block
+--- error_log eval
+qr{"rules on" needs "rules_file" in the http block in \S*/html/on\.conf:2$}m
 
 
 
@@ -287,22 +290,25 @@ qr{"rules_time ts" names no "rules_field" at server level \(.*\) in \S*/html/tim
 
 
 
-=== TEST 17: rules on without any rules_field
+=== TEST 17: rules on without any rules_field: the error points at "rules on" (here in an included file), not at the end of the http block where the check runs
 --- http_config
     rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     rules_file ../html/rules.json;
 --- config
     location = /px {
-        rules on;
+        include ../html/on.conf;
         return 204;
     }
 --- user_files
 >>> rules.json
 {"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
             "min": 1, "within": "1s"}]}
+>>> on.conf
+
+rules on;
 --- must_die
---- error_log
-"rules on" in location "/px" needs at least one "rules_field", or "rules_body json"
+--- error_log eval
+qr{"rules on" in location "/px" needs at least one "rules_field", or "rules_body json" in \S*/html/on\.conf:2$}m
 
 
 
