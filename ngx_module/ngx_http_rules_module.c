@@ -33,6 +33,7 @@ static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_enable_where(ngx_conf_t *cf, void *post,
     void *data);
+static void ngx_http_rules_where(ngx_conf_t *cf, ngx_http_rules_where_t *w);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_reject_fraud(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -441,10 +442,8 @@ ngx_http_rules_create_loc_conf(ngx_conf_t *cf)
      *     conf->fields = NULL;
      *     conf->time_value = NULL;
      *     conf->time_member = { 0, NULL };
-     *     conf->time_file = NULL;
-     *     conf->time_line = 0;
-     *     conf->enable_file = NULL;
-     *     conf->enable_line = 0;
+     *     conf->time_where = { NULL, 0 };
+     *     conf->enable_where = { NULL, 0 };
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -522,8 +521,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     set_here = (conf->enable != NGX_CONF_UNSET && clcf->name.len != 0);
 
     if (conf->enable == NGX_CONF_UNSET) {
-        conf->enable_file = prev->enable_file;
-        conf->enable_line = prev->enable_line;
+        conf->enable_where = prev->enable_where;
     }
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
@@ -543,8 +541,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->time_value == NULL && conf->time_member.data == NULL) {
         conf->time_value = prev->time_value;
         conf->time_member = prev->time_member;
-        conf->time_file = prev->time_file;
-        conf->time_line = prev->time_line;
+        conf->time_where = prev->time_where;
     }
 
     if (!conf->enable) {
@@ -558,8 +555,8 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (rmcf->rules == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"rules on\" needs \"rules_file\" in the http "
-                      "block in %s:%ui", conf->enable_file,
-                      conf->enable_line);
+                      "block in %s:%ui", conf->enable_where.file,
+                      conf->enable_where.line);
         return NGX_CONF_ERROR;
     }
 
@@ -567,7 +564,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"rules on\" needs \"rules_redis\" or "
                       "\"rules_redis_cluster\" in the http block in %s:%ui",
-                      conf->enable_file, conf->enable_line);
+                      conf->enable_where.file, conf->enable_where.line);
         return NGX_CONF_ERROR;
     }
 
@@ -584,7 +581,8 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"rules on\" in location \"%V\" needs at least one "
                       "\"rules_field\", or \"rules_body json\" in %s:%ui",
-                      &clcf->name, conf->enable_file, conf->enable_line);
+                      &clcf->name, conf->enable_where.file,
+                      conf->enable_where.line);
         return NGX_CONF_ERROR;
     }
 
@@ -610,7 +608,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
             ngx_log_error(NGX_LOG_WARN, cf->log, 0,
                           "rules_field \"%V\" is not used by any rule of "
                           "\"%V\" in %s:%ui", &f[i].name, &rmcf->rules_file,
-                          f[i].file, f[i].line);
+                          f[i].where.file, f[i].where.line);
         }
 
         if (conf->time_member.len == f[i].name.len
@@ -630,7 +628,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                       &conf->time_member,
                       clcf->name.len ? "of location \"" : "at server level",
                       &clcf->name, clcf->name.len ? "\"" : "",
-                      conf->time_file, conf->time_line);
+                      conf->time_where.file, conf->time_where.line);
         return NGX_CONF_ERROR;
     }
 
@@ -661,8 +659,8 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                           clcf->name.len ? "in location \"" : "at server level",
                           &clcf->name, clcf->name.len ? "\"" : "",
                           gr->nrules, gr->nrules == 1 ? "" : "s", r->id,
-                          gr->nrules == 1 ? "" : ", ...", f[0].file,
-                          f[0].line);
+                          gr->nrules == 1 ? "" : ", ...", f[0].where.file,
+                          f[0].where.line);
         }
     }
 
@@ -1077,8 +1075,7 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    f->file = cf->conf_file->file.name.data;
-    f->line = cf->conf_file->line;
+    ngx_http_rules_where(cf, &f->where);
 
     f->name = value[1];
     f->field = -1;
@@ -1199,8 +1196,7 @@ ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         ngx_memcpy(rlcf->time_member.data, value[1].data, value[1].len);
         rlcf->time_member.len = value[1].len;
-        rlcf->time_file = cf->conf_file->file.name.data;
-        rlcf->time_line = cf->conf_file->line;
+        ngx_http_rules_where(cf, &rlcf->time_where);
 
         return NGX_CONF_OK;
     }
@@ -1235,10 +1231,18 @@ ngx_http_rules_enable_where(ngx_conf_t *cf, void *post, void *data)
                ((u_char *) data - offsetof(ngx_http_rules_loc_conf_t,
                                            enable));
 
-    rlcf->enable_file = cf->conf_file->file.name.data;
-    rlcf->enable_line = cf->conf_file->line;
+    ngx_http_rules_where(cf, &rlcf->enable_where);
 
     return NGX_CONF_OK;
+}
+
+
+/* the file and line of the directive being read */
+static void
+ngx_http_rules_where(ngx_conf_t *cf, ngx_http_rules_where_t *w)
+{
+    w->file = cf->conf_file->file.name.data;
+    w->line = cf->conf_file->line;
 }
 
 

@@ -69,6 +69,13 @@ typedef struct {
 } ngx_http_rules_main_conf_t;
 
 
+/* where a directive is, for the errors found when its block is merged */
+typedef struct {
+    u_char                       *file;
+    ngx_uint_t                    line;
+} ngx_http_rules_where_t;
+
+
 typedef struct {
     int                           field;          /* index in the rules */
     ngx_uint_t                    decode;         /* $arg_: percent-decode */
@@ -81,20 +88,17 @@ typedef struct {
                                                      $arg_<arg> (lowercase):
                                                      read with the others
                                                      in one pass */
-    u_char                       *file;           /* where the directive */
-    ngx_uint_t                    line;           /* is: merge warnings */
+    ngx_http_rules_where_t        where;
 } ngx_http_rules_field_t;
 
 
 typedef struct {
     ngx_flag_t                    enable;
-    u_char                       *enable_file;    /* where "rules on" is, */
-    ngx_uint_t                    enable_line;    /* for a merge's error */
+    ngx_http_rules_where_t        enable_where;
     ngx_array_t                  *fields;         /* ngx_http_rules_field_t */
     ngx_http_complex_value_t     *time_value;     /* rules_time $var */
     ngx_str_t                     time_member;    /* rules_time name */
-    u_char                       *time_file;      /* where rules_time is, */
-    ngx_uint_t                    time_line;      /* for a merge's error */
+    ngx_http_rules_where_t        time_where;
     ngx_int_t                     time_field;     /* query mode: field */
     ngx_uint_t                    on_error_closed;
     ngx_uint_t                    reject_status;  /* 0: off */
