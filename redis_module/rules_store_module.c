@@ -359,25 +359,37 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
 }
 
 
-/* Appends head (may be empty) and body to the string value in place
- * (grown as APPEND grows it); returns the value, NULL on failure. */
+/*
+ * Appends head (may be empty) and body to the string value in place;
+ * returns the value, NULL on failure.
+ *
+ * The string is grown to its new length, not as APPEND grows one (to
+ * twice the new length, so that an aged value of many appends held about
+ * as much unused memory as data): grown one byte past it, then cut back,
+ * and Redis reallocates a string cut to less than its unused space at its
+ * length (RM_StringTruncate()).  Unused space left from before (a value
+ * compacted in place) is used first.
+ */
 static char *
 rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
     size_t body_len)
 {
     char    *p;
-    size_t   cur, len;
+    size_t   cur, len, n;
 
     (void) rm.string_dma(c->key, &cur, RM_READ);
 
-    if (cur + head_len + body_len > RS_VALUE_MAX
-        || rm.string_truncate(c->key, cur + head_len + body_len) != RM_OK)
+    n = cur + head_len + body_len;
+
+    if (n > RS_VALUE_MAX
+        || (n < RS_VALUE_MAX && rm.string_truncate(c->key, n + 1) != RM_OK)
+        || rm.string_truncate(c->key, n) != RM_OK)
     {
         return NULL;
     }
 
     p = rm.string_dma(c->key, &len, RM_WRITE);
-    if (p == NULL || len != cur + head_len + body_len) {
+    if (p == NULL || len != n) {
         return NULL;
     }
 

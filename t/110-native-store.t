@@ -308,6 +308,49 @@ for my $bad (
            'after it, Redis holds no more than a MB more than before');
 }
 
+# Appends grow a value to its length, not as APPEND grows a string (to
+# twice its new length): an aged value of many appends held about as
+# much unused memory as data.  Appends (kind 1) and the extends of a
+# writer that cached the value (kind 6), 100-byte bodies, up to ~8 KB:
+# what Redis holds for the key stays within the allocator's size classes
+# (25 %) of the value's length, and a key's own overhead
+{
+    RulesNginx::redis_call($r, 'SET', 's:g', r2_value(8));
+    my ($worst, $at, $extended) = (0, 0, 0);
+
+    for my $i (1 .. 80) {
+        my $v = RulesNginx::redis_call($r, 'GET', 's:g');
+        my $body = pack('d<V', 1_000_000 + $i, 88) . ('b' x 88);
+        my ($meta, $arg);
+        if ($i % 2) {
+            ($meta, $arg) = (pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 9, 0, 0),
+                             $body);
+        } else {
+            $meta = pack('Cvd<d<d<d<d<V', 6, 1, 60000, 0,
+                         unpack('d<', substr($v, 2, 8)), 9, length $v, 0);
+            $arg = pack('d<', now_ms()) . $body;
+        }
+        my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:g',
+                                           $meta, $arg);
+        $extended++ if ref $reply eq 'ARRAY' && !($i % 2)
+                       && ($reply->[1] // '') eq '1';
+
+        my $len = RulesNginx::redis_call($r, 'STRLEN', 's:g');
+        next if $len < 1024;
+        my $ratio = (RulesNginx::redis_call($r, 'MEMORY', 'USAGE', 's:g')
+                     - 256) / $len;
+        ($worst, $at) = ($ratio, $len) if $ratio > $worst;
+    }
+
+    is($extended, 40, 'every extend found the value it cached');
+    cmp_ok(RulesNginx::redis_call($r, 'STRLEN', 's:g'), '>', 8000,
+           'the value grew past 8 KB');
+    cmp_ok($worst, '<=', 1.3, 'Redis held at most 1.3 times the value\'s '
+           . 'length (+ 256 bytes) after each append')
+        or diag("at $at bytes: $worst");
+    RulesNginx::redis_call($r, 'DEL', 's:g');
+}
+
 # Effects fire the keyspace events their commands fire, as the script's
 # do; a compaction that changes nothing does not touch a WATCH
 {
