@@ -368,7 +368,9 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
  * as much unused memory as data): grown one byte past it, then cut back,
  * and Redis reallocates a string cut to less than its unused space at its
  * length (RM_StringTruncate()).  Unused space left from before (a value
- * compacted in place) is used first.
+ * compacted in place) is used first.  The price: a growth is two
+ * reallocations, each append's (none is left room for the next).  Past
+ * 1 MB Redis grows a string by 1 MB, not twice, and the cut leaves it so.
  */
 static char *
 rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
