@@ -12,15 +12,16 @@
  * exits).  An atomic add per rule and event was 5 % of a worker's time
  * with 1000 rules; one per rule and reply still 4-5 % (groups of 333
  * rules, about 100 of them matched per event); once a millisecond 1.9 %
- * with their aged states (a reply every 0.2 ms), hence every 10 ms.  A worker holds a slot in
- * the zone (its pid) where it writes since when its counts wait for the
- * timer: a scrape adds its own worker's counts, then waits (checking
- * every NGX_HTTP_RULES_METRICS_WAIT_MSEC, NGX_HTTP_RULES_METRICS_WAIT_MAX
- * ms at most) until no worker holds counts that waited from before the
- * scrape arrived, so that every event answered before it is in it; the
- * counts deferred since do not hold it (under load the workers keep
- * deferring new ones), nor those of a worker that died (its pid is gone:
- * its slot is freed).  A worker without a slot (all
+ * with their aged states (a reply every 0.2 ms), hence every 10 ms.  A
+ * worker holds a slot in the zone (its pid) where it writes since when
+ * its counts wait for the timer: a scrape adds its own worker's counts,
+ * then waits (checking every NGX_HTTP_RULES_METRICS_WAIT_MSEC,
+ * NGX_HTTP_RULES_METRICS_WAIT_MAX ms at most) until no worker holds
+ * counts that waited from before the scrape arrived, so that every event
+ * answered before it is in it; the counts deferred since do not hold it
+ * (under load the workers keep deferring new ones), nor those of a
+ * worker that died (its pid is gone: its slot is freed).  A worker
+ * without a slot (all
  * NGX_HTTP_RULES_METRICS_DEFER_SLOTS held) adds its counts with every
  * reply.  The slot also holds the worker's events waiting for Redis (the
  * nginx_rules_inflight_events gauge sums the live workers' and those of
@@ -925,8 +926,8 @@ ngx_http_rules_metrics_clock(void)
  * scrape arrived (or in its millisecond).  Counts deferred later are of
  * events answered after it; a worker whose counts have waited for more
  * than NGX_HTTP_RULES_METRICS_DEFER_STALE ms while its timer should have
- * added them after one is checked: if it died, they died with it, and
- * its slot is freed.
+ * added them after NGX_HTTP_RULES_METRICS_FLUSH_MSEC is checked: if it
+ * died, they died with it, and its slot is freed.
  */
 static ngx_uint_t
 ngx_http_rules_metrics_deferred(ngx_http_rules_metrics_shm_t *sh,

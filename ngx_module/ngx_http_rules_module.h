@@ -221,10 +221,11 @@ void ngx_http_rules_metrics_event(ngx_http_rules_main_conf_t *rmcf,
  * value), and those of them set in matched matched; the counts are
  * added to the shared counters by ngx_http_rules_metrics_flush(), called
  * before the event's request is answered, once for all the events of a
- * Redis reply, and at most once a millisecond (a timer adds the rest; a
- * scrape waits for it): one atomic add per rule and flush, not per rule
- * and event; ngx_http_rules_metrics_worker_exit() adds them at once (the
- * worker exits)
+ * Redis reply, and at most once every NGX_HTTP_RULES_METRICS_FLUSH_MSEC
+ * (10 ms; a timer adds the rest; a scrape waits for it): one atomic add
+ * per rule and flush, not per rule and event;
+ * ngx_http_rules_metrics_worker_exit() adds them at once (the worker
+ * exits)
  */
 void ngx_http_rules_metrics_group(ngx_http_rules_main_conf_t *rmcf,
     unsigned group, const rules_result_t *matched);

@@ -259,7 +259,7 @@ is($s2->{'nginx_rules_worker_processes{}'}, 2, 'worker_processes: 2');
 
 # ---- counts a worker defers: a scrape waits for them ----------------------
 # Events pipelined on one connection are answered by one worker less than
-# a millisecond apart: the per-rule counts of the later ones wait for that
+# 10 ms apart: the per-rule counts of the later ones wait for that
 # worker's timer.  A scrape sent at once, on another connection (to either
 # worker), still counts every event answered before it.
 my $TWICE = 'nginx_rules_rule_evaluated_total{rule="twice",kind="segment",type="count"}';
