@@ -14,8 +14,9 @@
 #                                 BENCH_WORKERS="1 2")
 #   BENCH_STEPS= bench/run.sh    the table only, no latency steps
 #   BENCH_WARMUP=40 bench/run.sh  each run's nginx first serves 40 s of
-#                                 the same load, not measured (a state
-#                                 cache filled as on a live server)
+#                                 the same load, not measured (default
+#                                 10: its state cache filled as on a
+#                                 live server; 0: from a cold start)
 #   BENCH_LAT_REDIS=table bench/run.sh  the latency steps on the table's
 #                                 Redis (it also holds the 1000 rules'
 #                                 states) instead of a fresh one
@@ -34,7 +35,9 @@ workers_list=${BENCH_WORKERS:-"1 2"}
 state_cache=${BENCH_STATE_CACHE:-32m}
 # rules_shared_distinct (on: what a new installation should use)
 shared_distinct=${BENCH_SHARED_DISTINCT:-on}
-warmup=${BENCH_WARMUP:-0}
+# each run's nginx is a new one: without a warm-up its state cache starts
+# empty and the first seconds' events go to Redis as appends
+warmup=${BENCH_WARMUP:-10}
 cluster=${BENCH_CLUSTER:-0}
 lat_redis=${BENCH_LAT_REDIS:-fresh}
 case $lat_redis in
