@@ -230,17 +230,12 @@ open my $fh, '>', "$ngx->{prefix}/html/rules.json" or die;
 print $fh $edited;
 close $fh;
 RulesNginx::reload_nginx($ngx);
-for (1 .. 100) {
-    last if RulesNginx::error_log($ngx) =~ /gracefully shutting down/;
-    sleep 0.05;
-}
+RulesNginx::wait_log($ngx, qr/gracefully shutting down/);
 sleep 0.3;
 # the new workers count their starts once they run: later under valgrind
-for (1 .. 100 * RulesMemcheck::slowdown()) {
-    last if (RulesNginx::metric($ngx, 'nginx_rules_worker_starts_total')
-             // 0) == 4;
-    sleep 0.05;
-}
+RulesNginx::poll(5 * RulesMemcheck::slowdown(),
+    sub { RulesNginx::metric($ngx, 'nginx_rules_worker_starts_total') // 0 },
+    sub { $_[0] == 4 });
 
 my ($type2, $s2, $errors2) = metrics();
 is_deeply($errors2, [], 'after reload: still valid');

@@ -66,14 +66,18 @@ sub metrics {
 # polls the metrics until $cond holds; returns them
 sub wait_metrics {
     my ($cond, $secs) = @_;
-    my $deadline = time + ($secs // 10);
-    my $s;
-    while (time < $deadline) {
-        $s = metrics();
-        return $s if $cond->($s);
-        sleep 0.05;
-    }
-    return $s;
+    return RulesNginx::poll($secs // 10, \&metrics, $cond);
+}
+
+# how many workers have exited (replaced by a reload) so far, and a wait
+# until $n more have
+sub exits {
+    return scalar(() = RulesNginx::error_log($ngx) =~ /exited with code 0/g);
+}
+
+sub wait_exits {
+    my ($before, $n) = @_;
+    RulesNginx::poll(20, \&exits, sub { $_[0] >= $before + $n });
 }
 
 my $seq = 0;
@@ -178,12 +182,7 @@ my $good = read_file($conf);
     or die 'cannot edit nginx.conf';
 write_file($conf, $bad);
 RulesNginx::reload_nginx($ngx);
-my $log = '';
-for (1 .. 200) {
-    $log = RulesNginx::error_log($ngx);
-    last if $log =~ /still could not bind/;
-    sleep 0.05;
-}
+my $log = RulesNginx::wait_log($ngx, qr/still could not bind/, 10);
 like($log, qr/still could not bind/, 'the reload failed (address in use)');
 write_file($conf, $good);
 close $busy;
@@ -264,14 +263,10 @@ for my $k (1 .. 6) {
         . qq("min": 2, "within": "${k}h"})
     } 1 .. $E) . "\n]}\n";
     write_file("$ngx->{prefix}/html/rules.json", $edited);
-    my $exited = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
+    my $exited = exits();
     RulesNginx::reload_nginx($ngx);
     # the old workers gone, every request meets the new rules
-    for (1 .. 400) {
-        my $n = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
-        last if $n >= $exited + 2;
-        sleep 0.05;
-    }
+    wait_exits($exited, 2);
     events(1);
     $s = metrics();
     $all_fresh = 0
@@ -306,13 +301,9 @@ sub rule_x {
          . ($more // '') . "\n]}\n";
 }
 
-my $exited = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
+my $exited = exits();
 reload_and_wait(rule_x('1h'));
-for (1 .. 400) {
-    my $n = () = RulesNginx::error_log($ngx) =~ /exited with code 0/g;
-    last if $n >= $exited + 2;
-    sleep 0.05;
-}
+wait_exits($exited, 2);
 my $Y = 'rule="y",kind="segment",type="count"';
 like(redis_cmd('CLIENT', 'PAUSE', '4000', 'ALL'), qr/^\+OK/, 'Redis paused');
 my $old = fork();

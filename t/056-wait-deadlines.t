@@ -236,12 +236,7 @@ $ngx = RulesNginx::start_nginx(
     my $pid = RulesNginx::nginx_pid($ngx);
     my $t0 = time;
     kill 'QUIT', $pid;
-    my $gone;
-    for (1 .. 200 * $slow) {
-        $gone = !kill(0, $pid);
-        last if $gone;
-        sleep 0.05;
-    }
+    my $gone = RulesNginx::wait_gone($pid, 10 * $slow);
     my $took = time - $t0;
     ok($gone, 'graceful stop: nginx is gone');
     cmp_ok($took, '<', 3 * $slow,

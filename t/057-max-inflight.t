@@ -105,12 +105,8 @@ cmp_ok($took, '<', 0.15 * $slow, "at once, not at a deadline ($took s)");
 kill 'CONT', $redis->{pid};
 
 # Redis answers the three: their room is free again
-my $back = '';
-for (1 .. 100 * $slow) {
-    $back = join ' ', get_event('d1');
-    last if $back eq '204 ok';
-    sleep 0.05;
-}
+my $back = RulesNginx::poll(10 * $slow, sub { join ' ', get_event('d1') },
+                            sub { $_[0] eq '204 ok' });
 is($back, '204 ok', 'Redis answering again: events taken');
 is(metric('nginx_rules_inflight_events'), 0, 'nothing waits any more');
 
@@ -137,12 +133,9 @@ is(metric('nginx_rules_inflight_events'), 2,
 
 kill 'CONT', $redis->{pid};
 
-my $left = -1;
-for (1 .. 100 * $slow) {
-    $left = metric('nginx_rules_inflight_events');
-    last if $left == 0;
-    sleep 0.05;
-}
+my $left = RulesNginx::poll(5 * $slow,
+                            sub { metric('nginx_rules_inflight_events') },
+                            sub { $_[0] == 0 });
 is($left, 0, 'Redis answering again: nothing waits');
 is(join(' ', get_event('e1')), '204 ok', 'events are taken');
 
@@ -225,12 +218,9 @@ RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
        'counted as error');
 
     ok(RulesProxy::release($proxy, 'all'), 'the replies let through');
-    my $back = '';
-    for (1 .. 100 * $slow) {
-        ($back) = $ev->('other', 2000);
-        last if $back eq '204 ok';
-        sleep 0.05;
-    }
+    my $back = RulesNginx::poll(10 * $slow,
+                                sub { ($ev->('other', 2000))[0] },
+                                sub { $_[0] eq '204 ok' });
     is($back, '204 ok', 'the compaction answered: events taken again');
     is($m->('nginx_rules_state_compactions_total'), 1,
        'the compaction was applied');

@@ -294,12 +294,7 @@ ok($took > 0.5 && $took < 4 * $slow,
    . "rules_redis_timeout (5 s) ($took s)");
 
 # the attempt ends at the connect timeout (2 s), logged as such
-my $log = '';
-for (1 .. 100 * $slow) {
-    $log = RulesNginx::error_log($ngx);
-    last if $log =~ /connect timed out/;
-    sleep 0.05;
-}
+my $log = RulesNginx::wait_log($ngx, qr/connect timed out/);
 like($log, qr/rules redis 127\.0\.0\.1:\d+: .*connect timed out \(2000 ms\)/,
      'the connect attempt ended at rules_redis_connect_timeout');
 

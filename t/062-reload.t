@@ -64,12 +64,7 @@ for (1 .. 20) {
 }
 is($answered, 20, 'every request answered during the reload');
 
-my $log;
-for (1 .. 100) {
-    $log = RulesNginx::error_log($ngx);
-    last if $log =~ /gracefully shutting down/;
-    sleep 0.05;
-}
+RulesNginx::wait_log($ngx, qr/gracefully shutting down/);
 
 ($st, $h) = RulesNginx::get($ngx->{port}, '/px?uid=u&ts=3000');
 is($h->{'x-rules'} // '', 'kept',

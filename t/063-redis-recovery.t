@@ -51,13 +51,9 @@ sub px {
 
 sub wait_status {
     my ($want, $q) = @_;
-    my @r;
-    for (1 .. 100) {
-        @r = px($q);
-        return @r if $r[0] eq $want;
-        sleep 0.1;
-    }
-    return @r;
+    my $secs = 20 * RulesMemcheck::slowdown();
+    return @{ RulesNginx::poll($secs, sub { [px($q)] },
+                               sub { $_[0][0] eq $want }, 0.1) };
 }
 
 my @r = wait_status('ok', 'uid=a&ts=1000');
@@ -96,13 +92,8 @@ my @before = idle_closes();
 is(RulesNginx::redis_cmd($port, 'CONFIG', 'SET', 'timeout', '2'), '+OK',
    'Redis closes connections idle for 2 s');
 my $slow = RulesMemcheck::slowdown();
-my @closes;
-my $deadline = time + 10 * $slow;
-while (time < $deadline) {
-    @closes = idle_closes();
-    last if @closes > @before;
-    sleep 0.01;
-}
+my @closes = @{ RulesNginx::poll(10 * $slow, sub { [idle_closes()] },
+                                  sub { @{ $_[0] } > @before }, 0.01) };
 cmp_ok(scalar @closes, '>', scalar @before,
        'the worker\'s idle connection closed by Redis');
 sleep 0.03 * $slow;

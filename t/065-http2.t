@@ -96,12 +96,9 @@ sub metric { return RulesNginx::metric($ngx, @_) // 0 }
 # then fail at once, which the next part must not meet)
 my $ready_n = 0;
 sub redis_ready {
-    my $deadline = time + 10 * $slow;
-    while (time < $deadline) {
-        return 1 if RulesNginx::pixel($ngx, 'ts=1000&uid=h2w' . $ready_n++) =~ /^204 ok /;
-        sleep 0.05;
-    }
-    return 0;
+    return RulesNginx::poll(10 * $slow, sub {
+        RulesNginx::pixel($ngx, 'ts=1000&uid=h2w' . $ready_n++) =~ /^204 ok /
+    }) ? 1 : 0;
 }
 
 
@@ -146,13 +143,9 @@ my @pids = RulesNginx::worker_pids($ngx);
 # curl gives up (closes the connection) before the deadline
 h2('--parallel --max-time ' . ($timeout_ms / 1000 / 3),
    map { "/px?uid=h2c$_&ts=1000" } 1 .. 3);
-my $deadline = time + 5 * $slow;
-my @gone;
-while (time < $deadline) {
-    @gone = grep { /^h2c\d 499 / } access_lines();
-    last if @gone == 3;
-    sleep 0.05;
-}
+my @gone = @{ RulesNginx::poll(5 * $slow,
+                               sub { [grep { /^h2c\d 499 / } access_lines()] },
+                               sub { @{ $_[0] } == 3 }) };
 is(scalar @gone, 3, 'a connection closed while 3 streams wait: each '
    . 'stream ends, logged with 499') or diag(join '', access_lines());
 kill 'CONT', $redis->{pid};

@@ -58,11 +58,7 @@ sub connects {
 
 sub wait_connects {
     my ($n) = @_;
-    for (1 .. 100) {
-        return 1 if connects() > $n;
-        sleep 0.05;
-    }
-    return 0;
+    return RulesNginx::poll(5, \&connects, sub { $_[0] > $n }) > $n ? 1 : 0;
 }
 
 # another writer, without a cache (rules-replay with @opts), appends A

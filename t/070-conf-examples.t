@@ -95,9 +95,7 @@ sub start_example {
     my $addr = $o{redis} // "127.0.0.1:$redis_port";
     my $want = $o{redis} ? qr/rules redis \Q$addr\E: /
                          : qr/rules redis \Q$addr\E: connected/;
-    my $deadline = time + 5 * RulesMemcheck::slowdown();
-    sleep 0.05 until time > $deadline
-        || RulesNginx::error_log($ngx) =~ $want;
+    RulesNginx::wait_log($ngx, $want);
     return $ngx;
 }
 

@@ -163,14 +163,10 @@ my $probes = 0;
 sub recovered {
     my ($ngx) = @_;
     my $uid = 'probe-' . $$ . '-' . $probes++;
-    my $deadline = time + $RECOVERY_SECS;
-    my $st = '';
-    while (time < $deadline) {
+    my $st = RulesNginx::poll($RECOVERY_SECS, sub {
         my (undef, $h) = RulesNginx::get($ngx->{port}, "/px?uid=$uid&e=page");
-        $st = $h->{'x-status'} // '';
-        last if $st eq 'ok';
-        sleep 0.05;
-    }
+        $h->{'x-status'} // '';
+    }, sub { $_[0] eq 'ok' });
     return "no ok event in $RECOVERY_SECS s (last: \"$st\")" if $st ne 'ok';
     my (undef, $h) = RulesNginx::get($ngx->{port}, "/px?uid=$uid&e=page");
     my ($s2, $m) = ($h->{'x-status'} // '', $h->{'x-rules'} // '');

@@ -109,11 +109,8 @@ open my $rp_in, '|-', "'$replay' --rules '$dir/replay-rules.json' "
     or die "$replay: $!";
 $rp_in->autoflush(1);
 print $rp_in qq({"uid": "$rp_user", "type": "a", "ts": 1000}\n);
-for (1 .. 100) {
-    last if $cluster->cli($victim, 'EXISTS', "t104replay:{uid:$rp_user}")
-            eq '1';
-    sleep 0.05;
-}
+RulesNginx::poll(10, sub {
+    $cluster->cli($victim, 'EXISTS', "t104replay:{uid:$rp_user}") eq '1' });
 is($cluster->cli($victim, 'EXISTS', "t104replay:{uid:$rp_user}"), '1',
    "rules-replay's first event is on the victim");
 

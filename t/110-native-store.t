@@ -466,10 +466,7 @@ my $expected = ['ok:', 'ok:', 'ok:twice,burst', 'ok:twice,burst'];
 
 sub wait_connected {
     my ($ngx) = @_;
-    for (1 .. 100) {
-        last if RulesNginx::error_log($ngx) =~ /rules redis \S+: connected/;
-        sleep 0.05;
-    }
+    RulesNginx::wait_log($ngx, qr/rules redis \S+: connected/);
 }
 
 # A state key holding a value that starts as R2 values do and is not one
@@ -567,11 +564,8 @@ sub rules_info {
 
 sub wait_info {
     my ($conn, $field, $want) = @_;
-    for (1 .. 100) {
-        return 1 if (rules_info($conn)->{$field} // -1) == $want;
-        sleep 0.05;
-    }
-    return 0;
+    return RulesNginx::poll(5, sub { rules_info($conn)->{$field} // -1 },
+                            sub { $_[0] == $want }) == $want ? 1 : 0;
 }
 
 # the master's stream applied by the replica (WAIT counts only this

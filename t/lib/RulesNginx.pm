@@ -27,15 +27,27 @@ sub free_port {
     return $port;
 }
 
+# Calls $get, pausing $every seconds (0.05) between calls, until $done
+# holds for what it returned ($done: by default, that the value is true)
+# or $secs seconds have passed (no default; the caller scales them for
+# valgrind: the last call may end a pause and a call later); returns
+# what $get returned last.
+sub poll {
+    my ($secs, $get, $done, $every) = @_;
+    $done //= sub { $_[0] };
+    my $deadline = time + $secs;
+    while (1) {
+        my $v = $get->();
+        return $v if $done->($v) || time >= $deadline;
+        sleep($every // 0.05);
+    }
+}
+
 sub wait_port {
     my ($port, $secs) = @_;
-    my $deadline = time + ($secs // 5);
-    while (time < $deadline) {
-        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
-        return 1 if $s;
-        sleep 0.02;
-    }
-    return 0;
+    return poll($secs // 5,
+                sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") },
+                undef, 0.02) ? 1 : 0;
 }
 
 # A private redis-server: returns { port, pid }.  Without a given port, a
@@ -171,17 +183,15 @@ sub zombie {
 }
 
 # A worker other than the pids given (one the master started after a
-# worker was killed), waiting up to 5 s for it; undef: none.
+# worker was killed), waiting up to 5 s (times the valgrind slowdown)
+# for it; undef: none.
 sub new_worker {
     my ($ngx, @not) = @_;
     my %not = map { $_ => 1 } @not;
-    my $deadline = time + 5 * RulesMemcheck::slowdown();
-    while (time < $deadline) {
-        my ($w) = grep { !$not{$_} && !zombie($_) } worker_pids($ngx);
-        return $w if $w;
-        sleep 0.02;
-    }
-    return;
+    my $new = sub {
+        (grep { !$not{$_} && !zombie($_) } worker_pids($ngx))[0];
+    };
+    return poll(5 * RulesMemcheck::slowdown(), $new, undef, 0.02);
 }
 
 # Open descriptors and resident memory (kB) of a process.
@@ -207,10 +217,7 @@ sub stop_pid {
     return unless $pid;
     kill 'CONT', $pid;
     kill $sig // 'TERM', $pid;
-    for (1 .. 100) {
-        return if waitpid($pid, WNOHANG) != 0;
-        sleep 0.05;
-    }
+    return if poll(5, sub { waitpid($pid, WNOHANG) != 0 });
     kill 'KILL', $pid;
     waitpid $pid, 0;
 }
@@ -276,12 +283,9 @@ _EOC_
 
     # the master listens before it forks: its workers may not exist yet
     my $ngx = { port => $port, prefix => $prefix, bin => $bin };
-    my $deadline = time + 5 * RulesMemcheck::slowdown();
-    while (time < $deadline) {
-        my @w = worker_pids($ngx);
-        last if @w >= $workers;
-        sleep 0.02;
-    }
+    my $started = sub { my @w = worker_pids($ngx); scalar @w };
+    poll(5 * RulesMemcheck::slowdown(), $started, sub { $_[0] >= $workers },
+         0.02);
     return $ngx;
 }
 
@@ -315,13 +319,7 @@ sub stop_nginx {
     my ($ngx) = @_;
     my $pid = nginx_pid($ngx) or return;
     kill 'QUIT', $pid;
-    my $gone;
-    for (1 .. 200 * RulesMemcheck::slowdown()) {
-        $gone = !kill(0, $pid);
-        last if $gone;
-        sleep 0.05;
-    }
-    kill 'KILL', $pid unless $gone;
+    kill 'KILL', $pid unless wait_gone($pid, 10 * RulesMemcheck::slowdown());
     RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
 }
 
@@ -332,6 +330,22 @@ sub error_log {
     return <$fh>;
 }
 
+# nginx's error log once it matches $re, or as it is after $secs seconds
+# (by default 5, times the valgrind slowdown).
+sub wait_log {
+    my ($ngx, $re, $secs) = @_;
+    return poll($secs // 5 * RulesMemcheck::slowdown(),
+                sub { error_log($ngx) }, sub { $_[0] =~ $re });
+}
+
+# True once the process $pid is gone, within $secs seconds (kill 0: a
+# child of ours that exited stays until reaped; for nginx masters, which
+# are not).
+sub wait_gone {
+    my ($pid, $secs) = @_;
+    return poll($secs, sub { !kill(0, $pid) });
+}
+
 # Until the worker's connection is made and has asked the server for
 # RULES.STORE (events sent before that go as EVALSHA): true when the
 # error log says the connection uses RULES.STORE ($native) or not.
@@ -340,11 +354,7 @@ sub wait_connected {
     my $want = $native
         ? qr/: connected \(states stored with RULES\.STORE\)$/m
         : qr/: connected \(states stored with the script\)$/m;
-    for (1 .. 250 * RulesMemcheck::slowdown()) {
-        return 1 if error_log($ngx) =~ $want;
-        sleep 0.02;
-    }
-    return 0;
+    return wait_log($ngx, $want) =~ $want ? 1 : 0;
 }
 
 # The http block of a pixel endpoint, /px: every field from the query
@@ -474,11 +484,8 @@ END {
             next unless $pid && $pid =~ /^(\d+)/;
             $pid = $1;
             kill 'QUIT', $pid;
-            for (1 .. 100 * RulesMemcheck::slowdown()) {
-                last unless kill 0, $pid;
-                sleep 0.05;
-            }
-            kill 'KILL', $pid if kill 0, $pid;
+            kill 'KILL', $pid
+                unless wait_gone($pid, 5 * RulesMemcheck::slowdown());
         }
     }
     $? = $status;
