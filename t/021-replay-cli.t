@@ -53,12 +53,10 @@ sub run_cut {
     close $rd;
     $wr->autoflush(1);
     print $wr "$_\n" for @$before;
-    my $deadline = time + 10;
-    while (time < $deadline) {
+    RulesNginx::poll(10, sub {
         my $keys = RulesNginx::redis_call($port, 'KEYS', "$prefix*");
-        last if ref $keys eq 'ARRAY' && @$keys;
-        sleep 0.02;
-    }
+        ref $keys eq 'ARRAY' && @$keys;
+    }, undef, 0.02);
     $cut->();
     local $SIG{PIPE} = 'IGNORE';
     print $wr "$_\n" for @$after;

@@ -198,12 +198,8 @@ RulesMemcheck::check("$ngx->{prefix}/logs", "nginx $ngx->{prefix}");
     # its reply let through: folded over eight entries, a compaction goes
     # out, in a call with no event, and its reply is held too
     ok(RulesProxy::release($proxy, 'one'), 'the eighth event\'s reply let through');
-    my $held = 0;
-    for (1 .. 100 * $slow) {
-        $held = RulesProxy::held($proxy);
-        last if $held >= 2;
-        sleep 0.01;
-    }
+    my $held = RulesNginx::poll(2 * $slow, sub { RulesProxy::held($proxy) },
+                                sub { $_[0] >= 2 }, 0.01);
     is($held, 2, 'a second reply held: the compaction\'s call');
     is($m->('nginx_rules_inflight_events'), 0,
        'no event waits: the compaction\'s call carries none');
