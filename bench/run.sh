@@ -38,6 +38,9 @@ shared_distinct=${BENCH_SHARED_DISTINCT:-on}
 # each run's nginx is a new one: without a warm-up its state cache starts
 # empty and the first seconds' events go to Redis as appends
 warmup=${BENCH_WARMUP:-10}
+case $warmup in
+    ''|*[!0-9]*) echo "bench: BENCH_WARMUP is whole seconds, not \"$warmup\"" >&2; exit 1 ;;
+esac
 cluster=${BENCH_CLUSTER:-0}
 lat_redis=${BENCH_LAT_REDIS:-fresh}
 case $lat_redis in
@@ -221,7 +224,7 @@ results=$out/results.txt
 modes=${BENCH_MODES:-"base spec spec-n gen gen-n"}
 
 for workers in $workers_list; do
-    echo "== $workers worker(s), wrk -t1 -c$conns -d${secs}s, $runs interleaved runs"
+    echo "== $workers worker(s), wrk -t1 -c$conns -d${secs}s after ${warmup}s of warm-up, $runs interleaved runs"
     for r in $(seq "$runs"); do
         for mode in $modes; do
             native=off
