@@ -58,7 +58,7 @@ sub connects {
 
 sub wait_connects {
     my ($n) = @_;
-    return RulesNginx::poll(5, \&connects, sub { $_[0] > $n }) > $n ? 1 : 0;
+    return RulesNginx::poll(5, sub { connects() > $n }) ? 1 : 0;
 }
 
 # another writer, without a cache (rules-replay with @opts), appends A

@@ -128,8 +128,8 @@ sub send_event {
 
 sub wait_held {
     my ($n) = @_;
-    return RulesNginx::poll(10, sub { RulesProxy::held($proxy) },
-                            sub { $_[0] >= $n }, 0.01) >= $n ? 1 : 0;
+    return RulesNginx::poll(10, sub { RulesProxy::held($proxy) >= $n },
+                            undef, 0.01) ? 1 : 0;
 }
 
 ok(RulesProxy::hold($proxy), "the proxy holds A's MOVED replies");

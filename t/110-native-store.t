@@ -564,8 +564,9 @@ sub rules_info {
 
 sub wait_info {
     my ($conn, $field, $want) = @_;
-    return RulesNginx::poll(5, sub { rules_info($conn)->{$field} // -1 },
-                            sub { $_[0] == $want }) == $want ? 1 : 0;
+    return RulesNginx::poll(5, sub {
+        (rules_info($conn)->{$field} // -1) == $want;
+    }) ? 1 : 0;
 }
 
 # the master's stream applied by the replica (WAIT counts only this
