@@ -17,6 +17,10 @@
 #                                 the same load, not measured (default
 #                                 10: its state cache filled as on a
 #                                 live server; 0: from a cold start)
+#   BENCH_GEN_STATE_CACHE=32m bench/run.sh  the 1000 rules with the
+#                                 default state cache (default 1024m: their
+#                                 states, 3.5-7 KB per key, fit, as the
+#                                 README tells operators to size it)
 #   BENCH_LAT_REDIS=table bench/run.sh  the latency steps on the table's
 #                                 Redis (it also holds the 1000 rules'
 #                                 states) instead of a fresh one
@@ -33,6 +37,10 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
 state_cache=${BENCH_STATE_CACHE:-32m}
+# the 1000 rules' states (3.5-7 KB per key, about 106k keys) need a cache
+# of their size: rules_state_cache sized to the keys active within the
+# rules' windows, as the README's rules_state_cache section says
+gen_state_cache=${BENCH_GEN_STATE_CACHE:-1024m}
 # rules_shared_distinct (on: what a new installation should use)
 shared_distinct=${BENCH_SHARED_DISTINCT:-on}
 # each run's nginx is a new one: without a warm-up its state cache starts
@@ -117,12 +125,13 @@ build/bench/engine_bench --dump-generated > "$out/rules-1000.json"
 
 port=$(free_port)
 
-# start_nginx WORKERS RULES_FILE [NATIVE]: one server, /base without rules,
-# /px with; NATIVE on or off (the default): rules_redis_native.
+# start_nginx WORKERS RULES_FILE [NATIVE [CACHE]]: one server, /base without
+# rules, /px with; NATIVE on or off (the default): rules_redis_native;
+# CACHE: rules_state_cache (default BENCH_STATE_CACHE).
 # Each rule file keeps its state under its own key prefix: the runs of one
 # mode build on the state of the previous ones, as on a live server.
 start_nginx() {
-    local workers=$1 rules=$2 native=${3:-off} user=
+    local workers=$1 rules=$2 native=${3:-off} cache=${4:-$state_cache} user=
     [ "$(id -u)" = 0 ] && user="user root;"
     cat > "$out/ngx/nginx.conf" <<CONF
 load_module $module;
@@ -136,7 +145,7 @@ http {
     $redis_directive
     rules_redis_native $native;
     rules_redis_timeout 200ms;
-    rules_state_cache $state_cache;
+    rules_state_cache $cache;
     rules_shared_distinct $shared_distinct;
     rules_key_prefix "bench:$(basename "$rules" .json):$native:$shared_distinct:";
     rules_file $rules;
@@ -225,18 +234,21 @@ modes=${BENCH_MODES:-"base spec spec-n gen gen-n"}
 
 for workers in $workers_list; do
     echo "== $workers worker(s), wrk -t1 -c$conns -d${secs}s after ${warmup}s of warm-up, $runs interleaved runs"
+    echo "   (rules_state_cache $state_cache; the 1000 rules' $gen_state_cache)"
     for r in $(seq "$runs"); do
         for mode in $modes; do
             native=off
             case $mode in
                 *-n) native=on ;;
             esac
+            cache=$state_cache
             case $mode in
                 base)  rules=$root/conf-examples/rules.json; path=/base ;;
                 spec*) rules=$root/conf-examples/rules.json; path=/px ;;
-                gen*)  rules=$out/rules-1000.json; path=/px ;;
+                gen*)  rules=$out/rules-1000.json; path=/px
+                       cache=$gen_state_cache ;;
             esac
-            start_nginx "$workers" "$rules" "$native"
+            start_nginx "$workers" "$rules" "$native" "$cache"
             if [ "$warmup" -gt 0 ]; then
                 secs=$warmup wrk_run "$mode" "$path" "$conns" > /dev/null
             fi
