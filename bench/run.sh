@@ -18,9 +18,10 @@
 #                                 10: its state cache filled as on a
 #                                 live server; 0: from a cold start)
 #   BENCH_GEN_STATE_CACHE=32m bench/run.sh  the 1000 rules with the
-#                                 default state cache (default 1024m: their
-#                                 states, 3.5-7 KB per key, fit, as the
-#                                 README tells operators to size it)
+#                                 module's default cache, 32m (here 1024m
+#                                 by default: their states, kilobytes per
+#                                 key, fit, as the README tells operators
+#                                 to size it)
 #   BENCH_LAT_REDIS=table bench/run.sh  the latency steps on the table's
 #                                 Redis (it also holds the 1000 rules'
 #                                 states) instead of a fresh one
@@ -37,7 +38,7 @@ runs=${BENCH_RUNS:-3}
 conns=${BENCH_CONNS:-50}
 workers_list=${BENCH_WORKERS:-"1 2"}
 state_cache=${BENCH_STATE_CACHE:-32m}
-# the 1000 rules' states (3.5-7 KB per key, about 106k keys) need a cache
+# the 1000 rules' states (kilobytes per key, about 106k keys) need a cache
 # of their size: rules_state_cache sized to the keys active within the
 # rules' windows, as the README's rules_state_cache section says
 gen_state_cache=${BENCH_GEN_STATE_CACHE:-1024m}
