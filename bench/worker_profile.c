@@ -201,7 +201,8 @@ static rules_buf_t        bmatched;
 static witem_t            items[4096];
 static rules_result_t     evres, reqres[64];
 static rules_buf_t        rbuf;
-static size_t             nhits, nmisses, nwrites, nfall, ncompact;
+static size_t             nhits, nmisses, nevicted, nwrites, nfall,
+                          ncompact;
 
 
 static void
@@ -434,10 +435,10 @@ main(int argc, char **argv)
 
     for (i = 0; i < nwarm + nev; i++) {
         if (i == nwarm) {
-            fprintf(stderr, "warm: hits %zu misses %zu writes %zu "
-                    "fallbacks %zu compactions %zu\n", nhits, nmisses,
-                    nwrites, nfall, ncompact);
-            nhits = nmisses = nwrites = nfall = ncompact = 0;
+            fprintf(stderr, "warm: hits %zu misses %zu (of evicted keys "
+                    "%zu) writes %zu fallbacks %zu compactions %zu\n",
+                    nhits, nmisses, nevicted, nwrites, nfall, ncompact);
+            nhits = nmisses = nevicted = nwrites = nfall = ncompact = 0;
             CALLGRIND_START_INSTRUMENTATION;
         }
 
@@ -515,6 +516,7 @@ main(int argc, char **argv)
 
             } else if (ri.lookup == RULES_LOOKUP_MISS) {
                 nmisses++;
+                nevicted += (ri.evicted != 0);
             }
 
             queue(&keys[ko->group], &ri, i % 64, ko->group,
@@ -536,10 +538,12 @@ main(int argc, char **argv)
     send_batch(rs, now);
     CALLGRIND_STOP_INSTRUMENTATION;
 
-    fprintf(stderr, "run: hits %zu misses %zu writes %zu fallbacks %zu "
-            "compactions %zu cache entries %zu bytes %zu ids %zu\n", nhits,
-            nmisses, nwrites, nfall, ncompact, rules_cache_entries(cache),
-            rules_cache_bytes(cache), matched_ids);
+    fprintf(stderr, "run: hits %zu misses %zu (of evicted keys %zu) writes "
+            "%zu fallbacks %zu compactions %zu cache entries %zu bytes %zu "
+            "evictions %zu ids %zu\n", nhits, nmisses, nevicted, nwrites,
+            nfall, ncompact, rules_cache_entries(cache),
+            rules_cache_bytes(cache), rules_cache_evictions(cache),
+            matched_ids);
 
     return 0;
 }

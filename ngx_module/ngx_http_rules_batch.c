@@ -390,6 +390,13 @@ ngx_http_rules_batch_prefetch_entries(const uint64_t *hashes, size_t n)
 }
 
 
+size_t
+ngx_http_rules_batch_evictions(void)
+{
+    return rules_cache_evictions(ngx_http_rules_batcher.cache);
+}
+
+
 ngx_int_t
 ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
     const rules_keyop_t *ko, rules_str_t key, uint64_t key_hash, int64_t now)
@@ -431,6 +438,7 @@ ngx_http_rules_batch_add(ngx_http_rules_cmd_t *cmd, unsigned group,
 
     case RULES_LOOKUP_MISS:
         bt->lookups.cache_misses++;
+        bt->lookups.cache_evicted_misses += (ri.evicted != 0);
         break;
 
     default: /* RULES_LOOKUP_NONE */
@@ -484,6 +492,7 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
 {
     size_t                        argc;
     ngx_int_t                     rc;
+    ngx_http_rules_batcher_t     *bt;
     ngx_http_rules_main_conf_t   *rmcf;
     ngx_http_rules_batch_stats_t  d;
     char                          nbuf[32];
@@ -541,9 +550,9 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
         return;
     }
 
-    d = ngx_http_rules_batcher.lookups;
-    ngx_memzero(&ngx_http_rules_batcher.lookups,
-                sizeof(ngx_http_rules_batch_stats_t));
+    bt = &ngx_http_rules_batcher;
+    d = bt->lookups;
+    ngx_memzero(&bt->lookups, sizeof(ngx_http_rules_batch_stats_t));
     d.calls = 1;
     d.items = rules_batch_items(&batch->b);
     ngx_http_rules_metrics_batch(rmcf, &d);

@@ -130,6 +130,8 @@ typedef struct {
     ngx_atomic_t                        compactions_lost;
     ngx_atomic_t                        cache_hits;
     ngx_atomic_t                        cache_misses;
+    ngx_atomic_t                        cache_evicted_misses;
+    ngx_atomic_t                        cache_evictions;
     ngx_atomic_t                        worker_starts;
     ngx_atomic_t                        config_loads;
     ngx_atomic_t                        cluster_moved;
@@ -1367,6 +1369,7 @@ ngx_http_rules_metrics_batch(ngx_http_rules_main_conf_t *rmcf,
     ngx_http_rules_metrics_add(compactions_lost, compactions_lost);
     ngx_http_rules_metrics_add(cache_hits, cache_hits);
     ngx_http_rules_metrics_add(cache_misses, cache_misses);
+    ngx_http_rules_metrics_add(cache_evicted_misses, cache_evicted_misses);
 
 #undef ngx_http_rules_metrics_add
 }
@@ -1376,8 +1379,10 @@ void
 ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
 {
     static uint64_t                regex_seen;
+    static size_t                  evictions_seen;
     static ngx_uint_t              connects_seen, reconnects_seen,
                                    noscript_seen, native_seen;
+    size_t                         evictions;
     uint64_t                       hits;
     ngx_http_rules_redis_stats_t  *rst;
     ngx_http_rules_metrics_shm_t  *sh;
@@ -1394,6 +1399,14 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
         (void) ngx_atomic_fetch_add(&sh->c.regex_limit_hits,
                                     (ngx_atomic_int_t) (hits - regex_seen));
         regex_seen = hits;
+    }
+
+    evictions = ngx_http_rules_batch_evictions();
+
+    if (evictions != evictions_seen) {
+        (void) ngx_atomic_fetch_add(&sh->c.cache_evictions,
+                            (ngx_atomic_int_t) (evictions - evictions_seen));
+        evictions_seen = evictions;
     }
 
     if (rmcf->cluster) {
@@ -1895,6 +1908,15 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
         "# TYPE nginx_rules_state_cache_lookups_total counter\n"
         "nginx_rules_state_cache_lookups_total{result=\"hit\"} %uA\n"
         "nginx_rules_state_cache_lookups_total{result=\"miss\"} %uA\n"
+        "# HELP nginx_rules_state_cache_evicted_misses_total Of those "
+        "misses, the keys that the worker's cache had evicted to make "
+        "room: a larger rules_state_cache would have hit them.\n"
+        "# TYPE nginx_rules_state_cache_evicted_misses_total counter\n"
+        "nginx_rules_state_cache_evicted_misses_total %uA\n"
+        "# HELP nginx_rules_state_cache_evictions_total States the "
+        "workers' caches evicted to make room.\n"
+        "# TYPE nginx_rules_state_cache_evictions_total counter\n"
+        "nginx_rules_state_cache_evictions_total %uA\n"
         "# HELP nginx_rules_inflight_events Events waiting for Redis.\n"
         "# TYPE nginx_rules_inflight_events gauge\n"
         "nginx_rules_inflight_events %A\n"
@@ -1909,7 +1931,8 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
         sh->c.connects, sh->c.reconnects, sh->c.noscript, sh->c.native,
         sh->c.calls, sh->c.call_items, sh->c.writes, sh->c.write_fallbacks,
         sh->c.compactions, sh->c.compactions_lost, sh->c.cache_hits,
-        sh->c.cache_misses,
+        sh->c.cache_misses, sh->c.cache_evicted_misses,
+        sh->c.cache_evictions,
         ngx_http_rules_metrics_inflight_sum(sh), sh->c.worker_starts,
         sh->c.config_loads);
 

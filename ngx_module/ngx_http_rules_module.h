@@ -174,6 +174,8 @@ typedef struct {
                                                      appended instead */
     ngx_uint_t                    cache_hits;     /* state cache lookups */
     ngx_uint_t                    cache_misses;
+    ngx_uint_t                    cache_evicted_misses; /* of the misses:
+                                                     keys it had evicted */
 } ngx_http_rules_batch_stats_t;
 
 ngx_int_t ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf,
@@ -194,6 +196,8 @@ void ngx_http_rules_batch_event_end(void);
 void ngx_http_rules_batch_prefetch_slots(const uint64_t *hashes, size_t n);
 void ngx_http_rules_batch_prefetch_entries(const uint64_t *hashes,
     size_t n);
+/* the states this worker's cache evicted to make room, since it started */
+size_t ngx_http_rules_batch_evictions(void);
 void ngx_http_rules_batch_exit(void);
 
 /* ngx_http_rules_variables.c */

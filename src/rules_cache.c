@@ -18,6 +18,17 @@
  * entry goes to the back (a second chance).  So an entry that was not
  * looked up since it was stored goes first, oldest first, and an entry
  * looked up since stays for one more round.
+ *
+ * Evicted keys: the hashes of the keys evicted last are kept in a
+ * direct-mapped table with as many places as the cache has slots (made
+ * at the first eviction, 8 bytes a place): a miss on one of them is a
+ * miss that a larger cache would have hit (rules_cache_evicted()), what
+ * tells a cache too small for its keys from keys seen for the first
+ * time.  A later eviction whose hash falls on the same place replaces
+ * it: a key evicted n evictions ago is still known with a probability
+ * of about e^(-n / places), and there are two to four places per entry,
+ * so the count is a lower bound (of the keys that a cache twice as large
+ * would have kept, 60-80 % are known).  A key stored again is forgotten.
  */
 
 #include <stdlib.h>
@@ -62,6 +73,12 @@ struct rules_cache_s {
     size_t           ring_mask;   /* ring size - 1 */
     size_t           head;        /* the oldest, counted from the start */
     size_t           tail;        /* where the next one goes */
+
+    /* the hashes of evicted keys, by hash & ghost_mask (0: none), NULL
+     * before the first eviction; entries evicted */
+    uint64_t        *ghost;
+    size_t           ghost_mask;
+    size_t           evictions;
 };
 
 
@@ -218,12 +235,53 @@ rules_cache_ring_push(rules_cache_t *c, rules_centry_t *e)
 }
 
 
+/*
+ * Makes or regrows the table of evicted keys to as many places as the
+ * cache has slots, keeping what it held (each hash at its new place);
+ * without memory the table stays as it was (the count is a lower bound).
+ */
+static void
+rules_cache_ghost_size(rules_cache_t *c)
+{
+    size_t     i, n;
+    uint64_t  *ghost;
+
+    n = c->mask + 1;
+
+    if (c->ghost && c->ghost_mask + 1 == n) {
+        return;
+    }
+
+    ghost = calloc(n, sizeof(uint64_t));
+    if (ghost == NULL) {
+        return;
+    }
+
+    if (c->ghost) {
+        for (i = 0; i <= c->ghost_mask; i++) {
+            if (c->ghost[i]) {
+                ghost[c->ghost[i] & (n - 1)] = c->ghost[i];
+            }
+        }
+
+        free(c->ghost);
+    }
+
+    c->ghost = ghost;
+    c->ghost_mask = n - 1;
+}
+
+
 /* Evicts entries, oldest unreferenced first, until size more bytes fit. */
 static void
 rules_cache_evict(rules_cache_t *c, size_t size)
 {
     size_t           i;
     rules_centry_t  *e;
+
+    if (c->entries && c->bytes + size > c->max_bytes && c->ghost == NULL) {
+        rules_cache_ghost_size(c);
+    }
 
     while (c->entries && c->bytes + size > c->max_bytes) {
         i = c->head++ & c->ring_mask;
@@ -243,6 +301,11 @@ rules_cache_evict(rules_cache_t *c, size_t size)
             continue;
         }
 
+        if (c->ghost) {
+            c->ghost[e->hash & c->ghost_mask] = e->hash;
+        }
+
+        c->evictions++;
         rules_cache_remove(c, rules_cache_find(c, e->data, e->key_len,
                                                e->hash));
     }
@@ -279,6 +342,10 @@ rules_cache_grow(rules_cache_t *c)
     free(old);
     c->slots = slots;
     c->mask = n - 1;
+
+    if (c->ghost) {
+        rules_cache_ghost_size(c);
+    }
 
     return 0;
 }
@@ -448,6 +515,10 @@ rules_cache_put(rules_cache_t *c, const unsigned char *key, size_t key_len,
         /* void */
     }
 
+    if (c->ghost && c->ghost[hash & c->ghost_mask] == hash) {
+        c->ghost[hash & c->ghost_mask] = 0;
+    }
+
     c->slots[i].hash = hash;
     c->slots[i].e = e;
     rules_cache_ring_push(c, e);
@@ -490,6 +561,35 @@ rules_cache_bytes(const rules_cache_t *c)
 }
 
 
+size_t
+rules_cache_evictions(const rules_cache_t *c)
+{
+    return c ? c->evictions : 0;
+}
+
+
+int
+rules_cache_evicted(rules_cache_t *c, uint64_t hash)
+{
+    uint64_t  *g;
+
+    if (c == NULL || c->ghost == NULL || hash == 0) {
+        return 0;
+    }
+
+    g = &c->ghost[hash & c->ghost_mask];
+
+    if (*g != hash) {
+        return 0;
+    }
+
+    /* counted once: the miss stores the key again */
+    *g = 0;
+
+    return 1;
+}
+
+
 void
 rules_cache_clear(rules_cache_t *c)
 {
@@ -505,6 +605,11 @@ rules_cache_clear(rules_cache_t *c)
 
     memset(c->slots, 0, (c->mask + 1) * sizeof(rules_cslot_t));
     memset(c->ring, 0, (c->ring_mask + 1) * sizeof(rules_centry_t *));
+
+    /* the misses after a clear are the clear's, not the size's */
+    if (c->ghost) {
+        memset(c->ghost, 0, (c->ghost_mask + 1) * sizeof(uint64_t));
+    }
 
     c->entries = 0;
     c->bytes = 0;
@@ -528,5 +633,6 @@ rules_cache_free(rules_cache_t *c)
 
     free(c->slots);
     free(c->ring);
+    free(c->ghost);
     free(c);
 }

@@ -65,8 +65,19 @@ void rules_cache_del(rules_cache_t *c, const unsigned char *key,
 /* Drops every entry (the tables keep their sizes). */
 void rules_cache_clear(rules_cache_t *c);
 
-/* entries and bytes held, for metrics */
+/* entries and bytes held, entries evicted to make room, for metrics */
 size_t rules_cache_entries(const rules_cache_t *c);
 size_t rules_cache_bytes(const rules_cache_t *c);
+size_t rules_cache_evictions(const rules_cache_t *c);
+
+/*
+ * After a miss on the key of this hash: 1 when the cache evicted the key
+ * to make room (one of the keys evicted last: a table of the hashes, as
+ * many as the cache has slots, rules_cache.c), a miss a larger cache
+ * would have hit; the key is then forgotten, so that a miss counts once.
+ * 0 for a key never cached, or evicted long ago, or dropped otherwise.
+ * rules_cache_clear() forgets them all.
+ */
+int rules_cache_evicted(rules_cache_t *c, uint64_t hash);
 
 #endif /* RULES_CACHE_H */

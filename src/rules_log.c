@@ -371,6 +371,7 @@ rules_log_plan(rules_cache_t *cache, const unsigned char *key,
          */
         item->kind = RULES_ITEM_APPEND;
         item->lookup = RULES_LOOKUP_MISS;
+        item->evicted = rules_cache_evicted(cache, key_hash);
         matched->len = 0;
         return 0;
     }

@@ -141,6 +141,8 @@ typedef enum {
 typedef struct {
     rules_item_kind_t     kind;
     rules_lookup_t        lookup;
+    int                   evicted;    /* a miss of a key the cache had
+                                         evicted (rules_cache_evicted()) */
     int64_t               now;
     int64_t               wall;       /* extend: the writer's clock */
     double                ttl;        /* of the op's rules */
@@ -212,8 +214,10 @@ typedef struct rules_cache_s  rules_cache_t;
  * *matched and count if the reply is 1; the cache takes the new state at
  * once, so that the key's next event chains on it), else an append (the
  * value comes back to fold), or a read when the operation writes
- * nothing; item->lookup says whether the cache held the key.  key_hash:
- * rules_cache_hash() of the key.
+ * nothing; item->lookup says whether the cache held the key, and
+ * item->evicted whether a miss was of a key the cache had evicted to
+ * make room (rules_cache_evicted()).  key_hash: rules_cache_hash() of
+ * the key.
  * item->state points into w until the next call: add the item to the
  * batch first.  -1: no memory.
  */

@@ -99,4 +99,73 @@ for my $s (@stores) {
     RulesNginx::stop_nginx($_) for @ngx;
 }
 
+# A state cache too small for its keys.  With rules_state_cache 2k a
+# worker holds about ten of these states: forty users, one event each,
+# then the first twenty again.  Every lookup misses, and the second
+# round's misses are of keys the cache evicted to make room, which it
+# knows by their hashes (nearly all: the table of evicted hashes is
+# direct-mapped, so a later eviction may take a key's place).  With the
+# default size, the second round hits and nothing is evicted.  Either
+# way each second event matches.
+my $twice = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}
+_EOC_
+
+for my $s (@stores) {
+    my ($name, $port) = @$s;
+    for my $size ('2k', '32m') {
+        my $ngx = RulesNginx::start_nginx(
+            prefix  => "$FindBin::Bin/servroot-044c",
+            workers => 1,
+            files   => { 'rules.json' => $twice },
+            http    => RulesNginx::pixel_http(
+                store  => "rules_redis 127.0.0.1:$port;",
+                prefix => "t044:$$:$name:$size:",
+                fields => ['uid'],
+                extra  => "rules_state_cache $size;"));
+        ok(RulesNginx::wait_connected($ngx, $name eq 'native'),
+           "$name, $size: nginx connected");
+
+        my (@first, @second);
+        push @first, RulesNginx::pixel($ngx, "uid=u$_&ts=" . (1000 + $_))
+            for 0 .. 39;
+        push @second, RulesNginx::pixel($ngx, "uid=u$_&ts=" . (2000 + $_))
+            for 0 .. 19;
+        is_deeply([\@first, \@second],
+                  [[('204 ok []') x 40], [('204 ok [twice]') x 20]],
+                  "$name, $size: the second event of each user matches");
+
+        my %m = map {
+            my $v = RulesNginx::metric($ngx, "nginx_rules_state_cache_$_");
+            ($_ => $v // 'none');
+        } 'lookups_total{result="hit"}', 'lookups_total{result="miss"}',
+          'evicted_misses_total', 'evictions_total';
+
+        if ($size eq '2k') {
+            is(join(' ', map { $m{$_} } 'lookups_total{result="hit"}',
+                    'lookups_total{result="miss"}'),
+               '0 60', "$name, $size: every lookup misses");
+            ok($m{evicted_misses_total} ne 'none'
+               && $m{evicted_misses_total} >= 15
+               && $m{evicted_misses_total} <= 20,
+               "$name, $size: the second round's misses are known as "
+               . "evicted ($m{evicted_misses_total} of 20)");
+            ok($m{evictions_total} ne 'none' && $m{evictions_total} >= 40,
+               "$name, $size: the cache evicted to make room "
+               . "($m{evictions_total})");
+        } else {
+            is(join(' ', map { $m{$_} } 'lookups_total{result="hit"}',
+                    'lookups_total{result="miss"}', 'evicted_misses_total',
+                    'evictions_total'),
+               '20 40 0 0',
+               "$name, $size: the second round hits, nothing evicted");
+        }
+
+        RulesNginx::stop_nginx($ngx);
+    }
+}
+
 done_testing();

@@ -2,8 +2,8 @@
  * The folded-state cache (src/rules_cache.c): lookups, replacement,
  * deletion, the byte bound with CLOCK eviction (the entries not looked up
  * since they were stored go first, oldest first), growth and deletion in
- * a large table, prefetching, and random runs against a simple model,
- * without and with eviction.
+ * a large table, prefetching, random runs against a simple model,
+ * without and with eviction, and the keys known as evicted.
  */
 
 #include <stdio.h>
@@ -66,6 +66,13 @@ put(rules_cache_t *c, const char *key, double gen, size_t length,
                                             strlen(key)),
                            gen, length, 0, 0, (int) (length & 1),
                            (const unsigned char *) state, strlen(state));
+}
+
+
+static uint64_t
+hash_of(const char *key)
+{
+    return rules_cache_hash((const unsigned char *) key, strlen(key));
 }
 
 
@@ -401,6 +408,70 @@ main(void)
 
         ok(!kept[0] && kept[1], "a prefetched entry is evicted as one not "
            "looked up; a looked-up one stays");
+    }
+
+    /*
+     * Evicted keys: a cache of ten entries, thirty keys stored once each.
+     * The misses of the twenty evicted ones say so, once each; a key
+     * never stored, or still cached, does not; a key stored again after
+     * its eviction is forgotten, and so is every one after a clear.
+     */
+    {
+        size_t  one, evicted, hits, again;
+
+        c = rules_cache_create(1 << 20);
+        put(c, "ev:0", 1, 1, "state-0123456789");
+        one = rules_cache_bytes(c);
+        rules_cache_free(c);
+
+        c = rules_cache_create(10 * one + one / 2);
+        ok(!rules_cache_evicted(c, hash_of("ev:0"))
+           && rules_cache_evictions(c) == 0, "nothing evicted at first");
+
+        for (i = 0; i < 30; i++) {
+            snprintf(key, sizeof(key), "ev:%zu", i);
+            put(c, key, 1, 1, "state-0123456789");
+        }
+
+        is_int(rules_cache_evictions(c), 20,
+               "thirty keys in a cache of ten: twenty evicted");
+
+        for (i = 0, evicted = 0, hits = 0, again = 0; i < 20; i++) {
+            snprintf(key, sizeof(key), "ev:%zu", i);
+            hits += get(c, key, &gen, &length, &st);
+            evicted += rules_cache_evicted(c, hash_of(key));
+            again += rules_cache_evicted(c, hash_of(key));
+        }
+
+        ok(hits == 0 && evicted == 20 && again == 0,
+           "each evicted key's miss is known as one, once (%zu hits, "
+           "%zu evicted, %zu again)", hits, evicted, again);
+        ok(!rules_cache_evicted(c, hash_of("ev:25"))
+           && !rules_cache_evicted(c, hash_of("never")),
+           "a cached key and one never stored are not");
+
+        /* ev:20..29 evicted by ten new keys; ev:20 then stored again */
+
+        for (i = 0; i < 10; i++) {
+            snprintf(key, sizeof(key), "ev2:%zu", i);
+            put(c, key, 1, 1, "state-0123456789");
+        }
+
+        put(c, "ev:20", 1, 1, "state-0123456789");
+        ok(!rules_cache_evicted(c, hash_of("ev:20")),
+           "a key stored again is forgotten");
+        ok(!get(c, "ev:21", &gen, &length, &st)
+           && rules_cache_evicted(c, hash_of("ev:21")),
+           "the others of that round are known");
+
+        rules_cache_clear(c);
+        ok(!rules_cache_evicted(c, hash_of("ev:22")),
+           "a clear forgets them");
+        is_int(rules_cache_evictions(c), 31,
+               "evictions are counted, not cleared");
+        ok(!rules_cache_evicted(NULL, hash_of("ev:22")),
+           "no cache: nothing evicted");
+        rules_cache_free(c);
     }
 
     return done_testing();
