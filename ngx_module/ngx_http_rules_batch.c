@@ -71,6 +71,7 @@ typedef struct {
                                                  seen before its entries
                                                  (closes, NOSCRIPT) */
     ngx_http_rules_batch_stats_t  lookups;    /* of it, not counted yet */
+    size_t                        evictions;  /* the cache's, once freed */
     ngx_http_rules_log_rate_t     error_log;  /* unexpected replies */
 } ngx_http_rules_batcher_t;
 
@@ -393,7 +394,9 @@ ngx_http_rules_batch_prefetch_entries(const uint64_t *hashes, size_t n)
 size_t
 ngx_http_rules_batch_evictions(void)
 {
-    return rules_cache_evictions(ngx_http_rules_batcher.cache);
+    ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
+
+    return bt->cache ? rules_cache_evictions(bt->cache) : bt->evictions;
 }
 
 
@@ -815,6 +818,7 @@ ngx_http_rules_batch_exit(void)
 
     rules_log_work_free(&bt->work);
     rules_buf_free(&bt->matched);
+    bt->evictions = rules_cache_evictions(bt->cache);
     rules_cache_free(bt->cache);
     bt->cache = NULL;
 }

@@ -1401,9 +1401,10 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
         regex_seen = hits;
     }
 
+    /* the cache's count only grows (its last, once freed at exit) */
     evictions = ngx_http_rules_batch_evictions();
 
-    if (evictions != evictions_seen) {
+    if (evictions > evictions_seen) {
         (void) ngx_atomic_fetch_add(&sh->c.cache_evictions,
                             (ngx_atomic_int_t) (evictions - evictions_seen));
         evictions_seen = evictions;
@@ -1756,7 +1757,7 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
     ngx_http_rules_metrics_sync_engine(rmcf);
 
     /*
-     * The fixed text is under 7K with every number at its longest; a
+     * The fixed text is under 7.5K with every number at its longest; a
      * per-rule line under 160 bytes besides the id.
      */
 
@@ -1908,9 +1909,9 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
         "# TYPE nginx_rules_state_cache_lookups_total counter\n"
         "nginx_rules_state_cache_lookups_total{result=\"hit\"} %uA\n"
         "nginx_rules_state_cache_lookups_total{result=\"miss\"} %uA\n"
-        "# HELP nginx_rules_state_cache_evicted_misses_total Of those "
-        "misses, the keys that the worker's cache had evicted to make "
-        "room: a larger rules_state_cache would have hit them.\n"
+        "# HELP nginx_rules_state_cache_evicted_misses_total State cache "
+        "misses of keys that the worker's cache had evicted to make room "
+        "(a larger rules_state_cache would have hit them).\n"
         "# TYPE nginx_rules_state_cache_evicted_misses_total counter\n"
         "nginx_rules_state_cache_evicted_misses_total %uA\n"
         "# HELP nginx_rules_state_cache_evictions_total States the "

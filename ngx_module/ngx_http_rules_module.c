@@ -1397,6 +1397,9 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
     /* calls never sent fail too, and count in the worker's slot */
     ngx_http_rules_batch_exit();
 
+    /* the state cache's evictions since the sync above */
+    ngx_http_rules_metrics_sync_engine(rmcf);
+
     /* the per-rule counts of the answers, not added yet; the worker's
      * slot in the metrics zone */
     ngx_http_rules_metrics_worker_exit(rmcf);

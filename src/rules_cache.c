@@ -26,9 +26,11 @@
  * tells a cache too small for its keys from keys seen for the first
  * time.  A later eviction whose hash falls on the same place replaces
  * it: a key evicted n evictions ago is still known with a probability
- * of about e^(-n / places), and there are two to four places per entry,
- * so the count is a lower bound (of the keys that a cache twice as large
- * would have kept, 60-80 % are known).  A key stored again is forgotten.
+ * of about e^(-n / places), and there are two places per entry or more
+ * (at least 1024), so the count is a lower bound (of the keys that a
+ * cache twice as large would have kept, about 80-90 % are known).  A key
+ * stored again is forgotten, and so is every one when the cache is
+ * cleared.  Like the slots, the table is not counted in max_bytes.
  */
 
 #include <stdlib.h>
@@ -595,7 +597,16 @@ rules_cache_clear(rules_cache_t *c)
 {
     size_t  i;
 
-    if (c == NULL || c->entries == 0) {
+    if (c == NULL) {
+        return;
+    }
+
+    /* the misses after a clear are the clear's, not the size's */
+    if (c->ghost) {
+        memset(c->ghost, 0, (c->ghost_mask + 1) * sizeof(uint64_t));
+    }
+
+    if (c->entries == 0) {
         return;
     }
 
@@ -605,11 +616,6 @@ rules_cache_clear(rules_cache_t *c)
 
     memset(c->slots, 0, (c->mask + 1) * sizeof(rules_cslot_t));
     memset(c->ring, 0, (c->ring_mask + 1) * sizeof(rules_centry_t *));
-
-    /* the misses after a clear are the clear's, not the size's */
-    if (c->ghost) {
-        memset(c->ghost, 0, (c->ghost_mask + 1) * sizeof(uint64_t));
-    }
 
     c->entries = 0;
     c->bytes = 0;

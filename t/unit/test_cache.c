@@ -471,7 +471,81 @@ main(void)
                "evictions are counted, not cleared");
         ok(!rules_cache_evicted(NULL, hash_of("ev:22")),
            "no cache: nothing evicted");
+
+        /* a clear forgets them also when no entry is left */
+
+        for (i = 0; i < 30; i++) {
+            snprintf(key, sizeof(key), "ev3:%zu", i);
+            put(c, key, 1, 1, "state-0123456789");
+        }
+
+        for (i = 20; i < 30; i++) {
+            snprintf(key, sizeof(key), "ev3:%zu", i);
+            rules_cache_del(c, (const unsigned char *) key, strlen(key));
+        }
+
+        rules_cache_clear(c);
+        ok(rules_cache_entries(c) == 0
+           && !rules_cache_evicted(c, hash_of("ev3:0")),
+           "a clear of a cache with no entry forgets them too");
         rules_cache_free(c);
+    }
+
+    /*
+     * The table of evicted keys grows with the slots.  Two caches built
+     * alike: 150 states of 500 bytes in 64 KB (about fifty evicted, the
+     * table made with 1024 places); the second then drops them and takes
+     * 600 small ones, so its slots (and the table) grow, with no more
+     * eviction.  Both know the same evicted keys.
+     */
+    {
+        int     pass;
+        size_t  known[2], evictions[2], entries = 0;
+        char    big[501];
+
+        memset(big, 'b', 500);
+        big[500] = '\0';
+
+        for (pass = 0; pass < 2; pass++) {
+            c = rules_cache_create(64 * 1024);
+
+            for (i = 0; i < 150; i++) {
+                snprintf(key, sizeof(key), "g:%zu", i);
+                put(c, key, 1, 1, big);
+            }
+
+            if (pass == 1) {
+                for (i = 0; i < 150; i++) {
+                    snprintf(key, sizeof(key), "g:%zu", i);
+                    rules_cache_del(c, (const unsigned char *) key,
+                                    strlen(key));
+                }
+
+                for (i = 0; i < 600; i++) {
+                    snprintf(key, sizeof(key), "small:%zu", i);
+                    put(c, key, 1, 1, "");
+                }
+
+                entries = rules_cache_entries(c);
+            }
+
+            evictions[pass] = rules_cache_evictions(c);
+
+            for (i = 0, known[pass] = 0; i < 150; i++) {
+                snprintf(key, sizeof(key), "g:%zu", i);
+                known[pass] += rules_cache_evicted(c, hash_of(key));
+            }
+
+            rules_cache_free(c);
+        }
+
+        ok(entries > 512 && evictions[1] == evictions[0],
+           "the second cache's slots grew with no more eviction (%zu "
+           "entries, %zu and %zu evictions)", entries, evictions[0],
+           evictions[1]);
+        ok(known[0] > 40 && known[1] == known[0],
+           "the keys evicted before the growth are known after it (%zu "
+           "and %zu)", known[0], known[1]);
     }
 
     return done_testing();
