@@ -204,12 +204,14 @@ idle_cpu() {
         /proc/stat
 }
 
-# the state caches' lookups so far, over the workers: "hits misses"
+# the state caches' lookups so far, over the workers: "hits misses
+# evicted-misses" (misses of keys a cache had evicted to make room)
 cache_stat() {
     curl -sS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null | perl -ne '
         $h = $1 if /^nginx_rules_state_cache_lookups_total\{result="hit"\} (\d+)/;
         $m = $1 if /^nginx_rules_state_cache_lookups_total\{result="miss"\} (\d+)/;
-        END { printf "%d %d\n", $h // 0, $m // 0 }'
+        $e = $1 if /^nginx_rules_state_cache_evicted_misses_total (\d+)/;
+        END { printf "%d %d %d\n", $h // 0, $m // 0, $e // 0 }'
 }
 
 # wrk_run NAME PATH CONNS -> "rps p50_ms p99_ms requests"
@@ -254,13 +256,13 @@ for workers in $workers_list; do
                 secs=$warmup wrk_run "$mode" "$path" "$conns" > /dev/null
             fi
             read -r c0 u0 f0 cpu0 < <(redis_stat)
-            read -r h0 m0 < <(cache_stat)
+            read -r h0 m0 e0 < <(cache_stat)
             ncpu0=$(nginx_cpu)
             idle0=$(idle_cpu)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
             idle1=$(idle_cpu)
             ncpu1=$(nginx_cpu)
-            read -r h1 m1 < <(cache_stat)
+            read -r h1 m1 e1 < <(cache_stat)
             read -r c1 u1 f1 cpu1 < <(redis_stat)
             stop_nginx
             # columns: workers mode run req/s p50 p99, round trips per
@@ -268,16 +270,18 @@ for workers in $workers_list; do
             # events per call, call usec per event, Redis CPU usec per
             # event, nginx workers' CPU usec per request, state cache
             # hits in % of its lookups (-1: no lookup), the machine's
-            # idle CPU usec per request
-            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1,$n0,$n1,$dh,$dm,$i0,$i1)=@ARGV;
-                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f %.2f %.1f %.2f\n", $w, $m, $r, $rps, $p50, $p99,
+            # idle CPU usec per request, misses of evicted keys in % of
+            # the lookups (-1: no lookup)
+            perl -e 'my ($w,$m,$r,$rps,$p50,$p99,$n,$dc,$du,$df,$cpu0,$cpu1,$n0,$n1,$dh,$dm,$i0,$i1,$de)=@ARGV;
+                printf "%s %s %s %s %s %s %.3f %.2f %.2f %.2f %.2f %.1f %.2f %.1f\n", $w, $m, $r, $rps, $p50, $p99,
                     $dc ? 1 + $df / $dc : 0, $dc ? $n / $dc : 0, $n ? $du / $n : 0,
                     $n ? ($cpu1 - $cpu0) * 1e6 / $n : 0, $n ? ($n1 - $n0) * 1e6 / $n : 0,
                     $dh + $dm ? 100 * $dh / ($dh + $dm) : -1,
-                    $n ? ($i1 - $i0) * 1e6 / $n : 0' \
+                    $n ? ($i1 - $i0) * 1e6 / $n : 0,
+                    $dh + $dm ? 100 * $de / ($dh + $dm) : -1' \
                 "$workers" "$mode" "$r" "$rps" "$p50" "$p99" "$n" \
                 $((c1 - c0)) $((u1 - u0)) $((f1 - f0)) "$cpu0" "$cpu1" "$ncpu0" "$ncpu1" \
-                $((h1 - h0)) $((m1 - m0)) "$idle0" "$idle1" >> "$results"
+                $((h1 - h0)) $((m1 - m0)) "$idle0" "$idle1" $((e1 - e0)) >> "$results"
             printf '   run %s %-5s %9s req/s  p50 %7s ms  p99 %7s ms\n' "$r" "$mode" "$rps" "$p50" "$p99"
         done
     done
@@ -288,8 +292,8 @@ echo "Medians ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /pr
 echo "(spec/gen: states stored by the script, EVALSHA; spec-n/gen-n: by the"
 echo " rules Redis module, RULES.STORE; vs 5 rules: gen against spec,"
 echo " gen-n against spec-n)"
-printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s %12s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
-    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req" "cache hit" "idle us/req"
+printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s %12s %9s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
+    "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req" "cache hit" "idle us/req" "evicted"
 for workers in $workers_list; do
     col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
@@ -303,11 +307,13 @@ for workers in $workers_list; do
         esac
         hit=$(col_of "$mode" 12)
         case $hit in -*) hit=- ;; *) hit="$hit %" ;; esac
-        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f %10s %12.1f\n' "$workers" "$mode" \
+        evicted=$(col_of "$mode" 14)
+        case $evicted in -*|'') evicted=- ;; *) evicted="$evicted %" ;; esac
+        printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f %10s %12.1f %9s\n' "$workers" "$mode" \
             "$rps" "$(ratio "$rps" "$base")" "$(col_of "$mode" 5)" "$(col_of "$mode" 6)" \
             "$(col_of "$mode" 7)" "$(col_of "$mode" 8)" "$vs" \
             "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)" "$hit" \
-            "$(col_of "$mode" 13)"
+            "$(col_of "$mode" 13)" "$evicted"
     done
 done
 
