@@ -297,6 +297,8 @@ printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s %12s %9s\n' 
 for workers in $workers_list; do
     col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+    # a percentage column: "-" where the mode had no lookup (-1)
+    percent() { case $1 in -*) echo - ;; *) echo "$1 %" ;; esac; }
     base=$(col_of base 4)
     for mode in $modes; do
         rps=$(col_of "$mode" 4)
@@ -305,15 +307,12 @@ for workers in $workers_list; do
             gen-n) vs=$(ratio "$rps" "$(col_of spec-n 4)") ;;
             *)     vs=- ;;
         esac
-        hit=$(col_of "$mode" 12)
-        case $hit in -*) hit=- ;; *) hit="$hit %" ;; esac
-        evicted=$(col_of "$mode" 14)
-        case $evicted in -*|'') evicted=- ;; *) evicted="$evicted %" ;; esac
         printf '%-8s %-7s %10.0f %8s %9.3f %9.3f %8.2f %9.1f %10s %12.1f %12.1f %13.1f %10s %12.1f %9s\n' "$workers" "$mode" \
             "$rps" "$(ratio "$rps" "$base")" "$(col_of "$mode" 5)" "$(col_of "$mode" 6)" \
             "$(col_of "$mode" 7)" "$(col_of "$mode" 8)" "$vs" \
-            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)" "$hit" \
-            "$(col_of "$mode" 13)" "$evicted"
+            "$(col_of "$mode" 10)" "$(col_of "$mode" 9)" "$(col_of "$mode" 11)" \
+            "$(percent "$(col_of "$mode" 12)")" "$(col_of "$mode" 13)" \
+            "$(percent "$(col_of "$mode" 14)")"
     done
 done
 

@@ -495,7 +495,6 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
 {
     size_t                        argc;
     ngx_int_t                     rc;
-    ngx_http_rules_batcher_t     *bt;
     ngx_http_rules_main_conf_t   *rmcf;
     ngx_http_rules_batch_stats_t  d;
     char                          nbuf[32];
@@ -553,9 +552,9 @@ ngx_http_rules_batch_send(ngx_http_rules_batch_t *batch)
         return;
     }
 
-    bt = &ngx_http_rules_batcher;
-    d = bt->lookups;
-    ngx_memzero(&bt->lookups, sizeof(ngx_http_rules_batch_stats_t));
+    d = ngx_http_rules_batcher.lookups;
+    ngx_memzero(&ngx_http_rules_batcher.lookups,
+                sizeof(ngx_http_rules_batch_stats_t));
     d.calls = 1;
     d.items = rules_batch_items(&batch->b);
     ngx_http_rules_metrics_batch(rmcf, &d);

@@ -138,31 +138,23 @@ for my $s (@stores) {
                   [[('204 ok []') x 40], [('204 ok [twice]') x 20]],
                   "$name, $size: the second event of each user matches");
 
-        my %m = map {
-            my $v = RulesNginx::metric($ngx, "nginx_rules_state_cache_$_");
-            ($_ => $v // 'none');
+        # hits, misses, misses of evicted keys, evictions
+        my ($hit, $miss, $evicted, $evictions) = map {
+            RulesNginx::metric($ngx, "nginx_rules_state_cache_$_") // 'none';
         } 'lookups_total{result="hit"}', 'lookups_total{result="miss"}',
           'evicted_misses_total', 'evictions_total';
 
         if ($size eq '2k') {
-            is(join(' ', map { $m{$_} } 'lookups_total{result="hit"}',
-                    'lookups_total{result="miss"}'),
-               '0 60', "$name, $size: every lookup misses");
-            ok($m{evicted_misses_total} ne 'none'
-               && $m{evicted_misses_total} >= 15
-               && $m{evicted_misses_total} <= 20,
+            is("$hit $miss", '0 60', "$name, $size: every lookup misses");
+            ok($evicted ne 'none' && $evicted >= 15 && $evicted <= 20,
                "$name, $size: the second round's misses are known as "
-               . "evicted ($m{evicted_misses_total} of 20)");
+               . "evicted ($evicted of 20)");
             # sixty states stored in room for at most eighteen
-            ok($m{evictions_total} ne 'none' && $m{evictions_total} >= 42
-               && $m{evictions_total} <= 60,
+            ok($evictions ne 'none' && $evictions >= 42 && $evictions <= 60,
                "$name, $size: the cache evicted to make room, each state "
-               . "once ($m{evictions_total})");
+               . "once ($evictions)");
         } else {
-            is(join(' ', map { $m{$_} } 'lookups_total{result="hit"}',
-                    'lookups_total{result="miss"}', 'evicted_misses_total',
-                    'evictions_total'),
-               '20 40 0 0',
+            is("$hit $miss $evicted $evictions", '20 40 0 0',
                "$name, $size: the second round hits, nothing evicted");
         }
 

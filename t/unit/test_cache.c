@@ -34,6 +34,13 @@ typedef struct {
 } run_t;
 
 
+static uint64_t
+hash_of(const char *key)
+{
+    return rules_cache_hash((const unsigned char *) key, strlen(key));
+}
+
+
 static int
 get(rules_cache_t *c, const char *key, double *gen, size_t *length,
     rules_str_t *state)
@@ -43,9 +50,8 @@ get(rules_cache_t *c, const char *key, double *gen, size_t *length,
     size_t  logged;
 
     hit = rules_cache_get(c, (const unsigned char *) key, strlen(key),
-                          rules_cache_hash((const unsigned char *) key,
-                                           strlen(key)),
-                          gen, length, &stamp, &logged, &clean, state);
+                          hash_of(key), gen, length, &stamp, &logged, &clean,
+                          state);
 
     /* put() says clean for odd lengths: the flag comes back with them */
 
@@ -62,17 +68,25 @@ put(rules_cache_t *c, const char *key, double gen, size_t length,
     const char *state)
 {
     return rules_cache_put(c, (const unsigned char *) key, strlen(key),
-                           rules_cache_hash((const unsigned char *) key,
-                                            strlen(key)),
-                           gen, length, 0, 0, (int) (length & 1),
-                           (const unsigned char *) state, strlen(state));
+                           hash_of(key), gen, length, 0, 0,
+                           (int) (length & 1), (const unsigned char *) state,
+                           strlen(state));
 }
 
 
-static uint64_t
-hash_of(const char *key)
+/* The bytes one entry of this key and state takes in a cache. */
+static size_t
+entry_bytes(const char *key, const char *state)
 {
-    return rules_cache_hash((const unsigned char *) key, strlen(key));
+    size_t          n;
+    rules_cache_t  *c;
+
+    c = rules_cache_create(1 << 20);
+    put(c, key, 1, 1, state);
+    n = rules_cache_bytes(c);
+    rules_cache_free(c);
+
+    return n;
 }
 
 
@@ -349,8 +363,7 @@ main(void)
         const char  *keys[3] = { "user:0", "user:1", "nobody" };
 
         for (i = 0; i < 3; i++) {
-            h[i] = rules_cache_hash((const unsigned char *) keys[i],
-                                    strlen(keys[i]));
+            h[i] = hash_of(keys[i]);
         }
 
         rules_cache_prefetch_slots(c, h, 3);
@@ -375,12 +388,9 @@ main(void)
         uint64_t   h;
         size_t     one;
 
-        for (pass = 0; pass < 2; pass++) {
-            c = rules_cache_create(1 << 20);
-            put(c, "old:0", 1, 1, "state-0123456789");
-            one = rules_cache_bytes(c);
-            rules_cache_free(c);
+        one = entry_bytes("old:0", "state-0123456789");
 
+        for (pass = 0; pass < 2; pass++) {
             c = rules_cache_create(10 * one + one / 2);
 
             for (i = 0; i < 8; i++) {
@@ -389,7 +399,7 @@ main(void)
             }
 
             if (pass == 0) {
-                h = rules_cache_hash((const unsigned char *) "old:0", 5);
+                h = hash_of("old:0");
                 rules_cache_prefetch_slots(c, &h, 1);
                 rules_cache_prefetch_entries(c, &h, 1);
 
@@ -419,11 +429,7 @@ main(void)
     {
         size_t  one, evicted, hits, again;
 
-        c = rules_cache_create(1 << 20);
-        put(c, "ev:0", 1, 1, "state-0123456789");
-        one = rules_cache_bytes(c);
-        rules_cache_free(c);
-
+        one = entry_bytes("ev:0", "state-0123456789");
         c = rules_cache_create(10 * one + one / 2);
         ok(!rules_cache_evicted(c, hash_of("ev:0"))
            && rules_cache_evictions(c) == 0, "nothing evicted at first");
