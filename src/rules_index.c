@@ -349,7 +349,9 @@ rules_pair_stats_free(rules_pair_stats_t *st)
 {
     size_t  i;
 
-    for (i = 0; st->values && i < st->nfields; i++) {
+    /* either array may be missing: the other's allocation failed */
+
+    for (i = 0; st->values && st->prefixes && i < st->nfields; i++) {
         rules_strmap_free(&st->values[i]);
         rules_strmap_free(&st->prefixes[i]);
     }

@@ -55,6 +55,14 @@ int rules_strmap_get(const rules_strmap_t *m, const unsigned char *key,
 void rules_strmap_free(rules_strmap_t *m);
 
 
+/* ---- jansson's allocations (rules_json_alloc.c) --------------------- */
+
+/* Around calls into jansson: end returns 1 if one of its allocations
+ * failed in between (whatever the calls returned: out of memory). */
+void rules_json_begin(void);
+int rules_json_end(void);
+
+
 /* ---- conditions (rules_cond.c) ------------------------------------- */
 
 typedef enum {

@@ -213,11 +213,22 @@ rules_json_events_parse(const rules_set_t *rs, const char *buf, size_t len,
     memset(ev, 0, sizeof(rules_json_events_t));
     err[0] = '\0';
 
+    rules_json_begin();
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
                       &jerr);
 
+    if (rules_json_end()) {
+        if (root) {
+            json_decref(root);
+        }
+
+        snprintf(err, RULES_ERR_LEN, "out of memory");
+        return RULES_JSON_NOMEM;
+    }
+
     if (root == NULL) {
-        /* jansson sets no error when its first allocation fails */
+        /* jansson sets no error when its first allocation fails (another
+         * program's allocation functions: rules_json_alloc.c) */
 
         if (json_error_code(&jerr) == json_error_out_of_memory
             || jerr.text[0] == '\0')

@@ -393,16 +393,35 @@ rules_load_buffer(const char *buf, size_t len, const char *name, char *err,
     json_error_t   jerr;
     rules_set_t   *rs;
 
+    /* a failed allocation in jansson, here or in the rules' copies and
+     * dumps (which would lose a member unsaid), is out of memory */
+
+    rules_json_begin();
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 
     if (root == NULL) {
-        snprintf(err, errlen, "rules file \"%s\": line %d, column %d: %s",
-                 name, jerr.line, jerr.column, jerr.text);
+        if (rules_json_end()) {
+            snprintf(err, errlen, "rules file \"%s\": out of memory", name);
+
+        } else {
+            snprintf(err, errlen, "rules file \"%s\": line %d, column %d: "
+                     "%s", name, jerr.line, jerr.column, jerr.text);
+        }
+
         return NULL;
     }
 
     rs = rules_load_root(root, name, buf, len, err, errlen);
     json_decref(root);
+
+    if (rules_json_end()) {
+        if (rs) {
+            rules_free(rs);
+        }
+
+        snprintf(err, errlen, "rules file \"%s\": out of memory", name);
+        return NULL;
+    }
 
     return rs;
 }

@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "rules_engine.h"
+#include "rules_internal.h"
 #include "rules_json_event.h"
 #include "tap.h"
 
@@ -24,6 +27,7 @@ extern void *__libc_malloc(size_t size);
 static long  alloc_budget = -1;
 static long  alloc_failed;
 static int   calloc_only;    /* only calloc() fails */
+static int   fail_once;      /* the allocations after the failed one pass */
 
 
 static int
@@ -35,6 +39,11 @@ alloc_fails(void)
 
     if (alloc_budget == 0) {
         alloc_failed++;
+
+        if (fail_once) {
+            alloc_budget = -1;
+        }
+
         return 1;
     }
 
@@ -208,6 +217,14 @@ test_json(void)
     static const char     body[] =
         "[{\"uid\":\"u1\",\"type\":\"page\",\"n\":12},"
         "{\"uid\":\"u2\",\"type\":\"view\",\"ip\":\"10.0.0.2\"}]";
+    char                  long_body[4200];
+    json_t               *a, *b, *c;
+
+    /* a string that grows jansson's buffer eight times */
+
+    memcpy(long_body, "{\"uid\":\"", 8);
+    memset(long_body + 8, 'x', 4096);
+    memcpy(long_body + 8 + 4096, "\"}", 3);
 
     rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev, err);
     ok(rc == RULES_JSON_OK && ev.nevents == 2, "the body parses");
@@ -223,9 +240,9 @@ test_json(void)
     rules_json_events_free(&ev);
 
     /*
-     * each of jansson's allocations in turn: jansson reports some as out
-     * of memory and some as a syntax error (its lexer does not tell), but
-     * the parse never succeeds with one missing
+     * each of jansson's allocations in turn: out of memory every time
+     * (jansson's lexer reports some as a syntax error; rules_json_alloc.c
+     * tells), and the parse never succeeds with one missing
      */
 
     for (k = 1; k < 400; k++) {
@@ -236,15 +253,63 @@ test_json(void)
         alloc_budget = -1;
         rules_json_events_free(&ev);
 
-        if (alloc_failed == 0
-            || (rc != RULES_JSON_NOMEM && rc != RULES_JSON_BAD_JSON))
-        {
+        if (alloc_failed == 0 || rc != RULES_JSON_NOMEM) {
             break;
         }
     }
 
     ok(rc == RULES_JSON_OK && alloc_failed == 0 && k > 1,
-       "no parse succeeds with one of its %ld allocations failed", k);
+       "each of the parse's %ld allocations failed: out of memory every "
+       "time, never invalid JSON (%s)", k, err);
+
+    /*
+     * one allocation fails and the later ones would not: jansson's lexer
+     * goes on without the character it could not save, and its string
+     * scanner then reads the cut text past its end (ASan: a heap
+     * overflow); the failure kept for the rest of the parse ends it
+     */
+
+    fail_once = 1;
+
+    for (k = 0; k < 4000; k++) {
+        alloc_budget = k;
+        alloc_failed = 0;
+        rc = rules_json_events_parse(rs, long_body, strlen(long_body), NULL,
+                                     10, &ev, err);
+        alloc_budget = -1;
+        rules_json_events_free(&ev);
+
+        if (alloc_failed == 0 || rc != RULES_JSON_NOMEM) {
+            break;
+        }
+    }
+
+    fail_once = 0;
+
+    ok(rc == RULES_JSON_OK && alloc_failed == 0 && k > 1,
+       "a long string's allocations failed one at a time (%ld): out of "
+       "memory every time (%s)", k, err);
+
+    /* the failure kept: the next allocation fails though malloc() would
+     * give it; jansson's own functions back after the end */
+
+    rules_json_begin();
+    fail_once = 1;
+    alloc_budget = 0;
+    a = json_string("first");
+    b = json_string("second");
+    alloc_budget = -1;
+    fail_once = 0;
+    k = rules_json_end();
+    c = json_string("after");
+
+    ok(a == NULL && b == NULL && k == 1 && c != NULL,
+       "after a failed allocation jansson's next one fails too, and the "
+       "end tells (%ld); the calls after the end allocate", k);
+
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
 
     /* the engine's own (calloc()) after jansson's: out of memory */
 
@@ -264,6 +329,55 @@ test_json(void)
 }
 
 
+/*
+ * The rules file: out of memory in jansson is said as such, never as a
+ * syntax error at a place of the file, nor loaded with a rule whose copy
+ * lost a member (one allocation failing, the later ones passing, as
+ * above).
+ */
+static void
+test_rules_file(void)
+{
+    long          k, said;
+    char          err[RULES_ERR_LEN];
+    rules_set_t  *r;
+
+    said = 0;
+    fail_once = 1;
+
+    for (k = 0; k < 4000; k++) {
+        alloc_budget = k;
+        alloc_failed = 0;
+        r = rules_load_buffer(rules_json, strlen(rules_json), "test", err,
+                              sizeof(err));
+        alloc_budget = -1;
+
+        if (alloc_failed == 0) {
+            break;
+        }
+
+        if (r != NULL || strstr(err, "out of memory") == NULL) {
+            /* loaded without one of its allocations (a copy or a dump of
+             * a rule short of a member), or a syntax error said */
+            break;
+        }
+
+        said++;
+    }
+
+    fail_once = 0;
+
+    ok(alloc_failed == 0 && r != NULL && said == k && k > 1,
+       "each of the rules file's %ld allocations failed in turn: out of "
+       "memory every time (%ld), never loaded without it nor a syntax "
+       "error (%s)", k, said, r && alloc_failed == 0 ? "" : err);
+
+    if (r) {
+        rules_free(r);
+    }
+}
+
+
 int
 main(void)
 {
@@ -279,6 +393,7 @@ main(void)
 
     test_event_build();
     test_json();
+    test_rules_file();
 
     rules_free(rs);
 
