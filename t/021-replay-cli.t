@@ -153,6 +153,53 @@ like($r->{err}, qr/^rules-replay: line 1: cannot read stdin: \S/,
      'a directory as stdin: the error');
 
 
+# memory exhausted ends the run with exit 1 and the line, never taken
+# for the end of the input or for an invalid line: a line longer than
+# the memory left (the reader's buffer), and one the reader holds but
+# the JSON parser cannot copy (jansson reports its failed allocations as
+# a syntax error, or reads past the text it could not save)
+
+for my $case (['reading', 40 << 20, 40000,
+               qr/^rules-replay: line 2: out of memory reading stdin$/],
+              ['parsing', 20 << 20, 64000,
+               qr/^rules-replay: line 2: out of memory$/]) {
+    my ($what, $len, $kb, $re) = @$case;
+    $r = run_replay({ in => "$page1\n" . '{"uid":"u2","junk":"'
+                            . ('x' x $len) . qq("}\n$page2\n),
+                      memory_kb => $kb });
+    is($r->{rc}, 1, "out of memory $what a line of $len bytes: exit 1");
+    like($r->{err}, $re, "out of memory $what: the line, on stderr");
+    is($r->{out}, qq({"matched":[]}\n),
+       "out of memory $what: the results before it, none after");
+}
+
+$r = run_replay({ in => "$page1\n" x 3, memory_kb => 40000 });
+is_deeply([$r->{rc}, $r->{err}], [0, ''],
+          'the same memory limit: a run of short lines ends well');
+
+
+# an invalid line's error names the column: the parser's line (always 1
+# within one input line) is not given as if it were the input's
+
+$r = run_replay({ in => "$page1\nnot json\n" });
+is($r->{rc}, 0, 'not JSON: exit 0');
+my $invalid = qr/\{"matched":\[\],"status":"invalid","error":"([^"]*)"\}/;
+like($r->{out}, qr/\A\{"matched":\[\]\}\n$invalid\n\z/,
+     'not JSON: an invalid result line');
+my ($error) = $r->{out} =~ $invalid;
+like($error, qr/\Ainvalid JSON at column \d+: \S/,
+     'not JSON: the column, and no line of the parser');
+
+
+# --user alone: a usage error, as rules_redis' "user=" without "password="
+
+$r = run_replay({ in => "$page1\n" }, '--redis', '127.0.0.1:1', '--user',
+                'u');
+is_deeply([$r->{rc}, $r->{err}, $r->{out}],
+          [2, "rules-replay: --user needs --password\n", ''],
+          '--user without --password: exit 2, the error, no results');
+
+
 # numeric options: digits only, in range; else exit 2 (a usage error)
 # naming the option
 

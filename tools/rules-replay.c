@@ -1414,6 +1414,27 @@ cluster_free(replay_t *rp)
 }
 
 
+/*
+ * "invalid JSON at line 1, column 7: ..." as "invalid JSON at column 7:
+ * ...": the parser counts the lines of what it was given, one input line
+ * here, so its line is always 1 and would read as the input's.
+ */
+static void
+json_column_only(char *err)
+{
+    size_t             n;
+    static const char  at[] = "invalid JSON at ", line[] = "line 1, ";
+
+    n = sizeof(at) - 1;
+
+    if (strncmp(err, at, n) == 0
+        && strncmp(err + n, line, sizeof(line) - 1) == 0)
+    {
+        memmove(err + n, err + n + sizeof(line) - 1,
+                strlen(err + n + sizeof(line) - 1) + 1);
+    }
+}
+
 
 static void
 print_result(replay_t *rp, const char *status, const char *error)
@@ -1477,6 +1498,10 @@ replay_line(replay_t *rp, const char *line, size_t len,
     }
 
     if (jrc != RULES_JSON_OK) {
+        if (jrc == RULES_JSON_BAD_JSON) {
+            json_column_only(err);
+        }
+
         print_result(rp, "invalid", err);
         rules_json_events_free(&ev);
         return 0;
@@ -1750,6 +1775,12 @@ main(int argc, char **argv)
         usage();
     }
 
+    if (user && password == NULL) {
+        /* as rules_redis' "user=" without "password=" */
+        replay_error("--user needs --password");
+        exit(2);
+    }
+
     rp.addr = redis;
     rp.user = user;
     rp.password = password;
@@ -1903,10 +1934,22 @@ main(int argc, char **argv)
 
     read_errno = errno;
 
-    if (rc == 0 && ferror(in)) {
-        /* the line that could not be read (a directory: line 1) */
+    if (rc == 0 && (ferror(in) || !feof(in))) {
+        /*
+         * the line that could not be read (a directory: line 1); a line
+         * too long for the memory (getline()'s ENOMEM sets neither the
+         * end nor the error) is not the end of the input
+         */
         replay_lineno++;
-        replay_error("cannot read %s: %s", in_name, strerror(read_errno));
+
+        if (read_errno == ENOMEM) {
+            replay_error("out of memory reading %s", in_name);
+
+        } else {
+            replay_error("cannot read %s: %s", in_name,
+                         strerror(read_errno));
+        }
+
         rc = 1;
     }
 
