@@ -33,6 +33,8 @@ static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_rules_enable_where(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_rules_prefix_where(ngx_conf_t *cf, void *post,
+    void *data);
 static void ngx_http_rules_where(ngx_conf_t *cf, ngx_http_rules_where_t *w);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -88,6 +90,11 @@ static ngx_http_rules_bounds_t  ngx_http_rules_events_bounds = {
 
 static ngx_conf_post_t  ngx_http_rules_enable_post = {
     ngx_http_rules_enable_where
+};
+
+
+static ngx_conf_post_t  ngx_http_rules_prefix_post = {
+    ngx_http_rules_prefix_where
 };
 
 
@@ -154,7 +161,7 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_rules_main_conf_t, key_prefix),
-      NULL },
+      &ngx_http_rules_prefix_post },
 
     { ngx_string("rules_max_key_length"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -381,11 +388,14 @@ ngx_http_rules_init_main_conf(ngx_conf_t *cf, void *conf)
     if (rmcf->cluster_set
         && ngx_http_rules_prefix_has_tag(&rmcf->key_prefix))
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"rules_key_prefix %V\" holds a hash tag "
-                           "(\"{...}\"): with \"rules_redis_cluster\" every "
-                           "key would be in its slot, on one master",
-                           &rmcf->key_prefix);
+        /* the default has none: the directive was read, and set where */
+
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"rules_key_prefix %V\" holds a hash tag "
+                      "(\"{...}\"): with \"rules_redis_cluster\" every key "
+                      "would be in its slot, on one master in %s:%ui",
+                      &rmcf->key_prefix, rmcf->key_prefix_where.file,
+                      rmcf->key_prefix_where.line);
         return NGX_CONF_ERROR;
     }
 
@@ -1232,6 +1242,21 @@ ngx_http_rules_enable_where(ngx_conf_t *cf, void *post, void *data)
                                            enable));
 
     ngx_http_rules_where(cf, &rlcf->enable_where);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_rules_prefix_where(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_http_rules_main_conf_t  *rmcf;
+
+    rmcf = (ngx_http_rules_main_conf_t *)
+               ((u_char *) data - offsetof(ngx_http_rules_main_conf_t,
+                                           key_prefix));
+
+    ngx_http_rules_where(cf, &rmcf->key_prefix_where);
 
     return NGX_CONF_OK;
 }

@@ -42,6 +42,13 @@ typedef enum {
 typedef struct ngx_http_rules_metrics_s  ngx_http_rules_metrics_t;
 
 
+/* where a directive is, for the errors found after its block is read */
+typedef struct {
+    u_char                       *file;
+    ngx_uint_t                    line;
+} ngx_http_rules_where_t;
+
+
 typedef struct {
     rules_set_t                  *rules;
     ngx_str_t                     rules_file;
@@ -57,6 +64,7 @@ typedef struct {
     ngx_msec_t                    timeout;        /* per event deadline */
 
     ngx_str_t                     key_prefix;
+    ngx_http_rules_where_t        key_prefix_where;
     rules_limits_t                limits;
     size_t                        state_cache_size;
     ngx_flag_t                    shared_distinct;
@@ -67,13 +75,6 @@ typedef struct {
     ngx_http_rules_redis_t       *redis;
     ngx_http_rules_cluster_t     *cluster;
 } ngx_http_rules_main_conf_t;
-
-
-/* where a directive is, for the errors found when its block is merged */
-typedef struct {
-    u_char                       *file;
-    ngx_uint_t                    line;
-} ngx_http_rules_where_t;
 
 
 typedef struct {

@@ -158,12 +158,16 @@ slot map refresh failed: CLUSTER SLOTS: ERR This instance has cluster support di
 
 
 
-=== TEST 11: a rules_key_prefix with a hash tag would put every key in one slot
+=== TEST 11: a rules_key_prefix with a hash tag would put every key in one slot; the error points at the directive, not at the http block's end
 --- http_config
     rules_redis_cluster 127.0.0.1:7000;
-    rules_key_prefix "app{rules}:";
+    include ../html/prefix.conf;
 --- config
     location = /px { return 204; }
+--- user_files
+>>> prefix.conf
+# the prefix
+rules_key_prefix "app{rules}:";
 --- must_die
---- error_log
-"rules_key_prefix app{rules}:" holds a hash tag ("{...}"): with "rules_redis_cluster" every key would be in its slot, on one master
+--- error_log eval
+qr{"rules_key_prefix app\{rules\}:" holds a hash tag \("\{\.\.\.\}"\): with "rules_redis_cluster" every key would be in its slot, on one master in \S*/html/prefix\.conf:2$}m
