@@ -15,9 +15,11 @@
  *
  * Ours only between the two calls, and only in place of jansson's own
  * (malloc and free): a program whose other code gave jansson functions of
- * its own keeps them, unprotected.  Objects are freed with free() either
- * way.  One user at a time: a worker, the master reading its
- * configuration and rules-replay each use jansson on one thread.
+ * its own keeps them, unprotected.  free() stays jansson's either way.
+ * The calls nest (only the outermost pair installs and reports).  One
+ * thread at a time: a worker, the master reading its configuration and
+ * rules-replay each use jansson on one thread; another module calling
+ * jansson on a thread of its own meanwhile would share the failure.
  */
 
 #include <stdlib.h>
@@ -26,6 +28,7 @@
 #include "rules_internal.h"
 
 
+static unsigned  rules_json_depth;
 static unsigned  rules_json_ours;
 static unsigned  rules_json_failed;
 
@@ -57,6 +60,10 @@ rules_json_begin(void)
     json_malloc_t  m;
     json_free_t    f;
 
+    if (rules_json_depth++) {
+        return;
+    }
+
     json_get_alloc_funcs(&m, &f);
 
     if (m == malloc && f == free) {
@@ -74,6 +81,11 @@ rules_json_end(void)
     int  failed;
 
     failed = (int) rules_json_failed;
+
+    if (rules_json_depth == 0 || --rules_json_depth) {
+        /* an inner pair: the outermost one reports too */
+        return failed;
+    }
 
     if (rules_json_ours) {
         json_set_alloc_funcs(malloc, free);

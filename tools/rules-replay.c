@@ -3,7 +3,7 @@
  * engine of ngx_http_rules_module, and prints one result line per event.
  *
  *   rules-replay --rules FILE [--redis ADDR | --redis-cluster H:P[,H:P]]
- *                [--prefix P] [--password PW] [--user U] [--db N]
+ *                [--prefix P] [--password PW [--user U]] [--db N]
  *                [--key-max N] [--value-max N] [--timeout MS] [EVENTS.jsonl]
  *
  * Without --redis the state lives in memory (dry runs, verification);
@@ -146,7 +146,7 @@ usage(void)
     fprintf(stderr,
         "usage: rules-replay --rules FILE [--redis HOST:PORT|unix:PATH]\n"
         "                    [--redis-cluster HOST:PORT[,HOST:PORT...]]\n"
-        "                    [--password PW] [--user USER] [--db N]\n"
+        "                    [--password PW [--user USER]] [--db N]\n"
         "                    [--prefix PREFIX] [--key-max N] "
         "[--value-max N]\n"
         "                    [--time-member NAME] [--cache BYTES] "

@@ -311,6 +311,28 @@ test_json(void)
     json_decref(b);
     json_decref(c);
 
+    /* nested: the inner end tells, the failure holds to the outer one */
+
+    rules_json_begin();
+    rules_json_begin();
+    fail_once = 1;
+    alloc_budget = 0;
+    a = json_string("first");
+    alloc_budget = -1;
+    fail_once = 0;
+    k = rules_json_end();
+    b = json_string("second");
+    k = k * 10 + rules_json_end();
+    c = json_string("after");
+
+    ok(a == NULL && b == NULL && k == 11 && c != NULL,
+       "nested: the inner end tells, the outer pair stays failed and "
+       "tells (%ld); the calls after it allocate", k);
+
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
+
     /* the engine's own (calloc()) after jansson's: out of memory */
 
     calloc_only = 1;
