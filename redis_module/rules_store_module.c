@@ -763,7 +763,6 @@ static size_t
 rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
     const char **err)
 {
-    char        buf[32], *end;
     size_t      len, n, i;
     rs_item_t  *it;
     long long   nk;
@@ -771,16 +770,25 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
 
     s = rm.string_ptr_len(argv[2], &len);
 
-    if (len == 0 || len >= sizeof(buf)) {
+    if (len == 0 || len >= 32) {
         *err = "ERR rules.store: numkeys is not a number";
         return (size_t) -1;
     }
 
-    memcpy(buf, s, len);
-    buf[len] = '\0';
-    nk = strtoll(buf, &end, 10);
+    /* decimal digits only, as EVALSHA's numkeys (no sign, space or NUL) */
 
-    if (*end != '\0' || nk < 0 || nk > argc - 3) {
+    nk = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9' || nk > argc) {
+            *err = "ERR rules.store: bad numkeys";
+            return (size_t) -1;
+        }
+
+        nk = nk * 10 + (s[i] - '0');
+    }
+
+    if (nk > argc - 3) {
         *err = "ERR rules.store: bad numkeys";
         return (size_t) -1;
     }

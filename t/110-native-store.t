@@ -234,6 +234,11 @@ ok((keys %kinds) == 6, 'every item kind was sent') or diag(explain(\%kinds));
 for my $bad (
     [ 'wrong SHA', ['0' x 40, 0], qr/^RULESVERSION/ ],
     [ 'bad numkeys', [$sha, 'x'], qr/numkeys/ ],
+    # decimal digits only, as EVALSHA's (strtoll took these)
+    map({ [ 'numkeys "' . s/\0/\\0/gr . '"', [$sha, $_, 's:k1',
+                                 pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0,
+                                      0, 0, 0), 'x'], qr/bad numkeys/ ] }
+        (" 1", "+1", "1\0junk", "1 ")),
     [ 'odd arguments', [$sha, 1, 's:k1', 'x'], qr/pairs/ ],
     [ 'short meta', [$sha, 1, 's:k1', 'x', 'y'], qr/47 bytes/ ],
     [ 'key index 0', [$sha, 1, 's:k1',
