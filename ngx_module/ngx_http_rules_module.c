@@ -31,9 +31,7 @@ static ngx_uint_t ngx_http_rules_field_args(ngx_str_t *v,
     ngx_uint_t *mixed);
 static char *ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_rules_enable_where(ngx_conf_t *cf, void *post,
-    void *data);
-static char *ngx_http_rules_prefix_where(ngx_conf_t *cf, void *post,
+static char *ngx_http_rules_post_where(ngx_conf_t *cf, void *post,
     void *data);
 static void ngx_http_rules_where(ngx_conf_t *cf, ngx_http_rules_where_t *w);
 static char *ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -88,13 +86,28 @@ static ngx_http_rules_bounds_t  ngx_http_rules_events_bounds = {
 };
 
 
-static ngx_conf_post_t  ngx_http_rules_enable_post = {
-    ngx_http_rules_enable_where
+/*
+ * Where a directive was read, for an error found after its block: the
+ * place is kept in an ngx_http_rules_where_t at this distance from the
+ * directive's value.
+ */
+typedef struct {
+    ngx_conf_post_handler_pt   post_handler;
+    ptrdiff_t                  where;
+} ngx_http_rules_where_post_t;
+
+
+static ngx_http_rules_where_post_t  ngx_http_rules_enable_post = {
+    ngx_http_rules_post_where,
+    offsetof(ngx_http_rules_loc_conf_t, enable_where)
+        - offsetof(ngx_http_rules_loc_conf_t, enable)
 };
 
 
-static ngx_conf_post_t  ngx_http_rules_prefix_post = {
-    ngx_http_rules_prefix_where
+static ngx_http_rules_where_post_t  ngx_http_rules_prefix_post = {
+    ngx_http_rules_post_where,
+    offsetof(ngx_http_rules_main_conf_t, key_prefix_where)
+        - offsetof(ngx_http_rules_main_conf_t, key_prefix)
 };
 
 
@@ -1231,32 +1244,14 @@ ngx_http_rules_time(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* "rules on|off": where it is, for the errors found when it is merged */
+/* rules on|off, rules_key_prefix: where the directive is */
 static char *
-ngx_http_rules_enable_where(ngx_conf_t *cf, void *post, void *data)
+ngx_http_rules_post_where(ngx_conf_t *cf, void *post, void *data)
 {
-    ngx_http_rules_loc_conf_t  *rlcf;
+    ngx_http_rules_where_post_t  *wp = post;
 
-    rlcf = (ngx_http_rules_loc_conf_t *)
-               ((u_char *) data - offsetof(ngx_http_rules_loc_conf_t,
-                                           enable));
-
-    ngx_http_rules_where(cf, &rlcf->enable_where);
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_rules_prefix_where(ngx_conf_t *cf, void *post, void *data)
-{
-    ngx_http_rules_main_conf_t  *rmcf;
-
-    rmcf = (ngx_http_rules_main_conf_t *)
-               ((u_char *) data - offsetof(ngx_http_rules_main_conf_t,
-                                           key_prefix));
-
-    ngx_http_rules_where(cf, &rmcf->key_prefix_where);
+    ngx_http_rules_where(cf, (ngx_http_rules_where_t *)
+                                 ((u_char *) data + wp->where));
 
     return NGX_CONF_OK;
 }
