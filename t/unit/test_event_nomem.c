@@ -207,6 +207,51 @@ test_event_build(void)
 }
 
 
+/*
+ * The body parsed with its first allocation (from "first") failing, then
+ * the next, and so on, while each parse says out of memory; returns the
+ * count at which one ended otherwise (or none failed), its code in *rc.
+ */
+static long
+parse_failing_each(const char *body, long first, rules_json_rc_t *rc,
+    char *err)
+{
+    long                  k;
+    rules_json_events_t   ev;
+
+    for (k = first; k < 4000; k++) {
+        alloc_budget = k;
+        alloc_failed = 0;
+        *rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev,
+                                      err);
+        alloc_budget = -1;
+        rules_json_events_free(&ev);
+
+        if (alloc_failed == 0 || *rc != RULES_JSON_NOMEM) {
+            break;
+        }
+    }
+
+    return k;
+}
+
+
+/* json_string() with its allocation failing (the later ones would not) */
+static json_t *
+json_string_failing(const char *value)
+{
+    json_t  *j;
+
+    fail_once = 1;
+    alloc_budget = 0;
+    j = json_string(value);
+    alloc_budget = -1;
+    fail_once = 0;
+
+    return j;
+}
+
+
 static void
 test_json(void)
 {
@@ -245,18 +290,7 @@ test_json(void)
      * tells), and the parse never succeeds with one missing
      */
 
-    for (k = 1; k < 400; k++) {
-        alloc_budget = k;
-        alloc_failed = 0;
-        rc = rules_json_events_parse(rs, body, strlen(body), NULL, 10, &ev,
-                                     err);
-        alloc_budget = -1;
-        rules_json_events_free(&ev);
-
-        if (alloc_failed == 0 || rc != RULES_JSON_NOMEM) {
-            break;
-        }
-    }
+    k = parse_failing_each(body, 1, &rc, err);
 
     ok(rc == RULES_JSON_OK && alloc_failed == 0 && k > 1,
        "each of the parse's %ld allocations failed: out of memory every "
@@ -270,20 +304,7 @@ test_json(void)
      */
 
     fail_once = 1;
-
-    for (k = 0; k < 4000; k++) {
-        alloc_budget = k;
-        alloc_failed = 0;
-        rc = rules_json_events_parse(rs, long_body, strlen(long_body), NULL,
-                                     10, &ev, err);
-        alloc_budget = -1;
-        rules_json_events_free(&ev);
-
-        if (alloc_failed == 0 || rc != RULES_JSON_NOMEM) {
-            break;
-        }
-    }
-
+    k = parse_failing_each(long_body, 0, &rc, err);
     fail_once = 0;
 
     ok(rc == RULES_JSON_OK && alloc_failed == 0 && k > 1,
@@ -294,12 +315,8 @@ test_json(void)
      * give it; jansson's own functions back after the end */
 
     rules_json_begin();
-    fail_once = 1;
-    alloc_budget = 0;
-    a = json_string("first");
+    a = json_string_failing("first");
     b = json_string("second");
-    alloc_budget = -1;
-    fail_once = 0;
     k = rules_json_end();
     c = json_string("after");
 
@@ -315,11 +332,7 @@ test_json(void)
 
     rules_json_begin();
     rules_json_begin();
-    fail_once = 1;
-    alloc_budget = 0;
-    a = json_string("first");
-    alloc_budget = -1;
-    fail_once = 0;
+    a = json_string_failing("first");
     k = rules_json_end();
     b = json_string("second");
     k = k * 10 + rules_json_end();
