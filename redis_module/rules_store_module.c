@@ -770,6 +770,8 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
 
     s = rm.string_ptr_len(argv[2], &len);
 
+    /* empty, or longer than any count of arguments could be */
+
     if (len == 0 || len >= 32) {
         *err = "ERR rules.store: numkeys is not a number";
         return (size_t) -1;
