@@ -6,6 +6,7 @@
 #   make test    run the whole test suite (starts and stops its own Redis)
 #   make test-valgrind, make test-asan   the nginx tests, memory-checked
 #   make test-faults   the Redis fault test under load, longer
+#   make coverage      the suite's line coverage of the C sources (gcov)
 #   make deps-build, make dist   only what an installation needs (Dockerfile)
 #   make docker-check  build the Docker image and check it end to end
 #   make clean
@@ -61,7 +62,7 @@ DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
         asan clean script bench bench-callgrind fuzz deps-build dist \
-        docker-check FORCE
+        docker-check coverage coverage-build FORCE
 
 all: build
 
@@ -264,6 +265,35 @@ test-asan: deps build asan
 	    TEST_NGINX_BINARY=$(CURDIR)/tools/nginx-asan \
 	    TEST_NGINX_LOAD_MODULES=$(ASAN_MODULE) \
 	    t/run-tests.sh $(NGINX_TESTS)
+
+# Line coverage: the module, rules-replay, the Redis module and the unit
+# tests built with --coverage (unoptimised) in their own build directory,
+# the suite run with them (COVERAGE_TESTS: some files only; empty: all),
+# then tools/coverage-report: a table per source file, saved in
+# coverage.txt, and every line no test ran in uncovered.txt.  Each run
+# starts from zero counts; its exit status is the suite's.
+COV_BUILD      := $(BUILD)/coverage
+COV_FLAGS      := -O0 --coverage
+COVERAGE_TESTS ?=
+
+coverage: deps
+	find $(COV_BUILD) -name '*.gcda' -delete 2>/dev/null || true
+	$(MAKE) --no-print-directory coverage-build BUILD=$(COV_BUILD) \
+	    CFLAGS='-g $(COV_FLAGS)' NGX_CC_OPT='$(COV_FLAGS)' \
+	    NGX_LD_OPT='--coverage'
+	TEST_NGINX_LOAD_MODULES=$(COV_BUILD)/nginx/$(MODULE_NAME).so \
+	    RULES_REDIS_MODULE=$(COV_BUILD)/rules_redis_module.so \
+	    RULES_REPLAY=$(COV_BUILD)/rules-replay \
+	    RULES_UNIT_DIR=$(COV_BUILD)/unit \
+	    t/run-tests.sh $(COVERAGE_TESTS); status=$$?; \
+	tools/coverage-report $(COV_BUILD) $(COV_BUILD)/coverage.txt \
+	    $(COV_BUILD)/uncovered.txt || exit 1; \
+	echo "coverage: $(COV_BUILD)/coverage.txt, $(COV_BUILD)/uncovered.txt"; \
+	exit $$status
+
+# (with BUILD set to the coverage directory by the rule above)
+coverage-build: $(MODULE) $(BUILD)/rules-replay $(UNIT_BINS) \
+                $(REDIS_MODULE)
 
 clean:
 	rm -rf $(BUILD) t/servroot* t/native/servroot*

@@ -26,8 +26,9 @@ module=${TEST_NGINX_LOAD_MODULES:-$root/build/nginx/ngx_http_rules_module.so}
     || { echo "run-tests: $module is missing (make)" >&2; exit 1; }
 
 # two shared Redis servers: a plain one, and one with the rules Redis
-# module loaded for the native pass (t/native/, t/lib/RulesNative.pm)
-redis_module=$root/build/rules_redis_module.so
+# module loaded for the native pass (t/native/, t/lib/RulesNative.pm):
+# the build's, or another one (make coverage)
+redis_module=${RULES_REDIS_MODULE:-$root/build/rules_redis_module.so}
 [ -f "$redis_module" ] \
     || { echo "run-tests: $redis_module is missing (make)" >&2; exit 1; }
 redis_dirs=()
@@ -108,8 +109,8 @@ export TEST_NGINX_REDIS_NATIVE_PORT=$redis_native_port
 export RULES_REDIS_MODULE=$redis_module
 export TEST_NGINX_LOAD_MODULES=$module
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
-export RULES_REPLAY=$root/build/rules-replay
-export RULES_UNIT_DIR=$root/build/unit
+export RULES_REPLAY=${RULES_REPLAY:-$root/build/rules-replay}
+export RULES_UNIT_DIR=${RULES_UNIT_DIR:-$root/build/unit}
 
 # the upstream Test::Nginx when it is installed, else t/lib's runner
 inc=()
