@@ -43,8 +43,8 @@ static void rules_memo_done(rules_set_t *rs);
 static int rules_build_memo_places(rules_set_t *rs);
 static int rules_load_duration(rules_loader_t *ld, json_t *rule,
     const char *member, int required, int64_t min, int64_t *out);
-static int rules_field(rules_loader_t *ld, const char *name, size_t len,
-    unsigned *index);
+static int rules_field(rules_loader_t *ld, const char *member,
+    const char *name, size_t len, unsigned *index);
 static int rules_build_result_tables(rules_set_t *rs);
 static int rules_build_groups(rules_set_t *rs);
 static int rules_build_digest_table(rules_set_t *rs);
@@ -595,8 +595,8 @@ rules_load_key_string(rules_loader_t *ld, json_t *rule, const char *member,
         return -1;
     }
 
-    return rules_field(ld, json_string_value(j), json_string_length(j),
-                       field);
+    return rules_field(ld, member, json_string_value(j),
+                       json_string_length(j), field);
 }
 
 
@@ -1096,9 +1096,10 @@ invalid:
 /* ---- fields -------------------------------------------------------- */
 
 
+/* member: where the name is, for messages ("key", "where.field") */
 static int
-rules_field(rules_loader_t *ld, const char *name, size_t len,
-    unsigned *index)
+rules_field(rules_loader_t *ld, const char *member, const char *name,
+    size_t len, unsigned *index)
 {
     rules_set_t  *rs;
     char         *copy;
@@ -1107,7 +1108,7 @@ rules_field(rules_loader_t *ld, const char *name, size_t len,
     rs = ld->rs;
 
     if (memchr(name, '\0', len) != NULL) {
-        rules_loader_error(ld, NULL, "a field name cannot contain a NUL "
+        rules_loader_error(ld, member, "a field name cannot contain a NUL "
                            "byte");
         return -1;
     }
@@ -1119,15 +1120,15 @@ rules_field(rules_loader_t *ld, const char *name, size_t len,
     }
 
     if (rs->nfields == RULES_MAX_FIELDS) {
-        rules_loader_error(ld, NULL, "more than %d distinct field names in "
-                           "the file", RULES_MAX_FIELDS);
+        rules_loader_error(ld, member, "more than %d distinct field names "
+                           "in the file", RULES_MAX_FIELDS);
         return -1;
     }
 
     copy = rules_set_strdup(rs, name, len);
 
     if (copy == NULL) {
-        rules_loader_error(ld, NULL, "out of memory");
+        rules_loader_error(ld, member, "out of memory");
         return -1;
     }
 
@@ -1135,7 +1136,7 @@ rules_field(rules_loader_t *ld, const char *name, size_t len,
                           (unsigned) rs->nfields);
 
     if (rc < 0) {
-        rules_loader_error(ld, NULL, "out of memory");
+        rules_loader_error(ld, member, "out of memory");
         return -1;
     }
 
@@ -1459,8 +1460,8 @@ rules_load_cond(rules_loader_t *ld, json_t *j, const char *path,
 
     c->op = op;
 
-    if (rules_field(ld, json_string_value(field), json_string_length(field),
-                    &c->field)
+    if (rules_field(ld, oppath, json_string_value(field),
+                    json_string_length(field), &c->field)
         != 0)
     {
         return NULL;

@@ -130,6 +130,80 @@ static const struct {
 };
 
 
+/*
+ * Load errors checked whole: the exact text a user sees, rule and member
+ * path included.
+ */
+#define F  "rules file \"t.json\": "
+#define ABS(extra) R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"d\"," \
+                     "\"type\":\"absence\",\"within\":\"1h\"" extra "}")
+#define STEP_A  "{\"where\":{\"field\":\"a\",\"eq\":\"x\"}}"
+
+static const struct {
+    const char  *json;
+    const char  *err;
+} exact[] = {
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"uid\",\"min\":1,\"within\":\"1s\"}"),
+      F "rule #1 \"bad\": member \"type\": is required" },
+    { R("{\"id\":\"bad\",\"key\":\"uid\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      F "rule #1 \"bad\": member \"kind\": is required" },
+    { ABS(",\"trigger\":{\"field\":\"a\",\"eq\":\"x\"}"),
+      F "rule #1 \"bad\": member \"cancel\": is required" },
+    { ABS(",\"trigger\":{\"field\":\"a\"},\"cancel\":{\"field\":\"a\",\"eq\":\"y\"}"),
+      F "rule #1 \"bad\": member \"trigger\": a condition needs an operator "
+        "(eq, ne, in, prefix, suffix, contains, regex, gt, gte, lt, lte, "
+        "exists) or all/any/not" },
+    { ABS(",\"trigger\":{\"field\":\"a\",\"eq\":\"x\"},\"cancel\":[]"),
+      F "rule #1 \"bad\": member \"cancel\": a condition must be an object" },
+    { ABS(",\"trigger\":{\"field\":\"a\",\"eq\":\"x\"},\"cancel\":{\"field\":\"a\",\"eq\":\"y\"},\"after\":\"soon\""),
+      F "rule #1 \"bad\": member \"after\": invalid duration \"soon\": an "
+        "integer and a unit (ms, s, m, h, d), at most 366d" },
+    { R("{\"id\":\"bad\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"sequence\",\"within\":\"1h\"}"),
+      F "rule #1 \"bad\": member \"steps\": is required" },
+    { R("{\"id\":\"bad\",\"kind\":\"segment\",\"key\":\"uid\",\"type\":\"sequence\",\"within\":\"1h\",\"hold\":30,\"steps\":[" STEP_A "]}"),
+      F "rule #1 \"bad\": member \"hold\": must be a duration string "
+        "such as \"500ms\", \"10s\", \"5m\", \"1h\" or \"7d\"" },
+    { SEQ("[" STEP_A ",\"b\"]"),
+      F "rule #1 \"bad\": member \"steps[1]\": must be an object with "
+        "\"where\" and optional \"strict\"" },
+    { SEQ("[" STEP_A ",{\"where\":{\"field\":\"a\",\"eq\":\"y\"},\"strict\":\"yes\"}]"),
+      F "rule #1 \"bad\": member \"steps[1].strict\": must be true or false" },
+    { SEQ("[" STEP_A ",{\"where\":{\"field\":\"a\",\"gt\":\"5\"}}]"),
+      F "rule #1 \"bad\": member \"steps[1].where.gt\": must be a number" },
+    { WHERE("{\"any\":[{\"field\":\"a\",\"eq\":\"x\"},{\"field\":\"a\\u0000b\",\"eq\":\"x\"}]}"),
+      F "rule #1 \"bad\": member \"where.any[1].field\": a field name "
+        "cannot contain a NUL byte" },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"u\\u0000id\",\"type\":\"count\",\"min\":1,\"within\":\"1s\"}"),
+      F "rule #1 \"bad\": member \"key\": a field name cannot contain a NUL "
+        "byte" },
+    { R("{\"id\":\"bad\",\"kind\":\"fraud\",\"key\":\"d\",\"type\":\"distinct\",\"field\":\"uid\\u0000\",\"min\":2,\"within\":\"1h\"}"),
+      F "rule #1 \"bad\": member \"field\": a field name cannot contain a "
+        "NUL byte" },
+    { WHERE("{\"field\":\"ua\",\"regex\":[\"bot\"]}"),
+      F "rule #1 \"bad\": member \"where.regex\": must be a string (a PCRE2 "
+        "pattern)" },
+    { WHERE("{\"field\":\"\",\"eq\":\"x\"}"),
+      F "rule #1 \"bad\": member \"where.field\": must be a non-empty string" },
+    { WHERE("{\"not\":{\"field\":7,\"eq\":\"x\"}}"),
+      F "rule #1 \"bad\": member \"where.not.field\": must be a non-empty "
+        "string" },
+    /*
+     * Two rules that differ only in their ids, whose definitions hash to
+     * one digest: made for this test, by solving rules_hash64() for the
+     * id's bytes 16 to 23 (any other pair would take 2^32 tries); it
+     * needs the same hash, salt and json_dumps() text as the loader.
+     */
+    { "{\"rules\":["
+      "{\"id\":\"aAAAAAAAABBBBBBBB\",\"kind\":\"segment\",\"key\":\"uid\","
+      "\"type\":\"count\",\"min\":1,\"within\":\"1s\"},"
+      "{\"id\":\"aNk7La0ZKNg_5qc9J\",\"kind\":\"segment\",\"key\":\"uid\","
+      "\"type\":\"count\",\"min\":1,\"within\":\"1s\"}]}",
+      F "rule #1 \"aNk7La0ZKNg_5qc9J\": has the same definition digest as "
+        "rule \"aAAAAAAAABBBBBBBB\"" },
+    { NULL, NULL }
+};
+
+
 static const char spec_rules[] =
 "{\"rules\": ["
 "  { \"id\": \"visited_twice_week\", \"kind\": \"segment\", \"key\": \"uid\","
@@ -251,6 +325,180 @@ results_over_words(void)
 }
 
 
+static void
+refused_exact(const char *what, const char *json, size_t len,
+    const char *want)
+{
+    char          err[RULES_ERR_LEN];
+    rules_set_t  *rs;
+
+    err[0] = '\0';
+    rs = rules_load_buffer(json, len, "t.json", err, sizeof(err));
+    ok(rs == NULL, "%s: refused", what);
+    rules_free(rs);
+    is_str(err, want, "%s: the message", what);
+}
+
+
+static void
+loads(const char *what, const char *json, size_t len)
+{
+    char          err[RULES_ERR_LEN];
+    rules_set_t  *rs;
+
+    err[0] = '\0';
+    rs = rules_load_buffer(json, len, "t.json", err, sizeof(err));
+    ok(rs != NULL, "%s: loads", what);
+
+    if (rs == NULL) {
+        printf("# %s\n", err);
+    }
+
+    rules_free(rs);
+}
+
+
+/*
+ * The limits of Hardening's table, each refused one past it with the
+ * rule and member, and accepted at it (but for the in list's million).
+ */
+static void
+limits(void)
+{
+    char    *json, want[RULES_ERR_LEN];
+    size_t   len, i, n;
+
+    json = malloc(16 * 1000 * 1000);
+
+    if (json == NULL) {
+        ok(0, "memory for the limits' files");
+        return;
+    }
+
+    /* rules in a file: 10000 */
+
+    for (n = 10000; n <= 10001; n++) {
+        len = sprintf(json, "{\"rules\":[");
+
+        for (i = 0; i < n; i++) {
+            len += sprintf(json + len, "%s{\"id\":\"r%zu\",\"kind\":"
+                           "\"segment\",\"key\":\"uid\",\"type\":\"count\","
+                           "\"min\":1,\"within\":\"%zus\"}", i ? "," : "",
+                           i, i % 100 + 1);
+        }
+
+        len += sprintf(json + len, "]}");
+
+        if (n == 10000) {
+            loads("10000 rules", json, len);
+
+        } else {
+            refused_exact("10001 rules", json, len,
+                          F "10001 rules, more than the limit of 10000");
+        }
+    }
+
+    /* steps of a sequence: 32 */
+
+    for (n = 32; n <= 33; n++) {
+        len = sprintf(json, R("{\"id\":\"bad\",\"kind\":\"segment\",\"key\":"
+                              "\"uid\",\"type\":\"sequence\",\"within\":"
+                              "\"1h\",\"steps\":["));
+
+        /* R()'s closing "]}" comes after the rule: cut it, put it back */
+        len -= 2;
+
+        for (i = 0; i < n; i++) {
+            len += sprintf(json + len, "%s{\"where\":{\"field\":\"a\","
+                           "\"eq\":\"%zu\"}}", i ? "," : "", i);
+        }
+
+        len += sprintf(json + len, "]}]}");
+
+        if (n == 32) {
+            loads("32 steps", json, len);
+
+        } else {
+            refused_exact("33 steps", json, len,
+                          F "rule #1 \"bad\": member \"steps\": 33 steps, "
+                          "more than the limit of 32");
+        }
+    }
+
+    /* distinct field names: 256, "uid" and f0 to f254; f255 is one more */
+
+    for (n = 255; n <= 256; n++) {
+        len = sprintf(json, WHERE("{\"any\":["));
+        len -= 3;       /* "}]}": the where and the rule are closed below */
+
+        for (i = 0; i < n; i++) {
+            len += sprintf(json + len, "%s{\"field\":\"f%zu\",\"exists\":"
+                           "true}", i ? "," : "", i);
+        }
+
+        len += sprintf(json + len, "]}}]}");
+
+        if (n == 255) {
+            loads("256 field names", json, len);
+
+        } else {
+            refused_exact("257 field names", json, len,
+                          F "rule #1 \"bad\": member \"where.any[255].field\": "
+                          "more than 256 distinct field names in the file");
+        }
+    }
+
+    /* condition nesting: 32 levels, "where" and 31 "not" in it */
+
+    for (n = 31; n <= 32; n++) {
+        len = sprintf(json, WHERE(""));
+        len -= 3;       /* "}]}": cut after "where": */
+
+        for (i = 0; i < n; i++) {
+            len += sprintf(json + len, "{\"not\":");
+        }
+
+        len += sprintf(json + len, "{\"field\":\"a\",\"eq\":\"x\"}");
+
+        for (i = 0; i < n; i++) {
+            json[len++] = '}';
+        }
+
+        len += sprintf(json + len, "}]}");
+
+        if (n == 31) {
+            loads("conditions 32 deep", json, len);
+
+        } else {
+            strcpy(want, F "rule #1 \"bad\": member \"where");
+
+            for (i = 0; i < n; i++) {
+                strcat(want, ".not");
+            }
+
+            strcat(want, "\": conditions nested deeper than 32");
+            refused_exact("conditions 33 deep", json, len, want);
+        }
+    }
+
+    /* entries of an in list: 1000000 (checked before they are read) */
+
+    len = sprintf(json, WHERE("{\"field\":\"a\",\"in\":["));
+    len -= 3;
+
+    for (i = 0; i < 1000001; i++) {
+        len += sprintf(json + len, "%s\"%zu\"", i ? "," : "", i % 10);
+    }
+
+    len += sprintf(json + len, "]}}]}");
+    refused_exact("an in list of 1000001", json, len,
+                  F "rule #1 \"bad\": member \"where.in\": 1000001 entries, "
+                  "more than the limit of 1000000");
+
+    free(json);
+}
+
+
 int
 main(void)
 {
@@ -273,6 +521,16 @@ main(void)
 
         like_str(err, "rules file \"t.json\": ", "case %d: and the file", i);
     }
+
+    for (i = 0; exact[i].json; i++) {
+        char  what[32];
+
+        snprintf(what, sizeof(what), "exact case %d", i);
+        refused_exact(what, exact[i].json, strlen(exact[i].json),
+                      exact[i].err);
+    }
+
+    limits();
 
     rs = rules_load_buffer(spec_rules, strlen(spec_rules), "spec", err,
                            sizeof(err));
