@@ -610,3 +610,141 @@ duplicate parameter "password=b" of "rules_redis"
 --- must_die
 --- error_log
 duplicate parameter "db=3" of "rules_redis"
+
+
+
+=== TEST 33: rules_file given twice is refused at the second one (the second file is not read: it does not exist)
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    include ../html/files.conf;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+>>> files.conf
+rules_file ../html/rules.json;
+rules_file ../html/nope.json;
+--- must_die
+--- error_log eval
+qr{"rules_file" directive is duplicate in \S*/html/files\.conf:2$}m
+--- no_error_log
+nope.json
+
+
+
+=== TEST 34: rules_redis given twice is refused at the second one
+--- http_config
+    include ../html/redis.conf;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> redis.conf
+rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+
+rules_redis 127.0.0.1:6380;
+--- must_die
+--- error_log eval
+qr{"rules_redis" directive is duplicate in \S*/html/redis\.conf:3$}m
+
+
+
+=== TEST 35: rules_redis with user= twice is refused
+--- http_config
+    include ../html/redis.conf;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> redis.conf
+rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT
+            password=a user=app user=other;
+--- must_die
+--- error_log eval
+qr{duplicate parameter "user=other" of "rules_redis" in \S*/html/redis\.conf:2$}m
+
+
+
+=== TEST 36: rules_time given twice in a location is refused, a name and then a variable too
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        include ../html/time.conf;
+        return 204;
+    }
+--- user_files
+>>> time.conf
+rules_field ts $arg_ts;
+rules_time ts;
+rules_time $arg_ts;
+--- must_die
+--- error_log eval
+qr{"rules_time" directive is duplicate in \S*/html/time\.conf:3$}m
+
+
+
+=== TEST 37: rules_time "" is refused
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        include ../html/time.conf;
+        return 204;
+    }
+--- user_files
+>>> time.conf
+rules_time "";
+--- must_die
+--- error_log eval
+qr{"rules_time" directive needs a variable or a field name in \S*/html/time\.conf:1$}m
+
+
+
+=== TEST 38: rules_reject_fraud given twice in a location is refused, "off" first too
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        include ../html/reject.conf;
+        return 204;
+    }
+--- user_files
+>>> reject.conf
+rules_reject_fraud off;
+rules_reject_fraud 429;
+--- must_die
+--- error_log eval
+qr{"rules_reject_fraud" directive is duplicate in \S*/html/reject\.conf:2$}m
+
+
+
+=== TEST 39: rules_field with an empty name is refused
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        include ../html/field.conf;
+        return 204;
+    }
+--- user_files
+>>> field.conf
+rules_field uid $arg_uid;
+rules_field "" $arg_x;
+--- must_die
+--- error_log eval
+qr{"rules_field" directive needs a non-empty field name in \S*/html/field\.conf:2$}m
+
+
+
+=== TEST 40: a rules_redis_cluster seed that is not a URL nginx can parse (a port over 65535) is refused with nginx's reason
+--- http_config
+    include ../html/cluster.conf;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> cluster.conf
+rules_redis_cluster 127.0.0.1:7000 127.0.0.1:99999;
+--- must_die
+--- error_log eval
+qr{invalid port in "rules_redis_cluster 127\.0\.0\.1:99999" in \S*/html/cluster\.conf:1$}m

@@ -708,3 +708,54 @@ _EOC_
   "X-Rules: []",
   "X-Rules: []",
 ]
+
+
+
+=== TEST 23: rules_reject_fraud off in a location turns off the server's rejection: the fraud event is served, $rules_fraud still 1; a location that inherits the server's 429 rejects
+README (rules_reject_fraud): "Default: rules_reject_fraud off",
+"Context: http, server, location". /px and /strict count the same ip
+(one key, one rule): the third and fourth events are fraud in both.
+--- config
+    rules on;
+    rules_field uid $arg_uid;
+    rules_field ip  $arg_ip;
+    rules_time $arg_ts;
+    rules_reject_fraud 429;
+    location = /px {
+        rules_reject_fraud off;
+        add_header X-Fraud $rules_fraud always;
+        add_header X-Rules "[$rules_matched]" always;
+        empty_gif;
+    }
+    location = /strict {
+        add_header X-Fraud $rules_fraud always;
+        add_header X-Rules "[$rules_matched]" always;
+        empty_gif;
+    }
+    location = /metrics { rules_metrics; }
+--- request eval
+[
+  "GET /px?uid=x&ip=203.0.113.23&ts=1000",
+  "GET /px?uid=x&ip=203.0.113.23&ts=1001",
+  "GET /px?uid=x&ip=203.0.113.23&ts=1002",
+  "GET /strict?uid=x&ip=203.0.113.23&ts=1003",
+  "GET /metrics",
+]
+--- error_code eval
+[200, 200, 200, 429, 200]
+--- response_headers eval
+[
+  "X-Fraud: 0\nX-Rules: []",
+  "X-Fraud: 0\nX-Rules: []",
+  "X-Fraud: 1\nX-Rules: [ip_burst]",
+  "X-Fraud: 1\nX-Rules: [ip_burst]",
+  "",
+]
+--- response_body_like eval
+[qr/^GIF89a/, qr/^GIF89a/, qr/^GIF89a/, qr/429 Too Many Requests/,
+ main::has_lines(
+   'nginx_rules_fraud_rejected_total 1',
+   'nginx_rules_rule_matched_total{rule="ip_burst",kind="fraud",type="count"} 2',
+ )]
+--- no_error_log
+[error]

@@ -594,3 +594,97 @@ X-Status: ok
 a client request body is buffered to a temporary file
 --- no_error_log
 [error]
+
+
+
+=== TEST 26: rules_time $variable: the variable's time is every event's; a member of that name is no time then
+README (rules_time): "with a variable (`$arg_ts`, ...), for every event
+of the request". The first body's two events both happen at ?ts=1000 (a
+"ts" member is an ordinary member here): the second is the user's
+second page view within 7d. Had the later member time or the clock been
+used, the two would be years apart. Then another user's views 8 days
+apart by ?ts= do not match, a third one a second later does: the times
+are the variable's, not the clock's (all three would be now).
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time $arg_ts;
+        rules_field ip $arg_ip;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+--- request eval
+[
+  "POST /events?ts=1000\n[{\"uid\": \"t051-var26\", \"type\": \"page\"},\n {\"uid\": \"t051-var26\", \"type\": \"page\", \"ts\": 99999999999}]",
+  "POST /events?ts=1000\n{\"uid\": \"t051-var26b\", \"type\": \"page\"}",
+  "POST /events?ts=691201000\n{\"uid\": \"t051-var26b\", \"type\": \"page\"}",
+  "POST /events?ts=691202000\n{\"uid\": \"t051-var26b\", \"type\": \"page\"}",
+]
+--- response_headers eval
+[
+  "X-Status: ok\nX-Rules: [twice]",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "X-Status: ok\nX-Rules: [twice]",
+]
+--- no_error_log
+[error]
+
+
+
+=== TEST 27: rules_time $variable with a value that is not a time, or none: the body's events are invalid, none applied
+README (rules_time): "must be present, or the event is `invalid`". Had
+any event of the first two bodies been applied, the third request's
+page view would match "twice". The last request reads the error log: one
+line per rejected body, naming the variable's value.
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time $arg_ts;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Status $rules_status always;
+        return 204;
+    }
+    location = /log {
+        default_type text/plain;
+        alias logs/error.log;
+    }
+--- request eval
+[
+  "POST /events?ts=12x\n[{\"uid\": \"t051-var27\", \"type\": \"page\"},\n {\"uid\": \"t051-var27\", \"type\": \"page\"}]",
+  "POST /events\n{\"uid\": \"t051-var27\", \"type\": \"page\", \"ts\": 1000}",
+  "POST /events?ts=2000\n{\"uid\": \"t051-var27\", \"type\": \"page\"}",
+  "GET /log",
+]
+--- error_code eval
+[204, 204, 204, 200]
+--- response_headers eval
+[
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: invalid\nX-Rules: []",
+  "X-Status: ok\nX-Rules: []",
+  "",
+]
+--- response_body_like eval
+["^\$", "^\$", "^\$",
+ qr/\A(?:(?!rules: event)[\s\S])*rules: event rejected: time "12x" is not a non-negative integer of ms[^\n]*\n(?:(?!rules: event)[\s\S])*rules: event rejected: time "" is not a non-negative integer of ms[^\n]*\n(?:(?!rules: event)[\s\S])*\z/]
+--- no_error_log
+[error]
+
+
+
+=== TEST 28: a POST without Content-Length (nor chunked): no body to read, the event is invalid
+nginx reads no body at all (not even an empty one, as for
+"Content-Length: 0" in TEST 12).
+--- raw_request eval
+"POST /events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+--- response_headers
+X-Status: invalid
+X-Rules: []
+--- error_log
+rules: event rejected: empty body
+--- no_error_log
+[error]
