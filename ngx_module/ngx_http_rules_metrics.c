@@ -89,6 +89,9 @@
 typedef struct {
     ngx_queue_t                         queue;
     ngx_uint_t                          gen;      /* latest cycle using it */
+    ngx_uint_t                          kept;     /* the cycle that found
+                                                     the running one using
+                                                     it */
     uint64_t                            digest;
     ngx_atomic_t                        evaluated;
     ngx_atomic_t                        matched;
@@ -216,9 +219,10 @@ static ngx_int_t ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_http_rules_metrics_shm_t *ngx_http_rules_metrics_old_zone(
     ngx_http_rules_metrics_t *m, ngx_shm_zone_t *shm_zone);
 static ngx_int_t ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
-    ngx_http_rules_metrics_shm_t *from, ngx_log_t *log);
+    ngx_http_rules_metrics_t *om, ngx_http_rules_metrics_shm_t *from,
+    ngx_log_t *log);
 static ngx_uint_t ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
-    ngx_uint_t older_than);
+    ngx_uint_t after, ngx_uint_t before);
 static ngx_http_rules_metrics_slot_t *ngx_http_rules_metrics_slot_alloc(
     ngx_http_rules_metrics_t *m, ngx_log_t *log);
 static ngx_http_rules_metrics_t *ngx_http_rules_metrics_ctx(
@@ -394,13 +398,13 @@ ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         m->sh = om->sh;
 
-        return ngx_http_rules_metrics_index(m, NULL, shm_zone->shm.log);
+        return ngx_http_rules_metrics_index(m, om, NULL, shm_zone->shm.log);
     }
 
     if (shm_zone->shm.exists) {
         m->sh = shpool->data;
 
-        return ngx_http_rules_metrics_index(m, NULL, shm_zone->shm.log);
+        return ngx_http_rules_metrics_index(m, NULL, NULL, shm_zone->shm.log);
     }
 
     /* a new zone: the first start, or the size changed */
@@ -441,7 +445,7 @@ ngx_http_rules_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     shpool->data = sh;
     m->sh = sh;
 
-    rc = ngx_http_rules_metrics_index(m, from, shm_zone->shm.log);
+    rc = ngx_http_rules_metrics_index(m, NULL, from, shm_zone->shm.log);
 
     if (rc == NGX_OK && from) {
         ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
@@ -522,11 +526,14 @@ ngx_http_rules_metrics_old_zone(ngx_http_rules_metrics_t *m,
 /*
  * A new cycle: drop the slots no running worker uses, find the slots of
  * the rules that stay, make slots for the others (copying their counters
- * from the previous zone when it is a new one).
+ * from the previous zone when it is a new one).  om: the running
+ * configuration (the master's, its workers started or about to), when
+ * the zone is the same.
  */
 static ngx_int_t
 ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
-    ngx_http_rules_metrics_shm_t *from, ngx_log_t *log)
+    ngx_http_rules_metrics_t *om, ngx_http_rules_metrics_shm_t *from,
+    ngx_log_t *log)
 {
     size_t                          i;
     ngx_int_t                       rc;
@@ -553,13 +560,30 @@ ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
     live = sh->live;
 
     /*
+     * The running configuration's slots are never dropped: its workers
+     * count into them, and keep doing so if this reload fails.
+     */
+
+    if (om && om->slots) {
+        for (i = 0; i < om->nrules; i++) {
+            if (om->slots[i]) {
+                om->slots[i]->kept = m->gen;
+            }
+        }
+
+        /* the slots made by reloads that failed since: no worker has them */
+
+        (void) ngx_http_rules_metrics_drop(m, live, m->gen);
+    }
+
+    /*
      * Slots of rules that the running workers do not have: removed or
      * edited before their configuration was loaded, and no worker of an
      * older cycle still running (one finishing its requests, two reloads
      * later) could count into them.
      */
 
-    (void) ngx_http_rules_metrics_drop(m,
+    (void) ngx_http_rules_metrics_drop(m, 0,
                                        ngx_http_rules_metrics_oldest(sh,
                                                                      live));
 
@@ -678,10 +702,13 @@ ngx_http_rules_metrics_oldest(ngx_http_rules_metrics_shm_t *sh,
 }
 
 
-/* Frees the slots last used by a cycle older than older_than; locked. */
+/*
+ * Frees the slots last used by a cycle after "after" and before "before"
+ * that the running configuration does not use; locked.
+ */
 static ngx_uint_t
-ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
-    ngx_uint_t older_than)
+ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m, ngx_uint_t after,
+    ngx_uint_t before)
 {
     ngx_uint_t                      n;
     ngx_queue_t                    *q, *next;
@@ -698,7 +725,7 @@ ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
         next = ngx_queue_next(q);
         slot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
 
-        if (slot->gen < older_than) {
+        if (slot->gen > after && slot->gen < before && slot->kept != m->gen) {
             ngx_queue_remove(q);
             ngx_slab_free_locked(m->shpool, slot);
             n++;
@@ -709,7 +736,11 @@ ngx_http_rules_metrics_drop(ngx_http_rules_metrics_t *m,
 }
 
 
-/* A slot; when the zone is full, the slots no new worker uses go. */
+/*
+ * A slot; when the zone is full, the slots of the configurations before
+ * the running one go early (workers finishing their requests may still
+ * count into them), never the running one's.
+ */
 static ngx_http_rules_metrics_slot_t *
 ngx_http_rules_metrics_slot_alloc(ngx_http_rules_metrics_t *m, ngx_log_t *log)
 {
@@ -722,7 +753,7 @@ ngx_http_rules_metrics_slot_alloc(ngx_http_rules_metrics_t *m, ngx_log_t *log)
         return slot;
     }
 
-    n = ngx_http_rules_metrics_drop(m, m->gen);
+    n = ngx_http_rules_metrics_drop(m, 0, m->gen);
 
     if (n) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
