@@ -45,6 +45,17 @@ _EOC_
         unless defined $block->user_files;
 });
 
+# a rules file whose name holds a newline (nginx reads "\n" in a quoted
+# string as one): made here, as a user file's name cannot hold one
+use File::Temp ();
+our $NlDir = File::Temp::tempdir(CLEANUP => 1);
+{
+    open my $fh, '>', "$NlDir/new\nline.json" or die "$NlDir: $!";
+    print $fh '{"rules": [{"id": "r1", "kind": "segment", "key": "uid", '
+              . '"type": "count", "min": 1, "within": "1s"}]}' . "\n";
+    close $fh;
+}
+
 # the lines a metrics response must contain
 sub has_lines {
     my $re = join '', map { ref $_ ? "(?=.*^$_\$)" : "(?=.*^\Q$_\E\$)" } @_;
@@ -170,5 +181,18 @@ qr{^nginx_rules_info\{rules_file="[^"\n]*/html/GR$r${r}E-$r$r$r-$r$r$r-$r$r$r$r-
 GET /metrics
 --- response_body_like eval
 qr/^nginx_rules_rules_loaded_timestamp_seconds (\d+)$(?(?{ $^N <= time && $^N > time - 60 })|(*FAIL))/m
+--- no_error_log
+[alert]
+
+
+
+=== TEST 8: a rules file path with a newline: escaped as \n in its label (a raw one would end the sample's line)
+--- http_config eval
+"    rules_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+. "    rules_file '$main::NlDir/new\\nline.json';\n"
+--- request
+GET /metrics
+--- response_body_like eval
+qr{^nginx_rules_info\{rules_file="\Q$main::NlDir\E/new\\nline\.json",digest="[0-9a-f]{16}",rules="1"\} 1$}m
 --- no_error_log
 [alert]

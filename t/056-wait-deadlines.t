@@ -215,6 +215,62 @@ _EOC_
     unlike($log, qr/\[(alert|crit|emerg)\]/, 'and no alert');
 }
 
+# worker_shutdown_timeout: a reload while an event waits for the paused
+# Redis, its deadline and the connection's watchdog (10 s) far off.  At
+# the shutdown timeout nginx closes the old worker's connections: the
+# Redis connection's waiting call fails, the request is answered (status
+# error, as with Redis down: fail open) and counted, and the worker exits
+# rather than wait for Redis.
+
+{
+    $errors .= RulesNginx::error_log($ngx);
+    RulesNginx::stop_nginx($ngx);
+    $ngx = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-056",
+        files  => { 'rules.json' => $rules },
+        http   => http_body($paused->{port}, '10s'));
+    my $conf = "$ngx->{prefix}/conf/nginx.conf";
+    my $text = do { open my $fh, '<', $conf or die; local $/; <$fh> };
+    $text =~ s/^events/worker_shutdown_timeout 500ms;\nevents/m
+        or die 'cannot edit nginx.conf';
+    open my $fh, '>', $conf or die "$conf: $!";
+    print $fh $text;
+    close $fh;
+    my @old = RulesNginx::worker_pids($ngx);
+    RulesNginx::reload_nginx($ngx);
+    RulesNginx::poll(10 * $slow, sub { RulesNginx::metric($ngx,
+        'nginx_rules_config_loads_total') // 0 }, sub { $_[0] == 2 });
+    RulesNginx::poll(10 * $slow, sub { scalar(grep { kill 0, $_ } @old) },
+                     sub { $_[0] == 0 });
+
+    my $t0 = time;
+    my $s = send_px($ngx->{port}, 'ws');
+    my $inflight = RulesNginx::poll(5 * $slow, sub { RulesNginx::metric($ngx,
+        'nginx_rules_inflight_events') // 0 }, sub { $_[0] == 1 });
+    is($inflight, 1, 'shutdown timeout: an event waits for the paused Redis');
+    @old = RulesNginx::worker_pids($ngx);
+    my $t1 = time;
+    RulesNginx::reload_nginx($ngx);
+    my ($c, $st, $took) = read_px($s, $t1);
+    is("$c $st", '204 error', 'answered at the shutdown timeout, status error');
+    cmp_ok($took, '>=', 0.4, "not before the shutdown timeout ($took s)");
+    cmp_ok($took, '<', 3 * $slow, "nor at the 10 s deadline ($took s)");
+    ok(RulesNginx::poll(5 * $slow, sub { scalar(grep { kill 0, $_ } @old) },
+                        sub { $_[0] == 0 }) == 0,
+       'the old worker exits');
+    my $log = RulesNginx::wait_log($ngx, qr/closed at worker shutdown/);
+    like($log, qr/\[info\] .*rules redis 127\.0\.0\.1:$paused->{port}: connection closed \(closed at worker shutdown\), 1 command failed$/m,
+         'the log says why the connection was closed');
+    my $m = RulesNginx::poll(5 * $slow, sub { RulesNginx::metric($ngx,
+        'nginx_rules_events_total{status="error"}') // 0 }, sub { $_[0] == 1 });
+    is($m, 1, 'the new workers serve: events_total{status="error"} 1');
+    is(RulesNginx::metric($ngx, 'nginx_rules_failed_total{mode="open"}'), 1,
+       'failed_total{mode="open"} 1');
+    is(RulesNginx::metric($ngx, 'nginx_rules_inflight_events'), 0,
+       'nothing in flight');
+    unlike($log, qr/\[(alert|crit|emerg)\]/, 'and no alert');
+}
+
 RulesNginx::stop_nginx($ngx);
 kill 'CONT', $paused->{pid};
 

@@ -168,4 +168,58 @@ unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
 RulesNginx::stop_nginx($ngx2);
 RulesProxy::stop($proxy);
 
+# A slow Redis that keeps answering is not dropped: the watchdog (no
+# reply for max(1 s, rules_redis_timeout) while replies are due) counts
+# from the last reply, not from the first call still waiting.  A proxy
+# holds Redis' replies: event A's call waits, B's is sent 1.2 s later,
+# A's reply goes through at 1.6 s, B's at 2.6 s; when the watchdog's
+# timer fires (2 s after A's call) B waits, but a reply came 0.4 s
+# before: the connection stays, and B is answered ok within its own
+# deadline (2 s).
+my $proxy3 = RulesProxy::start(upstream => $port,
+                               log => "$FindBin::Bin/servroot-063c.proxy.log");
+my $ngx3 = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-063c",
+    workers => 1,
+    files   => { 'rules.json' => <<'_EOC_' },
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}
+_EOC_
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis 127.0.0.1:$proxy3->{port};",
+        prefix  => "t063c:$$:",
+        timeout => (2 * $slow) . 's',
+        fields  => ['uid']));
+is(RulesNginx::pixel_answer(
+       RulesNginx::send_get($ngx3->{port}, '/px?uid=w0&ts=1000')),
+   '204 ok []', 'through the proxy: connected');
+
+RulesProxy::hold($proxy3);
+my $ta = time;
+my $sa = RulesNginx::send_get($ngx3->{port}, '/px?uid=wa&ts=1000', 20);
+sleep 1.2 * $slow;
+my $sb = RulesNginx::send_get($ngx3->{port}, '/px?uid=wb&ts=1000', 20);
+RulesNginx::poll(5 * $slow, sub { RulesProxy::held($proxy3) },
+                 sub { $_[0] >= 2 });
+is(RulesProxy::held($proxy3), 2, 'both calls made, their replies held');
+sleep $ta + 1.6 * $slow - time if time < $ta + 1.6 * $slow;
+RulesProxy::release($proxy3, 'one');
+is(RulesNginx::pixel_answer($sa), '204 ok []', "A's reply: A answered ok");
+sleep $ta + 2.6 * $slow - time if time < $ta + 2.6 * $slow;
+RulesProxy::release($proxy3, 'all');
+is(RulesNginx::pixel_answer($sb), '204 ok []',
+   'B answered ok: the connection outlived the first timer');
+$log = RulesNginx::error_log($ngx3);
+unlike($log, qr/no reply for|connection lost|connection closed/,
+       'the watchdog did not drop the connection');
+is(RulesNginx::metric($ngx3, 'nginx_rules_events_total{status="ok"}'), 3,
+   'events_total{status="ok"} 3');
+is(RulesNginx::metric($ngx3, 'nginx_rules_redis_reconnects_total'), 0,
+   'no reconnect');
+unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alert in the error log');
+RulesNginx::stop_nginx($ngx3);
+RulesProxy::stop($proxy3);
+
 done_testing();
