@@ -177,8 +177,9 @@ rs_repl_init(RedisModuleCtx *ctx)
     rs_repl_always = !rs_repl_commands_known(ctx, sync_commands);
 
     if (rs_repl_always) {
-        rm.log(ctx, "notice", "rules.store: SYNC or PSYNC is renamed: "
-               "effects are always replicated");
+        rm.log(ctx, "notice", "rules.store: SYNC or PSYNC is renamed, "
+               "or COMMAND INFO does not tell: effects are always "
+               "replicated");
     }
 
     if (rm.register_command_filter(ctx, rs_repl_filter, RM_CMDFILTER_NOSELF)

@@ -6,10 +6,13 @@
 # be the same, up to the wall-clock times each call wrote.  Then nginx
 # end to end: it finds the module and stores with it, stores with the
 # script when told to (rules_redis_native off), and goes on with the
-# script when the module is unloaded under it.  And a replica without
-# the module gets the same values as its master (effects replication),
-# whether written before it came (the module then builds no effects),
-# while it was there, or while its link was down; an AOF gets them all.
+# script when the module is unloaded under it.  Every malformed call is
+# refused with its own error and changes nothing; an item that would
+# grow a value past 512 MB is "not applied" (so are the items after it),
+# logged at most once a second.  And a replica without the module gets
+# the same values as its master (effects replication), whether written
+# before it came (the module then builds no effects), while it was
+# there, or while its link was down; an AOF gets them all.
 
 use strict;
 use warnings;
@@ -137,6 +140,13 @@ sub show {
 }
 
 my $nan = "\0\0\0\0\0\0\xf8\x7f";
+
+# the meta of an append (kind 1) to the first key
+sub append_meta {
+    my ($ttl) = @_;
+    return pack('Cvd<d<d<d<d<V', 1, 1, $ttl, 0, 0, 7, 0, 0);
+}
+
 my @bad_r2 = (
     'R2-D2 and C-3PO are droids from Star Wars',
     'R2' . pack('d<', 5) . $nan . pack('V', 0),
@@ -258,6 +268,43 @@ for my $bad (
     [ 'write of a value that is not R2', [$sha, 1, 's:k1',
         pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 3), 'abcdef'],
       qr/not an R2 value/ ],
+    # the exact error each remaining check gives; every call below would
+    # otherwise store (a valid append to s:k1 but for the one flaw)
+    [ 'no numkeys', [$sha, ''],
+      qr/^ERR rules\.store: numkeys is not a number\z/ ],
+    # 32 digits: the number they spell (1) would be a good one
+    [ 'numkeys of 32 digits', [$sha, '0' x 31 . '1', 's:k1',
+                               append_meta(60000), 'x'],
+      qr/^ERR rules\.store: numkeys is not a number\z/ ],
+    [ 'numkeys past the keys given', [$sha, 4, 's:k1', append_meta(60000),
+                                      'x'],
+      qr/^ERR rules\.store: bad numkeys\z/ ],
+    # the numbers Redis could not take as an expiry or a length, each
+    map({ [ "item numbers: $_->[0]", [$sha, 1, 's:k1',
+            pack('Cvd<d<d<d<d<V', 1, 1, @{$_}[1 .. 5], 0), 'x'],
+            qr/^ERR rules\.store: an item's numbers are out of range\z/ ] }
+        ([ 'ttl 1.5 ms', 1.5, 0, 0, 0, 0 ],
+         [ 'ttl past 1e15 ms', 2e15, 0, 0, 0, 0 ],
+         [ 'ttl NaN', unpack('d<', $nan), 0, 0, 0, 0 ],
+         [ 'pttl -1', 60000, -1, 0, 0, 0 ],
+         [ 'pttl 0.5', 60000, 0.5, 0, 0, 0 ],
+         [ 'length 0.5', 60000, 0, 0, 0, 0.5 ],
+         [ 'length -1', 60000, 0, 0, 0, -1 ],
+         [ 'newgen infinite', 60000, 0, 0, 9**9**9, 0 ],
+         [ 'newgen NaN', 60000, 0, 0, unpack('d<', $nan), 0 ])),
+    # (without the check, a create of a key not there made one that
+    # never expires)
+    [ 'create without a pttl', [$sha, 1, 's:k1',
+        pack('Cvd<d<d<d<d<V', 5, 1, 60000, 0, 0, 6, 0, 0), r2_value(6)],
+      qr/^ERR rules\.store: a create item needs a pttl\z/ ],
+    [ 'extend of 7 bytes', [$sha, 1, 's:k1',
+        pack('Cvd<d<d<d<d<V', 6, 1, 60000, 0, 0, 6, 0, 0), 'abcdefg'],
+      qr/^ERR rules\.store: an extend item's entry is too short\z/ ],
+    # fewer than sha and numkeys
+    [ 'no arguments', [],
+      qr/^ERR wrong number of arguments for 'rules\.store' command\z/ ],
+    [ 'the sha alone', [$sha],
+      qr/^ERR wrong number of arguments for 'rules\.store' command\z/ ],
 ) {
     my ($name, $args, $re) = @$bad;
     my $before = RulesNginx::redis_call($r, 'DUMP', 's:k1');
@@ -266,6 +313,32 @@ for my $bad (
         or diag(explain($reply));
     is_deeply(RulesNginx::redis_call($r, 'DUMP', 's:k1'), $before,
               "$name: nothing changed");
+}
+
+# An argument longer than a value can be (512 MB): refused before any key
+# changes.  Redis takes one only with proto-max-bulk-len raised; the
+# command is written in pieces (not one 512 MB string more)
+{
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'proto-max-bulk-len',
+                           1 << 30);
+    my $before = RulesNginx::redis_call($r, 'DUMP', 's:k1');
+    my $long = RulesNginx::redis_conn($port);
+    my $arg = 'x' x (512 * 1024 * 1024 + 1);
+    my @args = ('RULES.STORE', $sha, 1, 's:k1', append_meta(60000));
+    print $long '*' . (@args + 1) . "\r\n",
+                map({ '$' . length($_) . "\r\n$_\r\n" } @args),
+                '$' . length($arg) . "\r\n";
+    print $long $arg, "\r\n";
+    undef $arg;
+    my $reply = RulesNginx::_redis_reply($long);
+    close $long;
+    is_deeply($reply, { err => 'ERR rules.store: an item\'s argument is '
+                               . 'longer than a value can be' },
+              'an argument of 512 MB + 1: an error');
+    is_deeply(RulesNginx::redis_call($r, 'DUMP', 's:k1'), $before,
+              'an argument of 512 MB + 1: nothing changed');
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'proto-max-bulk-len',
+                           512 * 1024 * 1024);
 }
 
 # An item whose value would pass 512 MB is an error element, and its key
@@ -285,6 +358,131 @@ for my $bad (
     is(RulesNginx::redis_call($r, 'STRLEN', 's:big'), $big,
        'an append past 512 MB: the value as it was');
     RulesNginx::redis_call($r, 'DEL', 's:big');
+}
+
+# Every way an item finds a value it cannot grow past 512 MB (the R2
+# value of 512 MB - 12 of a Redis of its own, with a log file): the item
+# is a "not applied" error element, and so is every item after it in the
+# call (the call broke off there), while the items before it stay
+# applied.  Each such item is logged at most once a second (a key that
+# cannot grow fails every event on it): the next line says how many were
+# not
+{
+    my $logdir = File::Temp::tempdir('rules-log-XXXXXX', TMPDIR => 1,
+                                     CLEANUP => 1);
+    my $logfile = "$logdir/redis.log";
+    my $lredis = RulesNginx::start_redis(
+        args => ['--loadmodule', $module, '--logfile', $logfile]);
+    my $lc = RulesNginx::redis_conn($lredis->{port});
+    my $big = 512 * 1024 * 1024 - 12;
+    my $head = 'R2' . pack('d<d<V', 5, now_ms() + 3_610_000, 0);
+    RulesNginx::redis_call($lc, 'SETRANGE', 's:r2', $big - 1, 'x');
+    RulesNginx::redis_call($lc, 'SETRANGE', 's:r2', 0, $head);
+
+    # the keys s:ok (index 1) and s:r2 (2); a call that leaves a reply
+    # short would leave the test waiting
+    my $store = sub {
+        local $SIG{ALRM} = sub { die "RULES.STORE: no whole reply\n" };
+        alarm 30;
+        my $reply = RulesNginx::redis_call($lc, 'RULES.STORE', $sha, 2,
+                                           's:ok', 's:r2', @_);
+        alarm 0;
+        return $reply;
+    };
+    my $meta = sub {       # kind, key, gen, length
+        my ($kind, $k, $gen, $len, $split) = @_;
+        return pack('Cvd<d<d<d<d<V', $kind, $k, 60000, 0, $gen, 7, $len,
+                    $split // 0);
+    };
+    my $r2_as_was = sub {
+        my ($name) = @_;
+        is(RulesNginx::redis_call($lc, 'STRLEN', 's:r2'), $big,
+           "$name: the value's length as it was");
+        is(RulesNginx::redis_call($lc, 'GETRANGE', 's:r2', 0, 21), $head,
+           "$name: its header as it was");
+        is(RulesNginx::redis_call($lc, 'PTTL', 's:r2'), -1,
+           "$name: no TTL, as before");
+    };
+    my $not_applied = { err => 'ERR rules.store: not applied' };
+
+    # the log lines the failures must give (as rules_store_module.c
+    # decides, from the wall each reply tells): a line when the second
+    # of the call's wall is not the last line's, else one more unlogged
+    my ($logged_sec, $unlogged, @want) = (0, 0);
+    my $failed = sub {
+        my ($reply, $item, $n) = @_;
+        my $sec = int($reply->[0] / 1000);
+        if ($sec != $logged_sec) {
+            push @want, "item $item of $n could not be stored (value too "
+                        . "long) ($unlogged more since the last such line)";
+            ($logged_sec, $unlogged) = ($sec, 0);
+        } else {
+            $unlogged++;
+        }
+    };
+
+    my @b = map { body() } 1 .. 3;
+    my $reply = $store->($meta->(1, 1, 0, 0), $b[0], $meta->(1, 2, 0, 0),
+                         $b[1], $meta->(1, 1, 0, 0), $b[2]);
+    is_deeply($reply, [$reply->[0], undef, $not_applied, $not_applied],
+              'append, append past 512 MB, append: the first stored, the '
+              . 'others not applied')
+        or diag(explain($reply));
+    $failed->($reply, 2, 3);
+    my $ok = RulesNginx::redis_call($lc, 'GET', 's:ok');
+    is(length($ok // ''), 22 + 8 + length $b[0],
+       'the first item\'s key holds its entry alone');
+    is(substr($ok // '', -length $b[0]), $b[0], 'its entry');
+    $r2_as_was->('an append past 512 MB');
+
+    for my $case (
+        [ 'a write that finds another value',
+          [$meta->(4, 2, 99, $big, length $b[0]), $b[0] . r2_value(9)] ],
+        [ 'an extend of the value it cached',
+          [$meta->(6, 2, 5, $big), pack('d<', now_ms()) . $b[1]] ],
+        [ 'an extend that finds another value',
+          [$meta->(6, 2, 6, $big), pack('d<', now_ms()) . $b[1]] ],
+        [ 'a compaction to a longer snapshot',
+          [$meta->(3, 2, 5, 22), 'c' x 100] ],
+    ) {
+        my ($name, $item) = @$case;
+        my $reply = $store->(@$item);
+        is_deeply($reply, [$reply->[0], $not_applied],
+                  "$name, past 512 MB: not applied")
+            or diag(explain(ref $reply ne 'ARRAY' ? $reply
+                            : [map { ref $_ ? $_ : length($_ // '') }
+                               @$reply]));
+        $failed->($reply, 1, 1) if ref $reply eq 'ARRAY';
+        $r2_as_was->("$name, past 512 MB");
+    }
+
+    # (the calls above take ms: more failures in the second of the last
+    # line only if all of them fell each into a second of its own)
+    for (1 .. 20) {
+        last if $unlogged;
+        $failed->($store->($meta->(1, 2, 0, 0), $b[1]), 1, 1);
+    }
+    cmp_ok($unlogged, '>', 0, "$unlogged failures in the second of the "
+                              . 'last line');
+    # the next second: a line, with their count
+    sleep 1.1;
+    $failed->($store->($meta->(1, 2, 0, 0), $b[1]), 1, 1);
+    like($want[-1], qr/\([1-9]\d* more since/,
+         'the last line to come counts failures not logged');
+
+    my @lines;
+    my $lines = sub {
+        open my $lf, '<', $logfile or return 0;
+        @lines = map { /<rules> rules\.store: (.*)$/ ? $1 : () } <$lf>;
+        close $lf;
+        return @lines >= @want;
+    };
+    RulesNginx::poll(5, $lines);
+    is_deeply(\@lines, \@want, scalar(@want) . ' log lines, the ones '
+              . 'expected')
+        or diag(explain(\@lines), explain(\@want));
+    close $lc;
+    RulesNginx::stop_pid($lredis->{pid});
 }
 
 # A large compaction does not leave its buffer in Redis' memory
@@ -627,7 +825,7 @@ sub same_keys {
 }
 
 SKIP: {
-    skip "no $replay", 36 unless -x $replay;
+    skip "no $replay", 41 unless -x $replay;
 
     my $dir = "$FindBin::Bin/servroot-110-native";
     open my $rf, '>', "$dir/rules.json" or die;
@@ -692,6 +890,23 @@ SKIP: {
     ok(wait_stream($r, $rr), 'the replica applied the stream');
     same_keys($r, $rr, 'early:*', 'written before the replica (full sync)');
     same_keys($r, $rr, 'repl:*', 'written with the replica');
+
+    # a compaction of a whole value to nothing deletes the key: the DEL
+    # reaches the replica too
+    my $cv = r2_value(5);
+    RulesNginx::redis_call($r, 'SET', 'cdel:k', $cv);
+    ok(wait_stream($r, $rr)
+       && RulesNginx::redis_call($rr, 'EXISTS', 'cdel:k') == 1,
+       'a value on the replica');
+    is_deeply(RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 'cdel:k',
+                  pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 5, 6, length $cv,
+                       0), '')->[1],
+              1, 'its compaction to nothing is applied');
+    is(RulesNginx::redis_call($r, 'EXISTS', 'cdel:k'), 0,
+       'the key is gone on the master');
+    ok(wait_stream($r, $rr), 'the replica applied the stream');
+    is(RulesNginx::redis_call($rr, 'EXISTS', 'cdel:k'), 0,
+       'and on the replica');
 
     # the link breaks; writes meanwhile reach the replica through the
     # backlog (a partial resync): they must be in it
@@ -793,6 +1008,31 @@ SKIP: {
            scalar(keys %before) . ' keys before the restart');
     is($back, scalar keys %before, 'the same values after a restart from '
                                    . 'the AOF');
+}
+
+# COMMAND renamed: the module cannot ask whether SYNC and PSYNC are
+# there by those names (its COMMAND INFO call fails), so it takes them as
+# renamed: effects are always replicated, replication never known off
+{
+    my $cr = RulesNginx::start_redis(
+        args => ['--loadmodule', $module, '--rename-command', 'COMMAND',
+                 'XCOMMAND']);
+    my $rc = RulesNginx::redis_conn($cr->{port});
+    sleep 0.5;      # serverCron, 10 times a second, asked INFO meanwhile
+    my $reply;
+    for my $i (1 .. 5) {
+        $reply = RulesNginx::redis_call($rc, 'RULES.STORE', $sha, 1, "c:$i",
+                                        append_meta(60000), body());
+    }
+    is_deeply(ref $reply eq 'ARRAY' ? $reply->[1] : $reply, undef,
+              'COMMAND renamed: RULES.STORE stores');
+    my $ci = rules_info($rc);
+    is($ci->{replication_known_off}, 0, 'COMMAND renamed: never known off');
+    is($ci->{effects_skipped}, 0, 'COMMAND renamed: none skipped');
+    cmp_ok($ci->{effects_replicated}, '>=', 5,
+           'COMMAND renamed: effects replicated');
+    close $rc;
+    RulesNginx::stop_pid($cr->{pid});
 }
 
 done_testing();
