@@ -2,8 +2,11 @@
 # ("[]"), read and write errors, numeric options, the input line named
 # by the errors that end a run, and --timeout: a Redis that resets the
 # connection mid-stream, or stops answering (SIGSTOP), mid-stream or
-# from the start.  Against a private redis-server
-# (RulesNginx::start_redis), which the tests cut off and stop.
+# from the start; usage errors, files that cannot be opened, a Redis that
+# cannot be connected to, refuses AUTH or SELECT, on TCP or unix:PATH,
+# and error replies to an event's call (OOM, READONLY, NOPERM).  Against
+# a private redis-server (RulesNginx::start_redis), which the tests cut
+# off and stop.
 
 use strict;
 use warnings;
@@ -307,7 +310,8 @@ SKIP: {
 SKIP: {
     skip 'no redis-server', 6 unless grep { -x "$_/redis-server" }
                                     split /:/, $ENV{PATH};
-    my $module = "$FindBin::Bin/../build/rules_redis_module.so";
+    my $module = $ENV{RULES_REDIS_MODULE}
+                 // "$FindBin::Bin/../build/rules_redis_module.so";
     my $redis = RulesNginx::start_redis(
         -f $module ? (args => ['--loadmodule', $module]) : ());
     my $port = $redis->{port};
@@ -377,6 +381,185 @@ for my $bad (qw(0 -1 abc 3600001)) {
     is($r->{rc}, 2, "--timeout $bad: exit 2");
     like($r->{err}, qr/^rules-replay: invalid --timeout "/,
          "--timeout $bad: the error names the option");
+}
+
+
+# usage errors: exit 2, the usage on stderr (after what getopt said),
+# no results: an unknown option, an option without its value, no
+# --rules, two input files, --redis with --redis-cluster, --state
+# without --redis; and --help (the usage, exit 2, as the README says)
+
+my $usage = qr/^usage: rules-replay --rules FILE \[--redis HOST:PORT\|unix:PATH\]$/m;
+for my $case (['an unknown option', qr/unrecognized option '--bogus'/,
+               {}, '--bogus'],
+              ['--prefix without its value',
+               qr/option '--prefix' requires an argument/, {}, '--prefix'],
+              ['no --rules', undef, { no_rules => 1 }],
+              ['two input files', undef, {}, "$dir/stdin", "$dir/stdin"],
+              ['--redis and --redis-cluster', undef, {}, '--redis',
+               '127.0.0.1:1', '--redis-cluster', '127.0.0.1:1'],
+              ['--state without --redis', undef, {}, '--state', 'k'],
+              ['--help', undef, {}, '--help']) {
+    my ($name, $said, $opt, @args) = @$case;
+    $r = run_replay({ in => "$page1\n", %$opt }, @args);
+    is($r->{rc}, 2, "$name: exit 2");
+    like($r->{err}, $usage, "$name: the usage on stderr");
+    like($r->{err}, $said, "$name: what is wrong, before it") if $said;
+    unlike($r->{err}, qr/^rules-replay: /m, "$name: no other error")
+        unless $said;
+    is($r->{out}, '', "$name: no results");
+}
+
+
+# files that cannot be opened: exit 1, the file and why
+
+$r = run_replay({ in => "$page1\n" }, '--rules', "$dir/none.json");
+is_deeply([$r->{rc}, $r->{out}], [1, ''], 'no rules file: exit 1, no results');
+like($r->{err}, qr/^rules-replay: rules file "\Q$dir\E\/none\.json": cannot open: \S/,
+     'no rules file: the error names it');
+
+$r = run_replay({}, "$dir/none.jsonl");
+is_deeply([$r->{rc}, $r->{out}], [1, ''],
+          'no EVENTS.jsonl: exit 1, no results');
+like($r->{err}, qr/^rules-replay: \Q$dir\E\/none\.jsonl: \S.*\n\z/,
+     'no EVENTS.jsonl: the error names it');
+
+
+# a Redis that cannot be connected to (a port nothing listens on, a unix
+# socket that is not there): exit 1, the address, before any line
+
+for my $addr ('127.0.0.1:' . RulesNginx::free_port(), "unix:$dir/none.sock") {
+    $r = run_replay({ in => "$page1\n" }, '--redis', $addr);
+    is_deeply([$r->{rc}, $r->{out}], [1, ''],
+              "cannot connect to $addr: exit 1, no results");
+    like($r->{err}, qr/^rules-replay: cannot connect to redis \Q$addr\E: \S.*\n\z/,
+         "cannot connect to $addr: the error, with no input line");
+}
+
+
+# a Redis with a password and 4 databases, on TCP and a unix socket
+# (unix:PATH): the state written through the socket, in the --db given;
+# a wrong password, an unknown user, no password, a --db past the
+# databases (the replay and --state): exit 1 and the error
+
+SKIP: {
+    skip 'no redis-server', 19 unless grep { -x "$_/redis-server" }
+                                     split /:/, $ENV{PATH};
+    my $sock = "$dir/redis.sock";
+    my $redis = RulesNginx::start_redis(args => [
+        '--unixsocket', $sock, '--requirepass', 'pw', '--databases', 4]);
+    my $port = $redis->{port};
+    my $prefix = "cli:$$:auth:";
+    my $key = "$prefix\{uid:u1}";
+    RulesNginx::poll(5, sub { -S $sock }, undef, 0.02);
+
+    $r = run_replay({ in => "$page1\n$page2\n" }, '--redis', "unix:$sock",
+                    '--password', 'pw', '--db', 2, '--prefix', $prefix);
+    is($r->{rc}, 0, 'unix:PATH --db 2: exit 0') or diag($r->{err});
+    is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
+       'unix:PATH --db 2: the second view matches (the first one stored)');
+    my $c = RulesNginx::redis_conn($port);
+    is(RulesNginx::redis_call($c, 'AUTH', 'pw'), 'OK', 'AUTH');
+    is(RulesNginx::redis_call($c, 'EXISTS', $key), 0,
+       'unix:PATH --db 2: no state in db 0');
+    RulesNginx::redis_call($c, 'SELECT', 2);
+    like(RulesNginx::redis_call($c, 'GET', $key) // '', qr/^R2/,
+         'unix:PATH --db 2: the state in db 2');
+    close $c;
+
+    $r = run_replay({}, '--redis', "unix:$sock", '--password', 'pw',
+                    '--db', 2, '--state', $key);
+    is($r->{rc}, 0, '--state through unix:PATH: exit 0');
+    like($r->{out}, qr/^R1/, '--state through unix:PATH: the folded state');
+
+    for my $case (['a wrong password', "127.0.0.1:$port", '--password',
+                   'bad'],
+                  ['an unknown user', "unix:$sock", '--user', 'nobody',
+                   '--password', 'pw']) {
+        my ($name, $addr, @auth) = @$case;
+        $r = run_replay({ in => "$page1\n" }, '--redis', $addr, @auth,
+                        '--prefix', $prefix);
+        is_deeply([$r->{rc}, $r->{out}], [1, ''],
+                  "$name ($addr): exit 1, no results");
+        like($r->{err}, qr/^rules-replay: redis AUTH failed: WRONGPASS .*\n\z/,
+             "$name: the error, with no input line");
+    }
+
+    $r = run_replay({ in => "\n$page1\n" }, '--redis', "127.0.0.1:$port",
+                    '--prefix', $prefix);
+    is_deeply([$r->{rc}, $r->{out}], [1, ''],
+              'no password: exit 1, no results');
+    like($r->{err}, qr/^rules-replay: line 2: redis: NOAUTH .*\n\z/,
+         'no password: NOAUTH at the first event\'s line');
+
+    for my $case (['--redis', "127.0.0.1:$port"],
+                  ['--redis', "unix:$sock"],
+                  ['--redis', "127.0.0.1:$port", '--state', $key]) {
+        my $name = "--db 4 of 4 databases, @$case";
+        $r = run_replay({ in => "$page1\n" }, @$case, '--password', 'pw',
+                        '--db', 4, '--prefix', $prefix);
+        is_deeply([$r->{rc}, $r->{out}], [1, ''], "$name: exit 1, no results");
+        is($r->{err}, "rules-replay: redis SELECT failed: ERR DB index is "
+                      . "out of range\n", "$name: the error");
+    }
+}
+
+
+# an error reply to an event's call ends the run at its line, with
+# Redis' error, and the results before it: a Redis out of memory
+# (maxmemory) mid-stream, a replica (READONLY), a user that may not run
+# scripts (NOPERM; RULES.STORE unknown there, the script tried)
+
+SKIP: {
+    skip 'no redis-server', 12 unless grep { -x "$_/redis-server" }
+                                     split /:/, $ENV{PATH};
+    my $redis = RulesNginx::start_redis();
+    my $port = $redis->{port};
+
+    $r = run_cut($port, "cli:$$:oom:", [$page1],
+                 sub { RulesNginx::redis_call($port, 'CONFIG', 'SET',
+                                              'maxmemory', 1) },
+                 ['', $page2]);
+    RulesNginx::redis_call($port, 'CONFIG', 'SET', 'maxmemory', 0);
+    is($r->{rc}, 1, 'OOM mid-stream: exit 1');
+    like($r->{err}, qr/^rules-replay: line 3: redis: OOM command not allowed .*\n\z/,
+         'OOM mid-stream: the error at the input line');
+    is($r->{out}, qq({"matched":[]}\n), 'OOM mid-stream: the results before it');
+
+    my $replica = RulesNginx::start_redis(args => ['--replicaof', '127.0.0.1',
+                                                   $port]);
+    $r = run_replay({ in => "$page1\n" }, '--redis',
+                    "127.0.0.1:$replica->{port}", '--prefix', "cli:$$:ro:");
+    is_deeply([$r->{rc}, $r->{out}], [1, ''], 'a replica: exit 1, no results');
+    like($r->{err}, qr/^rules-replay: line 1: redis: READONLY You can't write against a read only replica\..*\n\z/,
+         'a replica: READONLY, at the line');
+    is(RulesNginx::redis_call($replica->{port}, 'EXISTS',
+                              "cli:$$:ro:{uid:u1}"), 0,
+       'a replica: nothing written there');
+
+    is(RulesNginx::redis_call($port, 'ACL', 'SETUSER', 'noscript', 'on',
+                              '>nspw', '~*', '&*', '+@all', '-@scripting'),
+       'OK', 'a user without scripts');
+    $r = run_replay({ in => "$page1\n" }, '--redis', "127.0.0.1:$port",
+                    '--user', 'noscript', '--password', 'nspw',
+                    '--prefix', "cli:$$:noperm:");
+    is_deeply([$r->{rc}, $r->{out}], [1, ''],
+              'no scripts allowed: exit 1, no results');
+    like($r->{err}, qr/^rules-replay: line 1: redis: NOPERM .*'evalsha'.*\n\z/,
+         'no scripts allowed: NOPERM for EVALSHA, at the line');
+
+    # no error for a state key of another type: not ours, replaced by
+    # the first event's state (README, as nginx does: t/066)
+    my $key = "cli:$$:hash:{uid:u1}";
+    RulesNginx::redis_call($port, 'HSET', $key, 'f', 'v');
+    $r = run_replay({ in => "$page1\n$page2\n" }, '--redis',
+                    "127.0.0.1:$port", '--prefix', "cli:$$:hash:");
+    is_deeply([$r->{rc}, $r->{err}], [0, ''],
+              'a hash at the state key: exit 0, no error');
+    is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
+       'a hash at the state key: replaced, the events counted from none');
+    like(RulesNginx::redis_call($port, 'GET', $key) // '', qr/^R2/,
+         'a hash at the state key: a state string now');
 }
 
 done_testing();

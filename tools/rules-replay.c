@@ -1184,11 +1184,15 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
         i = asking >= 0 ? asking : rp->slots[slot];
 
         if (i < 0) {
+            /* a new map and the call to its node are one try (a failed
+             * try waits 100 ms: REPLAY_MAX_TRIES last REPLAY_WAIT_MS) */
+
             if (cluster_refresh(rp) != 0 || rp->slots[slot] < 0) {
                 replay_sleep_ms(100);
+                continue;
             }
 
-            continue;
+            i = rp->slots[slot];
         }
 
         c = cluster_conn(rp, i);

@@ -39,7 +39,8 @@ sub wait_child {
 
 # rules-replay --rules $dir/rules.json ARGS with stdin from $opt{in} (a
 # string) or $opt{stdin} (a path); stdout to a file or $opt{stdout};
-# $opt{memory_kb}: its address space limited so (the shell's ulimit -v).
+# $opt{memory_kb}: its address space limited so (the shell's ulimit -v);
+# $opt{no_rules}: without the --rules option.
 # Returns { rc, out, err, secs }; rc is undef when it ran over 20 s.
 sub run {
     my ($dir, $opt, @args) = @_;
@@ -56,7 +57,9 @@ sub run {
         open STDOUT, '>', $opt->{stdout} // "$dir/stdout"
             or POSIX::_exit(126);
         open STDERR, '>', "$dir/stderr" or POSIX::_exit(126);
-        my @cmd = (binary(), '--rules', "$dir/rules.json", @args);
+        my @cmd = (binary(),
+                   $opt->{no_rules} ? () : ('--rules', "$dir/rules.json"),
+                   @args);
         @cmd = ('/bin/sh', '-c', 'ulimit -v "$0" && exec "$@"',
                 $opt->{memory_kb}, @cmd) if $opt->{memory_kb};
         exec(@cmd) or POSIX::_exit(127);
