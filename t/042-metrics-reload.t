@@ -50,18 +50,7 @@ _EOC_
 my $KEPT = 'nginx_rules_rule_evaluated_total{rule="kept",kind="segment",type="count"}';
 my $OK = 'nginx_rules_events_total{status="ok"}';
 
-sub metrics {
-    my ($st, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
-    my %s;
-    for (split /\n/, $body) {
-        next if /^#/;
-        /^(\S+) (\S+)$/ or next;
-        my ($k, $v) = ($1, $2);
-        $k .= '{}' unless $k =~ /\}$/;
-        $s{$k} = $v;
-    }
-    return \%s;
-}
+sub metrics { RulesNginx::metrics_all($ngx) }
 
 # polls the metrics until $cond holds; returns them
 sub wait_metrics {

@@ -71,18 +71,7 @@ my $FULL = qr/\[warn\] .*rules metrics zone is full: dropped the counters of (\d
 
 sub ev { "nginx_rules_rule_evaluated_total{rule=\"e$_[0]\",kind=\"segment\",type=\"count\"}" }
 
-sub metrics {
-    my ($st, $h, $body) = RulesNginx::get($ngx->{port}, '/metrics');
-    my %s;
-    for (split /\n/, $body) {
-        next if /^#/;
-        /^(\S+) (\S+)$/ or next;
-        my ($k, $v) = ($1, $2);
-        $k .= '{}' unless $k =~ /\}$/;
-        $s{$k} = $v;
-    }
-    return \%s;
-}
+sub metrics { RulesNginx::metrics_all($ngx) }
 
 sub wait_metrics {
     my ($cond, $secs) = @_;

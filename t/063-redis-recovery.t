@@ -16,15 +16,18 @@ use RulesProxy;
 my $redis = RulesNginx::start_redis();
 my $port = $redis->{port};
 
-my $ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-063",
-    workers => 1,
-    files   => { 'rules.json' => <<'_EOC_' },
+# the rules of each nginx here
+my $TWICE = <<'_EOC_';
 {"rules": [
   {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
    "min": 2, "within": "1h"}
 ]}
 _EOC_
+
+my $ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-063",
+    workers => 1,
+    files   => { 'rules.json' => $TWICE },
     http    => <<"_EOC_");
     rules_redis 127.0.0.1:$port;
     rules_redis_timeout 200ms;
@@ -128,12 +131,7 @@ my @fillers = map {
 my $ngx2 = RulesNginx::start_nginx(
     prefix  => "$FindBin::Bin/servroot-063b",
     workers => 1,
-    files   => { 'rules.json' => <<'_EOC_' },
-{"rules": [
-  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
-   "min": 2, "within": "1h"}
-]}
-_EOC_
+    files   => { 'rules.json' => $TWICE },
     http    => RulesNginx::pixel_http(
         store   => "rules_redis 127.0.0.1:$slow_port;\n"
                    . "    rules_redis_connect_timeout 10s;",
@@ -181,12 +179,7 @@ my $proxy3 = RulesProxy::start(upstream => $port,
 my $ngx3 = RulesNginx::start_nginx(
     prefix  => "$FindBin::Bin/servroot-063c",
     workers => 1,
-    files   => { 'rules.json' => <<'_EOC_' },
-{"rules": [
-  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
-   "min": 2, "within": "1h"}
-]}
-_EOC_
+    files   => { 'rules.json' => $TWICE },
     http    => RulesNginx::pixel_http(
         store   => "rules_redis 127.0.0.1:$proxy3->{port};",
         prefix  => "t063c:$$:",

@@ -401,6 +401,22 @@ sub metric {
     return $body =~ /^\Q$name\E (\S+)$/m ? $1 : undef;
 }
 
+# Every sample of one scrape of /metrics: { 'name{labels}' => value }, a
+# sample without labels named 'name{}'.
+sub metrics_all {
+    my ($ngx) = @_;
+    my (undef, undef, $body) = get($ngx->{port}, '/metrics');
+    my %s;
+    for (split /\n/, $body) {
+        next if /^#/;
+        /^(\S+) (\S+)$/ or next;
+        my ($k, $v) = ($1, $2);
+        $k .= '{}' unless $k =~ /\}$/;
+        $s{$k} = $v;
+    }
+    return \%s;
+}
+
 # One HTTP/1.0 GET; returns (status, \%headers, body).
 sub get {
     my ($port, $uri, $timeout) = @_;
