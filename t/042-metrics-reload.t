@@ -92,13 +92,6 @@ sub redis_cmd {
     return $reply;
 }
 
-sub write_file {
-    my ($path, $text) = @_;
-    open my $fh, '>', $path or die "$path: $!";
-    print $fh $text;
-    close $fh;
-}
-
 sub read_file {
     my ($path) = @_;
     open my $fh, '<', $path or die "$path: $!";
@@ -169,11 +162,11 @@ my $conf = "$ngx->{prefix}/conf/nginx.conf";
 my $good = read_file($conf);
 (my $bad = $good) =~ s/\}\s*\z/    server { listen 127.0.0.1:$busy_port; }\n}\n/
     or die 'cannot edit nginx.conf';
-write_file($conf, $bad);
+RulesNginx::write_file($conf, $bad);
 RulesNginx::reload_nginx($ngx);
 my $log = RulesNginx::wait_log($ngx, qr/still could not bind/, 10);
 like($log, qr/still could not bind/, 'the reload failed (address in use)');
-write_file($conf, $good);
+RulesNginx::write_file($conf, $good);
 close $busy;
 
 is(events(5), 5, '5 more events, answered by the workers that stayed');
@@ -196,7 +189,7 @@ my $big = qq({"rules": [\n  {"id": "kept", "kind": "segment", "key": "uid", )
 $big .= qq(,\n  {"id": "r$_", "kind": "segment", "key": "uid", )
         . qq("type": "count", "min": 3, "within": "1h"}) for 1 .. $R;
 $big .= "\n]}\n";
-write_file("$ngx->{prefix}/html/rules.json", $big);
+RulesNginx::write_file("$ngx->{prefix}/html/rules.json", $big);
 RulesNginx::reload_nginx($ngx);
 $s = wait_metrics(sub { ($_[0]{'nginx_rules_worker_starts_total{}'} // 0) == 8 });
 is($s->{'nginx_rules_worker_starts_total{}'}, 8,
@@ -251,7 +244,7 @@ for my $k (1 .. 6) {
         qq(  {"id": "e$_", "kind": "segment", "key": "uid", "type": "count", )
         . qq("min": 2, "within": "${k}h"})
     } 1 .. $E) . "\n]}\n";
-    write_file("$ngx->{prefix}/html/rules.json", $edited);
+    RulesNginx::write_file("$ngx->{prefix}/html/rules.json", $edited);
     my $exited = exits();
     RulesNginx::reload_nginx($ngx);
     # the old workers gone, every request meets the new rules
@@ -277,7 +270,7 @@ unlike($log, qr/zone is full|not enough shared memory/,
 sub reload_and_wait {
     my ($rules_text) = @_;
     my $starts = metrics()->{'nginx_rules_worker_starts_total{}'};
-    write_file("$ngx->{prefix}/html/rules.json", $rules_text);
+    RulesNginx::write_file("$ngx->{prefix}/html/rules.json", $rules_text);
     RulesNginx::reload_nginx($ngx);
     return wait_metrics(sub {
         ($_[0]{'nginx_rules_worker_starts_total{}'} // 0) >= $starts + 2 });

@@ -105,18 +105,11 @@ sub events {
     return $ok;
 }
 
-sub write_file {
-    my ($path, $text) = @_;
-    open my $fh, '>', $path or die "$path: $!";
-    print $fh $text;
-    close $fh;
-}
-
 # a reload with these rules; the metrics once its worker started
 sub reload_with {
     my ($text) = @_;
     my $starts = metrics()->{$STARTS};
-    write_file("$ngx->{prefix}/html/rules.json", $text);
+    RulesNginx::write_file("$ngx->{prefix}/html/rules.json", $text);
     RulesNginx::reload_nginx($ngx);
     return wait_metrics(sub { ($_[0]{$STARTS} // 0) >= $starts + 1 });
 }
@@ -156,12 +149,12 @@ my $busy = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
     or die "listen: $!";
 (my $bad = $good) =~ s/\}\s*\z/    server { listen 127.0.0.1:@{[$busy->sockport]}; }\n}\n/
     or die 'cannot edit nginx.conf';
-write_file($conf, $bad);
-write_file("$ngx->{prefix}/html/rules.json", rules_v(3));
+RulesNginx::write_file($conf, $bad);
+RulesNginx::write_file("$ngx->{prefix}/html/rules.json", rules_v(3));
 RulesNginx::reload_nginx($ngx);
 my $log = RulesNginx::wait_log($ngx, qr/still could not bind/, 10);
 like($log, qr/still could not bind/, 'configuration 3 fails (address in use)');
-write_file($conf, $good);
+RulesNginx::write_file($conf, $good);
 close $busy;
 my ($dropped) = $log =~ $FULL;
 is($dropped, $E, "warn: configuration 1's counters dropped early, "
@@ -190,14 +183,14 @@ $busy = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
     or die "listen: $!";
 ($bad = $good) =~ s/\}\s*\z/    server { listen 127.0.0.1:@{[$busy->sockport]}; }\n}\n/
     or die 'cannot edit nginx.conf';
-write_file($conf, $bad);
-write_file("$ngx->{prefix}/html/rules.json", rules_v(5));
+RulesNginx::write_file($conf, $bad);
+RulesNginx::write_file("$ngx->{prefix}/html/rules.json", rules_v(5));
 RulesNginx::reload_nginx($ngx);
 $log = RulesNginx::poll(10, sub { RulesNginx::error_log($ngx) },
                         sub { (() = $_[0] =~ /still could not bind/g) >= 2 });
 cmp_ok(scalar(() = $log =~ /still could not bind/g), '>=', 2,
        'configuration 3b (every rule edited again) fails too (address in use)');
-write_file($conf, $good);
+RulesNginx::write_file($conf, $good);
 close $busy;
 $log = RulesNginx::error_log($ngx);
 is(scalar(() = $log =~ /$FULL/g), 1, 'the zone was not full: no new warn');

@@ -401,6 +401,14 @@ sub metric {
     return $body =~ /^\Q$name\E (\S+)$/m ? $1 : undef;
 }
 
+# A file written whole (a rules file or nginx.conf a test edits).
+sub write_file {
+    my ($path, $text) = @_;
+    open my $fh, '>', $path or die "$path: $!";
+    print $fh $text;
+    close $fh or die "$path: $!";
+}
+
 # Every sample of one scrape of /metrics: { 'name{labels}' => value }, a
 # sample without labels named 'name{}'.
 sub metrics_all {
