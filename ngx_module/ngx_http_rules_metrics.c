@@ -564,16 +564,22 @@ ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
      * count into them, and keep doing so if this reload fails.
      */
 
-    if (om && om->slots) {
+    if (om) {
         for (i = 0; i < om->nrules; i++) {
             if (om->slots[i]) {
                 om->slots[i]->kept = m->gen;
             }
         }
 
-        /* the slots made by reloads that failed since: no worker has them */
+        /*
+         * the slots made by reloads that failed since the running one: no
+         * worker has them (not from "live": until the running one's
+         * workers start, live is older, and a slot that only workers still
+         * finishing their requests have may carry a later gen, raised by
+         * a configuration in between)
+         */
 
-        (void) ngx_http_rules_metrics_drop(m, live, m->gen);
+        (void) ngx_http_rules_metrics_drop(m, om->gen, m->gen);
     }
 
     /*
@@ -600,7 +606,13 @@ ngx_http_rules_metrics_index(ngx_http_rules_metrics_t *m,
     {
         slot = ngx_queue_data(q, ngx_http_rules_metrics_slot_t, queue);
 
-        if (slot->gen < live) {
+        /*
+         * with the running configuration known, its slots only: a reload
+         * (that may fail) never raises the gen of a slot that only older
+         * workers have
+         */
+
+        if (om ? slot->kept != m->gen : slot->gen < live) {
             continue;
         }
 
