@@ -60,13 +60,13 @@ my $ngx = RulesNginx::start_nginx(
         location = /metrics { rules_metrics; }
         location = /hold {
             proxy_pass http://127.0.0.1:$silent_port;
-            proxy_read_timeout 60s;
+            proxy_read_timeout 600s;
         }
     }
 _EOC_
 
 my $OK = 'nginx_rules_events_total{status="ok"}';
-my $STARTS = 'nginx_rules_worker_starts_total{}';
+my $LOADS = 'nginx_rules_config_loads_total{}';
 my $FULL = qr/\[warn\] .*rules metrics zone is full: dropped the counters of (\d+) rules of the previous configuration early/;
 
 sub ev { "nginx_rules_rule_evaluated_total{rule=\"e$_[0]\",kind=\"segment\",type=\"count\"}" }
@@ -92,6 +92,13 @@ sub exits {
     return scalar(() = RulesNginx::error_log($ngx) =~ /exited with code 0/g);
 }
 
+# how many old workers have stopped accepting (their listening sockets
+# closed: a request of a new configuration goes to its own worker)
+sub shutdowns {
+    return scalar(() = RulesNginx::error_log($ngx)
+                       =~ /gracefully shutting down/g);
+}
+
 my $seq = 0;
 sub events {
     my ($n) = @_;
@@ -108,10 +115,14 @@ sub events {
 # a reload with these rules; the metrics once its worker started
 sub reload_with {
     my ($text) = @_;
-    my $starts = metrics()->{$STARTS};
+    my $loads = metrics()->{$LOADS} // 0;
     RulesNginx::write_file("$ngx->{prefix}/html/rules.json", $text);
     RulesNginx::reload_nginx($ngx);
-    return wait_metrics(sub { ($_[0]{$STARTS} // 0) >= $starts + 1 });
+    # config_loads goes up once the new worker started (after worker_starts)
+    my $s = wait_metrics(sub { ($_[0]{$LOADS} // 0) >= $loads + 1 }, 30);
+    cmp_ok($s->{$LOADS} // 0, '>=', $loads + 1, 'the reload\'s worker started')
+        or diag(RulesNginx::error_log($ngx));
+    return $s;
 }
 
 is(events(2), 2, 'configuration 1: 2 events answered');
@@ -127,10 +138,14 @@ pass('a request of configuration 1 waits for its upstream');
 
 # ---- configuration 2: every rule edited; 2 x 3000 counters fit ----------
 
-my $exited = exits();
+my $shut = shutdowns();
 $s = reload_with(rules_v(2));
 is($s->{'nginx_rules_config_loads_total{}'}, 2, 'configuration 2 loaded');
-RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 });
+# configuration 1's worker cannot exit (its request waits): it stops
+# accepting
+cmp_ok(RulesNginx::poll(20, \&shutdowns, sub { $_[0] >= $shut + 1 }), '>=',
+       $shut + 1, "configuration 1's worker stops accepting");
+my $exited;
 is(events(1), 1, 'configuration 2: 1 event answered');
 $s = metrics();
 is($s->{ev(7)}, 1, 'e7 edited: starts at 0, evaluated once');
@@ -209,7 +224,8 @@ $exited = exits();
 $s = reload_with(rules_v(3));
 is($s->{'nginx_rules_config_loads_total{}'}, 3, 'configuration 3 loaded');
 # configuration 2's worker, idle, exits; configuration 1's still runs
-RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 });
+cmp_ok(RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 }),
+       '>=', $exited + 1, 'the replaced worker exited');
 $s = metrics();
 ($n, $sum) = evaluated($s);
 is("$n $sum", "$E 0", "the scrape shows the $E rules of configuration 3, "
@@ -231,7 +247,8 @@ is($s->{'nginx_rules_config_loads_total{}'}, 4, 'configuration 4 loaded');
 $log = RulesNginx::error_log($ngx);
 my @full = $log =~ /$FULL/g;
 is_deeply(\@full, [$E, $E], "warn: configuration 2's counters dropped early");
-RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 });
+cmp_ok(RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 }),
+       '>=', $exited + 1, 'the replaced worker exited');
 $s = metrics();
 ($n, $sum) = evaluated($s);
 is("$n $sum", "$E 0", "configuration 4's $E rules at 0");
@@ -254,11 +271,13 @@ cmp_ok(exits(), '>=', $exited + 1, "configuration 1's worker exited");
 
 $exited = exits();
 reload_with(rules_v(4));
-RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 });
+cmp_ok(RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 }),
+       '>=', $exited + 1, 'the replaced worker exited');
 is(metrics()->{ev(7)}, 2, 'a reload with the same rules: e7 keeps its count');
 $exited = exits();
 reload_with(rules_v(5));
-RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 });
+cmp_ok(RulesNginx::poll(20, \&exits, sub { $_[0] >= $exited + 1 }),
+       '>=', $exited + 1, 'the replaced worker exited');
 $s = metrics();
 is($s->{'nginx_rules_config_loads_total{}'}, 6, 'two more reloads');
 ($n, $sum) = evaluated($s);
