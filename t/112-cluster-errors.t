@@ -88,21 +88,6 @@ sub pipeline {
     return 'OK';
 }
 
-# the master of $slot in the view of the node on $port (undef: none)
-sub owner_at {
-    my ($port, $slot) = @_;
-    for my $line (split /\n/, cli($port, 'CLUSTER', 'NODES')) {
-        my @f = split ' ', $line;
-        next unless $f[2] =~ /master/;
-        for my $r (@f[8 .. $#f]) {
-            next if $r =~ /^\[/;
-            my ($lo, $hi) = split /-/, $r;
-            return ($f[1] =~ /:(\d+)/)[0] if $slot >= $lo && $slot <= ($hi // $lo);
-        }
-    }
-    return undef;
-}
-
 # DELSLOTS of $slot on every master, its owner first: a node that
 # deleted it before the owner did would learn it again from the owner's
 # next ping
@@ -110,16 +95,6 @@ sub delete_slot {
     my ($slot, $owner) = @_;
     return map { cli($_, 'CLUSTER', 'DELSLOTS', $slot) }
                $owner, grep { $_ != $owner } @masters;
-}
-
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    for (;;) {
-        return 1 if $cond->();
-        return 0 if time >= $deadline;
-        sleep 0.05;
-    }
 }
 
 my $ngx = RulesNginx::start_nginx(
@@ -147,7 +122,7 @@ for my $r (@replicas) {
     ok(RulesNginx::wait_log($ngx, qr/rules redis 127\.0\.0\.1:$r: connected/),
        "seed $r (a replica) connected");
 }
-ok(wait_for(10, sub {
+ok(RulesNginx::poll(10, sub {
        my $l = RulesNginx::error_log($ngx);
        !grep { $l !~ /closing 127\.0\.0\.1:$_: it serves no slot/ } @replicas
    }), 'the replicas closed: they serve no slot');
@@ -189,7 +164,7 @@ is(cli($M1, 'CLUSTER', 'SETSLOT', $slot_x, 'IMPORTING', $id{$M2}), 'OK',
    "slot $slot_x importing at M1");
 is(cli($M2, 'CLUSTER', 'SETSLOT', $slot_x, 'MIGRATING', $id{$M1}), 'OK',
    "slot $slot_x migrating at M2");
-ok(wait_for(10, sub { !grep { cli($_, 'CLUSTER', 'SLOTS') =~ /\b$M1\b/ }
+ok(RulesNginx::poll(10, sub { !grep { cli($_, 'CLUSTER', 'SLOTS') =~ /\b$M1\b/ }
                             @masters }), 'M1 serves no slot in any view');
 
 my $len = log_len();
@@ -287,20 +262,21 @@ cmp_ok(delta('nginx_rules_cluster_slot_refreshes_total{result="ok"}'), '>=',
 # S back, at M2 (M3's range is split in two): found by the check of
 # every second (a slot without master)
 is(cli($M2, 'CLUSTER', 'ADDSLOTS', $S), 'OK', "slot $S added at M2");
-ok(wait_for(5, sub { px($ud, 4000) eq '204 ok [twice]' }),
+ok(RulesNginx::poll(5, sub { px($ud, 4000) eq '204 ok [twice]' }),
    'its events served again');
 
 # ---- 3. the cluster down: one line a second ---------------------------------
 
 # every master has heard that S is at M2 (gossip): a DELSLOTS of a slot
 # a node still thinks unassigned is refused
-ok(wait_for(10, sub { !grep { (owner_at($_, $S) // 0) != $M2 } @masters }),
+ok(RulesNginx::poll(10, sub {
+       !grep { ($cluster->slot_master($S, $_) // 0) != $M2 } @masters }),
    "every master sees slot $S at M2");
 cli($_, 'CONFIG', 'SET', 'cluster-require-full-coverage', 'yes')
     for @masters;
 is(join(' ', delete_slot($S, $M2)), 'OK OK OK',
    "slot $S deleted again on every master");
-ok(wait_for(5, sub { !grep { cli($_, 'CLUSTER', 'INFO') !~ /cluster_state:fail/ }
+ok(RulesNginx::poll(5, sub { !grep { cli($_, 'CLUSTER', 'INFO') !~ /cluster_state:fail/ }
                            $M2, $M3 }),
    'the cluster is down (a slot not covered)');
 my @uf = map { user_on($_, 'fail', { $S => 1 }) } $M2, $M3, $M2, $M3, $M2;
@@ -327,10 +303,10 @@ is(scalar(() = log_since($len) =~ /CLUSTERDOWN/g), 2, 'not logged');
 
 is(cli($M2, 'CLUSTER', 'ADDSLOTS', $S), 'OK', "slot $S added at M2 again");
 cli($_, 'CONFIG', 'SET', 'cluster-require-full-coverage', 'no') for @masters;
-ok(wait_for(5, sub { !grep { cli($_, 'CLUSTER', 'INFO') !~ /cluster_state:ok/ }
+ok(RulesNginx::poll(5, sub { !grep { cli($_, 'CLUSTER', 'INFO') !~ /cluster_state:ok/ }
                            $M2, $M3 }),
    'the cluster is up');
-ok(wait_for(5, sub { px($ud, 5000) =~ /^204 ok / }), 'events served again');
+ok(RulesNginx::poll(5, sub { px($ud, 5000) =~ /^204 ok / }), 'events served again');
 is(px($uf[0], 3000) . ' ' . px($uf[1], 3000), '204 ok [] 204 ok []',
    'at both masters');
 
@@ -351,7 +327,7 @@ if ($pid == 0) {
     exit 127;
 }
 RulesNginx::track_pid($pid);
-ok(wait_for(3, sub { cli($M3, 'INFO', 'persistence') =~ /^loading:1/m }),
+ok(RulesNginx::poll(3, sub { cli($M3, 'INFO', 'persistence') =~ /^loading:1/m }),
    'M3 loading');
 $len = log_len();
 is(px($uw, 2000), '204 error []', 'its event: error');
@@ -372,7 +348,7 @@ cli($M3, 'CONFIG', 'SET', 'cluster-announce-hostname', 'm3.invalid');
 cli($_, 'CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'hostname')
     for $M2, $M3;
 # (the replicas, without a host name, are "?": nginx skips replicas)
-ok(wait_for(5, sub { my $s = cli($M2, 'CLUSTER', 'SLOTS');
+ok(RulesNginx::poll(5, sub { my $s = cli($M2, 'CLUSTER', 'SLOTS');
                      $s =~ /^m3\.invalid\n$M3$/m
                      && $s =~ /^127\.0\.0\.1\n$M2$/m }),
    'CLUSTER SLOTS of M2 names M3 "m3.invalid", M2 "127.0.0.1"');
@@ -403,7 +379,7 @@ my $u2 = user_on($M2, 'host');
 my $u3 = user_on($M3, 'host');
 is(px($u2), '204 ok []', 'an event at M2: ok');
 is(px($u3), '204 error []', 'an event at M3: error');
-ok(wait_for(5, sub {
+ok(RulesNginx::poll(5, sub {
        metric('nginx_rules_cluster_slot_refreshes_total{result="ok"}') >= 3 }),
    'refreshed again (a check every second)');
 $l = RulesNginx::error_log($ngx);
@@ -415,7 +391,7 @@ like($l, qr/\[warn\] \d+#\d+: rules redis cluster: $m3_count of 16384 slots have
      "M3's $m3_count slots not served");
 cli($_, 'CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'ip')
     for $M2, $M3;
-ok(wait_for(5, sub { px($u3, 2000) =~ /^204 ok / }),
+ok(RulesNginx::poll(5, sub { px($u3, 2000) =~ /^204 ok / }),
    'M3 served again with the type "ip"');
 is(px($u2, 2000), '204 ok [twice]', 'M2 still');
 $l = RulesNginx::error_log($ngx);

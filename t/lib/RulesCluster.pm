@@ -128,11 +128,12 @@ sub keyslot {
     return $self->cli($n->{port}, 'CLUSTER', 'KEYSLOT', $key);
 }
 
-# The port of the master serving a slot, as seen by a live node.
+# The port of the master serving a slot, as seen by a live node, or by
+# the node on $view.
 sub slot_master {
-    my ($self, $slot) = @_;
-    my ($n) = $self->alive;
-    for my $line (split /\n/, $self->cli($n->{port}, 'CLUSTER', 'NODES')) {
+    my ($self, $slot, $view) = @_;
+    $view //= ($self->alive)[0]{port};
+    for my $line (split /\n/, $self->cli($view, 'CLUSTER', 'NODES')) {
         my @f = split ' ', $line;
         next unless $f[2] =~ /master/ && $f[2] !~ /fail/;
         my ($port) = $f[1] =~ /:(\d+)/;
