@@ -43,26 +43,16 @@ my $ngx = RulesNginx::start_nginx(
     prefix  => $ENV{TEST_NGINX_SERVROOT} // "$FindBin::Bin/servroot-045",
     workers => 1,
     files   => { 'rules.json' => rules_v(1) },
-    http    => <<"_EOC_");
-    rules_redis 127.0.0.1:$redis->{port};
-    rules_redis_timeout 10s;
-    rules_key_prefix "t045:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            rules_time \$arg_ts;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-        location = /metrics { rules_metrics; }
+    http    => RulesNginx::pixel_http(
+        store     => "rules_redis 127.0.0.1:$redis->{port};",
+        prefix    => 't045:',
+        timeout   => '10s',
+        fields    => ['uid'],
+        locations => <<"_EOC_"));
         location = /hold {
             proxy_pass http://127.0.0.1:$silent_port;
             proxy_read_timeout 600s;
         }
-    }
 _EOC_
 
 my $OK = 'nginx_rules_events_total{status="ok"}';
