@@ -69,7 +69,10 @@ kill 'STOP', $paused->{pid};
 my $ngx;
 my $errors = '';
 
+# a new nginx on the paused Redis: rules_redis_timeout $timeout (400ms),
+# main-context directives $main
 sub paused_nginx {
+    my ($timeout, $main) = @_;
     if ($ngx) {
         $errors .= RulesNginx::error_log($ngx);
         RulesNginx::stop_nginx($ngx);
@@ -77,7 +80,8 @@ sub paused_nginx {
     $ngx = RulesNginx::start_nginx(
         prefix => "$FindBin::Bin/servroot-056",
         files  => { 'rules.json' => $rules },
-        http   => http_body($paused->{port}, '400ms'));
+        main   => $main,
+        http   => http_body($paused->{port}, $timeout // '400ms'));
 }
 
 my $late = 0.4 + 0.5 * $slow;
@@ -223,32 +227,12 @@ _EOC_
 # rather than wait for Redis.
 
 {
-    $errors .= RulesNginx::error_log($ngx);
-    RulesNginx::stop_nginx($ngx);
-    $ngx = RulesNginx::start_nginx(
-        prefix => "$FindBin::Bin/servroot-056",
-        files  => { 'rules.json' => $rules },
-        http   => http_body($paused->{port}, '10s'));
-    my $conf = "$ngx->{prefix}/conf/nginx.conf";
-    my $text = do { open my $fh, '<', $conf or die; local $/; <$fh> };
-    $text =~ s/^events/worker_shutdown_timeout 500ms;\nevents/m
-        or die 'cannot edit nginx.conf';
-    open my $fh, '>', $conf or die "$conf: $!";
-    print $fh $text;
-    close $fh;
-    my @old = RulesNginx::worker_pids($ngx);
-    RulesNginx::reload_nginx($ngx);
-    RulesNginx::poll(10 * $slow, sub { RulesNginx::metric($ngx,
-        'nginx_rules_config_loads_total') // 0 }, sub { $_[0] == 2 });
-    RulesNginx::poll(10 * $slow, sub { scalar(grep { kill 0, $_ } @old) },
-                     sub { $_[0] == 0 });
-
-    my $t0 = time;
+    paused_nginx('10s', 'worker_shutdown_timeout 500ms;');
     my $s = send_px($ngx->{port}, 'ws');
     my $inflight = RulesNginx::poll(5 * $slow, sub { RulesNginx::metric($ngx,
         'nginx_rules_inflight_events') // 0 }, sub { $_[0] == 1 });
     is($inflight, 1, 'shutdown timeout: an event waits for the paused Redis');
-    @old = RulesNginx::worker_pids($ngx);
+    my @old = RulesNginx::worker_pids($ngx);
     my $t1 = time;
     RulesNginx::reload_nginx($ngx);
     my ($c, $st, $took) = read_px($s, $t1);

@@ -228,7 +228,8 @@ sub module_path {
     return $mods;
 }
 
-# nginx with the given http{} body; returns { port, prefix }.
+# nginx with the given http{} body (and main-context directives, main);
+# returns { port, prefix }.
 sub start_nginx {
     my (%opt) = @_;
     my $prefix = abs_path($opt{prefix} // "t/servroot-plain") ;
@@ -241,6 +242,7 @@ sub start_nginx {
     my $user = $> == 0 ? "user root;\n" : '';
     my $http = $opt{http};
     $http =~ s/\$PORT\b/$port/g;
+    my $main = $opt{main} // '';
 
     for my $name (keys %{ $opt{files} // {} }) {
         open my $fh, '>', "$prefix/html/$name" or die "$name: $!";
@@ -255,6 +257,7 @@ daemon on;
 master_process on;
 pid logs/nginx.pid;
 error_log logs/error.log info;
+$main
 events { worker_connections 4096; }
 http {
     access_log off;
