@@ -944,7 +944,8 @@ rules_load_rule(rules_loader_t *ld, json_t *rule, size_t i)
     if (rc == 0) {
         (void) rules_strmap_get(&rs->digests, r->digest_bytes, 8, &idx);
         rules_loader_error(ld, NULL, "has the same definition digest as "
-                           "rule \"%s\"", rs->rules[idx].id);
+                           "rule \"%s\" (a 64-bit collision: rename "
+                           "one of them)", rs->rules[idx].id);
         return -1;
     }
 

@@ -199,7 +199,8 @@ static const struct {
       "{\"id\":\"aNk7La0ZKNg_5qc9J\",\"kind\":\"segment\",\"key\":\"uid\","
       "\"type\":\"count\",\"min\":1,\"within\":\"1s\"}]}",
       F "rule #1 \"aNk7La0ZKNg_5qc9J\": has the same definition digest as "
-        "rule \"aAAAAAAAABBBBBBBB\"" },
+        "rule \"aAAAAAAAABBBBBBBB\" (a 64-bit collision: rename one of "
+        "them)" },
     { NULL, NULL }
 };
 
