@@ -159,8 +159,7 @@ struct ngx_http_rules_redis_s {
     unsigned                           writing:1;   /* in HandleWrite */
 
     ngx_str_t                          reason;      /* of the last close */
-    const char                        *reason_fmt;  /* its kind */
-    const char                        *logged_fmt;  /* last one logged */
+    uint32_t                           logged_kind; /* last one logged */
     u_char                             reason_buf[
                                            NGX_HTTP_RULES_REDIS_REASON_LEN];
 
@@ -190,6 +189,7 @@ static void ngx_http_rules_redis_set_reason(ngx_http_rules_redis_t *rd,
 static void ngx_http_rules_redis_vreason(ngx_http_rules_redis_t *rd,
     const char *fmt, va_list args);
 static void ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd);
+static uint32_t ngx_http_rules_redis_kind(ngx_str_t *reason);
 static void ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd);
 static void ngx_http_rules_redis_connect_timeout(ngx_event_t *ev);
 static void ngx_http_rules_redis_reconnect(ngx_event_t *ev);
@@ -688,7 +688,7 @@ ngx_http_rules_redis_established(ngx_http_rules_redis_t *rd)
     rd->down = 0;
     rd->idle_close = 0;
     rd->attempts = 0;
-    rd->logged_fmt = NULL;
+    rd->logged_kind = 0;
     rd->established_at = ngx_current_msec;
 }
 
@@ -1164,7 +1164,6 @@ ngx_http_rules_redis_vreason(ngx_http_rules_redis_t *rd, const char *fmt,
 
     rd->reason.data = rd->reason_buf;
     rd->reason.len = p - rd->reason_buf;
-    rd->reason_fmt = fmt;
 }
 
 
@@ -1175,6 +1174,7 @@ ngx_http_rules_redis_vreason(ngx_http_rules_redis_t *rd, const char *fmt,
 static void
 ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 {
+    uint32_t     kind;
     ngx_msec_t   delay;
     ngx_uint_t   level, planned, idle, at_once;
 
@@ -1301,10 +1301,12 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
          * and one whenever the kind of failure changes.
          */
 
+        kind = ngx_http_rules_redis_kind(&rd->reason);
+
         if ((rd->attempts & (rd->attempts - 1)) == 0
-            || rd->reason_fmt != rd->logged_fmt)
+            || kind != rd->logged_kind)
         {
-            rd->logged_fmt = rd->reason_fmt;
+            rd->logged_kind = kind;
 
             level = (rd->attempts == 1
                      && (rd->stats.connects == 0 || rd->idle_close))
@@ -1333,6 +1335,35 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
     rd->failed = 0;
 
     ngx_add_timer(&rd->reconnect_timer, delay);
+}
+
+
+/*
+ * The kind of a failure: its text, numbers aside (a time or a count
+ * differs from one attempt to the next).  The text, not its format: one
+ * format carries hiredis' or Redis' own words, and "connect failed:
+ * Connection refused" then "connect failed: Can't create socket: Too
+ * many open files" are two causes.
+ */
+static uint32_t
+ngx_http_rules_redis_kind(ngx_str_t *reason)
+{
+    u_char    *p, *last;
+    uint32_t   crc;
+
+    ngx_crc32_init(crc);
+
+    last = reason->data + reason->len;
+
+    for (p = reason->data; p < last; p++) {
+        if (*p < '0' || *p > '9') {
+            ngx_crc32_update(&crc, p, 1);
+        }
+    }
+
+    ngx_crc32_final(crc);
+
+    return crc;
 }
 
 

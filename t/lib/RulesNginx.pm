@@ -228,7 +228,8 @@ sub module_path {
     return $mods;
 }
 
-# nginx with the given http{} body (and main-context directives, main);
+# nginx with the given http{} body (and main-context directives, main;
+# the events{} body, events: worker_connections 4096 by default);
 # returns { port, prefix }.
 sub start_nginx {
     my (%opt) = @_;
@@ -243,6 +244,7 @@ sub start_nginx {
     my $http = $opt{http};
     $http =~ s/\$PORT\b/$port/g;
     my $main = $opt{main} // '';
+    my $events = $opt{events} // 'worker_connections 4096;';
 
     for my $name (keys %{ $opt{files} // {} }) {
         open my $fh, '>', "$prefix/html/$name" or die "$name: $!";
@@ -258,7 +260,7 @@ master_process on;
 pid logs/nginx.pid;
 error_log logs/error.log info;
 $main
-events { worker_connections 4096; }
+events { $events }
 http {
     access_log off;
 $http
