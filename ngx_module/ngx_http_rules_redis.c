@@ -76,6 +76,18 @@
  */
 #define NGX_HTTP_RULES_IDLE_RECONNECT    1000   /* ms */
 
+/*
+ * hiredis 0.14 makes a new empty buffer, unchecked, where it could empty
+ * one in place: its output buffer after a whole write (a failure leaves
+ * it NULL: the worker crashes), its reader's buffer after a reply when
+ * more than 16 KB of it is unused (a failure aborts the worker).  The
+ * module writes the output itself and empties both in place
+ * (ngx_http_rules_redis_flush(), ngx_http_rules_redis_read_handler()),
+ * and lets a buffer go only past this size, and only when a new one
+ * could be made.
+ */
+#define NGX_HTTP_RULES_REDIS_BUF_KEEP    (16 * 1024)
+
 
 typedef enum {
     NGX_HTTP_RULES_REDIS_IDLE = 0,          /* no context: backing off */
@@ -93,6 +105,13 @@ typedef enum {
 
 
 typedef struct ngx_http_rules_redis_cmd_s  ngx_http_rules_redis_cmd_t;
+
+
+/* hiredis' queue before a command (ngx_http_rules_redis_queued()) */
+typedef struct {
+    redisCallback                     *tail;
+    size_t                             obuf_len;
+} ngx_http_rules_redis_mark_t;
 
 /*
  * One command, allocated in one block with its arguments (kept for the
@@ -178,6 +197,16 @@ struct ngx_http_rules_redis_s {
  */
 static ngx_uint_t  ngx_http_rules_redis_losses;
 
+/*
+ * The worker's hiredis contexts (all connections of a cluster): each
+ * needs two of the blocks set aside for hiredis when it is freed
+ * (ngx_http_rules_hi_reserve()), a connect three more.
+ */
+static ngx_uint_t  ngx_http_rules_redis_contexts;
+
+#define NGX_HTTP_RULES_REDIS_HI_CONNECT  3
+#define NGX_HTTP_RULES_REDIS_HI_FREE     2
+
 
 static void ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd);
 static ngx_int_t ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd,
@@ -221,7 +250,12 @@ static void ngx_http_rules_redis_cmd_free(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd);
 static ngx_uint_t ngx_http_rules_redis_error_is(redisReply *reply,
     const char *prefix);
+static ngx_int_t ngx_http_rules_redis_mark(redisAsyncContext *ac,
+    ngx_http_rules_redis_mark_t *m);
+static ngx_int_t ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
+    redisAsyncContext *ac, ngx_http_rules_redis_mark_t *m, int rc);
 
+static void ngx_http_rules_redis_flush(redisAsyncContext *ac);
 static void ngx_http_rules_redis_read_handler(ngx_event_t *rev);
 static void ngx_http_rules_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_rules_redis_add_read(void *privdata);
@@ -304,6 +338,17 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
     /* EVALSHA until this connection's probe says otherwise */
     rd->native = 0;
 
+    if (ngx_http_rules_hi_reserve(NGX_HTTP_RULES_REDIS_HI_CONNECT
+                                  + NGX_HTTP_RULES_REDIS_HI_FREE
+                                    * (ngx_http_rules_redis_contexts + 1))
+        != NGX_OK)
+    {
+        /* hiredis would abort the worker on the allocations it misses */
+        ngx_http_rules_redis_set_reason(rd, "cannot allocate a context");
+        ngx_http_rules_redis_closed(rd);
+        return;
+    }
+
     /* a numeric address or a path: no name resolution, never blocks */
 
     if (conf->unix_path.len) {
@@ -328,8 +373,14 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
         return;
     }
 
+    /* until the cleanup hook, or its free below */
+    ngx_http_rules_redis_contexts++;
+
     ac->c.reader->fn = &ngx_http_rules_reply_functions;
     ac->c.reader->privdata = ac;
+
+    /* its buffer is let go here (ngx_http_rules_redis_read_handler()) */
+    ac->c.reader->maxbuf = 0;
 
     if (conf->unix_path.len == 0 && redisEnableKeepAlive(&ac->c) != REDIS_OK)
     {
@@ -349,6 +400,7 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
         ngx_http_rules_redis_set_reason(rd, "no free connection "
                                         "(worker_connections)");
         redisAsyncFree(ac);
+        ngx_http_rules_redis_contexts--;
         ngx_http_rules_redis_closed(rd);
         return;
     }
@@ -405,6 +457,7 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     size_t                        argvlen[3];
     const char                   *argv[3];
     ngx_http_rules_redis_conf_t  *conf;
+    ngx_http_rules_redis_mark_t   mark;
 
     conf = rd->conf;
 
@@ -422,10 +475,12 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
         argv[argc] = (const char *) conf->password.data;
         argvlen[argc++] = conf->password.len;
 
-        if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                  (void *) NGX_HTTP_RULES_REDIS_AUTH,
-                                  argc, argv, argvlen)
-            != REDIS_OK)
+        if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
+            || ngx_http_rules_redis_queued(rd, ac, &mark,
+                   redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                         (void *) NGX_HTTP_RULES_REDIS_AUTH,
+                                         argc, argv, argvlen))
+               != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -440,10 +495,12 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
         argvlen[1] = ngx_sprintf((u_char *) db, "%i", conf->db)
                      - (u_char *) db;
 
-        if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                  (void *) NGX_HTTP_RULES_REDIS_SELECT,
-                                  2, argv, argvlen)
-            != REDIS_OK)
+        if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
+            || ngx_http_rules_redis_queued(rd, ac, &mark,
+                   redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                         (void *) NGX_HTTP_RULES_REDIS_SELECT,
+                                         2, argv, argvlen))
+               != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -458,10 +515,12 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     argv[2] = rd->script;
     argvlen[2] = rd->script_len;
 
-    if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                              (void *) NGX_HTTP_RULES_REDIS_LOAD,
-                              3, argv, argvlen)
-        != REDIS_OK)
+    if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
+        || ngx_http_rules_redis_queued(rd, ac, &mark,
+               redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                     (void *) NGX_HTTP_RULES_REDIS_LOAD,
+                                     3, argv, argvlen))
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -481,10 +540,12 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     argv[2] = "0";
     argvlen[2] = 1;
 
-    if (redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                              (void *) NGX_HTTP_RULES_REDIS_PROBE,
-                              3, argv, argvlen)
-        != REDIS_OK)
+    if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
+        || ngx_http_rules_redis_queued(rd, ac, &mark,
+               redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                                     (void *) NGX_HTTP_RULES_REDIS_PROBE,
+                                     3, argv, argvlen))
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -551,6 +612,9 @@ ngx_http_rules_redis_on_connect(const redisAsyncContext *ac, int status)
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rd->log, 0,
                    "rules redis %V: connection made",
                    &rd->conf->addr_text);
+
+    /* the setup commands, before hiredis writes them (its write follows) */
+    ngx_http_rules_redis_flush((redisAsyncContext *) ac);
 
     /* the setup commands wait for their replies from now on */
 
@@ -804,15 +868,18 @@ static ngx_int_t
 ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd)
 {
-    ngx_int_t   rc;
-    ngx_uint_t  waiting;
+    ngx_int_t                     rc;
+    ngx_uint_t                    waiting;
+    ngx_http_rules_redis_mark_t   mark;
 
     waiting = rd->waiting;
 
     if (cmd->asking) {
-        if (redisAsyncCommand(rd->ac, ngx_http_rules_redis_asking_reply,
-                              NULL, "ASKING")
-            != REDIS_OK)
+        if (ngx_http_rules_redis_mark(rd->ac, &mark) != NGX_OK
+            || ngx_http_rules_redis_queued(rd, rd->ac, &mark,
+                   redisAsyncCommand(rd->ac, ngx_http_rules_redis_asking_reply,
+                                     NULL, "ASKING"))
+               != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -1499,9 +1566,14 @@ static ngx_int_t
 ngx_http_rules_redis_send_formatted(ngx_http_rules_redis_t *rd,
     ngx_http_rules_redis_cmd_t *cmd)
 {
-    int      rc;
-    size_t   len, head_len;
-    u_char  *p, *buf, head[NGX_HTTP_RULES_REDIS_HEAD];
+    int                           rc;
+    size_t                        len, head_len;
+    u_char                       *p, *buf, head[NGX_HTTP_RULES_REDIS_HEAD];
+    ngx_http_rules_redis_mark_t   mark;
+
+    if (ngx_http_rules_redis_mark(rd->ac, &mark) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     p = ngx_sprintf(head, "*%d" CRLF, cmd->argc);
 
@@ -1547,7 +1619,82 @@ ngx_http_rules_redis_send_formatted(ngx_http_rules_redis_t *rd,
                                         head_len + cmd->args_len);
     }
 
-    return rc == REDIS_OK ? NGX_OK : NGX_ERROR;
+    return ngx_http_rules_redis_queued(rd, rd->ac, &mark, rc);
+}
+
+
+/*
+ * hiredis 0.14 queues a command in two steps and checks neither: a
+ * callback it cannot record leaves the command without one (its reply
+ * would be given to the next command's callback), and a command it
+ * cannot append to its buffer leaves a callback waiting for a reply
+ * that never comes, the context in error.  So the queue is marked before
+ * a command and checked after it, and what either step left is undone:
+ * a command is queued whole or not at all, and the connection goes on.
+ */
+static ngx_int_t
+ngx_http_rules_redis_mark(redisAsyncContext *ac,
+    ngx_http_rules_redis_mark_t *m)
+{
+    if (ac->c.err) {
+        return NGX_ERROR;
+    }
+
+    m->tail = ac->replies.tail;
+    m->obuf_len = sdslen(ac->c.obuf);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
+    redisAsyncContext *ac, ngx_http_rules_redis_mark_t *m, int rc)
+{
+    redisCallback  *cb;
+
+    cb = ac->replies.tail;
+
+    if (ac->c.err == 0 && cb != m->tail) {
+        /* both steps done */
+        return rc == REDIS_OK ? NGX_OK : NGX_ERROR;
+    }
+
+    if (ac->c.err == 0 && rc != REDIS_OK) {
+        /* refused before either step: formatting, or disconnecting */
+        return NGX_ERROR;
+    }
+
+    if (cb != m->tail) {
+        /* recorded, not appended */
+
+        if (m->tail) {
+            m->tail->next = NULL;
+
+        } else {
+            ac->replies.head = NULL;
+        }
+
+        ac->replies.tail = m->tail;
+        free(cb);
+    }
+
+    if (ac->c.err == 0) {
+        /* appended, not recorded */
+        sdssetlen(ac->c.obuf, m->obuf_len);
+        ac->c.obuf[m->obuf_len] = '\0';
+
+    } else {
+        /* the buffer is as it was */
+        ac->c.err = 0;
+        ac->c.errstr[0] = '\0';
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "rules redis %V: out of memory in hiredis, a command "
+                  "not sent", &rd->conf->addr_text);
+
+    return NGX_ERROR;
 }
 
 
@@ -1626,6 +1773,8 @@ ngx_http_rules_redis_error_is(redisReply *reply, const char *prefix)
 static void
 ngx_http_rules_redis_read_handler(ngx_event_t *rev)
 {
+    sds                      buf;
+    redisReader             *reader;
     ngx_connection_t        *c;
     redisAsyncContext       *ac;
     ngx_http_rules_redis_t  *rd;
@@ -1638,6 +1787,22 @@ ngx_http_rules_redis_read_handler(ngx_event_t *rev)
         /* worker_shutdown_timeout: nginx closes every connection */
         ngx_http_rules_redis_fail(rd, "closed at worker shutdown");
         return;
+    }
+
+    reader = ac->c.reader;
+
+    if (reader->len == 0
+        && sdsavail(reader->buf) > NGX_HTTP_RULES_REDIS_BUF_KEEP)
+    {
+        /* as hiredis would, with its allocation checked */
+
+        buf = sdsempty();
+
+        if (buf) {
+            sdsfree(reader->buf);
+            reader->buf = buf;
+            reader->pos = 0;
+        }
     }
 
     redisAsyncHandleRead(ac);
@@ -1657,9 +1822,51 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 
     /* rd outlives the context, which this call may free */
 
+    ngx_http_rules_redis_flush(ac);
+
     rd->writing = 1;
     redisAsyncHandleWrite(ac);
     rd->writing = 0;
+}
+
+
+/*
+ * Writes hiredis' output buffer and empties it in place; hiredis then
+ * finds nothing to write, or what the socket did not take (and meets an
+ * error the same way, and reports it).  Only once connected, and never
+ * frees the context.
+ */
+static void
+ngx_http_rules_redis_flush(redisAsyncContext *ac)
+{
+    sds            buf;
+    ssize_t        n;
+    redisContext  *c;
+
+    c = &ac->c;
+
+    if (c->err || !(c->flags & REDIS_CONNECTED) || sdslen(c->obuf) == 0) {
+        return;
+    }
+
+    n = write(c->fd, c->obuf, sdslen(c->obuf));
+
+    if (n <= 0) {
+        return;
+    }
+
+    sdsrange(c->obuf, (int) n, -1);
+
+    if (sdslen(c->obuf) == 0
+        && sdsalloc(c->obuf) > NGX_HTTP_RULES_REDIS_BUF_KEEP)
+    {
+        buf = sdsempty();
+
+        if (buf) {
+            sdsfree(c->obuf);
+            c->obuf = buf;
+        }
+    }
 }
 
 
@@ -1672,7 +1879,6 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 void
 ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd)
 {
-    int                 done;
     ngx_connection_t   *c;
     redisAsyncContext  *ac;
 
@@ -1691,7 +1897,9 @@ ngx_http_rules_redis_write_now(ngx_http_rules_redis_t *rd)
         return;
     }
 
-    if (redisBufferWrite(&ac->c, &done) == REDIS_OK && done) {
+    ngx_http_rules_redis_flush(ac);
+
+    if (ac->c.err == 0 && sdslen(ac->c.obuf) == 0) {
         /* as redisAsyncHandleWrite() after a whole write */
         ngx_delete_posted_event(c->write);
         ngx_http_rules_redis_add_read(c);
@@ -1853,6 +2061,9 @@ ngx_http_rules_redis_cleanup(void *privdata)
 
     /* hiredis closes it; stale events of this iteration see fd -1 */
     c->fd = (ngx_socket_t) -1;
+
+    /* (the allocations freeing it needs are behind it) */
+    ngx_http_rules_redis_contexts--;
 
     if (ac != rd->ac) {
         return;

@@ -172,5 +172,11 @@ void ngx_http_rules_redis_stray_reply(redisAsyncContext *ac);
 
 void ngx_http_rules_reply_exit(void);
 
+/*
+ * Blocks set aside for hiredis 0.14's allocations that abort the worker
+ * when they fail (ngx_http_rules_reply.c): NGX_OK when n are there.
+ */
+ngx_int_t ngx_http_rules_hi_reserve(ngx_uint_t n);
+
 
 #endif /* NGX_HTTP_RULES_REDIS_H */

@@ -300,6 +300,103 @@ ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
 }
 
 
+/*
+ * hiredis 0.14.1 aborts the worker when one of a few small allocations
+ * fails (hi_malloc() and hi_strdup(), its alloc.c, after CVE-2020-7105):
+ * the two dictionaries of every async context (redisAsyncConnect()),
+ * the two iterators over them when a context is freed, and the copy of
+ * the host or socket path at a connect.  It calls them through the PLT,
+ * so these definitions take the place of its own: when malloc() fails
+ * they hand out a block set aside beforehand (malloc()ed, so that
+ * hiredis frees it with free()), and a connection is attempted only
+ * while the blocks set aside cover it and the end of every context
+ * (ngx_http_rules_hi_reserve()).  Its other allocations fail as usual.
+ */
+
+#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+
+#define NGX_HTTP_RULES_HI_RESERVE  64       /* 8 KB */
+#define NGX_HTTP_RULES_HI_BLOCK    128      /* a dict, a socket path */
+
+static void        *ngx_http_rules_hi_blocks[NGX_HTTP_RULES_HI_RESERVE];
+static ngx_uint_t   ngx_http_rules_hi_nblocks;
+
+
+static void *
+ngx_http_rules_hi_block(size_t size)
+{
+    if (size > NGX_HTTP_RULES_HI_BLOCK || ngx_http_rules_hi_nblocks == 0) {
+        /* as hiredis' own */
+        abort();
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "rules redis: out of memory in hiredis, a block set "
+                  "aside used");
+
+    return ngx_http_rules_hi_blocks[--ngx_http_rules_hi_nblocks];
+}
+
+
+void *
+hi_malloc(size_t size)
+{
+    void  *p;
+
+    p = malloc(size);
+
+    return p ? p : ngx_http_rules_hi_block(size);
+}
+
+
+char *
+hi_strdup(const char *str)
+{
+    char    *p;
+    size_t   len;
+
+    p = strdup(str);
+
+    if (p == NULL) {
+        len = ngx_strlen(str) + 1;
+        p = ngx_http_rules_hi_block(len);
+        ngx_memcpy(p, str, len);
+    }
+
+    return p;
+}
+
+#endif
+
+
+/*
+ * Tops up the blocks set aside; NGX_OK: there are n of them at least (all
+ * of them, for more: a cluster of many nodes still connects).
+ */
+ngx_int_t
+ngx_http_rules_hi_reserve(ngx_uint_t n)
+{
+#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+    void  *p;
+
+    n = ngx_min(n, NGX_HTTP_RULES_HI_RESERVE);
+
+    while (ngx_http_rules_hi_nblocks < NGX_HTTP_RULES_HI_RESERVE) {
+        p = malloc(NGX_HTTP_RULES_HI_BLOCK);
+        if (p == NULL) {
+            break;
+        }
+
+        ngx_http_rules_hi_blocks[ngx_http_rules_hi_nblocks++] = p;
+    }
+
+    return ngx_http_rules_hi_nblocks >= n ? NGX_OK : NGX_DECLINED;
+#else
+    return NGX_OK;
+#endif
+}
+
+
 void
 ngx_http_rules_reply_exit(void)
 {
@@ -324,4 +421,10 @@ ngx_http_rules_reply_exit(void)
     }
 
     ngx_http_rules_reply_nfree = 0;
+
+#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+    while (ngx_http_rules_hi_nblocks) {
+        free(ngx_http_rules_hi_blocks[--ngx_http_rules_hi_nblocks]);
+    }
+#endif
 }
