@@ -108,6 +108,11 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
 {
     ngx_http_rules_batcher_t  *bt = &ngx_http_rules_batcher;
 
+    if (bt->cache) {
+        /* a start tried again (ngx_http_rules_worker_start()) */
+        return NGX_OK;
+    }
+
     ngx_memzero(bt, sizeof(ngx_http_rules_batcher_t));
 
     bt->rmcf = rmcf;
@@ -115,7 +120,7 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
 
     /* on a cluster, the keys of one call must share a slot */
 
-    bt->nslots = rmcf->cluster ? 16384 : 1;
+    bt->nslots = rmcf->cluster_set ? 16384 : 1;
     bt->cur = ngx_calloc(bt->nslots * sizeof(ngx_http_rules_batch_t *), log);
 
     if (bt->cur == NULL) {
@@ -133,6 +138,8 @@ ngx_http_rules_batch_init(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
     if (bt->cache == NULL) {
         ngx_log_error(NGX_LOG_EMERG, log, 0,
                       "rules: no memory for the state cache");
+        ngx_free(bt->cur);
+        bt->cur = NULL;
         return NGX_ERROR;
     }
 

@@ -1373,6 +1373,11 @@ ngx_http_rules_op_free(ngx_http_rules_op_t *op)
 ngx_int_t
 ngx_http_rules_worker_init(rules_set_t *rs, ngx_log_t *log)
 {
+    if (ngx_http_rules_event_result.matched) {
+        /* a start tried again (ngx_http_rules_worker_start()) */
+        return NGX_OK;
+    }
+
     ngx_queue_init(&ngx_http_rules_waiting);
 
     /* the timer's debug messages read data as a connection: no NULL */

@@ -43,6 +43,9 @@ static char *ngx_http_rules_check_bounds(ngx_conf_t *cf, void *post,
 static void ngx_http_rules_cleanup_rules(void *data);
 static ngx_uint_t ngx_http_rules_prefix_has_tag(ngx_str_t *prefix);
 static ngx_int_t ngx_http_rules_init_process(ngx_cycle_t *cycle);
+static void ngx_http_rules_worker_start(ngx_http_rules_main_conf_t *rmcf,
+    ngx_log_t *log);
+static void ngx_http_rules_worker_start_handler(ngx_event_t *ev);
 static void ngx_http_rules_exit_process(ngx_cycle_t *cycle);
 
 
@@ -1328,6 +1331,19 @@ ngx_http_rules_check_bounds(ngx_conf_t *cf, void *post, void *data)
 }
 
 
+/*
+ * A worker short of memory for its Redis client (the state cache, the
+ * connection) goes on without it, its events answered "error" as with
+ * Redis down, and tries again every NGX_HTTP_RULES_START_RETRY ms:
+ * nginx never starts again a worker whose init_process failed.
+ */
+#define NGX_HTTP_RULES_START_RETRY  1000
+
+static ngx_event_t                  ngx_http_rules_start_ev;
+static ngx_http_rules_main_conf_t  *ngx_http_rules_start_rmcf;
+static ngx_uint_t                   ngx_http_rules_start_failures;
+
+
 static ngx_int_t
 ngx_http_rules_init_process(ngx_cycle_t *cycle)
 {
@@ -1357,30 +1373,70 @@ ngx_http_rules_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (ngx_http_rules_worker_init(rmcf->rules, cycle->log) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    /* the timer's debug messages read data as a connection: no NULL */
+    ngx_http_rules_start_ev.data = &ngx_http_rules_start_ev;
+    ngx_http_rules_start_ev.handler = ngx_http_rules_worker_start_handler;
+    ngx_http_rules_start_ev.log = cycle->log;
+    ngx_http_rules_start_ev.cancelable = 1;
+    ngx_http_rules_start_rmcf = rmcf;
 
-    if (rmcf->cluster_set) {
-        rmcf->cluster = ngx_http_rules_cluster_create(&rmcf->cluster_conf,
+    ngx_http_rules_worker_start(rmcf, cycle->log);
+
+    return NGX_OK;
+}
+
+
+/* Each step keeps what it made: a try again goes on from there. */
+static void
+ngx_http_rules_worker_start(ngx_http_rules_main_conf_t *rmcf, ngx_log_t *log)
+{
+    if (ngx_http_rules_worker_init(rmcf->rules, log) == NGX_OK
+        && ngx_http_rules_batch_init(rmcf, log) == NGX_OK)
+    {
+        if (rmcf->cluster_set) {
+            rmcf->cluster = ngx_http_rules_cluster_create(&rmcf->cluster_conf,
+                                                          rules_script_text,
+                                                          rules_script_sha1(),
+                                                          log);
+
+        } else {
+            rmcf->redis = ngx_http_rules_redis_create(&rmcf->redis_conf,
                                                       rules_script_text,
                                                       rules_script_sha1(),
-                                                      cycle->log);
-        if (rmcf->cluster == NULL) {
-            return NGX_ERROR;
+                                                      log);
         }
 
-    } else {
-        rmcf->redis = ngx_http_rules_redis_create(&rmcf->redis_conf,
-                                                  rules_script_text,
-                                                  rules_script_sha1(),
-                                                  cycle->log);
-        if (rmcf->redis == NULL) {
-            return NGX_ERROR;
+        if (rmcf->cluster || rmcf->redis) {
+            if (ngx_http_rules_start_failures) {
+                ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                              "rules: Redis client started, after %ui "
+                              "tries short of memory",
+                              ngx_http_rules_start_failures);
+            }
+
+            return;
         }
     }
 
-    return ngx_http_rules_batch_init(rmcf, cycle->log);
+    if (ngx_http_rules_start_failures++ == 0) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0,
+                      "rules: no memory to start the Redis client, events "
+                      "answered \"error\" until it starts; trying again "
+                      "every %d ms", NGX_HTTP_RULES_START_RETRY);
+    }
+
+    ngx_add_timer(&ngx_http_rules_start_ev, NGX_HTTP_RULES_START_RETRY);
+}
+
+
+static void
+ngx_http_rules_worker_start_handler(ngx_event_t *ev)
+{
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    ngx_http_rules_worker_start(ngx_http_rules_start_rmcf, ev->log);
 }
 
 
@@ -1398,8 +1454,20 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
     /* the connection's counters since the last event or timer */
     ngx_http_rules_metrics_sync_engine(rmcf);
 
+    if (ngx_http_rules_start_ev.timer_set) {
+        ngx_del_timer(&ngx_http_rules_start_ev);
+    }
+
     if (rmcf->redis == NULL && rmcf->cluster == NULL) {
         ngx_http_rules_metrics_worker_exit(rmcf);
+
+        if (rmcf->redis_set || rmcf->cluster_set) {
+            /* what a start short of memory made */
+            ngx_http_rules_batch_exit();
+            ngx_http_rules_worker_exit();
+            ngx_http_rules_reply_exit();
+        }
+
         return;
     }
 
