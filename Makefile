@@ -67,7 +67,7 @@ DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
 all: build
 
 build: $(MODULE) $(BUILD)/librules.a $(BUILD)/rules-replay $(UNIT_BINS) \
-       $(FUZZ_BINS) $(REDIS_MODULE)
+       $(FUZZ_BINS) $(REDIS_MODULE) $(BUILD)/failalloc.so
 
 # apt only when a package is missing (dpkg-query), so repeated runs are
 # instant; otherwise apt-get update + install with no questions (no stdin,
@@ -162,6 +162,11 @@ $(REDIS_MODULE): $(REDIS_MODULE_SRCS) $(wildcard redis_module/*.h) \
 
 $(BUILD)/rules-replay: tools/rules-replay.c $(BUILD)/librules.a
 	$(CC) $(ENGINE_CFLAGS) $< $(BUILD)/librules.a $(LIBS) -o $@
+
+# the allocation-failure injector of t/068 (LD_PRELOAD into nginx)
+$(BUILD)/failalloc.so: t/lib/failalloc.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -shared -fPIC $< -o $@
 
 $(BUILD)/unit/%: t/unit/%.c $(BUILD)/librules.a $(wildcard t/unit/*.h)
 	@mkdir -p $(dir $@)

@@ -1,0 +1,313 @@
+# Allocations failing inside running workers (t/lib/failalloc.c, an
+# LD_PRELOAD injector armed through a control file, only in the
+# master's children): pixel GETs and JSON bodies sent 25 at a time while
+# the module's allocations and those of hiredis, jansson and pcre2 fail
+# at random (seeded) or every n-th, in bursts, with Redis killed and
+# restarted and nginx reloaded under it, and a round where every
+# allocation of the workers may fail.  No worker crashes, every request
+# is answered within its deadline (nginx's own failures, only in that
+# last round, may close a connection unanswered), an event answered ok
+# never carries a wrong match, and once the failures stop the workers
+# serve as before, with no descriptor kept.
+#
+# The crashes it found, all in hiredis 0.14.1 on a failed allocation
+# (README, Hardening): its aborting hi_malloc()/hi_strdup() at each
+# connect and free of a context, its output buffer left NULL after a
+# write, its reader's buffer asserted after a reply; and a command whose
+# callback it could not record, answered with the next one's reply.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Select;
+use IO::Socket::INET;
+use Time::HiRes qw(sleep time);
+use RulesNginx;
+use RulesMemcheck;
+
+plan skip_all => 'the injector replaces malloc: not under valgrind or ASan'
+    if RulesMemcheck::active();
+
+my $root = "$FindBin::Bin/..";
+my $dir = "$FindBin::Bin/servroot-068";
+my $src = "$FindBin::Bin/lib/failalloc.c";
+
+# the injector: make's (build/failalloc.so) when it is newer than its
+# source, else built here
+my $so = "$root/build/failalloc.so";
+if (!-f $so || -M $so > -M $src) {
+    $so = "$FindBin::Bin/failalloc-068.so";
+    my $cc = $ENV{CC} // 'cc';
+    system("$cc -shared -fPIC -O2 -o $so $src 2>/dev/null") == 0
+        or plan skip_all => "the injector ($src) cannot be built with $cc";
+}
+
+my $redis = RulesNginx::start_redis();
+my $rport = $redis->{port};
+
+my $RULES = <<'_EOC_';
+{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"},
+  {"id": "bot", "kind": "fraud", "key": "ip", "type": "count",
+   "where": {"field": "ua", "regex": "^bot[0-9]+$"}, "min": 1,
+   "within": "1h"},
+  {"id": "many", "kind": "segment", "key": "ip", "type": "distinct",
+   "field": "uid", "min": 3, "within": "1h"},
+  {"id": "seq", "kind": "segment", "key": "uid", "type": "sequence",
+   "steps": [{"where": {"field": "path", "eq": "/a"}},
+             {"where": {"field": "path", "prefix": "/b"}}],
+   "within": "1h"}
+]}
+_EOC_
+
+# the control file is read by the library when nginx starts (inherited
+# by every process it forks); written, it arms the workers
+my $ctl = "$FindBin::Bin/failalloc-068.ctl";
+unlink $ctl, glob("$ctl.*");
+my $ngx;
+{
+    local $ENV{FAILALLOC_CTL} = $ctl;
+    local $ENV{LD_PRELOAD} = $so;
+    $ngx = RulesNginx::start_nginx(
+        prefix  => $dir,
+        workers => 2,
+        files   => { 'rules.json' => $RULES },
+        http    => RulesNginx::pixel_http(
+            store  => "rules_redis 127.0.0.1:$rport;",
+            prefix => "t068:$$:",
+            fields => ['uid', 'ip', 'ua', 'path'],
+            locations => <<'_EOC_'));
+        location = /events {
+            rules on;
+            rules_body json;
+            rules_time ts;
+            rules_field ip $remote_addr;
+            add_header X-Rules $rules_matched always;
+            add_header X-Status $rules_status always;
+            return 204;
+        }
+_EOC_
+}
+my $master = RulesNginx::nginx_pid($ngx);
+ok(RulesNginx::wait_connected($ngx, 0), 'connected');
+
+# Requests sent at once, each on its connection, answered within
+# $secs: [status, X-Status, X-Rules] each, status 0 when the connection
+# closed unanswered, -1 when no answer came in time.
+sub batch {
+    my ($secs, @reqs) = @_;
+    my (%buf, %sock, @res);
+    my $sel = IO::Select->new;
+    for my $i (0 .. $#reqs) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ngx->{port}",
+                                      Timeout => 5);
+        if (!$s) {
+            $res[$i] = [0, '-', ''];
+            next;
+        }
+        my ($uri, $body) = @{ $reqs[$i] };
+        print $s defined $body
+            ? "POST $uri HTTP/1.0\r\nHost: x\r\nContent-Type: "
+              . "application/json\r\nContent-Length: " . length($body)
+              . "\r\n\r\n$body"
+            : "GET $uri HTTP/1.0\r\nHost: x\r\n\r\n";
+        $sock{fileno $s} = [$s, $i];
+        $buf{$i} = '';
+        $sel->add($s);
+    }
+    my $deadline = time + $secs;
+    while ($sel->count && time < $deadline) {
+        for my $s ($sel->can_read($deadline - time)) {
+            my $i = $sock{fileno $s}[1];
+            my $n = sysread($s, $buf{$i}, 65536, length $buf{$i});
+            next if $n;
+            $sel->remove($s);
+            close $s;
+            my ($st, $h) = RulesNginx::parse_response($buf{$i});
+            $res[$i] = [$st, $h->{'x-status'} // '-', $h->{'x-rules'} // ''];
+        }
+    }
+    for my $s ($sel->handles) {
+        $res[$sock{fileno $s}[1]] = [-1, '-', ''];
+        close $s;
+    }
+    return @res;
+}
+
+my $seq = 0;
+my (%status, @bad, @wrong, $unanswered, $late);
+
+# One exchange: 20 users' first events and 5 bodies of 5 events at once,
+# then the same users' second events: a first event answered ok never
+# matches "twice", a second one answered ok after an ok first always
+# does.
+sub exchange {
+    my ($round, $allowed) = @_;
+    my @uids = map { 'u' . $round . '-' . $seq++ } 1 .. 20;
+    my @first;
+    for my $pass (1, 2) {
+        my @reqs = map {
+            my $i = $_;
+            ["/px?uid=$uids[$i]&ip=10.0.$round." . ($i % 4)
+             . "&ua=bot$i&path=" . ($pass == 1 ? '/a' : '/b')
+             . "&ts=" . (1000 + $pass)]
+        } 0 .. $#uids;
+        push @reqs, map {
+            my $b = $_;
+            ['/events', '[' . join(',', map {
+                qq({"uid":"j$round-$seq-$b-$_","ip":"10.1.$b.$_",)
+                . qq("ua":"x","path":"/a","ts":1000})
+            } 1 .. 5) . ']']
+        } 1 .. 5;
+        my @res = batch(15 * RulesMemcheck::slowdown(), @reqs);
+        for my $i (0 .. $#res) {
+            my ($st, $xs, $xr) = @{ $res[$i] };
+            $status{"$st $xs"}++;
+            if ($st == -1) {
+                $late++;
+            } elsif ($st == 0) {
+                $unanswered++ unless $allowed->{0};
+            } elsif (!$allowed->{$st}) {
+                push @bad, "round $round: $reqs[$i][0]: $st $xs";
+            }
+            next if $i > $#uids || $xs ne 'ok';
+            my $twice = ",$xr," =~ /,twice,/;
+            if ($pass == 1) {
+                $first[$i] = 1;
+                push @wrong, "round $round: $uids[$i] first: [$xr]"
+                    if $twice;
+            } elsif ($first[$i] && !$twice) {
+                push @wrong, "round $round: $uids[$i] second: [$xr]";
+            }
+        }
+    }
+}
+
+sub arm {
+    my ($settings) = @_;
+    RulesNginx::write_file($ctl, "ppid=$master $settings\n");
+}
+
+sub disarm {
+    unlink $ctl;
+    sleep 0.05;    # read again every 10 ms
+}
+
+# the workers, once a reload's old ones are gone
+sub workers {
+    my $w = RulesNginx::poll(10, sub { [RulesNginx::worker_pids($ngx)] },
+                             sub { @{ $_[0] } == 2 });
+    return @$w;
+}
+
+# Four fresh users' two events, sent four at a time (both workers take
+# some), and a body of a fresh user's two events, until all are ok and
+# match (a worker backing off from Redis, or trying its start again,
+# takes a few seconds): "ok" then, else the answers of the last try.
+sub serving {
+    my $tries = 0;
+    my $r = RulesNginx::poll(20 * RulesMemcheck::slowdown(), sub {
+        my @u = map { "after-$seq-" . $tries++ } 1 .. 4;
+        my @a = batch(10, map { ["/px?uid=$_&ts=1"] } @u);
+        my @b = batch(10, (map { ["/px?uid=$_&ts=2"] } @u),
+                      ['/events', qq([{"uid":"$u[0]j","ip":"$u[0]","ts":1},)
+                                  . qq({"uid":"$u[0]j","ip":"$u[0]","ts":2}])]);
+        my $got = join ' | ', map { "$_->[0] $_->[1] [$_->[2]]" } @a, @b;
+        my $want = join ' | ', ('204 ok []') x 4, ('204 ok [twice]') x 5;
+        return $got eq $want ? 'ok' : $got;
+    }, sub { $_[0] eq 'ok' }, 0.2);
+    return $r;
+}
+
+# each worker serves (two tries per worker at least, at random)
+is(serving(), 'ok', 'serving before the failures');
+my %fds_before = map { $_ => RulesNginx::fd_count($_) } workers();
+
+my %pixel = (204 => 1, 500 => 1);
+my @rounds = (
+    ['mode=lib rate=30000 seed=1', \%pixel],
+    ['mode=lib rate=150000 seed=2 burst=4', \%pixel],
+    ['mode=lib every=7 seed=3', \%pixel, 'redis'],
+    ['mode=lib rate=50000 seed=4', \%pixel, 'reload'],
+    ['mode=lib rate=400000 seed=5 burst=8', \%pixel],
+    ['mode=lib every=3 seed=6', \%pixel, 'redis'],
+    ['mode=lib rate=20000 seed=7 burst=30', \%pixel],
+    # nginx's own allocations too: it may close a connection unanswered
+    ['mode=all rate=3000 seed=8', { %pixel, 0 => 1 }],
+);
+
+# each round twice (the second time with another seed), the workers
+# serving again after each
+my ($t0, @broken) = (time);
+for my $r (0 .. 2 * @rounds - 1) {
+    my ($settings, $allowed, $event) = @{ $rounds[$r % @rounds] };
+    $settings =~ s/seed=(\d+)/'seed=' . ($1 + 100 * int($r \/ @rounds))/e;
+    arm($settings);
+    exchange($r, $allowed);
+    if (($event // '') eq 'redis') {
+        RulesNginx::stop_pid($redis->{pid}, 'KILL');
+        exchange($r, $allowed);
+        $redis = RulesNginx::start_redis(port => $rport);
+    } elsif (($event // '') eq 'reload') {
+        RulesNginx::reload_nginx($ngx);
+        sleep 0.5;
+    }
+    exchange($r, $allowed);
+    disarm();
+    # a worker lost: the rounds after would wait on its requests
+    if (RulesNginx::error_log($ngx)
+        =~ /exited on signal|exited with fatal code/)
+    {
+        push @broken, "round $r ($settings): a worker crashed or was lost";
+        last;
+    }
+    my $after = serving();
+    push @broken, "round $r ($settings): $after" unless $after eq 'ok';
+}
+
+is_deeply(\@broken, [], 'after each round, the failures over, events and '
+          . 'bodies are served and matched again');
+
+my ($calls, $failed) = (0, 0);
+for my $f (glob "$ctl.stats.*") {
+    open my $fh, '<', $f or next;
+    my $line = <$fh> // '';
+    close $fh;
+    next unless $line =~ /^calls (\d+) failed (\d+)/;
+    $calls += $1;
+    $failed += $2;
+}
+cmp_ok($failed, '>', 100,
+       "allocations failed in the workers ($failed of $calls)");
+note('answers: ' . join(', ', map { "$_: $status{$_}" } sort keys %status));
+note(sprintf 'rounds: %.1f s', time - $t0);
+
+is($late // 0, 0, 'every request answered within its deadline');
+is($unanswered // 0, 0, 'no connection closed unanswered by the module');
+is_deeply(\@bad, [], 'every status is one a request may get');
+is_deeply(\@wrong, [], 'no event answered ok with a wrong match');
+
+my $log = RulesNginx::error_log($ngx);
+is_deeply([$log =~ /^.*(?:exited on signal|exited with fatal code).*$/mg],
+          [], 'no worker crashed or was lost');
+like($log, qr/out of memory/, 'the failures are logged as such');
+like($log, qr/\[error\] .*rules: event body not parsed: out of memory/,
+     'a body parsed out of memory is an error');
+
+# the workers of the reload saw every round after it: their descriptors
+# are those of before (the Redis connection made again, no other)
+my %fds_after = map { $_ => RulesNginx::fd_count($_) } workers();
+my ($most) = sort { $b <=> $a } values %fds_before;
+my @leaks = grep { $fds_after{$_} > $most + 1 } keys %fds_after;
+is_deeply(\@leaks, [], 'no descriptor kept: '
+          . join(' ', map { "$_: $fds_after{$_}" } sort keys %fds_after)
+          . ' (before: ' . join(' ', map { "$_: $fds_before{$_}" }
+                                     sort keys %fds_before) . ')');
+
+RulesNginx::stop_nginx($ngx);
+unlink $ctl, glob("$ctl.*"), "$FindBin::Bin/failalloc-068.so";
+
+done_testing();
