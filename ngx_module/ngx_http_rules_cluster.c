@@ -9,7 +9,10 @@
  *   slot map   CLUSTER SLOTS, sent to a connected master (to a seed at
  *              start, or when no master is connected), always from a
  *              timer, never more often than every REFRESH_MIN ms (the
- *              interval doubles while refreshes fail).  It is asked for
+ *              interval doubles while refreshes fail, up to REFRESH_MAX,
+ *              and while they bring the same map, up to REFRESH_SAME:
+ *              a master down until its replica is promoted is asked
+ *              about by every event of its slots).  It is asked for
  *              at start, on MOVED, on CLUSTERDOWN, and when a command
  *              finds its master not connected or loses its connection
  *              (a failover: the old master is gone until the map names
@@ -56,6 +59,7 @@
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MIN    100    /* ms */
 #define NGX_HTTP_RULES_CLUSTER_CONNECT_POLL   5      /* ms */
 #define NGX_HTTP_RULES_CLUSTER_REFRESH_MAX    2000   /* ms */
+#define NGX_HTTP_RULES_CLUSTER_REFRESH_SAME   1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_GC_IDLE        5000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_CHECK          1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_LOG_EVERY      1000   /* ms */
@@ -196,7 +200,7 @@ static void ngx_http_rules_cluster_refresh_failed(
 static void ngx_http_rules_cluster_slots_reply(void *data,
     redisReply *reply, ngx_int_t rc);
 static ngx_int_t ngx_http_rules_cluster_slots_parse(
-    ngx_http_rules_cluster_t *cl, redisReply *reply);
+    ngx_http_rules_cluster_t *cl, redisReply *reply, ngx_uint_t *nchanged);
 static void ngx_http_rules_cluster_gc(ngx_event_t *ev);
 static void ngx_http_rules_cluster_check(ngx_event_t *ev);
 static ngx_int_t ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
@@ -598,7 +602,8 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
 {
     ngx_http_rules_cluster_t *cl = data;
 
-    ngx_str_t  detail;
+    ngx_str_t   detail;
+    ngx_uint_t  changed;
 
     cl->refreshing = 0;
 
@@ -618,7 +623,7 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
         return;
     }
 
-    if (ngx_http_rules_cluster_slots_parse(cl, reply) != NGX_OK) {
+    if (ngx_http_rules_cluster_slots_parse(cl, reply, &changed) != NGX_OK) {
         ngx_http_rules_cluster_refresh_failed(cl,
                                     "unexpected reply to CLUSTER SLOTS",
                                     NULL);
@@ -626,7 +631,16 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
     }
 
     cl->stats.refreshes++;
-    cl->refresh_interval = NGX_HTTP_RULES_CLUSTER_REFRESH_MIN;
+
+    /*
+     * The same map again: the next one later, up to REFRESH_SAME (the
+     * check of every second still finds a promoted replica within it).
+     */
+
+    cl->refresh_interval = changed
+                           ? NGX_HTTP_RULES_CLUSTER_REFRESH_MIN
+                           : ngx_min(cl->refresh_interval * 2,
+                                     NGX_HTTP_RULES_CLUSTER_REFRESH_SAME);
 
     if (cl->refresh_failing) {
         cl->refresh_failing = 0;
@@ -649,7 +663,7 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
  */
 static ngx_int_t
 ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
-    redisReply *reply)
+    redisReply *reply, ngx_uint_t *nchanged)
 {
     u_char                         *host;
     size_t                          i, len;
@@ -838,6 +852,8 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
             break;
         }
     }
+
+    *nchanged = changed;
 
     return NGX_OK;
 }

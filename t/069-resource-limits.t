@@ -440,6 +440,18 @@ _EOC_
         sub { $rejected->() > $rejected0 ? time : 0 }, undef, 0.01);
     ok($first, 'cluster: the worker tried again, refused');
 
+    # the maps asked of the other masters meanwhile (CLUSTER SLOTS)
+    my @oports = grep { $_ != $mport } keys %{ $cluster->masters };
+    my $maps = sub {
+        my $sum = 0;
+        for my $p (@oports) {
+            $sum += $1 if $cluster->cli($p, 'INFO', 'commandstats')
+                          =~ /^cmdstat_cluster\|slots:calls=(\d+)/m;
+        }
+        return $sum;
+    };
+    my $maps0 = $maps->();
+
     my @bad;
     my $n = 0;
     while (time < $first + 3) {
@@ -457,6 +469,13 @@ _EOC_
     my $attempts = $rejected->() - $rejected0;
     cmp_ok($attempts, '>=', 4, "cluster: tried again ($attempts in 3 s)");
     cmp_ok($attempts, '<=', 7, 'cluster: within the back-off');
+
+    # every event of the refused master's slots asks for the map; the
+    # same map again doubles the interval up to 1 s (100 ms each before:
+    # about 30 in these 3 s)
+    my $asked = $maps->() - $maps0;
+    cmp_ok($asked, '>=', 2, "cluster: the map asked for again ($asked in 3 s)");
+    cmp_ok($asked, '<=', 10, 'cluster: the same map, asked for less often');
     answered_per_on_error($ngx, 'cluster', $full);
     my $cause = 'SCRIPT LOAD failed: ERR max number of clients + cluster '
                 . 'connections reached (1 failed attempt)';
