@@ -773,6 +773,15 @@ ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
         len = value[1].len - 5;
 
+        if (len >= sizeof(((struct sockaddr_un *) 0)->sun_path)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "too long path in \"rules_redis %V\" "
+                               "(at most %uz bytes)", &value[1],
+                               sizeof(((struct sockaddr_un *) 0)->sun_path)
+                               - 1);
+            return NGX_CONF_ERROR;
+        }
+
         p = ngx_pnalloc(cf->pool, len + 1);
         if (p == NULL) {
             return NGX_CONF_ERROR;
@@ -1459,13 +1468,17 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
     }
 
     if (rmcf->redis == NULL && rmcf->cluster == NULL) {
-        ngx_http_rules_metrics_worker_exit(rmcf);
 
         if (rmcf->redis_set || rmcf->cluster_set) {
-            /* what a start short of memory made */
+            /* what a start short of memory made: nothing was sent */
             ngx_http_rules_batch_exit();
+            ngx_http_rules_metrics_worker_exit(rmcf);
             ngx_http_rules_worker_exit();
             ngx_http_rules_reply_exit();
+            ngx_http_rules_variables_exit();
+
+        } else {
+            ngx_http_rules_metrics_worker_exit(rmcf);
         }
 
         return;

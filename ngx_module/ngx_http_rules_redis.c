@@ -53,6 +53,15 @@
 
 
 /*
+ * hiredis' internals relied upon here (its callback list, its output
+ * buffer and reader, its allocation functions) are those of 0.14.
+ */
+#if !(HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+#error "ngx_http_rules_redis.c is written for hiredis 0.14"
+#endif
+
+
+/*
  * Command blocks kept for the next commands: at most this many, and this
  * many bytes in all (calls of large states are hundreds of KB: kept
  * after a burst of them in flight, they would hold tens of MB idle).
@@ -203,6 +212,7 @@ static ngx_uint_t  ngx_http_rules_redis_losses;
  * (ngx_http_rules_hi_reserve()), a connect three more.
  */
 static ngx_uint_t  ngx_http_rules_redis_contexts;
+static ngx_uint_t  ngx_http_rules_redis_hi_checked;
 
 #define NGX_HTTP_RULES_REDIS_HI_CONNECT  3
 #define NGX_HTTP_RULES_REDIS_HI_FREE     2
@@ -211,6 +221,9 @@ static ngx_uint_t  ngx_http_rules_redis_contexts;
 static void ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd);
 static ngx_int_t ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd,
     redisAsyncContext *ac);
+static ngx_int_t ngx_http_rules_redis_setup_command(ngx_http_rules_redis_t *rd,
+    redisAsyncContext *ac, ngx_uint_t kind, int argc, const char **argv,
+    const size_t *argvlen);
 static void ngx_http_rules_redis_fail(ngx_http_rules_redis_t *rd,
     const char *fmt, ...);
 static void ngx_http_rules_redis_set_reason(ngx_http_rules_redis_t *rd,
@@ -365,6 +378,18 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
         return;
     }
 
+    if (!ngx_http_rules_redis_hi_checked) {
+        ngx_http_rules_redis_hi_checked = 1;
+
+        if (!ngx_http_rules_hi_interposed()) {
+            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                          "rules redis: hiredis does not call the module's "
+                          "hi_malloc() (another module or library loaded "
+                          "hiredis first): hiredis aborts the worker when "
+                          "one of its allocations fails");
+        }
+    }
+
     if (ac->err) {
         ngx_http_rules_redis_set_reason(rd, "connect failed: %s",
                                         ac->errstr);
@@ -457,7 +482,6 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     size_t                        argvlen[3];
     const char                   *argv[3];
     ngx_http_rules_redis_conf_t  *conf;
-    ngx_http_rules_redis_mark_t   mark;
 
     conf = rd->conf;
 
@@ -475,17 +499,13 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
         argv[argc] = (const char *) conf->password.data;
         argvlen[argc++] = conf->password.len;
 
-        if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
-            || ngx_http_rules_redis_queued(rd, ac, &mark,
-                   redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                         (void *) NGX_HTTP_RULES_REDIS_AUTH,
-                                         argc, argv, argvlen))
-               != NGX_OK)
+        if (ngx_http_rules_redis_setup_command(rd, ac,
+                                               NGX_HTTP_RULES_REDIS_AUTH,
+                                               argc, argv, argvlen)
+            != NGX_OK)
         {
             return NGX_ERROR;
         }
-
-        rd->waiting++;
     }
 
     if (conf->db) {
@@ -495,17 +515,13 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
         argvlen[1] = ngx_sprintf((u_char *) db, "%i", conf->db)
                      - (u_char *) db;
 
-        if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
-            || ngx_http_rules_redis_queued(rd, ac, &mark,
-                   redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                         (void *) NGX_HTTP_RULES_REDIS_SELECT,
-                                         2, argv, argvlen))
-               != NGX_OK)
+        if (ngx_http_rules_redis_setup_command(rd, ac,
+                                               NGX_HTTP_RULES_REDIS_SELECT,
+                                               2, argv, argvlen)
+            != NGX_OK)
         {
             return NGX_ERROR;
         }
-
-        rd->waiting++;
     }
 
     argv[0] = "SCRIPT";
@@ -515,17 +531,12 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     argv[2] = rd->script;
     argvlen[2] = rd->script_len;
 
-    if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
-        || ngx_http_rules_redis_queued(rd, ac, &mark,
-               redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                     (void *) NGX_HTTP_RULES_REDIS_LOAD,
-                                     3, argv, argvlen))
-           != NGX_OK)
+    if (ngx_http_rules_redis_setup_command(rd, ac, NGX_HTTP_RULES_REDIS_LOAD,
+                                           3, argv, argvlen)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
-
-    rd->waiting++;
 
     if (!conf->native) {
         return NGX_OK;
@@ -540,13 +551,30 @@ ngx_http_rules_redis_setup(ngx_http_rules_redis_t *rd, redisAsyncContext *ac)
     argv[2] = "0";
     argvlen[2] = 1;
 
-    if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK
-        || ngx_http_rules_redis_queued(rd, ac, &mark,
-               redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
-                                     (void *) NGX_HTTP_RULES_REDIS_PROBE,
-                                     3, argv, argvlen))
-           != NGX_OK)
-    {
+    return ngx_http_rules_redis_setup_command(rd, ac,
+                                              NGX_HTTP_RULES_REDIS_PROBE,
+                                              3, argv, argvlen);
+}
+
+
+/* A setup command queued, whole or not at all; its reply awaited. */
+static ngx_int_t
+ngx_http_rules_redis_setup_command(ngx_http_rules_redis_t *rd,
+    redisAsyncContext *ac, ngx_uint_t kind, int argc, const char **argv,
+    const size_t *argvlen)
+{
+    int                           rc;
+    ngx_http_rules_redis_mark_t   mark;
+
+    if (ngx_http_rules_redis_mark(ac, &mark) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = redisAsyncCommandArgv(ac, ngx_http_rules_redis_setup_reply,
+                               (void *) (uintptr_t) kind, argc, argv,
+                               argvlen);
+
+    if (ngx_http_rules_redis_queued(rd, ac, &mark, rc) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -875,11 +903,15 @@ ngx_http_rules_redis_send(ngx_http_rules_redis_t *rd,
     waiting = rd->waiting;
 
     if (cmd->asking) {
-        if (ngx_http_rules_redis_mark(rd->ac, &mark) != NGX_OK
-            || ngx_http_rules_redis_queued(rd, rd->ac, &mark,
-                   redisAsyncCommand(rd->ac, ngx_http_rules_redis_asking_reply,
-                                     NULL, "ASKING"))
-               != NGX_OK)
+        if (ngx_http_rules_redis_mark(rd->ac, &mark) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        rc = redisAsyncCommand(rd->ac, ngx_http_rules_redis_asking_reply,
+                               NULL, "ASKING");
+
+        if (ngx_http_rules_redis_queued(rd, rd->ac, &mark, (int) rc)
+            != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -1656,8 +1688,8 @@ ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
     cb = ac->replies.tail;
 
     if (ac->c.err == 0 && cb != m->tail) {
-        /* both steps done */
-        return rc == REDIS_OK ? NGX_OK : NGX_ERROR;
+        /* both steps done: queued, its callback will be called */
+        return NGX_OK;
     }
 
     if (ac->c.err == 0 && rc != REDIS_OK) {
@@ -1832,15 +1864,18 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
 
 /*
  * Writes hiredis' output buffer and empties it in place; hiredis then
- * finds nothing to write, or what the socket did not take (and meets an
- * error the same way, and reports it).  Only once connected, and never
- * frees the context.
+ * finds nothing to write, or what the socket did not take.  A write
+ * error is left in the context as hiredis would leave it, so that it
+ * reports this cause, not that of a second write.  Only once connected,
+ * and never frees the context.
  */
 static void
 ngx_http_rules_redis_flush(redisAsyncContext *ac)
 {
     sds            buf;
+    u_char        *p;
     ssize_t        n;
+    ngx_err_t      err;
     redisContext  *c;
 
     c = &ac->c;
@@ -1851,7 +1886,21 @@ ngx_http_rules_redis_flush(redisAsyncContext *ac)
 
     n = write(c->fd, c->obuf, sdslen(c->obuf));
 
-    if (n <= 0) {
+    if (n == -1) {
+        err = ngx_errno;
+
+        if (err != NGX_EAGAIN && err != NGX_EINTR) {
+            /* as redisBufferWrite(): hiredis reports this very cause */
+            c->err = REDIS_ERR_IO;
+            p = ngx_strerror(err, (u_char *) c->errstr,
+                             sizeof(c->errstr) - 1);
+            *p = '\0';
+        }
+
+        return;
+    }
+
+    if (n == 0) {
         return;
     }
 

@@ -177,6 +177,7 @@ void ngx_http_rules_reply_exit(void);
  * when they fail (ngx_http_rules_reply.c): NGX_OK when n are there.
  */
 ngx_int_t ngx_http_rules_hi_reserve(ngx_uint_t n);
+ngx_uint_t ngx_http_rules_hi_interposed(void);
 
 
 #endif /* NGX_HTTP_RULES_REDIS_H */

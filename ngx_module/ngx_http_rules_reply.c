@@ -320,6 +320,10 @@ ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
 
 static void        *ngx_http_rules_hi_blocks[NGX_HTTP_RULES_HI_RESERVE];
 static ngx_uint_t   ngx_http_rules_hi_nblocks;
+static ngx_uint_t   ngx_http_rules_hi_calls;
+
+
+static void *ngx_http_rules_hi_block(size_t size);
 
 
 static void *
@@ -343,6 +347,8 @@ hi_malloc(size_t size)
 {
     void  *p;
 
+    ngx_http_rules_hi_calls++;
+
     p = malloc(size);
 
     return p ? p : ngx_http_rules_hi_block(size);
@@ -354,6 +360,8 @@ hi_strdup(const char *str)
 {
     char    *p;
     size_t   len;
+
+    ngx_http_rules_hi_calls++;
 
     p = strdup(str);
 
@@ -367,6 +375,23 @@ hi_strdup(const char *str)
 }
 
 #endif
+
+
+/*
+ * Whether hiredis calls the functions above: not when another object
+ * loaded before the module (another module, a preloaded library) gave
+ * hiredis its own first.  Asked once a context was made (it calls
+ * hi_malloc() for its dictionaries).
+ */
+ngx_uint_t
+ngx_http_rules_hi_interposed(void)
+{
+#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+    return ngx_http_rules_hi_calls != 0;
+#else
+    return 1;
+#endif
+}
 
 
 /*

@@ -748,3 +748,37 @@ rules_redis_cluster 127.0.0.1:7000 127.0.0.1:99999;
 --- must_die
 --- error_log eval
 qr{invalid port in "rules_redis_cluster 127\.0\.0\.1:99999" in \S*/html/cluster\.conf:1$}m
+
+
+
+=== TEST 41: a rules_redis unix socket path longer than a socket address holds (107 bytes) is refused
+--- http_config
+    include ../html/redis.conf;
+--- config
+    location = /px { return 204; }
+--- user_files
+>>> redis.conf
+rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
+--- must_die
+--- error_log eval
+qr{too long path in "rules_redis unix:/a{107}" \(at most 107 bytes\) in \S*/html/redis\.conf:1$}m
+
+
+
+=== TEST 42: a rules_redis unix socket path of 107 bytes is taken (nginx -t passes; nothing listens there)
+--- http_config
+    rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
+    rules_file ../html/rules.json;
+--- config
+    location = /px {
+        rules on;
+        rules_field uid $arg_uid;
+        return 204;
+    }
+--- user_files
+>>> rules.json
+{"rules": [{"id": "a", "kind": "segment", "key": "uid", "type": "count",
+            "min": 1, "within": "1s"}]}
+--- request
+GET /px?uid=x
+--- error_code: 204
