@@ -10,6 +10,16 @@
 # never carries a wrong match, and once the failures stop the workers
 # serve as before, with no descriptor kept.
 #
+# Then each hiredis workaround, made sure of (the random rounds reach
+# them too, but not by design: "a block set aside used" 17-26 times and
+# "a command not sent" 70-197 times a run, over 12 runs): Redis killed while
+# every allocation of the module and its libraries fails (a context
+# freed takes blocks set aside), hiredis' own allocations failing under
+# traffic (each command taken back, its event "error"); and a reload
+# whose new workers cannot make their Redis client (under=, fresh=):
+# they say so once at alert, answer events "error", try again every
+# second, and start it once memory is back.
+#
 # The crashes it found, all in hiredis 0.14.1 on a failed allocation
 # (README, Hardening): its aborting hi_malloc()/hi_strdup() at each
 # connect and free of a context, its output buffer left NULL after a
@@ -191,6 +201,12 @@ sub arm {
     RulesNginx::write_file($ctl, "ppid=$master $settings\n");
 }
 
+# armed before what follows: the workers' next allocations see it
+sub arm_now {
+    arm(@_);
+    sleep 0.05;    # read again every 10 ms
+}
+
 sub disarm {
     unlink $ctl;
     sleep 0.05;    # read again every 10 ms
@@ -306,6 +322,130 @@ is_deeply(\@leaks, [], 'no descriptor kept: '
           . join(' ', map { "$_: $fds_after{$_}" } sort keys %fds_after)
           . ' (before: ' . join(' ', map { "$_: $fds_before{$_}" }
                                      sort keys %fds_before) . ')');
+
+# How many times the log has a line matching $re.
+sub count_log {
+    my ($re) = @_;
+    return scalar(() = RulesNginx::error_log($ngx) =~ /$re/mg);
+}
+
+my $block_re = qr/out of memory in hiredis, a block set aside used/;
+my $undo_re = qr/out of memory in hiredis, a command not sent/;
+note(sprintf 'over the rounds: "a block set aside used" %d, '
+     . '"a command not sent" %d', count_log($block_re), count_log($undo_re));
+
+# The reserve, made sure of: every allocation of the module and its
+# libraries fails while Redis is killed under connected workers, so
+# hiredis' iterators over a context it frees (hi_malloc(), which aborts
+# in hiredis 0.14.1) come from the blocks set aside.
+{
+    my $blocks = count_log($block_re);
+    my $mark = length RulesNginx::error_log($ngx);
+    arm_now('mode=lib every=1');
+    RulesNginx::stop_pid($redis->{pid}, 'KILL');
+    RulesNginx::poll(10 * RulesMemcheck::slowdown(),
+                     sub { count_log($block_re) }, sub { $_[0] > $blocks });
+    cmp_ok(count_log($block_re), '>', $blocks,
+           'a context freed short of memory: hiredis is given a block set '
+           . 'aside');
+    $redis = RulesNginx::start_redis(port => $rport);
+    disarm();
+    # both workers connected again (the next step needs each one's
+    # connection: one still backing off fails its events at once), pixels
+    # sent meanwhile (a worker may connect on its next event)
+    my %want = map { $_ => 1 } workers();
+    my $conn_re = qr/^\S+\ \S+\ \[\w+\]\ (\d+)\#\d+:\ rules\ redis\ \S+:
+                     \ connected\b.*\(states\ stored/mx;
+    my $again = RulesNginx::poll(20 * RulesMemcheck::slowdown(), sub {
+        batch(10, map { ["/px?uid=again-$seq-$_&ts=1"] } 1 .. 4);
+        my %got = map { $_ => 1 } substr(RulesNginx::error_log($ngx), $mark)
+            =~ /$conn_re/g;
+        return scalar grep { $got{$_} } keys %want;
+    }, sub { $_[0] == keys %want }, 0.1);
+    is($again, scalar keys %want, 'each worker connected again');
+    is(serving(), 'ok', 'served again after the reserve was used');
+}
+
+# The undo, made sure of: every allocation hiredis makes itself fails
+# (not through the module's hi_malloc()): the callback it records for a
+# command, the output buffer grown, so each command is taken back whole,
+# its event answered "error", the connection kept.
+{
+    my $undone = count_log($undo_re);
+    arm_now('mode=lib from=hiredis every=1');
+    my @u = map { "undo-$seq-$_" } 1 .. 4;
+    my @res = batch(10, map { ["/px?uid=$_&ts=1"] } @u);
+    is(join(' | ', map { "$_->[0] $_->[1] [$_->[2]]" } @res),
+       join(' | ', ('204 error []') x 4),
+       'commands hiredis cannot queue: their events are errors');
+    cmp_ok(count_log($undo_re), '>', $undone,
+           'a command hiredis could not queue whole is taken back');
+    disarm();
+    is(serving(), 'ok', 'served again after the commands taken back');
+}
+
+# A worker started short of memory: workers started after arming (a
+# reload's) fail every allocation of the module and its libraries, so
+# their init_process cannot make the state cache or the Redis client;
+# they serve meanwhile (events "error"), say so once at alert, try again
+# every second, and start their client once memory is back.
+{
+    my @old = workers();
+    my %old = map { $_ => 1 } @old;
+    my $start_re = qr/\[alert\] .*rules: no memory to start the Redis client/;
+    my $started_re = qr/\[notice\]\ .*rules:\ Redis\ client\ started,
+                        \ after\ (\d+)\ tries\ short\ of\ memory/x;
+    is(count_log($start_re), 0, 'no start short of memory before');
+    arm_now('under=ngx_http_rules_batch_init every=1 fresh=1');
+    RulesNginx::reload_nginx($ngx);
+    my @new = @{ RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
+        [grep { !$old{$_} && !RulesNginx::zombie($_) }
+              RulesNginx::worker_pids($ngx)]
+    }, sub { @{ $_[0] } == 2 }) };
+    is(scalar @new, 2, 'a reload: two new workers');
+    RulesNginx::poll(10 * RulesMemcheck::slowdown(),
+                     sub { count_log($start_re) }, sub { $_[0] >= 2 });
+    is(count_log($start_re), 2,
+       'each new worker short of memory at its start says so at alert');
+    # the old workers, still connected, no longer take a request
+    ok(RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
+        !grep { !RulesNginx::zombie($_) } @old
+    }), 'the old workers gone');
+    # events answered "error" while the client is missing: pixels from
+    # fresh users (sent 4 at a time, both workers take some) for 3.5 s,
+    # so that each worker tries its start again (and fails) a few times
+    my ($armed_at, %got, $tries) = (time);
+    $tries = 0;
+    while (time < $armed_at + 3.5 * RulesMemcheck::slowdown()) {
+        my @u = map { "nostart-$seq-" . $tries++ } 1 .. 4;
+        for my $r (batch(10, map { ["/px?uid=$_&ts=1"] } @u)) {
+            $got{"$r->[0] $r->[1] [$r->[2]]"}++;
+        }
+        sleep 0.2;
+    }
+    is(join(', ', map { "$_ x$got{$_}" } sort keys %got),
+       "204 error [] x$tries",
+       'events answered "error" while the workers have no Redis client');
+    is(count_log($start_re), 2, 'said once per worker, not at each try');
+    is_deeply([sort { $a <=> $b } RulesNginx::worker_pids($ngx)],
+              [sort { $a <=> $b } @new], 'the new workers still running');
+    disarm();
+    my $log = RulesNginx::wait_log($ngx, qr/(?:$started_re.*\n.*){2}/s,
+                                   10 * RulesMemcheck::slowdown());
+    my @tries = $log =~ /$started_re/mg;
+    is(scalar @tries, 2, 'memory back: each worker starts its Redis client '
+       . '(' . join(', ', @tries) . ' tries)');
+    is(scalar(grep { $_ >= 2 } @tries), 2,
+       'each worker tried its start again while short of memory');
+    is(serving(), 'ok', 'the workers started short of memory serve and '
+       . 'match events');
+}
+
+is_deeply([RulesNginx::error_log($ngx)
+               =~ /^.*(?:exited on signal|exited with fatal code).*$/mg],
+          [], 'no worker crashed or was lost after the rounds either');
+note(sprintf 'over the file: "a block set aside used" %d, '
+     . '"a command not sent" %d', count_log($block_re), count_log($undo_re));
 
 RulesNginx::stop_nginx($ngx);
 unlink $ctl, glob("$ctl.*"), "$FindBin::Bin/failalloc-068.so";

@@ -16,6 +16,10 @@
  *                  (ngx_alloc, ngx_palloc...: at most 3 nginx frames)
  *                  called by the module: the module's own doing
  *   mode=all       every allocation
+ *   from=<word>    with mode=lib: only those whose first caller is in
+ *                  the object whose file name holds <word> (hiredis:
+ *                  its own calls to malloc(), not the module's
+ *                  hi_malloc())
  *   rate=<n>       each candidate fails with probability n / 1000000
  *   every=<n>      or every n-th candidate fails
  *   burst=<n>      a failure fails the n - 1 candidates after it too
@@ -23,6 +27,14 @@
  *   seed=<n>       of the generator (xorshift64*), mixed with the
  *                  process' arming count (not its pid): a run is as
  *                  repeatable as the traffic's timing lets it be
+ *   under=<name>   instead of mode: only allocations made under the
+ *                  function <name> (a dynamic symbol: an exported
+ *                  function of nginx or the module, found in the
+ *                  stack: not one left by a tail call), e.g. a
+ *                  worker's start and not its requests
+ *   fresh=1        only processes that found the file armed when they
+ *                  first looked (workers started after arming: a
+ *                  reload's), not those already running
  *   trace=1        each failure's stack to <ctl>.trace.<pid>
  *
  * The file is read again at most every 10 ms (a coarse monotonic clock,
@@ -36,6 +48,7 @@
 
 #define _GNU_SOURCE
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
@@ -60,8 +73,9 @@ extern void *__libc_memalign(size_t alignment, size_t size);
 enum { FA_OTHER = 0, FA_SKIP, FA_TARGET, FA_MODULE, FA_NGINX };
 
 typedef struct {
-    uintptr_t   lo, hi;
-    int         kind;
+    uintptr_t    lo, hi;
+    int          kind;
+    const char  *name;
 } fa_range_t;
 
 
@@ -79,10 +93,15 @@ static uint64_t      fa_every;
 static uint64_t      fa_burst;
 static uint64_t      fa_seed;
 static int           fa_trace;
+static int           fa_fresh;
+static char          fa_under[64];
+static char          fa_from[64];
 
 /* this process */
 static pid_t         fa_pid;        /* whose state this is */
 static int           fa_is_target;  /* its parent is ppid */
+static int           fa_first;      /* the file not read yet */
+static int           fa_born_armed; /* armed when first read */
 static uint64_t      fa_rng;
 static uint64_t      fa_calls, fa_failed, fa_reported, fa_burst_left;
 static uint64_t      fa_arms;
@@ -92,6 +111,11 @@ static struct timespec  fa_next_read;
 static fa_range_t    fa_ranges[FA_RANGES];
 static int           fa_nranges;
 static pid_t         fa_ranges_pid;
+
+/* the function of under=, as this process found it */
+static char          fa_fn_name[64];
+static uintptr_t     fa_fn_lo, fa_fn_hi;
+static pid_t         fa_fn_pid;
 
 
 static void fa_read_ctl(void);
@@ -161,6 +185,7 @@ fa_phdr(struct dl_phdr_info *info, size_t size, void *data)
         fa_ranges[fa_nranges].lo = lo;
         fa_ranges[fa_nranges].hi = hi;
         fa_ranges[fa_nranges].kind = kind;
+        fa_ranges[fa_nranges].name = name;
         fa_nranges++;
     }
 
@@ -169,13 +194,16 @@ fa_phdr(struct dl_phdr_info *info, size_t size, void *data)
 
 
 static int
-fa_kind(void *addr)
+fa_kind(void *addr, const char **name)
 {
     int        i;
     uintptr_t  a = (uintptr_t) addr;
 
+    *name = NULL;
+
     for (i = 0; i < fa_nranges; i++) {
         if (a >= fa_ranges[i].lo && a < fa_ranges[i].hi) {
+            *name = fa_ranges[i].name;
             return fa_ranges[i].kind;
         }
     }
@@ -188,8 +216,9 @@ fa_kind(void *addr)
 static int
 fa_ours(void)
 {
-    int     n, i, kind, nginx;
-    void   *frames[FA_DEPTH];
+    int          n, i, kind, nginx;
+    void        *frames[FA_DEPTH];
+    const char  *name;
 
     if (fa_ranges_pid != fa_pid) {
         /* the module is loaded before any worker exists */
@@ -202,10 +231,15 @@ fa_ours(void)
     nginx = 0;
 
     for (i = 1; i < n; i++) {
-        kind = fa_kind(frames[i]);
+        kind = fa_kind(frames[i], &name);
 
         if (kind == FA_SKIP) {
             continue;
+        }
+
+        if (fa_from[0]) {
+            return (kind == FA_TARGET || kind == FA_MODULE)
+                   && fa_contains(name, fa_from);
         }
 
         if (kind == FA_TARGET || kind == FA_MODULE) {
@@ -217,6 +251,45 @@ fa_ours(void)
         }
 
         return 0;
+    }
+
+    return 0;
+}
+
+
+/* under=<name>: a caller's frame inside that function */
+static int
+fa_under_fn(void)
+{
+    int         n, i;
+    void       *frames[FA_DEPTH], *addr;
+    Dl_info     info;
+    ElfW(Sym)  *sym;
+
+    if (fa_fn_pid != fa_pid || strcmp(fa_fn_name, fa_under) != 0) {
+        memcpy(fa_fn_name, fa_under, sizeof(fa_fn_name));
+        fa_fn_pid = fa_pid;
+        fa_fn_lo = fa_fn_hi = 0;
+
+        addr = dlsym(RTLD_DEFAULT, fa_under);
+        sym = NULL;
+
+        if (addr && dladdr1(addr, &info, (void **) &sym, RTLD_DL_SYMENT)
+            && sym)
+        {
+            fa_fn_lo = (uintptr_t) addr;
+            fa_fn_hi = fa_fn_lo + sym->st_size;
+        }
+    }
+
+    n = backtrace(frames, FA_DEPTH);
+
+    for (i = 1; i < n; i++) {
+        if ((uintptr_t) frames[i] > fa_fn_lo
+            && (uintptr_t) frames[i] <= fa_fn_hi)
+        {
+            return 1;
+        }
     }
 
     return 0;
@@ -326,6 +399,35 @@ fa_number(const char *s, const char *name)
 }
 
 
+/* the value of name=<word> in s, or "" */
+static void
+fa_word(const char *s, const char *name, char *out, size_t size)
+{
+    size_t       len, n;
+    const char  *p;
+
+    len = strlen(name);
+    out[0] = '\0';
+
+    for (p = s; (p = strstr(p, name)) != NULL; p += len) {
+        if ((p == s || p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n')
+            && p[len] == '=')
+        {
+            p += len + 1;
+
+            for (n = 0; n < size - 1 && p[n] && p[n] != ' ' && p[n] != '\t'
+                        && p[n] != '\n'; n++)
+            {
+                out[n] = p[n];
+            }
+
+            out[n] = '\0';
+            return;
+        }
+    }
+}
+
+
 static void
 fa_read_ctl(void)
 {
@@ -354,11 +456,20 @@ fa_read_ctl(void)
         fa_burst = fa_number(buf, "burst");
         fa_seed = fa_number(buf, "seed");
         fa_trace = (int) fa_number(buf, "trace");
+        fa_fresh = (int) fa_number(buf, "fresh");
+        fa_word(buf, "under", fa_under, sizeof(fa_under));
+        fa_word(buf, "from", fa_from, sizeof(fa_from));
         fa_mode_all = strstr(buf, "mode=all") != NULL;
         fa_armed = fa_ppid > 0 && (fa_rate || fa_every);
     }
 
-    fa_is_target = fa_armed && (long) getppid() == fa_ppid;
+    if (fa_first) {
+        fa_first = 0;
+        fa_born_armed = fa_armed;
+    }
+
+    fa_is_target = fa_armed && (long) getppid() == fa_ppid
+                   && (!fa_fresh || fa_born_armed);
 
     if (fa_armed && fa_is_target && !was) {
         /* armed again: a new sequence, the same for the same seed */
@@ -399,6 +510,7 @@ fa_fail(void)
         fa_pid = pid;
         fa_is_target = 0;
         fa_armed = 0;
+        fa_first = 1;
         fa_calls = fa_failed = fa_reported = 0;
         fa_trace_fd = -1;
         fa_next_read.tv_sec = 0;
@@ -423,7 +535,9 @@ fa_fail(void)
 
     fail = 0;
 
-    if (fa_armed && fa_is_target && (fa_mode_all || fa_ours())) {
+    if (fa_armed && fa_is_target
+        && (fa_under[0] ? fa_under_fn() : fa_mode_all || fa_ours()))
+    {
         fa_calls++;
 
         if (fa_burst_left) {
