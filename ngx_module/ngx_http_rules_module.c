@@ -1467,30 +1467,21 @@ ngx_http_rules_exit_process(ngx_cycle_t *cycle)
         ngx_del_timer(&ngx_http_rules_start_ev);
     }
 
-    if (rmcf->redis == NULL && rmcf->cluster == NULL) {
-
-        if (rmcf->redis_set || rmcf->cluster_set) {
-            /* what a start short of memory made: nothing was sent */
-            ngx_http_rules_batch_exit();
-            ngx_http_rules_metrics_worker_exit(rmcf);
-            ngx_http_rules_worker_exit();
-            ngx_http_rules_reply_exit();
-            ngx_http_rules_variables_exit();
-
-        } else {
-            ngx_http_rules_metrics_worker_exit(rmcf);
-        }
-
+    if (!rmcf->redis_set && !rmcf->cluster_set) {
+        ngx_http_rules_metrics_worker_exit(rmcf);
         return;
     }
 
-    /* the calls in flight fail first, then those never sent */
+    /*
+     * the calls in flight fail first, then those never sent (no client
+     * when a start short of memory made none: nothing was sent)
+     */
 
     if (rmcf->cluster) {
         ngx_http_rules_cluster_destroy(rmcf->cluster);
         rmcf->cluster = NULL;
 
-    } else {
+    } else if (rmcf->redis) {
         ngx_http_rules_redis_destroy(rmcf->redis, "worker exiting");
         rmcf->redis = NULL;
     }

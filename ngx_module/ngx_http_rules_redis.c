@@ -53,15 +53,6 @@
 
 
 /*
- * hiredis' internals relied upon here (its callback list, its output
- * buffer and reader, its allocation functions) are those of 0.14.
- */
-#if !(HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
-#error "ngx_http_rules_redis.c is written for hiredis 0.14"
-#endif
-
-
-/*
  * Command blocks kept for the next commands: at most this many, and this
  * many bytes in all (calls of large states are hundreds of KB: kept
  * after a burst of them in flight, they would hold tens of MB idle).

@@ -13,6 +13,16 @@
 
 
 /*
+ * hiredis' internals relied upon (its callback list, its output buffer
+ * and reader, its allocation functions: ngx_http_rules_redis.c and
+ * ngx_http_rules_reply.c) are those of 0.14.
+ */
+#if !(HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
+#error "the module's Redis client is written for hiredis 0.14"
+#endif
+
+
+/*
  * Owned by the caller, read for the connection's whole life (the worker's).
  * A zero connect_timeout or reply_timeout disables that watchdog.
  */

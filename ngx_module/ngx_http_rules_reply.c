@@ -313,17 +313,12 @@ ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
  * (ngx_http_rules_hi_reserve()).  Its other allocations fail as usual.
  */
 
-#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
-
 #define NGX_HTTP_RULES_HI_RESERVE  64       /* 8 KB */
 #define NGX_HTTP_RULES_HI_BLOCK    128      /* a dict, a socket path */
 
 static void        *ngx_http_rules_hi_blocks[NGX_HTTP_RULES_HI_RESERVE];
 static ngx_uint_t   ngx_http_rules_hi_nblocks;
 static ngx_uint_t   ngx_http_rules_hi_calls;
-
-
-static void *ngx_http_rules_hi_block(size_t size);
 
 
 static void *
@@ -374,8 +369,6 @@ hi_strdup(const char *str)
     return p;
 }
 
-#endif
-
 
 /*
  * Whether hiredis calls the functions above: not when another object
@@ -386,11 +379,7 @@ hi_strdup(const char *str)
 ngx_uint_t
 ngx_http_rules_hi_interposed(void)
 {
-#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
     return ngx_http_rules_hi_calls != 0;
-#else
-    return 1;
-#endif
 }
 
 
@@ -401,7 +390,6 @@ ngx_http_rules_hi_interposed(void)
 ngx_int_t
 ngx_http_rules_hi_reserve(ngx_uint_t n)
 {
-#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
     void  *p;
 
     n = ngx_min(n, NGX_HTTP_RULES_HI_RESERVE);
@@ -416,9 +404,6 @@ ngx_http_rules_hi_reserve(ngx_uint_t n)
     }
 
     return ngx_http_rules_hi_nblocks >= n ? NGX_OK : NGX_DECLINED;
-#else
-    return NGX_OK;
-#endif
 }
 
 
@@ -447,9 +432,7 @@ ngx_http_rules_reply_exit(void)
 
     ngx_http_rules_reply_nfree = 0;
 
-#if (HIREDIS_MAJOR == 0 && HIREDIS_MINOR == 14)
     while (ngx_http_rules_hi_nblocks) {
         free(ngx_http_rules_hi_blocks[--ngx_http_rules_hi_nblocks]);
     }
-#endif
 }
