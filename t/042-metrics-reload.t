@@ -60,9 +60,7 @@ sub wait_metrics {
 
 # how many workers have exited (replaced by a reload) so far, and a wait
 # until $n more have
-sub exits {
-    return scalar(() = RulesNginx::error_log($ngx) =~ /exited with code 0/g);
-}
+sub exits { RulesNginx::log_count($ngx, qr/exited with code 0/) }
 
 sub wait_exits {
     my ($before, $n) = @_;

@@ -78,16 +78,11 @@ sub evaluated {
     return (scalar @v, $sum);
 }
 
-sub exits {
-    return scalar(() = RulesNginx::error_log($ngx) =~ /exited with code 0/g);
-}
+sub exits { RulesNginx::log_count($ngx, qr/exited with code 0/) }
 
 # how many old workers have stopped accepting (their listening sockets
 # closed: a request of a new configuration goes to its own worker)
-sub shutdowns {
-    return scalar(() = RulesNginx::error_log($ngx)
-                       =~ /gracefully shutting down/g);
-}
+sub shutdowns { RulesNginx::log_count($ngx, qr/gracefully shutting down/) }
 
 my $seq = 0;
 sub events {

@@ -51,10 +51,7 @@ my $ts = 1000;
 
 # the worker's connections made so far (logged "connected"); waits until
 # there are more than $n
-sub connects {
-    return scalar(() = RulesNginx::error_log($ngx)
-                       =~ /rules redis \S+: connected/g);
-}
+sub connects { RulesNginx::log_count($ngx, qr/rules redis \S+: connected/) }
 
 sub wait_connects {
     my ($n) = @_;

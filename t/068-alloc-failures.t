@@ -324,10 +324,7 @@ is_deeply(\@leaks, [], 'no descriptor kept: '
                                      sort keys %fds_before) . ')');
 
 # How many times the log has a line matching $re.
-sub count_log {
-    my ($re) = @_;
-    return scalar(() = RulesNginx::error_log($ngx) =~ /$re/mg);
-}
+sub count_log { RulesNginx::log_count($ngx, $_[0]) }
 
 my $block_re = qr/out of memory in hiredis, a block set aside used/;
 my $undo_re = qr/out of memory in hiredis, a command not sent/;

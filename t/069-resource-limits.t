@@ -82,13 +82,11 @@ sub nginx {
 sub px {
     my ($ngx, $query, $loc) = @_;
     my $t0 = time;
-    my ($st, $h) = RulesNginx::get($ngx->{port}, ($loc // '/px') . "?$query");
-    my $answer = ($loc // '') eq '/pxc'
-        ? "$st " . ($h->{'x-status'} // '-') . ' fraud='
-          . ($h->{'x-fraud'} // '-')
-        : "$st " . ($h->{'x-status'} // '-') . ' ['
-          . ($h->{'x-rules'} // '') . ']';
-    return ($answer, time - $t0);
+    return (RulesNginx::pixel($ngx, $query), time - $t0)
+        if ($loc // '/px') eq '/px';
+    my ($st, $h) = RulesNginx::get($ngx->{port}, "$loc?$query");
+    return ("$st " . ($h->{'x-status'} // '-') . ' fraud='
+            . ($h->{'x-fraud'} // '-'), time - $t0);
 }
 
 # Redis is down or refused: both modes answer at once (the deadline is

@@ -335,6 +335,12 @@ sub error_log {
     return <$fh>;
 }
 
+# How many times nginx's error log matches $re.
+sub log_count {
+    my ($ngx, $re) = @_;
+    return scalar(() = error_log($ngx) =~ /$re/mg);
+}
+
 # nginx's error log once it matches $re, or as it is after $secs seconds
 # (by default 5, times the valgrind slowdown).
 sub wait_log {
