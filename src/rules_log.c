@@ -647,16 +647,13 @@ rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
 }
 
 
-long
-rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
+/* The item's key (added when new), then its two arguments. */
+static long
+rules_batch_put(rules_batch_t *b, const unsigned char *key, size_t key_len,
     const rules_item_t *item)
 {
     size_t         k, off, split;
     unsigned char  meta[RULES_META_LEN], body[RULES_BODY_HEADER_LEN];
-
-    if (item->op_len > 0xffffffff) {
-        return -1;
-    }
 
     k = rules_batch_key_index(b, key, key_len, item->key_hash);
 
@@ -725,6 +722,55 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
     b->nargs += 2;
 
     return (long) (b->nargs / 2 - 1);
+}
+
+
+/*
+ * Takes back what a failed rules_batch_add() added: the bytes, and the
+ * key when it was new (the last one in the table, so no other key's
+ * probe passes its slot).
+ */
+static void
+rules_batch_undo(rules_batch_t *b, size_t nkeys, size_t len)
+{
+    size_t  h;
+
+    if (b->nkeys > nkeys) {
+        for (h = 0; h < b->table_size; h++) {
+            if (b->table[h] == b->nkeys) {
+                b->table[h] = 0;
+                break;
+            }
+        }
+
+        b->nkeys = nkeys;
+    }
+
+    b->data.len = len;
+}
+
+
+long
+rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
+    const rules_item_t *item)
+{
+    long    i;
+    size_t  nkeys, len;
+
+    if (item->op_len > 0xffffffff) {
+        return -1;
+    }
+
+    nkeys = b->nkeys;
+    len = b->data.len;
+
+    i = rules_batch_put(b, key, key_len, item);
+
+    if (i < 0) {
+        rules_batch_undo(b, nkeys, len);
+    }
+
+    return i;
 }
 
 

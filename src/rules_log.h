@@ -259,7 +259,8 @@ typedef struct {
     size_t           table_size;
 } rules_batch_t;
 
-/* Adds an item; returns its index, or -1 on memory exhaustion. */
+/* Adds an item; returns its index, or -1 on memory exhaustion (the batch
+ * is then as it was). */
 long rules_batch_add(rules_batch_t *b, const unsigned char *key,
     size_t key_len, const rules_item_t *item);
 

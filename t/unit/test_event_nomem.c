@@ -1,7 +1,8 @@
 /*
- * Out of memory while an event is evaluated or a JSON body parsed: the
- * engine says so (RULES_EVENT_NOMEM, RULES_JSON_NOMEM), distinct from an
- * invalid event, and what it reuses stays usable.  The allocations fail
+ * Out of memory while an event is evaluated, a JSON body parsed or an
+ * item added to a call: the engine says so (RULES_EVENT_NOMEM,
+ * RULES_JSON_NOMEM, -1), distinct from an invalid event, and what it
+ * reuses stays usable (a call is as it was before the item).  The allocations fail
  * on demand: malloc(), realloc() and calloc() are wrapped here (glibc's
  * own are __libc_malloc() and the like; jansson allocates with malloc()).
  */
@@ -15,6 +16,7 @@
 #include "rules_engine.h"
 #include "rules_internal.h"
 #include "rules_json_event.h"
+#include "rules_log.h"
 #include "tap.h"
 
 
@@ -413,6 +415,137 @@ test_rules_file(void)
 }
 
 
+/* A call's whole argv as one text, for comparing two calls. */
+static size_t
+batch_text(const rules_batch_t *b, unsigned char *out, size_t size)
+{
+    char          nbuf[32];
+    size_t        i, n, argc, lens[64];
+    const char   *argv[64];
+
+    argc = rules_batch_argc(b);
+
+    if (argc > 64) {
+        return (size_t) -1;
+    }
+
+    rules_batch_argv(b, nbuf, argv, lens);
+
+    n = 0;
+
+    for (i = 0; i < argc; i++) {
+        if (n + lens[i] + 1 > size) {
+            return (size_t) -1;
+        }
+
+        memcpy(out + n, argv[i], lens[i]);
+        n += lens[i];
+        out[n++] = '|';
+    }
+
+    return n;
+}
+
+
+/*
+ * Items of every kind added to a call, each with every allocation it
+ * makes failing in turn (the key's table, the key's and arguments'
+ * arrays, the bytes): each failure leaves the call as it was (no key
+ * without an item, no bytes), and the call finally built is the one
+ * built without failures.
+ */
+static void
+test_batch_add(void)
+{
+    long                  i, k, rc, fails, kept;
+    size_t                n, nref, nkeys, nargs, bytes;
+    rules_item_t          item;
+    rules_batch_t         b, ref;
+    static unsigned char  op[3000], state[5000], t1[65536], t2[65536];
+    static const rules_item_kind_t  kinds[] = {
+        RULES_ITEM_WRITE, RULES_ITEM_APPEND, RULES_ITEM_EXTEND,
+        RULES_ITEM_COMPACT, RULES_ITEM_READ
+    };
+    char                  key[32];
+
+    memset(op, 'o', sizeof(op));
+    memset(state, 's', sizeof(state));
+    memset(&b, 0, sizeof(rules_batch_t));
+    memset(&ref, 0, sizeof(rules_batch_t));
+
+    fails = 0;
+    kept = 0;
+
+    for (i = 0; i < 20; i++) {
+        memset(&item, 0, sizeof(rules_item_t));
+        item.kind = kinds[i % 5];
+        item.now = 1000 + i;
+        item.wall = 2000 + i;
+        item.ttl = 60;
+        item.gen = (double) i;
+        item.newgen = (double) i + 1;
+        item.op = op;
+        item.op_len = 100 + 150 * (size_t) i;
+        item.state = state;
+        item.state_len = 200 + 250 * (size_t) i;
+
+        /* keys new and seen again */
+        snprintf(key, sizeof(key), "key-%ld", i % 7 == 6 ? i - 3 : i);
+
+        if (rules_batch_add(&ref, (const unsigned char *) key, strlen(key),
+                            &item)
+            != i)
+        {
+            break;
+        }
+
+        for (k = 0; ; k++) {
+            nkeys = b.nkeys;
+            nargs = b.nargs;
+            bytes = rules_batch_bytes(&b);
+
+            fail_once = 1;
+            alloc_budget = k;
+            alloc_failed = 0;
+            rc = rules_batch_add(&b, (const unsigned char *) key,
+                                 strlen(key), &item);
+            alloc_budget = -1;
+            fail_once = 0;
+
+            if (alloc_failed == 0) {
+                break;
+            }
+
+            fails++;
+
+            if (rc == -1 && b.nkeys == nkeys && b.nargs == nargs
+                && rules_batch_bytes(&b) == bytes)
+            {
+                kept++;
+            }
+        }
+
+        if (rc != i) {
+            break;
+        }
+    }
+
+    nref = batch_text(&ref, t1, sizeof(t1));
+    n = batch_text(&b, t2, sizeof(t2));
+
+    ok(i == 20 && fails > 5 && kept == fails,
+       "20 items added with each of their %ld allocations failing in turn: "
+       "the call as it was after each failure (%ld)", fails, kept);
+    ok(n != (size_t) -1 && n == nref && memcmp(t1, t2, n) == 0
+       && b.nkeys == ref.nkeys,
+       "the call built through the failures is the one built without "
+       "(%zu keys, %zu bytes of arguments)", b.nkeys, n);
+
+    rules_batch_free(&b);
+    rules_batch_free(&ref);
+}
+
+
 int
 main(void)
 {
@@ -429,6 +562,7 @@ main(void)
     test_event_build();
     test_json();
     test_rules_file();
+    test_batch_add();
 
     rules_free(rs);
 
