@@ -177,6 +177,8 @@ struct ngx_http_rules_redis_s {
     unsigned                           native:1;    /* RULES.STORE works */
     unsigned                           writing:1;   /* in HandleWrite */
 
+    ngx_http_rules_log_rate_t          nomem_log;   /* commands not sent */
+
     ngx_str_t                          reason;      /* of the last close */
     uint32_t                           logged_kind; /* last one logged */
     u_char                             reason_buf[
@@ -1674,6 +1676,7 @@ static ngx_int_t
 ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
     redisAsyncContext *ac, ngx_http_rules_redis_mark_t *m, int rc)
 {
+    ngx_int_t       skipped;
     redisCallback  *cb;
 
     cb = ac->replies.tail;
@@ -1684,8 +1687,13 @@ ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
     }
 
     if (ac->c.err == 0 && rc != REDIS_OK) {
-        /* refused before either step: formatting, or disconnecting */
-        return NGX_ERROR;
+        /* refused before either step: disconnecting, or formatting */
+
+        if (ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)) {
+            return NGX_ERROR;
+        }
+
+        goto nomem;
     }
 
     if (cb != m->tail) {
@@ -1713,9 +1721,18 @@ ngx_http_rules_redis_queued(ngx_http_rules_redis_t *rd,
         ac->c.errstr[0] = '\0';
     }
 
-    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                  "rules redis %V: out of memory in hiredis, a command "
-                  "not sent", &rd->conf->addr_text);
+nomem:
+
+    /* at most a line a second: short of memory, every command fails */
+
+    skipped = ngx_http_rules_log_due(&rd->nomem_log);
+
+    if (skipped != NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "rules redis %V: out of memory in hiredis, a command "
+                      "not sent (%i more since the last such line)",
+                      &rd->conf->addr_text, skipped);
+    }
 
     return NGX_ERROR;
 }

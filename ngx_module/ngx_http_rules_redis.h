@@ -23,6 +23,35 @@
 
 
 /*
+ * A log line limited to one a second, with the count of the others:
+ * ngx_http_rules_log_due() returns NGX_DECLINED when the line is not due
+ * (it is counted), else the number of lines left out since the last.
+ */
+typedef struct {
+    time_t      logged;
+    ngx_uint_t  unlogged;
+} ngx_http_rules_log_rate_t;
+
+
+static ngx_inline ngx_int_t
+ngx_http_rules_log_due(ngx_http_rules_log_rate_t *lr)
+{
+    ngx_int_t  n;
+
+    if (ngx_time() == lr->logged) {
+        lr->unlogged++;
+        return NGX_DECLINED;
+    }
+
+    n = (ngx_int_t) lr->unlogged;
+    lr->logged = ngx_time();
+    lr->unlogged = 0;
+
+    return n;
+}
+
+
+/*
  * Owned by the caller, read for the connection's whole life (the worker's).
  * A zero connect_timeout or reply_timeout disables that watchdog.
  */
