@@ -634,7 +634,13 @@ ngx_http_rules_redis_on_connect(const redisAsyncContext *ac, int status)
                    "rules redis %V: connection made",
                    &rd->conf->addr_text);
 
-    /* the setup commands, before hiredis writes them (its write follows) */
+    /*
+     * The setup commands (and the calls queued behind them), before
+     * hiredis writes them: its write follows this callback.  Only when
+     * the socket did not take them all does that write have anything to
+     * do (and, if it takes the rest, replace the buffer unchecked): the
+     * one such write left, on a socket full a moment before.
+     */
     ngx_http_rules_redis_flush((redisAsyncContext *) ac);
 
     /* the setup commands wait for their replies from now on */
@@ -1860,9 +1866,37 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
     ac = c->data;
     rd = ac->data;
 
-    /* rd outlives the context, which this call may free */
+    if ((ac->c.flags & REDIS_CONNECTED) && ac->c.err == 0) {
+        ngx_http_rules_redis_flush(ac);
 
-    ngx_http_rules_redis_flush(ac);
+        if (ac->c.err == 0) {
+            /*
+             * As redisAsyncHandleWrite() would go on, without its second
+             * write: one that takes the rest replaces the buffer by an
+             * unchecked sdsempty().  What the socket did not take waits
+             * for the registered write event.
+             */
+
+            if (sdslen(ac->c.obuf) == 0) {
+                ngx_http_rules_redis_del_write(c);
+
+            } else {
+                rd->writing = 1;
+                ngx_http_rules_redis_add_write(c);
+                rd->writing = 0;
+            }
+
+            ngx_http_rules_redis_add_read(c);
+
+            return;
+        }
+    }
+
+    /*
+     * Connecting (the setup commands are written by the connect
+     * callback), or a write error, which hiredis reports and closes on:
+     * rd outlives the context, which this call may free.
+     */
 
     rd->writing = 1;
     redisAsyncHandleWrite(ac);
