@@ -420,12 +420,13 @@ static size_t
 batch_text(const rules_batch_t *b, unsigned char *out, size_t size)
 {
     char          nbuf[32];
-    size_t        i, n, argc, lens[64];
-    const char   *argv[64];
+    size_t        i, n, argc;
+    static size_t       lens[512];
+    static const char  *argv[512];
 
     argc = rules_batch_argc(b);
 
-    if (argc > 64) {
+    if (argc > 512) {
         return (size_t) -1;
     }
 
@@ -447,21 +448,41 @@ batch_text(const rules_batch_t *b, unsigned char *out, size_t size)
 }
 
 
+/* The key table holds each key once, and nothing else. */
+static int
+batch_table_sound(const rules_batch_t *b)
+{
+    size_t  h, used;
+
+    used = 0;
+
+    for (h = 0; h < b->table_size; h++) {
+        if (b->table[h] > b->nkeys) {
+            return 0;
+        }
+
+        used += (b->table[h] != 0);
+    }
+
+    return used == b->nkeys;
+}
+
+
 /*
  * Items of every kind added to a call, each with every allocation it
- * makes failing in turn (the key's table, the key's and arguments'
+ * makes failing in turn (the key's table grown, the key's and arguments'
  * arrays, the bytes): each failure leaves the call as it was (no key
- * without an item, no bytes), and the call finally built is the one
- * built without failures.
+ * without an item, no bytes, a sound table), for new keys and keys seen
+ * before, and the call finally built is the one built without failures.
  */
 static void
 test_batch_add(void)
 {
-    long                  i, k, rc, fails, kept;
-    size_t                n, nref, nkeys, nargs, bytes;
+    long                  i, k, rc, fails, kept, seen_fails, grown_fails;
+    size_t                n, nref, nkeys, nargs, bytes, tsize;
     rules_item_t          item;
     rules_batch_t         b, ref;
-    static unsigned char  op[3000], state[5000], t1[65536], t2[65536];
+    static unsigned char  op[4096], state[8192], t1[1 << 20], t2[1 << 20];
     static const rules_item_kind_t  kinds[] = {
         RULES_ITEM_WRITE, RULES_ITEM_APPEND, RULES_ITEM_EXTEND,
         RULES_ITEM_COMPACT, RULES_ITEM_READ
@@ -475,8 +496,10 @@ test_batch_add(void)
 
     fails = 0;
     kept = 0;
+    seen_fails = 0;
+    grown_fails = 0;
 
-    for (i = 0; i < 20; i++) {
+    for (i = 0; i < 100; i++) {
         memset(&item, 0, sizeof(rules_item_t));
         item.kind = kinds[i % 5];
         item.now = 1000 + i;
@@ -485,12 +508,12 @@ test_batch_add(void)
         item.gen = (double) i;
         item.newgen = (double) i + 1;
         item.op = op;
-        item.op_len = 100 + 150 * (size_t) i;
+        item.op_len = 50 + (size_t) (i * 37 % 4000);
         item.state = state;
-        item.state_len = 200 + 250 * (size_t) i;
+        item.state_len = 100 + (size_t) (i * 997 % 8000);
 
-        /* keys new and seen again */
-        snprintf(key, sizeof(key), "key-%ld", i % 7 == 6 ? i - 3 : i);
+        /* every fourth item a key seen before; 75 keys: the table grows */
+        snprintf(key, sizeof(key), "key-%ld", i % 4 == 3 ? i - 2 : i);
 
         if (rules_batch_add(&ref, (const unsigned char *) key, strlen(key),
                             &item)
@@ -503,6 +526,7 @@ test_batch_add(void)
             nkeys = b.nkeys;
             nargs = b.nargs;
             bytes = rules_batch_bytes(&b);
+            tsize = b.table_size;
 
             fail_once = 1;
             alloc_budget = k;
@@ -517,9 +541,11 @@ test_batch_add(void)
             }
 
             fails++;
+            seen_fails += (i % 4 == 3);
+            grown_fails += (b.table_size > tsize);
 
             if (rc == -1 && b.nkeys == nkeys && b.nargs == nargs
-                && rules_batch_bytes(&b) == bytes)
+                && rules_batch_bytes(&b) == bytes && batch_table_sound(&b))
             {
                 kept++;
             }
@@ -533,18 +559,19 @@ test_batch_add(void)
     nref = batch_text(&ref, t1, sizeof(t1));
     n = batch_text(&b, t2, sizeof(t2));
 
-    ok(i == 20 && fails > 5 && kept == fails,
-       "20 items added with each of their %ld allocations failing in turn: "
-       "the call as it was after each failure (%ld)", fails, kept);
+    ok(i == 100 && kept == fails && seen_fails > 0 && grown_fails > 0,
+       "100 items added with each of their %ld allocations failing in "
+       "turn (%ld for a key seen before, %ld after the table grew): the "
+       "call as it was after each failure (%ld)", fails, seen_fails,
+       grown_fails, kept);
     ok(n != (size_t) -1 && n == nref && memcmp(t1, t2, n) == 0
-       && b.nkeys == ref.nkeys,
+       && b.nkeys == ref.nkeys && batch_table_sound(&b),
        "the call built through the failures is the one built without "
        "(%zu keys, %zu bytes of arguments)", b.nkeys, n);
 
     rules_batch_free(&b);
     rules_batch_free(&ref);
 }
-
 
 int
 main(void)
