@@ -313,10 +313,10 @@ ngx_http_rules_reply_str_free_buf(char *buf, size_t size)
  * (ngx_http_rules_hi_reserve()).  Its other allocations fail as usual.
  */
 
-#define NGX_HTTP_RULES_HI_RESERVE  64       /* 8 KB */
+#define NGX_HTTP_RULES_HI_RESERVE  8        /* at least: 1 KB */
 #define NGX_HTTP_RULES_HI_BLOCK    128      /* a dict, a socket path */
 
-static void        *ngx_http_rules_hi_blocks[NGX_HTTP_RULES_HI_RESERVE];
+static void        *ngx_http_rules_hi_blocks;   /* each links the next */
 static ngx_uint_t   ngx_http_rules_hi_nblocks;
 static ngx_uint_t   ngx_http_rules_hi_calls;
 
@@ -324,6 +324,8 @@ static ngx_uint_t   ngx_http_rules_hi_calls;
 static void *
 ngx_http_rules_hi_block(size_t size)
 {
+    void  *p;
+
     if (size > NGX_HTTP_RULES_HI_BLOCK || ngx_http_rules_hi_nblocks == 0) {
         /* as hiredis' own */
         abort();
@@ -333,7 +335,11 @@ ngx_http_rules_hi_block(size_t size)
                   "rules redis: out of memory in hiredis, a block set "
                   "aside used");
 
-    return ngx_http_rules_hi_blocks[--ngx_http_rules_hi_nblocks];
+    p = ngx_http_rules_hi_blocks;
+    ngx_http_rules_hi_blocks = *(void **) p;
+    ngx_http_rules_hi_nblocks--;
+
+    return p;
 }
 
 
@@ -384,23 +390,26 @@ ngx_http_rules_hi_interposed(void)
 
 
 /*
- * Tops up the blocks set aside; NGX_OK: there are n of them at least (all
- * of them, for more: a cluster of many nodes still connects).
+ * Tops up the blocks set aside to n, and to NGX_HTTP_RULES_HI_RESERVE at
+ * least; NGX_OK: there are n of them.  Kept until the worker exits.
  */
 ngx_int_t
 ngx_http_rules_hi_reserve(ngx_uint_t n)
 {
-    void  *p;
+    void        *p;
+    ngx_uint_t   want;
 
-    n = ngx_min(n, NGX_HTTP_RULES_HI_RESERVE);
+    want = ngx_max(n, NGX_HTTP_RULES_HI_RESERVE);
 
-    while (ngx_http_rules_hi_nblocks < NGX_HTTP_RULES_HI_RESERVE) {
+    while (ngx_http_rules_hi_nblocks < want) {
         p = malloc(NGX_HTTP_RULES_HI_BLOCK);
         if (p == NULL) {
             break;
         }
 
-        ngx_http_rules_hi_blocks[ngx_http_rules_hi_nblocks++] = p;
+        *(void **) p = ngx_http_rules_hi_blocks;
+        ngx_http_rules_hi_blocks = p;
+        ngx_http_rules_hi_nblocks++;
     }
 
     return ngx_http_rules_hi_nblocks >= n ? NGX_OK : NGX_DECLINED;
@@ -432,7 +441,11 @@ ngx_http_rules_reply_exit(void)
 
     ngx_http_rules_reply_nfree = 0;
 
-    while (ngx_http_rules_hi_nblocks) {
-        free(ngx_http_rules_hi_blocks[--ngx_http_rules_hi_nblocks]);
+    while (ngx_http_rules_hi_blocks) {
+        buf = ngx_http_rules_hi_blocks;
+        ngx_http_rules_hi_blocks = *(void **) buf;
+        free(buf);
     }
+
+    ngx_http_rules_hi_nblocks = 0;
 }
