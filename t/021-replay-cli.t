@@ -436,6 +436,17 @@ for my $addr ('127.0.0.1:' . RulesNginx::free_port(), "unix:$dir/none.sock") {
          "cannot connect to $addr: the error, with no input line");
 }
 
+# a unix socket path of 107 bytes (hiredis would read one byte past it):
+# a usage error, before any connection
+{
+    my $long = 'unix:/' . ('p' x 106);
+    $r = run_replay({ in => "$page1\n" }, '--redis', $long);
+    is_deeply([$r->{rc}, $r->{out}], [2, ''],
+              'a unix path of 107 bytes: exit 2, no results');
+    like($r->{err}, qr/^rules-replay: invalid --redis "\Q$long\E": a unix path of at most 106 bytes\n\z/,
+         'a unix path of 107 bytes: the error says the limit');
+}
+
 
 # a Redis with a password and 4 databases, on TCP and a unix socket
 # (unix:PATH): the state written through the socket, in the --db given;

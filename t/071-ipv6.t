@@ -11,9 +11,9 @@
 #    users on all three masters, and a slot moved by hand: the MOVED
 #    naming "::1:PORT" followed (the port after the last colon) to the
 #    new master.
-# 3. rules-replay --redis and --redis-cluster to ::1 (it takes
-#    HOST:PORT split at the last colon, "::1:PORT"; the bracketed
-#    "[::1]:PORT" nginx takes is not understood: a TODO).
+# 3. rules-replay --redis and --redis-cluster to ::1, written both ways
+#    (HOST:PORT split at the last colon, "::1:PORT", and bracketed as
+#    nginx takes it, "[::1]:PORT").
 #
 # RulesCluster's masters() and slot_master() read "127.0.0.1:PORT" node
 # addresses; here the masters come from CLUSTER SLOTS, parsed.
@@ -277,7 +277,7 @@ my $metric = sub { RulesNginx::metric($ngx, $_[0]) // 'none' };
 
 SKIP: {
     my $replay = RulesReplay::binary();
-    skip "no $replay", 7 unless -x $replay;
+    skip "no $replay", 15 unless -x $replay;
     RulesNginx::write_file("$dir/rules.json", $rules);
     my $in = qq({"uid":"r1","ts":1000}\n{"uid":"r1","ts":2000}\n);
     my $out = qq({"matched":[]}\n{"matched":["twice"]}\n);
@@ -298,12 +298,25 @@ SKIP: {
     is(cli6(owner(RulesCluster::key_slot($key)), 'EXISTS', $key), 1,
        'the state key on its master');
 
-    TODO: {
-        local $TODO = 'rules-replay takes the host before the last colon '
-                      . 'as it is: "[::1]" is not resolved';
-        $r = RulesReplay::run($dir, { in => $in }, '--redis', "[::1]:$P",
-                              '--prefix', 't071e:');
-        is($r->{rc}, 0, "rules-replay --redis [::1]:$P (nginx's form)")
+    $r = RulesReplay::run($dir, { in => $in }, '--redis', "[::1]:$P",
+                          '--prefix', 't071e:');
+    is($r->{rc}, 0, "rules-replay --redis [::1]:$P (nginx's form): exit 0")
+        or diag($r->{err});
+    is($r->{out}, $out, 'the events replayed');
+    is(cli6($P, 'EXISTS', 't071e:{uid:r1}'), 1, 'the state key in Redis');
+
+    $r = RulesReplay::run($dir, { in => $in }, '--redis-cluster',
+                          "[::1]:$ports[0],[::1]:$ports[1]",
+                          '--prefix', 't071f:');
+    is($r->{rc}, 0, 'rules-replay --redis-cluster [::1]:P1,[::1]:P2: exit 0')
+        or diag($r->{err});
+    $key = 't071f:{uid:r1}';
+    is(cli6(owner(RulesCluster::key_slot($key)), 'EXISTS', $key), 1,
+       'the state key on its master');
+
+    for my $bad ('[::1]', '[]:' . $P, '[::1:' . $P) {
+        $r = RulesReplay::run($dir, { in => $in }, '--redis', $bad);
+        is($r->{rc}, 2, "rules-replay --redis $bad: exit 2")
             or diag($r->{err});
     }
 }

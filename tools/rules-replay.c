@@ -47,6 +47,9 @@
 #define REPLAY_MAX_WRITERS     1024
 #define REPLAY_DEFAULT_TIMEOUT 10000    /* ms: connect, and each reply */
 #define REPLAY_MAX_TIMEOUT     3600000
+/* hiredis 0.14 leaves sun_path's last byte unset: a 107-byte path is read
+ * on by one byte (as rules_redis) */
+#define REPLAY_UNIX_PATH_MAX   106
 
 
 typedef struct replay_entry_s  replay_entry_t;
@@ -1318,12 +1321,32 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
 }
 
 
+/*
+ * An IPv6 address may be written in brackets, "[::1]:6379", as nginx's;
+ * -1: a bracket without its pair.
+ */
+static int
+replay_unbracket(const char **host, size_t *len)
+{
+    if (*len && ((*host)[0] == '[') != ((*host)[*len - 1] == ']')) {
+        return -1;
+    }
+
+    if (*len >= 2 && (*host)[0] == '[') {
+        (*host)++;
+        *len -= 2;
+    }
+
+    return 0;
+}
+
+
 /* Seeds "host:port[,host:port...]", then the slot map. */
 static void
 cluster_start(replay_t *rp, const char *seeds)
 {
-    const char  *p, *end, *colon;
-    size_t       i;
+    const char  *p, *end, *colon, *host;
+    size_t       i, len;
     uint64_t     port;
 
     rp->cluster = 1;
@@ -1343,10 +1366,13 @@ cluster_start(replay_t *rp, const char *seeds)
             /* void */
         }
 
-        if (colon <= p
+        host = p;
+        len = (size_t) (colon - p);
+
+        if (colon <= p || replay_unbracket(&host, &len) != 0 || len == 0
             || replay_number(colon + 1, end - colon - 1, 1, 65535, &port)
                != 0
-            || cluster_node(rp, p, colon - p, (int) port) < 0)
+            || cluster_node(rp, host, len, (int) port) < 0)
         {
             replay_error("invalid --redis-cluster \"%s\": "
                          "HOST:PORT[,HOST:PORT...]", seeds);
@@ -1572,18 +1598,26 @@ static redisContext *
 redis_connect(replay_t *rp, const char *addr, long db)
 {
     redisContext  *c;
-    const char    *colon;
+    const char    *colon, *h;
     char           host[256];
     size_t         len;
     uint64_t       port;
 
     if (strncmp(addr, "unix:", 5) == 0) {
+        if (strlen(addr + 5) > REPLAY_UNIX_PATH_MAX) {
+            replay_error("invalid --redis \"%s\": a unix path of at most "
+                         "%d bytes", addr, REPLAY_UNIX_PATH_MAX);
+            exit(2);
+        }
+
         c = redisConnectUnixWithTimeout(addr + 5, rp->timeout);
 
     } else {
         colon = strrchr(addr, ':');
+        h = addr;
+        len = colon ? (size_t) (colon - addr) : 0;
 
-        if (colon == NULL || (len = (size_t) (colon - addr)) == 0
+        if (colon == NULL || replay_unbracket(&h, &len) != 0 || len == 0
             || len >= sizeof(host)
             || replay_number(colon + 1, strlen(colon + 1), 1, 65535, &port)
                != 0)
@@ -1593,7 +1627,7 @@ redis_connect(replay_t *rp, const char *addr, long db)
             exit(2);
         }
 
-        memcpy(host, addr, len);
+        memcpy(host, h, len);
         host[len] = '\0';
         c = redisConnectWithTimeout(host, (int) port, rp->timeout);
     }
