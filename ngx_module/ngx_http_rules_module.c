@@ -773,12 +773,11 @@ ngx_http_rules_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
         len = value[1].len - 5;
 
-        if (len >= sizeof(((struct sockaddr_un *) 0)->sun_path)) {
+        if (len > NGX_HTTP_RULES_UNIX_PATH_MAX) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "too long path in \"rules_redis %V\" "
                                "(at most %uz bytes)", &value[1],
-                               sizeof(((struct sockaddr_un *) 0)->sun_path)
-                               - 1);
+                               (size_t) NGX_HTTP_RULES_UNIX_PATH_MAX);
             return NGX_CONF_ERROR;
         }
 

@@ -23,6 +23,16 @@
 
 
 /*
+ * The longest unix socket path hiredis 0.14 connects to as given: it
+ * copies the path with strncpy() into sun_path less its last byte, which
+ * it leaves unset, and passes the whole address, so a path filling the
+ * rest (107 bytes) is read on by one byte of whatever was there.
+ */
+#define NGX_HTTP_RULES_UNIX_PATH_MAX                                         \
+    (sizeof(((struct sockaddr_un *) 0)->sun_path) - 2)
+
+
+/*
  * A log line limited to one a second, with the count of the others:
  * ngx_http_rules_log_due() returns NGX_DECLINED when the line is not due
  * (it is counted), else the number of lines left out since the last.

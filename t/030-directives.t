@@ -751,23 +751,23 @@ qr{invalid port in "rules_redis_cluster 127\.0\.0\.1:99999" in \S*/html/cluster\
 
 
 
-=== TEST 41: a rules_redis unix socket path longer than a socket address holds (107 bytes) is refused
+=== TEST 41: a rules_redis unix socket path of 107 bytes is refused (hiredis would read one byte past it: at most 106)
 --- http_config
     include ../html/redis.conf;
 --- config
     location = /px { return 204; }
 --- user_files
 >>> redis.conf
-rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
+rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
 --- must_die
 --- error_log eval
-qr{too long path in "rules_redis unix:/a{107}" \(at most 107 bytes\) in \S*/html/redis\.conf:1$}m
+qr{too long path in "rules_redis unix:/a{106}" \(at most 106 bytes\) in \S*/html/redis\.conf:1$}m
 
 
 
-=== TEST 42: a rules_redis unix socket path of 107 bytes is taken (nginx -t passes; nothing listens there)
+=== TEST 42: a rules_redis unix socket path of 106 bytes is taken (nginx -t passes; nothing listens there)
 --- http_config
-    rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
+    rules_redis unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;
     rules_file ../html/rules.json;
 --- config
     location = /px {

@@ -1,5 +1,6 @@
 # rules_redis with password=, user= (Redis 6+ ACL), db= and a unix
-# socket, against a real redis-server that requires them.
+# socket (also one of the longest path taken), against a real
+# redis-server that requires them.
 
 use strict;
 use warnings;
@@ -81,5 +82,19 @@ like($log, qr/rules redis 127\.0\.0\.1:\d+: AUTH failed: WRONGPASS/,
 ($r, $log) = run_with('nopw', "rules_redis 127.0.0.1:$redis->{port};");
 is($r->[1][0], 'error', 'no password for a server that wants one: error');
 like($log, qr/NOAUTH|Authentication required/, 'and the log says why');
+
+# The longest unix socket path taken (106 bytes: hiredis 0.14 leaves the
+# socket address's last byte unset, so a 107-byte path would be read on
+# by one byte), a Redis listening there: events ok.
+{
+    my $ldir = tempdir(CLEANUP => 1);
+    my $long = "$ldir/" . ('s' x (106 - length($ldir) - 1));
+    is(length $long, 106, 'a socket path of 106 bytes');
+    RulesNginx::start_redis(args => ['--unixsocket', $long,
+                                     '--unixsocketperm', '777']);
+    ($r, $log) = run_with('long', "rules_redis unix:$long;");
+    is_deeply($r, [['ok', ''], ['ok', 'twice']],
+              'a unix socket path of 106 bytes: events ok');
+}
 
 done_testing();
