@@ -228,7 +228,12 @@ for my $bad (['--db', 'abc'], ['--db', '-1'], ['--db', '1x'],
              ['--cache', '-1'], ['--writers', '0'], ['--writers', '2x'],
              ['--extend-min', '+5'], ['--redis', '127.0.0.1:63x'],
              ['--redis', '127.0.0.1:0'],
-             ['--redis-cluster', '127.0.0.1:7000,127.0.0.1:7x']) {
+             ['--redis-cluster', '127.0.0.1:7000,127.0.0.1:7x'],
+             ['--redis-cluster', ''], ['--redis-cluster', '127.0.0.1:7000,'],
+             ['--redis-cluster', ',127.0.0.1:7000'],
+             ['--redis-cluster', '127.0.0.1:7000,,127.0.0.1:7001'],
+             ['--redis-cluster', '[::1:7000'], ['--redis', '[::1]'],
+             ['--redis', 'a]:7000'], ['--redis', '[]:7000']) {
     my $name = "@$bad";
     my $opt = $bad->[0];
     $r = run_replay({ in => "$page1\n" }, @$bad);

@@ -277,7 +277,7 @@ my $metric = sub { RulesNginx::metric($ngx, $_[0]) // 'none' };
 
 SKIP: {
     my $replay = RulesReplay::binary();
-    skip "no $replay", 15 unless -x $replay;
+    skip "no $replay", 14 unless -x $replay;
     RulesNginx::write_file("$dir/rules.json", $rules);
     my $in = qq({"uid":"r1","ts":1000}\n{"uid":"r1","ts":2000}\n);
     my $out = qq({"matched":[]}\n{"matched":["twice"]}\n);

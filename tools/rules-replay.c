@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <hiredis/hiredis.h>
 
@@ -49,7 +50,8 @@
 #define REPLAY_MAX_TIMEOUT     3600000
 /* hiredis 0.14 leaves sun_path's last byte unset: a 107-byte path is read
  * on by one byte (as rules_redis) */
-#define REPLAY_UNIX_PATH_MAX   106
+#define REPLAY_UNIX_PATH_MAX                                                \
+    ((int) sizeof(((struct sockaddr_un *) 0)->sun_path) - 2)
 
 
 typedef struct replay_entry_s  replay_entry_t;
@@ -1345,7 +1347,7 @@ replay_unbracket(const char **host, size_t *len)
 static void
 cluster_start(replay_t *rp, const char *seeds)
 {
-    const char  *p, *end, *colon, *host;
+    const char  *p, *q, *end, *colon, *host;
     size_t       i, len;
     uint64_t     port;
 
@@ -1355,21 +1357,27 @@ cluster_start(replay_t *rp, const char *seeds)
         rp->slots[i] = -1;
     }
 
-    for (p = seeds; *p; p = *end ? end + 1 : end) {
+    /* every entry a seed: an empty one (",,", a trailing comma) is not */
+
+    for (p = seeds; ; p = end + 1) {
         end = strchr(p, ',');
 
         if (end == NULL) {
             end = p + strlen(p);
         }
 
-        for (colon = end - 1; colon > p && *colon != ':'; colon--) {
-            /* void */
+        colon = NULL;
+
+        for (q = p; q < end; q++) {
+            if (*q == ':') {
+                colon = q;
+            }
         }
 
         host = p;
-        len = (size_t) (colon - p);
+        len = colon ? (size_t) (colon - p) : 0;
 
-        if (colon <= p || replay_unbracket(&host, &len) != 0 || len == 0
+        if (colon == NULL || replay_unbracket(&host, &len) != 0 || len == 0
             || replay_number(colon + 1, end - colon - 1, 1, 65535, &port)
                != 0
             || cluster_node(rp, host, len, (int) port) < 0)
@@ -1377,6 +1385,10 @@ cluster_start(replay_t *rp, const char *seeds)
             replay_error("invalid --redis-cluster \"%s\": "
                          "HOST:PORT[,HOST:PORT...]", seeds);
             exit(2);
+        }
+
+        if (*end == '\0') {
+            break;
         }
     }
 
@@ -1604,7 +1616,7 @@ redis_connect(replay_t *rp, const char *addr, long db)
     uint64_t       port;
 
     if (strncmp(addr, "unix:", 5) == 0) {
-        if (strlen(addr + 5) > REPLAY_UNIX_PATH_MAX) {
+        if (strlen(addr + 5) > (size_t) REPLAY_UNIX_PATH_MAX) {
             replay_error("invalid --redis \"%s\": a unix path of at most "
                          "%d bytes", addr, REPLAY_UNIX_PATH_MAX);
             exit(2);
