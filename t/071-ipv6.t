@@ -51,13 +51,7 @@ my $rules = '{"rules": [
 # redis-cli to ::1 (the server is asked over IPv6 too)
 sub cli6 {
     my ($port, @args) = @_;
-    open my $fh, '-|', 'redis-cli', '-h', '::1', '-p', $port, @args
-        or die "redis-cli: $!";
-    local $/;
-    my $out = <$fh> // '';
-    close $fh;
-    $out =~ s/\s+$//;
-    return $out;
+    return RulesCluster::redis_cli('-h', '::1', '-p', $port, @args);
 }
 
 # nginx -t of an http block with this store line; (exit status, output)
@@ -277,42 +271,31 @@ my $metric = sub { RulesNginx::metric($ngx, $_[0]) // 'none' };
 
 SKIP: {
     my $replay = RulesReplay::binary();
-    skip "no $replay", 14 unless -x $replay;
+    skip "no $replay", 15 unless -x $replay;
     RulesNginx::write_file("$dir/rules.json", $rules);
     my $in = qq({"uid":"r1","ts":1000}\n{"uid":"r1","ts":2000}\n);
     my $out = qq({"matched":[]}\n{"matched":["twice"]}\n);
 
-    my $r = RulesReplay::run($dir, { in => $in }, '--redis', "::1:$P",
-                             '--prefix', 't071c:');
-    is($r->{rc}, 0, "rules-replay --redis ::1:$P: exit 0") or diag($r->{err});
-    is($r->{out}, $out, 'the events replayed');
-    is(cli6($P, 'EXISTS', 't071c:{uid:r1}'), 1, 'the state key in Redis');
-
-    $r = RulesReplay::run($dir, { in => $in }, '--redis-cluster',
-                          "::1:$ports[0],::1:$ports[1]",
-                          '--prefix', 't071d:');
-    is($r->{rc}, 0, 'rules-replay --redis-cluster ::1:P1,::1:P2: exit 0')
-        or diag($r->{err});
-    is($r->{out}, $out, 'the events replayed');
-    my $key = 't071d:{uid:r1}';
-    is(cli6(owner(RulesCluster::key_slot($key)), 'EXISTS', $key), 1,
-       'the state key on its master');
-
-    $r = RulesReplay::run($dir, { in => $in }, '--redis', "[::1]:$P",
-                          '--prefix', 't071e:');
-    is($r->{rc}, 0, "rules-replay --redis [::1]:$P (nginx's form): exit 0")
-        or diag($r->{err});
-    is($r->{out}, $out, 'the events replayed');
-    is(cli6($P, 'EXISTS', 't071e:{uid:r1}'), 1, 'the state key in Redis');
-
-    $r = RulesReplay::run($dir, { in => $in }, '--redis-cluster',
-                          "[::1]:$ports[0],[::1]:$ports[1]",
-                          '--prefix', 't071f:');
-    is($r->{rc}, 0, 'rules-replay --redis-cluster [::1]:P1,[::1]:P2: exit 0')
-        or diag($r->{err});
-    $key = 't071f:{uid:r1}';
-    is(cli6(owner(RulesCluster::key_slot($key)), 'EXISTS', $key), 1,
-       'the state key on its master');
+    # bare and bracketed as nginx takes it, to one Redis and a cluster
+    my $r;
+    for my $case (['--redis', "::1:$P", 't071c:'],
+                  ['--redis-cluster', "::1:$ports[0],::1:$ports[1]",
+                   't071d:'],
+                  ['--redis', "[::1]:$P", 't071e:'],
+                  ['--redis-cluster', "[::1]:$ports[0],[::1]:$ports[1]",
+                   't071f:']) {
+        my ($opt, $addr, $prefix) = @$case;
+        $r = RulesReplay::run($dir, { in => $in }, $opt, $addr,
+                              '--prefix', $prefix);
+        is($r->{rc}, 0, "rules-replay $opt $addr: exit 0")
+            or diag($r->{err});
+        is($r->{out}, $out, "$opt $addr: the events replayed");
+        my $key = "$prefix\{uid:r1}";
+        my $node = $opt eq '--redis' ? $P
+                                     : owner(RulesCluster::key_slot($key));
+        is(cli6($node, 'EXISTS', $key), 1,
+           "$opt $addr: the state key in Redis (on its master)");
+    }
 
     for my $bad ('[::1]', '[]:' . $P, '[::1:' . $P) {
         $r = RulesReplay::run($dir, { in => $in }, '--redis', $bad);

@@ -61,8 +61,12 @@ sub seed { "127.0.0.1:$_[0]{nodes}[0]{port}" }
 sub cli {
     my ($self, $node, @args) = @_;
     my $port = $node =~ /:(\d+)$/ ? $1 : $node;
-    open my $fh, '-|', 'redis-cli', @{ $self->{auth} }, '-p', $port, @args
-        or die "redis-cli: $!";
+    return redis_cli(@{ $self->{auth} }, '-p', $port, @args);
+}
+
+# redis-cli with these arguments; its output, trailing space removed.
+sub redis_cli {
+    open my $fh, '-|', 'redis-cli', @_ or die "redis-cli: $!";
     local $/;
     my $out = <$fh> // '';
     close $fh;
