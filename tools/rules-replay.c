@@ -1324,12 +1324,31 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
 
 
 /*
- * An IPv6 address may be written in brackets, "[::1]:6379", as nginx's;
- * -1: a bracket without its pair.
+ * "HOST:PORT" from p to end, split at the last colon; an IPv6 host may be
+ * written in brackets, "[::1]:6379", as nginx's.  -1: not one (no host,
+ * a bracket without its pair, a port out of 1-65535).
  */
 static int
-replay_unbracket(const char **host, size_t *len)
+replay_address(const char *p, const char *end, const char **host,
+    size_t *len, uint64_t *port)
 {
+    const char  *q, *colon;
+
+    colon = NULL;
+
+    for (q = p; q < end; q++) {
+        if (*q == ':') {
+            colon = q;
+        }
+    }
+
+    if (colon == NULL) {
+        return -1;
+    }
+
+    *host = p;
+    *len = (size_t) (colon - p);
+
     if (*len && ((*host)[0] == '[') != ((*host)[*len - 1] == ']')) {
         return -1;
     }
@@ -1339,7 +1358,11 @@ replay_unbracket(const char **host, size_t *len)
         *len -= 2;
     }
 
-    return 0;
+    if (*len == 0) {
+        return -1;
+    }
+
+    return replay_number(colon + 1, end - colon - 1, 1, 65535, port);
 }
 
 
@@ -1347,7 +1370,7 @@ replay_unbracket(const char **host, size_t *len)
 static void
 cluster_start(replay_t *rp, const char *seeds)
 {
-    const char  *p, *q, *end, *colon, *host;
+    const char  *p, *end, *host;
     size_t       i, len;
     uint64_t     port;
 
@@ -1366,20 +1389,7 @@ cluster_start(replay_t *rp, const char *seeds)
             end = p + strlen(p);
         }
 
-        colon = NULL;
-
-        for (q = p; q < end; q++) {
-            if (*q == ':') {
-                colon = q;
-            }
-        }
-
-        host = p;
-        len = colon ? (size_t) (colon - p) : 0;
-
-        if (colon == NULL || replay_unbracket(&host, &len) != 0 || len == 0
-            || replay_number(colon + 1, end - colon - 1, 1, 65535, &port)
-               != 0
+        if (replay_address(p, end, &host, &len, &port) != 0
             || cluster_node(rp, host, len, (int) port) < 0)
         {
             replay_error("invalid --redis-cluster \"%s\": "
@@ -1610,7 +1620,7 @@ static redisContext *
 redis_connect(replay_t *rp, const char *addr, long db)
 {
     redisContext  *c;
-    const char    *colon, *h;
+    const char    *h;
     char           host[256];
     size_t         len;
     uint64_t       port;
@@ -1625,14 +1635,8 @@ redis_connect(replay_t *rp, const char *addr, long db)
         c = redisConnectUnixWithTimeout(addr + 5, rp->timeout);
 
     } else {
-        colon = strrchr(addr, ':');
-        h = addr;
-        len = colon ? (size_t) (colon - addr) : 0;
-
-        if (colon == NULL || replay_unbracket(&h, &len) != 0 || len == 0
-            || len >= sizeof(host)
-            || replay_number(colon + 1, strlen(colon + 1), 1, 65535, &port)
-               != 0)
+        if (replay_address(addr, addr + strlen(addr), &h, &len, &port) != 0
+            || len >= sizeof(host))
         {
             replay_error("invalid --redis \"%s\": HOST:PORT or unix:PATH",
                          addr);
