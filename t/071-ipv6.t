@@ -15,8 +15,9 @@
 #    (HOST:PORT split at the last colon, "::1:PORT", and bracketed as
 #    nginx takes it, "[::1]:PORT").
 #
-# RulesCluster's masters() and slot_master() read "127.0.0.1:PORT" node
-# addresses; here the masters come from CLUSTER SLOTS, parsed.
+# The nodes also listen on 127.0.0.1, where RulesCluster's redis-cli
+# calls reach them; their CLUSTER NODES addresses are "::1:PORT@CPORT",
+# which its slot_master() reads.
 
 use strict;
 use warnings;
@@ -168,10 +169,7 @@ sub slot_ranges {
 # the port of the master of a slot, in the view of the node on $view
 sub owner {
     my ($slot, $view) = @_;
-    for (@{ slot_ranges($view // $ports[0]) }) {
-        return $_->[3] if $slot >= $_->[0] && $slot <= $_->[1];
-    }
-    return undef;
+    return $cluster->slot_master($slot, $view // $ports[0]);
 }
 
 {
@@ -181,6 +179,10 @@ sub owner {
         or diag(explain($ranges));
     is_deeply([ sort { $a <=> $b } map { $_->[3] } @$ranges ],
               [ sort { $a <=> $b } @ports ], 'at their ports');
+    # the test helpers read them from CLUSTER NODES ("::1:PORT@CPORT")
+    is_deeply([ sort { $a <=> $b } keys %{ $cluster->masters } ],
+              [ sort { $a <=> $b } @ports ],
+              'CLUSTER NODES read: the 3 masters at their ports');
 }
 
 my $ngx = RulesNginx::start_nginx(

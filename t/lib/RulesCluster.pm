@@ -107,7 +107,9 @@ sub wait_ok {
     return 0;
 }
 
-# The masters: { id, port } by port.
+# The masters: { id, port } by port.  A node's address is HOST:PORT@CPORT
+# (with ",HOSTNAME" after it on Redis 7): the port is the digits before
+# the "@", whatever colons an IPv6 host has.
 sub masters {
     my ($self) = @_;
     my ($n) = $self->alive;
@@ -115,7 +117,7 @@ sub masters {
     for (split /\n/, $self->cli($n->{port}, 'CLUSTER', 'NODES')) {
         my ($id, $addr, $flags) = split ' ';
         next unless $flags =~ /master/ && $flags !~ /fail/;
-        my ($port) = $addr =~ /:(\d+)/;
+        my ($port) = $addr =~ /:(\d+)(?=[@,]|$)/;
         $m{$port} = $id;
     }
     return \%m;
@@ -140,7 +142,7 @@ sub slot_master {
     for my $line (split /\n/, $self->cli($view, 'CLUSTER', 'NODES')) {
         my @f = split ' ', $line;
         next unless $f[2] =~ /master/ && $f[2] !~ /fail/;
-        my ($port) = $f[1] =~ /:(\d+)/;
+        my ($port) = $f[1] =~ /:(\d+)(?=[@,]|$)/;
         for my $r (@f[8 .. $#f]) {
             next if $r =~ /^\[/;
             my ($a, $b) = split /-/, $r;
