@@ -177,6 +177,13 @@ struct ngx_http_rules_redis_s {
     unsigned                           native:1;    /* RULES.STORE works */
     unsigned                           writing:1;   /* in HandleWrite */
 
+    /*
+     * hiredis' output buffer while hiredis holds the spare, an empty one,
+     * instead (ngx_http_rules_redis_on_connect())
+     */
+    sds                                held;
+    sds                                spare;
+
     ngx_http_rules_log_rate_t          nomem_log;   /* commands not sent */
 
     ngx_str_t                          reason;      /* of the last close */
@@ -353,6 +360,18 @@ ngx_http_rules_redis_connect(ngx_http_rules_redis_t *rd)
         ngx_http_rules_redis_set_reason(rd, "cannot allocate a context");
         ngx_http_rules_redis_closed(rd);
         return;
+    }
+
+    if (rd->spare == NULL) {
+        /* kept from one connection to the next */
+        rd->spare = sdsempty();
+
+        if (rd->spare == NULL) {
+            ngx_http_rules_redis_set_reason(rd,
+                                            "cannot allocate a context");
+            ngx_http_rules_redis_closed(rd);
+            return;
+        }
     }
 
     /* a numeric address or a path: no name resolution, never blocks */
@@ -636,12 +655,27 @@ ngx_http_rules_redis_on_connect(const redisAsyncContext *ac, int status)
 
     /*
      * The setup commands (and the calls queued behind them), before
-     * hiredis writes them: its write follows this callback.  Only when
-     * the socket did not take them all does that write have anything to
-     * do (and, if it takes the rest, replace the buffer unchecked): the
-     * one such write left, on a socket full a moment before.
+     * hiredis writes them: its write follows this callback.
      */
     ngx_http_rules_redis_flush((redisAsyncContext *) ac);
+
+    if (rd->writing && ac->c.err == 0 && sdslen(ac->c.obuf)) {
+
+        /*
+         * The socket did not take them all.  hiredis' write, right after
+         * this callback in redisAsyncHandleWrite(), would replace the
+         * buffer by an unchecked sdsempty() if it took the rest (NULL
+         * when memory is short: a crash).  It is given the spare, empty
+         * buffer instead, and finds nothing to write; the write handler
+         * puts this one back once hiredis returns, and the rest goes
+         * when the socket takes it.  (When the read event saw the
+         * connection made, hiredis writes nothing after this callback.)
+         */
+
+        rd->held = ac->c.obuf;
+        ((redisAsyncContext *) ac)->c.obuf = rd->spare;
+        rd->spare = NULL;
+    }
 
     /* the setup commands wait for their replies from now on */
 
@@ -1546,6 +1580,10 @@ ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd, const char *reason)
         ngx_free(cmd);
     }
 
+    if (rd->spare) {
+        sdsfree(rd->spare);
+    }
+
     ngx_free(rd);
 }
 
@@ -1901,6 +1939,17 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
     rd->writing = 1;
     redisAsyncHandleWrite(ac);
     rd->writing = 0;
+
+    if (rd->held) {
+        /* (the cleanup hook has freed it if the context is gone) */
+
+        ac = rd->ac;
+        rd->spare = ac->c.obuf;      /* still empty: nothing came between */
+        ac->c.obuf = rd->held;
+        rd->held = NULL;
+
+        ngx_http_rules_redis_add_write(ac->ev.data);
+    }
 }
 
 
@@ -2119,6 +2168,12 @@ ngx_http_rules_redis_cleanup(void *privdata)
 
     ac = c->data;
     rd = ac->data;
+
+    if (rd->held) {
+        /* the context's output, out of its sight: hiredis freed the spare */
+        sdsfree(rd->held);
+        rd->held = NULL;
+    }
 
     /* no more calls into the adapter for this context */
 

@@ -18,13 +18,16 @@
 # traffic (each command taken back, its event "error"); and a reload
 # whose new workers cannot make their Redis client (under=, fresh=):
 # they say so once at alert, answer events "error", try again every
-# second, and start it once memory is back.
+# second, and start it once memory is back; and a reload whose new
+# workers' connect callback writes only part of the setup commands
+# (short=) while hiredis' allocations fail: they connect and serve.
 #
 # The crashes it found, all in hiredis 0.14.1 on a failed allocation
 # (README, Hardening): its aborting hi_malloc()/hi_strdup() at each
 # connect and free of a context, its output buffer left NULL after a
-# write, its reader's buffer asserted after a reply; and a command whose
-# callback it could not record, answered with the next one's reply.
+# write (also after the connect callback's partial write), its reader's
+# buffer asserted after a reply; and a command whose callback it could
+# not record, answered with the next one's reply.
 
 use strict;
 use warnings;
@@ -444,6 +447,47 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
        'each worker tried its start again while short of memory');
     is(serving(), 'ok', 'the workers started short of memory serve and '
        . 'match events');
+}
+
+# The rest of the setup commands at a connect, made sure of: a reload's
+# new workers find their first write to a socket (the setup commands,
+# written by the connect callback) cut to 64 bytes, as by a socket full
+# part way, while every allocation made under redisAsyncHandleWrite()
+# fails.  hiredis writes again right after that callback and, when its
+# write takes the rest, makes a new output buffer unchecked: NULL, and
+# the worker crashed there at each start.  The module leaves hiredis
+# nothing to write then, and the rest goes at the end of the pass.
+{
+    my @old = workers();
+    my %old = map { $_ => 1 } @old;
+    my $mark = length RulesNginx::error_log($ngx);
+    arm_now('under=redisAsyncHandleWrite every=1 short=64 fresh=1');
+    RulesNginx::reload_nginx($ngx);
+    my @new = @{ RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
+        [grep { !$old{$_} && !RulesNginx::zombie($_) }
+              RulesNginx::worker_pids($ngx)]
+    }, sub { @{ $_[0] } == 2 }) };
+    is(scalar @new, 2, 'a reload: two new workers');
+    my $conn_re = qr/^\S+\ \S+\ \[\w+\]\ (\d+)\#\d+:\ rules\ redis\ \S+:
+                     \ connected\b.*\(states\ stored/mx;
+    my $connected = RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
+        my %got = map { $_ => 1 }
+            substr(RulesNginx::error_log($ngx), $mark) =~ /$conn_re/g;
+        return scalar grep { $got{$_} } @new;
+    }, sub { $_[0] == 2 });
+    is($connected, 2, 'each new worker connected, the setup commands '
+       . 'answered');
+    for my $pid (@new) {
+        my $stats = -f "$ctl.stats.$pid"
+            ? do { local (@ARGV, $/) = ("$ctl.stats.$pid"); <> } : 'none';
+        like($stats, qr/ short 1$/m, 'its connect callback wrote 64 bytes '
+             . 'of the setup commands, the rest later');
+    }
+    is(serving(), 'ok', 'the new workers serve and match events');
+    is_deeply([sort { $a <=> $b } grep { !RulesNginx::zombie($_) }
+                   RulesNginx::worker_pids($ngx)],
+              [sort { $a <=> $b } @new], 'the new workers still running');
+    disarm();
 }
 
 is_deeply([RulesNginx::error_log($ngx)

@@ -36,12 +36,17 @@
  *                  first looked (workers started after arming: a
  *                  reload's), not those already running
  *   trace=1        each failure's stack to <ctl>.trace.<pid>
+ *   short=<n>      also, once per arming, the first write() to a socket
+ *                  of more than n bytes writes n only (a socket found
+ *                  full part way: the writer must come back for the
+ *                  rest); with under=, only one made under it
  *
  * The file is read again at most every 10 ms (a coarse monotonic clock,
  * no system call in between): removing or emptying it disarms every
  * process within that time.  While armed, a process writes
  * "calls <candidates> failed <failures>" to <ctl>.stats.<pid>, so the
- * test can tell that failures were injected.
+ * test can tell that failures were injected, and " short 1" once a
+ * write was cut.
  *
  * Build: cc -shared -fPIC -O2 -o failalloc.so failalloc.c
  */
@@ -58,6 +63,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 
 
 extern void *__libc_malloc(size_t size);
@@ -92,6 +99,7 @@ static uint64_t      fa_rate;       /* per million */
 static uint64_t      fa_every;
 static uint64_t      fa_burst;
 static uint64_t      fa_seed;
+static uint64_t      fa_short;      /* short=: bytes */
 static int           fa_trace;
 static int           fa_fresh;
 static char          fa_under[64];
@@ -104,6 +112,7 @@ static int           fa_first;      /* the file not read yet */
 static int           fa_born_armed; /* armed when first read */
 static uint64_t      fa_rng;
 static uint64_t      fa_calls, fa_failed, fa_reported, fa_burst_left;
+static uint64_t      fa_shorts, fa_shorts_reported;
 static uint64_t      fa_arms;
 static int           fa_trace_fd = -1;
 static struct timespec  fa_next_read;
@@ -348,13 +357,15 @@ static void
 fa_report(void)
 {
     int    fd;
-    char   buf[96], *p;
+    char   buf[128], *p;
 
-    if (fa_calls == fa_reported && fa_calls) {
+    if (fa_calls == fa_reported && fa_calls && fa_shorts == fa_shorts_reported)
+    {
         return;
     }
 
     fa_reported = fa_calls;
+    fa_shorts_reported = fa_shorts;
 
     fd = fa_open_side(".stats.", O_WRONLY | O_CREAT | O_TRUNC);
     if (fd < 0) {
@@ -365,6 +376,12 @@ fa_report(void)
     p = fa_utoa(p + 6, fa_calls);
     p = memcpy(p, " failed ", 8);
     p = fa_utoa(p + 8, fa_failed);
+
+    if (fa_shorts) {
+        p = memcpy(p, " short ", 7);
+        p = fa_utoa(p + 7, fa_shorts);
+    }
+
     *p++ = '\n';
 
     (void) !write(fd, buf, p - buf);
@@ -455,6 +472,7 @@ fa_read_ctl(void)
         fa_every = fa_number(buf, "every");
         fa_burst = fa_number(buf, "burst");
         fa_seed = fa_number(buf, "seed");
+        fa_short = fa_number(buf, "short");
         fa_trace = (int) fa_number(buf, "trace");
         fa_fresh = (int) fa_number(buf, "fresh");
         fa_word(buf, "under", fa_under, sizeof(fa_under));
@@ -476,6 +494,7 @@ fa_read_ctl(void)
         fa_arms++;
         fa_rng = (fa_seed ^ (fa_arms * 0x9E3779B97F4A7C15ULL)) | 1;
         fa_burst_left = 0;
+        fa_shorts = 0;
     }
 
     if (fa_is_target || was) {
@@ -489,19 +508,12 @@ fa_read_ctl(void)
 }
 
 
-/* 1: this allocation fails */
-static int
-fa_fail(void)
+/* this process' state, and the settings read again every 10 ms */
+static void
+fa_update(void)
 {
-    int              fail;
     pid_t            pid;
     struct timespec  now;
-
-    if (fa_ctl_len == 0 || fa_in_hook) {
-        return 0;
-    }
-
-    fa_in_hook = 1;
 
     pid = getpid();
 
@@ -532,6 +544,22 @@ fa_fail(void)
             fa_next_read.tv_sec++;
         }
     }
+}
+
+
+/* 1: this allocation fails */
+static int
+fa_fail(void)
+{
+    int  fail;
+
+    if (fa_ctl_len == 0 || fa_in_hook) {
+        return 0;
+    }
+
+    fa_in_hook = 1;
+
+    fa_update();
 
     fail = 0;
 
@@ -679,4 +707,40 @@ posix_memalign(void **out, size_t alignment, size_t size)
     *out = p;
 
     return 0;
+}
+
+
+/* short=: the bytes this write() may take, n or fewer */
+static size_t
+fa_write_len(int fd, size_t n)
+{
+    struct stat  st;
+
+    if (fa_ctl_len == 0 || fa_in_hook) {
+        return n;
+    }
+
+    fa_in_hook = 1;
+
+    fa_update();
+
+    if (fa_armed && fa_is_target && fa_short && n > fa_short
+        && fa_shorts == 0 && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)
+        && (!fa_under[0] || fa_under_fn()))
+    {
+        n = fa_short;
+        fa_shorts++;
+        fa_report();
+    }
+
+    fa_in_hook = 0;
+
+    return n;
+}
+
+
+ssize_t
+write(int fd, const void *buf, size_t n)
+{
+    return syscall(SYS_write, fd, buf, fa_write_len(fd, n));
 }
