@@ -84,7 +84,8 @@
  * module writes the output itself and empties both in place
  * (ngx_http_rules_redis_flush(), ngx_http_rules_redis_read_handler()),
  * and lets a buffer go only past this size, and only when a new one
- * could be made.
+ * could be made; hiredis' own write after the connect callback finds an
+ * empty spare buffer (ngx_http_rules_redis_on_connect()).
  */
 #define NGX_HTTP_RULES_REDIS_BUF_KEEP    (16 * 1024)
 
@@ -659,7 +660,8 @@ ngx_http_rules_redis_on_connect(const redisAsyncContext *ac, int status)
      */
     ngx_http_rules_redis_flush((redisAsyncContext *) ac);
 
-    if (rd->writing && ac->c.err == 0 && sdslen(ac->c.obuf)) {
+    if (rd->writing && rd->spare && ac->c.err == 0 && sdslen(ac->c.obuf))
+    {
 
         /*
          * The socket did not take them all.  hiredis' write, right after
@@ -1851,7 +1853,8 @@ ngx_http_rules_redis_error_is(redisReply *reply, const char *prefix)
 /*
  * After redisAsyncHandleRead() or redisAsyncHandleWrite() the context
  * and the connection may be gone (hiredis frees them on an error): the
- * handlers touch nothing afterwards.
+ * handlers touch nothing afterwards but rd, which outlives them, and the
+ * context while rd->held says it is there.
  */
 
 static void
@@ -1941,14 +1944,20 @@ ngx_http_rules_redis_write_handler(ngx_event_t *wev)
     rd->writing = 0;
 
     if (rd->held) {
-        /* (the cleanup hook has freed it if the context is gone) */
 
-        ac = rd->ac;
+        /*
+         * The context is there (the cleanup hook frees rd->held with it),
+         * and it is this one: one context at a time.  The socket was
+         * full a moment ago: the write event is registered.
+         */
+
         rd->spare = ac->c.obuf;      /* still empty: nothing came between */
         ac->c.obuf = rd->held;
         rd->held = NULL;
 
-        ngx_http_rules_redis_add_write(ac->ev.data);
+        rd->writing = 1;
+        ngx_http_rules_redis_add_write(c);
+        rd->writing = 0;
     }
 }
 

@@ -468,15 +468,17 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
               RulesNginx::worker_pids($ngx)]
     }, sub { @{ $_[0] } == 2 }) };
     is(scalar @new, 2, 'a reload: two new workers');
+    # at the first attempt ("connected (states stored ..."): not after a
+    # reply timeout and a new connection, which would hide a stall
     my $conn_re = qr/^\S+\ \S+\ \[\w+\]\ (\d+)\#\d+:\ rules\ redis\ \S+:
-                     \ connected\b.*\(states\ stored/mx;
+                     \ connected\ \(states\ stored/mx;
     my $connected = RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
         my %got = map { $_ => 1 }
             substr(RulesNginx::error_log($ngx), $mark) =~ /$conn_re/g;
         return scalar grep { $got{$_} } @new;
     }, sub { $_[0] == 2 });
-    is($connected, 2, 'each new worker connected, the setup commands '
-       . 'answered');
+    is($connected, 2, 'each new worker connected at once, the setup '
+       . 'commands answered');
     for my $pid (@new) {
         my $stats = -f "$ctl.stats.$pid"
             ? do { local (@ARGV, $/) = ("$ctl.stats.$pid"); <> } : 'none';
@@ -484,6 +486,11 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
              . 'of the setup commands, the rest later');
     }
     is(serving(), 'ok', 'the new workers serve and match events');
+    my $new_re = join '|', @new;
+    is_deeply([substr(RulesNginx::error_log($ngx), $mark)
+                   =~ /^.*\ (?:$new_re)\#\d+:\ rules\ redis\ .*
+                         (?:no\ reply|lost|failed|retrying).*$/mgx],
+              [], 'no connection of theirs lost or failed');
     is_deeply([sort { $a <=> $b } grep { !RulesNginx::zombie($_) }
                    RulesNginx::worker_pids($ngx)],
               [sort { $a <=> $b } @new], 'the new workers still running');

@@ -39,12 +39,15 @@
  *   short=<n>      also, once per arming, the first write() to a socket
  *                  of more than n bytes writes n only (a socket found
  *                  full part way: the writer must come back for the
- *                  rest); with under=, only one made under it
+ *                  rest); with under=, only one made under it, else any
+ *                  (mode= and from= do not apply); it arms nothing by
+ *                  itself (rate= or every= does)
  *
  * The file is read again at most every 10 ms (a coarse monotonic clock,
  * no system call in between): removing or emptying it disarms every
  * process within that time.  While armed, a process writes
- * "calls <candidates> failed <failures>" to <ctl>.stats.<pid>, so the
+ * "calls <candidates> failed <failures>" to <ctl>.stats.<pid> (whole:
+ * written aside and renamed), so the
  * test can tell that failures were injected, and " short 1" once a
  * write was cut.
  *
@@ -59,6 +62,7 @@
 #include <link.h>
 #include <execinfo.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -335,12 +339,15 @@ fa_utoa(char *p, uint64_t v)
 }
 
 
+#define FA_SIDE_MAX  (FA_PATH_MAX + 64)
+
+
 /* <ctl><suffix><pid> */
-static int
-fa_open_side(const char *suffix, int flags)
+static char *
+fa_side_path(const char *suffix, char *path)
 {
-    char    path[FA_PATH_MAX + 64], *p;
-    size_t  len;
+    char    *p;
+    size_t   len;
 
     len = strlen(suffix);
     p = memcpy(path, fa_ctl, fa_ctl_len);
@@ -349,7 +356,16 @@ fa_open_side(const char *suffix, int flags)
     p = fa_utoa(p + len, (uint64_t) fa_pid);
     *p = '\0';
 
-    return open(path, flags | O_CLOEXEC, 0644);
+    return path;
+}
+
+
+static int
+fa_open_side(const char *suffix, int flags)
+{
+    char  path[FA_SIDE_MAX];
+
+    return open(fa_side_path(suffix, path), flags | O_CLOEXEC, 0644);
 }
 
 
@@ -357,7 +373,7 @@ static void
 fa_report(void)
 {
     int    fd;
-    char   buf[128], *p;
+    char   buf[128], *p, from[FA_SIDE_MAX], to[FA_SIDE_MAX];
 
     if (fa_calls == fa_reported && fa_calls && fa_shorts == fa_shorts_reported)
     {
@@ -367,7 +383,7 @@ fa_report(void)
     fa_reported = fa_calls;
     fa_shorts_reported = fa_shorts;
 
-    fd = fa_open_side(".stats.", O_WRONLY | O_CREAT | O_TRUNC);
+    fd = fa_open_side(".stats-new.", O_WRONLY | O_CREAT | O_TRUNC);
     if (fd < 0) {
         return;
     }
@@ -386,6 +402,11 @@ fa_report(void)
 
     (void) !write(fd, buf, p - buf);
     close(fd);
+
+    /* a reader never finds it empty */
+    (void) fa_side_path(".stats-new.", from);
+    (void) fa_side_path(".stats.", to);
+    (void) rename(from, to);
 }
 
 
@@ -524,6 +545,7 @@ fa_update(void)
         fa_armed = 0;
         fa_first = 1;
         fa_calls = fa_failed = fa_reported = 0;
+        fa_shorts = fa_shorts_reported = 0;
         fa_trace_fd = -1;
         fa_next_read.tv_sec = 0;
     }
