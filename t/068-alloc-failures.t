@@ -392,6 +392,21 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
     is(serving(), 'ok', 'served again after the commands taken back');
 }
 
+# Armed with $settings, a reload: its two new workers (they see it armed
+# from their start: fresh=1), once the old ones no longer count.
+sub reload_armed {
+    my ($settings) = @_;
+    my %old = map { $_ => 1 } workers();
+    arm_now($settings);
+    RulesNginx::reload_nginx($ngx);
+    my @new = @{ RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
+        [grep { !$old{$_} && !RulesNginx::zombie($_) }
+              RulesNginx::worker_pids($ngx)]
+    }, sub { @{ $_[0] } == 2 }) };
+    is(scalar @new, 2, 'a reload: two new workers');
+    return @new;
+}
+
 # A worker started short of memory: workers started after arming (a
 # reload's) fail every allocation of the module and its libraries, so
 # their init_process cannot make the state cache or the Redis client;
@@ -399,18 +414,11 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
 # every second, and start their client once memory is back.
 {
     my @old = workers();
-    my %old = map { $_ => 1 } @old;
     my $start_re = qr/\[alert\] .*rules: no memory to start the Redis client/;
     my $started_re = qr/\[notice\]\ .*rules:\ Redis\ client\ started,
                         \ after\ (\d+)\ tries\ short\ of\ memory/x;
     is(count_log($start_re), 0, 'no start short of memory before');
-    arm_now('under=ngx_http_rules_batch_init every=1 fresh=1');
-    RulesNginx::reload_nginx($ngx);
-    my @new = @{ RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
-        [grep { !$old{$_} && !RulesNginx::zombie($_) }
-              RulesNginx::worker_pids($ngx)]
-    }, sub { @{ $_[0] } == 2 }) };
-    is(scalar @new, 2, 'a reload: two new workers');
+    my @new = reload_armed('under=ngx_http_rules_batch_init every=1 fresh=1');
     RulesNginx::poll(10 * RulesMemcheck::slowdown(),
                      sub { count_log($start_re) }, sub { $_[0] >= 2 });
     is(count_log($start_re), 2,
@@ -456,18 +464,11 @@ note(sprintf 'over the rounds: "a block set aside used" %d, '
 # fails.  hiredis writes again right after that callback and, when its
 # write takes the rest, makes a new output buffer unchecked: NULL, and
 # the worker crashed there at each start.  The module leaves hiredis
-# nothing to write then, and the rest goes at the end of the pass.
+# nothing to write then, and the rest goes when the socket takes it.
 {
-    my @old = workers();
-    my %old = map { $_ => 1 } @old;
     my $mark = length RulesNginx::error_log($ngx);
-    arm_now('under=redisAsyncHandleWrite every=1 short=64 fresh=1');
-    RulesNginx::reload_nginx($ngx);
-    my @new = @{ RulesNginx::poll(10 * RulesMemcheck::slowdown(), sub {
-        [grep { !$old{$_} && !RulesNginx::zombie($_) }
-              RulesNginx::worker_pids($ngx)]
-    }, sub { @{ $_[0] } == 2 }) };
-    is(scalar @new, 2, 'a reload: two new workers');
+    my @new = reload_armed('under=redisAsyncHandleWrite every=1 short=64 '
+                           . 'fresh=1');
     # at the first attempt ("connected (states stored ..."): not after a
     # reply timeout and a new connection, which would hide a stall
     my $conn_re = qr/^\S+\ \S+\ \[\w+\]\ (\d+)\#\d+:\ rules\ redis\ \S+:
