@@ -29,6 +29,7 @@
 
 #define RM_NO_EXPIRE             (-1)
 
+#define RM_CTX_FLAGS_SLAVE       (1 << 3)
 #define RM_CTX_FLAGS_AOF         (1 << 6)
 
 #define RM_CMDFILTER_NOSELF      (1 << 0)

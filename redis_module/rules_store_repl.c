@@ -13,9 +13,10 @@
  *   - replicas and the backlog: INFO replication (connected_slaves,
  *     repl_backlog_active), too costly for every command, is asked from
  *     serverCron (10 times a second) while replication is not known to
- *     be off; it is known off from an answer of 0 and 0 until anything
- *     that could make a backlog happens, which sets it unknown again
- *     before it happens:
+ *     be off; it is known off from an answer of 0 and 0 on a master
+ *     (a replica has no backlog until its first sync: never taken as
+ *     off) until anything that could make a backlog happens, which sets
+ *     it unknown again before it happens:
  *       - SYNC or PSYNC from any client (a replica's sync creates the
  *         backlog inside the command): a command filter, which Redis
  *         runs before the command;
@@ -92,7 +93,9 @@ rs_repl_cron(RedisModuleCtx *ctx, rules_rm_event_t eid,
     long long                   slaves, backlog;
     RedisModuleServerInfoData  *info;
 
-    if (rs_repl_state == RS_REPL_OFF || rs_repl_always) {
+    if (rs_repl_state == RS_REPL_OFF || rs_repl_always
+        || (rm.get_context_flags(ctx) & RM_CTX_FLAGS_SLAVE))
+    {
         return;
     }
 
