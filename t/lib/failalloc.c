@@ -46,10 +46,9 @@
  * The file is read again at most every 10 ms (a coarse monotonic clock,
  * no system call in between): removing or emptying it disarms every
  * process within that time.  While armed, a process writes
- * "calls <candidates> failed <failures>" to <ctl>.stats.<pid> (whole:
- * written aside and renamed), so the
- * test can tell that failures were injected, and " short 1" once a
- * write was cut.
+ * "calls <candidates> failed <failures>" to <ctl>.stats.<pid> (written
+ * aside and renamed: never found empty), so the test can tell that
+ * failures were injected, and " short 1" once a write was cut.
  *
  * Build: cc -shared -fPIC -O2 -o failalloc.so failalloc.c
  */
@@ -375,7 +374,8 @@ fa_report(void)
     int    fd;
     char   buf[128], *p, from[FA_SIDE_MAX], to[FA_SIDE_MAX];
 
-    if (fa_calls == fa_reported && fa_calls && fa_shorts == fa_shorts_reported)
+    if (fa_calls == fa_reported && fa_calls
+        && fa_shorts == fa_shorts_reported)
     {
         return;
     }
@@ -383,7 +383,8 @@ fa_report(void)
     fa_reported = fa_calls;
     fa_shorts_reported = fa_shorts;
 
-    fd = fa_open_side(".stats-new.", O_WRONLY | O_CREAT | O_TRUNC);
+    fd = open(fa_side_path(".stats-new.", from),
+              O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         return;
     }
@@ -403,10 +404,7 @@ fa_report(void)
     (void) !write(fd, buf, p - buf);
     close(fd);
 
-    /* a reader never finds it empty */
-    (void) fa_side_path(".stats-new.", from);
-    (void) fa_side_path(".stats.", to);
-    (void) rename(from, to);
+    (void) rename(from, fa_side_path(".stats.", to));
 }
 
 
