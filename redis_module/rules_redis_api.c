@@ -34,7 +34,6 @@ static const struct {
     RULES_RM_API("DeleteKey", delete_key),
     RULES_RM_API("StringDMA", string_dma),
     RULES_RM_API("StringTruncate", string_truncate),
-    RULES_RM_API("GetAbsExpire", get_abs_expire),
     RULES_RM_API("SetAbsExpire", set_abs_expire),
     RULES_RM_API("Milliseconds", milliseconds),
     RULES_RM_API("ReplyWithArray", reply_with_array),

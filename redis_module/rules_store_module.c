@@ -291,40 +291,58 @@ rs_expire_at(rs_call_t *c, long long at)
 
 
 /*
- * The key's value becomes v (not pointing into the key): in place when
- * the old one is a string of about that size, else a new string of
- * exactly that size.  at: the absolute expiry, or -1 to keep the key's.
+ * The key's string value of cur bytes made n bytes long (a key with no
+ * value gets a new string of exactly n bytes).  RM_StringTruncate()
+ * reallocates a string cut to less than its unused space at its length,
+ * so a value cut to less than half keeps no more than it holds.  A
+ * growth is not made as APPEND makes one (to twice the new length, so
+ * that an aged value of many appends held about as much unused memory as
+ * data): the string is grown one byte past n, then cut back, and so
+ * reallocated at n.  Unused space left from before (a value compacted in
+ * place, or the allocator's size class) is used first, with no
+ * reallocation.  The price: a growth past that space is two
+ * reallocations, and none leaves room for the next.  Past 1 MB Redis
+ * grows a string by 1 MB, not twice, and the cut leaves it so.
+ */
+static int
+rs_resize(rs_call_t *c, size_t cur, size_t n)
+{
+    if (n > RS_VALUE_MAX
+        || (n > cur && n < RS_VALUE_MAX
+            && rm.key_type(c->key) != RM_KEYTYPE_EMPTY
+            && rm.string_truncate(c->key, n + 1) != RM_OK))
+    {
+        return RM_ERR;
+    }
+
+    return rm.string_truncate(c->key, n);
+}
+
+
+/*
+ * The key's value becomes v (not pointing into the key), in place when
+ * the old one is a string (rs_resize(): the key keeps its object, and
+ * with it its LFU count and idle time).  at: the absolute expiry, or -1
+ * to keep the key's.
  */
 static int
 rs_store(rs_call_t *c, const char *v, size_t len, long long at)
 {
-    int        type;
-    char      *p;
-    size_t     cur;
-    long long  keep;
+    int      type;
+    char    *p;
+    size_t   cur;
 
-    keep = RM_NO_EXPIRE;
     type = rm.key_type(c->key);
+    cur = 0;
 
     if (type == RM_KEYTYPE_STRING) {
         (void) rm.string_dma(c->key, &cur, RM_READ);
-
-        if (len > cur || len < cur / 2) {
-            /* a new string: growing in place would over-allocate; the
-             * TTL goes with the old one */
-
-            if (at < 0) {
-                keep = rm.get_abs_expire(c->key);
-            }
-
-            rm.delete_key(c->key);
-        }
 
     } else if (type != RM_KEYTYPE_EMPTY) {
         rm.delete_key(c->key);
     }
 
-    if (rm.string_truncate(c->key, len) != RM_OK) {
+    if (rs_resize(c, cur, len) != RM_OK) {
         return RM_ERR;
     }
 
@@ -345,14 +363,8 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
                          at);
         }
 
-    } else {
-        if (keep != RM_NO_EXPIRE) {
-            rm.set_abs_expire(c->key, keep);
-        }
-
-        if (rs_replicating(c)) {
-            rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
-        }
+    } else if (rs_replicating(c)) {
+        rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
     }
 
     return RM_OK;
@@ -360,17 +372,9 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
 
 
 /*
- * Appends head (may be empty) and body to the string value in place;
- * returns the value, NULL on failure.
- *
- * The string is grown to its new length, not as APPEND grows one (to
- * twice the new length, so that an aged value of many appends held about
- * as much unused memory as data): grown one byte past it, then cut back,
- * and Redis reallocates a string cut to less than its unused space at its
- * length (RM_StringTruncate()).  Unused space left from before (a value
- * compacted in place) is used first.  The price: a growth is two
- * reallocations, each append's (none is left room for the next).  Past
- * 1 MB Redis grows a string by 1 MB, not twice, and the cut leaves it so.
+ * Appends head (may be empty) and body to the string value in place, the
+ * value grown to its new length (rs_resize()); returns the value, NULL on
+ * failure.
  */
 static char *
 rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
@@ -383,10 +387,7 @@ rs_extend(rs_call_t *c, const char *head, size_t head_len, const char *body,
 
     n = cur + head_len + body_len;
 
-    if (n > RS_VALUE_MAX
-        || (n < RS_VALUE_MAX && rm.string_truncate(c->key, n + 1) != RM_OK)
-        || rm.string_truncate(c->key, n) != RM_OK)
-    {
+    if (rs_resize(c, cur, n) != RM_OK) {
         return NULL;
     }
 

@@ -554,6 +554,71 @@ for my $bad (
     RulesNginx::redis_call($r, 'DEL', 's:g');
 }
 
+# Whole writes (kind 4, by a writer that cached the value) change a value
+# in place too: grown to its length and cut back to it, the key's TTL kept
+# when the write sets none, and its object kept, so its LFU count (a state
+# written on every event is a hot key, not a new one each time it grows:
+# under allkeys-lfu a new object would be an eviction candidate)
+{
+    my %was = map {
+        $_ => RulesNginx::redis_call($r, 'CONFIG', 'GET', $_)->[1]
+    } 'maxmemory-policy', 'lfu-log-factor';
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'maxmemory-policy',
+                           'allkeys-lfu');
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', 'lfu-log-factor', '0');
+    RulesNginx::redis_call($r, 'SET', 's:w', r2_value(8), 'PX', 3_600_000);
+    my ($written, $same, $freq, $held) = (0, 0);
+    # the worst ratio of what Redis holds for the key, less 256 bytes, to
+    # the value's length, and the length it was seen at: growing, cut
+    my %worst = (grown => [0, 0], cut => [0, 0]);
+
+    for my $i (1 .. 60) {
+        my $v = RulesNginx::redis_call($r, 'GET', 's:w');
+        # 100 bytes more each time up to 4 KB, then 155 bytes less, to 900
+        my $size = $i <= 40 ? 100 * $i : 4000 - 155 * ($i - 40);
+        my $new = 'R2' . pack('d<d<V', 9 + $i, now_ms() + 3_610_000, $size)
+                  . ('w' x $size);
+        my $entry = body();
+        my $meta = pack('Cvd<d<d<d<d<V', 4, 1, 60000, 0,
+                        unpack('d<', substr($v, 2, 8)), 9 + $i, length $v,
+                        length $entry);
+        my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:w',
+                                           $meta, $entry . $new);
+        $written++ if ref $reply eq 'ARRAY' && ($reply->[1] // '') eq '1';
+        $same++ if RulesNginx::redis_call($r, 'GET', 's:w') eq $new;
+        $freq = RulesNginx::redis_call($r, 'OBJECT', 'FREQ', 's:w')
+            if $i == 40;
+
+        my $len = length $new;
+        next if $len < 1024;
+        $held = (RulesNginx::redis_call($r, 'MEMORY', 'USAGE', 's:w') - 256)
+                / $len;
+        my $w = $worst{ $i <= 40 ? 'grown' : 'cut' };
+        @$w = ($held, $len) if $held > $w->[0];
+    }
+
+    is($written, 60, 'every whole write found the value it cached');
+    is($same, 60, 'and left the value it sent');
+    cmp_ok(RulesNginx::redis_call($r, 'PTTL', 's:w'), '>', 3_000_000,
+           'the TTL set before the writes is kept');
+    cmp_ok($freq, '>=', 40, 'after 40 writes that each grew the value, '
+           . 'its LFU count is at least 40: the key kept its object')
+        or diag("OBJECT FREQ $freq");
+    cmp_ok($worst{grown}[0], '<=', 1.3, 'Redis held at most 1.3 times the '
+           . 'value\'s length (+ 256 bytes) after each write that grew it')
+        or diag("at $worst{grown}[1] bytes: $worst{grown}[0]");
+    # a cut reallocates the string once less than half of it is used
+    cmp_ok($worst{cut}[0], '<=', 2.1, 'and at most about twice after each '
+           . 'one that cut it')
+        or diag("at $worst{cut}[1] bytes: $worst{cut}[0]");
+    $held = (RulesNginx::redis_call($r, 'MEMORY', 'USAGE', 's:w') - 256)
+            / RulesNginx::redis_call($r, 'STRLEN', 's:w');
+    cmp_ok($held, '<=', 1.3, 'and at most 1.3 times after the cuts from 4 '
+           . 'KB to 900 bytes') or diag($held);
+    RulesNginx::redis_call($r, 'DEL', 's:w');
+    RulesNginx::redis_call($r, 'CONFIG', 'SET', $_, $was{$_}) for keys %was;
+}
+
 # Effects fire the keyspace events their commands fire, as the script's
 # do; a compaction that changes nothing does not touch a WATCH
 {
