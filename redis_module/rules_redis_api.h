@@ -27,6 +27,8 @@
 #define RM_KEYTYPE_EMPTY         0
 #define RM_KEYTYPE_STRING        1
 
+#define RM_NO_EXPIRE             (-1)
+
 #define RM_CTX_FLAGS_SLAVE       (1 << 3)
 #define RM_CTX_FLAGS_AOF         (1 << 6)
 
@@ -88,7 +90,10 @@ typedef struct {
     int (*delete_key)(RedisModuleKey *key);
     char *(*string_dma)(RedisModuleKey *key, size_t *len, int mode);
     int (*string_truncate)(RedisModuleKey *key, size_t newlen);
+    long long (*get_abs_expire)(RedisModuleKey *key);
     int (*set_abs_expire)(RedisModuleKey *key, long long expire);
+    int (*get_lfu)(RedisModuleKey *key, long long *freq);
+    int (*set_lfu)(RedisModuleKey *key, long long freq);
 
     long long (*milliseconds)(void);
 

@@ -46,6 +46,9 @@
 #define RS_META_LEN          47
 #define RS_WALL_LEN          8
 #define RS_VALUE_MAX         (512 * 1024 * 1024)   /* Redis' own limit */
+/* past this length Redis grows a string by this much, not to twice its
+ * length (sds.c's SDS_MAX_PREALLOC), and a cut back does not trim it */
+#define RS_PREALLOC_MAX      (1024 * 1024)
 /* the buffers kept between calls are let go after a call that grew them
  * past these (a large compaction does not pin its memory) */
 #define RS_SCRATCH_KEEP      (1024 * 1024)
@@ -103,18 +106,26 @@ static long long           rs_error_logged;
 static unsigned long long  rs_errors_unlogged;
 
 
+static uint32_t
+rs_get_u32(const char *p)
+{
+    return (uint32_t) (unsigned char) p[0]
+           | (uint32_t) (unsigned char) p[1] << 8
+           | (uint32_t) (unsigned char) p[2] << 16
+           | (uint32_t) (unsigned char) p[3] << 24;
+}
+
+
 static double
 rs_get_d(const char *p)
 {
     double    d;
     uint64_t  u;
-    int       i;
 
-    u = 0;
+    /* little-endian bytes, written out so that compilers make one load of
+     * them on a little-endian host (a loop stayed a loop of byte loads) */
 
-    for (i = 7; i >= 0; i--) {
-        u = (u << 8) | (unsigned char) p[i];
-    }
+    u = (uint64_t) rs_get_u32(p) | (uint64_t) rs_get_u32(p + 4) << 32;
 
     memcpy(&d, &u, sizeof(d));
 
@@ -144,16 +155,6 @@ rs_put_u32(char *p, uint32_t v)
     for (i = 0; i < 4; i++) {
         p[i] = (char) (v >> (8 * i));
     }
-}
-
-
-static uint32_t
-rs_get_u32(const char *p)
-{
-    return (uint32_t) (unsigned char) p[0]
-           | (uint32_t) (unsigned char) p[1] << 8
-           | (uint32_t) (unsigned char) p[2] << 16
-           | (uint32_t) (unsigned char) p[3] << 24;
 }
 
 
@@ -294,23 +295,33 @@ rs_expire_at(rs_call_t *c, long long at)
  * The key's string value of cur bytes made n bytes long (a key with no
  * value gets a new string of exactly n bytes).  RM_StringTruncate()
  * reallocates a string cut to less than its unused space at its length,
- * so a value cut to less than half keeps no more than it holds.  A
- * growth is not made as APPEND makes one (to twice the new length, so
- * that an aged value of many appends held about as much unused memory as
- * data): the string is grown one byte past n, then cut back, and so
- * reallocated at n.  Unused space left from before (a value compacted in
- * place, or the allocator's size class) is used first, with no
- * reallocation.  The price: a growth past that space is two
- * reallocations, and none leaves room for the next.  Past 1 MB Redis
- * grows a string by 1 MB, not twice, and the cut leaves it so.
+ * so a value cut to less than half of its allocation keeps no more than
+ * it holds.  A growth is not made as APPEND makes one (to twice the new
+ * length, so that an aged value of many appends held about as much
+ * unused memory as data): the string is grown one byte past n, then cut
+ * back, and so reallocated at n.  Unused space left from before (a value
+ * cut in place) is used first, with no reallocation.  The price: a
+ * growth past that space is two reallocations, and none leaves room for
+ * the next.  Past RS_PREALLOC_MAX Redis grows a string by that much, and
+ * the cut leaves it so.
  */
 static int
 rs_resize(rs_call_t *c, size_t cur, size_t n)
 {
-    if (n > RS_VALUE_MAX
-        || (n > cur && n < RS_VALUE_MAX
-            && rm.key_type(c->key) != RM_KEYTYPE_EMPTY
-            && rm.string_truncate(c->key, n + 1) != RM_OK))
+    if (n > RS_VALUE_MAX) {
+        return RM_ERR;
+    }
+
+    if (rm.key_type(c->key) == RM_KEYTYPE_EMPTY) {
+        return rm.string_truncate(c->key, n);
+    }
+
+    if (n == cur) {
+        return RM_OK;
+    }
+
+    if (n > cur && n < RS_VALUE_MAX
+        && rm.string_truncate(c->key, n + 1) != RM_OK)
     {
         return RM_ERR;
     }
@@ -322,21 +333,39 @@ rs_resize(rs_call_t *c, size_t cur, size_t n)
 /*
  * The key's value becomes v (not pointing into the key), in place when
  * the old one is a string (rs_resize(): the key keeps its object, and
- * with it its LFU count and idle time).  at: the absolute expiry, or -1
- * to keep the key's.
+ * with it its LFU count), else a new string.  A growth past
+ * RS_PREALLOC_MAX makes a new string of exactly that size instead (in
+ * place it would keep up to that much unused), with the old one's TTL
+ * and LFU count.  at: the absolute expiry, or -1 to keep the key's.
  */
 static int
 rs_store(rs_call_t *c, const char *v, size_t len, long long at)
 {
-    int      type;
-    char    *p;
-    size_t   cur;
+    int        type;
+    char      *p;
+    size_t     cur;
+    long long  keep, freq;
 
+    keep = RM_NO_EXPIRE;
+    freq = -1;
     type = rm.key_type(c->key);
     cur = 0;
 
     if (type == RM_KEYTYPE_STRING) {
         (void) rm.string_dma(c->key, &cur, RM_READ);
+
+        if (len > cur && len >= RS_PREALLOC_MAX) {
+            if (at < 0) {
+                keep = rm.get_abs_expire(c->key);
+            }
+
+            if (rm.get_lfu(c->key, &freq) != RM_OK) {
+                freq = -1;
+            }
+
+            rm.delete_key(c->key);
+            cur = 0;
+        }
 
     } else if (type != RM_KEYTYPE_EMPTY) {
         rm.delete_key(c->key);
@@ -354,6 +383,10 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
     memcpy(p, v, len);
     rs_notify(c, RM_NOTIFY_STRING, "set");
 
+    if (freq >= 0) {
+        (void) rm.set_lfu(c->key, freq);
+    }
+
     if (at >= 0) {
         rm.set_abs_expire(c->key, at);
         rs_notify(c, RM_NOTIFY_GENERIC, "expire");
@@ -363,8 +396,14 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
                          at);
         }
 
-    } else if (rs_replicating(c)) {
-        rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
+    } else {
+        if (keep != RM_NO_EXPIRE) {
+            rm.set_abs_expire(c->key, keep);
+        }
+
+        if (rs_replicating(c)) {
+            rm.replicate(c->ctx, "SET", "sbc", c->name, v, len, "KEEPTTL");
+        }
     }
 
     return RM_OK;
