@@ -17,25 +17,38 @@
 # files stay in build/bench/redis-callgrind/.
 #
 # Keys expire by Redis' clock, and under callgrind a run lasts about a
-# hundred seconds for the events' eight: a key of a short window
-# (ip_burst's 10 s) may expire in one run and not in another, so the
-# counts of one module vary by about 0.1 % from run to run, and so do a
-# few of the replay's results (not compared here: t/ compares them).
+# hundred seconds for the events' eight (longer on a busy machine): a key
+# of a short window (ip_burst's 10 s) may expire in one run and not in
+# another, so the counts of one module vary by about 0.1 % from run to
+# run on a quiet machine, and so do a few of the replay's results (not
+# compared here: t/ compares them).  Compare builds in one invocation,
+# with nothing else running.
 
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=build/bench/redis-callgrind
+root=$(cd "$(dirname "$0")/.." && pwd)
 events=${BENCH_RCG_EVENTS:-300000}
-rules=${BENCH_RCG_RULES:-conf-examples/rules.json}
-modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(build/rules_redis_module.so)
+
+# the paths given, taken from where the script was started
+path_of() {
+    realpath -e -- "$1" 2> /dev/null \
+        || { echo "redis-callgrind: $1 missing (make)" >&2; exit 1; }
+}
+rules=$(path_of "${BENCH_RCG_RULES:-$root/conf-examples/rules.json}") \
+    || exit 1
+modules=()
+for m in "${@:-$root/build/rules_redis_module.so}"; do
+    p=$(path_of "$m") || exit 1
+    modules+=("$p")
+done
+
+cd "$root"
+out=build/bench/redis-callgrind
 
 case $events in
     ''|*[!0-9]*|0) echo "redis-callgrind: BENCH_RCG_EVENTS is a count, not \"$events\"" >&2; exit 1 ;;
 esac
-for f in build/rules-replay "${modules[@]}"; do
-    [ -f "$f" ] || { echo "redis-callgrind: $f missing (make)" >&2; exit 1; }
-done
+[ -x build/rules-replay ] \
+    || { echo "redis-callgrind: build/rules-replay missing (make)" >&2; exit 1; }
 for c in valgrind callgrind_annotate redis-server redis-cli; do
     command -v "$c" > /dev/null \
         || { echo "redis-callgrind: $c missing (make deps)" >&2; exit 1; }
@@ -43,12 +56,17 @@ done
 
 mkdir -p "$out"
 redis_pid=
+# the servers listen on a unix socket only (no port another process could
+# hold), in a directory of a short path
+sock_dir=$(mktemp -d /tmp/redis-callgrind.XXXXXX)
+sock=$sock_dir/redis.sock
 
 cleanup() {
     if [ -n "$redis_pid" ]; then
         kill -KILL "$redis_pid" 2> /dev/null || true
         wait "$redis_pid" 2> /dev/null || true
     fi
+    rm -rf "$sock_dir"
 }
 trap cleanup EXIT
 
@@ -77,26 +95,39 @@ make_events() {
 n=0
 for module in "${modules[@]}"; do
     n=$((n + 1))
-    port=$(tools/free-port)
-    rm -rf "$out/redis-$n" && mkdir -p "$out/redis-$n"
+    rm -rf "$out/redis-$n" "$sock" && mkdir -p "$out/redis-$n"
     valgrind --tool=callgrind --callgrind-out-file="$out/$n.out" \
-        redis-server --port "$port" --bind 127.0.0.1 --save '' \
-        --appendonly no --dir "$out/redis-$n" --loadmodule "$(realpath "$module")" \
+        redis-server --port 0 --unixsocket "$sock" --save '' \
+        --appendonly no --dir "$out/redis-$n" --loadmodule "$module" \
         > "$out/redis-$n/log" 2>&1 &
     redis_pid=$!
     for _ in $(seq 600); do
-        redis-cli -p "$port" ping 2> /dev/null | grep -q PONG && break
+        kill -0 "$redis_pid" 2> /dev/null || break
+        redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG && break
         sleep 0.1
     done
-    redis-cli -p "$port" ping 2> /dev/null | grep -q PONG \
-        || { tail -20 "$out/redis-$n/log" >&2; exit 1; }
+    redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG \
+        || { echo "redis-callgrind: Redis did not start with $module:" >&2
+             tail -20 "$out/redis-$n/log" >&2; exit 1; }
 
     make_events
-    build/rules-replay --rules "$rules" --redis "127.0.0.1:$port" \
+    build/rules-replay --rules "$rules" --redis "unix:$sock" \
         --cache 33554432 --timeout 600000 "$out/events.jsonl" \
-        > "$out/$n.results"
-    calls=$(redis-cli -p "$port" info commandstats | tr -d '\r' \
+        > "$out/$n.results" \
+        || { echo "redis-callgrind: rules-replay failed with $module" >&2
+             exit 1; }
+    calls=$(redis-cli -s "$sock" info commandstats | tr -d '\r' \
             | sed -n 's/^cmdstat_rules\.store:calls=\([0-9]*\),.*/\1/p')
+
+    # rules-replay falls back to the script (EVALSHA) when the module
+    # answers RULESVERSION: a module built from a commit whose script
+    # differs from build/rules-replay's would be measured as the script
+    if [ "${calls:-0}" != "$events" ]; then
+        echo "redis-callgrind: $module answered ${calls:-0} RULES.STORE" \
+             "calls for $events events (its state script differs from" \
+             "build/rules-replay's?)" >&2
+        exit 1
+    fi
 
     # a clean exit, so that callgrind writes its file
     kill -TERM "$redis_pid"
@@ -105,7 +136,7 @@ for module in "${modules[@]}"; do
 
     callgrind_annotate --inclusive=yes "$out/$n.out" > "$out/$n.inclusive"
     callgrind_annotate "$out/$n.out" > "$out/$n.self"
-    echo "$module: $events events, ${calls:-0} RULES.STORE calls"
+    echo "$module: $events events, one RULES.STORE call each"
     perl -e '
         my ($events, $inc, $self) = @ARGV;
         my ($total, $store) = (0, 0);

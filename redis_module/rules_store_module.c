@@ -26,7 +26,9 @@
  * SETRANGE, PEXPIREAT, DEL), so replicas need no module; they are not
  * built at all when Redis would drop them (no AOF, no replica, no
  * backlog: rules_store_repl.c).  Each effect fires the keyspace event
- * its command fires (set, append, setrange, expire, del).
+ * its command fires (set, append, setrange, expire, del), and a key
+ * created fires "new" as well (also a value rewritten past 1 MB, made
+ * anew: rs_store()).
  */
 
 #include <math.h>
@@ -308,7 +310,8 @@ rs_expire_at(rs_call_t *c, long long at)
 static int
 rs_resize(rs_call_t *c, size_t cur, size_t n)
 {
-    if (n > RS_VALUE_MAX) {
+    if (n == 0 || n > RS_VALUE_MAX) {
+        /* (no caller asks for an empty value: an R2 value has a header) */
         return RM_ERR;
     }
 
@@ -345,6 +348,11 @@ rs_store(rs_call_t *c, const char *v, size_t len, long long at)
     char      *p;
     size_t     cur;
     long long  keep, freq;
+
+    if (len == 0 || len > RS_VALUE_MAX) {
+        /* before the key is deleted below (no caller sends such a value) */
+        return RM_ERR;
+    }
 
     keep = RM_NO_EXPIRE;
     freq = -1;

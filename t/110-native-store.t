@@ -634,6 +634,7 @@ for my $bad (
            . 'it held at its length (in place: with 1 MB more)')
         or diag($held);
     is($written, 65, 'it was a whole write');
+    is($same, 65, 'which left the value it sent');
     cmp_ok(RulesNginx::redis_call($r, 'PTTL', 's:w'), '>', 3_000_000,
            'the key kept its TTL');
     cmp_ok(RulesNginx::redis_call($r, 'OBJECT', 'FREQ', 's:w'), '>=', $freq,
