@@ -540,13 +540,17 @@ ngx_http_rules_scan_args(ngx_http_request_t *r,
     p = r->args.data;
     last = p + r->args.len;
 
+    /* memchr(), not ngx_strlchr(): libc's scans a word or a vector at a
+     * time (a third of the function's instructions on the benchmark's
+     * query strings) */
+
     while (p < last && left) {
-        amp = ngx_strlchr(p, last, '&');
+        amp = memchr(p, '&', last - p);
         if (amp == NULL) {
             amp = last;
         }
 
-        eq = ngx_strlchr(p, amp, '=');
+        eq = memchr(p, '=', amp - p);
 
         if (eq) {
             len = eq - p;
