@@ -4,6 +4,7 @@
  * rules_script.c runs the same algorithm inside Redis.
  */
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,18 +48,23 @@ typedef struct {
 
 
 int
-rules_buf_reserve(rules_buf_t *b, size_t more)
+rules_buf_grow(rules_buf_t *b, size_t more)
 {
     unsigned char  *p;
-    size_t          size;
+    size_t          size, need;
 
-    if (b->len + more <= b->size) {
+    if (more <= b->size - b->len) {
         return 0;
     }
 
+    if (more > SIZE_MAX / 2 - b->len) {
+        return -1;
+    }
+
+    need = b->len + more;
     size = b->size ? b->size : 256;
 
-    while (size < b->len + more) {
+    while (size < need) {
         size *= 2;
     }
 
@@ -75,23 +81,6 @@ rules_buf_reserve(rules_buf_t *b, size_t more)
 }
 
 
-int
-rules_buf_append(rules_buf_t *b, const void *p, size_t len)
-{
-    if (rules_buf_reserve(b, len) != 0) {
-        return -1;
-    }
-
-    if (len) {
-        memcpy(b->data + b->len, p, len);
-    }
-
-    b->len += len;
-
-    return 0;
-}
-
-
 /*
  * A digest (8 bytes) appended to a list of matched digests: inline, as
  * a state's every matched record and shared rule appends one (about a
@@ -100,7 +89,7 @@ rules_buf_append(rules_buf_t *b, const void *p, size_t len)
 static inline int
 rules_buf_append_digest(rules_buf_t *b, const unsigned char *d)
 {
-    if (b->len + 8 > b->size && rules_buf_reserve(b, 8) != 0) {
+    if (8 > b->size - b->len && rules_buf_grow(b, 8) != 0) {
         return -1;
     }
 
@@ -1336,11 +1325,14 @@ rules_state_work_trim(rules_state_work_t *w)
 }
 
 
-/* Makes the array at arrayp hold at least n elements of elem bytes. */
-static int
+/*
+ * Makes the array at arrayp hold at least n elements of elem bytes (the
+ * room is nearly always there: checked here, inline, before the call).
+ */
+static inline int
 rules_work_fit(void *arrayp, size_t *size, size_t n, size_t elem)
 {
-    return n ? rules_grow(arrayp, size, n - 1, elem, 32) : 0;
+    return n <= *size ? 0 : rules_grow(arrayp, size, n - 1, elem, 32);
 }
 
 

@@ -84,6 +84,8 @@
 #ifndef RULES_STATE_H
 #define RULES_STATE_H
 
+#include <string.h>
+
 #include "rules_engine.h"
 
 
@@ -117,9 +119,43 @@ typedef struct {
     size_t          size;
 } rules_buf_t;
 
-int rules_buf_reserve(rules_buf_t *b, size_t more);
-int rules_buf_append(rules_buf_t *b, const void *p, size_t len);
+int rules_buf_grow(rules_buf_t *b, size_t more);
 void rules_buf_free(rules_buf_t *b);
+
+
+/*
+ * Room for more bytes past b->len (0, or -1 when the allocation fails or
+ * the length would not fit a size_t), and more bytes appended: inline,
+ * as an event's states and its call are written by a few dozen small
+ * appends, nearly all into room already there (rules_buf_grow() is the
+ * rare path).
+ */
+static inline int
+rules_buf_reserve(rules_buf_t *b, size_t more)
+{
+    if (more <= b->size - b->len) {
+        return 0;
+    }
+
+    return rules_buf_grow(b, more);
+}
+
+
+static inline int
+rules_buf_append(rules_buf_t *b, const void *p, size_t len)
+{
+    if (len > b->size - b->len && rules_buf_grow(b, len) != 0) {
+        return -1;
+    }
+
+    if (len) {
+        memcpy(b->data + b->len, p, len);
+    }
+
+    b->len += len;
+
+    return 0;
+}
 
 
 /*
