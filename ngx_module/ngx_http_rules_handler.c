@@ -499,7 +499,7 @@ static ngx_http_rules_arg_t *
 ngx_http_rules_scan_args(ngx_http_request_t *r,
     ngx_http_rules_loc_conf_t *rlcf)
 {
-    u_char                     *p, *last, *amp, *eq;
+    u_char                      c, *p, *last, *amp, *eq;
     size_t                      len;
     ngx_uint_t                  i, n, left;
     ngx_http_variable_t        *v;
@@ -552,13 +552,19 @@ ngx_http_rules_scan_args(ngx_http_request_t *r,
 
         eq = memchr(p, '=', amp - p);
 
-        if (eq) {
+        /* no field has an empty name; the names are lowercase, and their
+         * first bytes tell most of them apart (single letters, often) */
+
+        if (eq && eq != p) {
             len = eq - p;
+            c = ngx_tolower(*p);
 
             for (i = 0; i < n; i++) {
-                if (args[i].scanned && args[i].value.data == NULL
-                    && f[i].arg.len == len
-                    && ngx_strncasecmp(p, f[i].arg.data, len) == 0)
+                if (f[i].arg.len == len && f[i].arg.data[0] == c
+                    && args[i].scanned && args[i].value.data == NULL
+                    && (len == 1
+                        || ngx_strncasecmp(p + 1, f[i].arg.data + 1, len - 1)
+                           == 0))
                 {
                     args[i].value.data = eq + 1;
                     args[i].value.len = amp - eq - 1;

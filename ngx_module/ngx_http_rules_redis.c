@@ -1603,16 +1603,27 @@ ngx_http_rules_redis_arg(u_char *p, const char *arg, size_t len)
 
     *p++ = '$';
 
-    n = 0;
-    v = len;
+    /* the keys and metas of a call: one or two digits */
 
-    do {
-        digits[n++] = (u_char) ('0' + v % 10);
-        v /= 10;
-    } while (v);
+    if (len < 10) {
+        *p++ = (u_char) ('0' + len);
 
-    for (i = n; i > 0; i--) {
-        *p++ = digits[i - 1];
+    } else if (len < 100) {
+        *p++ = (u_char) ('0' + len / 10);
+        *p++ = (u_char) ('0' + len % 10);
+
+    } else {
+        n = 0;
+        v = len;
+
+        do {
+            digits[n++] = (u_char) ('0' + v % 10);
+            v /= 10;
+        } while (v);
+
+        for (i = n; i > 0; i--) {
+            *p++ = digits[i - 1];
+        }
     }
 
     *p++ = CR;

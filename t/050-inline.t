@@ -524,12 +524,12 @@ longer than rules_max_value_length 16
 
 
 
-=== TEST 17: $arg_ fields read as nginx reads $arg_: the first of repeated arguments, names in any case, an argument without "=" or with a longer name skipped
+=== TEST 17: $arg_ fields read as nginx reads $arg_: the first of repeated arguments, names in any case, an argument without "=", with an empty name, a longer name or another name of that length and first letter skipped
 --- request eval
 [
   "GET /px?uid=t050-17&e=click&e=page&ts=1000",
   "GET /px?UID=t050-17&E=page&Ts=2000",
-  "GET /px?uid=t050-17&e&xe=click&e=page&ts=3000",
+  "GET /px?uxd=t050-17x&=click&uid=t050-17&e&xe=click&e=page&ts=3000",
   "GET /px?uid=t050-17b&e=&e=page&ts=4000",
   "GET /px?uid=t050-17b&e=page&ts=5000",
 ]
