@@ -61,7 +61,8 @@ DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
                 libclang-rt-14-dev prometheus gdb openssl
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
-        asan clean script bench bench-callgrind bench-redis-callgrind fuzz \
+        asan clean script bench bench-callgrind bench-redis-callgrind \
+        bench-nginx-callgrind fuzz \
         deps-build dist \
         docker-check coverage coverage-build FORCE
 
@@ -196,6 +197,10 @@ bench-callgrind: deps build $(BUILD)/bench/engine_bench \
 # Redis with the rules Redis module in instructions per event (callgrind)
 bench-redis-callgrind: deps build
 	bench/redis-callgrind.sh
+
+# the nginx worker in instructions per request, /base and /px (callgrind)
+bench-nginx-callgrind: deps build
+	bench/nginx-callgrind.sh
 
 # libFuzzer targets (clang): the engine built with ASan and UBSan
 $(BUILD)/fuzz/%: t/fuzz/%.c $(ENGINE_SRCS) $(ENGINE_HDRS)

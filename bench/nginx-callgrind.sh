@@ -1,0 +1,244 @@
+#!/bin/bash
+# Instructions per request of the nginx worker itself (nginx under
+# valgrind's callgrind, master_process off), serving /base (empty_gif, no
+# rules) and /px (SPEC.md's five rules, RULES.STORE) with bench/pixel.lua's
+# requests: repeatable counts, whatever else the machine does, to measure
+# a change of ngx_module/ or src/ as the worker runs it (the module built
+# with nginx's own flags, hiredis, nginx's request path) before and after.
+#
+#   bench/nginx-callgrind.sh [MODULE.so ...]
+#       (default: build/nginx/ngx_http_rules_module.so; BENCH_NCG_SECS=20,
+#        BENCH_NCG_WARMUP=10, BENCH_NCG_CONNS=4,
+#        BENCH_NCG_RULES=conf-examples/rules.json,
+#        BENCH_NCG_LOCATIONS="base px")
+#   make bench-nginx-callgrind
+#
+# Each module gets a fresh Redis (with the rules Redis module, on a unix
+# socket) and, per location, an nginx of its own whose instructions are
+# counted only while wrk sends BENCH_NCG_SECS seconds of requests, after
+# BENCH_NCG_WARMUP seconds of the same not counted (the state cache
+# filled as on a live server).  wrk's random numbers have a fixed seed,
+# so every run sends the same requests.  At 4 connections a call carries
+# about one event, so a call's own cost is counted in full; more
+# connections share it.  Prints, per module and location, the
+# instructions per request in all and by object (the module, nginx,
+# libc, hiredis, the rest) and the module's functions that cost the most
+# themselves.  callgrind's files stay in build/bench/nginx-callgrind/.
+# Compare builds in one invocation, with nothing else running.
+
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+secs=${BENCH_NCG_SECS:-20}
+warmup=${BENCH_NCG_WARMUP:-10}
+conns=${BENCH_NCG_CONNS:-4}
+locations=${BENCH_NCG_LOCATIONS:-base px}
+
+for v in secs warmup conns; do
+    case ${!v} in
+        ''|*[!0-9]*) echo "nginx-callgrind: $v is a whole number, not \"${!v}\"" >&2; exit 1 ;;
+    esac
+done
+[ "$secs" -gt 0 ] && [ "$conns" -gt 0 ] \
+    || { echo "nginx-callgrind: BENCH_NCG_SECS and BENCH_NCG_CONNS above 0" >&2; exit 1; }
+for loc in $locations; do
+    case $loc in
+        base|px) ;;
+        *) echo "nginx-callgrind: BENCH_NCG_LOCATIONS holds base and px, not \"$loc\"" >&2; exit 1 ;;
+    esac
+done
+
+# the paths given, taken from where the script was started
+path_of() {
+    realpath -e -- "$1" 2> /dev/null \
+        || { echo "nginx-callgrind: $1 missing (make)" >&2; exit 1; }
+}
+rules=$(path_of "${BENCH_NCG_RULES:-$root/conf-examples/rules.json}") \
+    || exit 1
+modules=()
+for m in "${@:-$root/build/nginx/ngx_http_rules_module.so}"; do
+    p=$(path_of "$m") || exit 1
+    modules+=("$p")
+done
+
+cd "$root"
+out=$root/build/bench/nginx-callgrind
+redis_module=$root/build/rules_redis_module.so
+
+[ -f "$redis_module" ] \
+    || { echo "nginx-callgrind: $redis_module missing (make)" >&2; exit 1; }
+for c in valgrind callgrind_annotate callgrind_control redis-server \
+         redis-cli wrk curl; do
+    command -v "$c" > /dev/null \
+        || { echo "nginx-callgrind: $c missing (make deps)" >&2; exit 1; }
+done
+
+rm -rf "$out" && mkdir -p "$out"
+redis_pid=
+nginx_pid=
+sock_dir=$(mktemp -d /tmp/nginx-callgrind.XXXXXX)
+sock=$sock_dir/redis.sock
+
+stop_nginx() {
+    if [ -n "$nginx_pid" ]; then
+        kill -QUIT "$nginx_pid" 2> /dev/null || true
+        for _ in $(seq 600); do
+            kill -0 "$nginx_pid" 2> /dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$nginx_pid" 2> /dev/null || true
+        wait "$nginx_pid" 2> /dev/null || true
+        nginx_pid=
+    fi
+}
+
+stop_redis() {
+    if [ -n "$redis_pid" ]; then
+        kill -TERM "$redis_pid" 2> /dev/null || true
+        wait "$redis_pid" 2> /dev/null || true
+        redis_pid=
+    fi
+}
+
+cleanup() {
+    stop_nginx
+    stop_redis
+    rm -rf "$sock_dir"
+}
+trap cleanup EXIT
+
+# the requests of bench/pixel.lua, the same ones every run
+sed 's/^  math.randomseed(.*/  math.randomseed(7)/' bench/pixel.lua \
+    > "$out/pixel.lua"
+grep -q 'math.randomseed(7)' "$out/pixel.lua" \
+    || { echo "nginx-callgrind: bench/pixel.lua has no randomseed line" >&2; exit 1; }
+
+# count LOCATION SECS: wrk's requests (completed ones) over SECS seconds
+count() {
+    sed "s|/px?|/$1?|" "$out/pixel.lua" > "$out/pixel-$1.lua"
+    wrk -t1 -c"$conns" -d"${2}s" -s "$out/pixel-$1.lua" \
+        "http://127.0.0.1:$port/" > "$out/wrk.log" 2>&1 \
+        || { cat "$out/wrk.log" >&2; exit 1; }
+    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out/wrk.log"
+}
+
+n=0
+for module in "${modules[@]}"; do
+    n=$((n + 1))
+    echo "$module ($conns connections, ${secs}s counted after ${warmup}s)"
+    rm -rf "$sock" && mkdir -p "$out/redis-$n"
+    redis-server --port 0 --unixsocket "$sock" --save '' --appendonly no \
+        --dir "$out/redis-$n" --loadmodule "$redis_module" \
+        > "$out/redis-$n/log" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 100); do
+        kill -0 "$redis_pid" 2> /dev/null || break
+        redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG \
+        || { echo "nginx-callgrind: Redis did not start:" >&2
+             tail -20 "$out/redis-$n/log" >&2; exit 1; }
+
+    for loc in $locations; do
+        prefix=$out/$n-$loc
+        mkdir -p "$prefix/logs"
+        port=$("$root/tools/free-port")
+        user=
+        [ "$(id -u)" = 0 ] && user="user root;"
+        cat > "$prefix/nginx.conf" <<CONF
+load_module $module;
+$user
+master_process off;
+daemon off;
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    rules_redis unix:$sock;
+    rules_redis_native on;
+    rules_redis_timeout 5s;
+    rules_file $rules;
+    server {
+        listen 127.0.0.1:$port;
+        location = /base { empty_gif; }
+        location = /px {
+            rules on;
+            rules_field uid     \$arg_uid;
+            rules_field ip      \$arg_ip;
+            rules_field device  \$arg_d;
+            rules_field type    \$arg_e;
+            rules_field product \$arg_p;
+            rules_field path    \$arg_u;
+            add_header X-Rules \$rules_matched always;
+            empty_gif;
+        }
+    }
+}
+CONF
+        valgrind --tool=callgrind --instr-atstart=no \
+            --callgrind-out-file="$prefix.out" \
+            /usr/sbin/nginx -p "$prefix/" -c nginx.conf \
+            > "$prefix/valgrind.log" 2>&1 &
+        nginx_pid=$!
+        for _ in $(seq 600); do
+            kill -0 "$nginx_pid" 2> /dev/null || break
+            curl -s -o /dev/null "http://127.0.0.1:$port/base" && break
+            sleep 0.1
+        done
+        curl -s -o /dev/null "http://127.0.0.1:$port/base" \
+            || { echo "nginx-callgrind: nginx did not start with $module:" >&2
+                 tail -20 "$prefix/valgrind.log" "$prefix/logs/error.log" >&2
+                 exit 1; }
+
+        [ "$warmup" -gt 0 ] && count "$loc" "$warmup" > /dev/null
+        callgrind_control -i on "$nginx_pid" > /dev/null 2>&1
+        requests=$(count "$loc" "$secs")
+        callgrind_control -i off "$nginx_pid" > /dev/null 2>&1
+        stop_nginx
+
+        [ "${requests:-0}" -gt 0 ] \
+            || { echo "nginx-callgrind: no request answered at /$loc" >&2; exit 1; }
+        if [ -s "$prefix/logs/error.log" ]; then
+            echo "nginx-callgrind: /$loc logged:" >&2
+            tail -5 "$prefix/logs/error.log" >&2
+        fi
+
+        callgrind_annotate --threshold=100 "$prefix.out" > "$prefix.self" 2> /dev/null
+        perl -e '
+            my ($loc, $requests, $self) = @ARGV;
+            my ($total, %obj, @mod);
+            open my $fh, "<", $self or die "$self: $!";
+            while (<$fh>) {
+                if (/^\s*([\d,]+)\s.*PROGRAM TOTALS/) {
+                    ($total = $1) =~ tr/,//d;
+                    next;
+                }
+                # the lines of a function from another source file (inlined
+                # code) come without their object: told by their names
+                my ($c, $f, $o) =
+                    /^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S+)(?:\s+\[(.*)\])?\s*$/
+                    or next;
+                $c =~ tr/,//d;
+                $o //= $f =~ /:(?:ngx_http_rules_|rules_|rs_)/
+                       ? "ngx_http_rules_module" : $f =~ m{^\./} ? "libc.so" : "";
+                my $k = $o =~ /ngx_http_rules_module/ ? "module"
+                      : $o =~ m{/nginx$} ? "nginx"
+                      : $o =~ /libc\.so/ ? "libc"
+                      : $o =~ /hiredis/ ? "hiredis" : "other";
+                $obj{$k} += $c;
+                push @mod, [$c, $f] if $k eq "module";
+            }
+            printf "  /%-4s %6d requests, %6.0f instructions per request:",
+                   $loc, $requests, $total / $requests;
+            printf " %s %.0f", $_, ($obj{$_} // 0) / $requests
+                for qw(module nginx libc hiredis other);
+            print "\n";
+            for my $m (@mod[0 .. ($#mod < 5 ? $#mod : 5)]) {
+                printf "      %6.0f  %s\n", $m->[0] / $requests, $m->[1];
+            }
+        ' "$loc" "$requests" "$prefix.self"
+    done
+    stop_redis
+done
