@@ -47,18 +47,10 @@ for loc in $locations; do
     esac
 done
 
-# the paths given, taken from where the script was started
-path_of() {
-    realpath -e -- "$1" 2> /dev/null \
-        || { echo "nginx-callgrind: $1 missing (make)" >&2; exit 1; }
-}
-rules=$(path_of "${BENCH_NCG_RULES:-$root/conf-examples/rules.json}") \
-    || exit 1
-modules=()
-for m in "${@:-$root/build/nginx/ngx_http_rules_module.so}"; do
-    p=$(path_of "$m") || exit 1
-    modules+=("$p")
-done
+. "$root/bench/common.sh"
+bench_paths nginx-callgrind \
+    "${BENCH_NCG_RULES:-$root/conf-examples/rules.json}" \
+    "$root/build/nginx/ngx_http_rules_module.so" "$@" || exit 1
 
 cd "$root"
 out=$root/build/bench/nginx-callgrind
@@ -163,17 +155,7 @@ http {
     server {
         listen 127.0.0.1:$port;
         location = /base { empty_gif; }
-        location = /px {
-            rules on;
-            rules_field uid     \$arg_uid;
-            rules_field ip      \$arg_ip;
-            rules_field device  \$arg_d;
-            rules_field type    \$arg_e;
-            rules_field product \$arg_p;
-            rules_field path    \$arg_u;
-            add_header X-Rules \$rules_matched always;
-            empty_gif;
-        }
+$(bench_px_location)
     }
 }
 CONF

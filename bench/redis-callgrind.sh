@@ -28,18 +28,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 events=${BENCH_RCG_EVENTS:-300000}
 
-# the paths given, taken from where the script was started
-path_of() {
-    realpath -e -- "$1" 2> /dev/null \
-        || { echo "redis-callgrind: $1 missing (make)" >&2; exit 1; }
-}
-rules=$(path_of "${BENCH_RCG_RULES:-$root/conf-examples/rules.json}") \
-    || exit 1
-modules=()
-for m in "${@:-$root/build/rules_redis_module.so}"; do
-    p=$(path_of "$m") || exit 1
-    modules+=("$p")
-done
+. "$root/bench/common.sh"
+bench_paths redis-callgrind \
+    "${BENCH_RCG_RULES:-$root/conf-examples/rules.json}" \
+    "$root/build/rules_redis_module.so" "$@" || exit 1
 
 cd "$root"
 out=build/bench/redis-callgrind

@@ -32,6 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. bench/common.sh
 out=$root/build/bench
 secs=${BENCH_SECS:-10}
 runs=${BENCH_RUNS:-3}
@@ -153,17 +154,7 @@ http {
     server {
         listen 127.0.0.1:$port;
         location = /base { empty_gif; }
-        location = /px {
-            rules on;
-            rules_field uid     \$arg_uid;
-            rules_field ip      \$arg_ip;
-            rules_field device  \$arg_d;
-            rules_field type    \$arg_e;
-            rules_field product \$arg_p;
-            rules_field path    \$arg_u;
-            add_header X-Rules \$rules_matched always;
-            empty_gif;
-        }
+$(bench_px_location)
         location = /metrics { rules_metrics; }
     }
 }

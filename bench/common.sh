@@ -1,0 +1,41 @@
+# Sourced by the bench scripts: what they share.
+
+# bench_path_of NAME PATH: PATH made absolute, from where the script was
+# started (it changes directory afterwards); NAME, the script's, starts
+# the error when there is no such file.
+bench_path_of() {
+    realpath -e -- "$2" 2> /dev/null \
+        || { echo "$1: $2 missing (make)" >&2; return 1; }
+}
+
+# bench_paths NAME RULES DEFAULT_MODULE [MODULE...]: sets rules to RULES
+# and the array modules to the MODULEs given (DEFAULT_MODULE when none),
+# each made absolute by bench_path_of.
+bench_paths() {
+    local name=$1 default=$3 m p
+    rules=$(bench_path_of "$name" "$2") || return 1
+    modules=()
+    shift 3 || return 1
+    for m in "${@:-$default}"; do
+        p=$(bench_path_of "$name" "$m") || return 1
+        modules+=("$p")
+    done
+}
+
+# bench_px_location: nginx's /px location, SPEC.md's fields read from the
+# arguments bench/pixel.lua sends, the matched rules in X-Rules.
+bench_px_location() {
+    cat <<'CONF'
+        location = /px {
+            rules on;
+            rules_field uid     $arg_uid;
+            rules_field ip      $arg_ip;
+            rules_field device  $arg_d;
+            rules_field type    $arg_e;
+            rules_field product $arg_p;
+            rules_field path    $arg_u;
+            add_header X-Rules $rules_matched always;
+            empty_gif;
+        }
+CONF
+}
