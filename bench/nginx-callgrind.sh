@@ -3,8 +3,9 @@
 # valgrind's callgrind, master_process off), serving /base (empty_gif, no
 # rules) and /px (SPEC.md's five rules, RULES.STORE) with bench/pixel.lua's
 # requests: repeatable counts, whatever else the machine does, to measure
-# a change of ngx_module/ or src/ as the worker runs it (the module built
-# with nginx's own flags, hiredis, nginx's request path) before and after.
+# a change of ngx_module/ or src/ as the worker runs it (the module as
+# make builds it for nginx, hiredis, nginx's request path) before and
+# after.
 #
 #   bench/nginx-callgrind.sh [MODULE.so ...]
 #       (default: build/nginx/ngx_http_rules_module.so; BENCH_NCG_SECS=20,
@@ -16,14 +17,16 @@
 # Each module gets a fresh Redis (with the rules Redis module, on a unix
 # socket) and, per location, an nginx of its own whose instructions are
 # counted only while wrk sends BENCH_NCG_SECS seconds of requests, after
-# BENCH_NCG_WARMUP seconds of the same not counted (the state cache
-# filled as on a live server).  wrk's random numbers have a fixed seed,
-# so every run sends the same requests.  At 4 connections a call carries
+# BENCH_NCG_WARMUP seconds of the same mix not counted (the state cache
+# holding the users seen then, as a live server's holds its recent ones).
+# wrk's random numbers have fixed seeds, one for the warm-up and another
+# for the count, so every run sends the same requests, and the counted
+# ones are not the warm-up's again.  At 4 connections a call carries
 # about one event, so a call's own cost is counted in full; more
 # connections share it.  Prints, per module and location, the
 # instructions per request in all and by object (the module, nginx,
-# libc, hiredis, the rest) and the module's functions that cost the most
-# themselves.  callgrind's files stay in build/bench/nginx-callgrind/.
+# libc, hiredis, the rest) and the five functions of the module that
+# cost the most themselves.  callgrind's files stay in build/bench/nginx-callgrind/.
 # Compare builds in one invocation, with nothing else running.
 
 set -euo pipefail
@@ -97,17 +100,24 @@ cleanup() {
     rm -rf "$sock_dir"
 }
 trap cleanup EXIT
+# wrk ends on ^C with status 0: the script stops there too (and cleans up)
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# the requests of bench/pixel.lua, the same ones every run
-sed 's/^  math.randomseed(.*/  math.randomseed(7)/' bench/pixel.lua \
-    > "$out/pixel.lua"
-grep -q 'math.randomseed(7)' "$out/pixel.lua" \
-    || { echo "nginx-callgrind: bench/pixel.lua has no randomseed line" >&2; exit 1; }
+# the requests of bench/pixel.lua, the same ones every run: seed 7 for the
+# warm-up, 8 for the count
+for seed in 7 8; do
+    sed "s/^  math.randomseed(.*/  math.randomseed($seed)/" bench/pixel.lua \
+        > "$out/pixel-$seed.lua"
+    grep -q "math.randomseed($seed)" "$out/pixel-$seed.lua" \
+        || { echo "nginx-callgrind: bench/pixel.lua has no randomseed line" >&2; exit 1; }
+done
 
-# count LOCATION SECS: wrk's requests (completed ones) over SECS seconds
+# count LOCATION SECS SEED: wrk's requests (completed ones) over SECS
+# seconds
 count() {
-    sed "s|/px?|/$1?|" "$out/pixel.lua" > "$out/pixel-$1.lua"
-    wrk -t1 -c"$conns" -d"${2}s" -s "$out/pixel-$1.lua" \
+    sed "s|/px?|/$1?|" "$out/pixel-$3.lua" > "$out/pixel-$1-$3.lua"
+    wrk -t1 -c"$conns" -d"${2}s" -s "$out/pixel-$1-$3.lua" \
         "http://127.0.0.1:$port/" > "$out/wrk.log" 2>&1 \
         || { cat "$out/wrk.log" >&2; exit 1; }
     sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out/wrk.log"
@@ -174,9 +184,9 @@ CONF
                  tail -20 "$prefix/valgrind.log" "$prefix/logs/error.log" >&2
                  exit 1; }
 
-        [ "$warmup" -gt 0 ] && count "$loc" "$warmup" > /dev/null
+        [ "$warmup" -gt 0 ] && count "$loc" "$warmup" 7 > /dev/null
         callgrind_control -i on "$nginx_pid" > /dev/null 2>&1
-        requests=$(count "$loc" "$secs")
+        requests=$(count "$loc" "$secs" 8)
         callgrind_control -i off "$nginx_pid" > /dev/null 2>&1
         stop_nginx
 
@@ -187,10 +197,14 @@ CONF
             tail -5 "$prefix/logs/error.log" >&2
         fi
 
-        callgrind_annotate --threshold=100 "$prefix.out" > "$prefix.self" 2> /dev/null
+        # (callgrind's own warnings on the lines it cannot place left out)
+        callgrind_annotate --auto=no --threshold=100 "$prefix.out" \
+            > "$prefix.self" 2> /dev/null \
+            || { echo "nginx-callgrind: no callgrind output for /$loc" \
+                      "(nginx did not exit cleanly?)" >&2; exit 1; }
         perl -e '
             my ($loc, $requests, $self) = @ARGV;
-            my ($total, %obj, @mod);
+            my ($total, %obj, %mod);
             open my $fh, "<", $self or die "$self: $!";
             while (<$fh>) {
                 if (/^\s*([\d,]+)\s.*PROGRAM TOTALS/) {
@@ -210,15 +224,18 @@ CONF
                       : $o =~ /libc\.so/ ? "libc"
                       : $o =~ /hiredis/ ? "hiredis" : "other";
                 $obj{$k} += $c;
-                push @mod, [$c, $f] if $k eq "module";
+                # a function of several source files: summed by its name
+                (my $name = $f) =~ s/^.*://;
+                $mod{$name} += $c if $k eq "module";
             }
             printf "  /%-4s %6d requests, %6.0f instructions per request:",
                    $loc, $requests, $total / $requests;
             printf " %s %.0f", $_, ($obj{$_} // 0) / $requests
                 for qw(module nginx libc hiredis other);
             print "\n";
-            for my $m (@mod[0 .. ($#mod < 5 ? $#mod : 5)]) {
-                printf "      %6.0f  %s\n", $m->[0] / $requests, $m->[1];
+            my @top = sort { $mod{$b} <=> $mod{$a} } keys %mod;
+            for my $name (@top[0 .. ($#top < 4 ? $#top : 4)]) {
+                printf "      %6.0f  %s\n", $mod{$name} / $requests, $name;
             }
         ' "$loc" "$requests" "$prefix.self"
     done

@@ -125,7 +125,7 @@ void rules_buf_free(rules_buf_t *b);
 
 /*
  * Room for more bytes past b->len (0, or -1 when the allocation fails or
- * the length would not fit a size_t), and more bytes appended: inline,
+ * the length would pass SIZE_MAX / 2), and more bytes appended: inline,
  * as an event's states and its call are written by a few dozen small
  * appends, nearly all into room already there (rules_buf_grow() is the
  * rare path).

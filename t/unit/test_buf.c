@@ -1,9 +1,10 @@
 /*
  * The growable byte buffer every state, operation and call is written
  * into (rules_state.h): appends keep what was there, room grows by
- * doubling from 256 bytes, and a length that would not fit a size_t is
- * refused with the buffer left as it was (the room check is done as
- * size - len, which cannot wrap, not as len + more).
+ * doubling from 256 bytes, and a length past SIZE_MAX / 2 (one that would
+ * wrap len + more, among them) is refused with the buffer left as it was
+ * (the room check is done as size - len, which cannot wrap, not as len +
+ * more).
  */
 
 #include <stdint.h>
