@@ -39,3 +39,26 @@ bench_px_location() {
         }
 CONF
 }
+
+# bench_redis_unix NAME SOCK DIR MODULE [WRAPPER...]: a redis-server (run
+# under WRAPPER, valgrind for instance, when one is given) with MODULE
+# loaded, listening on the unix socket SOCK only, its files and its log
+# in DIR (made anew); sets redis_pid, and returns once it answers PING,
+# or 1 with its log's tail when it does not within a minute.
+bench_redis_unix() {
+    local name=$1 sock=$2 dir=$3 module=$4
+    shift 4
+    rm -rf "$dir" "$sock" && mkdir -p "$dir"
+    "$@" redis-server --port 0 --unixsocket "$sock" --save '' \
+        --appendonly no --dir "$dir" --loadmodule "$module" \
+        > "$dir/log" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 600); do
+        kill -0 "$redis_pid" 2> /dev/null || break
+        redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG && return 0
+        sleep 0.1
+    done
+    echo "$name: Redis did not start with $module:" >&2
+    tail -20 "$dir/log" >&2
+    return 1
+}

@@ -127,19 +127,8 @@ n=0
 for module in "${modules[@]}"; do
     n=$((n + 1))
     echo "$module ($conns connections, ${secs}s counted after ${warmup}s)"
-    rm -rf "$sock" && mkdir -p "$out/redis-$n"
-    redis-server --port 0 --unixsocket "$sock" --save '' --appendonly no \
-        --dir "$out/redis-$n" --loadmodule "$redis_module" \
-        > "$out/redis-$n/log" 2>&1 &
-    redis_pid=$!
-    for _ in $(seq 100); do
-        kill -0 "$redis_pid" 2> /dev/null || break
-        redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG && break
-        sleep 0.1
-    done
-    redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG \
-        || { echo "nginx-callgrind: Redis did not start:" >&2
-             tail -20 "$out/redis-$n/log" >&2; exit 1; }
+    bench_redis_unix nginx-callgrind "$sock" "$out/redis-$n" \
+        "$redis_module" || exit 1
 
     for loc in $locations; do
         prefix=$out/$n-$loc

@@ -87,20 +87,9 @@ make_events() {
 n=0
 for module in "${modules[@]}"; do
     n=$((n + 1))
-    rm -rf "$out/redis-$n" "$sock" && mkdir -p "$out/redis-$n"
-    valgrind --tool=callgrind --callgrind-out-file="$out/$n.out" \
-        redis-server --port 0 --unixsocket "$sock" --save '' \
-        --appendonly no --dir "$out/redis-$n" --loadmodule "$module" \
-        > "$out/redis-$n/log" 2>&1 &
-    redis_pid=$!
-    for _ in $(seq 600); do
-        kill -0 "$redis_pid" 2> /dev/null || break
-        redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG && break
-        sleep 0.1
-    done
-    redis-cli -s "$sock" ping 2> /dev/null | grep -q PONG \
-        || { echo "redis-callgrind: Redis did not start with $module:" >&2
-             tail -20 "$out/redis-$n/log" >&2; exit 1; }
+    bench_redis_unix redis-callgrind "$sock" "$out/redis-$n" "$module" \
+        valgrind --tool=callgrind --callgrind-out-file="$out/$n.out" \
+        || exit 1
 
     make_events
     build/rules-replay --rules "$rules" --redis "unix:$sock" \
