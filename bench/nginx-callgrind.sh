@@ -192,7 +192,7 @@ CONF
             || { echo "nginx-callgrind: no callgrind output for /$loc" \
                       "(nginx did not exit cleanly?)" >&2; exit 1; }
         perl -e '
-            my ($loc, $requests, $self) = @ARGV;
+            my ($loc, $requests, $self, $module) = @ARGV;
             my ($total, %obj, %mod);
             open my $fh, "<", $self or die "$self: $!";
             while (<$fh>) {
@@ -207,8 +207,8 @@ CONF
                     or next;
                 $c =~ tr/,//d;
                 $o //= $f =~ /:(?:ngx_http_rules_|rules_|rs_)/
-                       ? "ngx_http_rules_module" : $f =~ m{^\./} ? "libc.so" : "";
-                my $k = $o =~ /ngx_http_rules_module/ ? "module"
+                       ? $module : $f =~ m{^\./} ? "libc.so" : "";
+                my $k = $o eq $module ? "module"
                       : $o =~ m{/nginx$} ? "nginx"
                       : $o =~ /libc\.so/ ? "libc"
                       : $o =~ /hiredis/ ? "hiredis" : "other";
@@ -226,7 +226,7 @@ CONF
             for my $name (@top[0 .. ($#top < 4 ? $#top : 4)]) {
                 printf "      %6.0f  %s\n", $mod{$name} / $requests, $name;
             }
-        ' "$loc" "$requests" "$prefix.self"
+        ' "$loc" "$requests" "$prefix.self" "$module"
     done
     stop_redis
 done
