@@ -140,25 +140,30 @@ rules_log_load(rules_log_work_t *w)
 
 /*
  * Applies one op to w->state, the result becomes w->state; a malformed
- * op (or no memory for it) leaves the state as it was.
+ * op leaves the state as it was (0), and so does no memory for it, but
+ * that is -1: a fold that went on without the op would answer its event,
+ * and cache the state under the value's gen and length, as if the op
+ * were in it.
  */
-static void
+static int
 rules_log_apply(rules_log_work_t *w, const unsigned char *op, size_t op_len,
     int64_t now, int64_t wall, rules_buf_t *matched)
 {
-    int           changed;
+    int           changed, rc;
     int64_t       pttl;
     rules_buf_t  *out;
 
     out = (w->state == &w->a) ? &w->b : &w->a;
 
-    if (rules_state_work_apply(w->parsed, op, op_len, now, wall, w->known,
-                               out, &changed, &pttl, matched)
-        == 0)
-    {
+    rc = rules_state_work_apply(w->parsed, op, op_len, now, wall, w->known,
+                                out, &changed, &pttl, matched);
+
+    if (rc == 0) {
         w->state = out;
         w->computed = 1;
     }
+
+    return (rc == -1) ? -1 : 0;
 }
 
 
@@ -220,7 +225,10 @@ rules_log_fold(const unsigned char *value, size_t value_len,
             }
 
             /* an entry before the event's own: its matches are not asked */
-            rules_log_apply(w, eop, eop_len, enow, ewall, NULL);
+            if (rules_log_apply(w, eop, eop_len, enow, ewall, NULL) != 0) {
+                return -1;
+            }
+
             info->entries++;
         }
 
@@ -250,9 +258,7 @@ rules_log_fold(const unsigned char *value, size_t value_len,
         info->entries++;
     }
 
-    rules_log_apply(w, op, op_len, now, wall, matched);
-
-    return 0;
+    return rules_log_apply(w, op, op_len, now, wall, matched);
 }
 
 

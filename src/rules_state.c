@@ -1578,8 +1578,12 @@ rules_state_work_apply(rules_state_work_t *w, const unsigned char *op,
 
     ne = rules_parse_op(op, op_len, w->ents, w->ents_size);
 
-    if (ne < 0
-        || rules_work_fit_recs(w, w->nrecs + (size_t) ne) != 0
+    if (ne < 0) {
+        /* a malformed op, told from no memory (-1) */
+        return -2;
+    }
+
+    if (rules_work_fit_recs(w, w->nrecs + (size_t) ne) != 0
         || rules_pair_entries(w, ne) != 0)
     {
         return -1;

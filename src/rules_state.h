@@ -164,8 +164,8 @@ rules_buf_append(rules_buf_t *b, const void *p, size_t len)
  * new state into *out (out->len == 0: delete the key), sets *changed,
  * *pttl (ms, for PEXPIRE) and appends the matched digests to *matched
  * (NULL: the matches are not asked for, and not computed).
- * Returns -1 on a malformed state or op (the state is then treated as
- * empty by the caller) or on memory exhaustion.
+ * Returns -1 on a malformed state or on memory exhaustion, -2 on a
+ * malformed op.
  */
 int rules_state_apply(const unsigned char *state, size_t state_len,
     const unsigned char *op, size_t op_len, int64_t now, int64_t wall,
@@ -194,8 +194,8 @@ int rules_state_apply_known(const unsigned char *state, size_t state_len,
  * rules_state_work_apply() applies one operation to w's state, as
  * rules_state_apply_known() does; w then holds the new state, in *out
  * (which must not be the buffer w's state is in, and must stay as it is
- * while w uses it).  On -1 (a malformed op, no memory) w holds the state
- * it held.
+ * while w uses it).  On -2 (a malformed op) or -1 (no memory) w holds the
+ * state it held.
  */
 typedef struct rules_state_work_s  rules_state_work_t;
 
