@@ -89,7 +89,7 @@ rules_buf_grow(rules_buf_t *b, size_t more)
 static inline int
 rules_buf_append_digest(rules_buf_t *b, const unsigned char *d)
 {
-    if (8 > b->size - b->len && rules_buf_grow(b, 8) != 0) {
+    if (rules_buf_reserve(b, 8) != 0) {
         return -1;
     }
 

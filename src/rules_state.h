@@ -144,7 +144,7 @@ rules_buf_reserve(rules_buf_t *b, size_t more)
 static inline int
 rules_buf_append(rules_buf_t *b, const void *p, size_t len)
 {
-    if (len > b->size - b->len && rules_buf_grow(b, len) != 0) {
+    if (rules_buf_reserve(b, len) != 0) {
         return -1;
     }
 
