@@ -16,10 +16,9 @@
  *
  * Differences from the script: every argument is checked before any key
  * changes (an error changes nothing), and items no writer sends are
- * refused where the script would take them (a kind it does not know, a
- * meta longer than 47 bytes, numbers out of range or not whole, a write
- * or create whose new value is not an R2 value, an argument longer than
- * a value can be); an item that cannot be stored (a value past 512 MB)
+ * refused where the script would take them (a kind it does not know,
+ * numbers out of range or not whole, a write or create whose new value
+ * is not an R2 value, an argument longer than a value can be); an item that cannot be stored (a value past 512 MB)
  * is an error element before anything of its key changed; an expiry is
  * set as an absolute time (the script's PX wall + n); the effects reach
  * replicas and the AOF as plain commands (SET ... PXAT, APPEND,
@@ -845,12 +844,7 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
 
     *numkeys = nk;
 
-    if ((argc - 3 - nk) % 2) {
-        *err = "ERR rules.store: items come in pairs (meta, argument)";
-        return (size_t) -1;
-    }
-
-    n = (size_t) (argc - 3 - nk) / 2;
+    n = (size_t) (argc - 3 - nk);
 
     if (n > rs_items_size) {
         it = rm.realloc(rs_items, n * sizeof(rs_item_t));
@@ -865,10 +859,11 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
 
     for (i = 0; i < n; i++) {
         it = &rs_items[i];
-        m = rm.string_ptr_len(argv[3 + nk + 2 * i], &len);
+        m = rm.string_ptr_len(argv[3 + nk + i], &len);
 
-        if (len != RS_META_LEN) {
-            *err = "ERR rules.store: an item's meta is not 47 bytes";
+        if (len < RS_META_LEN) {
+            *err = "ERR rules.store: an item is shorter than its 47-byte "
+                   "meta";
             return (size_t) -1;
         }
 
@@ -881,7 +876,8 @@ rs_parse(RedisModuleString **argv, int argc, long long *numkeys,
         it->newgen = rs_get_d(m + 27);
         it->length = rs_get_d(m + 35);
         it->split = rs_get_u32(m + 43);
-        it->arg = rm.string_ptr_len(argv[3 + nk + 2 * i + 1], &it->arg_len);
+        it->arg = m + RS_META_LEN;
+        it->arg_len = len - RS_META_LEN;
 
         if (it->kind < RS_APPEND || it->kind > RS_EXTEND) {
             *err = "ERR rules.store: unknown item kind";

@@ -653,7 +653,7 @@ rules_batch_key_index(rules_batch_t *b, const unsigned char *key,
 }
 
 
-/* The item's key (added when new), then its two arguments. */
+/* The item's key (added when new), then its argument: meta and body. */
 static long
 rules_batch_put(rules_batch_t *b, const unsigned char *key, size_t key_len,
     const rules_item_t *item)
@@ -665,7 +665,7 @@ rules_batch_put(rules_batch_t *b, const unsigned char *key, size_t key_len,
 
     if (k == 0
         || rules_batch_grow(&b->arg_off, &b->arg_len, &b->args_size,
-                            b->nargs + 1)
+                            b->nargs)
            != 0)
     {
         return -1;
@@ -693,11 +693,6 @@ rules_batch_put(rules_batch_t *b, const unsigned char *key, size_t key_len,
         return -1;
     }
 
-    b->arg_off[b->nargs] = off;
-    b->arg_len[b->nargs] = RULES_META_LEN;
-
-    off = b->data.len;
-
     if (item->kind == RULES_ITEM_EXTEND) {
         rules_put_f64(body, (double) item->wall);
 
@@ -723,11 +718,10 @@ rules_batch_put(rules_batch_t *b, const unsigned char *key, size_t key_len,
         return -1;
     }
 
-    b->arg_off[b->nargs + 1] = off;
-    b->arg_len[b->nargs + 1] = b->data.len - off;
-    b->nargs += 2;
+    b->arg_off[b->nargs] = off;
+    b->arg_len[b->nargs] = b->data.len - off;
 
-    return (long) (b->nargs / 2 - 1);
+    return (long) b->nargs++;
 }
 
 
@@ -783,7 +777,7 @@ rules_batch_add(rules_batch_t *b, const unsigned char *key, size_t key_len,
 size_t
 rules_batch_items(const rules_batch_t *b)
 {
-    return b->nargs / 2;
+    return b->nargs;
 }
 
 
@@ -801,8 +795,8 @@ rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
     size_t                k, split;
     const unsigned char  *meta, *arg;
 
-    meta = b->data.data + b->arg_off[2 * i];
-    arg = b->data.data + b->arg_off[2 * i + 1];
+    meta = b->data.data + b->arg_off[i];
+    arg = meta + RULES_META_LEN;
     k = rules_get_u16(meta + 1) - 1;
 
     key->data = b->data.data + b->key_off[k];
@@ -831,7 +825,7 @@ rules_batch_item(const rules_batch_t *b, size_t i, rules_str_t *key,
 
     if (item->kind == RULES_ITEM_COMPACT || item->kind == RULES_ITEM_WRITE) {
         item->state = arg + split;
-        item->state_len = b->arg_len[2 * i + 1] - split;
+        item->state_len = b->arg_len[i] - RULES_META_LEN - split;
     }
 }
 

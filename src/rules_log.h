@@ -30,25 +30,28 @@
  * becomes the snapshot of a new R2 value on the first append.
  *
  * EVALSHA sha numkeys KEYS... ARGV...: KEYS are the distinct state keys
- * of the call; ARGV holds two strings per item, in order:
+ * of the call; ARGV holds one string per item, in order: its 47-byte
+ * meta, then its argument (the script and RULES.STORE split them; one
+ * string rather than two saves Redis an argument object per item):
  *
+ *     item     = meta argument
  *     meta     = kind(B) key(H: 1-based index into KEYS) ttl(d) pttl(d)
  *                gen(d) newgen(d) length(d) split(I)
  *     body     = now(d) oplen(I) op: an event's entry, without its wall
  *
- *     append   : kind 1; the second string is the body.  Appends wall
+ *     append   : kind 1; the argument is the body.  Appends wall
  *                and the body (a missing or foreign value becomes a new
  *                one, of gen newgen); replies the value before (nil: none)
  *     read     : kind 2 (an event that touches no rule of the key, in a
  *                group without strict steps: nothing to write); the
- *                second string is a body, unused; replies the value
- *     compact  : kind 3; the second string is a snapshot that folds the
+ *                argument is a body, unused; replies the value
+ *     compact  : kind 3; the argument is a snapshot that folds the
  *                value's first length bytes.  When the value still has
  *                that gen and is at least that long, it becomes "R2"
  *                newgen stamp snapshot tail (the entries appended since)
  *                and the reply is 1; otherwise nothing changes and the
  *                reply is 0.  An empty snapshot and no tail delete the key.
- *     write    : kind 4; the second string is the body (split bytes)
+ *     write    : kind 4; the argument is the body (split bytes)
  *                then the whole new value, "R2" newgen stamp snaplen
  *                state, that the writer computed by applying the body to
  *                the value it cached (gen, length).  One SET ... GET
@@ -57,7 +60,7 @@
  *                replaced was that one the reply is 1, otherwise the
  *                replaced value plus the entry is put back, as an append
  *                would have made it, and the reply is the value before.
- *     extend   : kind 6; the second string is a whole entry, wall(d)
+ *     extend   : kind 6; the argument is a whole entry, wall(d)
  *                (the writer's clock) then the body.  When the value is
  *                still the one the writer cached (gen, length), the entry
  *                is appended (GETRANGE, STRLEN, APPEND: no large value

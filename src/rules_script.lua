@@ -3,10 +3,10 @@
 -- computed when the value is still the one the writer based it on, or
 -- appends the event's operation to the key's log, or reads the value,
 -- or swaps in a folded snapshot.  KEYS: the distinct state keys; ARGV:
--- two strings per item, meta = kind(B) key(H) ttl(d) pttl(d) gen(d)
--- newgen(d) length(d) split(I), then the body (now oplen op), a
--- snapshot, or the body and a whole new value (split: the body's length).
--- (kind 6: the second string is a whole entry, the writer's wall first.)
+-- one string per item, meta = kind(B) key(H) ttl(d) pttl(d) gen(d)
+-- newgen(d) length(d) split(I) (47 bytes), then the body (now oplen op),
+-- a snapshot, or the body and a whole new value (split: the body's
+-- length).  (kind 6: a whole entry follows, the writer's wall first.)
 -- Returns { wall ms, one element per item }.
 local pack, unpack = struct.pack, struct.unpack
 local sub, floor = string.sub, math.floor
@@ -64,13 +64,15 @@ local function append(key, v, ttl, newgen, body, set)
   end
 end
 
-for i = 1, #argv, 2 do
+for i = 1, #argv do
+  -- an item: its meta, then its argument from byte 48
+  local a = argv[i]
   local kind, k, ttl, pttl, gen, newgen, len, split =
-    unpack('<BHdddddI4', argv[i])
-  local key, arg = keys[k], argv[i + 1]
+    unpack('<BHdddddI4', a)
+  local key = keys[k]
   if ttl < 1 then ttl = 1 end
   if kind == 4 or kind == 5 then
-    local new, old = sub(arg, split + 1), nil
+    local body, new, old = sub(a, 48, 47 + split), sub(a, 48 + split), nil
     if kind == 5 then
       old = pcall('SET', key, new, 'PX', pttl, 'NX', 'GET')
     elseif pttl > 0 then
@@ -85,7 +87,7 @@ for i = 1, #argv, 2 do
         return redis.error_reply(old.err)
       end
       call('DEL', key)
-      append(key, false, ttl, newgen, sub(arg, 1, split), true)
+      append(key, false, ttl, newgen, body, true)
       res[#res + 1] = false
     else
       old = str(old)
@@ -93,7 +95,7 @@ for i = 1, #argv, 2 do
         if not old then
           res[#res + 1] = 1
         else
-          append(key, old, ttl, newgen, sub(arg, 1, split), false)
+          append(key, old, ttl, newgen, body, false)
           res[#res + 1] = old
         end
       elseif old and #old == len and r2(old)
@@ -101,12 +103,13 @@ for i = 1, #argv, 2 do
         res[#res + 1] = 1
       else
         -- another writer changed it: put back what an append makes
-        append(key, old, ttl, newgen, sub(arg, 1, split), true)
+        append(key, old, ttl, newgen, body, true)
         res[#res + 1] = old
       end
     end
   elseif kind == 6 then
     -- the entry carries the writer's clock; the body follows it
+    local arg = sub(a, 48)
     local head = str(pcall('GETRANGE', key, 0, 9))
     if head and #head == 10 and sub(head, 1, 2) == 'R2'
        and unpack('<d', head, 3) == gen and call('STRLEN', key) == len then
@@ -119,17 +122,17 @@ for i = 1, #argv, 2 do
       res[#res + 1] = 1
     else
       local v = str(pcall('GET', key))
-      append(key, v, ttl, newgen, sub(arg, 9), false)
+      append(key, v, ttl, newgen, sub(a, 56), false)
       res[#res + 1] = v
     end
   elseif kind == 2 then
     res[#res + 1] = str(pcall('GET', key))
   elseif kind == 1 then
     local v = str(pcall('GET', key))
-    append(key, v, ttl, newgen, arg, false)
+    append(key, v, ttl, newgen, sub(a, 48), false)
     res[#res + 1] = v
   else
-    local v, ok = str(pcall('GET', key)), 0
+    local v, ok, arg = str(pcall('GET', key)), 0, sub(a, 48)
     if r2(v) and #v >= len and unpack('<d', v, 3) == gen then
       if #arg == 0 and #v == len then
         call('DEL', key)

@@ -97,7 +97,7 @@ sub item {
 
     my $meta = pack('Cvd<d<d<d<d<V', $kind, $k, $ttl, $pttl, $gen, $newgen,
                     $len, $split);
-    return ($meta, $arg);
+    return $meta . $arg;
 }
 
 # the fields of an R2 value that hold a wall-clock time: the stamp, and
@@ -187,7 +187,7 @@ STEP: for my $step (1 .. $steps) {
     }
 
     my @items = map { item(\%values) } 1 .. 1 + int(rand(4));
-    $kinds{ ord $items[$_ * 2] }++ for 0 .. $#items / 2;
+    $kinds{ ord $_ }++ for @items;
 
     my $script_reply = RulesNginx::redis_call($r, 'EVALSHA', $sha,
         scalar @pool, (map { "s:$_" } @pool), @items);
@@ -247,26 +247,33 @@ for my $bad (
     # decimal digits only, as EVALSHA's (strtoll took these)
     map({ [ 'numkeys "' . s/\0/\\0/gr . '"', [$sha, $_, 's:k1',
                                  pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0,
-                                      0, 0, 0), 'x'], qr/bad numkeys/ ] }
+                                      0, 0, 0) . 'x'], qr/bad numkeys/ ] }
         (" 1", "+1", "1\0junk", "1 ")),
-    [ 'odd arguments', [$sha, 1, 's:k1', 'x'], qr/pairs/ ],
-    [ 'short meta', [$sha, 1, 's:k1', 'x', 'y'], qr/47 bytes/ ],
+    # an item is its 47-byte meta, then its argument
+    [ 'an item of one byte', [$sha, 1, 's:k1', 'x'],
+      qr/^ERR rules\.store: an item is shorter than its 47-byte meta\z/ ],
+    [ 'an item of 46 bytes', [$sha, 1, 's:k1',
+                              substr(append_meta(60000), 0, 46)],
+      qr/^ERR rules\.store: an item is shorter than its 47-byte meta\z/ ],
+    [ 'a good item, then one of 46 bytes', [$sha, 1, 's:k1',
+        append_meta(60000) . 'x', substr(append_meta(60000), 0, 46)],
+      qr/^ERR rules\.store: an item is shorter than its 47-byte meta\z/ ],
     [ 'key index 0', [$sha, 1, 's:k1',
-                      pack('Cvd<d<d<d<d<V', 1, 0, 1, 0, 0, 0, 0, 0), ''],
+                      pack('Cvd<d<d<d<d<V', 1, 0, 1, 0, 0, 0, 0, 0)],
       qr/out of range/ ],
     [ 'kind 9', [$sha, 1, 's:k1',
-                 pack('Cvd<d<d<d<d<V', 9, 1, 1, 0, 0, 0, 0, 0), ''],
+                 pack('Cvd<d<d<d<d<V', 9, 1, 1, 0, 0, 0, 0, 0)],
       qr/unknown item kind/ ],
     [ 'split past the argument', [$sha, 1, 's:k1',
-        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 99), 'ab'],
+        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 99) . 'ab'],
       qr/split/ ],
     # (a create's empty new value was acknowledged, no key made, and
     # SET k "" replicated)
     [ 'create of an empty value', [$sha, 1, 's:k1',
-        pack('Cvd<d<d<d<d<V', 5, 1, 1, 60000, 0, 0, 0, 3), 'abc'],
+        pack('Cvd<d<d<d<d<V', 5, 1, 1, 60000, 0, 0, 0, 3) . 'abc'],
       qr/not an R2 value/ ],
     [ 'write of a value that is not R2', [$sha, 1, 's:k1',
-        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 3), 'abcdef'],
+        pack('Cvd<d<d<d<d<V', 4, 1, 1, 0, 0, 0, 0, 3) . 'abcdef'],
       qr/not an R2 value/ ],
     # the exact error each remaining check gives; every call below would
     # otherwise store (a valid append to s:k1 but for the one flaw)
@@ -274,14 +281,14 @@ for my $bad (
       qr/^ERR rules\.store: numkeys is not a number\z/ ],
     # 32 digits: the number they spell (1) would be a good one
     [ 'numkeys of 32 digits', [$sha, '0' x 31 . '1', 's:k1',
-                               append_meta(60000), 'x'],
+                               append_meta(60000) . 'x'],
       qr/^ERR rules\.store: numkeys is not a number\z/ ],
-    [ 'numkeys past the keys given', [$sha, 4, 's:k1', append_meta(60000),
-                                      'x'],
+    [ 'numkeys past the keys given', [$sha, 4, 's:k1',
+                                      append_meta(60000) . 'x'],
       qr/^ERR rules\.store: bad numkeys\z/ ],
     # the numbers Redis could not take as an expiry or a length, each
     map({ [ "item numbers: $_->[0]", [$sha, 1, 's:k1',
-            pack('Cvd<d<d<d<d<V', 1, 1, @{$_}[1 .. 5], 0), 'x'],
+            pack('Cvd<d<d<d<d<V', 1, 1, @{$_}[1 .. 5], 0) . 'x'],
             qr/^ERR rules\.store: an item's numbers are out of range\z/ ] }
         ([ 'ttl 1.5 ms', 1.5, 0, 0, 0, 0 ],
          [ 'ttl past 1e15 ms', 2e15, 0, 0, 0, 0 ],
@@ -295,10 +302,10 @@ for my $bad (
     # (without the check, a create of a key not there made one that
     # never expires)
     [ 'create without a pttl', [$sha, 1, 's:k1',
-        pack('Cvd<d<d<d<d<V', 5, 1, 60000, 0, 0, 6, 0, 0), r2_value(6)],
+        pack('Cvd<d<d<d<d<V', 5, 1, 60000, 0, 0, 6, 0, 0) . r2_value(6)],
       qr/^ERR rules\.store: a create item needs a pttl\z/ ],
     [ 'extend of 7 bytes', [$sha, 1, 's:k1',
-        pack('Cvd<d<d<d<d<V', 6, 1, 60000, 0, 0, 6, 0, 0), 'abcdefg'],
+        pack('Cvd<d<d<d<d<V', 6, 1, 60000, 0, 0, 6, 0, 0) . 'abcdefg'],
       qr/^ERR rules\.store: an extend item's entry is too short\z/ ],
     # fewer than sha and numkeys
     [ 'no arguments', [],
@@ -324,10 +331,11 @@ for my $bad (
     my $before = RulesNginx::redis_call($r, 'DUMP', 's:k1');
     my $long = RulesNginx::redis_conn($port);
     my $arg = 'x' x (512 * 1024 * 1024 + 1);
-    my @args = ('RULES.STORE', $sha, 1, 's:k1', append_meta(60000));
+    my @args = ('RULES.STORE', $sha, 1, 's:k1');
+    my $meta = append_meta(60000);
     print $long '*' . (@args + 1) . "\r\n",
                 map({ '$' . length($_) . "\r\n$_\r\n" } @args),
-                '$' . length($arg) . "\r\n";
+                '$' . (length($meta) + length($arg)) . "\r\n", $meta;
     print $long $arg, "\r\n";
     undef $arg;
     my $reply = RulesNginx::_redis_reply($long);
@@ -348,7 +356,7 @@ for my $bad (
     my $big = 512 * 1024 * 1024 - 12;
     RulesNginx::redis_call($r, 'SETRANGE', 's:big', $big - 1, 'x');
     my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:big',
-        pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0), body());
+        pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0) . body());
     ok(ref $reply eq 'ARRAY' && @$reply == 2 && ref $reply->[1] eq 'HASH'
        && $reply->[1]{err} =~ /not applied/,
        'an append past 512 MB: an error element')
@@ -422,8 +430,9 @@ for my $bad (
     };
 
     my @b = map { body() } 1 .. 3;
-    my $reply = $store->($meta->(1, 1, 0, 0), $b[0], $meta->(1, 2, 0, 0),
-                         $b[1], $meta->(1, 1, 0, 0), $b[2]);
+    my $reply = $store->($meta->(1, 1, 0, 0) . $b[0],
+                         $meta->(1, 2, 0, 0) . $b[1],
+                         $meta->(1, 1, 0, 0) . $b[2]);
     is_deeply($reply, [$reply->[0], undef, $not_applied, $not_applied],
               'append, append past 512 MB, append: the first stored, the '
               . 'others not applied')
@@ -446,7 +455,7 @@ for my $bad (
           [$meta->(3, 2, 5, 22), 'c' x 100] ],
     ) {
         my ($name, $item) = @$case;
-        my $reply = $store->(@$item);
+        my $reply = $store->(join '', @$item);
         is_deeply($reply, [$reply->[0], $not_applied],
                   "$name, past 512 MB: not applied")
             or diag(explain(ref $reply ne 'ARRAY' ? $reply
@@ -460,13 +469,13 @@ for my $bad (
     # line only if all of them fell each into a second of its own)
     for (1 .. 20) {
         last if $unlogged;
-        $failed->($store->($meta->(1, 2, 0, 0), $b[1]), 1, 1);
+        $failed->($store->($meta->(1, 2, 0, 0) . $b[1]), 1, 1);
     }
     cmp_ok($unlogged, '>', 0, "$unlogged failures in the second of the "
                               . 'last line');
     # the next second: a line, with their count
     sleep 1.1;
-    $failed->($store->($meta->(1, 2, 0, 0), $b[1]), 1, 1);
+    $failed->($store->($meta->(1, 2, 0, 0) . $b[1]), 1, 1);
     like($want[-1], qr/\([1-9]\d* more since/,
          'the last line to come counts failures not logged');
 
@@ -496,8 +505,8 @@ for my $bad (
     my $before = $used->();
     my $big = RulesNginx::redis_conn($port);
     my $reply = RulesNginx::redis_call($big, 'RULES.STORE', $sha, 1, 's:c',
-        pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 5, 6, 0 + length $v, 0),
-        'y' x (8 << 20));
+        pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 5, 6, 0 + length $v, 0)
+        . 'y' x (8 << 20));
     is_deeply($reply->[1], 1, 'an 8 MB compaction is applied');
     close $big;
     RulesNginx::redis_call($r, 'DEL', 's:c');
@@ -534,7 +543,7 @@ for my $bad (
             $arg = pack('d<', now_ms()) . $body;
         }
         my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:g',
-                                           $meta, $arg);
+                                           $meta . $arg);
         $extended++ if ref $reply eq 'ARRAY' && !($i % 2)
                        && ($reply->[1] // '') eq '1';
 
@@ -584,7 +593,7 @@ for my $bad (
                         unpack('d<', substr($v, 2, 8)), $newgen, length $v,
                         length $entry);
         my $reply = RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 's:w',
-                                           $meta, $entry . $new);
+                                           $meta . $entry . $new);
         $written++ if ref $reply eq 'ARRAY' && ($reply->[1] // '') eq '1';
         $same++ if RulesNginx::redis_call($r, 'GET', 's:w') eq $new;
         # what Redis holds for the key, less 256 bytes, over the length
@@ -656,8 +665,8 @@ for my $bad (
     my $events_of = sub {
         my ($cmd, $k) = @_;
         $store = sub {
-            my ($key, @item) = @_;
-            RulesNginx::redis_call($r, $cmd, $sha, 1, $key, @item);
+            my ($key, @item) = @_;     # an item: its meta, its argument
+            RulesNginx::redis_call($r, $cmd, $sha, 1, $key, join '', @item);
         };
         $store->("s:ev$k", pack('Cvd<d<d<d<d<V', 1, 1, 60000, 0, 0, 7, 0, 0),
                  body());
@@ -989,7 +998,7 @@ SKIP: {
        'a value on the replica');
     is_deeply(RulesNginx::redis_call($r, 'RULES.STORE', $sha, 1, 'cdel:k',
                   pack('Cvd<d<d<d<d<V', 3, 1, 60000, 0, 5, 6, length $cv,
-                       0), '')->[1],
+                       0))->[1],
               1, 'its compaction to nothing is applied');
     is(RulesNginx::redis_call($r, 'EXISTS', 'cdel:k'), 0,
        'the key is gone on the master');
@@ -1118,7 +1127,7 @@ SKIP: {
     my $reply;
     for my $i (1 .. 5) {
         $reply = RulesNginx::redis_call($rc, 'RULES.STORE', $sha, 1, "c:$i",
-                                        append_meta(60000), body());
+                                        append_meta(60000) . body());
     }
     is_deeply(ref $reply eq 'ARRAY' ? $reply->[1] : $reply, undef,
               'COMMAND renamed: RULES.STORE stores');
