@@ -67,7 +67,7 @@ DEB_PACKAGES := $(DEB_BUILD_PACKAGES) redis-server redis-tools \
 
 .PHONY: all build module deps demo test test-valgrind test-asan test-faults \
         asan clean script bench bench-callgrind bench-redis-callgrind \
-        bench-nginx-callgrind fuzz \
+        bench-nginx-callgrind bench-ab fuzz \
         deps-build dist \
         docker-check coverage coverage-build FORCE
 
@@ -206,6 +206,13 @@ bench-redis-callgrind: deps build
 # the nginx worker in instructions per request, /base and /px (callgrind)
 bench-nginx-callgrind: deps build
 	bench/nginx-callgrind.sh
+
+# two builds under load, in interleaved pairs: BENCH_AB_A (another
+# checkout's build directory) against this one's
+bench-ab: deps build
+	@test -n "$(BENCH_AB_A)" \
+	    || { echo "make bench-ab BENCH_AB_A=/path/to/other/build" >&2; exit 1; }
+	bench/ab.sh "$(BENCH_AB_A)" $(BUILD)
 
 # libFuzzer targets (clang): the engine built with ASan and UBSan
 $(BUILD)/fuzz/%: t/fuzz/%.c $(ENGINE_SRCS) $(ENGINE_HDRS)
