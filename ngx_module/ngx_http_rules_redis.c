@@ -1603,13 +1603,19 @@ ngx_http_rules_redis_arg(u_char *p, const char *arg, size_t len)
 
     *p++ = '$';
 
-    /* the keys and metas of a call: one or two digits */
+    /* the keys of a call: one or two digits; its items (a 47-byte meta
+     * and a body): mostly three */
 
     if (len < 10) {
         *p++ = (u_char) ('0' + len);
 
     } else if (len < 100) {
         *p++ = (u_char) ('0' + len / 10);
+        *p++ = (u_char) ('0' + len % 10);
+
+    } else if (len < 1000) {
+        *p++ = (u_char) ('0' + len / 100);
+        *p++ = (u_char) ('0' + len / 10 % 10);
         *p++ = (u_char) ('0' + len % 10);
 
     } else {
