@@ -67,12 +67,7 @@ nginx_pid=
 
 stop_nginx() {
     if [ -n "$nginx_pid" ]; then
-        kill -QUIT "$nginx_pid" 2> /dev/null || true
-        for _ in $(seq 300); do
-            kill -0 "$nginx_pid" 2> /dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2> /dev/null || true
+        bench_stop_nginx "$nginx_pid"
         nginx_pid=
     fi
 }

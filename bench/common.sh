@@ -62,3 +62,16 @@ bench_redis_unix() {
     tail -20 "$dir/log" >&2
     return 1
 }
+
+# bench_stop_nginx PID: nginx asked to finish (QUIT), up to a minute (one
+# under valgrind writes its files then), then killed; reaped when it is
+# the script's own child.
+bench_stop_nginx() {
+    kill -QUIT "$1" 2> /dev/null || true
+    for _ in $(seq 600); do
+        kill -0 "$1" 2> /dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2> /dev/null || true
+    wait "$1" 2> /dev/null || true
+}

@@ -75,13 +75,7 @@ sock=$sock_dir/redis.sock
 
 stop_nginx() {
     if [ -n "$nginx_pid" ]; then
-        kill -QUIT "$nginx_pid" 2> /dev/null || true
-        for _ in $(seq 600); do
-            kill -0 "$nginx_pid" 2> /dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$nginx_pid" 2> /dev/null || true
-        wait "$nginx_pid" 2> /dev/null || true
+        bench_stop_nginx "$nginx_pid"
         nginx_pid=
     fi
 }
