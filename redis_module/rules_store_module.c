@@ -18,9 +18,10 @@
  * changes (an error changes nothing), and items no writer sends are
  * refused where the script would take them (a kind it does not know,
  * numbers out of range or not whole, a write or create whose new value
- * is not an R2 value, an argument longer than a value can be); an item that cannot be stored (a value past 512 MB)
- * is an error element before anything of its key changed; an expiry is
- * set as an absolute time (the script's PX wall + n); the effects reach
+ * is not an R2 value, an argument longer than a value can be); an item
+ * that cannot be stored (a value past 512 MB) is an error element before
+ * anything of its key changed; an expiry is set as an absolute time (the
+ * script's PX wall + n); the effects reach
  * replicas and the AOF as plain commands (SET ... PXAT, APPEND,
  * SETRANGE, PEXPIREAT, DEL), so replicas need no module; they are not
  * built at all when Redis would drop them (no AOF, no replica, no
