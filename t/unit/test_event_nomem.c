@@ -3,8 +3,7 @@
  * item added to a call: the engine says so (RULES_EVENT_NOMEM,
  * RULES_JSON_NOMEM, -1), distinct from an invalid event, and what it
  * reuses stays usable (a call is as it was before the item).  The allocations fail
- * on demand: malloc(), realloc() and calloc() are wrapped here (glibc's
- * own are __libc_malloc() and the like; jansson allocates with malloc()).
+ * on demand (failing_alloc.h).
  */
 
 #include <stdio.h>
@@ -17,62 +16,8 @@
 #include "rules_internal.h"
 #include "rules_json_event.h"
 #include "rules_log.h"
+#include "failing_alloc.h"
 #include "tap.h"
-
-
-extern void *__libc_realloc(void *p, size_t size);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_malloc(size_t size);
-
-
-/* the number of allocations to let through before failing; -1: all */
-static long  alloc_budget = -1;
-static long  alloc_failed;
-static int   calloc_only;    /* only calloc() fails */
-static int   fail_once;      /* the allocations after the failed one pass */
-
-
-static int
-alloc_fails(void)
-{
-    if (alloc_budget < 0) {
-        return 0;
-    }
-
-    if (alloc_budget == 0) {
-        alloc_failed++;
-
-        if (fail_once) {
-            alloc_budget = -1;
-        }
-
-        return 1;
-    }
-
-    alloc_budget--;
-    return 0;
-}
-
-
-void *
-realloc(void *p, size_t size)
-{
-    return !calloc_only && alloc_fails() ? NULL : __libc_realloc(p, size);
-}
-
-
-void *
-calloc(size_t n, size_t size)
-{
-    return alloc_fails() ? NULL : __libc_calloc(n, size);
-}
-
-
-void *
-malloc(size_t size)
-{
-    return !calloc_only && alloc_fails() ? NULL : __libc_malloc(size);
-}
 
 
 static const char  rules_json[] =

@@ -7,7 +7,7 @@
  * value's own gen and length, so that the key's next whole write
  * replaced the value and the entry was lost for good (t/068 saw it
  * once: a uid's second event without "twice").  The allocations fail on
- * demand: malloc(), realloc() and calloc() are wrapped here.
+ * demand (failing_alloc.h): each of the fold's in turn.
  */
 
 #include <stdio.h>
@@ -18,45 +18,8 @@
 #include "rules_internal.h"
 #include "rules_log.h"
 #include "rules_cache.h"
+#include "failing_alloc.h"
 #include "tap.h"
-
-
-extern void *__libc_realloc(void *p, size_t size);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_malloc(size_t size);
-
-
-/* the allocation that fails, counted from 1; 0: none */
-static long  fail_at;
-static long  allocs;
-
-
-static int
-alloc_fails(void)
-{
-    return fail_at > 0 && ++allocs == fail_at;
-}
-
-
-void *
-realloc(void *p, size_t size)
-{
-    return alloc_fails() ? NULL : __libc_realloc(p, size);
-}
-
-
-void *
-calloc(size_t n, size_t size)
-{
-    return alloc_fails() ? NULL : __libc_calloc(n, size);
-}
-
-
-void *
-malloc(size_t size)
-{
-    return alloc_fails() ? NULL : __libc_malloc(size);
-}
 
 
 static const char  rules_json[] =
@@ -176,12 +139,14 @@ main(void)
             break;
         }
 
-        allocs = 0;
-        fail_at = k;
+        /* only the k-th allocation fails (none for k = 0) */
+        alloc_budget = k - 1;
+        alloc_failed = 0;
+        fail_once = 1;
         rc = rules_log_reply(cache, key, &item, value, vlen, WALL + 5, &w,
                              &matched, &compact);
-        fail_at = 0;
-        ran = allocs;
+        ran = (alloc_failed > 0);
+        alloc_budget = -1;
 
         cached = rules_cache_get(cache, key.data, key.len,
                                  rules_cache_hash(key.data, key.len), &gen,
@@ -223,7 +188,8 @@ main(void)
         rules_buf_free(&matched);
         rules_cache_free(cache);
 
-        if (k > 0 && ran < k) {
+        if (k > 0 && !ran) {
+            /* the fold made fewer than k allocations */
             break;
         }
     }
