@@ -65,16 +65,9 @@ sock_dir=$(mktemp -d /tmp/bench-ab.XXXXXX)
 redis_pids=()
 nginx_pid=
 
-stop_nginx() {
-    if [ -n "$nginx_pid" ]; then
-        bench_stop_nginx "$nginx_pid"
-        nginx_pid=
-    fi
-}
-
 cleanup() {
     local p
-    stop_nginx
+    bench_stop_nginx
     for p in "${redis_pids[@]}"; do
         kill -TERM "$p" 2> /dev/null || true
         wait "$p" 2> /dev/null || true
@@ -91,31 +84,15 @@ for i in 0 1; do
     redis_pids+=("$redis_pid")
 done
 
-tck=$(getconf CLK_TCK)
-
-# the CPU ticks of a process's children (nginx's worker)
-children_ticks() {
-    local t=0 p
-    for p in $(pgrep -P "$1"); do
-        t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
-    done
-    echo "$t"
-}
-
-# Redis' CPU seconds, RULES.STORE's calls and usec: "cpu calls usec"
+# RULES.STORE's calls, usec and failed calls, Redis' CPU seconds
 redis_counts() {
-    redis-cli -s "$1" info all | tr -d '\r' | awk -F'[:=,]' '
-        /^used_cpu_(user|sys):/ { cpu += $2 }
-        /^cmdstat_rules\.store:/ { calls = $3; usec = $5 }
-        END { printf "%.6f %d %d\n", cpu, calls, usec }'
+    redis-cli -s "$1" info all | bench_redis_stat 'rules\.store'
 }
 
 # wrk's completed requests over SECS seconds
 load() {
-    wrk -t1 -c"$conns" -d"${1}s" -s "$root/bench/pixel.lua" \
-        "http://127.0.0.1:$port/" > "$out/wrk.log" 2>&1 \
-        || { cat "$out/wrk.log" >&2; exit 1; }
-    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out/wrk.log"
+    bench_wrk_requests "$conns" "$1" "$root/bench/pixel.lua" \
+        "http://127.0.0.1:$port/" "$out/wrk.log"
 }
 
 # run I TAG: one run of build I, a line of results into $out/TAG
@@ -145,20 +122,19 @@ $(bench_px_location)
     }
 }
 CONF
-    /usr/sbin/nginx -p "$dir/" -c nginx.conf
-    nginx_pid=$(cat "$dir/logs/nginx.pid")
+    bench_start_nginx "$dir"
     for _ in $(seq 100); do
         curl -s -o /dev/null "http://127.0.0.1:$port/px?uid=ab" && break
         sleep 0.1
     done
 
     [ "$warmup" -gt 0 ] && load "$warmup" > /dev/null
-    c0=$(children_ticks "$nginx_pid")
+    c0=$(bench_nginx_cpu "$nginx_pid")
     r0=$(redis_counts "$sock")
     n=$(load "$secs")
-    c1=$(children_ticks "$nginx_pid")
+    c1=$(bench_nginx_cpu "$nginx_pid")
     r1=$(redis_counts "$sock")
-    stop_nginx
+    bench_stop_nginx
 
     [ "${n:-0}" -gt 0 ] || { echo "ab: no request answered by $tag" >&2; exit 1; }
     if [ -s "$dir/logs/error.log" ]; then
@@ -167,14 +143,14 @@ CONF
     fi
 
     perl -e '
-        my ($tag, $n, $secs, $c0, $c1, $tck, @r) = @ARGV;
-        my ($cpu0, $calls0, $usec0, $cpu1, $calls1, $usec1) = @r;
+        my ($tag, $n, $secs, $c0, $c1, @r) = @ARGV;
+        my ($calls0, $usec0, undef, $cpu0, $calls1, $usec1, undef, $cpu1) = @r;
         die "ab: $tag: no RULES.STORE call (the script was used?)\n"
             if $calls1 == $calls0;
         printf "%s %.0f %.2f %.2f %.2f %.2f\n", $tag, $n / $secs,
-            ($c1 - $c0) / $tck * 1e6 / $n, ($cpu1 - $cpu0) * 1e6 / $n,
+            ($c1 - $c0) * 1e6 / $n, ($cpu1 - $cpu0) * 1e6 / $n,
             ($usec1 - $usec0) / $n, $n / ($calls1 - $calls0);
-    ' "$tag" "$n" "$secs" "$c0" "$c1" "$tck" $r0 $r1 | tee -a "$out/runs"
+    ' "$tag" "$n" "$secs" "$c0" "$c1" $r0 $r1 | tee -a "$out/runs"
 }
 
 echo "A: ${builds[0]}"
@@ -185,23 +161,16 @@ for p in $(seq "$pairs"); do
     if [ $((p % 2)) = 1 ]; then run 0 A; run 1 B; else run 1 B; run 0 A; fi
 done
 
-perl -e '
-    my %v;
-    open my $fh, "<", $ARGV[0] or die;
-    while (<$fh>) {
-        my ($tag, @f) = split;
-        push @{ $v{$tag}[$_] }, $f[$_] for 0 .. $#f;
-    }
-    sub median {
-        my @s = sort { $a <=> $b } @_;
-        return @s % 2 ? $s[$#s / 2] : ($s[@s / 2 - 1] + $s[@s / 2]) / 2;
-    }
-    my @names = ("req/s", "nginx us/req", "Redis us/req",
-                 "RULES.STORE us/event", "events/call");
-    print "\nmedians          A          B     B/A\n";
-    for my $i (0 .. $#names) {
-        my ($a, $b) = map { median(@{ $v{$_}[$i] }) } "A", "B";
-        printf "%-20s %10.2f %10.2f %7.3f\n", $names[$i], $a, $b,
-            $a ? $b / $a : 0;
-    }
-' "$out/runs"
+# the median of column COL of TAG's runs
+median_of() {
+    awk -v t="$1" -v c="$2" '$1 == t { print $c }' "$out/runs" | bench_median
+}
+
+printf '\nmedians          A          B     B/A\n'
+col=2
+for name in "req/s" "nginx us/req" "Redis us/req" "RULES.STORE us/event" \
+            "events/call"; do
+    awk -v n="$name" -v a="$(median_of A $col)" -v b="$(median_of B $col)" \
+        'BEGIN { printf "%-20s %10.2f %10.2f %7.3f\n", n, a, b, a ? b / a : 0 }'
+    col=$((col + 1))
+done

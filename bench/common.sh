@@ -63,15 +63,64 @@ bench_redis_unix() {
     return 1
 }
 
-# bench_stop_nginx PID: nginx asked to finish (QUIT), up to a minute (one
-# under valgrind writes its files then), then killed; reaped when it is
-# the script's own child.
+# bench_stop_nginx: the nginx of nginx_pid, if any, asked to finish
+# (QUIT), up to a minute (one under valgrind writes its files then), then
+# killed, reaped when it is the script's own child; nginx_pid cleared.
 bench_stop_nginx() {
-    kill -QUIT "$1" 2> /dev/null || true
+    [ -n "${nginx_pid:-}" ] || return 0
+    kill -QUIT "$nginx_pid" 2> /dev/null || true
     for _ in $(seq 600); do
-        kill -0 "$1" 2> /dev/null || break
+        kill -0 "$nginx_pid" 2> /dev/null || break
         sleep 0.1
     done
-    kill -KILL "$1" 2> /dev/null || true
-    wait "$1" 2> /dev/null || true
+    kill -KILL "$nginx_pid" 2> /dev/null || true
+    wait "$nginx_pid" 2> /dev/null || true
+    nginx_pid=
+}
+
+# bench_start_nginx DIR: nginx started with DIR/nginx.conf, DIR its
+# prefix; sets nginx_pid once the pid file is there (nginx returns before
+# its daemon writes it), or returns 1.
+bench_start_nginx() {
+    /usr/sbin/nginx -p "$1/" -c nginx.conf || return 1
+    for _ in $(seq 100); do
+        [ -s "$1/logs/nginx.pid" ] && break
+        sleep 0.05
+    done
+    nginx_pid=$(cat "$1/logs/nginx.pid") || return 1
+}
+
+# bench_nginx_cpu PID: the CPU seconds (user+sys) PID's children (nginx's
+# workers) used so far
+bench_nginx_cpu() {
+    local p
+    for p in $(pgrep -P "$1" || true); do cat "/proc/$p/stat"; done | perl -ane '
+        # the fields after the command name (which may hold spaces)
+        s/^.*\) //; @f = split; $t += $f[11] + $f[12];
+        END { printf "%.2f\n", ($t // 0) / '"$(getconf CLK_TCK)"' }'
+}
+
+# bench_redis_stat COMMANDS: from the INFO all of one or more Redis on
+# stdin, "calls usec failed cpu": the calls, usec and failed calls of the
+# commands COMMANDS (a regex: evalsha|rules\.store) and the CPU seconds
+# (user+sys) of the servers
+bench_redis_stat() {
+    tr -d '\r' | BENCH_CMDS=$1 perl -ne '
+        $c += $1, $u += $2 if /^cmdstat_(?:$ENV{BENCH_CMDS}):calls=(\d+),usec=(\d+)/;
+        $f += $1 if /^cmdstat_(?:$ENV{BENCH_CMDS}):.*failed_calls=(\d+)/;
+        $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
+        END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
+}
+
+# bench_wrk_requests CONNS SECS SCRIPT URL LOG: wrk's completed requests
+# over SECS seconds (its output in LOG; on its failure, shown, and 1)
+bench_wrk_requests() {
+    wrk -t1 -c"$1" -d"${2}s" -s "$3" "$4" > "$5" 2>&1 \
+        || { cat "$5" >&2; return 1; }
+    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$5"
+}
+
+# bench_median: the median of the numbers on stdin, one a line
+bench_median() {
+    sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
 }

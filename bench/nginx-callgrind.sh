@@ -73,13 +73,6 @@ nginx_pid=
 sock_dir=$(mktemp -d /tmp/nginx-callgrind.XXXXXX)
 sock=$sock_dir/redis.sock
 
-stop_nginx() {
-    if [ -n "$nginx_pid" ]; then
-        bench_stop_nginx "$nginx_pid"
-        nginx_pid=
-    fi
-}
-
 stop_redis() {
     if [ -n "$redis_pid" ]; then
         kill -TERM "$redis_pid" 2> /dev/null || true
@@ -89,7 +82,7 @@ stop_redis() {
 }
 
 cleanup() {
-    stop_nginx
+    bench_stop_nginx
     stop_redis
     rm -rf "$sock_dir"
 }
@@ -111,10 +104,8 @@ done
 # seconds
 count() {
     sed "s|/px?|/$1?|" "$out/pixel-$3.lua" > "$out/pixel-$1-$3.lua"
-    wrk -t1 -c"$conns" -d"${2}s" -s "$out/pixel-$1-$3.lua" \
-        "http://127.0.0.1:$port/" > "$out/wrk.log" 2>&1 \
-        || { cat "$out/wrk.log" >&2; exit 1; }
-    sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out/wrk.log"
+    bench_wrk_requests "$conns" "$2" "$out/pixel-$1-$3.lua" \
+        "http://127.0.0.1:$port/" "$out/wrk.log"
 }
 
 n=0
@@ -171,7 +162,7 @@ CONF
         callgrind_control -i on "$nginx_pid" > /dev/null 2>&1
         requests=$(count "$loc" "$secs" 8)
         callgrind_control -i off "$nginx_pid" > /dev/null 2>&1
-        stop_nginx
+        bench_stop_nginx
 
         [ "${requests:-0}" -gt 0 ] \
             || { echo "nginx-callgrind: no request answered at /$loc" >&2; exit 1; }

@@ -73,17 +73,8 @@ redis_port=$(free_port)
 redis_pid=
 nginx_pid=
 
-stop_nginx() {
-    if [ -n "$nginx_pid" ]; then
-        kill -QUIT "$nginx_pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$nginx_pid" 2>/dev/null || break; sleep 0.05; done
-        kill -KILL "$nginx_pid" 2>/dev/null || true
-        nginx_pid=
-    fi
-}
-
 cleanup() {
-    stop_nginx
+    bench_stop_nginx
     stop_redis
 }
 trap cleanup EXIT
@@ -160,31 +151,15 @@ $(bench_px_location)
 }
 CONF
     mkdir -p "$out/ngx/logs"
-    /usr/sbin/nginx -p "$out/ngx/" -c nginx.conf
-    for _ in $(seq 100); do [ -s "$out/ngx/logs/nginx.pid" ] && break; sleep 0.05; done
-    nginx_pid=$(cat "$out/ngx/logs/nginx.pid")
+    bench_start_nginx "$out/ngx"
     sleep 0.3
 }
 
 # the state calls (EVALSHA and RULES.STORE): calls, usec, failed calls,
 # and Redis' cpu seconds (user+sys)
 redis_stat() {
-    for p in $redis_ports; do redis-cli -p "$p" info all; done | tr -d '\r' | perl -ne '
-        $c += $1, $u += $2 if /^cmdstat_(?:evalsha|rules\.store):calls=(\d+),usec=(\d+)/;
-        $f += $1 if /^cmdstat_(?:evalsha|rules\.store):.*failed_calls=(\d+)/;
-        $cpu += $1 if /^used_cpu_(?:user|sys):([\d.]+)/;
-        END { printf "%d %d %d %.6f\n", $c // 0, $u // 0, $f // 0, $cpu }'
-}
-
-# CPU seconds (user+sys) the nginx workers used so far
-nginx_cpu() {
-    local tck pids
-    tck=$(getconf CLK_TCK)
-    pids=$(pgrep -P "$nginx_pid" || true)
-    for p in $pids; do cat "/proc/$p/stat"; done | perl -ane '
-        # the fields after the command name (which may hold spaces)
-        s/^.*\) //; @f = split; $t += $f[11] + $f[12];
-        END { printf "%.2f\n", ($t // 0) / '"$tck"' }'
+    for p in $redis_ports; do redis-cli -p "$p" info all; done \
+        | bench_redis_stat 'evalsha|rules\.store'
 }
 
 # the machine's idle CPU seconds so far (idle + iowait, every core): the
@@ -220,7 +195,6 @@ wrk_run() {
         END { printf "%.1f %.3f %.3f %d\n", $rps, $p50, $p99, $n; print STDERR $err if $err }'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 results=$out/results.txt
 : > "$results"
@@ -248,14 +222,14 @@ for workers in $workers_list; do
             fi
             read -r c0 u0 f0 cpu0 < <(redis_stat)
             read -r h0 m0 e0 < <(cache_stat)
-            ncpu0=$(nginx_cpu)
+            ncpu0=$(bench_nginx_cpu "$nginx_pid")
             idle0=$(idle_cpu)
             read -r rps p50 p99 n < <(wrk_run "$mode" "$path" "$conns")
             idle1=$(idle_cpu)
-            ncpu1=$(nginx_cpu)
+            ncpu1=$(bench_nginx_cpu "$nginx_pid")
             read -r h1 m1 e1 < <(cache_stat)
             read -r c1 u1 f1 cpu1 < <(redis_stat)
-            stop_nginx
+            bench_stop_nginx
             # columns: workers mode run req/s p50 p99, round trips per
             # event (1, plus a retry for each call refused with NOSCRIPT),
             # events per call, call usec per event, Redis CPU usec per
@@ -286,7 +260,7 @@ echo " gen-n against spec-n)"
 printf '%-8s %-7s %10s %8s %9s %9s %8s %9s %10s %12s %12s %13s %10s %12s %9s\n' workers rules req/s ratio "p50 ms" "p99 ms" \
     "rt/event" "ev/call" "vs 5 rules" "redis us/ev" "call us/ev" "nginx us/req" "cache hit" "idle us/req" "evicted"
 for workers in $workers_list; do
-    col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | median; }
+    col_of() { awk -v w="$workers" -v m="$1" -v c="$2" '$1==w && $2==m {print $c}' "$results" | bench_median; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
     # a percentage column: "-" where the mode had no lookup (-1)
     percent() { case $1 in -*) echo - ;; *) echo "$1 %" ;; esac; }
@@ -359,7 +333,7 @@ if [ "$lat_redis" = fresh ]; then
     for native in off on; do
         start_nginx 1 "$root/conf-examples/rules.json" "$native"
         wrk_run warm /px "$conns" > /dev/null
-        stop_nginx
+        bench_stop_nginx
     done
     echo "(on a fresh Redis holding the 5 rules' states, built by ${secs}s of load"
     echo " for each of them first; BENCH_LAT_REDIS=table: on the table's Redis)"
@@ -373,15 +347,15 @@ for c in $steps; do
         start_nginx 1 "$root/conf-examples/rules.json" off
         read -r brps bp50 bp99 bn < <(wrk_run base /base "$c")
         read -r srps sp50 sp99 sn < <(wrk_run spec /px "$c")
-        stop_nginx
+        bench_stop_nginx
         start_nginx 1 "$root/conf-examples/rules.json" on
         read -r nrps np50 np99 nn < <(wrk_run spec-n /px "$c")
-        stop_nginx
+        bench_stop_nginx
         echo "$brps $bp50 $bp99 $srps $sp50 $sp99 $nrps $np50 $np99" >> "$out/latency-step.dat"
     done
     read -r brps bp50 bp99 srps sp50 sp99 nrps np50 np99 < <(
         for col in $(seq 9); do
-            awk -v c="$col" '{print $c}' "$out/latency-step.dat" | median
+            awk -v c="$col" '{print $c}' "$out/latency-step.dat" | bench_median
         done | tr '\n' ' '; echo)
     echo "$c $brps $bp50 $bp99 $srps $sp50 $sp99 $nrps $np50 $np99" >> "$out/latency.dat"
     printf '   c=%-3s base %9s req/s p99 %7s ms | 5 rules %9s req/s p99 %7s ms | -n %9s req/s p99 %7s ms\n' \
