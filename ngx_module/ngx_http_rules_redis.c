@@ -1253,23 +1253,22 @@ ngx_http_rules_redis_fail(ngx_http_rules_redis_t *rd, const char *fmt, ...)
 }
 
 
-/*
- * The reader met a reply no command waits for: the context is dropped
- * (the reader fails), with this reason rather than hiredis' own.
- */
 void
-ngx_http_rules_redis_stray_reply(redisAsyncContext *ac)
+ngx_http_rules_redis_bad_reply(redisAsyncContext *ac, const char *fmt, ...)
 {
+    va_list                  args;
     ngx_http_rules_redis_t  *rd;
 
-    rd = ac->data;
+    rd = (ac != NULL) ? ac->data : NULL;
 
     if (rd == NULL || rd->ac != ac || rd->planned) {
         return;
     }
 
-    ngx_http_rules_redis_set_reason(rd, "a reply to no command (not a Redis "
-                                    "server, or a proxy out of step)");
+    va_start(args, fmt);
+    ngx_http_rules_redis_vreason(rd, fmt, args);
+    va_end(args);
+
     rd->planned = 1;
 }
 

@@ -217,7 +217,14 @@ void ngx_http_rules_redis_destroy(ngx_http_rules_redis_t *rd,
  */
 extern redisReplyObjectFunctions  ngx_http_rules_reply_functions;
 
-void ngx_http_rules_redis_stray_reply(redisAsyncContext *ac);
+/*
+ * The reader met a reply the module refuses (one no command waits for,
+ * an array longer than any the module's commands get): the connection is
+ * dropped (the reply function returns NULL, so the reader fails), and
+ * this is the reason logged rather than hiredis' "Out of memory".
+ */
+void ngx_http_rules_redis_bad_reply(redisAsyncContext *ac, const char *fmt,
+    ...);
 
 void ngx_http_rules_reply_exit(void);
 

@@ -26,6 +26,16 @@
 
 #define NGX_HTTP_RULES_REPLY_FREE       4096
 
+/*
+ * The most elements an array reply may have: a call's reply has one per
+ * item (RULES_BATCH_MAX_ITEMS) and one more, CLUSTER SLOTS one per slot
+ * range (16384 at most).  hiredis 0.14 accepts up to INT_MAX, and
+ * allocates the element vector (16 GB there) before the first element
+ * arrives: a server that is not Redis, or a corrupted stream, must not
+ * make the worker do that.
+ */
+#define NGX_HTTP_RULES_REPLY_MAX_ELEMENTS  65536
+
 /* string buffers: classes of 2^6 .. 2^16 bytes */
 #define NGX_HTTP_RULES_REPLY_STR_SHIFT  6
 #define NGX_HTTP_RULES_REPLY_STR_CLASSES  11
@@ -87,7 +97,9 @@ ngx_http_rules_reply_create(const redisReadTask *task, int type)
         ac = task->privdata;
 
         if (ac != NULL && ac->replies.head == NULL) {
-            ngx_http_rules_redis_stray_reply(ac);
+            ngx_http_rules_redis_bad_reply(ac, "a reply to no command (not "
+                                           "a Redis server, or a proxy "
+                                           "out of step)");
             return NULL;
         }
     }
@@ -151,6 +163,14 @@ ngx_http_rules_reply_array(const redisReadTask *task, int elements)
     redisReply   *r;
 
     element = NULL;
+
+    if (elements > NGX_HTTP_RULES_REPLY_MAX_ELEMENTS) {
+        ngx_http_rules_redis_bad_reply(task->privdata, "an array reply of %d "
+                                       "elements (the module takes %d at "
+                                       "most)", elements,
+                                       NGX_HTTP_RULES_REPLY_MAX_ELEMENTS);
+        return NULL;
+    }
 
     if (elements > 0) {
         element = calloc((size_t) elements, sizeof(redisReply *));

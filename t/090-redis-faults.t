@@ -7,7 +7,9 @@
 # replies in flight, and the proxy resets or closes a connection in the
 # middle of a reply, replaces a reply with bytes that are not RESP, or
 # adds a reply to no command (hiredis asserts on one: the worker must
-# drop the connection instead).  Asserted:
+# drop the connection instead), or sends the header of an array of
+# 2^31 - 1 elements (hiredis would allocate its 16 GB element vector and
+# wait for them: the worker must drop the connection instead).  Asserted:
 #
 #   - no worker dies (same worker PIDs, no "exited on signal", no alert);
 #   - every request is answered, and within rules_redis_timeout + 250 ms
@@ -221,6 +223,7 @@ my %proxy_fault = (
     junk  => 'a reply replaced by junk',
     extra => 'a reply to no command after a reply',
     stray => 'a reply to no command, sent to idle clients',
+    huge  => 'a reply replaced by an array header of 2^31 - 1 elements',
 );
 for my $how (keys %proxy_fault) {
     $fault{$how} = sub {
@@ -306,6 +309,7 @@ inject('rst');
 inject('fin');
 inject('junk');
 inject('extra');
+inject('huge');
 inject('pause', 1500);
 inject('stop', 1.5);
 inject('kill', 1);
@@ -326,7 +330,7 @@ for my $i (0, 1) {
 # ---- repeated faults ------------------------------------------------------
 
 my @cycle = (['client_kill'], ['rst'], ['sleep'], ['fin'], ['stop', 0.6],
-             ['junk'], ['pause', 600], ['extra'], ['kill', 0.3]);
+             ['junk'], ['pause', 600], ['extra'], ['huge'], ['kill', 0.3]);
 $load = RulesLoad::start(%load, out => "$dir/load-2");
 my $t0 = time;
 for my $c (1 .. $CYCLES) {
@@ -378,6 +382,9 @@ for my $i (0, 1) {
     my $n = () = $log =~ /connection lost: (?:a reply to no command|replies out of step)/g;
     cmp_ok($n, '>=', 3, "proxied: every reply too many dropped the "
                         . "connection ($n)");
+    like($log, qr/connection lost: an array reply of 2147483647 elements \(the module takes 65536 at most\)/,
+         'proxied: an array header of 2^31 - 1 elements drops the '
+         . 'connection at once, with that reason');
 }
 
 RulesProxy::stop($proxy);

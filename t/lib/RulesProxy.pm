@@ -16,7 +16,10 @@ package RulesProxy;
 # or (extra) the next data that ends on a reply's end (the proxy follows
 # RESP on every connection) is forwarded whole and followed by
 # "+OK\r\n", a reply to no command, both sides left open; or (stray)
-# "+OK\r\n" is sent at once to every client, whatever is in flight.
+# "+OK\r\n" is sent at once to every client, whatever is in flight; or
+# (huge) the next data that Redis sends is replaced by the header of an
+# array of 2^31 - 1 elements (RESP allows it; no element follows), both
+# sides left open.
 # It returns the line the proxy logged ("rst 37/75": bytes forwarded of
 # those received), or undef when nothing happened within 5 s (no reply in
 # flight).
@@ -81,7 +84,7 @@ sub _lines {
 sub cut {
     my ($proxy, $how) = @_;
     my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
-               extra => 'TTIN', stray => 'TTOU');
+               extra => 'TTIN', stray => 'TTOU', huge => 'VTALRM');
     return _signal_and_wait($proxy, $sig{$how}, qr/^$how /);
 }
 
@@ -167,6 +170,7 @@ sub _run {
     local $SIG{USR1} = sub { $armed = 'rst' };
     local $SIG{USR2} = sub { $armed = 'fin' };
     local $SIG{HUP} = sub { $armed = 'junk' };
+    local $SIG{VTALRM} = sub { $armed = 'huge' };
     local $SIG{TTIN} = sub { $armed = 'extra' };
     my $stray = 0;
     local $SIG{TTOU} = sub { $stray = 1 };
@@ -270,6 +274,13 @@ sub _run {
                 # not a RESP type byte: a protocol error for the client
                 syswrite $o, "\@junk\r\n";
                 _log($log, "junk 0/$n");
+                $armed = '';
+                next;
+            }
+
+            if ($armed eq 'huge' && $is_up{ fileno $s }) {
+                syswrite $o, "*2147483647\r\n";
+                _log($log, "huge 0/$n");
                 $armed = '';
                 next;
             }
