@@ -576,6 +576,7 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
     size_t                       i, n;
     int64_t                      wall;
     ngx_int_t                    skipped;
+    ngx_str_t                    detail;
     redisReply                  *el;
     rules_str_t                  key;
     rules_item_t                 ri, compact;
@@ -593,9 +594,30 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
         return;
     }
 
+    /*
+     * Redis' wall clock, then one reply per item; a clock out of the
+     * stamps' range would expire every record at the fold.
+     */
+
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1
-        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[0]->integer < 0
+        || reply->element[0]->integer > RULES_MAX_TS_MS)
     {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            detail.len = reply->len;
+            detail.data = (u_char *) reply->str;
+
+        } else if (reply->type == REDIS_REPLY_ARRAY
+                   && reply->elements == n + 1
+                   && reply->element[0]->type == REDIS_REPLY_INTEGER)
+        {
+            ngx_str_set(&detail, "Redis' clock is not a time");
+
+        } else {
+            ngx_str_null(&detail);
+        }
+
         /* at most a line a second: a Redis out of memory fails them all */
 
         skipped = ngx_http_rules_log_due(&bt->error_log);
@@ -603,13 +625,10 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
         if (skipped != NGX_DECLINED) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "rules redis %V: unexpected reply to the state call: "
-                          "%*s (%i more since the last such line)",
+                          "%V (%i more since the last such line)",
                           rmcf->cluster ? &ngx_http_rules_cluster_name
                                         : &rmcf->redis_conf.addr_text,
-                          (size_t) (reply->type == REDIS_REPLY_ERROR
-                                    ? reply->len : 0),
-                          reply->type == REDIS_REPLY_ERROR ? reply->str : "",
-                          skipped);
+                          &detail, skipped);
         }
 
         ngx_http_rules_batch_fail(batch);

@@ -667,7 +667,7 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
 {
     u_char                         *host;
     size_t                          i, len;
-    long long                       start, end, port;
+    long long                       start, end, port, total;
     ngx_uint_t                      s, changed, mapped, masters, level;
     redisReply                     *e, *m;
     ngx_http_rules_cluster_node_t  *node, *old, *from;
@@ -675,6 +675,8 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
     }
+
+    total = 0;
 
     for (i = 0; i < reply->elements; i++) {
         e = reply->element[i];
@@ -695,6 +697,18 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         end = e->element[1]->integer;
 
         if (start < 0 || end < start || end >= RULES_CLUSTER_SLOTS) {
+            return NGX_ERROR;
+        }
+
+        /*
+         * each slot in one range at most: so the map below writes at
+         * most RULES_CLUSTER_SLOTS slots and makes as many nodes, whatever
+         * the reply (ranges that overlap are not a cluster's map)
+         */
+
+        total += end - start + 1;
+
+        if (total > RULES_CLUSTER_SLOTS) {
             return NGX_ERROR;
         }
     }

@@ -29,12 +29,22 @@
 /*
  * The most elements an array reply may have: a call's reply has one per
  * item (RULES_BATCH_MAX_ITEMS) and one more, CLUSTER SLOTS one per slot
- * range (16384 at most).  hiredis 0.14 accepts up to INT_MAX, and
- * allocates the element vector (16 GB there) before the first element
- * arrives: a server that is not Redis, or a corrupted stream, must not
- * make the worker do that.
+ * range (16384 at most).  hiredis 0.14 accepts counts up to 2^31 - 1,
+ * and the vector is allocated before the first element arrives (16 GB
+ * there): a server that is not Redis, or a corrupted stream, must not
+ * make the worker do that.  And at most NGX_HTTP_RULES_REPLY_MAX_TOTAL
+ * elements in all the arrays of one reply (CLUSTER SLOTS of 16384 ranges
+ * with a master and five replicas each: about 540000), so that nested
+ * arrays cannot multiply the first bound.
+ *
+ * Debian's hiredis 0.14.1 refuses a count above 2^31 - 1 itself
+ * ("Multi-bulk length out of range"); an upstream 0.14.1 without that fix
+ * hands createArray() such a count cut to an int (2^31 arrives negative,
+ * 2^32 as 0) and then stores that many elements: so a negative count,
+ * and an element beyond its array's length, are refused here too.
  */
 #define NGX_HTTP_RULES_REPLY_MAX_ELEMENTS  65536
+#define NGX_HTTP_RULES_REPLY_MAX_TOTAL     (1024 * 1024)
 
 /* string buffers: classes of 2^6 .. 2^16 bytes */
 #define NGX_HTTP_RULES_REPLY_STR_SHIFT  6
@@ -63,6 +73,7 @@ static void *ngx_http_rules_reply_integer(const redisReadTask *task,
     long long value);
 static void *ngx_http_rules_reply_nil(const redisReadTask *task);
 static void ngx_http_rules_reply_free(void *obj);
+static ngx_int_t ngx_http_rules_reply_fits(const redisReadTask *task);
 static ngx_int_t ngx_http_rules_reply_str_class(size_t size);
 static char *ngx_http_rules_reply_str_alloc(size_t size);
 static void ngx_http_rules_reply_str_free_buf(char *buf, size_t size);
@@ -92,6 +103,10 @@ ngx_http_rules_reply_create(const redisReadTask *task, int type)
      * connection, with the reason set here.  The reader's privdata is
      * the context (ngx_http_rules_redis_connect()).
      */
+
+    if (ngx_http_rules_reply_fits(task) != NGX_OK) {
+        return NULL;
+    }
 
     if (task->parent == NULL && type != REDIS_REPLY_ERROR) {
         ac = task->privdata;
@@ -130,6 +145,35 @@ ngx_http_rules_reply_create(const redisReadTask *task, int type)
 }
 
 
+/*
+ * The task's place in its parent array is within the array's vector: an
+ * element beyond the count createArray() was given (a hiredis without
+ * Debian's fix cut a count of 2^32 or more to an int) is refused.
+ */
+static ngx_int_t
+ngx_http_rules_reply_fits(const redisReadTask *task)
+{
+    redisReply  *parent;
+
+    if (task->parent == NULL) {
+        return NGX_OK;
+    }
+
+    parent = task->parent->obj;
+
+    if (parent == NULL || task->idx < 0
+        || (size_t) task->idx >= parent->elements)
+    {
+        ngx_http_rules_redis_bad_reply(task->privdata, "an array reply with "
+                                       "more elements than its length "
+                                       "(a length of 2^32 or more)");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void *
 ngx_http_rules_reply_string(const redisReadTask *task, char *str, size_t len)
 {
@@ -159,10 +203,20 @@ ngx_http_rules_reply_string(const redisReadTask *task, char *str, size_t len)
 static void *
 ngx_http_rules_reply_array(const redisReadTask *task, int elements)
 {
-    redisReply  **element;
-    redisReply   *r;
+    redisReply          **element;
+    redisReply           *r, *root;
+    redisReadTask        *t;
 
     element = NULL;
+
+    if (elements < 0) {
+        /* a hiredis without Debian's fix cut 2^31 or more to an int */
+        ngx_http_rules_redis_bad_reply(task->privdata, "an array reply of "
+                                       "2^31 or more elements (the module "
+                                       "takes %d at most)",
+                                       NGX_HTTP_RULES_REPLY_MAX_ELEMENTS);
+        return NULL;
+    }
 
     if (elements > NGX_HTTP_RULES_REPLY_MAX_ELEMENTS) {
         ngx_http_rules_redis_bad_reply(task->privdata, "an array reply of %d "
@@ -170,6 +224,29 @@ ngx_http_rules_reply_array(const redisReadTask *task, int elements)
                                        "most)", elements,
                                        NGX_HTTP_RULES_REPLY_MAX_ELEMENTS);
         return NULL;
+    }
+
+    /*
+     * The elements of every array of the reply, counted in the root
+     * array's integer field (an array's own is not used otherwise).
+     */
+
+    root = NULL;
+
+    for (t = task->parent; t; t = t->parent) {
+        root = t->obj;
+    }
+
+    if (root) {
+        if (root->integer + elements > NGX_HTTP_RULES_REPLY_MAX_TOTAL) {
+            ngx_http_rules_redis_bad_reply(task->privdata, "a reply of more "
+                                           "than %d elements in all its "
+                                           "arrays",
+                                           NGX_HTTP_RULES_REPLY_MAX_TOTAL);
+            return NULL;
+        }
+
+        root->integer += elements;
     }
 
     if (elements > 0) {
@@ -186,7 +263,11 @@ ngx_http_rules_reply_array(const redisReadTask *task, int elements)
     }
 
     r->element = element;
-    r->elements = (size_t) (elements > 0 ? elements : 0);
+    r->elements = (size_t) elements;
+
+    if (root == NULL) {
+        r->integer = elements;
+    }
 
     return r;
 }

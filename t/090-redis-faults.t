@@ -7,9 +7,15 @@
 # replies in flight, and the proxy resets or closes a connection in the
 # middle of a reply, replaces a reply with bytes that are not RESP, or
 # adds a reply to no command (hiredis asserts on one: the worker must
-# drop the connection instead), or sends the header of an array of
-# 2^31 - 1 elements (hiredis would allocate its 16 GB element vector and
-# wait for them: the worker must drop the connection instead).  Asserted:
+# drop the connection instead), or replaces a reply with an array
+# header hiredis 0.14 mishandles: 2^31 - 1 elements (it would allocate a
+# 16 GB vector and wait for them), 2^31 or 2^32 followed by an element
+# (Debian's hiredis refuses them; one without that fix cuts the count
+# to an int, negative or 0, and stores the element beyond the vector),
+# or arrays of 65536 elements nested until more than 2^20 elements in
+# all: the worker must drop the connection instead, with the reason; or
+# gives a state call's reply Redis' clock as -1 (its events must fail,
+# not fold with it).  Asserted:
 #
 #   - no worker dies (same worker PIDs, no "exited on signal", no alert);
 #   - every request is answered, and within rules_redis_timeout + 250 ms
@@ -223,12 +229,35 @@ my %proxy_fault = (
     junk  => 'a reply replaced by junk',
     extra => 'a reply to no command after a reply',
     stray => 'a reply to no command, sent to idle clients',
-    huge  => 'a reply replaced by an array header of 2^31 - 1 elements',
+    clock => "a state call's reply with Redis' clock at -1",
 );
 for my $how (keys %proxy_fault) {
     $fault{$how} = sub {
         my $r = RulesProxy::cut($proxy, $how);
         return $r ? "$proxy_fault{$how} ($r)" : '';
+    };
+}
+
+# replies replaced by bytes of the proxy's choosing, and the reason the
+# worker must log for each
+my $wide = "*65536\r\n" . ("*65536\r\n" . (":0\r\n" x 65536)) x 15
+           . "*65536\r\n";
+my %raw_fault = (
+    huge  => ["*2147483647\r\n",
+              qr/connection lost: an array reply of 2147483647 elements \(the module takes 65536 at most\)/],
+    # hiredis' reason (Debian's), or the module's (a hiredis without the
+    # fix)
+    wrap  => ["*2147483648\r\n:1\r\n",
+              qr/connection lost: (?:Multi-bulk length out of range|an array reply of 2\^31 or more elements \(the module takes 65536 at most\))/],
+    wrap0 => ["*4294967296\r\n:1\r\n",
+              qr/connection lost: (?:Multi-bulk length out of range|an array reply with more elements than its length \(a length of 2\^32 or more\))/],
+    wide  => [$wide,
+              qr/connection lost: a reply of more than 1048576 elements in all its arrays/],
+);
+for my $how (keys %raw_fault) {
+    $fault{$how} = sub {
+        my $r = RulesProxy::cut($proxy, 'raw', $raw_fault{$how}[0]);
+        return $r ? "a reply replaced ($r)" : '';
     };
 }
 
@@ -309,7 +338,8 @@ inject('rst');
 inject('fin');
 inject('junk');
 inject('extra');
-inject('huge');
+inject($_) for sort keys %raw_fault;
+inject('clock');
 inject('pause', 1500);
 inject('stop', 1.5);
 inject('kill', 1);
@@ -382,9 +412,13 @@ for my $i (0, 1) {
     my $n = () = $log =~ /connection lost: (?:a reply to no command|replies out of step)/g;
     cmp_ok($n, '>=', 3, "proxied: every reply too many dropped the "
                         . "connection ($n)");
-    like($log, qr/connection lost: an array reply of 2147483647 elements \(the module takes 65536 at most\)/,
-         'proxied: an array header of 2^31 - 1 elements drops the '
-         . 'connection at once, with that reason');
+    for my $how (sort keys %raw_fault) {
+        like($log, $raw_fault{$how}[1], "proxied: fault $how drops the "
+                                        . 'connection, with its reason');
+    }
+    # folded with it, every record would expire: the call's events fail
+    like($log, qr/unexpected reply to the state call: Redis' clock is not a time/,
+         "proxied: a state call's reply with Redis' clock at -1 is refused");
 }
 
 RulesProxy::stop($proxy);

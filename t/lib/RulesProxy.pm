@@ -17,12 +17,19 @@ package RulesProxy;
 # RESP on every connection) is forwarded whole and followed by
 # "+OK\r\n", a reply to no command, both sides left open; or (stray)
 # "+OK\r\n" is sent at once to every client, whatever is in flight; or
-# (huge) the next data that Redis sends is replaced by the header of an
-# array of 2^31 - 1 elements (RESP allows it; no element follows), both
-# sides left open.
+# (raw, with cut($proxy, 'raw', $bytes[, $match])) the next data that
+# Redis sends is replaced by those bytes (with a regex $match: in the
+# next data that matches it, what it matched), both sides left open; or
+# (clock) the next data
+# that starts with a reply that is an array whose first element is an
+# integer (a state call's reply: Redis' clock, then one per item) gets
+# that integer replaced by -1, the rest forwarded as it came.
 # It returns the line the proxy logged ("rst 37/75": bytes forwarded of
 # those received), or undef when nothing happened within 5 s (no reply in
-# flight).
+# flight).  arm() takes the same arguments and returns at once (the
+# proxy armed for what comes later: a client not started yet), and
+# armed($proxy, $how, $secs) waits for that line.
+
 #
 # hold() makes the proxy keep what Redis sends (every read is one held
 # piece, logged "held <bytes>"; with start(hold_match => qr/.../), from
@@ -64,6 +71,9 @@ sub start {
     }
     close $listen;
     RulesNginx::track_pid($pid) if defined &RulesNginx::track_pid;
+    # its signal handlers are set (a signal before would end it)
+    my $deadline = time + 10;
+    sleep 0.01 until grep({ $_ eq 'ready' } _lines($log)) || time > $deadline;
     return { pid => $pid, port => $port, log => $log };
 }
 
@@ -81,11 +91,44 @@ sub _lines {
     return @l;
 }
 
+my %cut_signal = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
+                  extra => 'TTIN', stray => 'TTOU', raw => 'VTALRM',
+                  clock => 'PROF');
+
 sub cut {
-    my ($proxy, $how) = @_;
-    my %sig = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
-               extra => 'TTIN', stray => 'TTOU', huge => 'VTALRM');
-    return _signal_and_wait($proxy, $sig{$how}, qr/^$how /);
+    my ($proxy, $how, @raw) = @_;
+    _raw_files($proxy, @raw) if $how eq 'raw';
+    return _signal_and_wait($proxy, $cut_signal{$how}, qr/^$how /);
+}
+
+sub arm {
+    my ($proxy, $how, @raw) = @_;
+    _raw_files($proxy, @raw) if $how eq 'raw';
+    $proxy->{armed_at} = () = _lines($proxy->{log});
+    kill $cut_signal{$how}, $proxy->{pid};
+}
+
+sub armed {
+    my ($proxy, $how, $secs) = @_;
+    my $deadline = time + ($secs // 5);
+    while (time < $deadline) {
+        my @l = _lines($proxy->{log});
+        my ($line) = grep { /^$how / } @l[($proxy->{armed_at} // 0) .. $#l];
+        return $line if defined $line;
+        sleep 0.01;
+    }
+    return undef;
+}
+
+# the bytes of a raw fault, and the regex the data it replaces must match
+sub _raw_files {
+    my ($proxy, $bytes, $match) = @_;
+    for (["$proxy->{log}.raw", $bytes], ["$proxy->{log}.match", $match // '']) {
+        open my $fh, '>', $_->[0] or die "$_->[0]: $!";
+        binmode $fh;
+        print $fh $_->[1];
+        close $fh;
+    }
 }
 
 sub _signal_and_wait {
@@ -170,7 +213,20 @@ sub _run {
     local $SIG{USR1} = sub { $armed = 'rst' };
     local $SIG{USR2} = sub { $armed = 'fin' };
     local $SIG{HUP} = sub { $armed = 'junk' };
-    local $SIG{VTALRM} = sub { $armed = 'huge' };
+    my ($raw, $match);
+    local $SIG{VTALRM} = sub {
+        local $/;
+        open my $fh, '<', "$log.raw" or return;
+        binmode $fh;
+        $raw = <$fh>;
+        close $fh;
+        open $fh, '<', "$log.match" or return;
+        binmode $fh;
+        $match = <$fh>;
+        close $fh;
+        $armed = 'raw';
+    };
+    local $SIG{PROF} = sub { $armed = 'clock' };
     local $SIG{TTIN} = sub { $armed = 'extra' };
     my $stray = 0;
     local $SIG{TTOU} = sub { $stray = 1 };
@@ -179,6 +235,7 @@ sub _run {
     local $SIG{QUIT} = sub { $release = 'all' };
     local $SIG{PIPE} = 'IGNORE';
     local $SIG{TERM} = sub { POSIX::_exit(0) };
+    _log($log, 'ready');
 
     my $sel = IO::Select->new($listen);
     my %peer;       # fileno => the other socket
@@ -255,6 +312,8 @@ sub _run {
             }
 
             my $boundary = 0;
+            # the data starts a reply (the last ended where it ended)
+            my $starts = ($tail{ fileno $s } // '') eq '';
             if ($is_up{ fileno $s }) {
                 $tail{ fileno $s } = _resp_tail(($tail{ fileno $s } // '')
                                                 . $buf);
@@ -278,9 +337,24 @@ sub _run {
                 next;
             }
 
-            if ($armed eq 'huge' && $is_up{ fileno $s }) {
-                syswrite $o, "*2147483647\r\n";
-                _log($log, "huge 0/$n");
+            if ($armed eq 'clock' && $is_up{ fileno $s } && $starts
+                && $buf =~ s/\A(\*[1-9]\d*\r\n):\d+\r\n/$1:-1\r\n/)
+            {
+                $forward->($o, $buf);
+                _log($log, "clock $n");
+                $armed = '';
+                next;
+            }
+
+            if ($armed eq 'raw' && $is_up{ fileno $s }
+                && ($match eq '' || $buf =~ /$match/))
+            {
+                my $out = $raw;
+                if ($match ne '') {
+                    ($out = $buf) =~ s/$match/$raw/;
+                }
+                $forward->($o, $out);
+                _log($log, 'raw ' . length($out) . " bytes for $n");
                 $armed = '';
                 next;
             }
@@ -293,7 +367,7 @@ sub _run {
                 next;
             }
 
-            if ($armed && $armed ne 'extra' && $is_up{ fileno $s }) {
+            if (($armed eq 'rst' || $armed eq 'fin') && $is_up{ fileno $s }) {
                 # a reply in flight: half of it, then the break
                 my $half = int($n / 2);
                 syswrite $o, $buf, $half if $half;

@@ -1,0 +1,81 @@
+# Redis Cluster: a slot map whose ranges overlap is refused whole.  Each
+# slot has one master, so a CLUSTER SLOTS reply covers 16384 slots at
+# most; one that covers more (a node that is not Redis, a proxy out of
+# step, a corrupted stream) could make a worker write its map a billion
+# times (65536 ranges of every slot) or connect to as many masters as the
+# reply names.  The seed here is a RulesProxy in front of a real
+# cluster's master, armed to replace its first CLUSTER SLOTS reply with
+# two ranges of all 16384 slots: the refresh fails ("unexpected reply to
+# CLUSTER SLOTS", counted), the next one gets the real map, and events
+# are applied.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use File::Temp qw(tempdir);
+use Time::HiRes qw(sleep time);
+use RulesNginx;
+use RulesCluster;
+use RulesProxy;
+
+my $dir = tempdir(CLEANUP => 1);
+my $cluster = RulesCluster->new(masters => 3, replicas => 0);
+my ($M1) = sort { $a <=> $b } keys %{ $cluster->masters };
+my $proxy = RulesProxy::start(upstream => $M1, log => "$dir/proxy.log");
+
+my $rules = '{"rules": [
+  {"id": "twice", "kind": "segment", "key": "uid", "type": "count",
+   "min": 2, "within": "1h"}
+]}';
+
+# two ranges of every slot, both on M1 (as RESP2 CLUSTER SLOTS gives
+# them: start, end, [host, port, id])
+my $range = "*3\r\n:0\r\n:16383\r\n*3\r\n\$9\r\n127.0.0.1\r\n:$M1\r\n"
+            . "\$3\r\nid1\r\n";
+# the cluster's reply: three ranges, each master as [host, port, id,
+# metadata]
+RulesProxy::arm($proxy, 'raw', "*2\r\n$range$range",
+                '\*3\r\n(?:\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n\$\d+\r\n[0-9.]+\r\n'
+                . ':\d+\r\n\$40\r\n[0-9a-f]{40}\r\n\*0\r\n){3}');
+
+my $ngx = RulesNginx::start_nginx(
+    prefix  => "$FindBin::Bin/servroot-113",
+    workers => 1,
+    files   => { 'rules.json' => $rules },
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis_cluster 127.0.0.1:$proxy->{port};",
+        prefix  => 't113:',
+        fields  => ['uid']));
+
+like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+     "the seed's first CLUSTER SLOTS reply replaced by overlapping ranges");
+
+like(RulesNginx::wait_log($ngx, qr/slot map refresh failed/, 10),
+     qr/\[warn\] \d+#\d+: rules redis cluster: slot map refresh failed: unexpected reply to CLUSTER SLOTS; retrying$/m,
+     'the map is refused whole, at warn, and asked for again');
+
+sub px {
+    my ($q) = @_;
+    my ($st, $h) = RulesNginx::get($ngx->{port}, "/px?$q");
+    return join ' ', $h->{'x-status'} // '', $h->{'x-rules'} // '';
+}
+
+# the next refresh gets the cluster's own map: events are applied
+my $got = RulesNginx::poll(10, sub { px('uid=u113&ts=1000') },
+                           sub { $_[0] eq 'ok ' });
+is($got, 'ok ', 'then the real map: an event is applied');
+is(px('uid=u113&ts=2000'), 'ok twice', 'and the next sees its state');
+
+cmp_ok(RulesNginx::metric($ngx,
+           'nginx_rules_cluster_slot_refreshes_total{result="error"}') // 0,
+       '>=', 1, 'the refused map is counted as a failed refresh');
+like(RulesNginx::error_log($ngx), qr/slot map from \S+: 3 masters/,
+     'the map taken is the cluster\'s: 3 masters');
+unlike(RulesNginx::error_log($ngx), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
+       'no alert, no crash');
+
+RulesProxy::stop($proxy);
+RulesNginx::stop_nginx($ngx);
+done_testing();
