@@ -20,16 +20,14 @@ package RulesProxy;
 # (raw, with cut($proxy, 'raw', $bytes[, $match])) the next data that
 # Redis sends is replaced by those bytes (with a regex $match: in the
 # next data that matches it, what it matched), both sides left open; or
-# (clock) the next data
-# that starts with a reply that is an array whose first element is an
-# integer (a state call's reply: Redis' clock, then one per item) gets
-# that integer replaced by -1, the rest forwarded as it came.
-# It returns the line the proxy logged ("rst 37/75": bytes forwarded of
-# those received), or undef when nothing happened within 5 s (no reply in
-# flight).  arm() takes the same arguments and returns at once (the
-# proxy armed for what comes later: a client not started yet), and
-# armed($proxy, $how, $secs) waits for that line.
-
+# (clock) the next data that starts with a reply that is an array whose
+# first element is an integer (a state call's reply: Redis' clock, then
+# one per item) gets that integer replaced by -1, the rest forwarded as
+# it came.  It returns the line the proxy logged ("rst 37/75": bytes
+# forwarded of those received), or undef when nothing happened within
+# 5 s (no reply in flight).  arm() takes the same arguments and returns
+# at once (the proxy armed for what comes later: a client not started
+# yet), and armed($proxy, $how, $secs) waits for that line.
 #
 # hold() makes the proxy keep what Redis sends (every read is one held
 # piece, logged "held <bytes>"; with start(hold_match => qr/.../), from
