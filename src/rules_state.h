@@ -50,8 +50,8 @@
  *                last seen at or after their join time (the time of
  *                their first event there, or the record's latest value's
  *                + 1 ms when that is not earlier), as a fresh record
- *                would; a join goes once no older value is left.  The record's from/until span
- *                its rules'.
+ *                would; a join goes once no older value is left.  The
+ *                record's from/until span its rules'.
  *
  * A distinct payload holds at most RULES_RECORD_MAX_PAYLOAD bytes (the
  * payload length is 16-bit): the oldest values beyond are dropped.
@@ -76,8 +76,9 @@
  *      (Writers before 2026-12-04 wrote them; a reader keeps them until
  *      their rule's next update.)
  *   3. The reply lists the digests of the matched records (of a shared
- *      record: of its matched rules), in record order.  The state is written back only when it changed, with
- *      PEXPIRE max(expire) - wall; an empty state deletes the key.
+ *      record: of its matched rules), in record order.  The state is
+ *      written back only when it changed, with PEXPIRE max(expire) -
+ *      wall; an empty state deletes the key.
  *   New records are appended after the kept ones, in entry order.
  */
 
