@@ -596,28 +596,28 @@ ngx_http_rules_batch_reply(void *data, redisReply *reply, ngx_int_t rc)
 
     /*
      * Redis' wall clock, then one reply per item; a clock out of the
-     * stamps' range would expire every record at the fold.
+     * stamps' range would expire every record at the fold.  detail.data
+     * stays NULL for a reply that will do.
      */
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1
-        || reply->element[0]->type != REDIS_REPLY_INTEGER
-        || reply->element[0]->integer < 0
-        || reply->element[0]->integer > RULES_MAX_TS_MS)
+    ngx_str_null(&detail);
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        detail.len = reply->len;
+        detail.data = (u_char *) reply->str;
+
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1
+               || reply->element[0]->type != REDIS_REPLY_INTEGER)
     {
-        if (reply->type == REDIS_REPLY_ERROR) {
-            detail.len = reply->len;
-            detail.data = (u_char *) reply->str;
+        ngx_str_set(&detail, "");
 
-        } else if (reply->type == REDIS_REPLY_ARRAY
-                   && reply->elements == n + 1
-                   && reply->element[0]->type == REDIS_REPLY_INTEGER)
-        {
-            ngx_str_set(&detail, "Redis' clock is not a time");
+    } else if (reply->element[0]->integer < 0
+               || reply->element[0]->integer > RULES_MAX_TS_MS)
+    {
+        ngx_str_set(&detail, "Redis' clock is not a time");
+    }
 
-        } else {
-            ngx_str_null(&detail);
-        }
-
+    if (detail.data) {
         /* at most a line a second: a Redis out of memory fails them all */
 
         skipped = ngx_http_rules_log_due(&bt->error_log);

@@ -95,27 +95,30 @@ my %cut_signal = (rst => 'USR1', fin => 'USR2', junk => 'HUP',
 
 sub cut {
     my ($proxy, $how, @raw) = @_;
-    _raw_files($proxy, @raw) if $how eq 'raw';
-    return _signal_and_wait($proxy, $cut_signal{$how}, qr/^$how /);
+    arm($proxy, $how, @raw);
+    return armed($proxy, $how);
 }
 
 sub arm {
     my ($proxy, $how, @raw) = @_;
     _raw_files($proxy, @raw) if $how eq 'raw';
-    $proxy->{armed_at} = () = _lines($proxy->{log});
-    kill $cut_signal{$how}, $proxy->{pid};
+    _signal($proxy, $cut_signal{$how});
 }
 
 sub armed {
     my ($proxy, $how, $secs) = @_;
-    my $deadline = time + ($secs // 5);
-    while (time < $deadline) {
-        my @l = _lines($proxy->{log});
-        my ($line) = grep { /^$how / } @l[($proxy->{armed_at} // 0) .. $#l];
-        return $line if defined $line;
-        sleep 0.01;
-    }
-    return undef;
+    return _wait_line($proxy, qr/^$how /, $secs);
+}
+
+# a file's bytes, or undef
+sub _slurp {
+    my ($file) = @_;
+    open my $fh, '<', $file or return undef;
+    binmode $fh;
+    local $/;
+    my $bytes = <$fh>;
+    close $fh;
+    return $bytes // '';
 }
 
 # the bytes of a raw fault, and the regex the data it replaces must match
@@ -129,20 +132,34 @@ sub _raw_files {
     }
 }
 
-sub _signal_and_wait {
-    my ($proxy, $sig, $want) = @_;
-    my $before = () = _lines($proxy->{log});
+# the proxy's log lines are counted first: _wait_line() looks at those
+# that come after
+sub _signal {
+    my ($proxy, $sig) = @_;
+    $proxy->{signalled_at} = () = _lines($proxy->{log});
     kill $sig, $proxy->{pid};
-    my $deadline = time + 5;
+}
+
+# the first line since the last signal that matches $want, within $secs
+# (5) seconds, or undef
+sub _wait_line {
+    my ($proxy, $want, $secs) = @_;
+    my $deadline = time + ($secs // 5);
     while (time < $deadline) {
         # the line asked for, not necessarily the last one: replies that
         # arrive meanwhile are logged as held
         my @l = _lines($proxy->{log});
-        my ($line) = grep { $_ =~ $want } @l[$before .. $#l];
+        my ($line) = grep { $_ =~ $want } @l[$proxy->{signalled_at} .. $#l];
         return $line if defined $line;
         sleep 0.01;
     }
     return undef;
+}
+
+sub _signal_and_wait {
+    my ($proxy, $sig, $want) = @_;
+    _signal($proxy, $sig);
+    return _wait_line($proxy, $want);
 }
 
 sub hold {
@@ -213,16 +230,8 @@ sub _run {
     local $SIG{HUP} = sub { $armed = 'junk' };
     my ($raw, $match);
     local $SIG{VTALRM} = sub {
-        local $/;
-        open my $fh, '<', "$log.raw" or return;
-        binmode $fh;
-        $raw = <$fh>;
-        close $fh;
-        open $fh, '<', "$log.match" or return;
-        binmode $fh;
-        $match = <$fh>;
-        close $fh;
-        $armed = 'raw';
+        ($raw, $match) = map { _slurp("$log.$_") } qw(raw match);
+        $armed = 'raw' if defined $raw && defined $match;
     };
     local $SIG{PROF} = sub { $armed = 'clock' };
     local $SIG{TTIN} = sub { $armed = 'extra' };
@@ -344,13 +353,10 @@ sub _run {
                 next;
             }
 
+            my $out = $raw;
             if ($armed eq 'raw' && $is_up{ fileno $s }
-                && ($match eq '' || $buf =~ /$match/))
+                && ($match eq '' || ($out = $buf) =~ s/$match/$raw/))
             {
-                my $out = $raw;
-                if ($match ne '') {
-                    ($out = $buf) =~ s/$match/$raw/;
-                }
                 $forward->($o, $out);
                 _log($log, 'raw ' . length($out) . " bytes for $n");
                 $armed = '';
