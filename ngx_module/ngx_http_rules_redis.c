@@ -1894,6 +1894,14 @@ ngx_http_rules_redis_read_handler(ngx_event_t *rev)
 
     reader = ac->c.reader;
 
+    if (ngx_http_rules_reply_line_check(reader) != NGX_OK) {
+        ngx_http_rules_redis_fail(rd, "a reply line of more than %d bytes "
+                                  "(the module takes %d at most)",
+                                  NGX_HTTP_RULES_REPLY_MAX_LINE,
+                                  NGX_HTTP_RULES_REPLY_MAX_LINE);
+        return;
+    }
+
     if (reader->len == 0
         && sdsavail(reader->buf) > NGX_HTTP_RULES_REDIS_BUF_KEEP)
     {

@@ -229,6 +229,19 @@ void ngx_http_rules_redis_bad_reply(redisAsyncContext *ac, const char *fmt,
 void ngx_http_rules_reply_exit(void);
 
 /*
+ * The longest line a reply may have: a status, an error's text, an
+ * integer or a length (Redis' and the script's errors take a few hundred
+ * bytes at most).  hiredis 0.14 looks for a line's end from its first
+ * byte each time more bytes arrive: a line that does not end would cost
+ * the worker a scan of all it holds on every read until the reply
+ * timeout.  Bulk strings are not lines: their length is known.
+ */
+#define NGX_HTTP_RULES_REPLY_MAX_LINE      65536
+
+/* checked before each read: a line is refused one read past the bound */
+ngx_int_t ngx_http_rules_reply_line_check(redisReader *reader);
+
+/*
  * Blocks set aside for hiredis 0.14's allocations that abort the worker
  * when they fail (ngx_http_rules_reply.c): NGX_OK when n are there.
  */

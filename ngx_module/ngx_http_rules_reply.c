@@ -174,11 +174,55 @@ ngx_http_rules_reply_fits(const redisReadTask *task)
 }
 
 
+/*
+ * NGX_OK unless the reader's unread bytes begin with a line longer than
+ * NGX_HTTP_RULES_REPLY_MAX_LINE that has not ended.  Its first bytes are
+ * those of the line hiredis is reading (a bulk string's too: the reader
+ * keeps its length line until the whole string is there).
+ */
+ngx_int_t
+ngx_http_rules_reply_line_check(redisReader *reader)
+{
+    u_char  *p, *last;
+
+    if (reader->len - reader->pos <= NGX_HTTP_RULES_REPLY_MAX_LINE + 2) {
+        return NGX_OK;
+    }
+
+    p = (u_char *) reader->buf + reader->pos;
+    last = p + NGX_HTTP_RULES_REPLY_MAX_LINE + 2;
+
+    for ( ;; ) {
+        p = ngx_strlchr(p, last - 1, '\r');
+
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (p[1] == '\n') {
+            return NGX_OK;
+        }
+
+        p++;
+    }
+}
+
+
 static void *
 ngx_http_rules_reply_string(const redisReadTask *task, char *str, size_t len)
 {
     char        *buf;
     redisReply  *r;
+
+    if (task->type != REDIS_REPLY_STRING
+        && len > NGX_HTTP_RULES_REPLY_MAX_LINE)
+    {
+        ngx_http_rules_redis_bad_reply(task->privdata, "a reply line of %uz "
+                                       "bytes (the module takes %d at "
+                                       "most)", len,
+                                       NGX_HTTP_RULES_REPLY_MAX_LINE);
+        return NULL;
+    }
 
     buf = ngx_http_rules_reply_str_alloc(len + 1);
     if (buf == NULL) {

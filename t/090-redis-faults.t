@@ -13,7 +13,9 @@
 # (Debian's hiredis refuses them; one without that fix cuts the count
 # to an int, negative or 0, and stores the element beyond the vector),
 # or arrays of 65536 elements nested until more than 2^20 elements in
-# all: the worker must drop the connection instead, with the reason; or
+# all, or a line of more than 64 KB (one that never ends, one that ends
+# too late): the worker must drop the connection instead, with the
+# reason; or
 # gives a state call's reply Redis' clock as -1 (its events must fail,
 # not fold with it).  Asserted:
 #
@@ -253,6 +255,13 @@ my %raw_fault = (
               qr/connection lost: (?:Multi-bulk length out of range|an array reply with more elements than its length \(a length of 2\^32 or more\))/],
     wide  => [$wide,
               qr/connection lost: a reply of more than 1048576 elements in all its arrays/],
+    # a status line that never ends (hiredis would scan it all again on
+    # every read), and an error line that ends past the bound (refused
+    # when it ends, or before if a read left more than the bound unended)
+    line  => ['+' . ('x' x 200000),
+              qr/connection lost: a reply line of more than 65536 bytes \(the module takes 65536 at most\)/],
+    long  => ['-' . ('E' x 70000) . "\r\n",
+              qr/connection lost: a reply line of (?:more than 65536|69999|70000) bytes \(the module takes 65536 at most\)/],
 );
 for my $how (keys %raw_fault) {
     $fault{$how} = sub {
