@@ -422,8 +422,14 @@ for my $i (0, 1) {
     cmp_ok($n, '>=', 3, "proxied: every reply too many dropped the "
                         . "connection ($n)");
     for my $how (sort keys %raw_fault) {
-        like($log, $raw_fault{$how}[1], "proxied: fault $how drops the "
-                                        . 'connection, with its reason');
+        my $want = $raw_fault{$how}[1];
+        # under ASan or valgrind the worker may take more than the
+        # second without a whole reply that drops a connection (the
+        # watchdog) to read wide's 4 MB up to the bound
+        $want = qr/$want|connection lost: no reply for \d+ ms/
+            if $memcheck && $how eq 'wide';
+        like($log, $want, "proxied: fault $how drops the connection, with "
+                          . 'its reason');
     }
     # folded with it, every record would expire: the call's events fail
     like($log, qr/unexpected reply to the state call: Redis' clock is not a time/,
