@@ -124,6 +124,7 @@ static ngx_uint_t        ngx_http_rules_events_inflight;
 
 /* the "not received in time" lines (ngx_http_rules_timeout()) */
 static ngx_http_rules_log_rate_t  ngx_http_rules_timeout_log;
+static ngx_http_rules_log_rate_t  ngx_http_rules_inflight_log;
 
 
 /*
@@ -761,7 +762,17 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
         if (b->in_file) {
             n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
                               b->file_pos);
+
+            if (n == NGX_ERROR) {
+                /* ngx_read_file() logged it */
+                return NGX_ERROR;
+            }
+
             if (n != b->file_last - b->file_pos) {
+                ngx_log_error(NGX_LOG_CRIT, r->connection->log, 0,
+                              "rules: read %z of %O body bytes from \"%V\"",
+                              n, b->file_last - b->file_pos,
+                              &b->file->name);
                 return NGX_ERROR;
             }
 
@@ -788,6 +799,14 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
     if (jrc != RULES_JSON_OK) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "rules: event body rejected: %s", err);
+        return NGX_DECLINED;
+    }
+
+    if (ev->json.nevents == 0) {
+        /* "[]": invalid, as rules-replay has it (SPEC.md: a bad body) */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "rules: event body rejected: no event (an empty "
+                      "array)");
         return NGX_DECLINED;
     }
 
@@ -818,7 +837,11 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
         }
     }
 
-    /* rules_field values fill the fields an event object does not have */
+    /*
+     * rules_field values fill the fields an event object does not have,
+     * and replace those it has with "override" (an empty value then
+     * leaves the field without one)
+     */
 
     if (rlcf->fields == NULL) {
         return NGX_OK;
@@ -839,7 +862,7 @@ ngx_http_rules_body_events(ngx_http_request_t *r,
         }
 
         for (k = 0; k < ev->nevents; k++) {
-            if (ev->values[k * nf + f[i].field].len == 0) {
+            if (f[i].override || ev->values[k * nf + f[i].field].len == 0) {
                 ev->values[k * nf + f[i].field] = v;
             }
         }
@@ -931,14 +954,25 @@ ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     rules_eventops_t *eo, ngx_http_rules_keys_t *k, int64_t now)
 {
     size_t          i, n;
+    ngx_int_t       skipped;
     rules_keyop_t  *ko;
 
     n = eo->nkeyops;
 
     if (ngx_http_rules_events_inflight >= rmcf->redis_conf.max_inflight) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
-                       "rules: %ui events waiting for Redis, refused",
-                       ngx_http_rules_events_inflight);
+        /* a slow Redis fails every new event: at most a line a second */
+
+        skipped = ngx_http_rules_log_due(&ngx_http_rules_inflight_log);
+
+        if (skipped != NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                          "rules: event refused: %ui events already wait "
+                          "for Redis (rules_redis_max_inflight %ui; %i "
+                          "more since the last such line)",
+                          ngx_http_rules_events_inflight,
+                          rmcf->redis_conf.max_inflight, skipped);
+        }
+
         cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
         return NGX_ERROR;
     }

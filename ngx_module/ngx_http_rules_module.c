@@ -208,7 +208,7 @@ static ngx_command_t  ngx_http_rules_commands[] = {
       &ngx_http_rules_enable_post },
 
     { ngx_string("rules_field"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
       ngx_http_rules_field,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -1084,6 +1084,16 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "needs a non-empty field name";
     }
 
+    if (cf->args->nelts == 4
+        && !(value[3].len == 8
+             && ngx_strncmp(value[3].data, "override", 8) == 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" (only \"override\" "
+                           "may follow the value)", &value[3]);
+        return NGX_CONF_ERROR;
+    }
+
     if (rlcf->fields == NULL) {
         rlcf->fields = ngx_array_create(cf->pool, 8,
                                         sizeof(ngx_http_rules_field_t));
@@ -1113,6 +1123,7 @@ ngx_http_rules_field(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     f->name = value[1];
     f->field = -1;
+    f->override = (cf->args->nelts == 4);
     ngx_str_null(&f->arg);
 
     /*

@@ -80,6 +80,8 @@ typedef struct {
 typedef struct {
     int                           field;          /* index in the rules */
     ngx_uint_t                    decode;         /* $arg_: percent-decode */
+    ngx_uint_t                    override;       /* JSON events: the value
+                                                     replaces the member */
     ngx_str_t                     name;
     ngx_http_complex_value_t      value;
     ngx_int_t                     var_index;      /* the value is one

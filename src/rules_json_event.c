@@ -46,13 +46,32 @@ rules_json_strbuf(rules_json_events_t *ev, size_t more)
 }
 
 
-/* The time member: a JSON integer, or a string of decimal digits. */
+/*
+ * The time member: a JSON integer, a JSON number with no fraction
+ * (1.7e12, 1700000000000.0: jansson gives those as reals), or a string
+ * of decimal digits.
+ */
 static int
 rules_json_time(json_t *j, int64_t *out)
 {
     const char  *s;
+    double       d;
     int64_t      v;
     size_t       len;
+
+    if (json_is_real(j)) {
+        d = json_real_value(j);
+
+        /* NaN fails the comparisons; within the range the cast is exact */
+        if (!(d >= 0 && d <= (double) RULES_MAX_TS_MS)
+            || (double) (int64_t) d != d)
+        {
+            return -1;
+        }
+
+        *out = (int64_t) d;
+        return 0;
+    }
 
     if (json_is_integer(j)) {
         v = json_integer_value(j);

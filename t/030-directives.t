@@ -782,3 +782,21 @@ qr{too long path in "rules_redis unix:/a{106}" \(at most 106 bytes\) in \S*/html
 --- request
 GET /px?uid=x
 --- error_code: 204
+
+
+
+=== TEST 43: rules_field takes "override" after the value, and nothing else
+--- http_config
+    rules_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location = /px {
+        include ../html/field.conf;
+        return 204;
+    }
+--- user_files
+>>> field.conf
+rules_field uid $arg_uid override;
+rules_field ip $remote_addr overide;
+--- must_die
+--- error_log eval
+qr{invalid parameter "overide" \(only "override" may follow the value\) in \S*/html/field\.conf:2$}m

@@ -688,3 +688,60 @@ X-Rules: []
 rules: event rejected: empty body
 --- no_error_log
 [error]
+
+
+
+=== TEST 29: rules_field ... override: the value replaces the member an event object carries, and an empty value leaves the field without one
+Without override the body's "ip" members would spread the events over
+three addresses (TEST 4) and the last body's would be the fourth event of
+192.0.2.14: the body cannot set the field.
+--- config
+    location = /events {
+        rules on;
+        rules_body json;
+        rules_time ts;
+        rules_field ip $arg_ip override;
+        add_header X-Rules "[$rules_matched]" always;
+        add_header X-Fraud $rules_fraud always;
+        return 204;
+    }
+--- request eval
+[
+  "POST /events?ip=192.0.2.14\n[{\"uid\": \"a\", \"ip\": \"192.0.2.99\", \"ts\": 1}, {\"uid\": \"b\", \"ip\": \"192.0.2.98\", \"ts\": 2}]",
+  "POST /events?ip=192.0.2.14\n{\"uid\": \"c\", \"ip\": \"192.0.2.97\", \"ts\": 3}",
+  "POST /events\n{\"uid\": \"d\", \"ip\": \"192.0.2.14\", \"ts\": 4}",
+]
+--- response_headers eval
+["X-Fraud: 0", "X-Fraud: 1\nX-Rules: [ip_burst]", "X-Fraud: 0\nX-Rules: []"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 30: an empty array is no event: invalid, with its log line (as rules-replay has it)
+--- request
+POST /events
+[]
+--- response_headers
+X-Status: invalid
+X-Rules: []
+--- error_log
+rules: event body rejected: no event (an empty array)
+--- no_error_log
+[error]
+
+
+
+=== TEST 31: a time member written as a number with no fraction is a time (1.5e3, 2500.0); one with a fraction is not
+--- request eval
+[
+  "POST /events\n{\"uid\": \"t051-real\", \"type\": \"page\", \"ts\": 1000.5}",
+  "POST /events\n{\"uid\": \"t051-real\", \"type\": \"page\", \"ts\": 1.5e3}",
+  "POST /events\n{\"uid\": \"t051-real\", \"type\": \"page\", \"ts\": 2500.0}",
+]
+--- response_headers eval
+["X-Status: invalid\nX-Rules: []", "X-Status: ok\nX-Rules: []", "X-Status: ok\nX-Rules: [twice]"]
+--- error_log
+rules: event body rejected: event 0: "ts" must be a non-negative integer number of ms, at most 2^53 - 1
+--- no_error_log
+[error]

@@ -1,9 +1,10 @@
 # rules_redis_max_inflight bounds the events a worker has waiting for
 # Redis, however many calls carry them: with Redis stopped, a JSON body
 # of five events under a bound of three has three waiting (answered at
-# their deadline) and two failing at once, the next event fails at once
-# as well while the three are still unanswered by Redis, and once Redis
-# answers them events are taken again.  The gauge of waiting events
+# their deadline) and two failing at once (logged, at most once a
+# second), the next event fails at once as well while the three are
+# still unanswered by Redis, and once Redis answers them events are
+# taken again.  The gauge of waiting events
 # counts the running workers': a worker killed with events waiting takes
 # them with it, the worker started instead counts its own.
 # The bound also holds the calls waiting on one connection: a compaction
@@ -101,6 +102,14 @@ my @next = get_event('c1');
 $took = time - $t0;
 is("@next", '204 error', 'the next event, three still waiting: error');
 cmp_ok($took, '<', 0.15 * $slow, "at once, not at a deadline ($took s)");
+
+# the refusals are logged, once a second at most: the body's two (one
+# line, or two across a second's turn), then the next event's
+my @refused = RulesNginx::error_log($ngx) =~ /^(.*rules: event refused: .*)$/mg;
+like($refused[0] // '', qr/\[warn\] .*rules: event refused: 3 events already wait for Redis \(rules_redis_max_inflight 3; 0 more since the last such line\)/,
+     'a refusal is logged (warn), with the bound');
+cmp_ok(scalar @refused, '<=', 3, 'at most a line a second ('
+                                  . scalar(@refused) . ')');
 
 kill 'CONT', $redis->{pid};
 

@@ -209,6 +209,59 @@ test_too_big(void)
 }
 
 
+/* the time member: an integer, a number with no fraction, digits */
+static void
+test_time(void)
+{
+    size_t                i;
+    char                  body[256], err[RULES_ERR_LEN];
+    rules_json_rc_t       rc;
+    rules_json_events_t   ev;
+
+    static const struct {
+        const char  *ts;
+        int64_t      want;      /* -1: the event is refused */
+    } cases[] = {
+        { "1700000000000", 1700000000000LL },
+        { "1.7e12", 1700000000000LL },
+        { "1700000000000.0", 1700000000000LL },
+        { "0.0", 0 },
+        { "9007199254740991", 9007199254740991LL },
+        { "9007199254740991.0", 9007199254740991LL },
+        { "\"0017\"", 17 },
+        { "1.5", -1 },
+        { "1e-3", -1 },
+        { "-1.0", -1 },
+        { "-1", -1 },
+        { "9007199254740992.0", -1 },
+        { "1e300", -1 },
+        { "\"1.5\"", -1 },
+        { "true", -1 },
+        { "null", -1 },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(body, sizeof(body), "{\"uid\": \"u\", \"ts\": %s}",
+                 cases[i].ts);
+
+        rc = rules_json_events_parse(rs, body, strlen(body), "ts", 10, &ev,
+                                     err);
+
+        if (cases[i].want < 0) {
+            is_int(rc, RULES_JSON_BAD_TIME, "\"ts\": %s is refused",
+                   cases[i].ts);
+
+        } else {
+            is_int(rc, RULES_JSON_OK, "\"ts\": %s is a time", cases[i].ts);
+            ok(rc == RULES_JSON_OK && ev.ts[0] == cases[i].want,
+               "  of %lld ms", (long long) cases[i].want);
+        }
+
+        rules_json_events_free(&ev);
+    }
+}
+
+
 int
 main(void)
 {
@@ -226,6 +279,7 @@ main(void)
     test_numbers();
     test_several();
     test_too_big();
+    test_time();
 
     rules_free(rs);
 
