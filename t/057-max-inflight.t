@@ -4,9 +4,9 @@
 # their deadline) and two failing at once (logged, at most once a
 # second), the next event fails at once as well while the three are
 # still unanswered by Redis, and once Redis answers them events are
-# taken again.  The gauge of waiting events
-# counts the running workers': a worker killed with events waiting takes
-# them with it, the worker started instead counts its own.
+# taken again.  The gauge of waiting events counts the running workers':
+# a worker killed with events waiting takes them with it, the worker
+# started instead counts its own.
 # The bound also holds the calls waiting on one connection: a compaction
 # call, which carries no event, waiting alone makes the next event fail
 # at once (through a proxy that holds Redis' replies).
