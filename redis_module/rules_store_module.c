@@ -475,15 +475,18 @@ rs_set_stamp(rs_call_t *c, char *value, double stamp)
  * place; its stamp and TTL move when the entry's ttl reaches past the
  * stamp, and the TTL is set again anyway when reset is 1 (the script's
  * SET of the whole value).  Anything else becomes the snapshot of a new
- * value of gen newgen.
+ * value of gen newgen, its stamp the key's expiry when that is later
+ * (an R1 state's TTL covers its records) and reset is 0 (the script's
+ * SET has replaced the TTL before its append then).
  */
 static int
 rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
     double newgen, const char *body, size_t body_len, int reset)
 {
-    char    *p, wallb[RS_WALL_LEN];
-    size_t   len;
-    double   need, stamp;
+    char       *p, wallb[RS_WALL_LEN];
+    size_t      len;
+    double      need, stamp;
+    long long   at;
 
     need = (double) c->wall + ttl;
     rs_put_d(wallb, (double) c->wall);
@@ -518,6 +521,14 @@ rs_append(rs_call_t *c, const char *v, size_t vlen, double ttl,
 
     len = RS_HEADER_LEN + vlen + RS_WALL_LEN + body_len;
     stamp = need + floor(ttl / 4);
+
+    if (v != NULL && !reset) {
+        at = rm.get_abs_expire(c->key);
+
+        if (at != RM_NO_EXPIRE && (double) at > stamp) {
+            stamp = (double) at;
+        }
+    }
 
     if (len > RS_VALUE_MAX) {
         return RM_ERR;

@@ -27,7 +27,11 @@
  * always covers every record the key holds.  wall is Redis' TIME when
  * the entry was appended (one per call), now the event time.  A value
  * that is not R2 (none, or an R1 state written by an earlier version)
- * becomes the snapshot of a new R2 value on the first append.
+ * becomes the snapshot of a new R2 value on the first append, with the
+ * key's TTL when that reaches further than the append's (it covers every
+ * record of the R1 state; ttl only the event's rules).  Not on a write
+ * (kind 4) that finds one: its SET has replaced the TTL (an earlier
+ * version's writer wrote the key after the writer cached it).
  *
  * EVALSHA sha numkeys KEYS... ARGV...: KEYS are the distinct state keys
  * of the call; ARGV holds one string per item, in order: its 47-byte

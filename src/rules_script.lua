@@ -59,6 +59,13 @@ local function append(key, v, ttl, newgen, body, set)
     end
   else
     local snap, stamp = v or '', need + floor(ttl / 4)
+    if v and not set then
+      -- a value written by an earlier version (an R1 state) keeps the
+      -- reach of its TTL, which covers every record it holds; ttl is
+      -- only this event's rules'
+      local left = call('PTTL', key)
+      if left > 0 and wall + left > stamp then stamp = wall + left end
+    end
     call('SET', key, 'R2' .. pack('<ddI4', newgen, stamp, #snap) .. snap
                      .. wallb .. body, 'PX', stamp - wall)
   end

@@ -7,6 +7,8 @@
 #   plain Redis (EVALSHA) and, when t/run-tests.sh started it, the one
 #   with the rules Redis module (RULES.STORE), with the state cache on
 #   and off;
+# - a key holding an R1 state (an earlier version's): its first event
+#   after the upgrade keeps the key's TTL and the state's records;
 # - the server clock (no rules_time) against a window of seconds, with
 #   pauses between the events: times are in milliseconds;
 # - the startup warnings of rules_field, in the output of "nginx -t"
@@ -84,6 +86,60 @@ for my $s (@stores) {
            "$what: the TTL still covers the 30d record "
            . "($pttl ms: at least $ttl_min, at most $ttl_max)");
 
+        RulesNginx::stop_nginx($ngx);
+    }
+}
+
+# ---- a state of an earlier version --------------------------------------
+
+# A key an earlier version wrote holds an R1 state (the folded records,
+# no log) with a TTL that covers its longest record. The first event of
+# the key after the upgrade makes it the snapshot of an R2 value: the
+# records still match, and the key keeps its TTL though the event is of
+# the 7d rule only (the TTL was cut to the 7d rule's).
+my $replay = $ENV{RULES_REPLAY} // "$FindBin::Bin/../build/rules-replay";
+SKIP: {
+    skip "no $replay", 4 * @stores unless -x $replay;
+    for my $s (@stores) {
+        my ($name, $port) = @$s;
+        my $prefix = "t055:$$:$name:legacy:";
+        my $key = "$prefix\{uid:l\}";
+        my %conf = (
+            prefix  => "$FindBin::Bin/servroot-055",
+            workers => 1,
+            files   => { 'rules.json' => $ttl_rules },
+            http    => RulesNginx::pixel_http(
+                store  => "rules_redis 127.0.0.1:$port;",
+                prefix => $prefix,
+                fields => ['uid', 'type']));
+
+        # the R1 state of a view: the 30d rule's record, folded
+        my $ngx = RulesNginx::start_nginx(%conf);
+        is(RulesNginx::pixel($ngx, 'uid=l&type=view&ts=1000'),
+           '204 ok [month]', "$name: a view, before the upgrade");
+        open my $sf, '-|', $replay, '--rules',
+            "$ngx->{prefix}/html/rules.json",
+            '--redis', "127.0.0.1:$port", '--state', $key or die;
+        binmode $sf;
+        my $state = do { local $/; <$sf> } // '';
+        close $sf;
+        RulesNginx::stop_nginx($ngx);
+
+        # as the earlier version stored it (its TTL: the 30d record's)
+        RulesNginx::redis_call($port, 'SET', $key, $state, 'PX', 30 * $day);
+
+        # a new nginx: its state cache does not know the key
+        $ngx = RulesNginx::start_nginx(%conf);
+        is(RulesNginx::pixel($ngx, 'uid=l&type=page&ts=2000'),
+           '204 ok [week,month]',
+           "$name: after the upgrade, the R1 state's record still matches");
+        my $pttl = RulesNginx::redis_call($port, 'PTTL', $key);
+        ok($pttl >= $ttl_min && $pttl <= 30 * $day,
+           "$name: the key kept the R1 state's TTL, longer than the 7d "
+           . "rule's ($pttl ms: at least $ttl_min)");
+        like(RulesNginx::redis_call($port, 'GET', $key) // '',
+             qr/\AR2.{20}\Q$state\E/s,
+             "$name: the R1 state is the snapshot of the key's R2 value");
         RulesNginx::stop_nginx($ngx);
     }
 }

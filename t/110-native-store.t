@@ -176,11 +176,14 @@ STEP: for my $step (1 .. $steps) {
         my $v = $what == 1 ? 'R1 legacy state'
               : $what >= 3 ? $bad_r2[$what - 3]
               : undef;
+        # a legacy state has a TTL of its own, now and then one longer
+        # than an append's (2 h: between 60 s's and 1 d's)
+        my @px = $what == 1 && rand(2) < 1 ? ('PX', 7_200_000) : ();
         for my $side ('s', 'm') {
             RulesNginx::redis_call($r, 'DEL', "$side:$k");
             RulesNginx::redis_call($r, 'HSET', "$side:$k", 'f', 'v')
                 if $what == 0;
-            RulesNginx::redis_call($r, 'SET', "$side:$k", $v)
+            RulesNginx::redis_call($r, 'SET', "$side:$k", $v, @px)
                 if defined $v;
         }
         $values{$k} = $v;
@@ -239,6 +242,47 @@ STEP: for my $step (1 .. $steps) {
 is($diffs, 0, "$calls calls: same replies, values and TTLs from the "
               . 'module and the script');
 ok((keys %kinds) == 6, 'every item kind was sent') or diag(explain(\%kinds));
+
+# A value of an earlier format (an R1 state) becomes the snapshot of an
+# R2 value at its first append, and keeps its TTL when that reaches
+# further than the append's ttl: the TTL covers every record it holds, the
+# ttl only the event's rules (it was cut to the ttl's, and the key with
+# its longer records expired early).  Each item kind that appends to what
+# it finds: an append, a create that finds a value, an extend that finds
+# another.
+for my $cmd ('EVALSHA', 'RULES.STORE') {
+    for my $kind (1, 5, 6) {
+        for my $case ([7_200_000, 60_000, 7_200_000],
+                      [5_000, 60_000, 75_000])
+        {
+            my ($px, $ttl, $want) = @$case;
+            my $what = "$cmd, kind $kind, a legacy state of PX $px, ttl $ttl";
+            RulesNginx::redis_call($r, 'SET', 's:legacy', "R1\0legacy",
+                                   'PX', $px);
+            my $arg = $kind == 6 ? pack('d<', now_ms()) . body() : body();
+            my ($pttl, $split) = (0, 0);
+            if ($kind == 5) {
+                ($pttl, $split) = (60_000, length $arg);
+                $arg .= r2_value(11);
+            }
+            my $reply = RulesNginx::redis_call($r, $cmd, $sha, 1, 's:legacy',
+                pack('Cvd<d<d<d<d<V', $kind, 1, $ttl, $pttl, 7, 11, 9,
+                     $split) . $arg);
+            is(ref $reply eq 'ARRAY' ? $reply->[1] : show($reply),
+               "R1\0legacy", "$what: the reply is the value found");
+            my $v = RulesNginx::redis_call($r, 'GET', 's:legacy');
+            is(substr($v // '', 22, 9), "R1\0legacy",
+               "$what: it is the new value's snapshot");
+            my $left = RulesNginx::redis_call($r, 'PTTL', 's:legacy');
+            my $stamp = length($v // '') >= 18
+                        ? unpack('d<', substr($v, 10, 8)) - now_ms() : -1;
+            ok(abs($left - $want) < 60_000 && abs($stamp - $want) < 60_000,
+               "$what: TTL and stamp about $want ms") or
+                diag("PTTL $left, stamp in $stamp ms");
+        }
+    }
+}
+RulesNginx::redis_call($r, 'DEL', 's:legacy');
 
 # malformed calls change nothing and say why
 for my $bad (
