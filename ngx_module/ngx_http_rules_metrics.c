@@ -251,7 +251,7 @@ static u_char *ngx_http_rules_metrics_label(u_char *p, u_char *last,
 static size_t ngx_http_rules_metrics_utf8_len(u_char *s, size_t len);
 static u_char *ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
     ngx_http_rules_metrics_t *m, const char *name, const char *help,
-    ngx_uint_t matched);
+    ngx_atomic_uint_t *matched);
 
 
 static ngx_str_t  ngx_http_rules_metrics_zone_name =
@@ -1422,6 +1422,7 @@ void
 ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
 {
     static uint64_t                regex_seen;
+    static rules_set_t            *regex_rules;
     static size_t                  evictions_seen;
     static ngx_uint_t              connects_seen, reconnects_seen,
                                    noscript_seen, native_seen;
@@ -1438,7 +1439,13 @@ ngx_http_rules_metrics_sync_engine(ngx_http_rules_main_conf_t *rmcf)
 
     hits = rules_stats(rmcf->rules)->regex_limit_hits;
 
-    if (hits != regex_seen) {
+    if (rmcf->rules != regex_rules) {
+        /* a reload with master_process off: new rules, counted from 0 */
+        regex_rules = rmcf->rules;
+        regex_seen = 0;
+    }
+
+    if (hits > regex_seen) {
         (void) ngx_atomic_fetch_add(&sh->c.regex_limit_hits,
                                     (ngx_atomic_int_t) (hits - regex_seen));
         regex_seen = hits;
@@ -1629,11 +1636,14 @@ ngx_http_rules_metrics_utf8_len(u_char *s, size_t len)
 }
 
 
-/* One per-rule counter family: evaluated (0) or matched (1). */
+/*
+ * One per-rule counter family: evaluated (matched is NULL), or matched,
+ * from the counts read before the evaluated ones (see the handler).
+ */
 static u_char *
 ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
     ngx_http_rules_metrics_t *m, const char *name, const char *help,
-    ngx_uint_t matched)
+    ngx_atomic_uint_t *matched)
 {
     ngx_uint_t                      i;
     const char                     *kind, *type;
@@ -1656,7 +1666,7 @@ ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
         p = ngx_slprintf(p, last, "nginx_rules_rule_%s_total{rule=\"%*s\","
                          "kind=\"%s\",type=\"%s\"} %uA\n", name,
                          rule->id_len, rule->id, kind, type,
-                         matched ? slot->matched : slot->evaluated);
+                         matched ? matched[i] : slot->evaluated);
     }
 
     return p;
@@ -1788,7 +1798,7 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
     ngx_buf_t                      *b;
     ngx_uint_t                      i;
     ngx_chain_t                     out;
-    ngx_atomic_uint_t               cum, rtt_sum;
+    ngx_atomic_uint_t               cum, rtt_sum, *matched;
     ngx_core_conf_t                *ccf;
     ngx_http_rules_metrics_t       *m;
     ngx_http_rules_main_conf_t     *rmcf;
@@ -1827,6 +1837,11 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
 
     sh = m->sh;
 
+    matched = ngx_palloc(r->pool, (m->nrules + 1) * sizeof(ngx_atomic_uint_t));
+    if (matched == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     p = ngx_slprintf(p, last,
         "# HELP nginx_rules_info The loaded rules file.\n"
         "# TYPE nginx_rules_info gauge\n"
@@ -1853,10 +1868,25 @@ ngx_http_rules_metrics_send(ngx_http_request_t *r)
                          ngx_http_rules_status_name(i), sh->c.events[i]);
     }
 
+    /*
+     * A rule's matched counts are read before its evaluated ones: the
+     * workers add an event to evaluated before they add it to matched, so
+     * a scrape never shows a rule matched more often than evaluated
+     * while another worker adds its counts (the families are printed
+     * one after the other)
+     */
+
+    for (i = 0; i < m->nrules; i++) {
+        matched[i] = m->slots[i]->matched;
+    }
+
+    ngx_memory_barrier();
+
     p = ngx_http_rules_metrics_per_rule(p, last, m, "evaluated",
-            "Events evaluated against the rule (its key had a value).", 0);
+            "Events evaluated against the rule (its key had a value).",
+            NULL);
     p = ngx_http_rules_metrics_per_rule(p, last, m, "matched",
-            "Events for which the rule matched.", 1);
+            "Events for which the rule matched.", matched);
 
     p = ngx_slprintf(p, last,
         "# HELP nginx_rules_fraud_rejected_total Requests rejected as "

@@ -17,7 +17,9 @@
 # 6. a master killed and restarted (its RDB kept): the closed connection
 #    is a failed node, nothing written; the event waits for the node and
 #    is applied once (the third event matches min 3, not the second);
-# 7. a master killed for good: the key's 10 s wait ends the run.
+# 7. a key refused (NOPERM: a user that may write the uid keys only)
+#    after the event's other key was stored: the run ends saying so;
+# 8. a master killed for good: the key's 10 s wait ends the run.
 
 use strict;
 use warnings;
@@ -318,7 +320,39 @@ sub others { grep { $_ != $_[0] } sort keys %{ $cluster->masters } }
 }
 
 
-# ---- 7. a master killed for good ----------------------------------------------------
+# ---- 7. a key refused after the event's other key was stored --------------------
+
+{
+    my $prefix = 't111h:';
+    open my $hf, '>', "$dir/rules-h.json" or die;
+    print $hf '{"rules": ['
+        . '{"id": "twice", "kind": "segment", "key": "uid", "type": "count", '
+        . '"min": 2, "within": "7d"}, '
+        . '{"id": "dev", "kind": "segment", "key": "device", '
+        . '"type": "count", "min": 2, "within": "7d"}]}';
+    close $hf;
+    for my $port (sort keys %{ $cluster->masters }) {
+        $cluster->cli($port, 'ACL', 'SETUSER', 'half', 'on', '>halfpw',
+                      "~$prefix\{uid:*", '+@all');
+    }
+    my $r = RulesReplay::run($dir,
+        { in => qq({"uid":"h1","device":"d1","ts":1000}\n), no_rules => 1 },
+        '--rules', "$dir/rules-h.json", '--redis-cluster', $seeds,
+        '--user', 'half', '--password', 'halfpw', '--prefix', $prefix);
+    is($r->{rc}, 1, 'a key refused after another was stored: exit 1');
+    like($r->{err}, qr/^rules-replay: line 1: redis: NOPERM .*\nrules-replay: line 1: redis cluster: 1 of this line's 2 key operations were stored before this one failed \(check the keys of this line, then replay from the next one\)\n\z/,
+         'a key refused after another was stored: the error, and how many '
+         . 'were stored');
+    my $key = "$prefix\{uid:h1}";
+    like($cluster->cli($cluster->slot_master(RulesCluster::key_slot($key)),
+                       'GET', $key) // '', qr/^R2/,
+         'a key refused after another was stored: that one is there');
+    $cluster->cli($_, 'ACL', 'DELUSER', 'half')
+        for sort keys %{ $cluster->masters };
+}
+
+
+# ---- 8. a master killed for good ----------------------------------------------------
 
 {
     my $prefix = 't111g:';

@@ -7,7 +7,10 @@
 # cluster's master, armed to replace its first CLUSTER SLOTS reply with
 # two ranges of all 16384 slots: the refresh fails ("unexpected reply to
 # CLUSTER SLOTS", counted), the next one gets the real map, and events
-# are applied.
+# are applied.  Then rules-replay through the same seed, its reply given
+# a range of negative slots first (rules-replay wrote its map from the
+# range's start, before the map: over its own node count, then read
+# past its nodes): the range is skipped, the events applied.
 
 use strict;
 use warnings;
@@ -19,6 +22,7 @@ use Time::HiRes qw(sleep time);
 use RulesNginx;
 use RulesCluster;
 use RulesProxy;
+use RulesReplay;
 
 my $dir = tempdir(CLEANUP => 1);
 my $cluster = RulesCluster->new(masters => 3, replicas => 0);
@@ -76,6 +80,29 @@ like(RulesNginx::error_log($ngx), qr/slot map from \S+: 3 masters/,
 unlike(RulesNginx::error_log($ngx), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
        'no alert, no crash');
 
-RulesProxy::stop($proxy);
 RulesNginx::stop_nginx($ngx);
+
+SKIP: {
+    my $replay = RulesReplay::binary();
+    skip "no $replay", 4 unless -x $replay;
+    open my $rf, '>', "$dir/rules.json" or die;
+    print $rf $rules;
+    close $rf;
+    # the reply's first range made slots -4 to -1 of a node 127.0.0.1:1
+    RulesProxy::arm($proxy, 'raw', "*4\r\n*3\r\n:-4\r\n:-1\r\n*2\r\n"
+                                   . "\$9\r\n127.0.0.1\r\n:1\r\n",
+                    '\A\*3\r\n(?=\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n)');
+    my $r = RulesReplay::run($dir,
+        { in => qq({"uid":"r113","ts":1000}\n{"uid":"r113","ts":2000}\n) },
+        '--redis-cluster', "127.0.0.1:$proxy->{port}", '--prefix', 't113r:');
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         "rules-replay: the seed's CLUSTER SLOTS reply given a range of "
+         . 'negative slots');
+    is($r->{rc}, 0, 'rules-replay: exit 0') or diag($r->{err});
+    is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
+       'rules-replay: the range skipped, the events applied');
+    is($r->{err}, '', 'rules-replay: nothing on stderr');
+}
+
+RulesProxy::stop($proxy);
 done_testing();

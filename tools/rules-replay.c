@@ -110,6 +110,7 @@ typedef struct {
 
     int                native;     /* RULES.STORE (the rules Redis
                                       module) until refused */
+    int                sent;       /* the last call was written whole */
 
     /* Redis Cluster */
     int                cluster;
@@ -490,9 +491,10 @@ static void free_replies(replay_t *rp);
 
 
 /*
- * Forgets every writer's cached states: after a lost connection or a
- * NOSCRIPT, Redis may have restarted from an older snapshot or failed
- * over, and hold other values of the cached gens and lengths (as nginx).
+ * Forgets every writer's cached states: after a lost connection, a
+ * NOSCRIPT or a server that no longer takes RULES.STORE, Redis may have
+ * restarted from an older snapshot or failed over, and hold other values
+ * of the cached gens and lengths (as nginx).
  */
 static void
 replay_caches_clear(replay_t *rp)
@@ -510,14 +512,39 @@ static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
     size_t *argvlen);
 
 
+/*
+ * A call on the one Redis, written whole before its reply is read, so
+ * that a failure says whether the call left (rp->sent): one that did may
+ * have been applied.
+ */
 static redisReply *
 redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
     size_t *argvlen)
 {
+    int          done;
+    redisReply  *reply;
+
     argv[0] = cmd;
     argvlen[0] = strlen(cmd);
+    rp->sent = 0;
 
-    return redisCommandArgv(rp->redis, argc, argv, argvlen);
+    if (redisAppendCommandArgv(rp->redis, argc, argv, argvlen) != REDIS_OK) {
+        return NULL;
+    }
+
+    do {
+        if (redisBufferWrite(rp->redis, &done) != REDIS_OK) {
+            return NULL;
+        }
+    } while (!done);
+
+    rp->sent = 1;
+
+    if (redisGetReply(rp->redis, (void **) &reply) != REDIS_OK) {
+        return NULL;
+    }
+
+    return reply;
 }
 
 
@@ -661,14 +688,20 @@ again:
 
     if (rp->native) {
         reply = rp->cluster ? cluster_call(rp, (int) argc, argv, argvlen)
-                            : redisCommandArgv(rp->redis, (int) argc, argv,
-                                               argvlen);
+                            : redis_eval(rp, "RULES.STORE", (int) argc, argv,
+                                         argvlen);
 
         if (reply && reply->type == REDIS_REPLY_ERROR
             && (strncmp(reply->str, "ERR unknown command", 19) == 0
                 || strncmp(reply->str, "RULESVERSION", 12) == 0
                 || strncmp(reply->str, "NOPERM", 6) == 0))
         {
+            /* a server without the module: one that failed over or
+             * restarted may have lost writes, as after a NOSCRIPT */
+            if (strncmp(reply->str, "NOPERM", 6) != 0) {
+                replay_caches_clear(rp);
+            }
+
             freeReplyObject(reply);
             rp->native = 0;
             goto again;
@@ -700,9 +733,20 @@ again:
     if (reply == NULL) {
         /* cluster_call() has said why */
 
-        if (!rp->cluster) {
-            replay_error("redis: %s", redis_error(rp, rp->redis));
+        if (rp->cluster) {
+            return NULL;
         }
+
+        if (rp->sent) {
+            /* as cluster_call_wait() says it */
+            replay_error("redis: %s after the call was sent: the event may "
+                         "have been applied; stopping (check the keys of "
+                         "this line, then replay from the next one)",
+                         redis_error(rp, rp->redis));
+            return NULL;
+        }
+
+        replay_error("redis: %s", redis_error(rp, rp->redis));
 
         return NULL;
     }
@@ -783,6 +827,14 @@ send_batch(replay_t *rp)
         reply = call_batch(rp, &one);
 
         if (reply == NULL) {
+            if (i > 0) {
+                /* one call per key: the keys before it were stored */
+                replay_error("redis cluster: %zu of this line's %zu key "
+                             "operations were stored before this one "
+                             "failed (check the keys of this line, then "
+                             "replay from the next one)", i, n);
+            }
+
             rules_batch_free(&one);
             return -1;
         }
@@ -1074,9 +1126,18 @@ cluster_refresh(replay_t *rp)
         for (j = 0; j < reply->elements; j++) {
             e = reply->element[j];
 
+            /* start end [host port ...] ...: a range that is not one
+             * (negative, past the last slot, reversed) is skipped */
             if (e->type != REDIS_REPLY_ARRAY || e->elements < 3
+                || e->element[0]->type != REDIS_REPLY_INTEGER
+                || e->element[1]->type != REDIS_REPLY_INTEGER
+                || e->element[0]->integer < 0
+                || e->element[1]->integer >= RULES_CLUSTER_SLOTS
+                || e->element[0]->integer > e->element[1]->integer
                 || e->element[2]->type != REDIS_REPLY_ARRAY
-                || e->element[2]->elements < 2)
+                || e->element[2]->elements < 2
+                || e->element[2]->element[0]->type != REDIS_REPLY_STRING
+                || e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
             {
                 continue;
             }
@@ -1097,7 +1158,7 @@ cluster_refresh(replay_t *rp)
             }
 
             for (s = e->element[0]->integer;
-                 s <= e->element[1]->integer && s < RULES_CLUSTER_SLOTS;
+                 s <= e->element[1]->integer;
                  s++)
             {
                 rp->slots[s] = (short) node;
