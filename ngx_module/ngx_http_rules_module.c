@@ -617,7 +617,15 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     f = conf->fields ? conf->fields->elts : NULL;
     conf->time_field = -1;
 
-    warn = ngx_http_rules_fields_warn_due(cf, rmcf, conf->fields);
+    /*
+     * the warnings are for where the fields are the event (a JSON body's
+     * objects carry their own): a JSON location neither warns nor counts
+     * as the one place a shared array of fields is warned about
+     */
+
+    warn = conf->json_body ? 0
+                           : ngx_http_rules_fields_warn_due(cf, rmcf,
+                                                            conf->fields);
     if (warn == NGX_ERROR) {
         return NGX_CONF_ERROR;
     }
@@ -626,7 +634,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         f[i].field = rules_field_index(rmcf->rules, (char *) f[i].name.data,
                                        f[i].name.len);
 
-        if (warn && f[i].field < 0 && !conf->json_body
+        if (warn && f[i].field < 0
             && !(conf->time_member.len == f[i].name.len
                  && ngx_strncmp(conf->time_member.data, f[i].name.data,
                                 f[i].name.len) == 0))
@@ -664,9 +672,7 @@ ngx_http_rules_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      * place to add it
      */
 
-    for (g = 0; warn && !conf->json_body && g < rules_ngroups(rmcf->rules);
-         g++)
-    {
+    for (g = 0; warn && g < rules_ngroups(rmcf->rules); g++) {
         gr = rules_group(rmcf->rules, g);
 
         for (i = 0; i < conf->fields->nelts; i++) {

@@ -286,6 +286,23 @@ sub conf_line {
     is(scalar @nokey, 1, "a server's missing key: warned once, at server level")
         or diag($out);
 
+    # the same, with a JSON location before /px: that one warns about
+    # nothing, and /px still gets the warnings (the JSON location took
+    # the server's fields as warned about)
+    ($rc, $out) = nginx_t('', 'rules_field uid $arg_uid; '
+                              . 'rules_field colour $arg_c; '
+                              . 'location = /events { rules on; '
+                              . 'rules_body json; }');
+    is($rc, 0, 'a JSON location first: nginx -t passes');
+    @unused = $out =~ /rules_field "colour" is not used/g;
+    is(scalar @unused, 1, "a JSON location first: the server's unused "
+                          . 'field warned about once') or diag($out);
+    @nokey = $out =~ /no "rules_field device" in location "\/px": its rules are not evaluated there/g;
+    is(scalar @nokey, 1, 'a JSON location first: the missing key warned '
+                         . 'about in /px') or diag($out);
+    unlike($out, qr/in location "\/events"/,
+           'a JSON location first: nothing about it') or diag($out);
+
     ($rc, $out) = nginx_t('rules_body json;');
     is($rc, 0, 'a JSON location: nginx -t passes');
     unlike($out, qr/\[warn\]/,
