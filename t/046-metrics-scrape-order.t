@@ -36,24 +36,12 @@ my $ngx = RulesNginx::start_nginx(
     files   => { 'rules.json' => $rules },
     # (reuseport: the kernel spreads the connections over both workers,
     # so that one adds its counts while the other renders a scrape)
-    http    => <<"_EOC_");
-    rules_redis 127.0.0.1:$redis->{port};
-    rules_redis_timeout 5s;
-    rules_key_prefix "t046:$$:";
-    rules_file ../html/rules.json;
-    server {
-        listen 127.0.0.1:\$PORT reuseport;
-        location = /px {
-            rules on;
-            rules_field uid \$arg_uid;
-            rules_time \$arg_ts;
-            add_header X-Rules \$rules_matched always;
-            add_header X-Status \$rules_status always;
-            return 204;
-        }
-        location = /metrics { rules_metrics; }
-    }
-_EOC_
+    http    => RulesNginx::pixel_http(
+        store   => "rules_redis 127.0.0.1:$redis->{port};",
+        timeout => '5s',
+        prefix  => "t046:$$:",
+        fields  => ['uid'],
+        listen  => 'reuseport'));
 
 is(RulesNginx::pixel($ngx, 'uid=first&ts=1000'), '204 ok ['
    . join(',', map { "r$_" } 1 .. $NRULES) . ']',

@@ -49,20 +49,26 @@ _EOC_
 my $ttl_min = 30 * $day - 60000;
 my $ttl_max = 30 * $day + 30 * $day / 4;
 
-for my $s (@stores) {
-    for my $cache ('32m', '0') {
-        my ($name, $port) = @$s;
-        my $what = "$name, rules_state_cache $cache";
-        my $prefix = "t055:$$:$name:$cache:";
-        my $ngx = RulesNginx::start_nginx(
-            prefix  => "$FindBin::Bin/servroot-055",
+# start_nginx()'s options for these rules, a store's port and a key prefix
+sub ttl_conf {
+    my ($port, $prefix, $extra) = @_;
+    return (prefix  => "$FindBin::Bin/servroot-055",
             workers => 1,
             files   => { 'rules.json' => $ttl_rules },
             http    => RulesNginx::pixel_http(
                 store  => "rules_redis 127.0.0.1:$port;",
                 prefix => $prefix,
                 fields => ['uid', 'type'],
-                extra  => "rules_state_cache $cache;"));
+                extra  => $extra));
+}
+
+for my $s (@stores) {
+    for my $cache ('32m', '0') {
+        my ($name, $port) = @$s;
+        my $what = "$name, rules_state_cache $cache";
+        my $prefix = "t055:$$:$name:$cache:";
+        my $ngx = RulesNginx::start_nginx(
+            ttl_conf($port, $prefix, "rules_state_cache $cache;"));
         my $key = "$prefix\{uid:t\}";
         ok(RulesNginx::wait_connected($ngx, $name eq 'native'),
            "$what: connected");
@@ -104,14 +110,7 @@ SKIP: {
         my ($name, $port) = @$s;
         my $prefix = "t055:$$:$name:legacy:";
         my $key = "$prefix\{uid:l\}";
-        my %conf = (
-            prefix  => "$FindBin::Bin/servroot-055",
-            workers => 1,
-            files   => { 'rules.json' => $ttl_rules },
-            http    => RulesNginx::pixel_http(
-                store  => "rules_redis 127.0.0.1:$port;",
-                prefix => $prefix,
-                fields => ['uid', 'type']));
+        my %conf = ttl_conf($port, $prefix);
 
         # the R1 state of a view: the 30d rule's record, folded
         my $ngx = RulesNginx::start_nginx(%conf);

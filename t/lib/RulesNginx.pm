@@ -372,7 +372,8 @@ sub wait_connected {
 # string ($arg_<name>), the time from ts (time: another value, or '' for
 # the server's clock), X-Rules and X-Status headers, 204; and /metrics.
 # store: the rules_redis or rules_redis_cluster line; extra: more of the
-# http block; locations: more of the server.
+# http block; locations: more of the server; listen: the listen
+# directive's parameters (reuseport).
 sub pixel_http {
     my (%o) = @_;
     my $fields = join "\n", map { "rules_field $_ \$arg_$_;" }
@@ -382,6 +383,7 @@ sub pixel_http {
     my $timeout = $o{timeout} // '2s';
     my $extra = $o{extra} // '';
     my $locations = $o{locations} // '';
+    my $listen = $o{listen} ? " $o{listen}" : '';
     return <<"_EOC_";
     $o{store}
     rules_redis_timeout $timeout;
@@ -389,7 +391,7 @@ sub pixel_http {
     rules_file ../html/rules.json;
     $extra
     server {
-        listen 127.0.0.1:\$PORT;
+        listen 127.0.0.1:\$PORT$listen;
         location = /px {
             rules on;
             $fields
