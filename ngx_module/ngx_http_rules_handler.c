@@ -162,6 +162,29 @@ ngx_http_rules_get_ctx(ngx_http_request_t *r)
 }
 
 
+/* The statuses nginx refuses a request with while it reads it. */
+static ngx_uint_t
+ngx_http_rules_refused(ngx_uint_t status)
+{
+    switch (status) {
+    case NGX_HTTP_BAD_REQUEST:
+    case NGX_HTTP_REQUEST_TIME_OUT:
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+    case NGX_HTTP_REQUEST_URI_TOO_LARGE:
+    case NGX_HTTP_REQUEST_HEADER_TOO_LARGE:
+    case NGX_HTTPS_CERT_ERROR:
+    case NGX_HTTPS_NO_CERT:
+    case NGX_HTTP_TO_HTTPS:
+    case NGX_HTTP_NOT_IMPLEMENTED:
+    case NGX_HTTP_VERSION_NOT_SUPPORTED:
+        return 1;
+
+    default:
+        return 0;
+    }
+}
+
+
 ngx_int_t
 ngx_http_rules_handler(ngx_http_request_t *r)
 {
@@ -201,6 +224,14 @@ ngx_http_rules_handler(ngx_http_request_t *r)
         if (ctx->waiting || (ctx->body_requested && !ctx->body_read)) {
             return NGX_DONE;
         }
+
+    } else if (r->err_status && ngx_http_rules_refused(r->err_status)) {
+        /*
+         * an error_page of a request nginx refused before any location
+         * evaluated it (malformed, its body over client_max_body_size,
+         * too slow): not an event
+         */
+        return NGX_DECLINED;
 
     } else {
         rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);

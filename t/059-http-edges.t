@@ -7,6 +7,8 @@
 # - only main requests are evaluated: the subrequests of auth_request,
 #   mirror and SSI's include virtual reach a location with "rules on"
 #   and are not events (no state key, no event counted);
+# - an error_page of a request nginx refused (413 over
+#   client_max_body_size, 400) is not an event where it is redirected;
 # - rules_redis_connect_timeout: a Redis address that never completes the
 #   TCP handshake (a loopback listener whose accept queue is full) does
 #   not hold the events: they fail at once (error), and the connect
@@ -242,6 +244,63 @@ like($errors, qr/rules: event rejected as fraud \(matched a fraud rule\), status
      'the 444 rejection is logged');
 unlike($errors, qr/\[(?:alert|crit|emerg)\]/, 'no alert in the error log');
 RulesNginx::stop_nginx($ngx);
+
+
+# ---- an error_page of a request nginx refused ------------------------------
+#
+# README (rules_max_body_size): a body over client_max_body_size "gets
+# nginx's 413, with no $rules_status and not counted by the module".  So
+# does a malformed request: with "rules on" and fields for the whole
+# server, the error_page location they are redirected to does not take
+# them as events (it evaluated them: an event per oversized or malformed
+# request, its ip counted against the fraud rules).
+
+{
+    my $p = "t059e:$$:";
+    $ngx = RulesNginx::start_nginx(
+        prefix => "$FindBin::Bin/servroot-059",
+        files  => { 'rules.json' => $rules },
+        http   => <<"_EOC_");
+    rules_redis 127.0.0.1:$redis->{port};
+    rules_redis_timeout 5s;
+    rules_key_prefix "$p";
+    rules_file ../html/rules.json;
+    server {
+        listen 127.0.0.1:\$PORT;
+        rules on;
+        rules_field ip \$remote_addr;
+        client_max_body_size 1k;
+        error_page 400 413 /err;
+        add_header X-Status "[\$rules_status]" always;
+        location = /px { return 204; }
+        location = /err { internal; return 200 "refused\\n"; }
+        location = /metrics { rules off; rules_metrics; }
+    }
+_EOC_
+
+    my $big = raw_exchange("POST /px HTTP/1.1\r\nHost: localhost\r\n"
+                           . "Content-Length: 2048\r\nConnection: close"
+                           . "\r\n\r\n" . ('x' x 2048));
+    like($big, qr{^HTTP/1\.1 413 .*\r\nX-Status: \[\]\r\n.*refused}s,
+         'a body over client_max_body_size: the error page, no '
+         . '$rules_status') or diag($big);
+    my $bad = raw_exchange("GET /px HTTP/1.1\r\nHost: localhost\r\n"
+                           . "Host: other\r\nConnection: close\r\n\r\n");
+    like($bad, qr{^HTTP/1\.1 400 .*\r\nX-Status: \[\]\r\n.*refused}s,
+         'a malformed request (two Host headers): the error page, no '
+         . '$rules_status') or diag($bad);
+    is(RulesNginx::redis_call($redis->{port}, 'EXISTS',
+                              "$p\{ip:127.0.0.1\}"), 0,
+       'neither was an event: no state key');
+    is(events_total(), 0, 'and none counted');
+
+    like(raw_get('/px'), qr{^HTTP/1\.1 204 .*\r\nX-Status: \[ok\]\r\n}s,
+         'a request to /px: an event');
+    is(events_total(), 1, 'counted');
+    unlike(RulesNginx::error_log($ngx), qr/\[(?:alert|crit|emerg)\]/,
+           'no alert in the error log');
+    RulesNginx::stop_nginx($ngx);
+}
 
 
 # ---- rules_redis_connect_timeout: a handshake that never completes ------
