@@ -392,19 +392,35 @@ ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
 }
 
 
-/* Workers never resolve names: a node must be given by its address. */
+/*
+ * Workers never resolve names: a node must be given by its address, as
+ * the C library reads one without a lookup (hiredis hands the host to
+ * getaddrinfo(): "1.2.3." or "010.0.0.1", which nginx's own parser
+ * takes, would be looked up, or read in octal).
+ */
 static ngx_uint_t
 ngx_http_rules_cluster_numeric(u_char *host, size_t len)
 {
-#if (NGX_HAVE_INET6)
-    u_char  addr6[16];
+    u_char  buf[NGX_INET6_ADDRSTRLEN + 1], addr[16];
 
-    if (ngx_inet6_addr(host, len, addr6) == NGX_OK) {
+    if (len == 0 || len >= sizeof(buf)) {
+        return 0;
+    }
+
+    ngx_memcpy(buf, host, len);
+    buf[len] = '\0';
+
+    if (inet_pton(AF_INET, (char *) buf, addr) == 1) {
+        return 1;
+    }
+
+#if (NGX_HAVE_INET6)
+    if (inet_pton(AF_INET6, (char *) buf, addr) == 1) {
         return 1;
     }
 #endif
 
-    return len && ngx_inet_addr(host, len) != INADDR_NONE;
+    return 0;
 }
 
 
@@ -834,7 +850,9 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         cl->map_noticed = ngx_time();
     }
 
-    if (changed) {
+    /* (the first map too: one without a slot changes none) */
+
+    if (changed || cl->stats.refreshes == 0) {
         ngx_log_error(level, cl->log, 0,
                       "rules redis cluster: slot map from %s: %ui "
                       "master%s, %ui slot%s changed%s",

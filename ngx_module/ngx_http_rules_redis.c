@@ -186,6 +186,7 @@ struct ngx_http_rules_redis_s {
     sds                                spare;
 
     ngx_http_rules_log_rate_t          nomem_log;   /* commands not sent */
+    ngx_http_rules_log_rate_t          full_log;    /* calls over the bound */
 
     ngx_str_t                          reason;      /* of the last close */
     uint32_t                           logged_kind; /* last one logged */
@@ -862,6 +863,7 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     int                          i;
     u_char                      *p;
     size_t                       size;
+    ngx_int_t                    skipped;
     ngx_http_rules_redis_cmd_t  *cmd;
 
     if (!ngx_http_rules_redis_accepting(rd)) {
@@ -869,9 +871,22 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
     }
 
     if (rd->inflight >= rd->conf->max_inflight) {
-        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rd->log, 0,
-                       "rules redis %V: %ui commands in flight, refused",
-                       &rd->conf->addr_text, rd->inflight);
+        /*
+         * with a cluster, before the worker's bound on events: an event
+         * makes a call per state key, and the keys of many events may
+         * have one master
+         */
+        skipped = ngx_http_rules_log_due(&rd->full_log);
+
+        if (skipped != NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                          "rules redis %V: call refused: %ui calls already "
+                          "wait for a reply (rules_redis_max_inflight %ui; "
+                          "%i more since the last such line)",
+                          &rd->conf->addr_text, rd->inflight,
+                          rd->conf->max_inflight, skipped);
+        }
+
         return NGX_DECLINED;
     }
 

@@ -10,7 +10,9 @@
 # are applied.  Then rules-replay through the same seed, its reply given
 # a range of negative slots first (rules-replay wrote its map from the
 # range's start, before the map: over its own node count, then read
-# past its nodes): the range is skipped, the events applied.
+# past its nodes): the range is skipped, the events applied.  Last, a
+# master given as "127.0.0.", not an address as the C library reads one:
+# its slots are not served.
 
 use strict;
 use warnings;
@@ -102,6 +104,31 @@ SKIP: {
     is($r->{out}, qq({"matched":[]}\n{"matched":["twice"]}\n),
        'rules-replay: the range skipped, the events applied');
     is($r->{err}, '', 'rules-replay: nothing on stderr');
+}
+
+# A master given as "127.0.0.", which nginx's own address parser takes
+# (as 127.0.0.0) and the C library does not: hiredis would look it up
+# (getaddrinfo(), blocking the worker), so its slots are not served, as
+# a host name's are.
+{
+    RulesProxy::arm($proxy, 'raw', "\$8\r\n127.0.0.\r\n",
+                    '\$9\r\n127\.0\.0\.1\r\n');
+    $ngx = RulesNginx::start_nginx(
+        prefix  => "$FindBin::Bin/servroot-113",
+        workers => 1,
+        files   => { 'rules.json' => $rules },
+        http    => RulesNginx::pixel_http(
+            store   => "rules_redis_cluster 127.0.0.1:$proxy->{port};",
+            prefix  => 't113:',
+            fields  => ['uid']));
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         'a CLUSTER SLOTS reply whose first master is "127.0.0."');
+    like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
+         qr/\[error\] \d+#\d+: rules redis cluster: the master of slots \d+-\d+ is "127\.0\.0\.", not an IP address/,
+         'its slots are not served, logged');
+    unlike(RulesNginx::error_log($ngx), qr/127\.0\.0\.:/,
+           'no connection to it');
+    RulesNginx::stop_nginx($ngx);
 }
 
 RulesProxy::stop($proxy);
