@@ -401,6 +401,10 @@ main(int argc, char **argv)
         return 1;
     }
 
+    /* a fixed key for the cache's hash: the same probes, and so the same
+     * instruction counts, from run to run */
+    rules_cache_hash_key_set((const uint64_t[2]) { 1, 2 });
+
     json = read_file(argv[1], &len);
     nwarm = atoi(argv[2]);
     nev = atoi(argv[3]);

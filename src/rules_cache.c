@@ -33,11 +33,24 @@
  * cleared.  Like the slots, the table is not counted in max_bytes.
  */
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
 
 #include "rules_internal.h"
 #include "rules_cache.h"
+
+
+/*
+ * The key of rules_cache_hash(), random, made at its first call in the
+ * process (a worker's first event), unless rules_cache_hash_key_set()
+ * gave one.
+ */
+static uint64_t  rules_cache_key[2];
+static int       rules_cache_keyed;
 
 
 typedef struct {
@@ -353,10 +366,57 @@ rules_cache_grow(rules_cache_t *c)
 }
 
 
+/*
+ * State keys are chosen by clients (a query argument, a JSON member): an
+ * unkeyed hash lets one send keys that all fall on one run of slots, and
+ * make every lookup of the worker walk it (about 3 ms each once 30000 of
+ * them are cached).  SipHash under a random key per process cannot be
+ * made to collide without the key.
+ */
 uint64_t
 rules_cache_hash(const unsigned char *key, size_t key_len)
 {
-    return rules_hash64(key, key_len, 0);
+    if (!rules_cache_keyed) {
+        rules_cache_hash_key_set(NULL);
+    }
+
+    return rules_siphash(rules_cache_key, key, key_len);
+}
+
+
+void
+rules_cache_hash_key_set(const uint64_t key[2])
+{
+    uint64_t         seed[2];
+    struct timespec  ts, mono;
+
+    rules_cache_keyed = 1;
+
+    if (key) {
+        rules_cache_key[0] = key[0];
+        rules_cache_key[1] = key[1];
+        return;
+    }
+
+    /* the kernel's random bytes; never waiting for them (a worker) */
+
+    if (getrandom(rules_cache_key, sizeof(rules_cache_key), GRND_NONBLOCK)
+        == (ssize_t) sizeof(rules_cache_key))
+    {
+        return;
+    }
+
+    /* (only before the kernel's pool is ready, early at boot) */
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    seed[0] = (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+    seed[1] = ((uint64_t) getpid() << 32)
+              ^ ((uint64_t) mono.tv_sec * 1000000000
+                 + (uint64_t) mono.tv_nsec)
+              ^ (uint64_t) (uintptr_t) &ts;
+    rules_cache_key[0] = rules_hash64(seed, sizeof(seed), 1);
+    rules_cache_key[1] = rules_hash64(seed, sizeof(seed), 2);
 }
 
 

@@ -22,8 +22,14 @@ typedef struct rules_cache_s  rules_cache_t;
 rules_cache_t *rules_cache_create(size_t max_bytes);
 void rules_cache_free(rules_cache_t *c);
 
-/* The hash the calls below take with a key (always this function's). */
+/*
+ * The hash the calls below take with a key (always this function's):
+ * SipHash under a key of the process, random unless set by
+ * rules_cache_hash_key_set() (key NULL: a random one), which tests use
+ * to make the hashes the same from run to run.
+ */
 uint64_t rules_cache_hash(const unsigned char *key, size_t key_len);
+void rules_cache_hash_key_set(const uint64_t key[2]);
 
 /*
  * 1 and the entry when the key is cached (the state pointer is valid

@@ -51,9 +51,72 @@ rules_read64(const unsigned char *p)
 }
 
 
+#define RULES_ROTL(x, b)  (((x) << (b)) | ((x) >> (64 - (b))))
+
+#define RULES_SIPROUND                                                       \
+    do {                                                                     \
+        v0 += v1; v1 = RULES_ROTL(v1, 13); v1 ^= v0;                         \
+        v0 = RULES_ROTL(v0, 32);                                             \
+        v2 += v3; v3 = RULES_ROTL(v3, 16); v3 ^= v2;                         \
+        v0 += v3; v3 = RULES_ROTL(v3, 21); v3 ^= v0;                         \
+        v2 += v1; v1 = RULES_ROTL(v1, 17); v1 ^= v2;                         \
+        v2 = RULES_ROTL(v2, 32);                                             \
+    } while (0)
+
+
+/*
+ * SipHash-2-4 (Aumasson and Bernstein) of data under a 128-bit key: a
+ * keyed function whose collisions cannot be found without the key, for
+ * tables whose keys a client chooses (rules_cache_hash()).  Byte order
+ * independent, as the algorithm is defined on little-endian words.
+ */
+uint64_t
+rules_siphash(const uint64_t key[2], const void *data, size_t len)
+{
+    const unsigned char  *p;
+    uint64_t              v0, v1, v2, v3, m;
+    size_t                i, tail;
+
+    p = data;
+    v0 = 0x736f6d6570736575ULL ^ key[0];
+    v1 = 0x646f72616e646f6dULL ^ key[1];
+    v2 = 0x6c7967656e657261ULL ^ key[0];
+    v3 = 0x7465646279746573ULL ^ key[1];
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        m = rules_read64(p + i);
+        v3 ^= m;
+        RULES_SIPROUND;
+        RULES_SIPROUND;
+        v0 ^= m;
+    }
+
+    m = (uint64_t) len << 56;
+
+    for (tail = 0; i + tail < len; tail++) {
+        m |= (uint64_t) p[i + tail] << (8 * tail);
+    }
+
+    v3 ^= m;
+    RULES_SIPROUND;
+    RULES_SIPROUND;
+    v0 ^= m;
+
+    v2 ^= 0xff;
+    RULES_SIPROUND;
+    RULES_SIPROUND;
+    RULES_SIPROUND;
+    RULES_SIPROUND;
+
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+
 /*
  * Byte order independent: the same input gives the same value on every
- * machine, so digests derived from it can name state in Redis.
+ * machine, so digests derived from it can name state in Redis.  Not for
+ * a table whose keys a client chooses: collisions can be made whatever
+ * the seed (rules_siphash()).
  */
 uint64_t
 rules_hash64(const void *data, size_t len, uint64_t seed)

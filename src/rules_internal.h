@@ -14,6 +14,7 @@
 /* ---- hashing and string tables (rules_hash.c) ---------------------- */
 
 uint64_t rules_hash64(const void *p, size_t len, uint64_t seed);
+uint64_t rules_siphash(const uint64_t key[2], const void *data, size_t len);
 
 /*
  * Room for element n of a growable array: arrayp points at the array's

@@ -3,13 +3,17 @@
  * deletion, the byte bound with CLOCK eviction (the entries not looked up
  * since they were stored go first, oldest first), growth and deletion in
  * a large table, prefetching, random runs against a simple model,
- * without and with eviction, and the keys known as evicted.
+ * without and with eviction, and the keys known as evicted; the keyed
+ * hash (SipHash-2-4: the paper's test vector; a random key per process).
+ * The tests after those of the hash set a fixed key, so that which keys
+ * share a place in the table of evicted keys is the same every run.
  */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "rules_internal.h"
 #include "rules_cache.h"
 #include "tap.h"
 
@@ -32,6 +36,69 @@ typedef struct {
     size_t   hits;
     size_t   present;         /* keys the model holds at the end */
 } run_t;
+
+
+/*
+ * A key that hashes as another under the engine's fixed hash
+ * (rules_hash64(), whatever its seed), as a client could have made one:
+ * each 8-byte word w goes in as F(w) = rotl(w * K2, 31) * K1, which can
+ * be inverted.  Words b1, b2 with F(b1) = F(a1) ^ 2^36 and F(b2) = F(a2)
+ * ^ 2^63 give the state after a1 a2 and after b1 b2 the same value: the
+ * first difference becomes the top bit (rotl 27), which * 5 + K3 leaves
+ * alone, and the second cancels it.
+ */
+static uint64_t
+inverse(uint64_t x)
+{
+    uint64_t  inv;
+    int       i;
+
+    for (inv = x, i = 0; i < 6; i++) {
+        inv *= 2 - x * inv;
+    }
+
+    return inv;
+}
+
+
+static uint64_t
+word_in(uint64_t w)
+{
+    w *= 0xc2b2ae3d27d4eb4fULL;
+    w = (w << 31) | (w >> 33);
+    return w * 0x9e3779b97f4a7c15ULL;
+}
+
+
+static uint64_t
+word_for(uint64_t f)
+{
+    f *= inverse(0x9e3779b97f4a7c15ULL);
+    f = (f >> 31) | (f << 33);
+    return f * inverse(0xc2b2ae3d27d4eb4fULL);
+}
+
+
+static void
+colliding_keys(unsigned char a[24], unsigned char b[24])
+{
+    uint64_t  a1, a2, b1, b2;
+    int       i;
+
+    memcpy(a, "{uid:u1}", 8);
+    memcpy(b, "{uid:u1}", 8);
+    a1 = 0x4141414141414141ULL;
+    a2 = 0x4242424242424242ULL;
+    b1 = word_for(word_in(a1) ^ (1ULL << 36));
+    b2 = word_for(word_in(a2) ^ (1ULL << 63));
+
+    for (i = 0; i < 8; i++) {
+        a[8 + i] = (unsigned char) (a1 >> (8 * i));
+        a[16 + i] = (unsigned char) (a2 >> (8 * i));
+        b[8 + i] = (unsigned char) (b1 >> (8 * i));
+        b[16 + i] = (unsigned char) (b2 >> (8 * i));
+    }
+}
 
 
 static uint64_t
@@ -168,6 +235,53 @@ main(void)
     size_t          length, i, bad, size;
     char            key[32], state[64];
     run_t           run;
+
+    /* SipHash-2-4, key 00..0f, message 00..0e (Aumasson, Bernstein) */
+    {
+        unsigned char  msg[64];
+        uint64_t       k[2], h1, h2;
+
+        k[0] = 0x0706050403020100ULL;
+        k[1] = 0x0f0e0d0c0b0a0908ULL;
+
+        for (i = 0; i < sizeof(msg); i++) {
+            msg[i] = (unsigned char) i;
+        }
+
+        ok(rules_siphash(k, msg, 15) == 0xa129ca6149be45e5ULL,
+           "SipHash-2-4: the paper's test vector");
+        ok(rules_siphash(k, msg, 0) == 0x726fdb47dd0e0e31ULL,
+           "SipHash-2-4: the empty message");
+        ok(rules_siphash(k, msg, 8) == 0x93f5f5799a932462ULL,
+           "SipHash-2-4: one whole word");
+
+        {
+            unsigned char  ka[24], kb[24];
+
+            colliding_keys(ka, kb);
+            ok(memcmp(ka, kb, 24) != 0
+               && rules_hash64(ka, 24, 0) == rules_hash64(kb, 24, 0)
+               && rules_hash64(ka, 24, 12345) == rules_hash64(kb, 24, 12345),
+               "two keys a client can make collide under the fixed hash, "
+               "whatever its seed");
+            ok(rules_cache_hash(ka, 24) != rules_cache_hash(kb, 24),
+               "not under the cache's hash");
+        }
+
+        rules_cache_hash_key_set(NULL);
+        h1 = hash_of("{uid:u1}");
+        ok(h1 == hash_of("{uid:u1}"), "a key's hash is the same each time");
+        rules_cache_hash_key_set(NULL);
+        h2 = hash_of("{uid:u1}");
+        ok(h1 != h2, "and another under another random key (the "
+           "process's: a client cannot make keys collide)");
+
+        /* (one under which the twenty keys evicted below each have a
+         * place of their own in the table of evicted keys) */
+        k[0] = 19;
+        k[1] = 2;
+        rules_cache_hash_key_set(k);
+    }
 
     c = rules_cache_create(1 << 20);
     ok(c != NULL, "created");
