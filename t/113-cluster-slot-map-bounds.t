@@ -46,14 +46,19 @@ RulesProxy::arm($proxy, 'raw', "*2\r\n$range$range",
                 '\*3\r\n(?:\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n\$\d+\r\n[0-9.]+\r\n'
                 . ':\d+\r\n\$40\r\n[0-9a-f]{40}\r\n\*0\r\n){3}');
 
-my $ngx = RulesNginx::start_nginx(
-    prefix  => "$FindBin::Bin/servroot-113",
-    workers => 1,
-    files   => { 'rules.json' => $rules },
-    http    => RulesNginx::pixel_http(
-        store   => "rules_redis_cluster 127.0.0.1:$proxy->{port};",
-        prefix  => 't113:',
-        fields  => ['uid']));
+# an nginx whose seed is the proxy
+sub start {
+    return RulesNginx::start_nginx(
+        prefix  => "$FindBin::Bin/servroot-113",
+        workers => 1,
+        files   => { 'rules.json' => $rules },
+        http    => RulesNginx::pixel_http(
+            store   => "rules_redis_cluster 127.0.0.1:$proxy->{port};",
+            prefix  => 't113:',
+            fields  => ['uid']));
+}
+
+my $ngx = start();
 
 like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
      "the seed's first CLUSTER SLOTS reply replaced by overlapping ranges");
@@ -113,14 +118,7 @@ SKIP: {
 {
     RulesProxy::arm($proxy, 'raw', "\$8\r\n127.0.0.\r\n",
                     '\$9\r\n127\.0\.0\.1\r\n');
-    $ngx = RulesNginx::start_nginx(
-        prefix  => "$FindBin::Bin/servroot-113",
-        workers => 1,
-        files   => { 'rules.json' => $rules },
-        http    => RulesNginx::pixel_http(
-            store   => "rules_redis_cluster 127.0.0.1:$proxy->{port};",
-            prefix  => 't113:',
-            fields  => ['uid']));
+    $ngx = start();
     like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
          'a CLUSTER SLOTS reply whose first master is "127.0.0."');
     like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
