@@ -1638,7 +1638,8 @@ ngx_http_rules_metrics_utf8_len(u_char *s, size_t len)
 
 /*
  * One per-rule counter family: evaluated (matched is NULL), or matched,
- * from the counts read before the evaluated ones (see the handler).
+ * from the counts read before the evaluated ones (see
+ * ngx_http_rules_metrics_send()).
  */
 static u_char *
 ngx_http_rules_metrics_per_rule(u_char *p, u_char *last,
