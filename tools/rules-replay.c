@@ -513,6 +513,37 @@ static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
 
 
 /*
+ * What an error that ends the run after a call was written says: Redis
+ * may have applied it, and replaying its line again would apply the
+ * event twice.
+ */
+#define REPLAY_RESUME                                                        \
+    "(check the keys of this line, then replay from the next one)"
+#define REPLAY_SENT                                                          \
+    " after the call was sent: the event may have been applied; stopping "   \
+    REPLAY_RESUME
+
+
+/*
+ * Writes what c has queued, whole; 1 when it was, 0 on an error (the
+ * call may have left in part).
+ */
+static int
+redis_write_all(redisContext *c)
+{
+    int  done;
+
+    do {
+        if (redisBufferWrite(c, &done) != REDIS_OK) {
+            return 0;
+        }
+    } while (!done);
+
+    return 1;
+}
+
+
+/*
  * A call on the one Redis, written whole before its reply is read, so
  * that a failure says whether the call left (rp->sent): one that did may
  * have been applied.
@@ -521,26 +552,18 @@ static redisReply *
 redis_eval(replay_t *rp, const char *cmd, int argc, const char **argv,
     size_t *argvlen)
 {
-    int          done;
     redisReply  *reply;
 
     argv[0] = cmd;
     argvlen[0] = strlen(cmd);
-    rp->sent = 0;
 
-    if (redisAppendCommandArgv(rp->redis, argc, argv, argvlen) != REDIS_OK) {
-        return NULL;
-    }
+    rp->sent = redisAppendCommandArgv(rp->redis, argc, argv, argvlen)
+               == REDIS_OK
+               && redis_write_all(rp->redis);
 
-    do {
-        if (redisBufferWrite(rp->redis, &done) != REDIS_OK) {
-            return NULL;
-        }
-    } while (!done);
-
-    rp->sent = 1;
-
-    if (redisGetReply(rp->redis, (void **) &reply) != REDIS_OK) {
+    if (!rp->sent
+        || redisGetReply(rp->redis, (void **) &reply) != REDIS_OK)
+    {
         return NULL;
     }
 
@@ -738,11 +761,7 @@ again:
         }
 
         if (rp->sent) {
-            /* as cluster_call_wait() says it */
-            replay_error("redis: %s after the call was sent: the event may "
-                         "have been applied; stopping (check the keys of "
-                         "this line, then replay from the next one)",
-                         redis_error(rp, rp->redis));
+            replay_error("redis: %s" REPLAY_SENT, redis_error(rp, rp->redis));
             return NULL;
         }
 
@@ -831,8 +850,7 @@ send_batch(replay_t *rp)
                 /* one call per key: the keys before it were stored */
                 replay_error("redis cluster: %zu of this line's %zu key "
                              "operations were stored before this one "
-                             "failed (check the keys of this line, then "
-                             "replay from the next one)", i, n);
+                             "failed " REPLAY_RESUME, i, n);
             }
 
             rules_batch_free(&one);
@@ -1238,7 +1256,7 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
     redisContext  *c;
     redisReply    *reply, *ok;
     unsigned       slot;
-    int            i, asking, tries, sent, done;
+    int            i, asking, tries, sent;
 
     slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
     asking = -1;
@@ -1281,19 +1299,12 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
         /* (ASKING and the command back to back) written whole, then read */
 
         sent = 0;
-        done = 0;
         reply = NULL;
 
         if ((asking < 0 || redisAppendCommand(c, "ASKING") == REDIS_OK)
             && redisAppendCommandArgv(c, argc, argv, argvlen) == REDIS_OK)
         {
-            do {
-                if (redisBufferWrite(c, &done) != REDIS_OK) {
-                    break;
-                }
-            } while (!done);
-
-            sent = done;
+            sent = redis_write_all(c);
         }
 
         if (sent && asking >= 0) {
@@ -1324,11 +1335,9 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
                  * node died, or failed over): it may have been applied,
                  * and sending it again would apply the event twice
                  */
-                replay_error("redis cluster node %s:%d: %s after the call "
-                             "was sent: the event may have been applied; "
-                             "stopping (check the keys of this line, then "
-                             "replay from the next one)", rp->nodes[i].host,
-                             rp->nodes[i].port, redis_error(rp, c));
+                replay_error("redis cluster node %s:%d: %s" REPLAY_SENT,
+                             rp->nodes[i].host, rp->nodes[i].port,
+                             redis_error(rp, c));
                 exit(1);
             }
 
