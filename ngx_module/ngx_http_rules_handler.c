@@ -81,6 +81,8 @@ static ngx_int_t ngx_http_rules_event_keys(ngx_http_request_t *r,
 static ngx_int_t ngx_http_rules_send(ngx_http_rules_ctx_t *ctx,
     ngx_http_rules_main_conf_t *rmcf, ngx_http_rules_cmd_t *cmd,
     rules_eventops_t *eo, ngx_http_rules_keys_t *k, int64_t now);
+static ngx_int_t ngx_http_rules_unevaluated(ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_uint_t status, size_t nevents);
 static void ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wake(ngx_http_rules_ctx_t *ctx);
 static void ngx_http_rules_wait(ngx_http_rules_ctx_t *ctx,
@@ -274,10 +276,8 @@ ngx_http_rules_handler(ngx_http_request_t *r)
                           rlcf->max_body_size);
 
             rmcf = ngx_http_get_module_main_conf(r, ngx_http_rules_module);
-            ngx_http_rules_metrics_event(rmcf,
-                                         NGX_HTTP_RULES_STATUS_INVALID);
-            ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
-            ctx->done = 1;
+            ngx_http_rules_unevaluated(ctx, rmcf,
+                                       NGX_HTTP_RULES_STATUS_INVALID, 1);
             ctx->rc = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
 
             return ctx->rc;
@@ -354,23 +354,20 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         rc = ngx_http_rules_query_event(r, rlcf, rs, &ev);
     }
 
-    if (rc == NGX_ERROR) {
+    if (rc != NGX_OK) {
         if (ev.json_used) {
             rules_json_events_free(&ev.json);
         }
 
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        if (rc == NGX_ERROR) {
+            /* the worker's failure (out of memory), logged by the callee */
+            return ngx_http_rules_unevaluated(ctx, rmcf,
+                                              NGX_HTTP_RULES_STATUS_ERROR, 1);
+        }
 
-    if (rc == NGX_DECLINED || rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
         /* invalid input, logged by the callee */
-        if (ev.json_used) {
-            rules_json_events_free(&ev.json);
-        }
-
-        ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
-        ngx_http_rules_metrics_event(rmcf, NGX_HTTP_RULES_STATUS_INVALID);
-        ngx_http_rules_finish(ctx);
+        ngx_http_rules_unevaluated(ctx, rmcf, NGX_HTTP_RULES_STATUS_INVALID,
+                                   1);
 
         if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
             /* as a body whose Content-Length is over the limit */
@@ -402,12 +399,9 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
                 rules_json_events_free(&ev.json);
             }
 
-            ctx->status = NGX_HTTP_RULES_STATUS_INVALID;
-            ngx_http_rules_metrics_event(rmcf,
-                                         NGX_HTTP_RULES_STATUS_INVALID);
-            ngx_http_rules_finish(ctx);
-
-            return ctx->rc;
+            return ngx_http_rules_unevaluated(ctx, rmcf,
+                                              NGX_HTTP_RULES_STATUS_INVALID,
+                                              1);
         }
     }
 
@@ -423,7 +417,10 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
             rules_json_events_free(&ev.json);
         }
 
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        /* out of memory, logged by the allocator */
+        return ngx_http_rules_unevaluated(ctx, rmcf,
+                                          NGX_HTTP_RULES_STATUS_ERROR,
+                                          ev.nevents);
     }
 
     op->ctx = ctx;
@@ -1242,6 +1239,28 @@ ngx_http_rules_timeout(ngx_http_rules_ctx_t *ctx)
 
     ngx_http_rules_finish(ctx);
     ngx_http_rules_wake(ctx);
+}
+
+
+/*
+ * A request whose events were not evaluated: invalid input, or a failure
+ * of the worker (out of memory, a body's temporary file not read) that
+ * is an "error" as a failed Redis is, answered as rules_on_error says.
+ * Each of its events is counted with that status (one when a body could
+ * not be parsed).
+ */
+static ngx_int_t
+ngx_http_rules_unevaluated(ngx_http_rules_ctx_t *ctx,
+    ngx_http_rules_main_conf_t *rmcf, ngx_uint_t status, size_t nevents)
+{
+    while (nevents--) {
+        ngx_http_rules_metrics_event(rmcf, status);
+    }
+
+    ctx->status = status;
+    ngx_http_rules_finish(ctx);
+
+    return ctx->rc;
 }
 
 

@@ -102,6 +102,16 @@ my $ngx;
             add_header X-Status $rules_status always;
             return 204;
         }
+        location = /events-closed {
+            rules on;
+            rules_body json;
+            rules_time ts;
+            rules_on_error closed;
+            rules_reject_fraud 403;
+            add_header X-Rules $rules_matched always;
+            add_header X-Status $rules_status always;
+            return 204;
+        }
 _EOC_
 }
 my $master = RulesNginx::nginx_pid($ngx);
@@ -496,6 +506,32 @@ sub reload_armed {
                    RulesNginx::worker_pids($ngx)],
               [sort { $a <=> $b } @new], 'the new workers still running');
     disarm();
+}
+
+# A body the worker cannot parse for want of memory (every allocation
+# under rules_json_events_parse() fails): an "error", as when Redis
+# fails, counted so and answered as rules_on_error says (the pixel with
+# no match when open, the rejection when closed); not a 500 with no
+# status and no count.
+{
+    my %m0 = %{ RulesNginx::metrics_all($ngx) };
+    my $body = qq([{"uid":"oom-$seq","ts":1},{"uid":"oom-$seq","ts":2}]);
+    arm_now('under=rules_json_events_parse every=1');
+    my @res = batch(10, ['/events', $body], ['/events-closed', $body]);
+    disarm();
+    is(join(' | ', map { "$_->[0] $_->[1] [$_->[2]]" } @res),
+       '204 error [] | 403 error []',
+       'a body parsed out of memory: "error", answered as rules_on_error '
+       . 'says');
+    my %m1 = %{ RulesNginx::metrics_all($ngx) };
+    is(join(' ', map { ($m1{$_} // 0) - ($m0{$_} // 0) }
+                 'nginx_rules_events_total{status="error"}',
+                 'nginx_rules_failed_total{mode="open"}',
+                 'nginx_rules_failed_total{mode="closed"}',
+                 'nginx_rules_fraud_rejected_total{}'),
+       '2 1 1 1', 'counted: an event each, a request failed open and one '
+       . 'closed, one rejected');
+    is(serving(), 'ok', 'bodies parsed again once memory is back');
 }
 
 is_deeply([RulesNginx::error_log($ngx)
