@@ -64,6 +64,14 @@
 #define NGX_HTTP_RULES_CLUSTER_CHECK          1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_LOG_EVERY      1000   /* ms */
 #define NGX_HTTP_RULES_CLUSTER_MAX_REDIRECTS  5
+/*
+ * The most masters a slot map may name: Redis Cluster is designed for
+ * up to 1000 nodes.  Each is a connection of every worker, made when the
+ * map comes; a map naming more (a node that is not Redis, a corrupted
+ * stream: 16384 single-slot ranges, each its own master) is refused
+ * whole, before any is made.
+ */
+#define NGX_HTTP_RULES_CLUSTER_MAX_MASTERS   1000
 #define NGX_HTTP_RULES_CLUSTER_HOST_LEN       NGX_SOCKADDR_STRLEN
 
 
@@ -187,6 +195,14 @@ struct ngx_http_rules_cluster_s {
     (map)[(s) / 64] &= ~((uint64_t) 1 << ((s) % 64))
 
 
+/* a slot range's master, as the slot map names it */
+typedef struct {
+    u_char                            *host;
+    size_t                             len;
+    in_port_t                          port;
+} ngx_http_rules_cluster_addr_t;
+
+
 static ngx_http_rules_cluster_node_t *ngx_http_rules_cluster_node(
     ngx_http_rules_cluster_t *cl, u_char *host, size_t len, in_port_t port);
 static void ngx_http_rules_cluster_node_free(ngx_http_rules_cluster_t *cl,
@@ -200,7 +216,15 @@ static void ngx_http_rules_cluster_refresh_failed(
 static void ngx_http_rules_cluster_slots_reply(void *data,
     redisReply *reply, ngx_int_t rc);
 static ngx_int_t ngx_http_rules_cluster_slots_parse(
-    ngx_http_rules_cluster_t *cl, redisReply *reply, ngx_uint_t *nchanged);
+    ngx_http_rules_cluster_t *cl, redisReply *reply, ngx_uint_t *nchanged,
+    ngx_str_t *why);
+static ngx_int_t ngx_http_rules_cluster_range_master(
+    ngx_http_rules_cluster_t *cl, redisReply *range,
+    ngx_http_rules_cluster_addr_t *addr);
+static ngx_int_t ngx_http_rules_cluster_count_masters(
+    ngx_http_rules_cluster_t *cl, redisReply *reply);
+static int ngx_libc_cdecl ngx_http_rules_cluster_addr_cmp(const void *one,
+    const void *two);
 static void ngx_http_rules_cluster_gc(ngx_event_t *ev);
 static void ngx_http_rules_cluster_check(ngx_event_t *ev);
 static ngx_int_t ngx_http_rules_cluster_send(ngx_http_rules_cluster_cmd_t *cmd,
@@ -639,10 +663,21 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
         return;
     }
 
-    if (ngx_http_rules_cluster_slots_parse(cl, reply, &changed) != NGX_OK) {
-        ngx_http_rules_cluster_refresh_failed(cl,
-                                    "unexpected reply to CLUSTER SLOTS",
-                                    NULL);
+    ngx_str_null(&detail);
+
+    if (ngx_http_rules_cluster_slots_parse(cl, reply, &changed, &detail)
+        != NGX_OK)
+    {
+        if (detail.len) {
+            ngx_http_rules_cluster_refresh_failed(cl, "CLUSTER SLOTS",
+                                                  &detail);
+
+        } else {
+            ngx_http_rules_cluster_refresh_failed(cl,
+                                        "unexpected reply to CLUSTER SLOTS",
+                                        NULL);
+        }
+
         return;
     }
 
@@ -679,14 +714,17 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
  */
 static ngx_int_t
 ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
-    redisReply *reply, ngx_uint_t *nchanged)
+    redisReply *reply, ngx_uint_t *nchanged, ngx_str_t *why)
 {
-    u_char                         *host;
-    size_t                          i, len;
-    long long                       start, end, port, total;
+    size_t                          i;
+    long long                       start, end, total;
+    ngx_int_t                       n;
     ngx_uint_t                      s, changed, mapped, masters, level;
-    redisReply                     *e, *m;
+    redisReply                     *e;
+    ngx_http_rules_cluster_addr_t   addr;
     ngx_http_rules_cluster_node_t  *node, *old, *from;
+
+    static u_char                   buf[80];
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
@@ -718,8 +756,9 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
 
         /*
          * each slot in one range at most: so the map below writes at
-         * most RULES_CLUSTER_SLOTS slots and makes as many nodes, whatever
-         * the reply (ranges that overlap are not a cluster's map)
+         * most RULES_CLUSTER_SLOTS slots, whatever the reply (ranges that
+         * overlap are not a cluster's map); and it makes at most
+         * NGX_HTTP_RULES_CLUSTER_MAX_MASTERS nodes, counted below
          */
 
         total += end - start + 1;
@@ -729,59 +768,37 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         }
     }
 
+    /* no more than as many masters as ranges: most maps are not counted */
+
+    if (reply->elements > NGX_HTTP_RULES_CLUSTER_MAX_MASTERS) {
+        n = ngx_http_rules_cluster_count_masters(cl, reply);
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n > NGX_HTTP_RULES_CLUSTER_MAX_MASTERS) {
+            why->data = buf;
+            why->len = ngx_snprintf(buf, sizeof(buf),
+                                    "%i masters, more than %d", n,
+                                    NGX_HTTP_RULES_CLUSTER_MAX_MASTERS)
+                       - buf;
+            return NGX_ERROR;
+        }
+    }
+
     from = cl->refresh_node;
     ngx_memzero(cl->next_slots, sizeof(cl->next_slots));
 
     for (i = 0; i < reply->elements; i++) {
         e = reply->element[i];
-        m = e->element[2];
-        port = m->element[1]->integer;
 
-        if (m->element[0]->type == REDIS_REPLY_NIL) {
-            host = (u_char *) "";
-            len = 0;
-
-        } else {
-            host = (u_char *) m->element[0]->str;
-            len = m->element[0]->len;
-        }
-
-        if (port < 1 || port > 65535) {
-            if (!cl->port_logged) {
-                cl->port_logged = 1;
-                ngx_log_error(NGX_LOG_ERR, cl->log, 0,
-                              "rules redis cluster: the master of slots "
-                              "%L-%L has port %L (a node with a TLS port "
-                              "only?): those slots are not served",
-                              e->element[0]->integer,
-                              e->element[1]->integer, port);
-            }
-
+        if (ngx_http_rules_cluster_range_master(cl, e, &addr) != NGX_OK) {
             continue;
         }
 
-        if (len == 0 && from) {
-            /* an unknown endpoint: the node that answered */
-            host = from->host;
-            len = ngx_strlen(from->host);
-        }
-
-        if (!ngx_http_rules_cluster_numeric(host, len)) {
-            if (!cl->hostname_logged) {
-                cl->hostname_logged = 1;
-                ngx_log_error(NGX_LOG_ERR, cl->log, 0,
-                              "rules redis cluster: the master of slots "
-                              "%L-%L is \"%*s\", not an IP address "
-                              "(cluster-preferred-endpoint-type must be "
-                              "\"ip\"): those slots are not served",
-                              e->element[0]->integer,
-                              e->element[1]->integer, len, host);
-            }
-
-            continue;
-        }
-
-        node = ngx_http_rules_cluster_node(cl, host, len, (in_port_t) port);
+        node = ngx_http_rules_cluster_node(cl, addr.host, addr.len,
+                                           addr.port);
         if (node == NULL) {
             return NGX_ERROR;
         }
@@ -888,6 +905,138 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     *nchanged = changed;
 
     return NGX_OK;
+}
+
+
+/*
+ * The master of a slot range of CLUSTER SLOTS (checked for its shape),
+ * or NGX_DECLINED when it has no usable address ("?", a host name, a
+ * port out of range such as a TLS-only node's 0; logged once): the
+ * range's slots are then not served.  An empty or nil host is the node
+ * that answered.
+ */
+static ngx_int_t
+ngx_http_rules_cluster_range_master(ngx_http_rules_cluster_t *cl,
+    redisReply *range, ngx_http_rules_cluster_addr_t *addr)
+{
+    long long    port;
+    redisReply  *m;
+
+    m = range->element[2];
+    port = m->element[1]->integer;
+
+    if (m->element[0]->type == REDIS_REPLY_NIL) {
+        addr->host = (u_char *) "";
+        addr->len = 0;
+
+    } else {
+        addr->host = (u_char *) m->element[0]->str;
+        addr->len = m->element[0]->len;
+    }
+
+    if (port < 1 || port > 65535) {
+        if (!cl->port_logged) {
+            cl->port_logged = 1;
+            ngx_log_error(NGX_LOG_ERR, cl->log, 0,
+                          "rules redis cluster: the master of slots "
+                          "%L-%L has port %L (a node with a TLS port "
+                          "only?): those slots are not served",
+                          range->element[0]->integer,
+                          range->element[1]->integer, port);
+        }
+
+        return NGX_DECLINED;
+    }
+
+    addr->port = (in_port_t) port;
+
+    if (addr->len == 0 && cl->refresh_node) {
+        /* an unknown endpoint: the node that answered */
+        addr->host = cl->refresh_node->host;
+        addr->len = ngx_strlen(cl->refresh_node->host);
+    }
+
+    if (!ngx_http_rules_cluster_numeric(addr->host, addr->len)) {
+        if (!cl->hostname_logged) {
+            cl->hostname_logged = 1;
+            ngx_log_error(NGX_LOG_ERR, cl->log, 0,
+                          "rules redis cluster: the master of slots "
+                          "%L-%L is \"%*s\", not an IP address "
+                          "(cluster-preferred-endpoint-type must be "
+                          "\"ip\"): those slots are not served",
+                          range->element[0]->integer,
+                          range->element[1]->integer, addr->len,
+                          addr->host);
+        }
+
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The distinct masters a slot map names (its ranges' addresses sorted),
+ * or NGX_ERROR when out of memory.
+ */
+static ngx_int_t
+ngx_http_rules_cluster_count_masters(ngx_http_rules_cluster_t *cl,
+    redisReply *reply)
+{
+    size_t                          i, n;
+    ngx_int_t                       masters;
+    ngx_http_rules_cluster_addr_t  *addrs;
+
+    addrs = ngx_alloc(reply->elements * sizeof(ngx_http_rules_cluster_addr_t),
+                      cl->log);
+    if (addrs == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    for (i = 0; i < reply->elements; i++) {
+        if (ngx_http_rules_cluster_range_master(cl, reply->element[i],
+                                                &addrs[n])
+            == NGX_OK)
+        {
+            n++;
+        }
+    }
+
+    ngx_qsort(addrs, n, sizeof(ngx_http_rules_cluster_addr_t),
+              ngx_http_rules_cluster_addr_cmp);
+
+    masters = (n > 0);
+
+    for (i = 1; i < n; i++) {
+        if (ngx_http_rules_cluster_addr_cmp(&addrs[i - 1], &addrs[i]) != 0) {
+            masters++;
+        }
+    }
+
+    ngx_free(addrs);
+
+    return masters;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_rules_cluster_addr_cmp(const void *one, const void *two)
+{
+    const ngx_http_rules_cluster_addr_t  *a = one;
+    const ngx_http_rules_cluster_addr_t  *b = two;
+
+    if (a->port != b->port) {
+        return a->port < b->port ? -1 : 1;
+    }
+
+    if (a->len != b->len) {
+        return a->len < b->len ? -1 : 1;
+    }
+
+    return ngx_memcmp(a->host, b->host, a->len);
 }
 
 

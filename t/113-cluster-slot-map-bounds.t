@@ -12,7 +12,8 @@
 # range's start, before the map: over its own node count, then read
 # past its nodes): the range is skipped, the events applied.  Last, a
 # master given as "127.0.0.", not an address as the C library reads one:
-# its slots are not served.
+# its slots are not served; and a map of 1001 masters (Redis Cluster is
+# made for 1000) is refused before any of them is connected to.
 
 use strict;
 use warnings;
@@ -126,6 +127,35 @@ SKIP: {
          'its slots are not served, logged');
     unlike(RulesNginx::error_log($ngx), qr/127\.0\.0\.:/,
            'no connection to it');
+    RulesNginx::stop_nginx($ngx);
+}
+
+# A map of 1001 single-slot ranges, each its own master (a port of
+# 127.0.0.1 nothing listens on): more masters than Redis Cluster is made
+# for (1000), each a connection of every worker.  It is refused whole,
+# before any node is made (no connection to any of them), and the next
+# refresh gets the cluster's map.
+{
+    my $ranges = join '', map {
+        "*3\r\n:$_\r\n:$_\r\n*3\r\n\$9\r\n127.0.0.1\r\n:"
+        . (20000 + $_) . "\r\n\$3\r\nid1\r\n"
+    } 0 .. 1000;
+    RulesProxy::arm($proxy, 'raw', "*1001\r\n$ranges",
+                    '\*3\r\n(?:\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n\$\d+\r\n'
+                    . '[0-9.]+\r\n:\d+\r\n\$40\r\n[0-9a-f]{40}\r\n\*0\r\n){3}');
+    $ngx = start();
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         'a CLUSTER SLOTS reply of 1001 masters');
+    like(RulesNginx::wait_log($ngx, qr/slot map refresh failed/, 10),
+         qr/\[warn\] \d+#\d+: rules redis cluster: slot map refresh failed: CLUSTER SLOTS: 1001 masters, more than 1000; retrying$/m,
+         'the map is refused whole, at warn, saying why');
+    my $got = RulesNginx::poll(10, sub { px('uid=m113&ts=1000') },
+                               sub { $_[0] eq 'ok ' });
+    is($got, 'ok ', 'then the real map: an event is applied');
+    like(RulesNginx::error_log($ngx), qr/slot map from \S+: 3 masters/,
+         'the map taken is the cluster\'s: 3 masters');
+    unlike(RulesNginx::error_log($ngx), qr/127\.0\.0\.1:2\d{4}\b/,
+           'no node made for the refused map\'s masters');
     RulesNginx::stop_nginx($ngx);
 }
 
