@@ -360,9 +360,11 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
         }
 
         if (rc == NGX_ERROR) {
-            /* the worker's failure (out of memory), logged by the callee */
+            /* the worker's failure (out of memory), logged by the callee;
+             * the body's events when it was parsed, else one */
             return ngx_http_rules_unevaluated(ctx, rmcf,
-                                              NGX_HTTP_RULES_STATUS_ERROR, 1);
+                                              NGX_HTTP_RULES_STATUS_ERROR,
+                                              ev.nevents ? ev.nevents : 1);
         }
 
         /* invalid input, logged by the callee */
@@ -453,6 +455,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
             != NGX_OK)
         {
             cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+            ctx->unevaluated = 1;
             continue;
         }
 
@@ -476,6 +479,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
                           "rules: event %uz not evaluated: out of memory",
                           i);
             cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
+            ctx->unevaluated = 1;
             continue;
         }
 
@@ -1258,6 +1262,7 @@ ngx_http_rules_unevaluated(ngx_http_rules_ctx_t *ctx,
     }
 
     ctx->status = status;
+    ctx->unevaluated = (status == NGX_HTTP_RULES_STATUS_ERROR);
     ngx_http_rules_finish(ctx);
 
     return ctx->rc;
@@ -1333,7 +1338,9 @@ ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "rules: event rejected as fraud (%s), status %ui",
                       ctx->status == NGX_HTTP_RULES_STATUS_OK
-                      ? "matched a fraud rule" : "redis failed, closed",
+                      ? "matched a fraud rule"
+                      : ctx->unevaluated ? "not evaluated, closed"
+                                         : "redis failed, closed",
                       rlcf->reject_status);
         ngx_http_rules_metrics_rejected(rmcf);
         ctx->rc = rlcf->reject_status;

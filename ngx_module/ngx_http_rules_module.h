@@ -135,6 +135,9 @@ typedef struct {
     unsigned                      body_read:1;
     unsigned                      redirected:1;   /* an internal redirect
                                                      came after it */
+    unsigned                      unevaluated:1;  /* an event not
+                                                     evaluated: the
+                                                     worker's failure */
 } ngx_http_rules_ctx_t;
 
 

@@ -531,6 +531,9 @@ sub reload_armed {
                  'nginx_rules_fraud_rejected_total{}'),
        '2 1 1 1', 'counted: an event each, a request failed open and one '
        . 'closed, one rejected');
+    like(RulesNginx::error_log($ngx),
+         qr/\[info\] .*rules: event rejected as fraud \(not evaluated, closed\), status 403/,
+         'the rejection says the event was not evaluated (not "redis failed")');
     is(serving(), 'ok', 'bodies parsed again once memory is back');
 }
 
