@@ -220,7 +220,7 @@ static ngx_int_t ngx_http_rules_cluster_slots_parse(
     ngx_str_t *why);
 static ngx_int_t ngx_http_rules_cluster_range_master(
     ngx_http_rules_cluster_t *cl, redisReply *range,
-    ngx_http_rules_cluster_addr_t *addr);
+    ngx_http_rules_cluster_addr_t *addr, ngx_uint_t log);
 static ngx_int_t ngx_http_rules_cluster_count_masters(
     ngx_http_rules_cluster_t *cl, redisReply *reply);
 static int ngx_libc_cdecl ngx_http_rules_cluster_addr_cmp(const void *one,
@@ -427,7 +427,11 @@ ngx_http_rules_cluster_numeric(u_char *host, size_t len)
 {
     u_char  buf[NGX_INET6_ADDRSTRLEN + 1], addr[16];
 
-    if (len == 0 || len >= sizeof(buf)) {
+    /* (a NUL in it: the C library would read the address before it) */
+
+    if (len == 0 || len >= sizeof(buf)
+        || ngx_strlchr(host, host + len, '\0') != NULL)
+    {
         return 0;
     }
 
@@ -774,6 +778,7 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         n = ngx_http_rules_cluster_count_masters(cl, reply);
 
         if (n == NGX_ERROR) {
+            ngx_str_set(why, "not read: out of memory");
             return NGX_ERROR;
         }
 
@@ -793,7 +798,7 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     for (i = 0; i < reply->elements; i++) {
         e = reply->element[i];
 
-        if (ngx_http_rules_cluster_range_master(cl, e, &addr) != NGX_OK) {
+        if (ngx_http_rules_cluster_range_master(cl, e, &addr, 1) != NGX_OK) {
             continue;
         }
 
@@ -911,14 +916,16 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
 /*
  * The master of a slot range of CLUSTER SLOTS (checked for its shape),
  * or NGX_DECLINED when it has no usable address ("?", a host name, a
- * port out of range such as a TLS-only node's 0; logged once): the
- * range's slots are then not served.  An empty or nil host is the node
- * that answered.
+ * port out of range such as a TLS-only node's 0; logged once, when "log"
+ * is set: for the map taken, not the one counted): the range's slots
+ * are then not served.  An empty or nil host is the node that answered.
  */
 static ngx_int_t
 ngx_http_rules_cluster_range_master(ngx_http_rules_cluster_t *cl,
-    redisReply *range, ngx_http_rules_cluster_addr_t *addr)
+    redisReply *range, ngx_http_rules_cluster_addr_t *addr, ngx_uint_t log)
 {
+    u_char      *last, host[3 * 64];
+    size_t       len;
     long long    port;
     redisReply  *m;
 
@@ -935,7 +942,7 @@ ngx_http_rules_cluster_range_master(ngx_http_rules_cluster_t *cl,
     }
 
     if (port < 1 || port > 65535) {
-        if (!cl->port_logged) {
+        if (log && !cl->port_logged) {
             cl->port_logged = 1;
             ngx_log_error(NGX_LOG_ERR, cl->log, 0,
                           "rules redis cluster: the master of slots "
@@ -957,16 +964,22 @@ ngx_http_rules_cluster_range_master(ngx_http_rules_cluster_t *cl,
     }
 
     if (!ngx_http_rules_cluster_numeric(addr->host, addr->len)) {
-        if (!cl->hostname_logged) {
+        if (log && !cl->hostname_logged) {
             cl->hostname_logged = 1;
+
+            /* its first 64 bytes, escaped: any byte may come in a reply */
+            len = ngx_min(addr->len, 64);
+            last = (u_char *) ngx_escape_uri(host, addr->host, len,
+                                             NGX_ESCAPE_URI_COMPONENT);
+
             ngx_log_error(NGX_LOG_ERR, cl->log, 0,
                           "rules redis cluster: the master of slots "
-                          "%L-%L is \"%*s\", not an IP address "
+                          "%L-%L is \"%*s\"%s, not an IP address "
                           "(cluster-preferred-endpoint-type must be "
                           "\"ip\"): those slots are not served",
                           range->element[0]->integer,
-                          range->element[1]->integer, addr->len,
-                          addr->host);
+                          range->element[1]->integer, last - host, host,
+                          addr->len > len ? "..." : "");
         }
 
         return NGX_DECLINED;
@@ -998,7 +1011,7 @@ ngx_http_rules_cluster_count_masters(ngx_http_rules_cluster_t *cl,
 
     for (i = 0; i < reply->elements; i++) {
         if (ngx_http_rules_cluster_range_master(cl, reply->element[i],
-                                                &addrs[n])
+                                                &addrs[n], 0)
             == NGX_OK)
         {
             n++;

@@ -12,8 +12,9 @@
 # range's start, before the map: over its own node count, then read
 # past its nodes): the range is skipped, the events applied.  Last, a
 # master given as "127.0.0.", not an address as the C library reads one:
-# its slots are not served; and a map of 1001 masters (Redis Cluster is
-# made for 1000) is refused before any of them is connected to.
+# its slots are not served, nor those of "127.0.0.1\0x"; and a map of
+# 1001 masters (Redis Cluster is made for 1000) is refused before any of
+# them is connected to.
 
 use strict;
 use warnings;
@@ -130,15 +131,15 @@ SKIP: {
     RulesNginx::stop_nginx($ngx);
 }
 
-# A map of 1001 single-slot ranges, each its own master (a port of
-# 127.0.0.1 nothing listens on): more masters than Redis Cluster is made
+# A map of 1001 single-slot ranges, each its own master (ports 1 to 1001
+# of 127.0.0.1, where no test listens): more masters than Redis Cluster is made
 # for (1000), each a connection of every worker.  It is refused whole,
 # before any node is made (no connection to any of them), and the next
 # refresh gets the cluster's map.
 {
     my $ranges = join '', map {
         "*3\r\n:$_\r\n:$_\r\n*3\r\n\$9\r\n127.0.0.1\r\n:"
-        . (20000 + $_) . "\r\n\$3\r\nid1\r\n"
+        . (1 + $_) . "\r\n\$3\r\nid1\r\n"
     } 0 .. 1000;
     RulesProxy::arm($proxy, 'raw', "*1001\r\n$ranges",
                     '\*3\r\n(?:\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n\$\d+\r\n'
@@ -154,8 +155,27 @@ SKIP: {
     is($got, 'ok ', 'then the real map: an event is applied');
     like(RulesNginx::error_log($ngx), qr/slot map from \S+: 3 masters/,
          'the map taken is the cluster\'s: 3 masters');
-    unlike(RulesNginx::error_log($ngx), qr/127\.0\.0\.1:2\d{4}\b/,
-           'no node made for the refused map\'s masters');
+    is_deeply([grep { $_ <= 1001 }
+                   RulesNginx::error_log($ngx) =~ /127\.0\.0\.1:(\d+)\b/g],
+              [], 'no node made for the refused map\'s masters');
+    RulesNginx::stop_nginx($ngx);
+}
+
+# A master whose host holds a NUL byte ("127.0.0.1\0x"): the C library
+# reads the address before it, the module's own lookups the whole string
+# (no node ever found again: one per range, past the masters' bound), so
+# it is not an address: its slots are not served, the host logged
+# escaped.
+{
+    RulesProxy::arm($proxy, 'raw', "\$11\r\n127.0.0.1\0x\r\n",
+                    '\$9\r\n127\.0\.0\.1\r\n');
+    $ngx = start();
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         'a CLUSTER SLOTS reply whose first master is "127.0.0.1\\0x"');
+    like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
+         qr/\[error\] \d+#\d+: rules redis cluster: the master of slots \d+-\d+ is "127\.0\.0\.1%00x", not an IP address/,
+         'its slots are not served, the host logged escaped');
+    unlike(RulesNginx::error_log($ngx), qr/\0/, 'no NUL byte in the log');
     RulesNginx::stop_nginx($ngx);
 }
 
