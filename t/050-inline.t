@@ -3,6 +3,11 @@
 # tests cannot interfere.
 
 use Test::Nginx::Socket 'no_plan';
+# run as t/native/ (a link to this file): the Redis with the rules Redis
+# module, under any runner (t/lib/RulesNative.pm)
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use RulesNative;
 
 our $RulesFile = <<'_EOC_';
 {"rules": [

@@ -1,6 +1,11 @@
 # JSON body mode: POST one event object or an array of them.
 
 use Test::Nginx::Socket 'no_plan';
+# run as t/native/ (a link to this file): the Redis with the rules Redis
+# module, under any runner (t/lib/RulesNative.pm)
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use RulesNative;
 
 our $RulesFile = <<'_EOC_';
 {"rules": [

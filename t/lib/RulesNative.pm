@@ -12,8 +12,10 @@ package RulesNative;
 # runner (Test::Nginx::Socket), RulesNginx and RulesGen: when the running
 # file is t/native/*.t, TEST_NGINX_REDIS_PORT becomes the native one and
 # RulesNginx::start_redis loads the module into the servers it starts.
-# Under the upstream Test::Nginx, block files in t/native/ run against
-# the plain Redis: the same tests again, still valid.
+# The block files that talk to Redis load this themselves, so that under
+# the upstream Test::Nginx (which loads nothing of t/lib) their t/native/
+# pass does not reuse the plain Redis, where the first pass's states
+# would answer the second.
 
 use strict;
 use warnings;

@@ -49,7 +49,7 @@ $ENV{TEST_NGINX_SERVROOT} ||= $ServRoot;
 
 my $Workers = 1;
 my $CheckAccumErrLog = 0;
-my $MasterOn = 1;
+my $MasterOn = ($ENV{TEST_NGINX_MASTER_PROCESS} // 'on') eq 'on';
 my $WorkerConnections = 64;
 my $NoRootLocation = 0;
 my $ConfigPreamble = '';
