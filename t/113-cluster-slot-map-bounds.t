@@ -113,23 +113,29 @@ SKIP: {
     is($r->{err}, '', 'rules-replay: nothing on stderr');
 }
 
+# The seed's first map with its first master's host replaced by $bulk
+# (a RESP bulk string): its slots are not served, the host logged as
+# $shown; then $check on the error log.
+sub not_an_address {
+    my ($bulk, $name, $shown, $check) = @_;
+    RulesProxy::arm($proxy, 'raw', $bulk, '\$9\r\n127\.0\.0\.1\r\n');
+    $ngx = start();
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         "a CLUSTER SLOTS reply whose first master is \"$name\"");
+    like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
+         qr/\[error\] \d+#\d+: rules redis cluster: the master of slots \d+-\d+ is "\Q$shown\E", not an IP address/,
+         "$name: its slots are not served, logged as \"$shown\"");
+    $check->(RulesNginx::error_log($ngx));
+    RulesNginx::stop_nginx($ngx);
+}
+
 # A master given as "127.0.0.", which nginx's own address parser takes
 # (as 127.0.0.0) and the C library does not: hiredis would look it up
 # (getaddrinfo(), blocking the worker), so its slots are not served, as
 # a host name's are.
-{
-    RulesProxy::arm($proxy, 'raw', "\$8\r\n127.0.0.\r\n",
-                    '\$9\r\n127\.0\.0\.1\r\n');
-    $ngx = start();
-    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
-         'a CLUSTER SLOTS reply whose first master is "127.0.0."');
-    like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
-         qr/\[error\] \d+#\d+: rules redis cluster: the master of slots \d+-\d+ is "127\.0\.0\.", not an IP address/,
-         'its slots are not served, logged');
-    unlike(RulesNginx::error_log($ngx), qr/127\.0\.0\.:/,
-           'no connection to it');
-    RulesNginx::stop_nginx($ngx);
-}
+not_an_address("\$8\r\n127.0.0.\r\n", '127.0.0.', '127.0.0.', sub {
+    unlike($_[0], qr/127\.0\.0\.:/, 'no connection to it');
+});
 
 # A map of 1001 single-slot ranges, each its own master (ports 1 to 1001
 # of 127.0.0.1, where no test listens): more masters than Redis Cluster is made
@@ -166,18 +172,8 @@ SKIP: {
 # (no node ever found again: one per range, past the masters' bound), so
 # it is not an address: its slots are not served, the host logged
 # escaped.
-{
-    RulesProxy::arm($proxy, 'raw', "\$11\r\n127.0.0.1\0x\r\n",
-                    '\$9\r\n127\.0\.0\.1\r\n');
-    $ngx = start();
-    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
-         'a CLUSTER SLOTS reply whose first master is "127.0.0.1\\0x"');
-    like(RulesNginx::wait_log($ngx, qr/not an IP address/, 10),
-         qr/\[error\] \d+#\d+: rules redis cluster: the master of slots \d+-\d+ is "127\.0\.0\.1%00x", not an IP address/,
-         'its slots are not served, the host logged escaped');
-    unlike(RulesNginx::error_log($ngx), qr/\0/, 'no NUL byte in the log');
-    RulesNginx::stop_nginx($ngx);
-}
+not_an_address("\$11\r\n127.0.0.1\0x\r\n", '127.0.0.1\0x', '127.0.0.1%00x',
+               sub { unlike($_[0], qr/\0/, 'no NUL byte in the log') });
 
 RulesProxy::stop($proxy);
 done_testing();
