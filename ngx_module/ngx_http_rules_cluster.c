@@ -217,7 +217,7 @@ static void ngx_http_rules_cluster_slots_reply(void *data,
     redisReply *reply, ngx_int_t rc);
 static ngx_int_t ngx_http_rules_cluster_slots_parse(
     ngx_http_rules_cluster_t *cl, redisReply *reply, ngx_uint_t *nchanged,
-    ngx_str_t *why);
+    const char **why);
 static ngx_int_t ngx_http_rules_cluster_range_master(
     ngx_http_rules_cluster_t *cl, redisReply *range,
     ngx_http_rules_cluster_addr_t *addr, ngx_uint_t log);
@@ -646,8 +646,9 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
 {
     ngx_http_rules_cluster_t *cl = data;
 
-    ngx_str_t   detail;
-    ngx_uint_t  changed;
+    ngx_str_t    detail;
+    ngx_uint_t   changed;
+    const char  *why;
 
     cl->refreshing = 0;
 
@@ -667,21 +668,10 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
         return;
     }
 
-    ngx_str_null(&detail);
-
-    if (ngx_http_rules_cluster_slots_parse(cl, reply, &changed, &detail)
+    if (ngx_http_rules_cluster_slots_parse(cl, reply, &changed, &why)
         != NGX_OK)
     {
-        if (detail.len) {
-            ngx_http_rules_cluster_refresh_failed(cl, "CLUSTER SLOTS",
-                                                  &detail);
-
-        } else {
-            ngx_http_rules_cluster_refresh_failed(cl,
-                                        "unexpected reply to CLUSTER SLOTS",
-                                        NULL);
-        }
-
+        ngx_http_rules_cluster_refresh_failed(cl, why, NULL);
         return;
     }
 
@@ -718,7 +708,7 @@ ngx_http_rules_cluster_slots_reply(void *data, redisReply *reply,
  */
 static ngx_int_t
 ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
-    redisReply *reply, ngx_uint_t *nchanged, ngx_str_t *why)
+    redisReply *reply, ngx_uint_t *nchanged, const char **why)
 {
     size_t                          i;
     long long                       start, end, total;
@@ -729,6 +719,8 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
     ngx_http_rules_cluster_node_t  *node, *old, *from;
 
     static u_char                   buf[80];
+
+    *why = "unexpected reply to CLUSTER SLOTS";
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
@@ -778,16 +770,15 @@ ngx_http_rules_cluster_slots_parse(ngx_http_rules_cluster_t *cl,
         n = ngx_http_rules_cluster_count_masters(cl, reply);
 
         if (n == NGX_ERROR) {
-            ngx_str_set(why, "not read: out of memory");
+            *why = "CLUSTER SLOTS: not read: out of memory";
             return NGX_ERROR;
         }
 
         if (n > NGX_HTTP_RULES_CLUSTER_MAX_MASTERS) {
-            why->data = buf;
-            why->len = ngx_snprintf(buf, sizeof(buf),
-                                    "%i masters, more than %d", n,
-                                    NGX_HTTP_RULES_CLUSTER_MAX_MASTERS)
-                       - buf;
+            ngx_snprintf(buf, sizeof(buf),
+                         "CLUSTER SLOTS: %i masters, more than %d%Z", n,
+                         NGX_HTTP_RULES_CLUSTER_MAX_MASTERS);
+            *why = (const char *) buf;
             return NGX_ERROR;
         }
     }

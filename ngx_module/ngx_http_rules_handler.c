@@ -455,7 +455,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
             != NGX_OK)
         {
             cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-            ctx->unevaluated = 1;
+            ctx->worker_error = 1;
             continue;
         }
 
@@ -479,7 +479,7 @@ ngx_http_rules_evaluate(ngx_http_request_t *r, ngx_http_rules_ctx_t *ctx)
                           "rules: event %uz not evaluated: out of memory",
                           i);
             cmd->status = NGX_HTTP_RULES_STATUS_ERROR;
-            ctx->unevaluated = 1;
+            ctx->worker_error = 1;
             continue;
         }
 
@@ -1261,8 +1261,11 @@ ngx_http_rules_unevaluated(ngx_http_rules_ctx_t *ctx,
         ngx_http_rules_metrics_event(rmcf, status);
     }
 
+    if (status == NGX_HTTP_RULES_STATUS_ERROR) {
+        ctx->worker_error = 1;
+    }
+
     ctx->status = status;
-    ctx->unevaluated = (status == NGX_HTTP_RULES_STATUS_ERROR);
     ngx_http_rules_finish(ctx);
 
     return ctx->rc;
@@ -1339,7 +1342,7 @@ ngx_http_rules_finish(ngx_http_rules_ctx_t *ctx)
                       "rules: event rejected as fraud (%s), status %ui",
                       ctx->status == NGX_HTTP_RULES_STATUS_OK
                       ? "matched a fraud rule"
-                      : ctx->unevaluated ? "not evaluated, closed"
+                      : ctx->worker_error ? "not evaluated, closed"
                                          : "redis failed, closed",
                       rlcf->reject_status);
         ngx_http_rules_metrics_rejected(rmcf);

@@ -135,8 +135,8 @@ typedef struct {
     unsigned                      body_read:1;
     unsigned                      redirected:1;   /* an internal redirect
                                                      came after it */
-    unsigned                      unevaluated:1;  /* an event not
-                                                     evaluated: the
+    unsigned                      worker_error:1; /* an event not
+                                                     evaluated for the
                                                      worker's failure */
 } ngx_http_rules_ctx_t;
 
