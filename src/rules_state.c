@@ -202,6 +202,10 @@ rules_state_records_bound(size_t len)
 }
 
 
+/* how far ahead of the record being read a state's lines are fetched */
+#define RULES_PARSE_PREFETCH  8192
+
+
 /*
  * Returns the number of records, or -1 when the state is malformed or
  * holds more than max (at most RULES_STATE_MAX_RECORDS, however large
@@ -213,7 +217,7 @@ static int
 rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
     size_t max, int own)
 {
-    size_t           off, n;
+    size_t           off, n, pf;
     rules_record_t  *r;
 
     if (len == 0) {
@@ -227,10 +231,29 @@ rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
     }
 
     max = RULES_MIN(max, RULES_STATE_MAX_RECORDS);
+
+    /*
+     * A state of hundreds of records (1000 rules on one key) is
+     * kilobytes that the cache holds cold, and each record is found
+     * through the length of the one before: its lines are asked for
+     * RULES_PARSE_PREFETCH bytes ahead, many at once, not one cache
+     * miss after another.
+     */
+
+    for (pf = 64; pf < RULES_MIN(len, RULES_PARSE_PREFETCH); pf += 64) {
+        __builtin_prefetch(s + pf);
+    }
+
     off = RULES_STATE_MAGIC_LEN;
     n = 0;
 
     while (off < len) {
+        for ( /* void */ ; pf < len && pf < off + RULES_PARSE_PREFETCH;
+             pf += 64)
+        {
+            __builtin_prefetch(s + pf);
+        }
+
         if (len - off < RULES_RECORD_HEADER_LEN || n == max) {
             return -1;
         }
