@@ -1328,8 +1328,15 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 
     planned = rd->planned;
 
-    if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED) {
-        /* it carried commands (one never made read nothing) */
+    if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED
+        && !(rd->destroying && rd->failed == 0))
+    {
+        /*
+         * it carried commands (one never made read nothing), and nothing
+         * says Redis did not restart behind it; a connection the worker
+         * closes itself with nothing pending (a cluster node that serves
+         * no slot any more) lost nothing, and the cache stays
+         */
         ngx_http_rules_redis_losses++;
     }
 

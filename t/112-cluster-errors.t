@@ -5,7 +5,8 @@
 #    info: the replicas given as seeds; then a master whose slots all
 #    moved to another one, but only once the call it still had in
 #    flight (an ASK to it, the node paused for 12 s) was answered: the
-#    call and its event go through.
+#    call and its event go through.  A key cached before the replicas
+#    close is still a cache hit after: nothing was pending on them.
 # 2. A slot deleted from every master (cluster-require-full-coverage
 #    no): its event gets "CLUSTERDOWN Hash slot not served" (logged,
 #    the event "error" and fails open, a refresh planned), the next map
@@ -122,6 +123,19 @@ for my $r (@replicas) {
     ok(RulesNginx::wait_log($ngx, qr/rules redis 127\.0\.0\.1:$r: connected/),
        "seed $r (a replica) connected");
 }
+
+# a key cached before they close: closing a connection of its own with
+# nothing pending loses nothing, so the worker keeps its state cache
+sub lookups {
+    join ' ', map { metric("nginx_rules_state_cache_lookups_total{result=\"$_\"}") }
+              qw(hit miss);
+}
+my $uc = user_on($M2, 'cached');
+is(px($uc) . ' ' . px($uc, 1500), '204 ok [] 204 ok [twice]',
+   'a key cached before the replicas close');
+my $cached = lookups();
+unlike(RulesNginx::error_log($ngx), qr/it serves no slot/,
+       "no replica closed yet (lookups $cached)");
 ok(RulesNginx::poll(10, sub {
        my $l = RulesNginx::error_log($ngx);
        !grep { $l !~ /closing 127\.0\.0\.1:$_: it serves no slot/ } @replicas
@@ -135,6 +149,11 @@ cmp_ok($took, '>=', 4.5, sprintf('after 5 s idle (%.1f s)', $took));
              "$r: logged at info");
     }
     unlike($l, qr/closing 127\.0\.0\.1:($M1|$M2|$M3):/, 'no master closed');
+}
+{
+    my ($hit, $miss) = split / /, $cached;
+    is(px($uc, 1600), '204 ok [twice]', 'the cached key after they closed');
+    is(lookups(), ($hit + 1) . " $miss", 'a cache hit: the cache was kept');
 }
 for my $m (@masters) {
     my $u = user_on($m, 'live');
