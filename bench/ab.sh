@@ -10,8 +10,9 @@
 #        BENCH_AB_CONNS=50, BENCH_AB_RULES=conf-examples/rules.json,
 #        BENCH_AB_STATE_CACHE=32m: rules_state_cache; for bench/run.sh's
 #        1000 rules, build/bench/rules-1000.json, give 1024m as it does;
-#        BENCH_AB_SHARED_DISTINCT=on: rules_shared_distinct, as
-#        bench/run.sh has it)
+#        BENCH_AB_SHARED_DISTINCT=on|off: rules_shared_distinct, not
+#        written unless given (builds before it was a directive start), on
+#        as bench/run.sh has it)
 #   make bench-ab BENCH_AB_A=/path/to/old/build   (B: this build/)
 #
 # To compare with an earlier commit:
@@ -39,12 +40,12 @@ secs=${BENCH_AB_SECS:-8}
 warmup=${BENCH_AB_WARMUP:-5}
 conns=${BENCH_AB_CONNS:-50}
 state_cache=${BENCH_AB_STATE_CACHE:-32m}
-shared_distinct=${BENCH_AB_SHARED_DISTINCT:-on}
+shared_distinct=${BENCH_AB_SHARED_DISTINCT:-}
 case $shared_distinct in
-    on|off) ;;
+    ''|on|off) ;;
     *) echo "ab: BENCH_AB_SHARED_DISTINCT is on or off, not \"$shared_distinct\"" >&2; exit 1 ;;
 esac
-[[ $state_cache =~ ^[1-9][0-9]*[km]$ ]] \
+[[ $state_cache =~ ^[0-9]+[kKmMgG]?$ ]] \
     || { echo "ab: BENCH_AB_STATE_CACHE is a size such as 32m, not \"$state_cache\"" >&2; exit 1; }
 
 for v in pairs secs warmup conns; do
@@ -127,7 +128,7 @@ http {
     rules_redis_native on;
     rules_redis_timeout 200ms;
     rules_state_cache $state_cache;
-    rules_shared_distinct $shared_distinct;
+${shared_distinct:+    rules_shared_distinct $shared_distinct;}
     rules_file $rules;
     server {
         listen 127.0.0.1:$port;

@@ -177,6 +177,8 @@ struct ngx_http_rules_redis_s {
     unsigned                           destroying:1;
     unsigned                           native:1;    /* RULES.STORE works */
     unsigned                           writing:1;   /* in HandleWrite */
+    unsigned                           carried:1;   /* a state call, on
+                                                       this connection */
 
     /*
      * hiredis' output buffer while hiredis holds the spare, an empty one,
@@ -932,6 +934,7 @@ ngx_http_rules_redis_queue(ngx_http_rules_redis_t *rd, ngx_uint_t flags,
 
     rd->inflight++;
     rd->stats.native += cmd->native;
+    rd->carried |= evalsha ? 1 : 0;
 
     return NGX_OK;
 }
@@ -1328,17 +1331,17 @@ ngx_http_rules_redis_closed(ngx_http_rules_redis_t *rd)
 
     planned = rd->planned;
 
-    if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED
-        && !(rd->destroying && rd->failed == 0))
-    {
+    if (rd->state == NGX_HTTP_RULES_REDIS_CONNECTED && rd->carried) {
         /*
-         * it carried commands (one never made read nothing), and nothing
-         * says Redis did not restart behind it; a connection the worker
-         * closes itself with nothing pending (a cluster node that serves
-         * no slot any more) lost nothing, and the cache stays
+         * it carried state calls (one never made read nothing): Redis
+         * may have restarted or failed over behind it.  One that carried
+         * none (a cluster seed that is a replica) says nothing of the
+         * values cached, and the cache stays.
          */
         ngx_http_rules_redis_losses++;
     }
+
+    rd->carried = 0;
 
     rd->ac = NULL;
     rd->state = NGX_HTTP_RULES_REDIS_IDLE;

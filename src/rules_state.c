@@ -235,19 +235,21 @@ rules_parse_state(const unsigned char *s, size_t len, rules_record_t *recs,
     /*
      * A state of hundreds of records (1000 rules on one key) is
      * kilobytes that the cache holds cold, and each record is found
-     * through the length of the one before: its lines are asked for
-     * RULES_PARSE_PREFETCH bytes ahead, many at once, not one cache
+     * through the length of the one before: its lines are asked for up
+     * to RULES_PARSE_PREFETCH bytes ahead, many at once, not one cache
      * miss after another.
      */
 
-    for (pf = 64; pf < RULES_MIN(len, RULES_PARSE_PREFETCH); pf += 64) {
-        __builtin_prefetch(s + pf);
-    }
-
     off = RULES_STATE_MAGIC_LEN;
+    pf = 64;
     n = 0;
 
     while (off < len) {
+        if (pf < off) {
+            /* past a long record: not the lines it skipped */
+            pf = off;
+        }
+
         for ( /* void */ ; pf < len && pf < off + RULES_PARSE_PREFETCH;
              pf += 64)
         {

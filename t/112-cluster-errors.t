@@ -6,7 +6,9 @@
 #    moved to another one, but only once the call it still had in
 #    flight (an ASK to it, the node paused for 12 s) was answered: the
 #    call and its event go through.  A key cached before the replicas
-#    close is still a cache hit after: nothing was pending on them.
+#    close is still a cache hit after (they carried no state call); one
+#    cached before M1 closes is a miss after (M1 carried one: its last
+#    writes may not have reached a replica that took over).
 # 2. A slot deleted from every master (cluster-require-full-coverage
 #    no): its event gets "CLUSTERDOWN Hash slot not served" (logged,
 #    the event "error" and fails open, a refresh planned), the next map
@@ -124,8 +126,8 @@ for my $r (@replicas) {
        "seed $r (a replica) connected");
 }
 
-# a key cached before they close: closing a connection of its own with
-# nothing pending loses nothing, so the worker keeps its state cache
+# a key cached before they close: a connection that carried no state
+# call says nothing of the values cached, so the worker keeps its cache
 sub lookups {
     join ' ', map { metric("nginx_rules_state_cache_lookups_total{result=\"$_\"}") }
               qw(hit miss);
@@ -210,6 +212,12 @@ ok($answered, sprintf('the event through ASK answered (%.1f s after the map)',
 my $l = log_since($len);
 unlike($l, qr/closing 127\.0\.0\.1:$M1/, 'M1 kept while its call was in flight');
 is(RulesNginx::pixel_answer($e), '204 ok []', 'the event applied at M1');
+# M1 carried a state call: once it is closed, the cache goes (its last
+# writes may not have reached a replica that took over)
+my $uk = user_on($M2, 'kept');
+is(px($uk) . ' ' . px($uk, 1500), '204 ok [] 204 ok [twice]',
+   'a key cached before M1 closes');
+my $before_m1 = lookups();
 cmp_ok($waited, '>', 10.5, 'in flight past two gc rounds');
 {
     my $c = RulesNginx::redis_conn($M1);
@@ -225,6 +233,11 @@ ok(RulesNginx::wait_log($ngx, qr/closing 127\.0\.0\.1:$M1: it serves no slot/,
    'M1 closed once idle');
 like(log_since($len), qr/\[info\] \d+#\d+: rules redis cluster: closing 127\.0\.0\.1:$M1: it serves no slot/,
      'at info');
+{
+    my ($hit, $miss) = split / /, $before_m1;
+    is(px($uk, 1600), '204 ok [twice]', 'the cached key after M1 closed');
+    is(lookups(), "$hit " . ($miss + 1), 'a miss: the cache was forgotten');
+}
 cli($_, 'CLUSTER', 'SETSLOT', $slot_x, 'STABLE') for $M1, $M2;
 for my $m ($M2, $M3) {
     my $u = user_on($m, 'after');
