@@ -291,7 +291,7 @@ SKIP: {
     my $addr = "127.0.0.1:$port";
     for my $case (["--redis $addr", "redis $addr: INFO cluster failed",
                    '--redis', $addr],
-                  ["--state", 'redis GET failed',
+                  ["--state", "redis $addr: INFO cluster failed",
                    '--redis', $addr, '--state', 'k'],
                   ["--redis-cluster $addr", "redis cluster node $addr",
                    '--redis-cluster', $addr]) {

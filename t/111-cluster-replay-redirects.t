@@ -7,7 +7,8 @@
 #    none a cluster node (a plain Redis, a dead port): no slot map;
 # 2. MOVED: a slot moved (its key migrated) between two events of a
 #    user: the next event follows MOVED to the new master, its state
-#    there;
+#    there; --state of the key follows it too (through the seeds or the
+#    old master);
 # 3. ASK: a slot migrating; a new key is created on the importing node
 #    (ASKING), its next event asked there again, an old key still served
 #    by the source;
@@ -181,6 +182,32 @@ sub others { grep { $_ != $_[0] } sort keys %{ $cluster->masters } }
     is($r->{err}, '', 'MOVED: nothing on stderr');
     is($cluster->cli($A, 'CLUSTER', 'COUNTKEYSINSLOT', $slot), '0',
        'MOVED: nothing written to the old master');
+
+    # --state of the key: from its new master, through the seeds or
+    # through the old master (MOVED followed); a key not stored: nothing
+    my @got;
+    for my $via (['--redis-cluster', $seeds], ['--redis', "127.0.0.1:$A"],
+                 ['--redis', "127.0.0.1:$B"]) {
+        my $s = RulesReplay::run($dir, { in => '' }, @$via, '--prefix',
+                                 $prefix, '--state', $key);
+        is_deeply([$s->{rc}, $s->{err}], [0, ''],
+                  "MOVED: --state through @$via: exit 0")
+            or diag($s->{err});
+        push @got, $s->{out};
+    }
+    like($got[0], qr/^R1/, 'MOVED: --state: the folded state');
+    is_deeply([@got[1, 2]], [$got[0], $got[0]],
+              'MOVED: --state: the same through the old master and the '
+              . 'new one');
+    my $s = RulesReplay::run($dir, { in => '' }, '--redis-cluster', $seeds,
+                             '--state', "$prefix\{uid:nobody}");
+    is_deeply([$s->{rc}, $s->{out}, $s->{err}], [0, '', ''],
+              'MOVED: --state of a key not stored: nothing, exit 0');
+    $s = RulesReplay::run($dir, { in => '' }, '--redis-cluster', $seeds,
+                          '--db', 1, '--state', $key);
+    is_deeply([$s->{rc}, $s->{out}, $s->{err}],
+              [2, '', "rules-replay: a Redis Cluster has no --db\n"],
+              'MOVED: --state with --db on a cluster: exit 2, said');
     ok($cluster->wait_ok(20), 'the cluster settled');
 }
 

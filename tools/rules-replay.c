@@ -160,8 +160,9 @@ usage(void)
         "                    [--timeout MS] "
         "[--no-native] [--no-index] [--shared-distinct]\n"
         "                    [EVENTS.jsonl]\n"
-        "       rules-replay --rules FILE --redis ADDR [auth options] "
-        "--state KEY\n"
+        "       rules-replay --rules FILE --redis ADDR|--redis-cluster SEEDS "
+        "[auth options]\n"
+        "                    --state KEY\n"
         "                    (prints the key's state, its log folded)\n");
     exit(2);
 }
@@ -506,10 +507,10 @@ replay_caches_clear(replay_t *rp)
     }
 }
 
-static redisReply *cluster_call_wait(replay_t *rp, int argc,
-    const char **argv, size_t *argvlen);
-static redisReply *cluster_call(replay_t *rp, int argc, const char **argv,
-    size_t *argvlen);
+static redisReply *cluster_call_wait(replay_t *rp, int key, int read_only,
+    int argc, const char **argv, size_t *argvlen);
+static redisReply *cluster_call(replay_t *rp, int key, int read_only,
+    int argc, const char **argv, size_t *argvlen);
 
 
 /*
@@ -710,7 +711,8 @@ again:
     argvlen[1] = 40;
 
     if (rp->native) {
-        reply = rp->cluster ? cluster_call(rp, (int) argc, argv, argvlen)
+        reply = rp->cluster ? cluster_call(rp, 3, 0, (int) argc, argv,
+                                           argvlen)
                             : redis_eval(rp, "RULES.STORE", (int) argc, argv,
                                          argvlen);
 
@@ -732,7 +734,7 @@ again:
 
     } else if (rp->cluster) {
         /* follows MOVED and ASK, and NOSCRIPT with EVAL */
-        reply = cluster_call(rp, (int) argc, argv, argvlen);
+        reply = cluster_call(rp, 3, 0, (int) argc, argv, argvlen);
 
     } else {
         reply = redis_eval(rp, "EVALSHA", (int) argc, argv, argvlen);
@@ -1231,18 +1233,21 @@ cluster_redirect_node(replay_t *rp, int from, const char *str, size_t len)
 
 
 /*
- * EVALSHA sha 1 key ... (argv[3] is the key) on the master of the key's
- * slot, following MOVED and ASK; waits out a failover or a cluster that
- * is down for a while (CLUSTERDOWN, TRYAGAIN, lost connections), for
- * REPLAY_WAIT_MS at most, connects included (rp->deadline).
+ * A command on the master of the slot of its key, argv[key] (EVALSHA sha
+ * 1 key ...: 3), following MOVED and ASK; waits out a failover or a
+ * cluster that is down for a while (CLUSTERDOWN, TRYAGAIN, lost
+ * connections), for REPLAY_WAIT_MS at most, connects included
+ * (rp->deadline).  A read_only command whose answer was lost is sent
+ * again; any other ends the run (it may have been applied).
  */
 static redisReply *
-cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
+cluster_call(replay_t *rp, int key, int read_only, int argc,
+    const char **argv, size_t *argvlen)
 {
     redisReply  *reply;
 
     rp->deadline = replay_now_ms() + REPLAY_WAIT_MS;
-    reply = cluster_call_wait(rp, argc, argv, argvlen);
+    reply = cluster_call_wait(rp, key, read_only, argc, argv, argvlen);
     rp->deadline = 0;
 
     return reply;
@@ -1250,15 +1255,15 @@ cluster_call(replay_t *rp, int argc, const char **argv, size_t *argvlen)
 
 
 static redisReply *
-cluster_call_wait(replay_t *rp, int argc, const char **argv,
-    size_t *argvlen)
+cluster_call_wait(replay_t *rp, int key, int read_only, int argc,
+    const char **argv, size_t *argvlen)
 {
     redisContext  *c;
     redisReply    *reply, *ok;
     unsigned       slot;
     int            i, asking, tries, sent;
 
-    slot = rules_key_slot((const unsigned char *) argv[3], argvlen[3]);
+    slot = rules_key_slot((const unsigned char *) argv[key], argvlen[key]);
     asking = -1;
 
     for (tries = 0;
@@ -1329,7 +1334,7 @@ cluster_call_wait(replay_t *rp, int argc, const char **argv,
         }
 
         if (reply == NULL) {
-            if (sent) {
+            if (sent && !read_only) {
                 /*
                  * the call reached the node and its answer was lost (the
                  * node died, or failed over): it may have been applied,
@@ -1758,14 +1763,33 @@ write_check(void)
 static int
 print_state(replay_t *rp, const char *key)
 {
+    size_t             argvlen[2];
+    const char        *argv[2];
     redisReply        *reply;
     rules_log_info_t   info;
 
-    reply = redisCommand(rp->redis, "GET %s", key);
+    if (rp->cluster) {
+        /* from the master of its slot, MOVED and ASK followed */
+        argv[0] = "GET";
+        argvlen[0] = 3;
+        argv[1] = key;
+        argvlen[1] = strlen(key);
+
+        reply = cluster_call(rp, 1, 1, 2, argv, argvlen);
+
+        if (reply == NULL) {
+            /* cluster_call() has said why */
+            return 1;
+        }
+
+    } else {
+        reply = redisCommand(rp->redis, "GET %s", key);
+    }
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         replay_error("redis GET failed: %s",
                      reply ? reply->str : redis_error(rp, rp->redis));
+        freeReplyObject(reply);
         return 1;
     }
 
@@ -1950,13 +1974,42 @@ main(int argc, char **argv)
     }
 
     if (state) {
-        if (redis == NULL) {
+        if (redis == NULL && cluster == NULL) {
             usage();
         }
 
-        rp.redis = redis_connect(&rp, redis, db);
+        if (redis) {
+            /* as below: a cluster node is a seed */
+            rp.redis = redis_connect(&rp, redis, 0);
+
+            if (strncmp(redis, "unix:", 5) != 0
+                && redis_is_cluster(&rp, rp.redis))
+            {
+                cluster = redis;
+                redisFree(rp.redis);
+                rp.redis = NULL;
+
+            } else {
+                redis_select(&rp, rp.redis, db);
+            }
+        }
+
+        if (cluster) {
+            if (db) {
+                replay_error("a Redis Cluster has no --db");
+                return 2;
+            }
+
+            cluster_start(&rp, cluster);
+        }
+
         rc = print_state(&rp, state);
-        redisFree(rp.redis);
+
+        if (rp.redis) {
+            redisFree(rp.redis);
+        }
+
+        cluster_free(&rp);
         rules_free(rp.rs);
 
         return rc;
