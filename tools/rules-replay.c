@@ -2010,6 +2010,7 @@ main(int argc, char **argv)
         }
 
         cluster_free(&rp);
+        rules_state_work_free(rp.parsed);
         rules_free(rp.rs);
 
         return rc;
