@@ -1815,6 +1815,44 @@ print_state(replay_t *rp, const char *key)
 }
 
 
+/*
+ * --redis (a Redis, or a node of a cluster: a seed) or --redis-cluster:
+ * connected, the db selected, or the cluster's slot map read; the
+ * cluster's seeds, or NULL.  A failure ends the run.
+ */
+static const char *
+replay_connect(replay_t *rp, const char *redis, const char *cluster,
+    long db)
+{
+    if (redis && !cluster) {
+        /* (the db once it is known not to be a cluster node) */
+        rp->redis = redis_connect(rp, redis, 0);
+
+        if (strncmp(redis, "unix:", 5) != 0
+            && redis_is_cluster(rp, rp->redis))
+        {
+            cluster = redis;
+            redisFree(rp->redis);
+            rp->redis = NULL;
+
+        } else {
+            redis_select(rp, rp->redis, db);
+        }
+    }
+
+    if (cluster) {
+        if (db) {
+            replay_error("a Redis Cluster has no --db");
+            exit(2);
+        }
+
+        cluster_start(rp, cluster);
+    }
+
+    return cluster;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -1978,31 +2016,7 @@ main(int argc, char **argv)
             usage();
         }
 
-        if (redis) {
-            /* as below: a cluster node is a seed */
-            rp.redis = redis_connect(&rp, redis, 0);
-
-            if (strncmp(redis, "unix:", 5) != 0
-                && redis_is_cluster(&rp, rp.redis))
-            {
-                cluster = redis;
-                redisFree(rp.redis);
-                rp.redis = NULL;
-
-            } else {
-                redis_select(&rp, rp.redis, db);
-            }
-        }
-
-        if (cluster) {
-            if (db) {
-                replay_error("a Redis Cluster has no --db");
-                return 2;
-            }
-
-            cluster_start(&rp, cluster);
-        }
-
+        replay_connect(&rp, redis, cluster, db);
         rc = print_state(&rp, state);
 
         if (rp.redis) {
@@ -2034,33 +2048,12 @@ main(int argc, char **argv)
         }
     }
 
-    if (redis && !cluster) {
-        /* (the db once it is known not to be a cluster node) */
-        rp.redis = redis_connect(&rp, redis, 0);
+    if (redis || cluster) {
+        cluster = replay_connect(&rp, redis, cluster, db);
 
-        if (strncmp(redis, "unix:", 5) != 0
-            && redis_is_cluster(&rp, rp.redis))
-        {
-            cluster = redis;
-            redisFree(rp.redis);
-            rp.redis = NULL;
-
-        } else {
-            redis_select(&rp, rp.redis, db);
+        if (cluster) {
+            redis = cluster;
         }
-    }
-
-    if (cluster) {
-        if (db) {
-            replay_error("a Redis Cluster has no --db");
-            return 2;
-        }
-
-        redis = cluster;
-        cluster_start(&rp, cluster);
-
-    } else if (redis) {
-        /* connected above */
 
     } else {
         rp.nbuckets = REPLAY_STORE_BUCKETS;
