@@ -1388,6 +1388,19 @@ ngx_http_rules_cluster_redirect(ngx_http_rules_cluster_cmd_t *cmd,
         goto invalid;
     }
 
+    if ((ngx_uint_t) slot != cmd->slot) {
+        /*
+         * Redis names the slot of the call's key: another one is a node
+         * (or a proxy) out of step, whose word must not move that slot
+         */
+        ngx_http_rules_cluster_failure(cl, "cannot follow \"%*s\": the "
+                                       "call's slot is %ui",
+                                       ngx_min((size_t) reply->len, 200),
+                                       reply->str, cmd->slot);
+        ngx_http_rules_cluster_plan_refresh(cl);
+        return NGX_ERROR;
+    }
+
     port = ngx_atoi(colon + 1, last - colon - 1);
 
     if (port < 1 || port > 65535) {

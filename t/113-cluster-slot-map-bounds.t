@@ -14,7 +14,8 @@
 # master given as "127.0.0.", not an address as the C library reads one:
 # its slots are not served, nor those of "127.0.0.1\0x"; and a map of
 # 1001 masters (Redis Cluster is made for 1000) is refused before any of
-# them is connected to.
+# them is connected to.  A MOVED that names another slot than the
+# call's is not followed.
 
 use strict;
 use warnings;
@@ -174,6 +175,51 @@ not_an_address("\$8\r\n127.0.0.\r\n", '127.0.0.', '127.0.0.', sub {
 # escaped.
 not_an_address("\$11\r\n127.0.0.1\0x\r\n", '127.0.0.1\0x', '127.0.0.1%00x',
                sub { unlike($_[0], qr/\0/, 'no NUL byte in the log') });
+
+# A MOVED that names another slot than the call's (a node or a proxy out
+# of step): not followed, the event "error", logged; before, the named
+# slot was given to the named node.  The map here names the proxy as the
+# master of every slot, so that the calls of M1's slots go through it;
+# its next state call reply (an array whose first element is Redis'
+# clock) becomes a MOVED of the next slot to M2.
+{
+    my ($P, $M2) = ($proxy->{port},
+                    grep { $_ != $M1 } sort { $a <=> $b }
+                                       keys %{ $cluster->masters });
+    RulesProxy::arm($proxy, 'raw',
+                    "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n\$9\r\n127.0.0.1\r\n"
+                    . ":$P\r\n\$3\r\nid1\r\n",
+                    '\*3\r\n(?:\*3\r\n:\d+\r\n:\d+\r\n\*4\r\n\$\d+\r\n'
+                    . '[0-9.]+\r\n:\d+\r\n\$40\r\n[0-9a-f]{40}\r\n\*0\r\n){3}');
+    $ngx = start();
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         'a map of one master, the proxy');
+    my ($user, $slot);
+    for my $i (0 .. 100000) {
+        $slot = RulesCluster::key_slot("t113:{uid:w$i}");
+        if (($cluster->slot_master($slot) // 0) == $M1) {
+            $user = "w$i";
+            last;
+        }
+    }
+    is(RulesNginx::poll(10, sub { px("uid=$user&ts=1000") },
+                        sub { $_[0] eq 'ok ' }),
+       'ok ', "an event of slot $slot (M1's) through the proxy");
+    my $wrong = ($slot + 1) % 16384;
+    RulesProxy::arm($proxy, 'raw', "-MOVED $wrong 127.0.0.1:$M2\r\n",
+                    '\A\*\d+\r\n:\d+\r\n[\s\S]*\z');
+    my $len = length RulesNginx::error_log($ngx);
+    is(px("uid=$user&ts=2000"), 'error ',
+       "a MOVED of slot $wrong for a call of slot $slot: the event error");
+    like(RulesProxy::armed($proxy, 'raw', 10) // '', qr/^raw \d+ bytes/,
+         'the reply was replaced');
+    like(substr(RulesNginx::error_log($ngx), $len),
+         qr/\[warn\] \d+#\d+: rules redis cluster: cannot follow "MOVED $wrong 127\.0\.0\.1:$M2": the call's slot is $slot$/m,
+         'not followed, logged at warn');
+    is(px("uid=$user&ts=3000"), 'ok twice',
+       'the next event of the slot goes as before');
+    RulesNginx::stop_nginx($ngx);
+}
 
 RulesProxy::stop($proxy);
 done_testing();
