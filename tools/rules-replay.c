@@ -1853,6 +1853,22 @@ replay_connect(replay_t *rp, const char *redis, const char *cluster,
 }
 
 
+/* What replay_connect() made (or, without Redis, the in-memory store). */
+static void
+replay_disconnect(replay_t *rp)
+{
+    if (rp->cluster) {
+        cluster_free(rp);
+
+    } else if (rp->redis) {
+        redisFree(rp->redis);
+
+    } else {
+        store_free(rp);
+    }
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -2019,11 +2035,7 @@ main(int argc, char **argv)
         replay_connect(&rp, redis, cluster, db);
         rc = print_state(&rp, state);
 
-        if (rp.redis) {
-            redisFree(rp.redis);
-        }
-
-        cluster_free(&rp);
+        replay_disconnect(&rp);
         rules_state_work_free(rp.parsed);
         rules_free(rp.rs);
 
@@ -2141,15 +2153,7 @@ main(int argc, char **argv)
         rc = 1;
     }
 
-    if (rp.cluster) {
-        cluster_free(&rp);
-
-    } else if (rp.redis) {
-        redisFree(rp.redis);
-
-    } else {
-        store_free(&rp);
-    }
+    replay_disconnect(&rp);
 
     free(rp.keys);
     rules_buf_free(&rp.out);
